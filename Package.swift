@@ -1,0 +1,69 @@
+// swift-tools-version: 6.2
+import PackageDescription
+
+// One block of strict settings for every Swift target: Swift 6 language mode
+// (strict concurrency) and warnings treated as errors.
+let strict: [SwiftSetting] = [
+    .treatAllWarnings(as: .error),
+]
+
+let package = Package(
+    name: "Cairn",
+    platforms: [.macOS(.v15)],
+    products: [
+        .executable(name: "cairn", targets: ["cairn"]),
+        .library(name: "Cairn", targets: ["Cairn"]),
+        .library(name: "CairnCLI", targets: ["CairnCLI"]),
+        .library(name: "CairnTesting", targets: ["CairnTesting"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
+        .package(url: "https://github.com/apple/swift-system", from: "1.4.0"),
+    ],
+    targets: [
+        // Thin C: the few syscalls Glibc does not expose to Swift (renameat2, flock, prctl).
+        .target(name: "CSystemShims"),
+        // The on-disk format and nothing else: paths, records, durable write, journal, blobs, locks, repair.
+        .target(
+            name: "CairnSpool",
+            dependencies: [
+                "CSystemShims",
+                .product(name: "SystemPackage", package: "swift-system"),
+            ],
+            swiftSettings: strict
+        ),
+        // The engine: Workflow, WorkflowContext, durable operations, replay, determinism checks.
+        .target(
+            name: "Cairn",
+            dependencies: [
+                "CairnSpool",
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strict
+        ),
+        // The CLI as a library, so a user's own executable gets every command with its workflows.
+        .target(
+            name: "CairnCLI",
+            dependencies: [
+                "Cairn", "CairnSpool",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strict
+        ),
+        // The test kit: temp spools, a manual clock, journal assertions.
+        .target(name: "CairnTesting", dependencies: ["Cairn", "CairnSpool"], swiftSettings: strict),
+        .executableTarget(name: "cairn", dependencies: ["CairnCLI"], swiftSettings: strict),
+        // The `cairn` CLI with the test suite's workflows registered (crash and replay tests run it).
+        .executableTarget(name: "cairn-fixtures", dependencies: ["CairnCLI", "Cairn"], swiftSettings: strict),
+        .testTarget(name: "CairnSpoolTests", dependencies: ["CairnSpool", "CairnTesting"], swiftSettings: strict),
+        .testTarget(
+            name: "CairnTests",
+            dependencies: ["Cairn", "CairnSpool", "CairnTesting"],
+            resources: [.copy("Fixtures")],
+            swiftSettings: strict
+        ),
+    ],
+    swiftLanguageModes: [.v6]
+)

@@ -1,0 +1,28 @@
+#ifndef CAIRN_SHIMS_H
+#define CAIRN_SHIMS_H
+
+/// Thin wrappers for syscalls Glibc does not expose cleanly to Swift.
+/// Each returns what the wrapped call returns (-1 with errno set on failure).
+
+/// renameat2(olddirfd, oldpath, newdirfd, newpath, RENAME_NOREPLACE):
+/// atomic rename that fails with EEXIST instead of replacing (first writer wins).
+int cairn_rename_noreplace(int olddirfd, const char *oldpath, int newdirfd, const char *newpath);
+
+/// flock(fd, operation): whole-file advisory lock, released by the kernel when the
+/// holder dies. operation is one of the CAIRN_LOCK_* values below.
+int cairn_flock(int fd, int operation);
+#define CAIRN_LOCK_EX_NB 1
+#define CAIRN_LOCK_EX 2
+#define CAIRN_LOCK_UN 3
+#define CAIRN_LOCK_SH_NB 4
+
+/// prctl(PR_SET_PDEATHSIG, sig): deliver sig to this process when its parent dies.
+int cairn_set_parent_death_signal(int sig);
+
+/// fcntl(fd, F_SETFD, FD_CLOEXEC | current flags): mark fd close-on-exec.
+int cairn_set_cloexec(int fd);
+
+/// fcntl(fd, F_GETFD) & FD_CLOEXEC: 1 when fd is close-on-exec, 0 when not, -1 on error.
+int cairn_is_cloexec(int fd);
+
+#endif

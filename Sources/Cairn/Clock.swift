@@ -1,0 +1,45 @@
+import Foundation
+
+/// Time as the engine sees it. Injected, so tests run hours of timers in microseconds
+/// (CairnTesting's ManualClock).
+public protocol CairnClock: Sendable {
+    func now() -> Date
+    /// Returns at or after `deadline`; throws CancellationError when the task is cancelled.
+    func sleep(until deadline: Date) async throws
+}
+
+extension CairnClock {
+    public func sleep(for duration: Duration) async throws {
+        try await sleep(until: now().addingTimeInterval(duration.seconds))
+    }
+}
+
+/// The wall clock.
+public struct SystemClock: CairnClock {
+    public init() {}
+    public func now() -> Date { Date() }
+    public func sleep(until deadline: Date) async throws {
+        let d = deadline.timeIntervalSinceNow
+        if d > 0 { try await Task.sleep(for: .milliseconds(Int64((d * 1000).rounded(.up)))) }
+    }
+}
+
+extension Duration {
+    /// The duration in seconds, as a Double.
+    public var seconds: Double {
+        let (s, a) = components
+        return Double(s) + Double(a) / 1e18
+    }
+
+    /// Parses `90s`, `15m`, `2h`, `7d`, `250ms` (SPEC §5); nil when malformed.
+    public static func parse(_ text: String) -> Duration? {
+        let units: [(String, Double)] = [("ms", 0.001), ("s", 1), ("m", 60), ("h", 3600), ("d", 86400)]
+        for (suffix, mult) in units where text.hasSuffix(suffix) {
+            let num = text.dropLast(suffix.count)
+            if suffix == "s" && num.hasSuffix("m") { continue }
+            guard let v = Double(num), v >= 0, v.isFinite else { return nil }
+            return .milliseconds(Int64((v * mult * 1000).rounded()))
+        }
+        return nil
+    }
+}

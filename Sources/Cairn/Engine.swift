@@ -1,0 +1,213 @@
+import CairnSpool
+import Foundation
+import Logging
+import SystemPackage
+
+/// What one `advance` of a run ended with.
+public enum AdvanceOutcome: Sendable, Equatable {
+    case completed(JSONValue)
+    case failed(ErrorInfo)
+    case cancelled
+    /// Waiting on what `waiting_for` says (approval, timer, event, retry, uncertain, child, pause).
+    case waiting(JSONValue)
+    /// Another process holds the run's lock.
+    case busy
+    /// The run names a workflow this process does not have.
+    case unknownWorkflow(String)
+
+    public var isTerminal: Bool {
+        switch self {
+        case .completed, .failed, .cancelled: return true
+        default: return false
+        }
+    }
+}
+
+/// Runs workflows against a spool: takes a run's lock, replays its journal through the
+/// workflow's code, executes what is new, and writes the derived state. No daemon needed;
+/// the daemon calls `advance` when a file lands or a timer fires.
+public struct Engine: Sendable {
+    public let spool: Spool
+    public let registry: WorkflowRegistry
+    public let clock: any CairnClock
+    public var logger: Logger
+
+    public init(spool: Spool, registry: WorkflowRegistry, clock: any CairnClock = SystemClock(), logger: Logger = Logger(label: "cairn")) {
+        self.spool = spool
+        self.registry = registry
+        self.clock = clock
+        self.logger = logger
+    }
+
+    /// Advances a run as far as it goes: to completion, failure, or the next wait.
+    public func advance(_ runID: String) async throws -> AdvanceOutcome {
+        let paths = spool.run(runID)
+        guard let lock = try RunLock.tryAcquire(paths.directory) else { return .busy }
+        defer { withExtendedLifetime(lock) {} }
+
+        let record = try spool.readRun(runID)
+        let config = try spool.config()
+        let journal = spool.journal(runID)
+        var physical = try journal.load()
+        var entries = Journal.effective(physical)
+        let previous = try? spool.readState(runID)
+
+        if let last = entries.last, let status = last.terminalStatus {
+            if status == .failed, DurableFile.exists(paths.retryFile) {
+                let from = Self.retryPoint(entries)
+                try journal.append(modify(JournalEntry(seq: physical.count + 1, kind: "retry", name: "run", at: clock.now())) {
+                    $0.resumeFrom = from
+                    $0.comment = "retry file present"
+                })
+                try? FileManager.default.removeItem(atPath: paths.retryFile.string)
+                try DurableFile.fsyncDirectory(paths.directory)
+                physical = try journal.load()
+                entries = Journal.effective(physical)
+                logger.info("retrying failed run", metadata: ["run": "\(runID)", "from": "\(from)"])
+            } else {
+                let outcome: AdvanceOutcome
+                switch status {
+                case .completed: outcome = .completed(try spool.blobs(runID).resolve(last.value ?? .null))
+                case .cancelled: outcome = .cancelled
+                default: outcome = .failed(last.error ?? ErrorInfo(type: "failed", message: "failed"))
+                }
+                if previous?.status != status {
+                    try writeState(record, entries: entries, previous: previous, status: status, error: last.error)
+                }
+                return outcome
+            }
+        } else if previous?.status == .failed, previous?.error?.type == "nondeterminism", !DurableFile.exists(paths.retryFile) {
+            // Stopped on a nondeterminism error: stays stopped until someone asks to retry.
+            return .failed(previous!.error!)
+        }
+        if DurableFile.exists(paths.retryFile) { try? FileManager.default.removeItem(atPath: paths.retryFile.string) }
+
+        guard let workflow = registry[record.workflow] else {
+            return .unknownWorkflow(record.workflow)
+        }
+        if entries.isEmpty {
+            let e = modify(JournalEntry(seq: physical.count + 1, kind: "start", at: clock.now())) {
+                $0.data = ["workflow": .string(workflow.name), "version": .string(workflow.version), "pid": .int(Int64(getpid()))]
+            }
+            try journal.append(e)
+            physical.append(e)
+            entries.append(e)
+        } else if entries[0].kind != "start" {
+            throw SpoolError(.malformed, path: journal.directory.appending(entries[0].fileName).string, "the first journal record must be 'start'")
+        }
+        let recordedVersion = entries[0].data?["version"]?.stringValue
+        if let recordedVersion, recordedVersion != workflow.version {
+            logger.notice("run started with another workflow version; replay checks determinism", metadata: ["run": "\(runID)", "recorded": "\(recordedVersion)", "code": "\(workflow.version)"])
+        }
+
+        if previous?.status != .running {
+            try writeState(record, entries: entries, previous: previous, status: .running, error: nil, countExecution: true)
+        }
+        let ctx = WorkflowContext(runID: runID, workflowName: record.workflow, spool: spool, config: config, entries: Array(entries.dropFirst()), physicalCount: physical.count, clock: clock, logger: logger)
+        let input = try spool.blobs(runID).resolve(record.input)
+
+        var outcome: AdvanceOutcome
+        do {
+            let output = try await workflow.body(ctx, input)
+            if let s = ctx.suspension { throw s }
+            if let extra = ctx.peek() {
+                throw NondeterminismError(info: ErrorInfo(type: "nondeterminism", message: "nondeterminism: the workflow returned, but journal/\(extra.fileName) records \(extra.kind) '\(extra.name ?? "")' that the code no longer asked for", file: "journal/" + extra.fileName, expected: ["kind": .string(extra.kind), "name": extra.name.map { .string($0) } ?? .null], actual: ["kind": "return"], retryable: false))
+            }
+            let stored = try ctx.store(output)
+            try spool.durable.write(json: output, to: paths.resultFile)
+            try ctx.record("complete", nil) {
+                $0.value = stored
+                $0.status = RunStatus.completed.rawValue
+            }
+            outcome = .completed(output)
+        } catch let s as Suspension {
+            outcome = .waiting(s.waitingFor)
+        } catch let e as NondeterminismError {
+            logger.error("nondeterminism", metadata: ["run": "\(runID)", "error": "\(e.info.message)"])
+            outcome = .failed(e.info)
+        } catch {
+            // Failure or cancellation: compensations, then the terminal record.
+            let cancelled = error is RunCancelledError
+            let info = cancelled ? ErrorInfo(type: "cancelled", message: "cancelled", retryable: false) : ErrorInfo.from(error)
+            do {
+                try await ctx.runCompensations()
+                try ctx.record(cancelled ? "cancel" : "fail", nil) {
+                    $0.error = info
+                    $0.status = cancelled ? RunStatus.cancelled.rawValue : RunStatus.failed.rawValue
+                }
+                outcome = cancelled ? .cancelled : .failed(info)
+            } catch let e as NondeterminismError {
+                outcome = .failed(e.info)
+            }
+        }
+
+        let all = ctx.state.withLock { $0.entries }
+        let full = [entries[0]] + all
+        switch outcome {
+        case .completed: try writeState(record, entries: full, previous: previous, status: .completed, error: nil)
+        case .cancelled: try writeState(record, entries: full, previous: previous, status: .cancelled, error: nil)
+        case .failed(let info): try writeState(record, entries: full, previous: previous, status: .failed, error: info)
+        case .waiting(let w): try writeState(record, entries: full, previous: previous, status: .waiting, error: nil, waitingFor: w)
+        default: break
+        }
+        if outcome.isTerminal, let parent = record.parent, spool.runExists(parent.run) {
+            // Wake the parent: it reads this run's journal when it resumes.
+            let wake = spool.run(parent.run).eventsDirectory.appending("_child.\(runID).json")
+            try? spool.durable.write(json: ["run": .string(runID)], to: wake)
+        }
+        logger.debug("advanced", metadata: ["run": "\(runID)", "outcome": "\(outcome)"])
+        return outcome
+    }
+
+    /// Where a run-level retry resumes: the first record of the failed operation (its
+    /// intent/retry records included), or the terminal record if no step failed.
+    static func retryPoint(_ entries: [JournalEntry]) -> Int {
+        guard let failIndex = entries.lastIndex(where: { $0.kind == "fail" }) else { return entries.last?.seq ?? 1 }
+        guard let stepIndex = entries[..<failIndex].lastIndex(where: { ["step", "llm", "child"].contains($0.kind) && $0.error != nil }) else {
+            return entries[failIndex].seq
+        }
+        var i = stepIndex
+        let name = entries[stepIndex].name
+        while i > 0, entries[i - 1].name == name, ["retry", "intent", "uncertain", "child"].contains(entries[i - 1].kind) { i -= 1 }
+        return entries[i].seq
+    }
+
+    func writeState(_ record: RunRecord, entries: [JournalEntry], previous: RunState?, status: RunStatus, error: ErrorInfo?, waitingFor: JSONValue? = nil, countExecution: Bool = false) throws {
+        var state = StateDerivation.derive(record: record, entries: entries, now: clock.now())
+        state.status = status
+        state.error = error
+        state.waitingFor = waitingFor
+        state.counters.executions = (previous?.counters.executions ?? 0) + (countExecution ? 1 : 0)
+        try spool.writeState(state)
+    }
+
+    // MARK: in-process driving
+
+    /// Advances a run until it finishes or waits on something other than time: timers and
+    /// retry backoffs are slept through with the engine's clock, and child runs are driven
+    /// in process. For tests, tools and embedding without a daemon.
+    public func drive(_ runID: String, maxAdvances: Int = 10_000) async throws -> AdvanceOutcome {
+        var outcome = AdvanceOutcome.busy
+        for _ in 0..<maxAdvances {
+            outcome = try await advance(runID)
+            guard case .waiting(let w) = outcome else { return outcome }
+            switch w["kind"]?.stringValue {
+            case "timer", "retry":
+                if let until = w["until"]?.stringValue.flatMap(Timestamp.parse) { try await clock.sleep(until: until) }
+            case "child":
+                guard let child = w["run"]?.stringValue else { return outcome }
+                let c = try await drive(child, maxAdvances: maxAdvances)
+                if !c.isTerminal { return outcome }
+            default:
+                return outcome
+            }
+        }
+        return outcome
+    }
+}
+
+func modify<T>(_ value: T, _ f: (inout T) -> Void) -> T {
+    var v = value
+    f(&v)
+    return v
+}

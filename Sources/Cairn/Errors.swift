@@ -1,0 +1,71 @@
+import CairnSpool
+import Foundation
+
+/// An error a step body throws to control retries: `retryable: false` fails the step at
+/// once. Other errors are retried per the step's RetryPolicy.
+public struct StepError: Error, Sendable, CustomStringConvertible {
+    public var type: String
+    public var message: String
+    public var retryable: Bool
+
+    public init(_ message: String, type: String = "StepError", retryable: Bool = true) {
+        self.message = message
+        self.type = type
+        self.retryable = retryable
+    }
+
+    public static func nonRetryable(_ message: String, type: String = "StepError") -> StepError {
+        StepError(message, type: type, retryable: false)
+    }
+
+    public var description: String { "\(type): \(message)" }
+}
+
+/// A step (or LLM call, child run, compensation) failed for good; the workflow sees this,
+/// the same on first execution and on replay.
+public struct StepFailedError: Error, Sendable, CustomStringConvertible {
+    public var step: String
+    public var attempts: Int
+    public var error: ErrorInfo
+
+    public var description: String { "step '\(step)' failed after \(attempts) attempt(s): \(error.type): \(error.message)" }
+}
+
+/// The workflow's code no longer matches its journal (SPEC §1.5).
+public struct NondeterminismError: Error, Sendable, CustomStringConvertible {
+    public var info: ErrorInfo
+    public var description: String { info.message }
+}
+
+/// The run was cancelled (a `cancel` file, or `cairn cancel`).
+public struct RunCancelledError: Error, Sendable, CustomStringConvertible {
+    public var description: String { "the run was cancelled" }
+}
+
+/// A durable step timed out.
+public struct StepTimeoutError: Error, Sendable, CustomStringConvertible {
+    public var step: String
+    public var timeout: Duration
+    public var description: String { "step '\(step)' timed out after \(timeout)" }
+}
+
+/// Thrown through workflow code when the run must wait. Workflow code must not swallow
+/// it; if it does, the engine still treats the run as waiting (the context remembers).
+struct Suspension: Error, Sendable {
+    var waitingFor: JSONValue
+}
+
+extension ErrorInfo {
+    /// Describes any error for a journal record.
+    static func from(_ error: any Error) -> ErrorInfo {
+        switch error {
+        case let e as StepError: return ErrorInfo(type: e.type, message: e.message, retryable: e.retryable)
+        case let e as StepFailedError: return ErrorInfo(type: "step_failed", message: e.description, retryable: false)
+        case let e as NondeterminismError: return e.info
+        case let e as StepTimeoutError: return ErrorInfo(type: "timeout", message: e.description, retryable: true)
+        case let e as SpoolError: return ErrorInfo(type: "spool_\(e.code.rawValue)", message: e.description, file: e.path, retryable: false)
+        case let e as WorkflowInputError: return ErrorInfo(type: "invalid_input", message: e.description, retryable: false)
+        default: return ErrorInfo(type: String(describing: Swift.type(of: error)), message: String(describing: error))
+        }
+    }
+}

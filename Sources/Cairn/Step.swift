@@ -1,0 +1,190 @@
+import CairnSpool
+import Foundation
+
+/// Whether a step may run more than once.
+public enum StepSemantics: String, Sendable, Codable {
+    /// Runs again after a crash that came before its record (the default). The body gets
+    /// the same idempotency key every time: pass it to the service you call.
+    case atLeastOnce = "at_least_once"
+    /// Never runs twice: an `intent` record is written before each attempt, and a crash
+    /// between intent and result stops the run at an `uncertain` gate for a person.
+    case atMostOnce = "at_most_once"
+}
+
+extension WorkflowContext {
+    /// A durable step. The body runs until it returns, and its result is recorded; on
+    /// replay the recorded result is returned without running the body. The body gets a
+    /// stable idempotency key (`RUN:POSITION:NAME`).
+    ///
+    /// Failed attempts are retried per `retry` (each failure is a `retry` record holding the
+    /// backoff's due time; the run waits durably until then). A step that fails for good
+    /// throws `StepFailedError`, on first execution and on replay alike.
+    public func step<T: Codable & Sendable>(
+        _ name: String,
+        semantics: StepSemantics = .atLeastOnce,
+        retry: RetryPolicy = .default,
+        timeout: Duration? = nil,
+        _ body: @escaping @Sendable (_ idempotencyKey: String) async throws -> T
+    ) async throws -> T {
+        let key = Self.key(run: runID, seq: currentPosition(), name: name)
+        var attempt = 1
+        var retryUntil: Date? = nil
+        while true {
+            // Replay: intent / retry / uncertain records for this step, then its result.
+            if let e = peek() {
+                try throwIfSuspended()
+                if e.kind == "cancel" && e.name == "requested" { _ = try replay("cancel", "requested") }
+                guard e.name == name, ["step", "retry", "intent", "uncertain"].contains(e.kind) else {
+                    throw mismatch(e, kind: "step", name: name)
+                }
+                consume()
+                let file = "journal/" + e.fileName
+                switch e.kind {
+                case "step":
+                    if let err = e.error { throw StepFailedError(step: name, attempts: e.attempt ?? attempt, error: err) }
+                    return try load(e.value, as: T.self, file: file)
+                case "retry":
+                    attempt = (e.attempt ?? attempt) + 1
+                    retryUntil = e.until
+                    continue
+                case "uncertain":
+                    // A person chose "rerun": a fresh attempt follows.
+                    attempt += 1
+                    retryUntil = nil
+                    continue
+                default:  // intent
+                    if peek() != nil { continue }  // its outcome follows
+                    if let v: T = try resolveUncertain(name, attempt: attempt, key: key) { return v }
+                    attempt += 1  // a person chose "rerun"
+                    retryUntil = nil
+                    continue
+                }
+            }
+            // Live.
+            try beforeLive()
+            if let until = retryUntil, clock.now() < until {
+                throw suspend(["kind": "retry", "step": .string(name), "attempt": .int(Int64(attempt)), "until": .string(Timestamp.format(until))])
+            }
+            if semantics == .atMostOnce {
+                try record("intent", name) {
+                    $0.attempt = attempt
+                    $0.idempotencyKey = key
+                    $0.semantics = semantics.rawValue
+                }
+            }
+            let started = clock.now()
+            do {
+                let value = try await runWithTimeout(name, timeout) { try await body(key) }
+                CrashPoints.reached("step.after-body")
+                let stored = try store(value)
+                try record("step", name) {
+                    $0.value = stored
+                    $0.attempt = attempt
+                    $0.idempotencyKey = key
+                    $0.semantics = semantics.rawValue
+                    $0.startedAt = started
+                    $0.durationMs = Int(clock.now().timeIntervalSince(started) * 1000)
+                }
+                return value
+            } catch let s as Suspension {
+                throw s
+            } catch {
+                let info = ErrorInfo.from(error)
+                if retry.shouldRetry(error, attempt: attempt) {
+                    let delay = retry.delay(afterAttempt: attempt, unit: Double.random(in: 0..<1))
+                    let until = clock.now().addingTimeInterval(delay)
+                    try record("retry", name) {
+                        $0.attempt = attempt
+                        $0.error = info
+                        $0.until = until
+                        $0.idempotencyKey = key
+                        $0.startedAt = started
+                        $0.durationMs = Int(clock.now().timeIntervalSince(started) * 1000)
+                    }
+                    logger.info("step failed, will retry", metadata: ["run": "\(runID)", "step": "\(name)", "attempt": "\(attempt)", "delay_s": "\(delay)", "error": "\(info.message)"])
+                    attempt += 1
+                    retryUntil = until
+                    continue
+                }
+                try record("step", name) {
+                    $0.error = info
+                    $0.attempt = attempt
+                    $0.idempotencyKey = key
+                    $0.semantics = semantics.rawValue
+                    $0.startedAt = started
+                    $0.durationMs = Int(clock.now().timeIntervalSince(started) * 1000)
+                }
+                throw StepFailedError(step: name, attempts: attempt, error: info)
+            }
+        }
+    }
+
+    /// An at-most-once step whose intent has no outcome: it may have run. Ask a person.
+    /// Returns the value a person recorded, nil when they chose to run the step again.
+    private func resolveUncertain<T: Codable & Sendable>(_ name: String, attempt: Int, key: String) throws -> T? {
+        try beforeLive()
+        let gate = "uncertain-" + Names.fileSafe(name)
+        switch try readDecision(gate: gate) {
+        case .none:
+            try writeRequest(gate: gate, request: ApprovalRequest(
+                summary: "At-most-once step '\(name)' (attempt \(attempt)) may or may not have run before the process stopped. Check its effect (idempotency key \(key)), then: approve with {\"action\": \"rerun\"} (or empty) to run it again, approve with {\"action\": \"done\", \"value\": V} to record it as done with V, or reject to fail the step.",
+                details: ["step": .string(name), "attempt": .int(Int64(attempt)), "idempotency_key": .string(key)]
+            ), deadline: nil)
+            throw suspend(["kind": "uncertain", "step": .string(name), "gate": .string(gate), "drop": .string("approvals/\(gate).approved"), "idempotency_key": .string(key)])
+        case .some(let d):
+            let action = d.raw?["action"]?.stringValue ?? "rerun"
+            if !d.approved {
+                let info = ErrorInfo(type: "uncertain_rejected", message: "at-most-once step '\(name)' was uncertain and \(d.decidedBy?.user ?? "a person") rejected it" + (d.reason.map { ": \($0)" } ?? ""), retryable: false)
+                try record("step", name) {
+                    $0.error = info
+                    $0.attempt = attempt
+                    $0.decision = "rejected"
+                    $0.decidedBy = d.decidedBy
+                }
+                throw StepFailedError(step: name, attempts: attempt, error: info)
+            }
+            if action == "done" {
+                let value: T = try (d.raw?["value"] ?? .null).decode(as: T.self)
+                try record("step", name) {
+                    $0.value = try store(value)
+                    $0.attempt = attempt
+                    $0.decision = "done"
+                    $0.decidedBy = d.decidedBy
+                    $0.comment = d.comment
+                }
+                return value
+            }
+            let e = try record("uncertain", name) {
+                $0.decision = "rerun"
+                $0.decidedBy = d.decidedBy
+                $0.comment = d.comment
+                $0.file = "approvals/\(gate).approved"
+            }
+            // Set the decision aside so that a later uncertainty of this step asks again.
+            try setAsideDecision(gate: gate, seq: e.seq)
+            return nil
+        }
+    }
+
+    func runWithTimeout<T: Sendable>(_ name: String, _ timeout: Duration?, _ body: @escaping @Sendable () async throws -> T) async throws -> T {
+        guard let timeout else { return try await body() }
+        let clock = self.clock
+        return try await withThrowingTaskGroup(of: TimeoutRace<T>.self) { group in
+            group.addTask { .value(try await body()) }
+            group.addTask {
+                try await clock.sleep(for: timeout)
+                return .timedOut
+            }
+            defer { group.cancelAll() }
+            switch try await group.next()! {
+            case .value(let v): return v
+            case .timedOut: throw StepTimeoutError(step: name, timeout: timeout)
+            }
+        }
+    }
+}
+
+enum TimeoutRace<T: Sendable>: Sendable {
+    case value(T)
+    case timedOut
+}

@@ -1,0 +1,85 @@
+import CairnSpool
+import Foundation
+
+/// A workflow type: typed, Codable input and output, and a `run` whose durable
+/// operations go through the context and are journaled.
+///
+/// `run` must be deterministic apart from what it asks the context for: the same input
+/// and the same recorded results must lead to the same sequence of operations. Read the
+/// time, random numbers and UUIDs through `ctx.now()`, `ctx.random()`, `ctx.uuid()`.
+public protocol Workflow: Sendable {
+    associatedtype Input: Codable & Sendable
+    associatedtype Output: Codable & Sendable
+
+    /// The workflow type's name: what submissions name (`[A-Za-z0-9][A-Za-z0-9._-]*`).
+    static var name: String { get }
+    /// Recorded in each run's `start` record. Change it when the code changes in a way
+    /// that alters the sequence of operations; guard new operations with `ctx.patched`.
+    static var version: String { get }
+
+    func run(_ ctx: WorkflowContext, input: Input) async throws -> Output
+}
+
+extension Workflow {
+    public static var version: String { "1" }
+}
+
+/// A workflow with its types erased to JSON, as the engine runs it.
+public struct AnyWorkflow: Sendable {
+    public let name: String
+    public let version: String
+    let body: @Sendable (WorkflowContext, JSONValue) async throws -> JSONValue
+
+    public init<W: Workflow>(_ workflow: W) {
+        name = W.name
+        version = W.version
+        body = { ctx, input in
+            let typed: W.Input
+            do {
+                typed = try input.decode(as: W.Input.self)
+            } catch {
+                throw WorkflowInputError(workflow: W.name, message: JSONValue.describe(error))
+            }
+            let out = try await workflow.run(ctx, input: typed)
+            return try JSONValue(encoding: out)
+        }
+    }
+
+    /// A workflow written directly against JSON values.
+    public init(name: String, version: String = "1", _ body: @escaping @Sendable (WorkflowContext, JSONValue) async throws -> JSONValue) {
+        self.name = name
+        self.version = version
+        self.body = body
+    }
+}
+
+/// The input did not decode as the workflow's Input type.
+public struct WorkflowInputError: Error, CustomStringConvertible {
+    public var workflow: String
+    public var message: String
+    public var description: String { "input does not match \(workflow)'s Input: \(message)" }
+}
+
+/// The workflow types a process can run, by name.
+public struct WorkflowRegistry: Sendable {
+    private var entries: [String: AnyWorkflow] = [:]
+
+    public init() {}
+
+    public init(_ workflows: [AnyWorkflow]) {
+        for w in workflows { entries[w.name] = w }
+    }
+
+    public mutating func register<W: Workflow>(_ workflow: W) {
+        precondition(Names.isValidName(W.name), "invalid workflow name '\(W.name)'")
+        entries[W.name] = AnyWorkflow(workflow)
+    }
+
+    public mutating func register(_ workflow: AnyWorkflow) {
+        precondition(Names.isValidName(workflow.name), "invalid workflow name '\(workflow.name)'")
+        entries[workflow.name] = workflow
+    }
+
+    public subscript(name: String) -> AnyWorkflow? { entries[name] }
+    public var names: [String] { entries.keys.sorted() }
+}

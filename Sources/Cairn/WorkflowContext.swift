@@ -1,0 +1,152 @@
+import CairnSpool
+import Foundation
+import Logging
+import Synchronization
+import SystemPackage
+
+/// What a workflow's `run` gets: every durable operation goes through here, and is either
+/// answered from the journal (replay) or executed and recorded (live).
+///
+/// Replay matches operations to records by position, kind and name; a mismatch throws a
+/// `NondeterminismError` naming the journal file, what it recorded and what the code asked.
+public final class WorkflowContext: Sendable {
+    public let runID: String
+    public let workflowName: String
+    public let clock: any CairnClock
+    public let logger: Logger
+    let spool: Spool
+    let paths: RunPaths
+    let journal: Journal
+    let blobs: BlobStore
+    let config: SpoolConfig
+    let state: Mutex<State>
+
+    struct State: Sendable {
+        var entries: [JournalEntry]
+        var cursor: Int
+        var nextSeq: Int
+        var suspended: Suspension?
+        var compensations: [Compensation] = []
+        /// Records replayed this execution (for `state.json` and the tokens-saved count).
+        var replayed: [JournalEntry] = []
+    }
+
+    struct Compensation: Sendable {
+        var name: String
+        var body: @Sendable () async throws -> Void
+    }
+
+    init(runID: String, workflowName: String, spool: Spool, config: SpoolConfig, entries: [JournalEntry], physicalCount: Int, clock: any CairnClock, logger: Logger) {
+        self.runID = runID
+        self.workflowName = workflowName
+        self.clock = clock
+        self.logger = logger
+        self.spool = spool
+        self.paths = spool.run(runID)
+        self.journal = spool.journal(runID)
+        self.blobs = spool.blobs(runID, threshold: config.blobThreshold)
+        self.config = config
+        self.state = Mutex(State(entries: entries, cursor: 0, nextSeq: physicalCount + 1))
+    }
+
+    /// True while operations are being answered from the journal.
+    public var isReplaying: Bool { state.withLock { $0.cursor < $0.entries.count } }
+
+    // MARK: - journal cursor
+
+    /// The next unconsumed record, if replaying.
+    func peek() -> JournalEntry? {
+        state.withLock { $0.cursor < $0.entries.count ? $0.entries[$0.cursor] : nil }
+    }
+
+    func consume() {
+        state.withLock { s in
+            s.replayed.append(s.entries[s.cursor])
+            s.cursor += 1
+        }
+    }
+
+    /// The position the current operation starts at (its first record's seq).
+    func currentPosition() -> Int {
+        state.withLock { $0.cursor < $0.entries.count ? $0.entries[$0.cursor].seq : $0.nextSeq }
+    }
+
+    /// Replays the next record if it is (kind, name); nil when live; throws on mismatch.
+    func replay(_ kind: String, _ name: String?) throws -> JournalEntry? {
+        try throwIfSuspended()
+        guard let e = peek() else { return nil }
+        if e.kind == "cancel" && e.name == "requested" {
+            consume()
+            throw RunCancelledError()
+        }
+        guard e.kind == kind && e.name == name else {
+            throw mismatch(e, kind: kind, name: name)
+        }
+        consume()
+        return e
+    }
+
+    func mismatch(_ e: JournalEntry, kind: String, name: String?) -> NondeterminismError {
+        let file = "journal/" + e.fileName
+        let expected: JSONValue = ["kind": .string(e.kind), "name": e.name.map { .string($0) } ?? .null]
+        let actual: JSONValue = ["kind": .string(kind), "name": name.map { .string($0) } ?? .null]
+        let msg = "nondeterminism: \(file) recorded \(e.kind) \(e.name.map { "'\($0)'" } ?? "(unnamed)") at position \(e.seq), but the workflow code asked for \(kind) \(name.map { "'\($0)'" } ?? "(unnamed)"); the code changed under a running run (guard changes with ctx.patched, or fix the code and `cairn retry`)"
+        return NondeterminismError(info: ErrorInfo(type: "nondeterminism", message: msg, file: file, expected: expected, actual: actual, retryable: false))
+    }
+
+    /// Durably appends a record at the next position.
+    @discardableResult
+    func record(_ kind: String, _ name: String?, _ fill: (inout JournalEntry) throws -> Void = { _ in }) throws -> JournalEntry {
+        try state.withLock { s in
+            var e = JournalEntry(seq: s.nextSeq, kind: kind, name: name, at: clock.now())
+            try fill(&e)
+            try journal.append(e)
+            s.nextSeq += 1
+            s.entries.append(e)
+            s.cursor = s.entries.count
+            return e
+        }
+    }
+
+    /// Live-mode checks before an operation acts: an earlier suspension, `cancel`, `pause`.
+    func beforeLive() throws {
+        try throwIfSuspended()
+        if DurableFile.exists(paths.cancelFile) {
+            try record("cancel", "requested") { $0.comment = "cancel file present" }
+            throw RunCancelledError()
+        }
+        if DurableFile.exists(paths.pauseFile) {
+            throw suspend(["kind": "pause", "drop": "remove pause to resume"])
+        }
+    }
+
+    func throwIfSuspended() throws {
+        if let s = state.withLock({ $0.suspended }) { throw s }
+    }
+
+    /// Marks the run as waiting and returns the error to throw.
+    func suspend(_ waitingFor: JSONValue) -> Suspension {
+        let s = Suspension(waitingFor: waitingFor)
+        state.withLock { $0.suspended = s }
+        return s
+    }
+
+    var suspension: Suspension? { state.withLock { $0.suspended } }
+
+    // MARK: - values
+
+    func store<T: Encodable>(_ value: T, force: Bool = false) throws -> JSONValue {
+        try blobs.externalize(JSONValue(encoding: value), force: force)
+    }
+
+    func load<T: Decodable>(_ stored: JSONValue?, as type: T.Type, file: String) throws -> T {
+        let v = try blobs.resolve(stored ?? .null)
+        do {
+            return try v.decode(as: T.self)
+        } catch {
+            throw NondeterminismError(info: ErrorInfo(type: "nondeterminism", message: "nondeterminism: \(file) holds a value that does not decode as \(T.self): \(JSONValue.describe(error))", file: file, retryable: false))
+        }
+    }
+
+    static func key(run: String, seq: Int, name: String) -> String { "\(run):\(seq):\(name)" }
+}

@@ -1,0 +1,110 @@
+import Foundation
+import SystemPackage
+
+/// Files dropped by people and programs (approval decisions, events, control files) are
+/// untrusted input (SPEC §1.6, §3): read without following symlinks, never blocking on a
+/// FIFO, within a size limit, as JSON when non-empty, and from an allowed owner.
+public enum Drops {
+    public struct File: Sendable, Hashable {
+        public var path: FilePath
+        public var owner: Principal
+        public var modified: Date
+        /// The parsed content; nil for an empty file.
+        public var json: JSONValue?
+        /// inode:size:mtime, to tell a replaced file from the one already refused.
+        public var identity: String
+    }
+
+    public enum Result: Sendable {
+        case absent
+        case valid(File)
+        case refused(path: FilePath, reason: String, identity: String)
+    }
+
+    /// Reads and validates a dropped file. `policy` narrows who may drop it.
+    public static func read(_ path: FilePath, limit: Int, policy: SpoolConfig.Approvers? = nil, requireObject: Bool = false) -> Result {
+        var st = stat()
+        guard lstat(path.string, &st) == 0 else { return .absent }
+        let identity = "\(st.st_ino):\(st.st_size):\(st.st_mtim.tv_sec).\(st.st_mtim.tv_nsec)"
+        if (st.st_mode & S_IFMT) == S_IFLNK { return .refused(path: path, reason: "is a symbolic link; drop a regular file", identity: identity) }
+        guard (st.st_mode & S_IFMT) == S_IFREG else { return .refused(path: path, reason: "is not a regular file", identity: identity) }
+        guard Int(st.st_size) <= limit else {
+            return .refused(path: path, reason: "is \(st.st_size) bytes, over the limit of \(limit) (drop_size_limit in cairn.json)", identity: identity)
+        }
+        let owner = Principal(uid: st.st_uid, user: Principal.userName(uid: st.st_uid))
+        if let policy, !allowed(owner, policy) {
+            return .refused(path: path, reason: "owner \(owner.user ?? String(owner.uid)) is not allowed to decide here (approvers in cairn.json)", identity: identity)
+        }
+        // O_NOFOLLOW | O_NONBLOCK: a file swapped for a symlink or FIFO after lstat is refused, not followed or waited on.
+        let fd = open(path.string, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC)
+        guard fd >= 0 else { return errno == ENOENT ? .absent : .refused(path: path, reason: "cannot be opened: \(String(cString: strerror(errno)))", identity: identity) }
+        var fst = stat()
+        guard fstat(fd, &fst) == 0, (fst.st_mode & S_IFMT) == S_IFREG, Int(fst.st_size) <= limit else {
+            close(fd)
+            return .refused(path: path, reason: "changed while being read; drop it again", identity: identity)
+        }
+        var data = Data()
+        var buf = [UInt8](repeating: 0, count: 16 * 1024)
+        while true {
+            let n = buf.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, $0.count) }
+            if n < 0 { if errno == EINTR { continue }; break }
+            if n == 0 { break }
+            data.append(contentsOf: buf[0..<n])
+            if data.count > limit { break }
+        }
+        close(fd)
+        guard data.count <= limit else { return .refused(path: path, reason: "grew past the size limit while being read", identity: identity) }
+        let modified = Date(timeIntervalSince1970: Double(st.st_mtim.tv_sec) + Double(st.st_mtim.tv_nsec) / 1e9)
+        var json: JSONValue? = nil
+        if !data.allSatisfy({ $0 == 0x20 || $0 == 0x0A || $0 == 0x0D || $0 == 0x09 }) {
+            do { json = try JSONValue.parse(data) } catch {
+                return .refused(path: path, reason: "is not valid JSON (empty, or a JSON value, is expected)", identity: identity)
+            }
+            if requireObject, case .object = json! {} else if requireObject {
+                return .refused(path: path, reason: "must be empty or a JSON object", identity: identity)
+            }
+        }
+        return .valid(File(path: path, owner: owner, modified: modified, json: json, identity: identity))
+    }
+
+    static func allowed(_ owner: Principal, _ policy: SpoolConfig.Approvers) -> Bool {
+        if policy.users.isEmpty && policy.groups.isEmpty { return true }
+        if let name = owner.user, policy.users.contains(name) { return true }
+        if policy.users.contains(String(owner.uid)) { return true }
+        guard !policy.groups.isEmpty else { return false }
+        for g in policy.groups {
+            guard let grp = getgrnam(g) else { continue }
+            if let user = owner.user, var mem = grp.pointee.gr_mem {
+                while let m = mem.pointee {
+                    if String(cString: m) == user { return true }
+                    mem += 1
+                }
+            }
+            // Primary group of the owner.
+            var pwd = passwd()
+            var result: UnsafeMutablePointer<passwd>?
+            var b = [CChar](repeating: 0, count: 4096)
+            if getpwuid_r(owner.uid, &pwd, &b, b.count, &result) == 0, result != nil, pwd.pw_gid == grp.pointee.gr_gid { return true }
+        }
+        return false
+    }
+
+    /// Writes `NAME.error.json` beside a refused drop (once per identity of the file).
+    /// The drop itself is never deleted. Returns true when a new error file was written.
+    @discardableResult
+    public static func refuse(_ path: FilePath, reason: String, identity: String, durable: DurableFile, now: Date = Date()) throws -> Bool {
+        let errorFile = FilePath(path.string + ".error.json")
+        if let existing = try? DurableFile.readJSON(errorFile, limit: 1 << 20), existing["identity"]?.stringValue == identity {
+            return false
+        }
+        let record: JSONValue = [
+            "file": .string(path.lastComponent?.string ?? path.string),
+            "error": .string("\(path.lastComponent?.string ?? path.string) \(reason)"),
+            "identity": .string(identity),
+            "at": .string(Timestamp.format(now)),
+            "hint": "fix or replace the file (write elsewhere, then mv); it is checked again when it changes",
+        ]
+        try durable.write(json: record, to: errorFile)
+        return true
+    }
+}

@@ -1,0 +1,199 @@
+import CSystemShims
+import Foundation
+import Synchronization
+import SystemPackage
+
+/// The one routine every spool write goes through (SPEC §1.3, atomic files):
+/// write a temp file in the spool's `tmp/` (same filesystem), fsync it, rename it into
+/// place (with RENAME_NOREPLACE when the first writer must win), then fsync the
+/// destination directory so the rename itself is durable.
+///
+/// fsync and rename errors are never swallowed or retried: EIO after fsync means the page
+/// cache may have dropped the data, so the write fails loudly with the file named.
+public struct DurableFile: Sendable {
+    /// The staging directory (SPOOL/tmp). Must be on the same filesystem as every target.
+    public let tmpDirectory: FilePath
+
+    public init(tmpDirectory: FilePath) {
+        self.tmpDirectory = tmpDirectory
+    }
+
+    public enum Mode: Sendable {
+        /// Replace any existing file (state.json, request files).
+        case replace
+        /// Fail with `.exists` if the target exists (journal records, runs, blobs, keys).
+        case noReplace
+    }
+
+    private static let counter = Atomic<UInt64>(0)
+
+    /// A unique temp path in tmp/: `PID.COUNTER.HINT.tmp`.
+    public func tempPath(hint: String) -> FilePath {
+        let n = Self.counter.add(1, ordering: .relaxed).newValue
+        let safe = String(hint.prefix(40).map { $0.isLetter || $0.isNumber || $0 == "-" || $0 == "." ? $0 : "_" })
+        return tmpDirectory.appending("\(getpid()).\(n).\(safe).tmp")
+    }
+
+    /// Durably writes `data` to `path`.
+    public func write(_ data: Data, to path: FilePath, mode: Mode = .replace) throws {
+        let tmp = tempPath(hint: path.lastComponent?.string ?? "file")
+        do {
+            let fd = try Self.open(tmp, [.create, .exclusiveCreate, .closeOnExec], permissions: [.ownerReadWrite, .groupRead, .otherRead])
+            do {
+                try data.withUnsafeBytes { buf in
+                    _ = try fd.writeAll(buf)
+                }
+            } catch {
+                try? fd.close()
+                throw SpoolError(.io, path: tmp.string, errno: (error as? Errno)?.rawValue, "cannot write temp file")
+            }
+            CrashPoints.reached("write.before-fsync")
+            try Self.fsync(fd, path: tmp)
+            try Self.close(fd, path: tmp)
+        } catch {
+            _ = unlink(tmp.string)
+            throw error
+        }
+        CrashPoints.reached("write.before-rename")
+        do {
+            try Self.rename(tmp, to: path, mode: mode)
+        } catch {
+            _ = unlink(tmp.string)
+            throw error
+        }
+        CrashPoints.reached("write.before-dirsync")
+        try Self.fsyncDirectory(path.removingLastComponent())
+        CrashPoints.reached("write.after-dirsync")
+    }
+
+    /// Writes a value in Cairn's canonical JSON text.
+    public func write(json: JSONValue, to path: FilePath, mode: Mode = .replace) throws {
+        try write(json.canonicalData(), to: path, mode: mode)
+    }
+
+    /// Makes a fresh, empty staging directory under tmp/ for building a directory tree
+    /// that will appear whole by one rename (a new run).
+    public func makeStagingDirectory(hint: String) throws -> FilePath {
+        let dir = tempPath(hint: hint)
+        guard mkdir(dir.string, 0o755) == 0 else {
+            throw SpoolError(.io, path: dir.string, errno: errno, "cannot create staging directory")
+        }
+        return dir
+    }
+
+    /// Writes a file inside a staging directory: plain write + fsync, no rename (the
+    /// whole directory is renamed later; the caller fsyncs the directories).
+    public static func writeStaged(_ data: Data, to path: FilePath) throws {
+        let fd = try open(path, [.create, .exclusiveCreate, .closeOnExec], permissions: [.ownerReadWrite, .groupRead, .otherRead])
+        do {
+            try data.withUnsafeBytes { buf in _ = try fd.writeAll(buf) }
+        } catch {
+            try? fd.close()
+            throw SpoolError(.io, path: path.string, errno: (error as? Errno)?.rawValue, "cannot write")
+        }
+        try fsync(fd, path: path)
+        try close(fd, path: path)
+    }
+
+    // MARK: syscalls with errors that name the file
+
+    static func open(_ path: FilePath, _ options: FileDescriptor.OpenOptions, permissions: FilePermissions? = nil) throws -> FileDescriptor {
+        do {
+            return try FileDescriptor.open(path, .writeOnly, options: options, permissions: permissions, retryOnInterrupt: true)
+        } catch let e as Errno {
+            throw SpoolError(.io, path: path.string, errno: e.rawValue, "cannot create file")
+        }
+    }
+
+    static func fsync(_ fd: FileDescriptor, path: FilePath) throws {
+        if Glibc.fsync(fd.rawValue) != 0 {
+            let e = errno
+            try? fd.close()
+            throw SpoolError(.io, path: path.string, errno: e, "fsync failed; the data may not be on disk")
+        }
+    }
+
+    static func close(_ fd: FileDescriptor, path: FilePath) throws {
+        do { try fd.close() } catch let e as Errno {
+            throw SpoolError(.io, path: path.string, errno: e.rawValue, "close failed; the data may not be on disk")
+        }
+    }
+
+    /// rename(2), or renameat2(RENAME_NOREPLACE) for `.noReplace`.
+    public static func rename(_ from: FilePath, to: FilePath, mode: Mode) throws {
+        let rc: Int32
+        switch mode {
+        case .replace: rc = Glibc.rename(from.string, to.string)
+        case .noReplace: rc = cairn_rename_noreplace(AT_FDCWD, from.string, AT_FDCWD, to.string)
+        }
+        if rc != 0 {
+            let e = errno
+            if e == EEXIST || e == ENOTEMPTY {
+                throw SpoolError(.exists, path: to.string, errno: e, "already exists")
+            }
+            throw SpoolError(.io, path: to.string, errno: e, "rename from \(from.string) failed")
+        }
+    }
+
+    /// fsync of a directory, which makes the names in it (renames, creations) durable.
+    public static func fsyncDirectory(_ dir: FilePath) throws {
+        let fd = Glibc.open(dir.string, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        if fd < 0 {
+            throw SpoolError(.io, path: dir.string, errno: errno, "cannot open directory to fsync it")
+        }
+        defer { Glibc.close(fd) }
+        if Glibc.fsync(fd) != 0 {
+            throw SpoolError(.io, path: dir.string, errno: errno, "directory fsync failed; a rename may not be on disk")
+        }
+    }
+
+    /// mkdir that tolerates an existing directory, then fsyncs the parent.
+    public static func makeDirectory(_ dir: FilePath, durable: Bool = true) throws {
+        if mkdir(dir.string, 0o755) != 0 {
+            let e = errno
+            if e == EEXIST { return }
+            throw SpoolError(.io, path: dir.string, errno: e, "cannot create directory")
+        }
+        if durable { try fsyncDirectory(dir.removingLastComponent()) }
+    }
+
+    /// Reads a whole file (refusing ones over `limit` bytes).
+    public static func read(_ path: FilePath, limit: Int = 256 << 20) throws -> Data {
+        let fd: FileDescriptor
+        do {
+            fd = try FileDescriptor.open(path, .readOnly, options: [.closeOnExec], retryOnInterrupt: true)
+        } catch let e as Errno {
+            if e == .noSuchFileOrDirectory { throw SpoolError(.notFound, path: path.string, errno: e.rawValue, "no such file") }
+            throw SpoolError(.io, path: path.string, errno: e.rawValue, "cannot open")
+        }
+        defer { try? fd.close() }
+        var out = Data()
+        var buf = [UInt8](repeating: 0, count: 64 * 1024)
+        while true {
+            let n: Int
+            do {
+                n = try buf.withUnsafeMutableBytes { try fd.read(into: $0, retryOnInterrupt: true) }
+            } catch let e as Errno {
+                throw SpoolError(.io, path: path.string, errno: e.rawValue, "read failed")
+            }
+            if n == 0 { break }
+            out.append(contentsOf: buf[0..<n])
+            if out.count > limit { throw SpoolError(.tooLarge, path: path.string, "larger than \(limit) bytes") }
+        }
+        return out
+    }
+
+    /// Reads and parses a JSON file.
+    public static func readJSON(_ path: FilePath, limit: Int = 256 << 20) throws -> JSONValue {
+        try JSONValue.parse(read(path, limit: limit), file: path.string)
+    }
+
+    public static func exists(_ path: FilePath) -> Bool {
+        exists(atPath: path.string)
+    }
+
+    public static func exists(atPath path: String) -> Bool {
+        var st = stat()
+        return lstat(path, &st) == 0
+    }
+}

@@ -1,0 +1,270 @@
+import Foundation
+
+/// Any JSON value. Cairn stores every record as JSON; this is the type that crosses
+/// the journal boundary and the one the canonical writer prints.
+public enum JSONValue: Sendable, Hashable {
+    case null
+    case bool(Bool)
+    case int(Int64)
+    case double(Double)
+    case string(String)
+    case array([JSONValue])
+    case object([String: JSONValue])
+}
+
+extension JSONValue: Codable {
+    public init(from decoder: any Decoder) throws {
+        let c = try decoder.singleValueContainer()
+        if c.decodeNil() { self = .null; return }
+        if let b = try? c.decode(Bool.self) { self = .bool(b); return }
+        if let i = try? c.decode(Int64.self) { self = .int(i); return }
+        if let d = try? c.decode(Double.self) { self = .double(d); return }
+        if let s = try? c.decode(String.self) { self = .string(s); return }
+        if let a = try? c.decode([JSONValue].self) { self = .array(a); return }
+        if let o = try? c.decode([String: JSONValue].self) { self = .object(o); return }
+        throw DecodingError.dataCorruptedError(in: c, debugDescription: "not a JSON value")
+    }
+
+    public func encode(to encoder: any Encoder) throws {
+        var c = encoder.singleValueContainer()
+        switch self {
+        case .null: try c.encodeNil()
+        case .bool(let b): try c.encode(b)
+        case .int(let i): try c.encode(i)
+        case .double(let d): try c.encode(d)
+        case .string(let s): try c.encode(s)
+        case .array(let a): try c.encode(a)
+        case .object(let o): try c.encode(o)
+        }
+    }
+}
+
+extension JSONValue: ExpressibleByStringLiteral, ExpressibleByIntegerLiteral, ExpressibleByBooleanLiteral,
+    ExpressibleByArrayLiteral, ExpressibleByDictionaryLiteral, ExpressibleByNilLiteral, ExpressibleByFloatLiteral
+{
+    public init(stringLiteral value: String) { self = .string(value) }
+    public init(integerLiteral value: Int64) { self = .int(value) }
+    public init(booleanLiteral value: Bool) { self = .bool(value) }
+    public init(floatLiteral value: Double) { self = .double(value) }
+    public init(arrayLiteral elements: JSONValue...) { self = .array(elements) }
+    public init(dictionaryLiteral elements: (String, JSONValue)...) {
+        self = .object(Dictionary(elements, uniquingKeysWith: { $1 }))
+    }
+    public init(nilLiteral: ()) { self = .null }
+}
+
+extension JSONValue {
+    public var stringValue: String? { if case .string(let s) = self { return s } else { return nil } }
+    public var intValue: Int64? {
+        switch self {
+        case .int(let i): return i
+        case .double(let d) where d.rounded() == d && abs(d) < 9.0e15: return Int64(d)
+        default: return nil
+        }
+    }
+    public var doubleValue: Double? {
+        switch self {
+        case .int(let i): return Double(i)
+        case .double(let d): return d
+        default: return nil
+        }
+    }
+    public var boolValue: Bool? { if case .bool(let b) = self { return b } else { return nil } }
+    public var arrayValue: [JSONValue]? { if case .array(let a) = self { return a } else { return nil } }
+    public var objectValue: [String: JSONValue]? { if case .object(let o) = self { return o } else { return nil } }
+    public var isNull: Bool { if case .null = self { return true } else { return false } }
+
+    public subscript(key: String) -> JSONValue? {
+        if case .object(let o) = self { return o[key] }
+        return nil
+    }
+}
+
+// MARK: - Canonical text
+
+extension JSONValue {
+    /// The canonical form of every file Cairn writes: UTF-8, two-space indentation, keys
+    /// sorted, `"key": value`, every top-level field on its own line, a trailing newline.
+    /// `grep '"status"' runs/*/state.json` therefore reads one line per file.
+    public func canonicalText() -> String {
+        var out = ""
+        out.reserveCapacity(256)
+        Self.write(self, into: &out, indent: 0, pretty: true)
+        out.append("\n")
+        return out
+    }
+
+    /// Compact canonical form (sorted keys, no whitespace): used for hashing and for
+    /// one-line output such as `ls --json` streams.
+    public func compactText() -> String {
+        var out = ""
+        Self.write(self, into: &out, indent: 0, pretty: false)
+        return out
+    }
+
+    public func canonicalData() -> Data { Data(canonicalText().utf8) }
+
+    private static func write(_ v: JSONValue, into out: inout String, indent: Int, pretty: Bool) {
+        switch v {
+        case .null: out.append("null")
+        case .bool(let b): out.append(b ? "true" : "false")
+        case .int(let i): out.append(String(i))
+        case .double(let d):
+            if !d.isFinite {
+                out.append("null")
+            } else if d.rounded() == d && abs(d) < 9.0e15 {
+                out.append(String(Int64(d)))
+            } else {
+                out.append("\(d)")
+            }
+        case .string(let s): writeString(s, into: &out)
+        case .array(let a):
+            if a.isEmpty { out.append("[]"); return }
+            out.append("[")
+            for (i, e) in a.enumerated() {
+                if i > 0 { out.append(",") }
+                if pretty { newline(&out, indent + 1) }
+                write(e, into: &out, indent: indent + 1, pretty: pretty)
+            }
+            if pretty { newline(&out, indent) }
+            out.append("]")
+        case .object(let o):
+            if o.isEmpty { out.append("{}"); return }
+            out.append("{")
+            for (i, key) in o.keys.sorted().enumerated() {
+                if i > 0 { out.append(",") }
+                if pretty { newline(&out, indent + 1) }
+                writeString(key, into: &out)
+                out.append(pretty ? ": " : ":")
+                write(o[key]!, into: &out, indent: indent + 1, pretty: pretty)
+            }
+            if pretty { newline(&out, indent) }
+            out.append("}")
+        }
+    }
+
+    private static func newline(_ out: inout String, _ indent: Int) {
+        out.append("\n")
+        out.append(String(repeating: "  ", count: indent))
+    }
+
+    private static func writeString(_ s: String, into out: inout String) {
+        out.append("\"")
+        let plain = s.utf8.withContiguousStorageIfAvailable { buf in
+            !buf.contains { $0 < 0x20 || $0 == 0x22 || $0 == 0x5C || $0 == 0xE2 }
+        } ?? false
+        if plain {
+            out.append(s)
+            out.append("\"")
+            return
+        }
+        for u in s.unicodeScalars {
+            switch u {
+            case "\"": out.append("\\\"")
+            case "\\": out.append("\\\\")
+            case "\n": out.append("\\n")
+            case "\r": out.append("\\r")
+            case "\t": out.append("\\t")
+            case "\u{08}": out.append("\\b")
+            case "\u{0C}": out.append("\\f")
+            default:
+                if u.value < 0x20 || u.value == 0x2028 || u.value == 0x2029 {
+                    out.append("\\u")
+                    let hex = String(u.value, radix: 16)
+                    out.append(String(repeating: "0", count: 4 - hex.count) + hex)
+                } else {
+                    out.unicodeScalars.append(u)
+                }
+            }
+        }
+        out.append("\"")
+    }
+}
+
+// MARK: - Parsing and Codable bridges
+
+extension JSONValue {
+    /// Parses JSON text. Throws `SpoolError.malformed` naming `file` when given.
+    public static func parse(_ data: Data, file: String? = nil) throws -> JSONValue {
+        do {
+            return try JSONDecoder().decode(JSONValue.self, from: data)
+        } catch {
+            throw SpoolError(.malformed, path: file, "not valid JSON: \(Self.describe(error))")
+        }
+    }
+
+    public static func parse(_ text: String, file: String? = nil) throws -> JSONValue {
+        try parse(Data(text.utf8), file: file)
+    }
+
+    /// Converts any Encodable into a JSONValue (dates as ISO-8601 with milliseconds).
+    public init<T: Encodable>(encoding value: T) throws {
+        if let v = value as? JSONValue { self = v; return }
+        let data = try JSONCoding.encoder.encode(value)
+        self = try JSONDecoder().decode(JSONValue.self, from: data)
+    }
+
+    /// Decodes this value as `T`.
+    public func decode<T: Decodable>(as type: T.Type = T.self) throws -> T {
+        if let v = self as? T { return v }
+        let data = Data(compactText().utf8)
+        return try JSONCoding.decoder.decode(T.self, from: data)
+    }
+
+    public static func describe(_ error: any Error) -> String {
+        switch error {
+        case DecodingError.dataCorrupted(let ctx):
+            return ctx.debugDescription + ((ctx.underlyingError).map { " (\($0))" } ?? "")
+        case DecodingError.keyNotFound(let key, let ctx):
+            return "missing field '\(key.stringValue)'" + pathSuffix(ctx.codingPath)
+        case DecodingError.typeMismatch(let type, let ctx):
+            return "expected \(type)" + pathSuffix(ctx.codingPath) + ": " + ctx.debugDescription
+        case DecodingError.valueNotFound(let type, let ctx):
+            return "null where \(type) was expected" + pathSuffix(ctx.codingPath)
+        default:
+            return "\(error)"
+        }
+    }
+
+    private static func pathSuffix(_ path: [any CodingKey]) -> String {
+        path.isEmpty ? "" : " at " + path.map { $0.intValue.map { "[\($0)]" } ?? $0.stringValue }.joined(separator: ".")
+    }
+}
+
+/// The encoder and decoder every record goes through: ISO-8601 dates with milliseconds.
+public enum JSONCoding {
+    public static var encoder: JSONEncoder {
+        let e = JSONEncoder()
+        e.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        e.dateEncodingStrategy = .custom { date, enc in
+            var c = enc.singleValueContainer()
+            try c.encode(Timestamp.format(date))
+        }
+        return e
+    }
+
+    public static var decoder: JSONDecoder {
+        let d = JSONDecoder()
+        d.dateDecodingStrategy = .custom { dec in
+            let c = try dec.singleValueContainer()
+            let s = try c.decode(String.self)
+            guard let date = Timestamp.parse(s) else {
+                throw DecodingError.dataCorruptedError(in: c, debugDescription: "not an ISO-8601 time: \(s)")
+            }
+            return date
+        }
+        return d
+    }
+}
+
+/// ISO-8601 UTC timestamps with milliseconds: `2026-11-27T09:17:28.123Z`.
+public enum Timestamp {
+    public static func format(_ date: Date) -> String {
+        date.formatted(Date.ISO8601FormatStyle(includingFractionalSeconds: true))
+    }
+
+    public static func parse(_ s: String) -> Date? {
+        if let d = try? Date.ISO8601FormatStyle(includingFractionalSeconds: true).parse(s) { return d }
+        return try? Date.ISO8601FormatStyle().parse(s)
+    }
+}

@@ -1,0 +1,269 @@
+import Foundation
+
+/// Who did something: the numeric uid and, when it resolves, the user name.
+public struct Principal: Codable, Sendable, Hashable {
+    public var uid: UInt32
+    public var user: String?
+
+    public init(uid: UInt32, user: String?) {
+        self.uid = uid
+        self.user = user
+    }
+
+    /// The user running this process.
+    public static var current: Principal { Principal(uid: getuid(), user: userName(uid: getuid())) }
+
+    public static func userName(uid: UInt32) -> String? {
+        var pwd = passwd()
+        var result: UnsafeMutablePointer<passwd>?
+        var buf = [CChar](repeating: 0, count: 4096)
+        guard getpwuid_r(uid, &pwd, &buf, buf.count, &result) == 0, result != nil, let name = pwd.pw_name else { return nil }
+        return String(cString: name)
+    }
+}
+
+/// An error as stored in journal records and state.json.
+public struct ErrorInfo: Codable, Sendable, Hashable, Error, CustomStringConvertible {
+    /// What kind of error: `nondeterminism`, `step_failed`, `timeout`, `cancelled`, `io`, or the
+    /// Swift type name of a workflow's own error.
+    public var type: String
+    public var message: String
+    /// The file at fault, relative to the run directory when it is inside it.
+    public var file: String?
+    /// For nondeterminism: what the journal recorded, and what the code asked for.
+    public var expected: JSONValue?
+    public var actual: JSONValue?
+    /// False when retrying cannot help.
+    public var retryable: Bool?
+
+    public init(type: String, message: String, file: String? = nil, expected: JSONValue? = nil, actual: JSONValue? = nil, retryable: Bool? = nil) {
+        self.type = type
+        self.message = message
+        self.file = file
+        self.expected = expected
+        self.actual = actual
+        self.retryable = retryable
+    }
+
+    public var description: String {
+        var s = "\(type): \(message)"
+        if let file { s += " [\(file)]" }
+        return s
+    }
+}
+
+/// `run.json`: written once when the run is created, never changed.
+public struct RunRecord: Codable, Sendable, Hashable {
+    public var format: Int = 1
+    public var id: String
+    public var workflow: String
+    /// The workflow's declared version when known at submission (Swift workflows); the
+    /// version that actually ran is in the journal's `start` record.
+    public var workflowVersion: String?
+    /// The input value, or a blob reference `{"$blob": ..., "bytes": N}`.
+    public var input: JSONValue
+    public var submittedAt: Date
+    public var submittedBy: Principal
+    public var idempotencyKey: String?
+    /// Set on child runs: the parent run and the name of the `child` operation.
+    public var parent: ParentRef?
+
+    public struct ParentRef: Codable, Sendable, Hashable {
+        public var run: String
+        public var name: String
+        public init(run: String, name: String) {
+            self.run = run
+            self.name = name
+        }
+    }
+
+    enum CodingKeys: String, CodingKey {
+        case format, id, workflow, input, parent
+        case workflowVersion = "workflow_version"
+        case submittedAt = "submitted_at"
+        case submittedBy = "submitted_by"
+        case idempotencyKey = "idempotency_key"
+    }
+
+    public init(id: String, workflow: String, workflowVersion: String? = nil, input: JSONValue, submittedAt: Date, submittedBy: Principal, idempotencyKey: String? = nil, parent: ParentRef? = nil) {
+        self.id = id
+        self.workflow = workflow
+        self.workflowVersion = workflowVersion
+        self.input = input
+        self.submittedAt = submittedAt
+        self.submittedBy = submittedBy
+        self.idempotencyKey = idempotencyKey
+        self.parent = parent
+    }
+}
+
+/// The statuses of SPEC §2.
+public enum RunStatus: String, Codable, Sendable, CaseIterable {
+    case queued, running, waiting, completed, failed, cancelled
+
+    public var isTerminal: Bool { self == .completed || self == .failed || self == .cancelled }
+}
+
+/// `state.json`: a cache of what the journal says, rewritten on every status change.
+/// `cairn fsck --repair` rebuilds it from run.json + journal/.
+public struct RunState: Codable, Sendable, Hashable {
+    public var run: String
+    public var workflow: String
+    public var status: RunStatus
+    /// While waiting: `{"kind": "approval"|"timer"|"event"|"retry"|"uncertain"|"child"|"pause", ...}`.
+    public var waitingFor: JSONValue?
+    public var counters: Counters
+    public var updatedAt: Date
+    public var error: ErrorInfo?
+    /// Token accounting, filled by the agent layer: `{"input": N, "output": N, "saved": N}`.
+    public var tokens: JSONValue?
+
+    public struct Counters: Codable, Sendable, Hashable {
+        /// Journal records (effective, after any run-level retry).
+        public var journalEntries: Int
+        /// Completed steps (step, llm, child).
+        public var steps: Int
+        /// Failed attempts that were retried.
+        public var retries: Int
+        /// How many times the run was (re)started from the top.
+        public var executions: Int
+
+        public init(journalEntries: Int = 0, steps: Int = 0, retries: Int = 0, executions: Int = 0) {
+            self.journalEntries = journalEntries
+            self.steps = steps
+            self.retries = retries
+            self.executions = executions
+        }
+
+        enum CodingKeys: String, CodingKey {
+            case steps, retries, executions
+            case journalEntries = "journal_entries"
+        }
+    }
+
+    enum CodingKeys: String, CodingKey {
+        case run, workflow, status, counters, error, tokens
+        case waitingFor = "waiting_for"
+        case updatedAt = "updated_at"
+    }
+
+    public init(run: String, workflow: String, status: RunStatus, waitingFor: JSONValue? = nil, counters: Counters = .init(), updatedAt: Date, error: ErrorInfo? = nil, tokens: JSONValue? = nil) {
+        self.run = run
+        self.workflow = workflow
+        self.status = status
+        self.waitingFor = waitingFor
+        self.counters = counters
+        self.updatedAt = updatedAt
+        self.error = error
+        self.tokens = tokens
+    }
+}
+
+/// One journal record: `journal/NNNNNN-KIND[-NAME].json`. Which fields are present depends
+/// on the kind; docs/spool-format.md lists them kind by kind.
+public struct JournalEntry: Codable, Sendable, Hashable {
+    public var seq: Int
+    public var kind: String
+    public var name: String?
+    /// When the record was written.
+    public var at: Date
+    /// The operation's result (possibly a blob reference).
+    public var value: JSONValue?
+    public var error: ErrorInfo?
+    /// step: attempts used; retry: the attempt that failed.
+    public var attempt: Int?
+    public var idempotencyKey: String?
+    /// step: `at_least_once` or `at_most_once`.
+    public var semantics: String?
+    public var startedAt: Date?
+    public var durationMs: Int?
+    /// sleep/retry: when the wait ends; approval/event: the deadline.
+    public var until: Date?
+    /// approval/event: `requested` or `decided`/`received`.
+    public var phase: String?
+    /// parallel steps: the group name and the branch's index in it.
+    public var group: String?
+    public var index: Int?
+    /// approval: `approved`, `rejected`, `escalated`, `rerun`, `done`; event: `received`, `timed_out`.
+    public var decision: String?
+    public var decidedBy: Principal?
+    /// The spool file the record consumed (approval drop, event file), relative to the run.
+    public var file: String?
+    public var comment: String?
+    /// complete/fail/cancel: the final status.
+    public var status: String?
+    /// Run-level retry (`retry` with name `run`): records from this position on are superseded.
+    public var resumeFrom: Int?
+    /// Kind-specific extras (child run id, send target, LLM usage…).
+    public var data: JSONValue?
+
+    enum CodingKeys: String, CodingKey {
+        case seq, kind, name, at, value, error, attempt, semantics, until, phase, group, index, decision, file, comment, status, data
+        case idempotencyKey = "idempotency_key"
+        case startedAt = "started_at"
+        case durationMs = "duration_ms"
+        case decidedBy = "decided_by"
+        case resumeFrom = "resume_from"
+    }
+
+    public init(seq: Int, kind: String, name: String? = nil, at: Date) {
+        self.seq = seq
+        self.kind = kind
+        self.name = name
+        self.at = at
+    }
+
+    /// The file name this record lives under.
+    public var fileName: String { JournalEntry.fileName(seq: seq, kind: kind, name: name) }
+
+    public static func fileName(seq: Int, kind: String, name: String?) -> String {
+        let pos = String(seq)
+        var s = String(repeating: "0", count: max(0, 6 - pos.count)) + pos + "-" + kind
+        if let name, !name.isEmpty { s += "-" + Names.fileSafe(name) }
+        return s + ".json"
+    }
+
+    /// Parses `NNNNNN-KIND[-NAME].json` into (seq, kind); nil for other names.
+    public static func parseFileName(_ file: String) -> (seq: Int, kind: String)? {
+        guard file.hasSuffix(".json") else { return nil }
+        let base = file.dropLast(5)
+        guard let dash = base.firstIndex(of: "-") else { return nil }
+        let digits = base[..<dash]
+        guard digits.count >= 6, digits.allSatisfy({ $0.isASCII && $0.isNumber }), let seq = Int(digits) else { return nil }
+        let rest = base[base.index(after: dash)...]
+        let kind = rest.split(separator: "-", maxSplits: 1).first.map(String.init) ?? ""
+        guard !kind.isEmpty else { return nil }
+        return (seq, kind)
+    }
+}
+
+/// Names and ids: validation and the file-safe form used in file names.
+public enum Names {
+    /// `[A-Za-z0-9][A-Za-z0-9._-]{0,127}` (SPEC §2).
+    public static func isValidRunID(_ id: String) -> Bool {
+        guard let first = id.unicodeScalars.first, id.unicodeScalars.count <= 128, isAlnum(first) else { return false }
+        return id.unicodeScalars.allSatisfy { isAlnum($0) || $0 == "." || $0 == "_" || $0 == "-" }
+    }
+
+    /// Gate, event and workflow names: the same alphabet as run ids.
+    public static func isValidName(_ name: String) -> Bool { isValidRunID(name) }
+
+    /// Maps any operation name to a file-name-safe form: `[A-Za-z0-9._-]`, other
+    /// characters become `_`, at most 80 characters. The full name is inside the record.
+    public static func fileSafe(_ name: String) -> String {
+        var out = ""
+        for u in name.unicodeScalars.prefix(80) {
+            out.unicodeScalars.append(isAlnum(u) || u == "." || u == "_" || u == "-" ? u : "_")
+        }
+        return out
+    }
+
+    static func isAlnum(_ u: Unicode.Scalar) -> Bool {
+        (u >= "a" && u <= "z") || (u >= "A" && u <= "Z") || (u >= "0" && u <= "9")
+    }
+}
+
+extension Encodable {
+    /// This record as canonical JSON.
+    public func canonicalJSON() throws -> JSONValue { try JSONValue(encoding: self) }
+}

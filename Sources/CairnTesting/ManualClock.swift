@@ -1,0 +1,79 @@
+import Cairn
+import Foundation
+import Synchronization
+
+/// A clock that moves only when told: tests run days of durable timers and retry backoffs
+/// without sleeping. With `autoAdvance`, a sleep jumps the clock to its deadline at once.
+public final class ManualClock: CairnClock {
+    private struct Sleeper {
+        var deadline: Date
+        var continuation: CheckedContinuation<Void, any Error>
+    }
+
+    private struct State {
+        var now: Date
+        var sleepers: [UInt64: Sleeper] = [:]
+        var nextID: UInt64 = 0
+        var sleeps: [Date] = []
+    }
+
+    private let state: Mutex<State>
+    public let autoAdvance: Bool
+
+    public init(now: Date = Date(timeIntervalSince1970: 1_800_000_000), autoAdvance: Bool = false) {
+        self.state = Mutex(State(now: now))
+        self.autoAdvance = autoAdvance
+    }
+
+    public func now() -> Date { state.withLock { $0.now } }
+
+    /// Every deadline a sleep was asked for, in order.
+    public var sleepDeadlines: [Date] { state.withLock { $0.sleeps } }
+
+    public func sleep(until deadline: Date) async throws {
+        let id: UInt64? = state.withLock { s in
+            s.sleeps.append(deadline)
+            if deadline <= s.now { return nil }
+            if autoAdvance {
+                s.now = deadline
+                return nil
+            }
+            s.nextID += 1
+            return s.nextID
+        }
+        guard let id else { return }
+        try await withTaskCancellationHandler {
+            try await withCheckedThrowingContinuation { (c: CheckedContinuation<Void, any Error>) in
+                let resumeNow = state.withLock { s -> Bool in
+                    if deadline <= s.now || Task.isCancelled { return true }
+                    s.sleepers[id] = Sleeper(deadline: deadline, continuation: c)
+                    return false
+                }
+                if resumeNow {
+                    if Task.isCancelled { c.resume(throwing: CancellationError()) } else { c.resume() }
+                }
+            }
+        } onCancel: {
+            let s = state.withLock { $0.sleepers.removeValue(forKey: id) }
+            s?.continuation.resume(throwing: CancellationError())
+        }
+    }
+
+    /// Moves time forward, waking every sleeper whose deadline has come.
+    public func advance(by duration: Duration) {
+        advance(to: now().addingTimeInterval(duration.seconds))
+    }
+
+    public func advance(to date: Date) {
+        let due = state.withLock { s -> [Sleeper] in
+            if date > s.now { s.now = date }
+            let ready = s.sleepers.filter { $0.value.deadline <= s.now }
+            for k in ready.keys { s.sleepers.removeValue(forKey: k) }
+            return Array(ready.values)
+        }
+        for s in due { s.continuation.resume() }
+    }
+
+    /// How many sleeps are waiting.
+    public var pendingSleepers: Int { state.withLock { $0.sleepers.count } }
+}

@@ -1,0 +1,66 @@
+import Cairn
+import CairnSpool
+import Foundation
+import SystemPackage
+
+/// A fresh spool in a temporary directory, removed when the value is released.
+public final class TempSpool: Sendable {
+    public let spool: Spool
+    public let path: FilePath
+
+    public init(prefix: String = "cairn-test") throws {
+        let base = FileManager.default.temporaryDirectory.path
+        var template = Array("\(base)/\(prefix)-XXXXXX".utf8CString)
+        guard let dir = template.withUnsafeMutableBufferPointer({ mkdtemp($0.baseAddress!) }) else {
+            throw SpoolError(.io, path: base, errno: errno, "mkdtemp failed")
+        }
+        path = FilePath(String(cString: dir))
+        spool = try Spool.create(at: path.appending("spool"))
+    }
+
+    deinit {
+        try? FileManager.default.removeItem(atPath: path.string)
+    }
+
+    /// An engine over this spool.
+    public func engine(_ workflows: [AnyWorkflow], clock: any CairnClock = ManualClock(autoAdvance: true)) -> Engine {
+        Engine(spool: spool, registry: WorkflowRegistry(workflows), clock: clock)
+    }
+
+    /// Submits a run.
+    public func submit<T: Encodable>(_ workflow: String, input: T, id: String? = nil, key: String? = nil) throws -> String {
+        try spool.createRun(.init(workflow: workflow, input: JSONValue(encoding: input), id: id, idempotencyKey: key)).id
+    }
+
+    /// The run's journal as `KIND` or `KIND:NAME` strings, in position order.
+    public func journalSummary(_ run: String) throws -> [String] {
+        try spool.journal(run).load().map { e in e.name.map { "\(e.kind):\($0)" } ?? e.kind }
+    }
+
+    public func state(_ run: String) throws -> RunState {
+        guard let s = try spool.readState(run) else { throw SpoolError(.notFound, "no state.json for \(run)") }
+        return s
+    }
+
+    /// Drops a file as a person would: written elsewhere, then renamed into place.
+    public func drop(_ relative: String, in run: String, content: String = "") throws {
+        let target = spool.run(run).directory.appending(relative)
+        let tmp = path.appending("drop-\(UUID().uuidString)")
+        try Data(content.utf8).write(to: URL(fileURLWithPath: tmp.string))
+        guard rename(tmp.string, target.string) == 0 else {
+            throw SpoolError(.io, path: target.string, errno: errno, "cannot drop file")
+        }
+    }
+
+    /// Every JSON file in the spool that does not parse (there must be none).
+    public func partialJSONFiles() throws -> [String] {
+        var bad: [String] = []
+        let e = FileManager.default.enumerator(atPath: spool.root.string)
+        while let rel = e?.nextObject() as? String {
+            guard rel.hasSuffix(".json"), !rel.hasPrefix("tmp/") else { continue }
+            let p = spool.root.appending(rel)
+            if (try? DurableFile.readJSON(p)) == nil { bad.append(rel) }
+        }
+        return bad
+    }
+}
