@@ -53,7 +53,11 @@ let package = Package(
             swiftSettings: strict
         ),
         // The test kit: temp spools, a manual clock, journal assertions.
-        .target(name: "CairnTesting", dependencies: ["Cairn", "CairnSpool"], swiftSettings: strict),
+        .target(
+            name: "CairnTesting",
+            dependencies: ["Cairn", "CairnSpool", .product(name: "Logging", package: "swift-log")],
+            swiftSettings: strict
+        ),
         .executableTarget(name: "cairn", dependencies: ["CairnCLI"], swiftSettings: strict),
         // The `cairn` CLI with the test suite's workflows registered (crash and replay tests run it).
         .executableTarget(name: "cairn-fixtures", dependencies: ["CairnCLI", "Cairn"], swiftSettings: strict),

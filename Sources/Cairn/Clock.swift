@@ -43,3 +43,9 @@ extension Duration {
         return nil
     }
 }
+
+extension Duration {
+    public static func minutes(_ n: Int64) -> Duration { .seconds(n * 60) }
+    public static func hours(_ n: Int64) -> Duration { .seconds(n * 3600) }
+    public static func days(_ n: Int64) -> Duration { .seconds(n * 86400) }
+}

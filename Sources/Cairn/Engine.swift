@@ -72,7 +72,7 @@ public struct Engine: Sendable {
                 default: outcome = .failed(last.error ?? ErrorInfo(type: "failed", message: "failed"))
                 }
                 if previous?.status != status {
-                    try writeState(record, entries: entries, previous: previous, status: status, error: last.error)
+                    try writeState(record, entries: entries, executions: previous?.counters.executions ?? 0, status: status, error: last.error)
                 }
                 return outcome
             }
@@ -100,8 +100,9 @@ public struct Engine: Sendable {
             logger.notice("run started with another workflow version; replay checks determinism", metadata: ["run": "\(runID)", "recorded": "\(recordedVersion)", "code": "\(workflow.version)"])
         }
 
+        let executions = (previous?.counters.executions ?? 0) + 1
         if previous?.status != .running {
-            try writeState(record, entries: entries, previous: previous, status: .running, error: nil, countExecution: true)
+            try writeState(record, entries: entries, executions: executions, status: .running, error: nil)
         }
         let ctx = WorkflowContext(runID: runID, workflowName: record.workflow, spool: spool, config: config, entries: Array(entries.dropFirst()), physicalCount: physical.count, clock: clock, logger: logger)
         let input = try spool.blobs(runID).resolve(record.input)
@@ -144,10 +145,10 @@ public struct Engine: Sendable {
         let all = ctx.state.withLock { $0.entries }
         let full = [entries[0]] + all
         switch outcome {
-        case .completed: try writeState(record, entries: full, previous: previous, status: .completed, error: nil)
-        case .cancelled: try writeState(record, entries: full, previous: previous, status: .cancelled, error: nil)
-        case .failed(let info): try writeState(record, entries: full, previous: previous, status: .failed, error: info)
-        case .waiting(let w): try writeState(record, entries: full, previous: previous, status: .waiting, error: nil, waitingFor: w)
+        case .completed: try writeState(record, entries: full, executions: executions, status: .completed, error: nil)
+        case .cancelled: try writeState(record, entries: full, executions: executions, status: .cancelled, error: nil)
+        case .failed(let info): try writeState(record, entries: full, executions: executions, status: .failed, error: info)
+        case .waiting(let w): try writeState(record, entries: full, executions: executions, status: .waiting, error: nil, waitingFor: w)
         default: break
         }
         if outcome.isTerminal, let parent = record.parent, spool.runExists(parent.run) {
@@ -172,12 +173,12 @@ public struct Engine: Sendable {
         return entries[i].seq
     }
 
-    func writeState(_ record: RunRecord, entries: [JournalEntry], previous: RunState?, status: RunStatus, error: ErrorInfo?, waitingFor: JSONValue? = nil, countExecution: Bool = false) throws {
+    func writeState(_ record: RunRecord, entries: [JournalEntry], executions: Int, status: RunStatus, error: ErrorInfo?, waitingFor: JSONValue? = nil) throws {
         var state = StateDerivation.derive(record: record, entries: entries, now: clock.now())
         state.status = status
         state.error = error
         state.waitingFor = waitingFor
-        state.counters.executions = (previous?.counters.executions ?? 0) + (countExecution ? 1 : 0)
+        state.counters.executions = executions
         try spool.writeState(state)
     }
 

@@ -1,6 +1,7 @@
 import Cairn
 import CairnSpool
 import Foundation
+import Logging
 import SystemPackage
 
 /// A fresh spool in a temporary directory, removed when the value is released.
@@ -23,8 +24,10 @@ public final class TempSpool: Sendable {
     }
 
     /// An engine over this spool.
-    public func engine(_ workflows: [AnyWorkflow], clock: any CairnClock = ManualClock(autoAdvance: true)) -> Engine {
-        Engine(spool: spool, registry: WorkflowRegistry(workflows), clock: clock)
+    public func engine(_ workflows: [AnyWorkflow], clock: any CairnClock = ManualClock(autoAdvance: true), logLevel: Logger.Level = .warning) -> Engine {
+        var logger = Logger(label: "cairn.test")
+        logger.logLevel = logLevel
+        return Engine(spool: spool, registry: WorkflowRegistry(workflows), clock: clock, logger: logger)
     }
 
     /// Submits a run.

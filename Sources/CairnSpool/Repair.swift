@@ -1,0 +1,174 @@
+import Foundation
+import SystemPackage
+
+/// `cairn fsck [--repair]`: verifies every file of a spool and, with repair, rebuilds what
+/// is derived from run.json + journal/ + blobs/ (SPEC §1.4). It never deletes a journal
+/// record or anything a person dropped: records past the longest valid prefix are moved to
+/// `runs/ID/repair/TIME/`, so nothing that might be evidence is lost.
+public enum Repair {
+    public struct Finding: Sendable, Hashable, CustomStringConvertible {
+        public var file: String
+        public var problem: String
+        /// What repair did about it (nil: nothing, or not repairing).
+        public var repaired: String?
+        public var description: String { "\(file): \(problem)" + (repaired.map { " — repaired: \($0)" } ?? "") }
+    }
+
+    public struct Report: Sendable {
+        public var findings: [Finding] = []
+        public var runsChecked = 0
+        public var filesChecked = 0
+        /// Runs skipped because a daemon held their lock.
+        public var busy: [String] = []
+        /// True when nothing is wrong (or everything wrong was repaired).
+        public var clean: Bool { findings.allSatisfy { $0.repaired != nil } }
+    }
+
+    public static func run(_ spool: Spool, repair: Bool, now: Date = Date(), staleTempAge: TimeInterval = 3600) throws -> Report {
+        var report = Report()
+        let rel = { (p: FilePath) -> String in
+            let s = p.string, r = spool.root.string + "/"
+            return s.hasPrefix(r) ? String(s.dropFirst(r.count)) : s
+        }
+        // tmp/: anything old is a leftover of a crash (no writer keeps a temp file for an hour).
+        for name in try Spool.list(spool.tmpDirectory) {
+            let p = spool.tmpDirectory.appending(name)
+            var st = stat()
+            guard lstat(p.string, &st) == 0 else { continue }
+            let age = now.timeIntervalSince1970 - Double(st.st_mtim.tv_sec)
+            guard age > staleTempAge else { continue }
+            var f = Finding(file: rel(p), problem: "stale temporary file (\(Int(age))s old)")
+            if repair {
+                try? FileManager.default.removeItem(atPath: p.string)
+                f.repaired = "removed"
+            }
+            report.findings.append(f)
+        }
+
+        var keysWanted: [String: String] = [:]
+        for id in try Spool.list(spool.runsDirectory).sorted() {
+            let paths = spool.run(id)
+            guard Names.isValidRunID(id) else {
+                report.findings.append(Finding(file: rel(paths.directory), problem: "not a valid run id; left alone"))
+                continue
+            }
+            report.runsChecked += 1
+            let lock = try? RunLock.tryAcquire(paths.directory)
+            if repair && lock == nil {
+                report.busy.append(id)
+                continue
+            }
+            let record: RunRecord
+            do {
+                record = try Spool.decode(RunRecord.self, from: paths.runFile)
+                guard record.id == id else { throw SpoolError(.malformed, path: paths.runFile.string, "\"id\" is \(record.id), the directory is \(id)") }
+            } catch {
+                report.findings.append(Finding(file: rel(paths.runFile), problem: "\(error); this run cannot be recovered automatically"))
+                continue
+            }
+            report.filesChecked += 1
+            if let key = record.idempotencyKey { keysWanted[key] = id }
+
+            // Blobs: every file's content must hash to its name.
+            let blobs = spool.blobs(id)
+            for name in try Spool.list(paths.blobsDirectory) {
+                report.filesChecked += 1
+                let p = paths.blobsDirectory.appending(name)
+                guard BlobStore.isBlobName(name), let data = try? DurableFile.read(p), "sha256-" + SHA256.hex(data) == name else {
+                    report.findings.append(Finding(file: rel(p), problem: "blob content does not match its name (corrupt)"))
+                    continue
+                }
+            }
+            // Journal: the longest valid prefix is the truth.
+            let journal = spool.journal(id)
+            let (entries, damage) = try journal.loadPrefix(blobs: blobs)
+            report.filesChecked += entries.count + damage.count
+            if !damage.isEmpty {
+                let stamp = RunID.generate(now: now)
+                let dest = paths.repairDirectory.appending(stamp)
+                for d in damage {
+                    var f = Finding(file: rel(journal.directory.appending(d.file)), problem: d.problem)
+                    if repair {
+                        try DurableFile.makeDirectory(paths.repairDirectory)
+                        try DurableFile.makeDirectory(dest)
+                        try DurableFile.rename(journal.directory.appending(d.file), to: dest.appending(d.file), mode: .noReplace)
+                        f.repaired = "moved to \(rel(dest))/ (the journal now ends at position \(entries.count))"
+                    }
+                    report.findings.append(f)
+                }
+                if repair {
+                    try DurableFile.fsyncDirectory(journal.directory)
+                    try DurableFile.fsyncDirectory(dest)
+                }
+            }
+            let effective = Journal.effective(entries)
+            let derived = StateDerivation.derive(record: record, entries: effective, now: now)
+
+            // state.json: a cache; rebuilt when missing, unreadable or contradicting the journal.
+            var stateProblem: String? = nil
+            var previous: RunState? = nil
+            do {
+                previous = try spool.readState(id)
+                if let s = previous {
+                    report.filesChecked += 1
+                    if s.status.isTerminal != derived.status.isTerminal || (derived.status.isTerminal && s.status != derived.status) {
+                        stateProblem = "says \(s.status.rawValue), the journal says \(derived.status.rawValue)"
+                    } else if s.counters.journalEntries > effective.count {
+                        stateProblem = "counts \(s.counters.journalEntries) journal records, the journal has \(effective.count)"
+                    }
+                } else {
+                    stateProblem = "missing"
+                }
+            } catch {
+                stateProblem = "unreadable: \(error)"
+            }
+            if let problem = stateProblem {
+                var f = Finding(file: rel(paths.stateFile), problem: problem)
+                if repair {
+                    var s = derived
+                    s.counters.executions = previous?.counters.executions ?? 0
+                    try spool.writeState(s)
+                    f.repaired = "rebuilt from the journal (status \(s.status.rawValue))"
+                }
+                report.findings.append(f)
+            }
+            // result.json: the complete record's value.
+            if let last = effective.last, last.kind == "complete" {
+                let want = try? blobs.resolve(last.value ?? .null)
+                let have = try? DurableFile.readJSON(paths.resultFile)
+                report.filesChecked += 1
+                if let want, have != want {
+                    var f = Finding(file: rel(paths.resultFile), problem: have == nil ? "missing or unreadable" : "differs from the journal's complete record")
+                    if repair {
+                        try spool.durable.write(json: want, to: paths.resultFile)
+                        f.repaired = "rewritten from the journal"
+                    }
+                    report.findings.append(f)
+                }
+            }
+            // Other JSON the runtime wrote must parse (request files, error files).
+            for name in try Spool.list(paths.approvalsDirectory) where name.hasSuffix(".json") {
+                report.filesChecked += 1
+                let p = paths.approvalsDirectory.appending(name)
+                if (try? DurableFile.readJSON(p)) == nil {
+                    report.findings.append(Finding(file: rel(p), problem: "not valid JSON; the run rewrites request files when it next waits on the gate"))
+                }
+            }
+            withExtendedLifetime(lock) {}
+        }
+
+        // keys/: every run's idempotency key has its index file.
+        for (key, id) in keysWanted.sorted(by: { $0.key < $1.key }) {
+            let file = spool.keysDirectory.appending(Spool.keyFileName(key))
+            let bound = (try? DurableFile.readJSON(file))?["run"]?.stringValue
+            guard bound != id else { continue }
+            var f = Finding(file: rel(file), problem: bound == nil ? "missing index of idempotency key '\(key)' (run \(id))" : "binds key '\(key)' to \(bound!), run \(id) has it")
+            if repair && bound == nil {
+                try spool.durable.write(json: ["key": .string(key), "run": .string(id)], to: file)
+                f.repaired = "rebuilt"
+            }
+            report.findings.append(f)
+        }
+        return report
+    }
+}

@@ -1,0 +1,236 @@
+import Cairn
+import CairnSpool
+import CairnTesting
+import Foundation
+import SystemPackage
+import Testing
+
+@Suite struct ApprovalTests {
+    func gated(_ fx: Effects, timeout: Duration? = nil, onTimeout: ApprovalTimeout = .reject) -> AnyWorkflow {
+        workflow("gated") { ctx, _ in
+            let draft: String = try await ctx.step("draft") { _ in fx.hit("draft"); return "Hello" }
+            let d = try await ctx.approval("send-reply", request: .init(summary: "Send the reply?", details: ["draft": .string(draft)]), timeout: timeout, onTimeout: onTimeout)
+            guard d.approved else { return ["sent": false, "reason": .string(d.reason ?? "")] }
+            let text = try d.value(as: String.self) ?? draft
+            let _: Bool = try await ctx.step("send", semantics: .atMostOnce) { _ in fx.hit("send"); return true }
+            return ["sent": true, "text": .string(text), "by": .string(d.decidedBy?.user ?? "?")]
+        }
+    }
+
+    @Test func touchApproves() async throws {
+        let t = try TempSpool()
+        let fx = Effects()
+        let engine = t.engine([gated(fx)])
+        let id = try t.submit("gated", input: 0)
+        guard case .waiting(let w) = try await engine.advance(id) else { Issue.record("not waiting"); return }
+        #expect(w == ["kind": "approval", "gate": "send-reply", "drop": "approvals/send-reply.approved", "reject": "approvals/send-reply.rejected"])
+        let state = try t.state(id)
+        #expect(state.status == .waiting && state.waitingFor?["gate"] == "send-reply")
+        let req = try DurableFile.readJSON(t.spool.run(id).approvalsDirectory.appending("send-reply.request.json"))
+        #expect(req["summary"] == "Send the reply?" && req["details"]?["draft"] == "Hello")
+        #expect(req["approve"]?.stringValue?.contains("touch ") == true)
+        // Still waiting without a decision.
+        guard case .waiting = try await engine.advance(id) else { Issue.record("not waiting"); return }
+        try t.drop("approvals/send-reply.approved", in: id)
+        guard case .completed(let out) = try await engine.advance(id) else { Issue.record("not completed"); return }
+        #expect(out["sent"] == true && out["text"] == "Hello")
+        #expect(out["by"] == .string(Principal.current.user ?? "?"))
+        #expect(fx.count("draft") == 1 && fx.count("send") == 1)
+        let decided = try t.spool.journal(id).load().first { $0.kind == "approval" && $0.phase == "decided" }
+        #expect(decided?.decision == "approved" && decided?.decidedBy?.uid == getuid())
+    }
+
+    @Test func jsonValueReplacesTheDraftAndEarlyDecisionsCount() async throws {
+        let t = try TempSpool()
+        let fx = Effects()
+        let id = try t.submit("gated", input: 0)
+        // Dropped before the run even started.
+        try t.drop("approvals/send-reply.approved", in: id, content: #"{"comment": "shorter", "value": "Hi"}"#)
+        guard case .completed(let out) = try await t.engine([gated(fx)]).advance(id) else { Issue.record("not completed"); return }
+        #expect(out["text"] == "Hi")
+        let decided = try t.spool.journal(id).load().first { $0.kind == "approval" && $0.phase == "decided" }
+        #expect(decided?.comment == "shorter")
+    }
+
+    @Test func rejectionWithReason() async throws {
+        let t = try TempSpool()
+        let fx = Effects()
+        let engine = t.engine([gated(fx)])
+        let id = try t.submit("gated", input: 0)
+        _ = try await engine.advance(id)
+        try t.drop("approvals/send-reply.rejected", in: id, content: #"{"reason": "tone"}"#)
+        #expect(try await engine.advance(id) == .completed(["sent": false, "reason": "tone"]))
+        #expect(fx.count("send") == 0)
+    }
+
+    @Test func refusedDropsLeaveAnErrorFileAndTheRunWaiting() async throws {
+        let t = try TempSpool()
+        let fx = Effects()
+        var cfg = try DurableFile.readJSON(t.spool.configFile).objectValue!
+        cfg["approvers"] = ["send-reply": ["users": ["nobody-here"]]]
+        try t.spool.durable.write(json: .object(cfg), to: t.spool.configFile)
+        let engine = t.engine([gated(fx)])
+        let id = try t.submit("gated", input: 0)
+        _ = try await engine.advance(id)
+        try t.drop("approvals/send-reply.approved", in: id)
+        guard case .waiting = try await engine.advance(id) else { Issue.record("accepted an unauthorized drop"); return }
+        let err = try DurableFile.readJSON(t.spool.run(id).approvalsDirectory.appending("send-reply.approved.error.json"))
+        #expect(err["error"]?.stringValue?.contains("not allowed") == true)
+        #expect(DurableFile.exists(t.spool.run(id).approvalsDirectory.appending("send-reply.approved")))
+        #expect(fx.count("send") == 0)
+    }
+
+    @Test func timeoutRejectsOrEscalates() async throws {
+        let t = try TempSpool()
+        let fx = Effects()
+        let clock = ManualClock()
+        let id = try t.submit("gated", input: 0)
+        let engine = t.engine([gated(fx, timeout: .hours(24))], clock: clock)
+        guard case .waiting(let w) = try await engine.advance(id) else { Issue.record("not waiting"); return }
+        #expect(w["until"] != nil)
+        clock.advance(by: .hours(25))
+        #expect(try await engine.advance(id) == .completed(["sent": false, "reason": "timed out"]))
+
+        let id2 = try t.submit("gated", input: 0)
+        let engine2 = t.engine([gated(fx, timeout: .hours(1), onTimeout: .escalate(to: "manager", timeout: nil, then: .reject))], clock: clock)
+        _ = try await engine2.advance(id2)
+        clock.advance(by: .hours(2))
+        guard case .waiting(let w2) = try await engine2.advance(id2) else { Issue.record("not waiting"); return }
+        #expect(w2["gate"] == "manager")
+        try t.drop("approvals/manager.approved", in: id2)
+        guard case .completed(let out) = try await engine2.advance(id2) else { Issue.record("not completed"); return }
+        #expect(out["sent"] == true)
+    }
+}
+
+@Suite struct EventTests {
+    @Test func waitForEventConsumesOneFileEach() async throws {
+        let t = try TempSpool()
+        let wf = workflow("events") { ctx, _ in
+            let a = try await ctx.waitForEvent("payment")
+            let b = try await ctx.waitForEvent("payment")
+            let c = try await ctx.waitForEvent("never", timeout: .minutes(5))
+            return [a ?? .null, b ?? .null, c ?? "timed out"]
+        }
+        let clock = ManualClock()
+        let engine = t.engine([wf], clock: clock)
+        let id = try t.submit("events", input: 0)
+        guard case .waiting(let w) = try await engine.advance(id) else { Issue.record("not waiting"); return }
+        #expect(w["kind"] == "event" && w["name"] == "payment")
+        try t.drop("events/payment.1.json", in: id, content: #"{"amount": 1}"#)
+        clock.advance(by: .seconds(1))
+        try t.drop("events/payment.2.json", in: id, content: #"{"amount": 2}"#)
+        guard case .waiting(let w2) = try await engine.advance(id) else { Issue.record("not waiting"); return }
+        #expect(w2["name"] == "never")
+        clock.advance(by: .minutes(6))
+        #expect(try await engine.advance(id) == .completed([["amount": 1], ["amount": 2], "timed out"]))
+    }
+
+    @Test func sendIsExactlyOnceBetweenRuns() async throws {
+        let t = try TempSpool()
+        let receiver = workflow("receiver") { ctx, _ in try await ctx.waitForEvent("hello") ?? .null }
+        let sender = workflow("sender") { ctx, input in
+            try await ctx.send(to: input.stringValue!, event: "hello", data: ["from": "sender"] as JSONValue)
+            return "sent"
+        }
+        let engine = t.engine([receiver, sender])
+        let r = try t.submit("receiver", input: 0)
+        _ = try await engine.advance(r)
+        let s = try t.submit("sender", input: r)
+        #expect(try await engine.advance(s) == .completed("sent"))
+        let files = try Spool.list(t.spool.run(r).eventsDirectory)
+        #expect(files == ["hello.\(s)-2.json"])
+        #expect(try await engine.advance(r) == .completed(["from": "sender"]))
+    }
+}
+
+@Suite struct CompositionTests {
+    struct Square: Workflow {
+        static let name = "square"
+        func run(_ ctx: WorkflowContext, input: Int) async throws -> Int {
+            try await ctx.step("mul") { _ in input * input }
+        }
+    }
+
+    struct SumOfSquares: Workflow {
+        static let name = "sum-of-squares"
+        func run(_ ctx: WorkflowContext, input: [Int]) async throws -> Int {
+            var total = 0
+            for (i, n) in input.enumerated() {
+                total += try await ctx.child("sq-\(i)", Square.self, input: n)
+            }
+            return total
+        }
+    }
+
+    @Test func childWorkflowsRunAsTheirOwnRuns() async throws {
+        let t = try TempSpool()
+        var reg = WorkflowRegistry()
+        reg.register(Square())
+        reg.register(SumOfSquares())
+        let engine = Engine(spool: t.spool, registry: reg, clock: ManualClock(autoAdvance: true))
+        let id = try t.submit("sum-of-squares", input: [1, 2, 3])
+        guard case .waiting(let w) = try await engine.advance(id) else { Issue.record("not waiting"); return }
+        #expect(w["kind"] == "child" && w["run"] == .string("\(id).sq-0"))
+        #expect(try await engine.drive(id) == .completed(14))
+        #expect(try t.spool.readRun("\(id).sq-2").parent?.run == id)
+        #expect(try t.state("\(id).sq-1").status == .completed)
+    }
+
+    @Test func parallelStepsRespectTheCapAndReplay() async throws {
+        let t = try TempSpool()
+        let gauge = Gauge()
+        let fx = Effects()
+        let wf = workflow("fanout") { ctx, _ in
+            let out: [Int] = try await ctx.parallel("fetch", Array(0..<10), maxConcurrency: 3) { i, key in
+                gauge.enter()
+                defer { gauge.leave() }
+                try await Task.sleep(for: .milliseconds(2))
+                fx.hit("fetch-\(i)")
+                return i * 10
+            }
+            try await ctx.sleep(for: .seconds(1))
+            return .array(out.map { .int(Int64($0)) })
+        }
+        let clock = ManualClock()
+        let engine = t.engine([wf], clock: clock)
+        let id = try t.submit("fanout", input: 0)
+        _ = try await engine.advance(id)
+        clock.advance(by: .seconds(2))
+        #expect(try await engine.advance(id) == .completed(.array((0..<10).map { .int(Int64($0 * 10)) })))
+        #expect(gauge.max <= 3 && gauge.max >= 2)
+        #expect((0..<10).allSatisfy { fx.count("fetch-\($0)") == 1 })
+        let records = try t.spool.journal(id).load().filter { $0.group == "fetch" }
+        #expect(Set(records.compactMap(\.index)) == Set(0..<10))
+    }
+
+    @Test func parallelAfterCrashRunsOnlyMissingBranches() async throws {
+        let t = try TempSpool()
+        let fx = Effects()
+        let wf = workflow("fanout2") { ctx, _ in
+            let out: [Int] = try await ctx.parallel("p", [0, 1, 2, 3], maxConcurrency: 2) { i, _ in fx.hit("b\(i)"); return i }
+            return .int(Int64(out.reduce(0, +)))
+        }
+        let id = try t.submit("fanout2", input: 0)
+        // A crash left records for branches 2 and 0 only.
+        let j = t.spool.journal(id)
+        var s = JournalEntry(seq: 1, kind: "start", at: Date()); s.data = ["version": "1"]
+        try j.append(s)
+        for (seq, i) in [(2, 2), (3, 0)] {
+            var e = JournalEntry(seq: seq, kind: "step", name: "p[\(i)]", at: Date())
+            e.group = "p"; e.index = i; e.value = .int(Int64(i))
+            try j.append(e)
+        }
+        #expect(try await t.engine([wf]).drive(id) == .completed(6))
+        #expect(fx.count("b0") == 0 && fx.count("b2") == 0 && fx.count("b1") == 1 && fx.count("b3") == 1)
+    }
+}
+
+final class Gauge: Sendable {
+    private let s = Mutex<(now: Int, max: Int)>((0, 0))
+    func enter() { s.withLock { $0.now += 1; $0.max = Swift.max($0.max, $0.now) } }
+    func leave() { s.withLock { $0.now -= 1 } }
+    var max: Int { s.withLock { $0.max } }
+}
+
+import Synchronization
