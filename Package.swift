@@ -68,6 +68,12 @@ let package = Package(
             exclude: ["Fixtures"],
             swiftSettings: strict
         ),
+        // End-to-end: the built binaries against temp spools (golden output, SIGKILL, rsync).
+        .testTarget(
+            name: "CairnEndToEndTests",
+            dependencies: ["CairnSpool", "CairnTesting"],
+            swiftSettings: strict
+        ),
     ],
     swiftLanguageModes: [.v6]
 )

@@ -49,6 +49,12 @@ public final class WorkflowContext: Sendable {
         self.state = Mutex(State(entries: entries, cursor: 0, nextSeq: physicalCount + 1))
     }
 
+    /// The spool's root directory.
+    public var spoolRoot: FilePath { spool.root }
+
+    /// This run's directory.
+    public var runDirectory: FilePath { paths.directory }
+
     /// True while operations are being answered from the journal.
     public var isReplaying: Bool { state.withLock { $0.cursor < $0.entries.count } }
 

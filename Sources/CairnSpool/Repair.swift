@@ -132,6 +132,11 @@ public enum Repair {
                 }
                 report.findings.append(f)
             }
+            // index/STATUS/ID: derived; rebuilt quietly.
+            if repair, let status = (try? spool.readState(id))??.status,
+               !DurableFile.exists(spool.indexDirectory.appending(status.rawValue).appending(id)) {
+                spool.updateIndex(id, status: status)
+            }
             // result.json: the complete record's value.
             if let last = effective.last, last.kind == "complete" {
                 let want = try? blobs.resolve(last.value ?? .null)
@@ -157,6 +162,17 @@ public enum Repair {
             withExtendedLifetime(lock) {}
         }
 
+        // index/: entries for runs that are gone, or in the wrong status.
+        for status in RunStatus.allCases {
+            for id in try Spool.list(spool.indexDirectory.appending(status.rawValue)) {
+                let actual = (try? spool.readState(id))??.status
+                guard actual != status else { continue }
+                if repair {
+                    _ = unlink(spool.indexDirectory.appending(status.rawValue).appending(id).string)
+                    if let actual { spool.updateIndex(id, status: actual) }
+                }
+            }
+        }
         // keys/: every run's idempotency key has its index file.
         for (key, id) in keysWanted.sorted(by: { $0.key < $1.key }) {
             let file = spool.keysDirectory.appending(Spool.keyFileName(key))

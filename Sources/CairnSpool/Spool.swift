@@ -31,7 +31,7 @@ public struct Spool: Sendable {
         return FilePath("spool")
     }
 
-    static let subdirectories = ["runs", "inbox", "rejected", "tmp", "workflows", "keys"]
+    static let subdirectories = ["runs", "inbox", "rejected", "tmp", "workflows", "keys", "index"]
 
     /// Creates a spool (or completes a partial one); an existing spool is left as it is.
     @discardableResult
@@ -100,8 +100,44 @@ public struct Spool: Sendable {
         return try Self.decode(RunState.self, from: p)
     }
 
+    /// Writes state.json, then moves the run's entry in the status index.
     public func writeState(_ state: RunState) throws {
         try durable.write(json: state.canonicalJSON(), to: run(state.run).stateFile)
+        updateIndex(state.run, status: state.status)
+    }
+
+    // MARK: status index
+
+    /// `index/STATUS/RUN_ID`: empty files, one per run, so listing the runs in a status
+    /// (and the daemon's recovery, which lists queued/running/waiting) costs what is
+    /// listed, not every run in the spool. Derived and not fsync'd: readers check each
+    /// entry against state.json, and `cairn fsck --repair` rebuilds it.
+    public var indexDirectory: FilePath { root.appending("index") }
+
+    public func updateIndex(_ id: String, status: RunStatus) {
+        let base = indexDirectory.string
+        for s in RunStatus.allCases where s != status {
+            _ = unlink(base + "/" + s.rawValue + "/" + id)
+        }
+        let dir = base + "/" + status.rawValue
+        var fd = Glibc.open(dir + "/" + id, O_WRONLY | O_CREAT | O_CLOEXEC, 0o644)
+        if fd < 0 && errno == ENOENT {
+            _ = mkdir(base, 0o755)
+            _ = mkdir(dir, 0o755)
+            fd = Glibc.open(dir + "/" + id, O_WRONLY | O_CREAT | O_CLOEXEC, 0o644)
+        }
+        if fd >= 0 { close(fd) }
+    }
+
+    /// Run ids the index lists under `status` (unverified: check state.json).
+    public func indexedRuns(_ status: RunStatus) throws -> [String] {
+        try Self.list(indexDirectory.appending(status.rawValue)).filter { Names.isValidRunID($0) }.sorted()
+    }
+
+    /// Runs whose state.json says `status`, found through the index (entries that
+    /// disagree with state.json are skipped).
+    public func runs(withStatus status: RunStatus) throws -> [String] {
+        try indexedRuns(status).filter { (try? readState($0))??.status == status }
     }
 
     public func blobs(_ id: String, threshold: Int? = nil) -> BlobStore {
@@ -168,6 +204,7 @@ public struct Spool: Sendable {
             try DurableFile.fsyncDirectory(tmpDirectory)
             CrashPoints.reached("run.before-rename")
             try DurableFile.rename(staging, to: runDirectory(id), mode: .noReplace)
+            updateIndex(id, status: .queued)
         } catch let e as SpoolError where e.code == .exists {
             try? FileManager.default.removeItem(atPath: staging.string)
             return (id, false)

@@ -1,1 +1,55 @@
-print("x")
+import Cairn
+import CairnCLI
+import CairnSpool
+import Foundation
+
+// `cairn-fixtures`: the `cairn` CLI with the test suite's workflows registered. The crash
+// tests run it against temp spools and SIGKILL it (CAIRN_CRASH_AT picks a point inside the
+// durable write, or the test kills it at a random moment).
+
+/// Appends "LABEL KEY" to the effects file: the side effect the crash tests count.
+func effect(_ path: String, _ label: String, _ key: String) throws {
+    let fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0o644)
+    guard fd >= 0 else { throw StepError("cannot open \(path)") }
+    defer { close(fd) }
+    let line = Array("\(label) \(key)\n".utf8)
+    guard write(fd, line, line.count) == line.count, fsync(fd) == 0 else { throw StepError("cannot append to \(path)") }
+}
+
+struct Crashy: Workflow {
+    static let name = "crashy"
+
+    struct Input: Codable, Sendable {
+        var steps: Int
+        var effects: String
+    }
+
+    func run(_ ctx: WorkflowContext, input: Input) async throws -> Int {
+        var total = 0
+        for i in 0..<input.steps {
+            total += try await ctx.step("s-\(i)") { key in
+                try await Task.sleep(for: .milliseconds(1))
+                try effect(input.effects, "s-\(i)", key)
+                return i
+            }
+            if i == input.steps / 2 {
+                let big: String = try await ctx.step("big") { key in
+                    try effect(input.effects, "big", key)
+                    return String(repeating: "b", count: 70_000)
+                }
+                total += big.count
+                _ = try ctx.now("midpoint")
+                try await ctx.sleep("nap", for: .milliseconds(5))
+                let _: Bool = try await ctx.step("pay", semantics: .atMostOnce) { key in
+                    try effect(input.effects, "pay", key)
+                    return true
+                }
+            }
+        }
+        return total
+    }
+}
+
+var workflows = CairnCLI.exampleWorkflows
+workflows.register(Crashy())
+await CairnCLI.main(workflows: workflows)

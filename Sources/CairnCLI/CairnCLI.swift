@@ -1,0 +1,128 @@
+import ArgumentParser
+import Cairn
+import CairnSpool
+import Foundation
+import Logging
+import Synchronization
+
+/// The whole `cairn` CLI and daemon as a library. A user's own executable hosts its Swift
+/// workflows with one call:
+///
+/// ```swift
+/// @main struct MyCairn {
+///     static func main() async {
+///         var workflows = WorkflowRegistry()
+///         workflows.register(TriageTicket())
+///         await CairnCLI.main(workflows: workflows)
+///     }
+/// }
+/// ```
+public enum CairnCLI {
+    /// Runs the CLI with `arguments` (default: the process's), then exits with SPEC §5's codes.
+    public static func main(workflows: WorkflowRegistry = WorkflowRegistry(), arguments: [String]? = nil) async -> Never {
+        CLIEnvironment.set(workflows: workflows)
+        let args = arguments ?? Array(CommandLine.arguments.dropFirst())
+        do {
+            var command = try CairnCommand.parseAsRoot(args)
+            if var async = command as? AsyncParsableCommand {
+                try await async.run()
+            } else {
+                try command.run()
+            }
+            exit(0)
+        } catch let e as CLIError {
+            FileHandle.standardError.write(Data("cairn: \(e.message)\n".utf8))
+            exit(e.code.rawValue)
+        } catch let e as SpoolError {
+            FileHandle.standardError.write(Data("cairn: \(e.description)\n".utf8))
+            exit(e.code == .notFound ? CLIError.Code.notFound.rawValue : CLIError.Code.failure.rawValue)
+        } catch let e as ExitCode {
+            exit(e.rawValue)
+        } catch {
+            let code = CairnCommand.exitCode(for: error)
+            if code == .success {
+                print(CairnCommand.fullMessage(for: error))
+                exit(0)
+            }
+            let message = CairnCommand.fullMessage(for: error)
+            if code == .validationFailure {
+                FileHandle.standardError.write(Data((message.hasSuffix("\n") ? message : message + "\n").utf8))
+                exit(CLIError.Code.usage.rawValue)
+            }
+            FileHandle.standardError.write(Data("cairn: \(message)\n".utf8))
+            exit(CLIError.Code.failure.rawValue)
+        }
+    }
+}
+
+/// The workflows and settings the hosting executable gave the CLI.
+public enum CLIEnvironment {
+    private static let state = Mutex<WorkflowRegistry>(WorkflowRegistry())
+
+    public static func set(workflows: WorkflowRegistry) { state.withLock { $0 = workflows } }
+    public static var workflows: WorkflowRegistry { state.withLock { $0 } }
+}
+
+/// An error the CLI reports as one line on stderr, with SPEC §5's exit code.
+public struct CLIError: Error, CustomStringConvertible {
+    public struct Code: Hashable, Sendable {
+        public let rawValue: Int32
+        public static let failure = Code(rawValue: 1)
+        public static let usage = Code(rawValue: 2)
+        public static let notFound = Code(rawValue: 3)
+        public static let timedOut = Code(rawValue: 4)
+    }
+
+    public var code: Code
+    public var message: String
+
+    public init(_ code: Code, _ message: String) {
+        self.code = code
+        self.message = message
+    }
+
+    public var description: String { message }
+}
+
+/// `cairn`: the root command.
+struct CairnCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "cairn",
+        abstract: "Durable execution for AI agents on a plain directory.",
+        discussion: """
+            Every run is a directory in the spool (--spool DIR, else $CAIRN_SPOOL, else ./spool);
+            every completed step is a JSON file in its journal. Approve by dropping a file.
+
+            Exit codes: 0 success, 1 failure, 2 usage, 3 no such run or gate, 4 timed out.
+            """,
+        version: "0.1.0",
+        subcommands: [
+            InitCommand.self, SubmitCommand.self, ListCommand.self, ShowCommand.self,
+            WhyCommand.self, ApproveCommand.self, RejectCommand.self, SignalCommand.self,
+            CancelCommand.self, PauseCommand.self, ResumeCommand.self, RetryCommand.self,
+            FsckCommand.self, GCCommand.self, AdvanceCommand.self,
+        ]
+    )
+}
+
+/// `--spool DIR`, on every command.
+struct SpoolOptions: ParsableArguments {
+    @Option(name: .long, help: ArgumentHelp("The spool directory (default: $CAIRN_SPOOL, else ./spool).", valueName: "dir"))
+    var spool: String?
+
+    var root: String { Spool.resolveRoot(spool).string }
+
+    func open() throws -> Spool {
+        do {
+            return try Spool.open(at: Spool.resolveRoot(spool))
+        } catch let e as SpoolError where e.code == .notASpool {
+            throw CLIError(.failure, e.description)
+        }
+    }
+}
+
+/// `--json`, on every reading command.
+struct JSONOption: ParsableArguments {
+    @Flag(name: .long, help: "Print JSON (stable field names; see docs/cli.md).")
+    var json = false
+}

@@ -1,0 +1,73 @@
+import ArgumentParser
+import CairnSpool
+import Foundation
+import SystemPackage
+
+/// Writes a decision file atomically (durable write, so it appears whole).
+func dropDecision(spool: Spool, run runID: String, gate: String, suffix: String, content: JSONValue?, early: Bool) throws {
+    _ = try requireRun(spool, runID)
+    guard Names.isValidName(gate) else { throw CLIError(.usage, "invalid gate name '\(gate)'") }
+    let dir = spool.run(runID).approvalsDirectory
+    if !early && !DurableFile.exists(dir.appending("\(gate).request.json")) {
+        throw CLIError(.notFound, "run \(runID) has not requested gate '\(gate)' (no \(dir.appending("\(gate).request.json").string)); pass --early to decide before it does")
+    }
+    let target = dir.appending("\(gate).\(suffix)")
+    let other = dir.appending("\(gate).\(suffix == "approved" ? "rejected" : "approved")")
+    if DurableFile.exists(other) { throw CLIError(.failure, "\(other.string) already exists: the gate has another decision") }
+    let data = content.map { $0.canonicalData() } ?? Data()
+    try spool.durable.write(data, to: target, mode: .noReplace)
+}
+
+struct ApproveCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "approve",
+        abstract: "Approve a gate (writes approvals/GATE.approved atomically).",
+        discussion: """
+            The same as `touch runs/RUN/approvals/GATE.approved`, with an optional comment and
+            JSON value (an edited draft, new tool arguments) that the run receives.
+
+            Examples:
+              cairn approve RUN send-reply
+              cairn approve RUN send-reply --comment "shorter" --value edited.json
+            """
+    )
+
+    @Argument(help: ArgumentHelp("The run id.", valueName: "run")) var runID: String
+    @Argument(help: "The gate name.") var gate: String
+    @Option(name: .long, help: "A comment, recorded with the decision.") var comment: String?
+    @Option(name: .long, help: ArgumentHelp("A JSON file whose value the run receives (- for stdin).", valueName: "file|-")) var value: String?
+    @Flag(name: .long, help: "Decide before the run has asked (it counts when the run gets there).") var early = false
+    @OptionGroup var options: SpoolOptions
+
+    func run() throws {
+        let spool = try options.open()
+        var o: [String: JSONValue] = [:]
+        if let comment { o["comment"] = .string(comment) }
+        if let value { o["value"] = try Output.readJSONArgument(value, what: "value") }
+        try dropDecision(spool: spool, run: runID, gate: gate, suffix: "approved", content: o.isEmpty ? nil : .object(o), early: early)
+        Output.line("approved \(runID) \(gate)")
+    }
+}
+
+struct RejectCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "reject",
+        abstract: "Reject a gate (writes approvals/GATE.rejected atomically).",
+        discussion: """
+            Examples:
+              cairn reject RUN send-reply --reason "wrong customer"
+            """
+    )
+
+    @Argument(help: ArgumentHelp("The run id.", valueName: "run")) var runID: String
+    @Argument(help: "The gate name.") var gate: String
+    @Option(name: .long, help: "Why; the run receives it.") var reason: String?
+    @Flag(name: .long, help: "Decide before the run has asked.") var early = false
+    @OptionGroup var options: SpoolOptions
+
+    func run() throws {
+        let spool = try options.open()
+        try dropDecision(spool: spool, run: runID, gate: gate, suffix: "rejected", content: reason.map { ["reason": .string($0)] }, early: early)
+        Output.line("rejected \(runID) \(gate)")
+    }
+}

@@ -1,0 +1,113 @@
+import CairnSpool
+import Foundation
+
+/// Human sentences about waits, records and errors, shared by show, why and ls.
+enum Describe {
+    static func waitingShort(_ w: JSONValue) -> String {
+        let kind = w["kind"]?.stringValue ?? "?"
+        switch kind {
+        case "approval": return "approval:\(w["gate"]?.stringValue ?? "?")"
+        case "event": return "event:\(w["name"]?.stringValue ?? "?")"
+        case "timer", "retry": return "\(kind):\(w["until"]?.stringValue ?? "?")"
+        case "uncertain": return "uncertain:\(w["step"]?.stringValue ?? "?")"
+        case "child": return "child:\(w["run"]?.stringValue ?? "?")"
+        default: return kind
+        }
+    }
+
+    /// What the run waits on, and the exact command or file drop that unblocks it.
+    static func unblock(_ w: JSONValue, run: String, spool: Spool) -> [String] {
+        let dir = spool.run(run).directory.string
+        let kind = w["kind"]?.stringValue ?? "?"
+        switch kind {
+        case "approval":
+            let gate = w["gate"]?.stringValue ?? "?"
+            var lines = ["waiting for approval '\(gate)'" + (w["until"]?.stringValue.map { " (until \($0))" } ?? "")]
+            if let req = try? DurableFile.readJSON(spool.run(run).approvalsDirectory.appending("\(gate).request.json")),
+               let summary = req["summary"]?.stringValue {
+                lines.append("  request: \(summary)")
+            }
+            lines.append("  approve: touch \(dir)/approvals/\(gate).approved")
+            lines.append("       or: cairn approve \(run) \(gate) [--comment C] [--value FILE]")
+            lines.append("   reject: touch \(dir)/approvals/\(gate).rejected")
+            lines.append("       or: cairn reject \(run) \(gate) [--reason R]")
+            return lines
+        case "event":
+            let name = w["name"]?.stringValue ?? "?"
+            return ["waiting for event '\(name)'" + (w["until"]?.stringValue.map { " (until \($0))" } ?? ""),
+                    "  drop: write the JSON elsewhere, then mv it to \(dir)/events/\(name).json",
+                    "    or: cairn signal \(run) \(name) --data FILE"]
+        case "timer":
+            return ["sleeping until \(w["until"]?.stringValue ?? "?"); a running daemon wakes it then (nothing to do)"]
+        case "retry":
+            return ["step '\(w["step"]?.stringValue ?? "?")' failed; the next attempt is due at \(w["until"]?.stringValue ?? "?") (cairn show \(run) has the error)"]
+        case "uncertain":
+            let gate = w["gate"]?.stringValue ?? "?"
+            return ["at-most-once step '\(w["step"]?.stringValue ?? "?")' may or may not have run before a crash (idempotency key \(w["idempotency_key"]?.stringValue ?? "?"))",
+                    "  check its effect, then one of:",
+                    "  run it again:    cairn approve \(run) \(gate)",
+                    "  record it done:  echo '{\"action\": \"done\", \"value\": V}' > v.json && cairn approve \(run) \(gate) --value v.json",
+                    "  fail the step:   cairn reject \(run) \(gate) --reason R"]
+        case "child":
+            let child = w["run"]?.stringValue ?? "?"
+            let status = (try? spool.readState(child))??.status.rawValue ?? "unknown"
+            return ["waiting for child run \(child) (\(status)); cairn why \(child)"]
+        case "pause":
+            return ["paused", "  resume: rm \(dir)/pause   or: cairn resume \(run)"]
+        default:
+            return ["waiting: \(w.compactText())"]
+        }
+    }
+
+    /// One line about a journal record for the timeline.
+    static func record(_ e: JournalEntry) -> String {
+        var parts: [String] = []
+        switch e.kind {
+        case "start":
+            parts.append("version \(e.data?["version"]?.stringValue ?? "?")")
+        case "step", "llm", "compensate":
+            if let err = e.error { parts.append(Output.red("failed: \(err.type): \(err.message)")) } else { parts.append(Output.green("ok")) }
+            if let a = e.attempt { parts.append("attempt \(a)") }
+            if let d = e.durationMs { parts.append("\(d)ms") }
+            if let g = e.group { parts.append("group \(g)") }
+            if let dec = e.decision { parts.append("decided \(dec) by \(e.decidedBy?.user ?? "?")") }
+        case "retry":
+            if e.name == "run" {
+                parts.append("run retried from position \(e.resumeFrom ?? 0)")
+            } else {
+                parts.append(Output.yellow("attempt \(e.attempt ?? 0) failed: \(e.error?.message ?? "?")"))
+                if let u = e.until { parts.append("next at \(Timestamp.format(u))") }
+            }
+        case "intent":
+            parts.append("about to run (attempt \(e.attempt ?? 1), at most once)")
+        case "uncertain":
+            parts.append("\(e.decision ?? "?") by \(e.decidedBy?.user ?? "?")")
+        case "sleep":
+            parts.append("until \(e.until.map(Timestamp.format) ?? "?")")
+        case "approval", "event":
+            if e.phase == "requested" {
+                parts.append("requested" + (e.until.map { ", deadline \(Timestamp.format($0))" } ?? ""))
+            } else {
+                parts.append((e.decision ?? "decided") + (e.decidedBy.map { " by \($0.user ?? String($0.uid))" } ?? ""))
+                if let c = e.comment { parts.append("“\(c)”") }
+                if let f = e.file { parts.append(f) }
+            }
+        case "child":
+            parts.append("\(e.phase ?? "") \(e.data?["run"]?.stringValue ?? "")" + (e.status.map { " (\($0))" } ?? ""))
+        case "send":
+            parts.append("to \(e.data?["to"]?.stringValue ?? "?")")
+        case "complete":
+            parts.append(Output.green("completed"))
+        case "fail":
+            parts.append(Output.red("failed: \(e.error?.message ?? "?")"))
+        case "cancel":
+            parts.append(e.name == "requested" ? "cancel requested" : "cancelled")
+        default:
+            if let v = e.value { parts.append(String(v.compactText().prefix(60))) }
+        }
+        if let t = e.data?["tokens"] {
+            parts.append("tokens \(t["input"]?.intValue ?? 0) in / \(t["output"]?.intValue ?? 0) out")
+        }
+        return parts.joined(separator: "  ")
+    }
+}

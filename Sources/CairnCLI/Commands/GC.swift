@@ -1,0 +1,52 @@
+import ArgumentParser
+import Cairn
+import CairnSpool
+import Foundation
+
+struct GCCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "gc",
+        abstract: "Remove finished runs (completed, failed, cancelled) older than a duration.",
+        discussion: """
+            A run is removed by renaming it into tmp/ first (so it disappears from runs/ at once
+            and whole), then deleting it. Runs some process holds are skipped.
+
+            Examples:
+              cairn gc --older-than 30d
+              cairn gc --older-than 7d --dry-run
+            """
+    )
+
+    @Option(name: .customLong("older-than"), help: "e.g. 90s, 15m, 2h, 7d (by the run's last update).") var olderThan: String
+    @Flag(name: .customLong("dry-run"), help: "List what would be removed.") var dryRun = false
+    @OptionGroup var options: SpoolOptions
+
+    func validate() throws {
+        guard Duration.parse(olderThan) != nil else { throw ValidationError("invalid duration '\(olderThan)' (e.g. 90s, 15m, 2h, 7d)") }
+    }
+
+    func run() throws {
+        let spool = try options.open()
+        let cutoff = Date().addingTimeInterval(-Duration.parse(olderThan)!.seconds)
+        var removed = 0
+        for status in [RunStatus.completed, .failed, .cancelled] {
+            for id in try spool.runs(withStatus: status) {
+                guard let state = try spool.readState(id), state.updatedAt < cutoff else { continue }
+                if dryRun {
+                    Output.line(id)
+                    continue
+                }
+                guard let lock = try RunLock.tryAcquire(spool.runDirectory(id)) else { continue }
+                let grave = spool.durable.tempPath(hint: "gc-\(id)")
+                try DurableFile.rename(spool.runDirectory(id), to: grave, mode: .noReplace)
+                withExtendedLifetime(lock) {}
+                try DurableFile.fsyncDirectory(spool.runsDirectory)
+                _ = unlink(spool.indexDirectory.appending(status.rawValue).appending(id).string)
+                try? FileManager.default.removeItem(atPath: grave.string)
+                removed += 1
+                Output.line(id)
+            }
+        }
+        if !dryRun { Output.warn("removed \(removed) run(s)") }
+    }
+}

@@ -1,0 +1,61 @@
+import ArgumentParser
+import CairnSpool
+import Foundation
+
+struct ShowCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "show",
+        abstract: "A run's timeline: every journal record with time, duration, attempts, tokens and errors.",
+        discussion: """
+            Examples:
+              cairn show 20261127-091700-123-k3f9qz
+              cairn show RUN --json | jq '.journal[] | select(.kind == "step")'
+            """
+    )
+
+    @Argument(help: ArgumentHelp("The run id.", valueName: "run"))
+    var runID: String
+
+    @OptionGroup var options: SpoolOptions
+    @OptionGroup var output: JSONOption
+
+    func run() throws {
+        let spool = try options.open()
+        let record = try requireRun(spool, runID)
+        let state = try spool.readState(runID)
+        let entries = try spool.journal(runID).load()
+        if output.json {
+            var o: [String: JSONValue] = ["run": try JSONValue(encoding: record), "journal": .array(try entries.map { try JSONValue(encoding: $0) })]
+            if let state { o["state"] = try JSONValue(encoding: state) }
+            Output.json(.object(o))
+            return
+        }
+        Output.line("\(Output.bold("run")) \(record.id)")
+        Output.line("  workflow   \(record.workflow)" + (entries.first?.data?["version"]?.stringValue.map { " (version \($0))" } ?? ""))
+        Output.line("  submitted  \(Timestamp.format(record.submittedAt)) by \(record.submittedBy.user ?? String(record.submittedBy.uid))" + (record.idempotencyKey.map { ", idempotency key \($0)" } ?? ""))
+        if let p = record.parent { Output.line("  parent     \(p.run) (child '\(p.name)')") }
+        if let state {
+            Output.line("  status     \(Output.status(state.status)), updated \(Timestamp.format(state.updatedAt)); \(state.counters.steps) steps, \(state.counters.retries) retries, \(state.counters.executions) executions")
+            if let t = state.tokens { Output.line("  tokens     \(t["input"]?.intValue ?? 0) in, \(t["output"]?.intValue ?? 0) out") }
+        }
+        Output.line("")
+        let effective = Set(Journal.effective(entries).map(\.seq))
+        for e in entries {
+            let pos = String(e.seq)
+            let label = e.name.map { "\(e.kind) \($0)" } ?? e.kind
+            let superseded = effective.contains(e.seq) ? "" : Output.dim(" (superseded by a run retry)")
+            Output.line("  \(String(repeating: " ", count: max(0, 4 - pos.count)))\(pos)  \(Timestamp.format(e.at))  \(label.padding(toLength: max(label.count, 28), withPad: " ", startingAt: 0))  \(Describe.record(e))\(superseded)")
+        }
+        if let state {
+            Output.line("")
+            if let w = state.waitingFor, state.status == .waiting {
+                for l in Describe.unblock(w, run: runID, spool: spool) { Output.line(l) }
+            } else if let e = state.error, state.status == .failed {
+                Output.line(Output.red("failed: \(e.message)") + (e.file.map { " [\($0)]" } ?? ""))
+                Output.line("  retry: cairn retry \(runID)")
+            } else if state.status == .completed {
+                Output.line("result: \(spool.run(runID).resultFile.string)")
+            }
+        }
+    }
+}

@@ -1,0 +1,33 @@
+import ArgumentParser
+import CairnSpool
+import Foundation
+
+struct SignalCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "signal",
+        abstract: "Send an event to a run (writes events/EVENT.TIME.json atomically).",
+        discussion: """
+            Examples:
+              cairn signal RUN payment-received --data payment.json
+              echo '{"ok": true}' | cairn signal RUN go --data -
+            """
+    )
+
+    @Argument(help: ArgumentHelp("The run id.", valueName: "run")) var runID: String
+    @Argument(help: "The event name.") var event: String
+    @Option(name: .long, help: ArgumentHelp("The event's data as a JSON file, or - for stdin (default: null).", valueName: "file|-")) var data: String?
+    @OptionGroup var options: SpoolOptions
+
+    func validate() throws {
+        guard Names.isValidName(event) else { throw ValidationError("invalid event name '\(event)'") }
+    }
+
+    func run() throws {
+        let spool = try options.open()
+        _ = try requireRun(spool, runID)
+        let value = try data.map { try Output.readJSONArgument($0, what: "event data") } ?? .null
+        let name = "\(event).\(RunID.generate()).json"
+        try spool.durable.write(json: value, to: spool.run(runID).eventsDirectory.appending(name), mode: .noReplace)
+        Output.line("events/\(name)")
+    }
+}

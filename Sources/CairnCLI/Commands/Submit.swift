@@ -1,0 +1,47 @@
+import ArgumentParser
+import CairnSpool
+import Foundation
+
+struct SubmitCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "submit",
+        abstract: "Create a run; prints its id. Needs no daemon.",
+        discussion: """
+            The run directory appears whole (built in tmp/, then renamed). The same --id or
+            --idempotency-key submitted twice yields one run: the second prints the first's id.
+
+            Examples:
+              cairn submit triage-ticket --input ticket.json
+              echo '{"n": 3}' | cairn submit count --input -
+              cairn submit order --input o.json --idempotency-key order-4711
+            """
+    )
+
+    @Argument(help: "The workflow type (a Swift workflow, or an executable in SPOOL/workflows/).")
+    var workflow: String
+
+    @Option(name: .long, help: ArgumentHelp("The input as a JSON file, or - for stdin (default: null).", valueName: "file|-"))
+    var input: String?
+
+    @Option(name: .long, help: "The run id (default: generated, sorting by time).")
+    var id: String?
+
+    @Option(name: .customLong("idempotency-key"), help: "Submissions with the same key yield one run.")
+    var idempotencyKey: String?
+
+    @OptionGroup var options: SpoolOptions
+
+    func validate() throws {
+        guard Names.isValidName(workflow) else { throw ValidationError("invalid workflow name '\(workflow)' (letters, digits, '.', '_', '-')") }
+        if let id, !Names.isValidRunID(id) { throw ValidationError("invalid run id '\(id)' (must match [A-Za-z0-9][A-Za-z0-9._-]{0,127})") }
+    }
+
+    func run() throws {
+        let spool = try options.open()
+        let value = try input.map { try Output.readJSONArgument($0, what: "input") } ?? .null
+        let version = CLIEnvironment.workflows[workflow]?.version
+        let (runID, created) = try spool.createRun(.init(workflow: workflow, input: value, id: id, idempotencyKey: idempotencyKey, workflowVersion: version))
+        if !created { Output.warn("run \(runID) already exists (same id or idempotency key); not submitted again") }
+        Output.line(runID)
+    }
+}

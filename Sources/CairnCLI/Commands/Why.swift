@@ -1,0 +1,56 @@
+import ArgumentParser
+import CairnSpool
+import Foundation
+
+struct WhyCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "why",
+        abstract: "What the run is waiting for, and the exact command or file drop that unblocks it.",
+        discussion: """
+            Examples:
+              cairn why RUN
+              cairn why RUN --json | jq -r .unblock[]
+            """
+    )
+
+    @Argument(help: ArgumentHelp("The run id.", valueName: "run"))
+    var runID: String
+
+    @OptionGroup var options: SpoolOptions
+    @OptionGroup var output: JSONOption
+
+    func run() throws {
+        let spool = try options.open()
+        _ = try requireRun(spool, runID)
+        guard let state = try spool.readState(runID) else { throw CLIError(.failure, "\(spool.run(runID).stateFile.string): missing; run `cairn fsck --repair`") }
+        var lines: [String]
+        switch state.status {
+        case .waiting:
+            lines = state.waitingFor.map { Describe.unblock($0, run: runID, spool: spool) } ?? ["waiting (state.json does not say on what; cairn fsck)"]
+        case .queued, .running:
+            let held = RunLock.isHeld(spool.runDirectory(runID))
+            lines = [held ? "\(state.status.rawValue): a process is advancing it now" : "\(state.status.rawValue): no process holds it; start one with `cairn daemon` (or `cairn advance \(runID)`)"]
+        case .failed:
+            let e = state.error
+            lines = ["failed: \(e?.message ?? "unknown error")" + (e?.file.map { " [\($0)]" } ?? "")]
+            if e?.type == "nondeterminism" {
+                lines.append("  the workflow's code no longer matches the journal; fix the code (or guard the change with ctx.patched), then: cairn retry \(runID)")
+            } else {
+                lines.append("  retry from the failed step: cairn retry \(runID)   (or: touch \(spool.run(runID).retryFile.string))")
+            }
+        case .completed:
+            lines = ["completed at \(Timestamp.format(state.updatedAt)); result: \(spool.run(runID).resultFile.string)"]
+        case .cancelled:
+            lines = ["cancelled at \(Timestamp.format(state.updatedAt))"]
+        }
+        if output.json {
+            var o: [String: JSONValue] = ["run": .string(runID), "status": .string(state.status.rawValue), "unblock": .array(lines.map { .string($0.trimmingCharacters(in: .whitespaces)) })]
+            if let w = state.waitingFor { o["waiting_for"] = w }
+            if let e = state.error { o["error"] = try JSONValue(encoding: e) }
+            Output.json(.object(o))
+        } else {
+            Output.line("\(runID): " + lines[0])
+            for l in lines.dropFirst() { Output.line(l) }
+        }
+    }
+}

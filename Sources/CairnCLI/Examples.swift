@@ -1,0 +1,61 @@
+import Cairn
+import CairnSpool
+import Foundation
+
+extension CairnCLI {
+    /// The workflows the stock `cairn` binary ships: the demo's Swift workflow.
+    public static var exampleWorkflows: WorkflowRegistry {
+        var r = WorkflowRegistry()
+        r.register(DemoRefund())
+        return r
+    }
+}
+
+/// The guided demo's Swift workflow: look up an order, draft a refund, ask a person,
+/// then "issue" it (appending to SPOOL/demo-outbox.jsonl with its idempotency key).
+public struct DemoRefund: Workflow {
+    public static let name = "demo-refund"
+
+    public struct Input: Codable, Sendable {
+        public var order: String
+        public var amount: Double
+        public var reason: String
+    }
+
+    public struct Output: Codable, Sendable {
+        public var refunded: Bool
+        public var amount: Double
+        public var approvedBy: String?
+    }
+
+    public init() {}
+
+    public func run(_ ctx: WorkflowContext, input: Input) async throws -> Output {
+        let customer: String = try await ctx.step("look-up-order") { _ in
+            try await Task.sleep(for: .milliseconds(300))
+            return "customer-of-\(input.order)"
+        }
+        let note: String = try await ctx.step("draft-note") { _ in
+            "Refund \(input.amount) to \(customer) for order \(input.order): \(input.reason)"
+        }
+        let decision = try await ctx.approval("issue-refund", request: .init(summary: note, details: ["order": .string(input.order), "amount": .double(input.amount)]))
+        guard decision.approved else { return Output(refunded: false, amount: 0, approvedBy: decision.decidedBy?.user) }
+        let amount = try decision.value(as: Double.self) ?? input.amount
+        let outbox = ctx.spoolRoot.appending("demo-outbox.jsonl").string
+        let _: Bool = try await ctx.step("issue-refund", semantics: .atMostOnce) { key in
+            let line: JSONValue = ["order": .string(input.order), "amount": .double(amount), "idempotency_key": .string(key)]
+            try appendLine(line.compactText(), to: outbox)
+            return true
+        }
+        return Output(refunded: true, amount: amount, approvedBy: decision.decidedBy?.user)
+    }
+}
+
+/// Appends one line to a file and fsyncs it.
+func appendLine(_ line: String, to path: String) throws {
+    let fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0o644)
+    guard fd >= 0 else { throw SpoolError(.io, path: path, errno: errno, "cannot open") }
+    defer { close(fd) }
+    let data = Array((line + "\n").utf8)
+    guard write(fd, data, data.count) == data.count, fsync(fd) == 0 else { throw SpoolError(.io, path: path, errno: errno, "cannot append") }
+}
