@@ -18,10 +18,16 @@ let package = Package(
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
-        .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.0"),
         .package(url: "https://github.com/apple/swift-system", from: "1.4.0"),
+        .package(url: "https://github.com/swiftlang/swift-subprocess", from: "1.0.0"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.6.0"),
     ],
     targets: [
+        // libinotifytools (Debian's libinotifytools0-dev ships no pkg-config file).
+        .systemLibrary(name: "CInotifyTools"),
+        // The inotify watcher behind one small interface; one thread owns libinotifytools.
+        .target(name: "CairnWatch", dependencies: ["CInotifyTools", "CSystemShims"], swiftSettings: strict),
         // Thin C: the few syscalls Glibc does not expose to Swift (renameat2, flock, prctl).
         .target(name: "CSystemShims"),
         // The on-disk format and nothing else: paths, records, durable write, journal, blobs, locks, repair.
@@ -42,12 +48,25 @@ let package = Package(
             ],
             swiftSettings: strict
         ),
+        // The daemon: watcher events → scheduler → executor; timers; inbox; script workflows.
+        .target(
+            name: "CairnDaemon",
+            dependencies: [
+                "Cairn", "CairnSpool", "CairnWatch", "CSystemShims",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Subprocess", package: "swift-subprocess"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: strict
+        ),
         // The CLI as a library, so a user's own executable gets every command with its workflows.
         .target(
             name: "CairnCLI",
             dependencies: [
-                "Cairn", "CairnSpool",
+                "Cairn", "CairnSpool", "CairnDaemon", "CairnWatch", "CSystemShims",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "Subprocess", package: "swift-subprocess"),
                 .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: strict

@@ -7,6 +7,10 @@
 #include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <unistd.h>
+#include <signal.h>
+#include <sys/eventfd.h>
+#include <sys/wait.h>
+#include <poll.h>
 
 #ifndef RENAME_NOREPLACE
 #define RENAME_NOREPLACE (1 << 0)
@@ -44,4 +48,44 @@ int cairn_is_cloexec(int fd) {
     int flags = fcntl(fd, F_GETFD);
     if (flags == -1) return -1;
     return (flags & FD_CLOEXEC) ? 1 : 0;
+}
+
+int cairn_eventfd(void) {
+    return eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+}
+
+int cairn_supervise_exec(const char *path, char *const argv[], int expected_parent) {
+    /* No signals here: this may run on any thread of a multithreaded process, where a
+       signal mask would not cover the others. Two pidfds tell everything: the daemon's
+       (PR_SET_PDEATHSIG follows the parent *thread*, which may exit early) and the
+       script's. The daemon stops a script by killing its whole process group. */
+    int parent = expected_parent > 0 ? expected_parent : (int)getppid();
+    int parentfd = (int)syscall(SYS_pidfd_open, parent, 0);
+    if (parentfd < 0 || getppid() != parent) _exit(137);  /* the daemon is already gone */
+    pid_t child = fork();
+    if (child < 0) return -1;
+    if (child == 0) {
+        close(parentfd);
+        execv(path, argv);
+        _exit(127);
+    }
+    int childfd = (int)syscall(SYS_pidfd_open, child, 0);
+    struct pollfd fds[2] = {{.fd = parentfd, .events = POLLIN}, {.fd = childfd, .events = POLLIN}};
+    for (;;) {
+        int n = poll(fds, childfd >= 0 ? 2 : 1, childfd >= 0 ? -1 : 100);
+        if (n < 0 && errno != EINTR) break;
+        if (fds[0].revents) {  /* the daemon died: take the whole group down */
+            kill(0, SIGKILL);
+            _exit(137);
+        }
+        int status;
+        pid_t r = waitpid(child, &status, WNOHANG);
+        if (r == child) {
+            if (WIFEXITED(status)) _exit(WEXITSTATUS(status));
+            if (WIFSIGNALED(status)) _exit(128 + WTERMSIG(status));
+            _exit(1);
+        }
+    }
+    kill(0, SIGKILL);
+    _exit(137);
 }

@@ -14,6 +14,9 @@ public enum AdvanceOutcome: Sendable, Equatable {
     case busy
     /// The run names a workflow this process does not have.
     case unknownWorkflow(String)
+    /// The execution was cancelled (a daemon shutting down): nothing was recorded for the
+    /// interrupted operation; the run resumes like after a crash.
+    case interrupted
 
     public var isTerminal: Bool {
         switch self {
@@ -126,6 +129,9 @@ public struct Engine: Sendable {
         } catch let e as NondeterminismError {
             logger.error("nondeterminism", metadata: ["run": "\(runID)", "error": "\(e.info.message)"])
             outcome = .failed(e.info)
+        } catch where Task.isCancelled {
+            logger.info("interrupted", metadata: ["run": "\(runID)"])
+            return .interrupted
         } catch {
             // Failure or cancellation: compensations, then the terminal record.
             let cancelled = error is RunCancelledError

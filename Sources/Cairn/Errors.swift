@@ -34,11 +34,13 @@ public struct StepFailedError: Error, Sendable, CustomStringConvertible {
 /// The workflow's code no longer matches its journal (SPEC §1.5).
 public struct NondeterminismError: Error, Sendable, CustomStringConvertible {
     public var info: ErrorInfo
+    public init(info: ErrorInfo) { self.info = info }
     public var description: String { info.message }
 }
 
 /// The run was cancelled (a `cancel` file, or `cairn cancel`).
 public struct RunCancelledError: Error, Sendable, CustomStringConvertible {
+    public init() {}
     public var description: String { "the run was cancelled" }
 }
 

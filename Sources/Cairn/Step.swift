@@ -26,6 +26,18 @@ extension WorkflowContext {
         timeout: Duration? = nil,
         _ body: @escaping @Sendable (_ idempotencyKey: String) async throws -> T
     ) async throws -> T {
+        try await stepWithAttempts(name, semantics: semantics, retry: retry, timeout: timeout) { try await body($0.idempotencyKey) }
+    }
+
+    /// The same, with the attempt's number passed to the body (for bodies that record a
+    /// failure as a value on their last attempt, like `cairn step` with an exit code).
+    public func stepWithAttempts<T: Codable & Sendable>(
+        _ name: String,
+        semantics: StepSemantics = .atLeastOnce,
+        retry: RetryPolicy = .default,
+        timeout: Duration? = nil,
+        _ body: @escaping @Sendable (StepAttempt) async throws -> T
+    ) async throws -> T {
         let key = Self.key(run: runID, seq: currentPosition(), name: name)
         var attempt = 1
         var retryUntil: Date? = nil
@@ -74,7 +86,8 @@ extension WorkflowContext {
             }
             let started = clock.now()
             do {
-                let value = try await runWithTimeout(name, timeout) { try await body(key) }
+                let info = StepAttempt(idempotencyKey: key, number: attempt, isLast: attempt >= retry.maxAttempts)
+                let value = try await runWithTimeout(name, timeout) { try await body(info) }
                 CrashPoints.reached("step.after-body")
                 let stored = try store(value)
                 try record("step", name) {
@@ -89,6 +102,8 @@ extension WorkflowContext {
             } catch let s as Suspension {
                 throw s
             } catch {
+                // Interrupted (the daemon is stopping): record nothing, as after a crash.
+                if Task.isCancelled { throw CancellationError() }
                 let info = ErrorInfo.from(error)
                 if retry.shouldRetry(error, attempt: attempt) {
                     let delay = retry.delay(afterAttempt: attempt, unit: Double.random(in: 0..<1))
@@ -182,6 +197,16 @@ extension WorkflowContext {
             }
         }
     }
+}
+
+/// One attempt of a step.
+public struct StepAttempt: Sendable {
+    /// Stable across attempts and crashes: `RUN:POSITION:NAME`.
+    public var idempotencyKey: String
+    /// 1 for the first attempt.
+    public var number: Int
+    /// No retry follows a failure of this attempt.
+    public var isLast: Bool
 }
 
 enum TimeoutRace<T: Sendable>: Sendable {

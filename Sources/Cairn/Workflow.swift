@@ -63,6 +63,8 @@ public struct WorkflowInputError: Error, CustomStringConvertible {
 /// The workflow types a process can run, by name.
 public struct WorkflowRegistry: Sendable {
     private var entries: [String: AnyWorkflow] = [:]
+    /// Consulted for names not registered (script workflows in SPOOL/workflows/).
+    public var fallback: (@Sendable (String) -> AnyWorkflow?)?
 
     public init() {}
 
@@ -80,6 +82,9 @@ public struct WorkflowRegistry: Sendable {
         entries[workflow.name] = workflow
     }
 
-    public subscript(name: String) -> AnyWorkflow? { entries[name] }
+    public subscript(name: String) -> AnyWorkflow? { entries[name] ?? fallback?(name) }
+
+    /// Whether a Swift workflow of this name is registered (scripts not counted).
+    public func isRegistered(_ name: String) -> Bool { entries[name] != nil }
     public var names: [String] { entries.keys.sorted() }
 }

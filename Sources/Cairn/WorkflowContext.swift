@@ -36,7 +36,7 @@ public final class WorkflowContext: Sendable {
         var body: @Sendable () async throws -> Void
     }
 
-    init(runID: String, workflowName: String, spool: Spool, config: SpoolConfig, entries: [JournalEntry], physicalCount: Int, clock: any CairnClock, logger: Logger) {
+    init(runID: String, workflowName: String, spool: Spool, config: SpoolConfig, entries: [JournalEntry], physicalCount: Int, clock: any CairnClock, logger: Logger, cursor: Int = 0) {
         self.runID = runID
         self.workflowName = workflowName
         self.clock = clock
@@ -46,7 +46,53 @@ public final class WorkflowContext: Sendable {
         self.journal = spool.journal(runID)
         self.blobs = spool.blobs(runID, threshold: config.blobThreshold)
         self.config = config
-        self.state = Mutex(State(entries: entries, cursor: 0, nextSeq: physicalCount + 1))
+        self.state = Mutex(State(entries: entries, cursor: cursor, nextSeq: physicalCount + 1))
+    }
+
+    /// A context over a run's journal for a process that is not the engine (a script
+    /// workflow's helper such as `cairn step`), positioned at `cursor` (records consumed so
+    /// far in this execution, not counting `start`). The caller must make sure the run's
+    /// owner (the daemon running the script) is waiting for it.
+    public static func attach(spool: Spool, runID: String, cursor: Int, clock: any CairnClock = SystemClock(), logger: Logger = Logger(label: "cairn")) throws -> WorkflowContext {
+        let record = try spool.readRun(runID)
+        let physical = try spool.journal(runID).load()
+        let effective = Journal.effective(physical)
+        guard effective.first?.kind == "start" else { throw SpoolError(.malformed, path: spool.journal(runID).directory.string, "the run has no start record") }
+        let entries = Array(effective.dropFirst())
+        guard cursor <= entries.count else { throw SpoolError(.invalid, "cursor \(cursor) is past the journal's \(entries.count) records") }
+        return WorkflowContext(runID: runID, workflowName: record.workflow, spool: spool, config: try spool.config(), entries: entries, physicalCount: physical.count, clock: clock, logger: logger, cursor: cursor)
+    }
+
+    /// Records consumed so far in this execution (not counting `start`).
+    public var cursor: Int { state.withLock { $0.cursor } }
+
+    /// Re-reads the journal after another process appended to it (a script's helpers),
+    /// keeping the cursor at the end.
+    public func reloadJournal() throws {
+        let physical = try journal.load()
+        let effective = Array(Journal.effective(physical).dropFirst())
+        state.withLock { s in
+            s.entries = effective
+            s.nextSeq = physical.count + 1
+            s.cursor = effective.count
+        }
+    }
+
+    /// The error to throw to make the run wait on `waitingFor` (for executors that learn
+    /// of a wait from outside, like the script runner).
+    public func waiting(_ waitingFor: JSONValue) -> any Error { suspend(waitingFor) }
+
+    /// The suspension's `waiting_for`, when `error` is the engine's wait signal.
+    public static func waitingFor(_ error: any Error) -> JSONValue? { (error as? Suspension)?.waitingFor }
+
+    /// A recorded value of any kind: on first execution `compute` runs and its result is
+    /// journaled as KIND[-NAME]; on replay the recorded value is returned.
+    public func recorded(_ kind: String, _ name: String?, _ compute: () throws -> JSONValue) throws -> JSONValue {
+        if let e = try replay(kind, name) { return try blobs.resolve(e.value ?? .null) }
+        try beforeLive()
+        let v = try compute()
+        try record(kind, name) { $0.value = try blobs.externalize(v) }
+        return v
     }
 
     /// The spool's root directory.

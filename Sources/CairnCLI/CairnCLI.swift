@@ -4,6 +4,7 @@ import CairnSpool
 import Foundation
 import Logging
 import Synchronization
+import CairnDaemon
 
 /// The whole `cairn` CLI and daemon as a library. A user's own executable hosts its Swift
 /// workflows with one call:
@@ -61,6 +62,13 @@ public enum CLIEnvironment {
 
     public static func set(workflows: WorkflowRegistry) { state.withLock { $0 = workflows } }
     public static var workflows: WorkflowRegistry { state.withLock { $0 } }
+
+    /// The registered Swift workflows plus the spool's script workflows.
+    static func workflows(for spool: Spool) -> WorkflowRegistry {
+        var r = workflows
+        r.fallback = ScriptWorkflow.resolver(spool: spool)
+        return r
+    }
 }
 
 /// An error the CLI reports as one line on stderr, with SPEC §5's exit code.
@@ -97,10 +105,12 @@ struct CairnCommand: AsyncParsableCommand {
             """,
         version: "0.1.0",
         subcommands: [
-            InitCommand.self, SubmitCommand.self, ListCommand.self, ShowCommand.self,
-            WhyCommand.self, ApproveCommand.self, RejectCommand.self, SignalCommand.self,
+            InitCommand.self, DaemonCommand.self, SubmitCommand.self, ListCommand.self, ShowCommand.self,
+            WhyCommand.self, WaitCommand.self, ApproveCommand.self, RejectCommand.self, SignalCommand.self,
             CancelCommand.self, PauseCommand.self, ResumeCommand.self, RetryCommand.self,
             FsckCommand.self, GCCommand.self, AdvanceCommand.self,
+            StepHelper.self, ApprovalHelper.self, EventHelper.self, SleepHelper.self, NowHelper.self,
+            UUIDHelper.self, ResultHelper.self, SuperviseCommand.self,
         ]
     )
 }

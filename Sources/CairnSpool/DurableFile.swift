@@ -137,7 +137,7 @@ public struct DurableFile: Sendable {
 
     /// fsync of a directory, which makes the names in it (renames, creations) durable.
     public static func fsyncDirectory(_ dir: FilePath) throws {
-        let fd = Glibc.open(dir.string, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        let fd = Glibc.open(dir.isEmpty ? "." : dir.string, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
         if fd < 0 {
             throw SpoolError(.io, path: dir.string, errno: errno, "cannot open directory to fsync it")
         }

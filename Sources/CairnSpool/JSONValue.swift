@@ -268,3 +268,7 @@ public enum Timestamp {
         return try? Date.ISO8601FormatStyle().parse(s)
     }
 }
+
+extension JSONValue: CustomStringConvertible {
+    public var description: String { compactText() }
+}

@@ -20,8 +20,10 @@ public struct Spool: Sendable {
     public var keysDirectory: FilePath { root.appending("keys") }
 
     init(root: FilePath) {
-        self.root = root
-        self.durable = DurableFile(tmpDirectory: root.appending("tmp"))
+        // Absolute, so paths stay right for scripts and after a chdir.
+        let absolute = root.isAbsolute ? root : FilePath(FileManager.default.currentDirectoryPath).pushing(root)
+        self.root = absolute.lexicallyNormalized()
+        self.durable = DurableFile(tmpDirectory: self.root.appending("tmp"))
     }
 
     /// `--spool DIR`, else `$CAIRN_SPOOL`, else `./spool`.

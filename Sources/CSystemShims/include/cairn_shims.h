@@ -25,4 +25,13 @@ int cairn_set_cloexec(int fd);
 /// fcntl(fd, F_GETFD) & FD_CLOEXEC: 1 when fd is close-on-exec, 0 when not, -1 on error.
 int cairn_is_cloexec(int fd);
 
+/// eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK): a counter fd used to wake a poll(2) loop.
+int cairn_eventfd(void);
+
+/// Runs a script workflow under a small supervisor so that it never outlives the daemon:
+/// pidfd_open(expected_parent), fork, execv(path, argv) in the child (in the supervisor's
+/// process group), poll on both pidfds; when the daemon dies first, kill(0, SIGKILL) ends
+/// the whole group. Returns only on failure;
+/// otherwise exits with the child's status (128 + signal when killed by a signal).
+int cairn_supervise_exec(const char *path, char *const argv[], int expected_parent);
 #endif

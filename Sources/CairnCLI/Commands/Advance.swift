@@ -32,7 +32,7 @@ struct AdvanceCommand: AsyncParsableCommand {
         _ = try requireRun(spool, runID)
         var logger = Logger(label: "cairn")
         logger.logLevel = .warning
-        let engine = Engine(spool: spool, registry: CLIEnvironment.workflows, logger: logger)
+        let engine = Engine(spool: spool, registry: CLIEnvironment.workflows(for: spool), logger: logger)
         let limit = Duration.parse(maxSleep)!.seconds
         var outcome: AdvanceOutcome
         while true {

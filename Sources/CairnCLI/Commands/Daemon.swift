@@ -1,0 +1,71 @@
+import ArgumentParser
+import Cairn
+import CairnDaemon
+import CairnSpool
+import CairnWatch
+import Foundation
+import Logging
+import ServiceLifecycle
+
+struct DaemonCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "daemon",
+        abstract: "Watch the spool and advance runs the instant a file lands (foreground).",
+        discussion: """
+            SIGTERM or SIGINT: stop taking work, let running executions reach their next wait
+            (up to --shutdown-grace), release every lock, exit 0. Several daemons may serve one
+            spool; a run is advanced by whoever holds its lock.
+
+            Examples:
+              cairn daemon
+              cairn daemon --spool /srv/cairn --concurrency 16 --log-format json
+              cairn daemon --rescan-interval 5s     # spool on NFS/CephFS shared by hosts
+            """
+    )
+
+    @Option(name: .long, help: "Runs advanced at once.") var concurrency: Int = 8
+    @Option(name: .customLong("rescan-interval"), help: "Rescan the spool this often (shared filesystems; off by default).") var rescanInterval: String?
+    @Option(name: .customLong("shutdown-grace"), help: "How long running executions get on shutdown.") var shutdownGrace: String = "30s"
+    @Option(name: .customLong("log-format"), help: "human or json.") var logFormat: String = "human"
+    @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error.") var logLevel: String = "info"
+    @OptionGroup var options: SpoolOptions
+
+    func validate() throws {
+        guard concurrency >= 1 else { throw ValidationError("--concurrency must be at least 1") }
+        if let r = rescanInterval, Duration.parse(r) == nil { throw ValidationError("invalid duration '\(r)'") }
+        guard Duration.parse(shutdownGrace) != nil else { throw ValidationError("invalid duration '\(shutdownGrace)'") }
+        guard ["human", "json"].contains(logFormat) else { throw ValidationError("--log-format is human or json") }
+        guard Logger.Level(rawValue: logLevel) != nil else { throw ValidationError("unknown log level '\(logLevel)'") }
+    }
+
+    func run() async throws {
+        // libinotifytools first, while file descriptors are few (it select()s on its fd).
+        let watcher = try Watcher.start()
+        let spool = try options.open()
+        let logger = makeLogger(format: logFormat, level: Logger.Level(rawValue: logLevel)!)
+        var opts = DaemonOptions()
+        opts.concurrency = concurrency
+        opts.rescanInterval = rescanInterval.flatMap(Duration.parse)
+        opts.shutdownGrace = Duration.parse(shutdownGrace)!
+        let daemon = Daemon(spool: spool, registry: CLIEnvironment.workflows(for: spool), watcher: watcher, options: opts, logger: logger)
+        try await runDaemon(daemon, logger: logger, spool: spool)
+    }
+}
+
+func makeLogger(format: String, level: Logger.Level) -> Logger {
+    var logger = format == "json"
+        ? Logger(label: "cairn", factory: { JSONLogHandler(label: $0) })
+        : Logger(label: "cairn", factory: { StreamLogHandler.standardError(label: $0) })
+    logger.logLevel = level
+    return logger
+}
+
+func runDaemon(_ daemon: Daemon, logger: Logger, spool: Spool) async throws {
+    logger.info("daemon starting", metadata: ["spool": "\(spool.root.string)", "pid": "\(getpid())"])
+    let group = ServiceGroup(configuration: .init(
+        services: [.init(service: daemon, successTerminationBehavior: .gracefullyShutdownGroup)],
+        gracefulShutdownSignals: [.sigterm, .sigint],
+        logger: logger
+    ))
+    try await group.run()
+}

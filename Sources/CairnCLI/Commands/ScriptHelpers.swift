@@ -1,0 +1,290 @@
+import ArgumentParser
+import CSystemShims
+import Cairn
+import CairnDaemon
+import CairnSpool
+import Foundation
+import Subprocess
+import SystemPackage
+
+/// The journal session of a script workflow's helper call (`cairn step`, `cairn approval`…).
+/// The daemon started the script with CAIRN_SPOOL, CAIRN_RUN_ID and CAIRN_EXEC; the
+/// cursor of this execution lives in SPOOL/tmp/exec-RUN.json.
+struct HelperSession {
+    let spool: Spool
+    let run: String
+    var state: ScriptWorkflow.ExecState
+    let statePath: FilePath
+
+    static func open(_ helper: String) throws -> HelperSession {
+        let env = ProcessInfo.processInfo.environment
+        guard let root = env["CAIRN_SPOOL"], let run = env["CAIRN_RUN_ID"], let exec = env["CAIRN_EXEC"] else {
+            throw CLIError(.usage, "`cairn \(helper)` runs inside a script workflow started by `cairn daemon` (CAIRN_SPOOL, CAIRN_RUN_ID and CAIRN_EXEC are not set)")
+        }
+        let spool = try Spool.open(at: FilePath(root))
+        let path = ScriptWorkflow.execStatePath(spool, run)
+        let state: ScriptWorkflow.ExecState
+        do {
+            state = try DurableFile.readJSON(path).decode(as: ScriptWorkflow.ExecState.self)
+        } catch {
+            throw CLIError(.failure, "\(path.string): no execution state for run \(run); is the script still running under its daemon?")
+        }
+        guard state.exec == exec else { throw CLIError(.failure, "\(path.string): execution \(exec) is over (the run moved on); this process should have been stopped") }
+        return HelperSession(spool: spool, run: run, state: state, statePath: path)
+    }
+
+    /// Runs one durable operation; on a wait, cancellation or nondeterminism, records the
+    /// outcome for the daemon and stops the whole script (its process group).
+    mutating func perform<T>(_ op: (WorkflowContext) async throws -> T) async throws -> T {
+        let ctx = try WorkflowContext.attach(spool: spool, runID: run, cursor: state.cursor)
+        do {
+            let v = try await op(ctx)
+            state.cursor = ctx.cursor
+            try spool.durable.write(json: JSONValue(encoding: state), to: statePath)
+            return v
+        } catch {
+            if let w = WorkflowContext.waitingFor(error) {
+                state.outcome = "waiting"
+                state.waitingFor = w
+            } else if error is RunCancelledError {
+                state.outcome = "cancelled"
+            } else if let e = error as? NondeterminismError {
+                state.outcome = "nondeterminism"
+                state.error = e.info
+                FileHandle.standardError.write(Data("cairn: \(e.info.message)\n".utf8))
+            } else {
+                state.cursor = ctx.cursor
+                try? spool.durable.write(json: JSONValue(encoding: state), to: statePath)
+                throw error
+            }
+            try spool.durable.write(json: JSONValue(encoding: state), to: statePath)
+            kill(0, SIGKILL)  // this script's process group; the daemon takes it from here
+            while true { pause() }
+        }
+    }
+}
+
+/// What `cairn step` records.
+struct StepOutput: Codable, Sendable {
+    var stdout: String?
+    var stdoutBase64: String?
+    var exitCode: Int32
+
+    enum CodingKeys: String, CodingKey {
+        case stdout
+        case stdoutBase64 = "stdout_base64"
+        case exitCode = "exit_code"
+    }
+
+    var bytes: Data { stdout.map { Data($0.utf8) } ?? stdoutBase64.flatMap { Data(base64Encoded: $0) } ?? Data() }
+}
+
+struct StepHelper: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "step",
+        abstract: "(script helper) Run CMD once as a durable step; on replay print its recorded stdout and exit with its recorded code.",
+        discussion: """
+            CMD gets CAIRN_IDEMPOTENCY_KEY (stable across retries and crashes) and
+            CAIRN_STEP_ATTEMPT. With --retries N a non-zero exit is retried with backoff (the run
+            waits durably between attempts); the last attempt's exit code is recorded.
+
+            Examples (inside SPOOL/workflows/NAME):
+              cairn step fetch -- curl -fsS https://example.com/ticket/42
+              cairn step send-email --at-most-once -- ./send.sh "$to"
+              cairn step build --retries 3 --timeout 10m -- make
+            """
+    )
+
+    @Argument(help: "The step's name (repeated names in loops are matched by position).") var name: String
+    @Flag(name: .customLong("at-most-once"), help: "Never run twice: after a crash mid-step, ask a person.") var atMostOnce = false
+    @Option(name: .long, help: "Retry a non-zero exit this many times.") var retries: Int = 0
+    @Option(name: .long, help: "Fail an attempt that runs longer (e.g. 90s, 10m).") var timeout: String?
+    @Argument(parsing: .postTerminator, help: "The command and its arguments.") var command: [String] = []
+
+    func validate() throws {
+        guard !command.isEmpty else { throw ValidationError("missing the command: cairn step NAME -- CMD ARGS...") }
+        guard retries >= 0 else { throw ValidationError("--retries must be 0 or more") }
+        if let timeout, Duration.parse(timeout) == nil { throw ValidationError("invalid duration '\(timeout)'") }
+    }
+
+    func run() async throws {
+        var session = try HelperSession.open("step")
+        let cmd = command
+        let policy = RetryPolicy(maxAttempts: retries + 1, initialDelay: .seconds(2), maxDelay: .seconds(600))
+        let out: StepOutput
+        do {
+            out = try await session.perform { ctx in
+                try await ctx.stepWithAttempts(name, semantics: atMostOnce ? .atMostOnce : .atLeastOnce, retry: policy, timeout: timeout.flatMap(Duration.parse)) { attempt in
+                    let r = try await Subprocess.run(
+                        cmd[0].contains("/") ? .path(FilePath(cmd[0])) : .name(cmd[0]),
+                        arguments: Arguments(Array(cmd.dropFirst())),
+                        environment: .inherit.updating(["CAIRN_IDEMPOTENCY_KEY": attempt.idempotencyKey, "CAIRN_STEP_ATTEMPT": String(attempt.number)]),
+                        input: .none,
+                        output: .bytes(limit: 64 << 20),
+                        error: .currentStandardError
+                    )
+                    let code: Int32
+                    switch r.terminationStatus {
+                    case .exited(let c): code = c
+                    case .signaled(let s): code = 128 + s
+                    }
+                    if code != 0 && !attempt.isLast { throw StepError("\(cmd[0]) exited with \(code)") }
+                    let data = Data(r.standardOutput)
+                    if let s = String(data: data, encoding: .utf8) { return StepOutput(stdout: s, exitCode: code) }
+                    return StepOutput(stdoutBase64: data.base64EncodedString(), exitCode: code)
+                }
+            }
+        } catch let e as StepFailedError {
+            FileHandle.standardError.write(Data("cairn: \(e.description)\n".utf8))
+            throw ExitCode(e.error.type == "timeout" ? 124 : 1)
+        }
+        FileHandle.standardOutput.write(out.bytes)
+        throw ExitCode(out.exitCode)
+    }
+}
+
+struct ApprovalHelper: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "approval",
+        abstract: "(script helper) Wait for a person's decision; print its value; exit 0 approved, 1 rejected.",
+        discussion: """
+            The request file may be JSON {"summary": ..., "details": ...} or plain text.
+
+            Example:
+              if cairn approval send-reply --request draft.json > decision.json; then ./send.sh; fi
+            """
+    )
+
+    @Argument(help: "The gate name.") var gate: String
+    @Option(name: .long, help: ArgumentHelp("What to show the approver (JSON or text file).", valueName: "file")) var request: String?
+    @Option(name: .long, help: "Decide by the gate's timeout outcome after this long (e.g. 24h).") var timeout: String?
+    @Flag(name: .customLong("approve-on-timeout"), help: "The timeout approves (default: rejects).") var approveOnTimeout = false
+
+    func validate() throws {
+        guard Names.isValidName(gate) else { throw ValidationError("invalid gate name '\(gate)'") }
+        if let timeout, Duration.parse(timeout) == nil { throw ValidationError("invalid duration '\(timeout)'") }
+    }
+
+    func run() async throws {
+        var req = ApprovalRequest(summary: "Approve '\(gate)'?")
+        if let request {
+            guard let data = FileManager.default.contents(atPath: request) else { throw CLIError(.failure, "\(request): cannot read the request file") }
+            if let j = try? JSONValue.parse(data) {
+                if let s = j["summary"]?.stringValue { req = ApprovalRequest(summary: s, details: j["details"]) } else { req.details = j }
+            } else {
+                req.summary = String(decoding: data, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+            }
+        }
+        var session = try HelperSession.open("approval")
+        let r = req
+        let d = try await session.perform { ctx in
+            try await ctx.approval(gate, request: r, timeout: timeout.flatMap(Duration.parse), onTimeout: approveOnTimeout ? .approve : .reject)
+        }
+        if let v = d.value { FileHandle.standardOutput.write(Data(v.canonicalText().utf8)) }
+        if !d.approved, let reason = d.reason { FileHandle.standardError.write(Data("rejected: \(reason)\n".utf8)) }
+        throw ExitCode(d.approved ? 0 : 1)
+    }
+}
+
+struct EventHelper: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "event",
+        abstract: "(script helper) Wait for an event; print its data. Exit 4 if --timeout passes first.",
+        discussion: "Example:\n  payment=$(cairn event payment-received --timeout 7d)"
+    )
+
+    @Argument(help: "The event name.") var name: String
+    @Option(name: .long, help: "Give up after this long (e.g. 30m).") var timeout: String?
+
+    func validate() throws {
+        guard Names.isValidName(name) else { throw ValidationError("invalid event name '\(name)'") }
+        if let timeout, Duration.parse(timeout) == nil { throw ValidationError("invalid duration '\(timeout)'") }
+    }
+
+    func run() async throws {
+        var session = try HelperSession.open("event")
+        let v = try await session.perform { ctx in try await ctx.waitForEvent(name, timeout: timeout.flatMap(Duration.parse)) }
+        guard let v else { throw ExitCode(4) }
+        FileHandle.standardOutput.write(Data(v.canonicalText().utf8))
+    }
+}
+
+struct SleepHelper: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "sleep",
+        abstract: "(script helper) A durable sleep of any length (the script is stopped meanwhile).",
+        discussion: "Example:\n  cairn sleep 2h"
+    )
+
+    @Argument(help: "90s, 15m, 2h, 7d…") var duration: String
+
+    func validate() throws {
+        guard Duration.parse(duration) != nil else { throw ValidationError("invalid duration '\(duration)'") }
+    }
+
+    func run() async throws {
+        var session = try HelperSession.open("sleep")
+        try await session.perform { ctx in try await ctx.sleep("sleep", for: Duration.parse(duration)!) }
+    }
+}
+
+struct NowHelper: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "now", abstract: "(script helper) The current time (ISO-8601), recorded: the same on replay.")
+
+    func run() async throws {
+        var session = try HelperSession.open("now")
+        let t = try await session.perform { ctx in try ctx.now() }
+        Output.line(Timestamp.format(t))
+    }
+}
+
+struct UUIDHelper: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "uuid", abstract: "(script helper) A random UUID, recorded: the same on replay.")
+
+    func run() async throws {
+        var session = try HelperSession.open("uuid")
+        let u = try await session.perform { ctx in try ctx.uuid() }
+        Output.line(u.uuidString.lowercased())
+    }
+}
+
+struct ResultHelper: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "result",
+        abstract: "(script helper) Set the run's result: a JSON value from FILE or stdin (--text: plain text).",
+        discussion: "Examples:\n  echo '{\"sent\": true}' | cairn result -\n  cairn result --text summary.txt"
+    )
+
+    @Argument(help: "A file, or - for stdin (default).") var file: String = "-"
+    @Flag(name: .long, help: "The input is plain text (stored as a JSON string).") var text = false
+
+    func run() async throws {
+        let data = file == "-" ? FileHandle.standardInput.readDataToEndOfFile() : (FileManager.default.contents(atPath: file) ?? Data())
+        let value: JSONValue
+        if text {
+            value = .string(String(decoding: data, as: UTF8.self))
+        } else {
+            guard let v = try? JSONValue.parse(data) else { throw CLIError(.failure, "\(file == "-" ? "stdin" : file): the result is not valid JSON (use --text for plain text)") }
+            value = v
+        }
+        var session = try HelperSession.open("result")
+        _ = try await session.perform { ctx in try ctx.recorded("result", nil) { value } }
+    }
+}
+
+/// Internal: runs a script workflow under the supervisor that kills its process group
+/// when the daemon dies (see cairn_supervise_exec in CSystemShims).
+struct SuperviseCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "__supervise", abstract: "(internal) run a script workflow under a supervisor", shouldDisplay: false)
+
+    @Option(name: .long) var parent: Int32
+    @Argument(parsing: .postTerminator) var command: [String] = []
+
+    func run() throws {
+        guard let path = command.first else { throw CLIError(.usage, "__supervise: no command") }
+        var argv: [UnsafeMutablePointer<CChar>?] = command.map { strdup($0) }
+        argv.append(nil)
+        _ = cairn_supervise_exec(path, &argv, parent)
+        throw CLIError(.failure, "\(path): cannot run: \(String(cString: strerror(errno)))")
+    }
+}

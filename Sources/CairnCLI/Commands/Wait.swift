@@ -1,0 +1,79 @@
+import ArgumentParser
+import Cairn
+import CairnSpool
+import CairnWatch
+import Foundation
+
+struct WaitCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "wait",
+        abstract: "Block until a run reaches a state (inotify on its state.json, no polling).",
+        discussion: """
+            Exit 0 when reached, 1 when the run ended otherwise (e.g. failed while waiting for
+            completed), 4 on --timeout.
+
+            Examples:
+              cairn wait RUN                          # until completed, failed or cancelled
+              cairn wait RUN --for waiting --timeout 30s
+            """
+    )
+
+    @Argument(help: ArgumentHelp("The run id.", valueName: "run")) var runID: String
+    @Option(name: .customLong("for"), help: "completed, waiting, or terminal (default).") var target: String = "terminal"
+    @Option(name: .long, help: "Give up after this long (exit 4).") var timeout: String?
+    @OptionGroup var options: SpoolOptions
+    @OptionGroup var output: JSONOption
+
+    func validate() throws {
+        guard ["completed", "waiting", "terminal"].contains(target) else { throw ValidationError("--for is completed, waiting or terminal") }
+        if let timeout, Duration.parse(timeout) == nil { throw ValidationError("invalid duration '\(timeout)'") }
+    }
+
+    func run() async throws {
+        let watcher = try Watcher.start()
+        let spool = try options.open()
+        _ = try requireRun(spool, runID)
+        let dir = spool.run(runID).directory.string
+        try await watcher.watch(dir)
+        let deadline = timeout.flatMap(Duration.parse).map { ContinuousClock.now + $0 }
+        let id = runID, target = self.target
+        let reached: RunState? = try await withThrowingTaskGroup(of: RunState?.self) { group in
+            group.addTask {
+                // Check after the watch is in place, then on every change of state.json.
+                if let s = Self.settled(try spool.readState(id), target) { return s }
+                for await e in watcher.events where e.name == "state.json" || e.kind == .overflow {
+                    if let s = Self.settled(try spool.readState(id), target) { return s }
+                }
+                return nil
+            }
+            if let deadline {
+                group.addTask {
+                    try await Task.sleep(until: deadline)
+                    return nil
+                }
+            }
+            let first = try await group.next() ?? nil
+            group.cancelAll()
+            return first
+        }
+        watcher.stop()
+        guard let state = reached else { throw CLIError(.timedOut, "\(runID): timed out waiting for \(target) (status \((try? spool.readState(runID))??.status.rawValue ?? "?"))") }
+        if output.json { Output.json(ListCommand.row(state)) } else { Output.line("\(runID)  \(state.status.rawValue)") }
+        let ok: Bool
+        switch target {
+        case "completed": ok = state.status == .completed
+        case "waiting": ok = state.status == .waiting
+        default: ok = true
+        }
+        if !ok { throw ExitCode(1) }
+    }
+
+    /// The state when the wait is over (the target, or a terminal state that rules it out).
+    static func settled(_ s: RunState?, _ target: String) -> RunState? {
+        guard let s else { return nil }
+        switch target {
+        case "waiting": return s.status == .waiting || s.status.isTerminal ? s : nil
+        default: return s.status.isTerminal ? s : nil
+        }
+    }
+}

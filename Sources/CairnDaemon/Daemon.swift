@@ -1,0 +1,374 @@
+import Cairn
+import CairnSpool
+import CairnWatch
+import Foundation
+import Logging
+import ServiceLifecycle
+import SystemPackage
+
+/// Settings of `cairn daemon`.
+public struct DaemonOptions: Sendable {
+    /// Runs advanced at once, over all workflows.
+    public var concurrency: Int = 8
+    /// Per workflow type (cairn.json `"concurrency": {"workflows": {NAME: N}}` adds to this).
+    public var perWorkflow: [String: Int] = [:]
+    /// A full rescan this often, for shared filesystems where inotify misses other hosts'
+    /// writes (off by default: inotify sees every local write).
+    public var rescanInterval: Duration? = nil
+    /// On SIGTERM/SIGINT, running executions get this long to reach their next wait.
+    public var shutdownGrace: Duration = .seconds(30)
+    /// How soon to look again at a run another process holds (several daemons).
+    public var busyRecheck: Duration = .seconds(1)
+
+    public init() {}
+}
+
+/// `cairn daemon`: advances runs the instant a file lands, sleeps otherwise.
+///
+/// One watcher (inotify) reports drops in `inbox/`, new runs in `runs/`, and, for every
+/// active run, its control files, `approvals/` and `events/`. One timer sleeps until the
+/// earliest due time (durable sleeps, retry backoffs, gate timeouts). Ready runs are
+/// advanced by the engine, at most `concurrency` at a time, each under its flock; a run
+/// another daemon holds is looked at again after `busyRecheck`.
+public actor Daemon: Service {
+    public let spool: Spool
+    let engine: Engine
+    let watcher: Watcher
+    var logger: Logger
+    let options: DaemonOptions
+
+    private var ready: [String] = []
+    private var readySet: Set<String> = []
+    private var running: [String: String] = [:]  // run → workflow
+    private var dirty: Set<String> = []
+    private var watchedRuns: Set<String> = []
+    private var parked: Set<String> = []  // unknown workflow
+    private var timers: [String: Date] = [:]
+    private var timerTask: Task<Void, Never>?
+    private var timerDeadline: Date?
+    private var stopping = false
+    private var idleWaiters: [CheckedContinuation<Void, Never>] = []
+    private var limits: [String: Int] = [:]
+
+    /// Statistics for tests and `--stats`.
+    public private(set) var advances = 0
+    private var observer: (@Sendable (String, AdvanceOutcome) -> Void)?
+
+    /// Called after every advance (the demo uses it to tell the person what to do).
+    public func observe(_ f: @escaping @Sendable (String, AdvanceOutcome) -> Void) { observer = f }
+
+    public init(spool: Spool, registry: WorkflowRegistry, watcher: Watcher, options: DaemonOptions = DaemonOptions(), logger: Logger, clock: any CairnClock = SystemClock()) {
+        var reg = registry
+        if reg.fallback == nil { reg.fallback = ScriptWorkflow.resolver(spool: spool) }
+        self.spool = spool
+        self.engine = Engine(spool: spool, registry: reg, clock: clock, logger: logger)
+        self.watcher = watcher
+        self.logger = logger
+        self.options = options
+    }
+
+    // MARK: Service
+
+    public func run() async throws {
+        try await start()
+        await withGracefulShutdownHandler {
+            await withTaskGroup(of: Void.self) { group in
+                group.addTask { await self.consumeEvents() }
+                if let every = self.options.rescanInterval {
+                    group.addTask {
+                        while !Task.isCancelled {
+                            try? await Task.sleep(for: every)
+                            if Task.isCancelled { break }
+                            await self.rescan(reason: "rescan interval")
+                        }
+                    }
+                }
+                await self.waitUntilStopped()
+                group.cancelAll()
+            }
+        } onGracefulShutdown: {
+            Task { await self.beginShutdown() }
+        }
+        await drain()
+        watcher.stop()
+        logger.info("daemon stopped")
+    }
+
+    private var stopWaiters: [CheckedContinuation<Void, Never>] = []
+    private func waitUntilStopped() async {
+        if stopping { return }
+        await withCheckedContinuation { stopWaiters.append($0) }
+    }
+
+    /// Stop taking work; running executions continue until `drain` gives up on them.
+    public func beginShutdown() {
+        guard !stopping else { return }
+        stopping = true
+        logger.info("shutting down", metadata: ["running": "\(running.count)", "grace_s": "\(options.shutdownGrace.seconds)"])
+        timerTask?.cancel()
+        for w in stopWaiters { w.resume() }
+        stopWaiters.removeAll()
+    }
+
+    private var tasks: [String: Task<Void, Never>] = [:]
+
+    private func drain() async {
+        let deadline = ContinuousClock.now + options.shutdownGrace
+        let watchdog = Task {
+            try? await Task.sleep(until: deadline)
+            if !Task.isCancelled { self.interruptAll() }
+        }
+        while !running.isEmpty { await withCheckedContinuation { idleWaiters.append($0) } }
+        watchdog.cancel()
+    }
+
+    private func interruptAll() {
+        logger.warning("grace period over; interrupting running executions (they resume on the next start)", metadata: ["runs": "\(running.keys.sorted())"])
+        for t in tasks.values { t.cancel() }
+    }
+
+    // MARK: start and rescan
+
+    /// Watches the spool and finds every active run (cost: the active runs, via the index).
+    public func start() async throws {
+        let cfg = try spool.config()
+        if let c = cfg.raw["concurrency"]?["workflows"]?.objectValue {
+            for (k, v) in c { if let n = v.intValue { limits[k] = Int(n) } }
+        }
+        for (k, v) in options.perWorkflow { limits[k] = v }
+        try await watcher.watch(spool.inboxDirectory.string)
+        try await watcher.watch(spool.runsDirectory.string)
+        try await watcher.watch(spool.workflowsDirectory.string)
+        await rescan(reason: "start")
+    }
+
+    /// Inbox, then every queued, running or waiting run. Waiting runs are advanced once
+    /// too: a decision may have been dropped while no daemon was watching.
+    public func rescan(reason: String) async {
+        let started = Date()
+        for name in ((try? Spool.list(spool.inboxDirectory)) ?? []).sorted() { acceptInbox(name) }
+        var n = 0
+        for status in [RunStatus.queued, .running, .waiting] {
+            for id in (try? spool.indexedRuns(status)) ?? [] where running[id] == nil {
+                guard let state = try? spool.readState(id), !state.status.isTerminal else { continue }
+                await watchRun(id)
+                markReady(id)
+                n += 1
+            }
+        }
+        logger.info("scanned spool", metadata: ["reason": "\(reason)", "active_runs": "\(n)", "ms": "\(Int(Date().timeIntervalSince(started) * 1000))"])
+        pump()
+    }
+
+    // MARK: events
+
+    private func consumeEvents() async {
+        for await e in watcher.events {
+            if Task.isCancelled { break }
+            await handle(e)
+        }
+    }
+
+    func handle(_ e: WatchEvent) async {
+        if e.kind == .overflow {
+            logger.warning("inotify queue overflowed; rescanning")
+            await rescan(reason: "overflow")
+            return
+        }
+        let runs = spool.runsDirectory.string
+        switch e.directory {
+        case spool.inboxDirectory.string:
+            if e.kind == .landed { acceptInbox(e.name) }
+        case runs:
+            if e.kind == .directoryLanded, Names.isValidRunID(e.name) {
+                logger.debug("new run", metadata: ["run": "\(e.name)"])
+                await watchRun(e.name)
+                markReady(e.name)
+            }
+        case spool.workflowsDirectory.string:
+            if e.kind == .landed, !parked.isEmpty {
+                for id in parked { markReady(id) }
+                parked.removeAll()
+            }
+        default:
+            guard e.directory.hasPrefix(runs + "/") else { return }
+            let rest = e.directory.dropFirst(runs.count + 1).split(separator: "/", maxSplits: 1)
+            guard let idPart = rest.first else { return }
+            let id = String(idPart)
+            if e.kind == .watchGone {
+                if rest.count == 1 { forget(id) }
+                return
+            }
+            let sub = rest.count > 1 ? String(rest[1]) : ""
+            let relevant: Bool
+            switch sub {
+            case "": relevant = ["cancel", "pause", "retry"].contains(e.name)
+            case "approvals": relevant = e.kind == .landed && (e.name.hasSuffix(".approved") || e.name.hasSuffix(".rejected"))
+            case "events": relevant = e.kind == .landed && e.name.hasSuffix(".json") && !e.name.hasSuffix(".error.json")
+            default: relevant = false
+            }
+            if relevant {
+                logger.debug("wake", metadata: ["run": "\(id)", "file": "\(sub.isEmpty ? "" : sub + "/")\(e.name)"])
+                markReady(id)
+            }
+        }
+        pump()
+    }
+
+    private func acceptInbox(_ name: String) {
+        guard !stopping else { return }
+        do {
+            let outcome = try Inbox.process(name, spool: spool, isKnownWorkflow: { self.engine.registry[$0] != nil })
+            switch outcome {
+            case .accepted(let run, let created):
+                logger.info(created ? "submission accepted" : "duplicate submission (same id or idempotency key)", metadata: ["file": "inbox/\(name)", "run": "\(run)"])
+            case .rejected(let reason):
+                logger.warning("submission rejected", metadata: ["file": "inbox/\(name)", "reason": "\(reason)"])
+            case .ignored: break
+            }
+        } catch {
+            logger.error("inbox", metadata: ["file": "inbox/\(name)", "error": "\(error)"])
+        }
+    }
+
+    // MARK: scheduling
+
+    func markReady(_ id: String) {
+        guard !stopping else { return }
+        if running[id] != nil {
+            dirty.insert(id)
+            return
+        }
+        if readySet.insert(id).inserted { ready.append(id) }
+    }
+
+    private func pump() {
+        guard !stopping else { return }
+        var deferred: [String] = []
+        while running.count < options.concurrency, !ready.isEmpty {
+            let id = ready.removeFirst()
+            readySet.remove(id)
+            guard let record = try? spool.readRun(id) else { continue }
+            if let limit = limits[record.workflow], running.values.filter({ $0 == record.workflow }).count >= limit {
+                deferred.append(id)
+                continue
+            }
+            running[id] = record.workflow
+            advances += 1
+            let engine = self.engine
+            tasks[id] = Task {
+                let outcome: Result<AdvanceOutcome, any Error>
+                do { outcome = .success(try await engine.advance(id)) } catch { outcome = .failure(error) }
+                await self.finished(id, outcome)
+            }
+        }
+        for id in deferred where readySet.insert(id).inserted { ready.append(id) }
+    }
+
+    private func finished(_ id: String, _ result: Result<AdvanceOutcome, any Error>) async {
+        running[id] = nil
+        tasks[id] = nil
+        let wasDirty = dirty.remove(id) != nil
+        switch result {
+        case .failure(let error):
+            logger.error("advancing failed; will look again in 60s", metadata: ["run": "\(id)", "error": "\(error)"])
+            setTimer(id, Date().addingTimeInterval(60))
+        case .success(let outcome):
+            observer?(id, outcome)
+            switch outcome {
+            case .completed:
+                logger.info("run completed", metadata: ["run": "\(id)"])
+                forget(id)
+            case .failed(let e):
+                logger.warning("run failed", metadata: ["run": "\(id)", "error": "\(e.message)"])
+                // Stay watching: a `retry` file brings it back.
+            case .cancelled:
+                logger.info("run cancelled", metadata: ["run": "\(id)"])
+                forget(id)
+            case .waiting(let w):
+                logger.info("run waiting", metadata: ["run": "\(id)", "on": "\(w["kind"]?.stringValue ?? "?")"])
+                if let until = w["until"]?.stringValue.flatMap(Timestamp.parse) { setTimer(id, until) } else { clearTimer(id) }
+                if wasDirty { markReady(id) }
+            case .busy:
+                setTimer(id, Date().addingTimeInterval(options.busyRecheck.seconds))
+            case .unknownWorkflow(let w):
+                logger.error("no such workflow; the run waits until it is installed in workflows/", metadata: ["run": "\(id)", "workflow": "\(w)"])
+                parked.insert(id)
+            case .interrupted:
+                break
+            }
+        }
+        if running.isEmpty {
+            for w in idleWaiters { w.resume() }
+            idleWaiters.removeAll()
+        }
+        pump()
+    }
+
+    // MARK: watches
+
+    private func watchRun(_ id: String) async {
+        guard watchedRuns.insert(id).inserted else { return }
+        let p = spool.run(id)
+        do {
+            try await watcher.watch(p.directory.string)
+            try await watcher.watch(p.approvalsDirectory.string)
+            try await watcher.watch(p.eventsDirectory.string)
+        } catch {
+            logger.error("cannot watch run; falling back to its timer", metadata: ["run": "\(id)", "error": "\(error)"])
+            setTimer(id, Date().addingTimeInterval(30))
+        }
+    }
+
+    private func forget(_ id: String) {
+        if watchedRuns.remove(id) != nil {
+            let p = spool.run(id)
+            for d in [p.directory, p.approvalsDirectory, p.eventsDirectory] { watcher.unwatch(d.string) }
+        }
+        clearTimer(id)
+        parked.remove(id)
+    }
+
+    // MARK: timers (one task sleeping until the earliest due time; never a polling loop)
+
+    private func setTimer(_ id: String, _ at: Date) {
+        timers[id] = at
+        rearm()
+    }
+
+    private func clearTimer(_ id: String) {
+        if timers.removeValue(forKey: id) != nil { rearm() }
+    }
+
+    private func rearm() {
+        guard !stopping else { return }
+        let next = timers.values.min()
+        if next == timerDeadline { return }
+        timerTask?.cancel()
+        timerDeadline = next
+        guard let next else { timerTask = nil; return }
+        timerTask = Task {
+            let delay = next.timeIntervalSinceNow
+            if delay > 0 { try? await Task.sleep(for: .milliseconds(Int64((delay * 1000).rounded(.up)))) }
+            if Task.isCancelled { return }
+            self.timersFired()
+        }
+    }
+
+    private func timersFired() {
+        timerDeadline = nil
+        let now = Date()
+        for (id, at) in timers where at <= now {
+            timers[id] = nil
+            markReady(id)
+        }
+        rearm()
+        pump()
+    }
+
+    // MARK: introspection (tests)
+
+    public var runningCount: Int { running.count }
+    public var pendingTimers: Int { timers.count }
+    public var watchedRunCount: Int { watchedRuns.count }
+}

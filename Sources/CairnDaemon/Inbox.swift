@@ -1,0 +1,84 @@
+import Cairn
+import CairnSpool
+import Foundation
+import SystemPackage
+
+/// Turns `inbox/NAME.json` into runs (SPEC §2). A file that cannot be accepted moves to
+/// `rejected/` with `NAME.error.json` beside it; nothing is ever deleted but an accepted
+/// submission (whose content now lives in its run).
+public enum Inbox {
+    public enum Outcome: Sendable, Equatable {
+        case accepted(run: String, created: Bool)
+        case rejected(reason: String)
+        case ignored
+    }
+
+    public static let sizeLimit = 1 << 20
+
+    public static func process(_ name: String, spool: Spool, isKnownWorkflow: (String) -> Bool, now: Date = Date()) throws -> Outcome {
+        guard !name.hasPrefix("."), !name.hasSuffix(".tmp"), !name.hasSuffix("~") else { return .ignored }
+        let path = spool.inboxDirectory.appending(name)
+        let reason: String
+        switch Drops.read(path, limit: sizeLimit) {
+        case .absent:
+            return .ignored
+        case .refused(_, let r, _):
+            reason = "\(name) \(r)"
+        case .valid(let f):
+            if let r = validate(name: name, f.json, isKnownWorkflow: isKnownWorkflow) {
+                reason = r
+            } else {
+                let j = f.json!
+                let submission = Spool.Submission(
+                    workflow: j["workflow"]!.stringValue!, input: j["input"] ?? .null,
+                    id: j["id"]?.stringValue, idempotencyKey: j["idempotency_key"]?.stringValue,
+                    submittedBy: f.owner)
+                let (run, created) = try spool.createRun(submission, now: now)
+                guard unlink(path.string) == 0 || errno == ENOENT else {
+                    throw SpoolError(.io, path: path.string, errno: errno, "accepted as run \(run), but cannot remove it from the inbox")
+                }
+                try DurableFile.fsyncDirectory(spool.inboxDirectory)
+                return .accepted(run: run, created: created)
+            }
+        }
+        try reject(name, reason: reason, spool: spool, now: now)
+        return .rejected(reason: reason)
+    }
+
+    static func validate(name: String, _ json: JSONValue?, isKnownWorkflow: (String) -> Bool) -> String? {
+        guard name.hasSuffix(".json") else { return "\(name): inbox files must be named NAME.json" }
+        guard let json, case .object(let o) = json else { return "\(name): must be a JSON object {\"workflow\": NAME, \"input\": VALUE, \"id\"?: ID, \"idempotency_key\"?: KEY}" }
+        let unknown = Set(o.keys).subtracting(["workflow", "input", "id", "idempotency_key"])
+        if !unknown.isEmpty { return "\(name): unknown field(s) \(unknown.sorted().joined(separator: ", "))" }
+        guard let wf = o["workflow"]?.stringValue else { return "\(name): missing \"workflow\" (a string)" }
+        guard Names.isValidName(wf) else { return "\(name): invalid workflow name '\(wf)'" }
+        guard isKnownWorkflow(wf) else { return "\(name): no workflow '\(wf)' (not registered in this daemon, and no executable SPOOL/workflows/\(wf))" }
+        if let id = o["id"] {
+            guard let s = id.stringValue, Names.isValidRunID(s) else { return "\(name): \"id\" must match [A-Za-z0-9][A-Za-z0-9._-]{0,127}" }
+        }
+        if let k = o["idempotency_key"], k.stringValue == nil { return "\(name): \"idempotency_key\" must be a string" }
+        return nil
+    }
+
+    /// Moves the file to rejected/ (never replacing an earlier one) and writes the error file.
+    static func reject(_ name: String, reason: String, spool: Spool, now: Date) throws {
+        let from = spool.inboxDirectory.appending(name)
+        var target = name
+        var n = 1
+        while true {
+            do {
+                try DurableFile.rename(from, to: spool.rejectedDirectory.appending(target), mode: .noReplace)
+                break
+            } catch let e as SpoolError where e.code == .exists {
+                n += 1
+                target = "\(name).\(n)"
+            }
+        }
+        try DurableFile.fsyncDirectory(spool.rejectedDirectory)
+        try DurableFile.fsyncDirectory(spool.inboxDirectory)
+        let error: JSONValue = ["file": .string(target), "error": .string(reason), "at": .string(Timestamp.format(now)),
+                                "hint": "fix it and move it back to inbox/ (write elsewhere in the spool, then mv)"]
+        let base = target.hasSuffix(".json") ? String(target.dropLast(5)) : target
+        try spool.durable.write(json: error, to: spool.rejectedDirectory.appending("\(base).error.json"))
+    }
+}

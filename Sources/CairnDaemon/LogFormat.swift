@@ -1,0 +1,30 @@
+import CairnSpool
+import Foundation
+import Logging
+import Synchronization
+
+/// `--log-format json`: one JSON object per line on stderr
+/// (`{"at", "level", "message", "label", ...metadata}`), for journald and log shippers.
+public struct JSONLogHandler: LogHandler {
+    public var logLevel: Logger.Level = .info
+    public var metadata: Logger.Metadata = [:]
+    let label: String
+    private static let lock = Mutex(())
+
+    public init(label: String) { self.label = label }
+
+    public subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+        get { metadata[key] }
+        set { metadata[key] = newValue }
+    }
+
+    public func log(event: LogEvent) {
+        var o: [String: JSONValue] = [
+            "at": .string(Timestamp.format(Date())), "level": .string(event.level.rawValue),
+            "message": .string("\(event.message)"), "label": .string(label),
+        ]
+        for (k, v) in metadata.merging(event.metadata ?? [:], uniquingKeysWith: { $1 }) { o[k] = .string("\(v)") }
+        let line = JSONValue.object(o).compactText() + "\n"
+        Self.lock.withLock { _ in FileHandle.standardError.write(Data(line.utf8)) }
+    }
+}

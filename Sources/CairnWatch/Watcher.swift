@@ -1,0 +1,257 @@
+import CInotifyTools
+import CSystemShims
+import Foundation
+import Synchronization
+
+/// Something changed in a watched directory.
+public struct WatchEvent: Sendable, Hashable, CustomStringConvertible {
+    public enum Kind: Sendable, Hashable {
+        /// A file was closed after writing, or moved in (a drop landed whole).
+        case landed
+        /// A directory was created or moved in (a new run).
+        case directoryLanded
+        /// A file was deleted or moved out (e.g. `pause` removed).
+        case removed
+        /// The kernel's event queue overflowed: events were lost; rescan what is watched.
+        case overflow
+        /// The watched directory itself went away (its watch is gone).
+        case watchGone
+    }
+
+    public var kind: Kind
+    /// The watched directory (no trailing slash); empty for `.overflow`.
+    public var directory: String
+    /// The file's name inside it; empty for events on the directory itself.
+    public var name: String
+
+    public var description: String { "\(kind) \(directory)/\(name)" }
+}
+
+/// The inotify watcher: libinotifytools behind one small interface.
+///
+/// libinotifytools 3.22.6 keeps global state, so one dedicated thread (not a Swift task
+/// on the cooperative pool) owns every call into it. That thread sleeps in poll(2) on the
+/// inotify fd and an eventfd; requests (add/remove a watch, stop) are queued and the
+/// eventfd wakes it, so nothing polls on a timer and timeouts need not be whole seconds.
+/// When the inotify fd is readable it calls `inotifytools_next_events(0, 1)` until the
+/// library's buffer is empty (num_events > 1 busy-spins in that version).
+///
+/// Start it before the process opens many files: the library select()s on its fd and
+/// aborts once the fd is ≥ 1024. Its fd is not close-on-exec; `start()` finds it in
+/// /proc/self/fd and sets FD_CLOEXEC so child processes never inherit it.
+/// New directories are never watched automatically: callers add the watch, then scan.
+public final class Watcher: Sendable {
+    public static let dropMask = UInt32(IN_CLOSE_WRITE | IN_MOVED_TO | IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_DELETE_SELF | IN_ONLYDIR)
+
+    private enum Request: @unchecked Sendable {
+        case add(String, UInt32, CheckedContinuation<Void, any Error>)
+        case remove(String)
+        case stop
+    }
+
+    private struct Shared {
+        var requests: [Request] = []
+        var watched: Set<String> = []
+    }
+
+    private let shared = Mutex(Shared())
+    private let wakeFD: Int32
+    private let continuation: AsyncStream<WatchEvent>.Continuation
+    /// Events, in the order the kernel reported them.
+    public let events: AsyncStream<WatchEvent>
+    /// The inotify fd (for tests of close-on-exec).
+    public let inotifyFD: Int32
+
+    public struct Failure: Error, CustomStringConvertible {
+        public var message: String
+        public var description: String { message }
+    }
+
+    /// Initializes libinotifytools on a new dedicated thread.
+    public static func start() throws -> Watcher {
+        let before = Set(openFileDescriptors())
+        let ready = DispatchSemaphore(value: 0)
+        let initResult = Mutex<Int32>(0)
+        let (stream, cont) = AsyncStream<WatchEvent>.makeStream(bufferingPolicy: .unbounded)
+        let wake = cairn_eventfd()
+        guard wake >= 0 else { throw Failure(message: "eventfd failed: \(String(cString: strerror(errno)))") }
+        // The thread owns libinotifytools from initialize to cleanup.
+        let box = WatcherBox()
+        let thread = Thread {
+            if inotifytools_initialize() == 0 {
+                initResult.withLock { $0 = inotifytools_error() == 0 ? -1 : inotifytools_error() }
+                ready.signal()
+                return
+            }
+            ready.signal()
+            box.waitForWatcher().loop()
+        }
+        thread.name = "cairn-inotify"
+        thread.start()
+        ready.wait()
+        let err = initResult.withLock { $0 }
+        if err != 0 {
+            close(wake)
+            throw Failure(message: "inotify initialisation failed: \(err > 0 ? String(cString: strerror(err)) : "unknown error") (see /proc/sys/fs/inotify/max_user_instances)")
+        }
+        let inotify = openFileDescriptors().filter { !before.contains($0) && isInotify($0) }.first ?? -1
+        if inotify >= 0 { _ = cairn_set_cloexec(inotify) }
+        let w = Watcher(wakeFD: wake, inotifyFD: inotify, stream: stream, continuation: cont)
+        box.set(w)
+        return w
+    }
+
+    private init(wakeFD: Int32, inotifyFD: Int32, stream: AsyncStream<WatchEvent>, continuation: AsyncStream<WatchEvent>.Continuation) {
+        self.wakeFD = wakeFD
+        self.inotifyFD = inotifyFD
+        self.events = stream
+        self.continuation = continuation
+    }
+
+    /// Watches a directory for drops (close-after-write, moved in), creations, removals.
+    /// Returns once the watch is in place; scan the directory after this.
+    public func watch(_ directory: String, mask: UInt32 = Watcher.dropMask) async throws {
+        try await withCheckedThrowingContinuation { (c: CheckedContinuation<Void, any Error>) in
+            enqueue(.add(Self.normalize(directory), mask, c))
+        }
+    }
+
+    /// Stops watching a directory (no-op when not watched).
+    public func unwatch(_ directory: String) {
+        enqueue(.remove(Self.normalize(directory)))
+    }
+
+    public var watchedDirectories: Set<String> { shared.withLock { $0.watched } }
+
+    /// Ends the thread and the event stream.
+    public func stop() { enqueue(.stop) }
+
+    private func enqueue(_ r: Request) {
+        shared.withLock { $0.requests.append(r) }
+        var one: UInt64 = 1
+        _ = write(wakeFD, &one, 8)
+    }
+
+    static func normalize(_ d: String) -> String {
+        var s = d
+        while s.count > 1 && s.hasSuffix("/") { s.removeLast() }
+        return s
+    }
+
+    // MARK: the thread
+
+    fileprivate func loop() {
+        var fds = [pollfd(fd: wakeFD, events: Int16(POLLIN), revents: 0), pollfd(fd: inotifyFD, events: Int16(POLLIN), revents: 0)]
+        var running = true
+        while running {
+            fds[0].revents = 0
+            fds[1].revents = 0
+            let rc = poll(&fds, nfds_t(fds[1].fd >= 0 ? 2 : 1), -1)
+            if rc < 0 {
+                if errno == EINTR { continue }
+                break
+            }
+            if fds[0].revents != 0 {
+                var n: UInt64 = 0
+                _ = read(wakeFD, &n, 8)
+                let requests = shared.withLock { s -> [Request] in
+                    defer { s.requests.removeAll() }
+                    return s.requests
+                }
+                for r in requests {
+                    switch r {
+                    case .add(let dir, let mask, let c):
+                        if inotifytools_watch_file(dir, Int32(bitPattern: mask)) == 1 {
+                            shared.withLock { _ = $0.watched.insert(dir) }
+                            c.resume()
+                        } else {
+                            let e = inotifytools_error()
+                            c.resume(throwing: Failure(message: "\(dir): cannot watch: \(String(cString: strerror(e)))" + (e == ENOSPC ? " (raise /proc/sys/fs/inotify/max_user_watches)" : "")))
+                        }
+                    case .remove(let dir):
+                        if shared.withLock({ $0.watched.remove(dir) }) != nil {
+                            _ = inotifytools_remove_watch_by_filename(dir)
+                        }
+                    case .stop:
+                        running = false
+                    }
+                }
+            }
+            if running && fds[1].revents != 0 {
+                // Drain: the library buffers several kernel events per read().
+                while let ev = inotifytools_next_events(0, 1) {
+                    deliver(ev)
+                }
+            }
+        }
+        inotifytools_cleanup()
+        close(wakeFD)
+        continuation.finish()
+    }
+
+    private func deliver(_ ev: UnsafeMutablePointer<inotify_event>) {
+        let mask = ev.pointee.mask
+        if mask & UInt32(IN_Q_OVERFLOW) != 0 {
+            continuation.yield(WatchEvent(kind: .overflow, directory: "", name: ""))
+            return
+        }
+        guard let dirC = inotifytools_filename_from_wd(ev.pointee.wd) else { return }
+        let dir = Self.normalize(String(cString: dirC))
+        var name = ""
+        if ev.pointee.len > 0 {
+            // The name follows the struct (a flexible array member Swift does not import).
+            let p = UnsafeRawPointer(ev).advanced(by: MemoryLayout<inotify_event>.size).assumingMemoryBound(to: CChar.self)
+            name = String(cString: p)
+        }
+        let kind: WatchEvent.Kind
+        if mask & UInt32(IN_IGNORED | IN_DELETE_SELF | IN_UNMOUNT) != 0 {
+            if shared.withLock({ $0.watched.remove(dir) }) != nil, mask & UInt32(IN_IGNORED) == 0 {
+                _ = inotifytools_remove_watch_by_filename(dir)
+            }
+            kind = .watchGone
+        } else if mask & UInt32(IN_ISDIR) != 0 && mask & UInt32(IN_CREATE | IN_MOVED_TO) != 0 {
+            kind = .directoryLanded
+        } else if mask & UInt32(IN_CLOSE_WRITE | IN_MOVED_TO) != 0 {
+            kind = .landed
+        } else if mask & UInt32(IN_DELETE | IN_MOVED_FROM) != 0 {
+            kind = .removed
+        } else {
+            return  // IN_CREATE of a file: wait for its close or move
+        }
+        continuation.yield(WatchEvent(kind: kind, directory: dir, name: name))
+    }
+
+    // MARK: fds
+
+    static func openFileDescriptors() -> [Int32] {
+        guard let d = opendir("/proc/self/fd") else { return [] }
+        defer { closedir(d) }
+        var out: [Int32] = []
+        while let e = readdir(d) {
+            let name = withUnsafePointer(to: e.pointee.d_name) { $0.withMemoryRebound(to: CChar.self, capacity: 256) { String(cString: $0) } }
+            if let n = Int32(name) { out.append(n) }
+        }
+        return out
+    }
+
+    static func isInotify(_ fd: Int32) -> Bool {
+        var buf = [CChar](repeating: 0, count: 256)
+        let n = readlink("/proc/self/fd/\(fd)", &buf, 255)
+        guard n > 0 else { return false }
+        return String(decoding: buf[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self).contains("inotify")
+    }
+}
+
+/// Hands the Watcher to its thread once constructed.
+private final class WatcherBox: Sendable {
+    private let w = Mutex<Watcher?>(nil)
+    private let sem = DispatchSemaphore(value: 0)
+    func set(_ watcher: Watcher) {
+        w.withLock { $0 = watcher }
+        sem.signal()
+    }
+    func waitForWatcher() -> Watcher {
+        sem.wait()
+        return w.withLock { $0! }
+    }
+}
