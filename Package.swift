@@ -90,7 +90,7 @@ let package = Package(
         // End-to-end: the built binaries against temp spools (golden output, SIGKILL, rsync).
         .testTarget(
             name: "CairnEndToEndTests",
-            dependencies: ["CairnSpool", "CairnTesting"],
+            dependencies: ["CairnSpool", "CairnTesting", "CairnWatch", "CSystemShims"],
             swiftSettings: strict
         ),
     ],

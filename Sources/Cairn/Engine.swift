@@ -104,10 +104,12 @@ public struct Engine: Sendable {
         }
 
         let executions = (previous?.counters.executions ?? 0) + 1
-        if previous?.status != .running {
-            try writeState(record, entries: entries, executions: executions, status: .running, error: nil)
+        let startEntries = entries
+        let ctx = WorkflowContext(runID: runID, workflowName: record.workflow, spool: spool, config: config, entries: Array(entries.dropFirst()), physicalCount: physical.count, clock: clock, logger: logger) { [self] in
+            if previous?.status != .running {
+                try writeState(record, entries: startEntries, executions: executions, status: .running, error: nil)
+            }
         }
-        let ctx = WorkflowContext(runID: runID, workflowName: record.workflow, spool: spool, config: config, entries: Array(entries.dropFirst()), physicalCount: physical.count, clock: clock, logger: logger)
         let input = try spool.blobs(runID).resolve(record.input)
 
         var outcome: AdvanceOutcome
@@ -150,6 +152,11 @@ public struct Engine: Sendable {
 
         let all = ctx.state.withLock { $0.entries }
         let full = [entries[0]] + all
+        if case .waiting(let w) = outcome, !ctx.appendedRecords, previous?.status == .waiting, previous?.waitingFor == w,
+           previous?.counters.journalEntries == full.count {
+            // Woken, replayed, waiting on the same thing: nothing to write.
+            return outcome
+        }
         switch outcome {
         case .completed: try writeState(record, entries: full, executions: executions, status: .completed, error: nil)
         case .cancelled: try writeState(record, entries: full, executions: executions, status: .cancelled, error: nil)

@@ -29,14 +29,21 @@ public final class WorkflowContext: Sendable {
         var compensations: [Compensation] = []
         /// Records replayed this execution (for `state.json` and the tokens-saved count).
         var replayed: [JournalEntry] = []
+        /// Set once this execution appended its first record.
+        var appended = false
     }
+
+    /// Called (once) just before this execution appends its first record: the engine marks
+    /// the run `running` then, so a wake-up that only replays to the same wait writes nothing.
+    let beforeFirstAppend: @Sendable () throws -> Void
 
     struct Compensation: Sendable {
         var name: String
         var body: @Sendable () async throws -> Void
     }
 
-    init(runID: String, workflowName: String, spool: Spool, config: SpoolConfig, entries: [JournalEntry], physicalCount: Int, clock: any CairnClock, logger: Logger, cursor: Int = 0) {
+    init(runID: String, workflowName: String, spool: Spool, config: SpoolConfig, entries: [JournalEntry], physicalCount: Int, clock: any CairnClock, logger: Logger, cursor: Int = 0, beforeFirstAppend: @escaping @Sendable () throws -> Void = {}) {
+        self.beforeFirstAppend = beforeFirstAppend
         self.runID = runID
         self.workflowName = workflowName
         self.clock = clock
@@ -65,6 +72,9 @@ public final class WorkflowContext: Sendable {
 
     /// Records consumed so far in this execution (not counting `start`).
     public var cursor: Int { state.withLock { $0.cursor } }
+
+    /// Whether this execution appended any record.
+    public var appendedRecords: Bool { state.withLock { $0.appended } }
 
     /// Re-reads the journal after another process appended to it (a script's helpers),
     /// keeping the cursor at the end.
@@ -150,6 +160,10 @@ public final class WorkflowContext: Sendable {
     @discardableResult
     func record(_ kind: String, _ name: String?, _ fill: (inout JournalEntry) throws -> Void = { _ in }) throws -> JournalEntry {
         try state.withLock { s in
+            if !s.appended {
+                try beforeFirstAppend()
+                s.appended = true
+            }
             var e = JournalEntry(seq: s.nextSeq, kind: kind, name: name, at: clock.now())
             try fill(&e)
             try journal.append(e)

@@ -1,5 +1,6 @@
 import CairnSpool
 import Foundation
+import SystemPackage
 
 enum Output {
     static func json(_ v: JSONValue) {
@@ -40,7 +41,7 @@ enum Output {
         if arg == "-" {
             data = FileHandle.standardInput.readDataToEndOfFile()
         } else {
-            guard let d = FileManager.default.contents(atPath: arg) else { throw CLIError(.failure, "\(arg): cannot read \(what)") }
+            guard let d = try? DurableFile.read(FilePath(arg)) else { throw CLIError(.failure, "\(arg): cannot read \(what)") }
             data = d
         }
         do { return try JSONValue.parse(data) } catch {

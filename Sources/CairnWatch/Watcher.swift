@@ -215,11 +215,30 @@ public final class Watcher: Sendable {
             kind = .landed
         } else if mask & UInt32(IN_DELETE | IN_MOVED_FROM) != 0 {
             kind = .removed
+        } else if mask & UInt32(IN_CREATE) != 0 {
+            // A regular file: wait for its close or move. A symlink or FIFO never closes
+            // after writing: report it now, so it can be refused.
+            var st = stat()
+            guard lstat(dir + "/" + name, &st) == 0, (st.st_mode & S_IFMT) != S_IFREG else { return }
+            kind = .landed
         } else {
-            return  // IN_CREATE of a file: wait for its close or move
+            return
+        }
+        if let every = Self.simulatedOverflowEvery {
+            simulatedCount += 1
+            if simulatedCount % every == 0 {
+                // Test hook: lose this event and report an overflow, as the kernel would.
+                continuation.yield(WatchEvent(kind: .overflow, directory: "", name: ""))
+                return
+            }
         }
         continuation.yield(WatchEvent(kind: kind, directory: dir, name: name))
     }
+
+    /// `CAIRN_SIMULATE_OVERFLOW_EVERY=N` (tests only): every Nth event is dropped and an
+    /// overflow reported in its place, to prove that the rescan loses nothing.
+    static let simulatedOverflowEvery: Int? = ProcessInfo.processInfo.environment["CAIRN_SIMULATE_OVERFLOW_EVERY"].flatMap(Int.init).flatMap { $0 > 0 ? $0 : nil }
+    nonisolated(unsafe) private var simulatedCount = 0  // touched only by the watcher thread
 
     // MARK: fds
 

@@ -22,13 +22,19 @@ struct Crashy: Workflow {
     struct Input: Codable, Sendable {
         var steps: Int
         var effects: String
+        var delayMs: Int?
+
+        enum CodingKeys: String, CodingKey {
+            case steps, effects
+            case delayMs = "delay_ms"
+        }
     }
 
     func run(_ ctx: WorkflowContext, input: Input) async throws -> Int {
         var total = 0
         for i in 0..<input.steps {
             total += try await ctx.step("s-\(i)") { key in
-                try await Task.sleep(for: .milliseconds(1))
+                try await Task.sleep(for: .milliseconds(input.delayMs ?? 1))
                 try effect(input.effects, "s-\(i)", key)
                 return i
             }
@@ -50,6 +56,36 @@ struct Crashy: Workflow {
     }
 }
 
+/// Waits for a person at gate "go", then reports the decision.
+struct Gate: Workflow {
+    static let name = "gate"
+    func run(_ ctx: WorkflowContext, input: JSONValue) async throws -> JSONValue {
+        let prepared: String = try await ctx.step("prepare") { _ in "draft for \(input["who"]?.stringValue ?? "?")" }
+        let d = try await ctx.approval("go", request: .init(summary: "Go?", details: ["draft": .string(prepared)]))
+        return ["approved": .bool(d.approved), "value": d.value ?? .null, "by": .string(d.decidedBy?.user ?? ""), "reason": .string(d.reason ?? "")]
+    }
+}
+
+/// Sleeps durably for input seconds, then records a step.
+struct Nap: Workflow {
+    static let name = "nap"
+    func run(_ ctx: WorkflowContext, input: Double) async throws -> String {
+        try await ctx.sleep("nap", for: .milliseconds(Int64(input * 1000)))
+        return try await ctx.step("woke") { _ in "woke" }
+    }
+}
+
+/// Waits for an event and returns its data.
+struct Listen: Workflow {
+    static let name = "listen"
+    func run(_ ctx: WorkflowContext, input: String) async throws -> JSONValue {
+        try await ctx.waitForEvent(input) ?? .null
+    }
+}
+
 var workflows = CairnCLI.exampleWorkflows
 workflows.register(Crashy())
+workflows.register(Gate())
+workflows.register(Nap())
+workflows.register(Listen())
 await CairnCLI.main(workflows: workflows)

@@ -14,7 +14,7 @@ enum Binary {
         return dir.path
     }
 
-    static func path(_ name: String) -> String { directory + "/" + name }
+    static func path(_ name: String) -> String { name.hasPrefix("/") ? name : directory + "/" + name }
 
     struct Result {
         var code: Int32

@@ -168,7 +168,8 @@ struct ApprovalHelper: AsyncParsableCommand {
     func run() async throws {
         var req = ApprovalRequest(summary: "Approve '\(gate)'?")
         if let request {
-            guard let data = FileManager.default.contents(atPath: request) else { throw CLIError(.failure, "\(request): cannot read the request file") }
+            // DurableFile.read also reads pipes (`--request <(jq ... )`).
+            guard let data = try? DurableFile.read(FilePath(request), limit: 1 << 20) else { throw CLIError(.usage, "\(request): cannot read the request file") }
             if let j = try? JSONValue.parse(data) {
                 if let s = j["summary"]?.stringValue { req = ApprovalRequest(summary: s, details: j["details"]) } else { req.details = j }
             } else {

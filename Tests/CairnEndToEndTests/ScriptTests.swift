@@ -1,0 +1,118 @@
+import CairnSpool
+import CairnTesting
+import Foundation
+import Testing
+
+/// Script workflows in bash and Python under a real daemon (SPEC §4).
+@Suite(.serialized) struct ScriptTests {
+    static let bash = """
+        #!/usr/bin/env bash
+        set -euo pipefail
+        input=$(cat)
+        n=$(printf '%s' "$input" | jq -r .n)
+        total=0
+        for i in $(seq 1 "$n"); do
+          # Repeated step names in a loop are matched by position.
+          out=$(cairn step add -- bash -c 'sleep 0.15; echo "add $CAIRN_IDEMPOTENCY_KEY" >> "$EFFECTS"; echo 1' )
+          total=$((total + out))
+        done
+        if cairn approval ship --request <(printf '{"summary": "ship %s?"}' "$total") > decision.json; then
+          shipped=true
+        else
+          shipped=false
+        fi
+        event=$(cairn event label)
+        cairn sleep 1s
+        stamp=$(cairn now)
+        printf '{"total": %s, "shipped": %s, "label": %s, "stamp": "%s"}' "$total" "$shipped" "$event" "$stamp" | cairn result -
+        """
+
+    static let python = """
+        #!/usr/bin/env python3
+        import json, os, subprocess, sys
+        data = json.load(sys.stdin)
+        def cairn(*args, check=True):
+            return subprocess.run(["cairn", *args], capture_output=True, text=True, check=check)
+        words = []
+        for w in data["words"]:
+            out = cairn("step", "upper", "--", "python3", "-c", f"import os; open(os.environ['EFFECTS'], 'a').write('upper ' + os.environ['CAIRN_IDEMPOTENCY_KEY'] + '\\\\n'); print({w!r}.upper())")
+            words.append(out.stdout.strip())
+        ok = cairn("approval", "publish", check=False).returncode == 0
+        result = {"words": words, "published": ok}
+        subprocess.run(["cairn", "result", "-"], input=json.dumps(result), text=True, check=True)
+        """
+
+    func install(_ t: TempSpool, _ name: String, _ text: String) throws {
+        let p = t.spool.workflowsDirectory.appending(name).string
+        try text.write(toFile: p, atomically: true, encoding: .utf8)
+        chmod(p, 0o755)
+    }
+
+    func effects(_ path: String) -> [String] {
+        ((try? String(contentsOfFile: path, encoding: .utf8)) ?? "").split(separator: "\n").map(String.init)
+    }
+
+    @Test func bashWorkflowWithStepsApprovalEventAndSleep() throws {
+        let t = try TempSpool()
+        let fx = t.path.appending("effects").string
+        try install(t, "count", Self.bash)
+        let d = try DaemonProcess(spool: t.spool, env: ["EFFECTS": fx])
+        let r = try t.submit("count", input: ["n": 3] as JSONValue)
+        try t.waitFor(r, .waiting, timeout: 20)
+        #expect(try t.state(r).waitingFor?["gate"] == "ship")
+        let req = try DurableFile.readJSON(t.spool.run(r).approvalsDirectory.appending("ship.request.json"))
+        #expect(req["summary"] == "ship 3?")
+        try t.drop("approvals/ship.approved", in: r)
+        try waitUntil("event wait") { (try? t.state(r).waitingFor?["kind"]) == "event" }
+        let sig = try Binary.cairn("signal", r, "label", "--data", "-", spool: t.spool, stdin: #""fragile""#)
+        #expect(sig.code == 0, "\(sig.stderr)")
+        try t.waitFor(r, .completed, timeout: 20)
+        let out = try t.result(r)
+        #expect(out["total"] == 3 && out["shipped"] == true && out["label"] == "fragile")
+        #expect(effects(fx).count == 3, "each step ran once: \(effects(fx))")
+        #expect(Set(effects(fx)).count == 3, "distinct idempotency keys per position")
+        #expect(try t.journalSummary(r).filter { $0 == "step:add" }.count == 3)
+        d.stop()
+    }
+
+    @Test func pythonWorkflowWithRejection() throws {
+        let t = try TempSpool()
+        let fx = t.path.appending("effects").string
+        try install(t, "shout", Self.python)
+        let d = try DaemonProcess(spool: t.spool, env: ["EFFECTS": fx])
+        let r = try t.submit("shout", input: ["words": ["a", "b"]] as JSONValue)
+        try t.waitFor(r, .waiting, timeout: 20)
+        try t.drop("approvals/publish.rejected", in: r)
+        try t.waitFor(r, .completed, timeout: 20)
+        #expect(try t.result(r) == ["words": ["A", "B"], "published": false])
+        #expect(effects(fx).count == 2)
+        d.stop()
+    }
+
+    @Test func daemonKilledMidScriptResumesWithoutRerunningSteps() throws {
+        let t = try TempSpool()
+        let fx = t.path.appending("effects").string
+        try install(t, "count", Self.bash)
+        var d = try DaemonProcess(spool: t.spool, env: ["EFFECTS": fx])
+        let r = try t.submit("count", input: ["n": 6] as JSONValue)
+        try waitUntil("two steps done") { effects(fx).count >= 2 }
+        d.kill9()
+        // The script does not outlive its daemon.
+        usleep(300_000)
+        let stragglers = try Binary.run("/usr/bin/pgrep", ["-f", t.spool.workflowsDirectory.appending("count").string])
+        #expect(stragglers.stdout.isEmpty, "script still running after the daemon died: \(stragglers.stdout)")
+        let recorded = try t.journalSummary(r).filter { $0 == "step:add" }.count
+        d = try DaemonProcess(spool: t.spool, env: ["EFFECTS": fx])
+        try t.waitFor(r, .waiting, timeout: 20)
+        try t.drop("approvals/ship.approved", in: r)
+        try waitUntil("event wait") { (try? t.state(r).waitingFor?["kind"]) == "event" }
+        try t.drop("events/label.json", in: r, content: #""x""#)
+        try t.waitFor(r, .completed, timeout: 20)
+        #expect(try t.result(r)["total"] == 6)
+        // Steps recorded before the kill ran once; at most the one in flight ran twice.
+        let n = effects(fx).count
+        #expect(n >= 6 && n <= 7, "\(n) step executions for 6 steps (\(recorded) recorded before the kill)")
+        #expect(try t.journalSummary(r).filter { $0 == "step:add" }.count == 6)
+        d.stop()
+    }
+}
