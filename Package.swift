@@ -22,6 +22,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-system", from: "1.4.0"),
         .package(url: "https://github.com/swiftlang/swift-subprocess", from: "1.0.0"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.6.0"),
+        .package(url: "https://github.com/swift-server/async-http-client", from: "1.20.0"),
     ],
     targets: [
         // libinotifytools (Debian's libinotifytools0-dev ships no pkg-config file).
@@ -59,11 +60,21 @@ let package = Package(
             ],
             swiftSettings: strict
         ),
+        // The agent layer: LLM providers over AsyncHTTPClient, ctx.llm, tools, the agent loop.
+        .target(
+            name: "CairnAgents",
+            dependencies: [
+                "Cairn", "CairnSpool",
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strict
+        ),
         // The CLI as a library, so a user's own executable gets every command with its workflows.
         .target(
             name: "CairnCLI",
             dependencies: [
-                "Cairn", "CairnSpool", "CairnDaemon", "CairnWatch", "CSystemShims",
+                "Cairn", "CairnSpool", "CairnDaemon", "CairnWatch", "CSystemShims", "CairnAgents",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Subprocess", package: "swift-subprocess"),

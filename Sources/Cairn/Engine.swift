@@ -152,16 +152,21 @@ public struct Engine: Sendable {
 
         let all = ctx.state.withLock { $0.entries }
         let full = [entries[0]] + all
-        if case .waiting(let w) = outcome, !ctx.appendedRecords, previous?.status == .waiting, previous?.waitingFor == w,
+        let replayedTokens = ctx.state.withLock { $0.replayed.contains { $0.kind == "llm" } }
+        if case .waiting(let w) = outcome, !ctx.appendedRecords, !replayedTokens, previous?.status == .waiting, previous?.waitingFor == w,
            previous?.counters.journalEntries == full.count {
             // Woken, replayed, waiting on the same thing: nothing to write.
             return outcome
         }
+        // Tokens that replaying recorded LLM calls did not spend again.
+        let replayedLLM = ctx.state.withLock { $0.replayed.filter { $0.kind == "llm" } }
+        let savedNow = replayedLLM.reduce(Int64(0)) { $0 + ($1.data?["tokens"]?["input"]?.intValue ?? 0) + ($1.data?["tokens"]?["output"]?.intValue ?? 0) }
+        let saved = (previous?.tokens?["saved"]?.intValue ?? 0) + savedNow
         switch outcome {
-        case .completed: try writeState(record, entries: full, executions: executions, status: .completed, error: nil)
-        case .cancelled: try writeState(record, entries: full, executions: executions, status: .cancelled, error: nil)
-        case .failed(let info): try writeState(record, entries: full, executions: executions, status: .failed, error: info)
-        case .waiting(let w): try writeState(record, entries: full, executions: executions, status: .waiting, error: nil, waitingFor: w)
+        case .completed: try writeState(record, entries: full, executions: executions, status: .completed, error: nil, tokensSaved: saved)
+        case .cancelled: try writeState(record, entries: full, executions: executions, status: .cancelled, error: nil, tokensSaved: saved)
+        case .failed(let info): try writeState(record, entries: full, executions: executions, status: .failed, error: info, tokensSaved: saved)
+        case .waiting(let w): try writeState(record, entries: full, executions: executions, status: .waiting, error: nil, waitingFor: w, tokensSaved: saved)
         default: break
         }
         if outcome.isTerminal, let parent = record.parent, spool.runExists(parent.run) {
@@ -186,8 +191,13 @@ public struct Engine: Sendable {
         return entries[i].seq
     }
 
-    func writeState(_ record: RunRecord, entries: [JournalEntry], executions: Int, status: RunStatus, error: ErrorInfo?, waitingFor: JSONValue? = nil) throws {
+    func writeState(_ record: RunRecord, entries: [JournalEntry], executions: Int, status: RunStatus, error: ErrorInfo?, waitingFor: JSONValue? = nil, tokensSaved: Int64? = nil) throws {
         var state = StateDerivation.derive(record: record, entries: entries, now: clock.now())
+        if let saved = tokensSaved, saved > 0 {
+            var t = state.tokens?.objectValue ?? ["input": 0, "output": 0, "total": 0]
+            t["saved"] = .int(saved)
+            state.tokens = .object(t)
+        }
         state.status = status
         state.error = error
         state.waitingFor = waitingFor

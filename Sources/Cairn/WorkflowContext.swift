@@ -95,6 +95,56 @@ public final class WorkflowContext: Sendable {
     /// The suspension's `waiting_for`, when `error` is the engine's wait signal.
     public static func waitingFor(_ error: any Error) -> JSONValue? { (error as? Suspension)?.waitingFor }
 
+    /// A durable operation defined outside the engine (the agent layer's `llm`): replays the
+    /// record KIND-NAME when there is one (its value and data resolved from blobs);
+    /// otherwise runs `body` and records what it returns. A recorded error is rethrown as
+    /// `StepFailedError` on first execution and on replay alike.
+    public func operation(_ kind: String, _ name: String, _ body: @Sendable () async throws -> OperationRecord) async throws -> OperationRecord {
+        if let e = try replay(kind, name) {
+            let r = OperationRecord(value: try blobs.resolve(e.value ?? .null), data: try e.data.map { try blobs.resolve($0) }, error: e.error, attempts: e.attempt ?? 1, replayed: true)
+            if let err = r.error { throw StepFailedError(step: name, attempts: r.attempts, error: err) }
+            return r
+        }
+        try beforeLive()
+        let started = clock.now()
+        var r: OperationRecord
+        do {
+            r = try await body()
+        } catch let s as Suspension {
+            throw s
+        } catch {
+            if Task.isCancelled { throw CancellationError() }
+            throw error
+        }
+        let stored = r
+        try record(kind, name) {
+            $0.value = try blobs.externalize(stored.value)
+            $0.data = stored.data
+            $0.error = stored.error
+            $0.attempt = stored.attempts
+            $0.startedAt = started
+            $0.durationMs = Int(clock.now().timeIntervalSince(started) * 1000)
+        }
+        if let err = r.error { throw StepFailedError(step: name, attempts: r.attempts, error: err) }
+        r.replayed = false
+        return r
+    }
+
+    /// Stores a value in the run's blobs (always, with `force`), returning what to put in a
+    /// record. Arrays become list chains, so a growing conversation costs O(n) bytes.
+    public func storeValue(_ value: JSONValue, force: Bool = false) throws -> JSONValue {
+        try blobs.externalize(value, force: force)
+    }
+
+    /// Resolves blob references in a recorded value.
+    public func resolveValue(_ value: JSONValue) throws -> JSONValue { try blobs.resolve(value) }
+
+    /// The run's logs directory (streamed output goes here).
+    public var logsDirectory: FilePath { paths.logsDirectory }
+
+    /// The spool's settings (cairn.json).
+    public var spoolConfig: SpoolConfig { config }
+
     /// A recorded value of any kind: on first execution `compute` runs and its result is
     /// journaled as KIND[-NAME]; on replay the recorded value is returned.
     public func recorded(_ kind: String, _ name: String?, _ compute: () throws -> JSONValue) throws -> JSONValue {
@@ -215,4 +265,25 @@ public final class WorkflowContext: Sendable {
     }
 
     static func key(run: String, seq: Int, name: String) -> String { "\(run):\(seq):\(name)" }
+
+    /// The idempotency key the next operation will get (`RUN:POSITION:NAME`).
+    public func nextIdempotencyKey(_ name: String) -> String { Self.key(run: runID, seq: currentPosition(), name: name) }
+}
+
+/// What an externally defined operation records (see `WorkflowContext.operation`).
+public struct OperationRecord: Sendable {
+    public var value: JSONValue
+    public var data: JSONValue?
+    public var error: ErrorInfo?
+    public var attempts: Int
+    /// True when the record came from the journal (nothing was executed).
+    public var replayed: Bool
+
+    public init(value: JSONValue, data: JSONValue? = nil, error: ErrorInfo? = nil, attempts: Int = 1, replayed: Bool = false) {
+        self.value = value
+        self.data = data
+        self.error = error
+        self.attempts = attempts
+        self.replayed = replayed
+    }
 }

@@ -110,7 +110,7 @@ struct CairnCommand: AsyncParsableCommand {
             CancelCommand.self, PauseCommand.self, ResumeCommand.self, RetryCommand.self,
             FsckCommand.self, GCCommand.self, DemoCommand.self, AdvanceCommand.self,
             StepHelper.self, ApprovalHelper.self, EventHelper.self, SleepHelper.self, NowHelper.self,
-            UUIDHelper.self, ResultHelper.self, SuperviseCommand.self,
+            UUIDHelper.self, ResultHelper.self, LLMHelper.self, SuperviseCommand.self,
         ]
     )
 }

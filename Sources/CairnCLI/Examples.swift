@@ -1,12 +1,14 @@
 import Cairn
 import CairnSpool
 import Foundation
+import CairnAgents
 
 extension CairnCLI {
     /// The workflows the stock `cairn` binary ships: the demo's Swift workflow.
     public static var exampleWorkflows: WorkflowRegistry {
         var r = WorkflowRegistry()
         r.register(DemoRefund())
+        r.register(TriageTicket())
         return r
     }
 }
@@ -51,11 +53,3 @@ public struct DemoRefund: Workflow {
     }
 }
 
-/// Appends one line to a file and fsyncs it.
-func appendLine(_ line: String, to path: String) throws {
-    let fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0o644)
-    guard fd >= 0 else { throw SpoolError(.io, path: path, errno: errno, "cannot open") }
-    defer { close(fd) }
-    let data = Array((line + "\n").utf8)
-    guard write(fd, data, data.count) == data.count, fsync(fd) == 0 else { throw SpoolError(.io, path: path, errno: errno, "cannot append") }
-}

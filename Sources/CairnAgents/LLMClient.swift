@@ -1,0 +1,82 @@
+import AsyncHTTPClient
+import CairnSpool
+import Foundation
+import SystemPackage
+
+/// The providers a spool is configured with (cairn.json `"llm"`), and how model names map
+/// to them. API keys come from an environment variable or a key file and are never written
+/// to the spool or the logs.
+///
+/// ```json
+/// "llm": {
+///   "providers": {
+///     "openai":    {"type": "openai", "base_url": "https://api.openai.com/v1", "api_key_env": "OPENAI_API_KEY"},
+///     "anthropic": {"type": "anthropic", "api_key_file": "/etc/cairn/anthropic.key"},
+///     "local":     {"type": "openai", "base_url": "http://127.0.0.1:8080/v1"},
+///     "canned":    {"type": "scripted", "responses": [{"content": "Hello"}]}
+///   },
+///   "default_provider": "openai"
+/// }
+/// ```
+/// A model is named `provider:model` (`anthropic:claude-sonnet-4-5`), or just `model`
+/// for the default provider.
+public struct LLMClient: Sendable {
+    public var providers: [String: any LLMProvider]
+    public var defaultProvider: String?
+
+    public init(providers: [any LLMProvider], defaultProvider: String? = nil) {
+        self.providers = Dictionary(providers.map { ($0.name, $0) }, uniquingKeysWith: { $1 })
+        self.defaultProvider = defaultProvider ?? providers.first?.name
+    }
+
+    /// The provider and model name for `provider:model` or `model`.
+    public func resolve(_ ref: String) throws -> (any LLMProvider, String) {
+        if let colon = ref.firstIndex(of: ":"), let p = providers[String(ref[..<colon])] {
+            return (p, String(ref[ref.index(after: colon)...]))
+        }
+        guard let d = defaultProvider, let p = providers[d] else {
+            throw LLMError(.configuration, "no provider for model '\(ref)' (configure \"llm\" in cairn.json; known providers: \(providers.keys.sorted().joined(separator: ", ")))")
+        }
+        return (p, ref)
+    }
+
+    /// Builds the client from cairn.json. Without an "llm" section, the only provider is
+    /// `scripted` with no responses (every call fails with a configuration error).
+    public static func from(config: SpoolConfig, environment: [String: String] = ProcessInfo.processInfo.environment) throws -> LLMClient {
+        guard let llm = config.raw["llm"], case .object = llm else {
+            return LLMClient(providers: [ScriptedProvider(name: "scripted", responses: [])])
+        }
+        var list: [any LLMProvider] = []
+        for (name, p) in (llm["providers"]?.objectValue ?? [:]).sorted(by: { $0.key < $1.key }) {
+            let type = p["type"]?.stringValue ?? "openai"
+            let timeout = Duration.seconds(p["timeout_seconds"]?.doubleValue ?? 120)
+            func key() throws -> String? {
+                if let env = p["api_key_env"]?.stringValue {
+                    guard let v = environment[env], !v.isEmpty else { throw LLMError(.configuration, "provider '\(name)': environment variable \(env) is not set") }
+                    return v
+                }
+                if let file = p["api_key_file"]?.stringValue {
+                    guard let d = try? DurableFile.read(FilePath(file), limit: 64 * 1024) else { throw LLMError(.configuration, "provider '\(name)': cannot read key file \(file)") }
+                    return String(decoding: d, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+                }
+                return nil
+            }
+            switch type {
+            case "openai":
+                list.append(OpenAICompatibleProvider(name: name, baseURL: p["base_url"]?.stringValue ?? "https://api.openai.com/v1", apiKey: try key(), timeout: timeout))
+            case "anthropic":
+                list.append(AnthropicProvider(name: name, baseURL: p["base_url"]?.stringValue ?? "https://api.anthropic.com/v1", apiKey: try key(), timeout: timeout))
+            case "scripted":
+                var responses = p["responses"]?.arrayValue ?? []
+                if let file = p["file"]?.stringValue {
+                    guard let d = try? DurableFile.read(FilePath(file)), let j = try? JSONValue.parse(d) else { throw LLMError(.configuration, "provider '\(name)': cannot read canned responses from \(file)") }
+                    responses = j["responses"]?.arrayValue ?? j.arrayValue ?? []
+                }
+                list.append(ScriptedProvider(name: name, responses: responses))
+            default:
+                throw LLMError(.configuration, "provider '\(name)': unknown type '\(type)' (openai, anthropic, scripted)")
+            }
+        }
+        return LLMClient(providers: list, defaultProvider: llm["default_provider"]?.stringValue)
+    }
+}

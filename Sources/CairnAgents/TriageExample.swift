@@ -1,0 +1,86 @@
+import Cairn
+import CairnSpool
+import Foundation
+
+/// The example agent: reads a support ticket, looks the customer up, drafts a reply, and
+/// asks a person before "sending" it (appending to SPOOL/outbox.jsonl with its
+/// idempotency key). Offline it runs on `triage-canned`, a scripted provider with canned
+/// responses (clearly not a model); pass `"models": ["openai:gpt-4o-mini"]` (with an
+/// "llm" section in cairn.json) to run it against a real endpoint.
+public struct TriageTicket: Workflow {
+    public static let name = "triage-ticket"
+
+    public struct Ticket: Codable, Sendable {
+        public var id: String
+        public var from: String
+        public var subject: String
+        public var body: String
+    }
+
+    public struct Input: Codable, Sendable {
+        public var ticket: Ticket
+        public var models: [String]?
+    }
+
+    public struct Output: Codable, Sendable {
+        public var answer: String
+        public var turns: Int
+        public var toolCalls: Int
+
+        enum CodingKeys: String, CodingKey {
+            case answer, turns
+            case toolCalls = "tool_calls"
+        }
+    }
+
+    public init() {}
+
+    /// Canned responses of the offline provider, turn by turn.
+    public static func cannedResponses(for t: Ticket) -> [JSONValue] {
+        [
+            ["content": "Let me look up the customer first.", "tool_calls": [["name": "lookup_customer", "arguments": ["email": .string(t.from)]]], "usage": ["input": 210, "output": 24]],
+            ["content": "Drafting a reply.", "tool_calls": [["name": "send_reply", "arguments": [
+                "to": .string(t.from), "subject": .string("Re: \(t.subject)"),
+                "body": .string("Hello, thank you for writing about \"\(t.subject)\". We have issued a replacement; it ships today. — Support"),
+            ]]], "usage": ["input": 320, "output": 71]],
+            ["content": .string("Replied to \(t.from) (category: shipping). The ticket can be closed."), "usage": ["input": 410, "output": 19]],
+        ]
+    }
+
+    public func run(_ ctx: WorkflowContext, input: Input) async throws -> Output {
+        var client = try LLMClient.from(config: ctx.spoolConfig)
+        client.providers["triage-canned"] = ScriptedProvider(name: "triage-canned", responses: Self.cannedResponses(for: input.ticket))
+        let outbox = ctx.spoolRoot.appending("outbox.jsonl").string
+        let tools = [
+            Tool("lookup_customer", description: "Look a customer up by email.", parameters: [
+                "type": "object", "properties": ["email": ["type": "string"]], "required": ["email"],
+            ]) { args, _ in
+                ["email": args["email"] ?? .null, "plan": "pro", "orders": 12, "open_tickets": 1]
+            },
+            Tool("send_reply", description: "Send an email reply to the customer.", parameters: [
+                "type": "object",
+                "properties": ["to": ["type": "string"], "subject": ["type": "string"], "body": ["type": "string"]],
+                "required": ["to", "subject", "body"],
+            ], needsApproval: true, semantics: .atMostOnce) { args, key in
+                var line = args.objectValue ?? [:]
+                line["idempotency_key"] = .string(key)
+                try appendLine(JSONValue.object(line).compactText(), to: outbox)
+                return "sent"
+            },
+        ]
+        let result = try await ctx.agent("triage", models: input.models ?? ["triage-canned:offline"], messages: [
+            .system("You triage support tickets. Look the customer up, then send one short, kind reply with send_reply, then summarise in one line."),
+            .user("Ticket \(input.ticket.id) from \(input.ticket.from)\nSubject: \(input.ticket.subject)\n\n\(input.ticket.body)"),
+        ], tools: tools, maxTurns: 6, client: client)
+        return Output(answer: result.content, turns: result.turns, toolCalls: result.toolCalls)
+    }
+}
+
+/// Appends one line to a file and fsyncs it.
+public func appendLine(_ line: String, to path: String) throws {
+    let fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0o644)
+    guard fd >= 0 else { throw SpoolError(.io, path: path, errno: errno, "cannot open") }
+    defer { close(fd) }
+    let data = Array((line + "\n").utf8)
+    guard write(fd, data, data.count) == data.count, fsync(fd) == 0 else { throw SpoolError(.io, path: path, errno: errno, "cannot append") }
+}
