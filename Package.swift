@@ -98,6 +98,12 @@ let package = Package(
             exclude: ["Fixtures"],
             swiftSettings: strict
         ),
+        .testTarget(
+            name: "CairnAgentsTests",
+            dependencies: ["CairnAgents", "Cairn", "CairnSpool", "CairnTesting"],
+            exclude: ["Fixtures"],
+            swiftSettings: strict
+        ),
         // End-to-end: the built binaries against temp spools (golden output, SIGKILL, rsync).
         .testTarget(
             name: "CairnEndToEndTests",
