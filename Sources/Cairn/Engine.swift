@@ -182,7 +182,12 @@ public struct Engine: Sendable {
     /// intent/retry records included), or the terminal record if no step failed.
     static func retryPoint(_ entries: [JournalEntry]) -> Int {
         guard let failIndex = entries.lastIndex(where: { $0.kind == "fail" }) else { return entries.last?.seq ?? 1 }
-        guard let stepIndex = entries[..<failIndex].lastIndex(where: { ["step", "llm", "child"].contains($0.kind) && $0.error != nil }) else {
+        // A failed step; for script workflows also a `cairn step` whose recorded exit code is
+        // not 0 (it is recorded as a value, so that replay exits with it).
+        let failedStep: (JournalEntry) -> Bool = { e in
+            ["step", "llm", "child"].contains(e.kind) && (e.error != nil || (e.value?["exit_code"]?.intValue ?? 0) != 0)
+        }
+        guard let stepIndex = entries[..<failIndex].lastIndex(where: failedStep) else {
             return entries[failIndex].seq
         }
         var i = stepIndex

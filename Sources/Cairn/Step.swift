@@ -147,7 +147,9 @@ extension WorkflowContext {
             ), deadline: nil)
             throw suspend(["kind": "uncertain", "step": .string(name), "gate": .string(gate), "drop": .string("approvals/\(gate).approved"), "idempotency_key": .string(key)])
         case .some(let d):
-            let action = d.raw?["action"]?.stringValue ?? "rerun"
+            // `{"action": ...}` dropped directly, or wrapped as the value by `cairn approve --value`.
+            let spec = d.raw?["action"] != nil ? d.raw : (d.value?["action"] != nil ? d.value : d.raw)
+            let action = spec?["action"]?.stringValue ?? "rerun"
             if !d.approved {
                 let info = ErrorInfo(type: "uncertain_rejected", message: "at-most-once step '\(name)' was uncertain and \(d.decidedBy?.user ?? "a person") rejected it" + (d.reason.map { ": \($0)" } ?? ""), retryable: false)
                 try record("step", name) {
@@ -159,7 +161,7 @@ extension WorkflowContext {
                 throw StepFailedError(step: name, attempts: attempt, error: info)
             }
             if action == "done" {
-                let value: T = try (d.raw?["value"] ?? .null).decode(as: T.self)
+                let value: T = try (spec?["value"] ?? .null).decode(as: T.self)
                 try record("step", name) {
                     $0.value = try store(value)
                     $0.attempt = attempt

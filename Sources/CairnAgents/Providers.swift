@@ -21,7 +21,25 @@ struct HTTPTransport: Sendable {
         var body: Data
     }
 
+    /// The whole exchange (head and body) must finish within `timeout`: AsyncHTTPClient's
+    /// deadline is the first line of defence, a racing task the second.
     func post(_ url: String, headers: [(String, String)], body: JSONValue, stream: Bool, onEvent: (@Sendable (String, String?) -> Void)? = nil) async throws -> Reply {
+        let limit = timeout
+        return try await withThrowingTaskGroup(of: Reply?.self) { group in
+            group.addTask { try await self.exchange(url, headers: headers, body: body, stream: stream, onEvent: onEvent) }
+            group.addTask {
+                try await Task.sleep(for: .nanoseconds(limit.nanoseconds))
+                return nil
+            }
+            defer { group.cancelAll() }
+            guard let first = try await group.next(), let reply = first else {
+                throw LLMError(.timeout, "no complete answer within \(Double(limit.nanoseconds) / 1e9)s")
+            }
+            return reply
+        }
+    }
+
+    private func exchange(_ url: String, headers: [(String, String)], body: JSONValue, stream: Bool, onEvent: (@Sendable (String, String?) -> Void)?) async throws -> Reply {
         var req = HTTPClientRequest(url: url)
         req.method = .POST
         req.headers.add(name: "content-type", value: "application/json")

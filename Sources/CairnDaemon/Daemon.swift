@@ -156,6 +156,12 @@ public actor Daemon: Service {
                 n += 1
             }
         }
+        // Failed runs wait for a person: watch them for a `retry` file (and honour one that
+        // was dropped while no daemon was watching).
+        for id in (try? spool.runs(withStatus: .failed)) ?? [] where running[id] == nil {
+            await watchRun(id)
+            if DurableFile.exists(spool.run(id).retryFile) { markReady(id) }
+        }
         logger.info("scanned spool", metadata: ["reason": "\(reason)", "active_runs": "\(n)", "ms": "\(Int(Date().timeIntervalSince(started) * 1000))"])
         pump()
     }
@@ -294,6 +300,11 @@ public actor Daemon: Service {
             case .unknownWorkflow(let w):
                 logger.error("no such workflow; the run waits until it is installed in workflows/", metadata: ["run": "\(id)", "workflow": "\(w)"])
                 parked.insert(id)
+                if var state = try? spool.readState(id), state.error?.type != "unknown_workflow" {
+                    state.error = ErrorInfo(type: "unknown_workflow", message: "no workflow '\(w)' in this daemon and no executable \(spool.workflowsDirectory.string)/\(w); install it (the run starts then) or cancel the run")
+                    state.updatedAt = Date()
+                    try? spool.writeState(state)
+                }
             case .interrupted:
                 break
             }

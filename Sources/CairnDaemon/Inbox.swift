@@ -1,6 +1,7 @@
 import Cairn
 import CairnSpool
 import Foundation
+import CSystemShims
 import SystemPackage
 
 /// Turns `inbox/NAME.json` into runs (SPEC §2). A file that cannot be accepted moves to
@@ -18,6 +19,20 @@ public enum Inbox {
     public static func process(_ name: String, spool: Spool, isKnownWorkflow: (String) -> Bool, now: Date = Date()) throws -> Outcome {
         guard !name.hasPrefix("."), !name.hasSuffix(".tmp"), !name.hasSuffix("~") else { return .ignored }
         let path = spool.inboxDirectory.appending(name)
+        // Several daemons may see the same file: the one that holds its flock takes it, and
+        // checks the name still leads to the same file (the winner unlinks it before letting go).
+        let fd = open(path.string, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC)
+        if fd >= 0 {
+            defer { close(fd) }
+            guard cairn_flock(fd, CAIRN_LOCK_EX_NB) == 0 else { return .ignored }
+            var a = stat(), b = stat()
+            guard fstat(fd, &a) == 0, lstat(path.string, &b) == 0, a.st_ino == b.st_ino, a.st_dev == b.st_dev else { return .ignored }
+            return try processLocked(name, path: path, spool: spool, isKnownWorkflow: isKnownWorkflow, now: now)
+        }
+        return try processLocked(name, path: path, spool: spool, isKnownWorkflow: isKnownWorkflow, now: now)
+    }
+
+    static func processLocked(_ name: String, path: FilePath, spool: Spool, isKnownWorkflow: (String) -> Bool, now: Date) throws -> Outcome {
         let reason: String
         switch Drops.read(path, limit: sizeLimit) {
         case .absent:

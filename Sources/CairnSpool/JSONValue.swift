@@ -260,7 +260,9 @@ public enum JSONCoding {
 /// ISO-8601 UTC timestamps with milliseconds: `2026-11-27T09:17:28.123Z`.
 public enum Timestamp {
     public static func format(_ date: Date) -> String {
-        date.formatted(Date.ISO8601FormatStyle(includingFractionalSeconds: true))
+        // Rounded to the millisecond first, so parse → format gives back the same text.
+        let ms = (date.timeIntervalSince1970 * 1000).rounded()
+        return Date(timeIntervalSince1970: ms / 1000 + 0.0000001).formatted(Date.ISO8601FormatStyle(includingFractionalSeconds: true))
     }
 
     public static func parse(_ s: String) -> Date? {

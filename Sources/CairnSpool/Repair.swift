@@ -111,7 +111,10 @@ public enum Repair {
                 previous = try spool.readState(id)
                 if let s = previous {
                     report.filesChecked += 1
-                    if s.status.isTerminal != derived.status.isTerminal || (derived.status.isTerminal && s.status != derived.status) {
+                    let stoppedByEngine = s.status == .failed && !derived.status.isTerminal && ["nondeterminism", "unknown_workflow"].contains(s.error?.type ?? "")
+                    if stoppedByEngine {
+                        // Stopped without a journal record on purpose (the code, not the run, is wrong).
+                    } else if s.status.isTerminal != derived.status.isTerminal || (derived.status.isTerminal && s.status != derived.status) {
                         stateProblem = "says \(s.status.rawValue), the journal says \(derived.status.rawValue)"
                     } else if s.counters.journalEntries > effective.count {
                         stateProblem = "counts \(s.counters.journalEntries) journal records, the journal has \(effective.count)"

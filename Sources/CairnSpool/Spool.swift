@@ -41,6 +41,7 @@ public struct Spool: Sendable {
         try DurableFile.makeDirectory(root)
         let spool = Spool(root: root)
         for d in subdirectories { try DurableFile.makeDirectory(root.appending(d)) }
+        _ = chmod(root.appending("inbox").string, 0o2775)
         if !DurableFile.exists(spool.configFile) {
             let config: JSONValue = [
                 "format": .int(Int64(formatVersion)),
@@ -194,6 +195,9 @@ public struct Spool: Sendable {
             for d in [paths.journalDirectory, paths.approvalsDirectory, paths.eventsDirectory, paths.blobsDirectory, paths.logsDirectory] {
                 try DurableFile.makeDirectory(d, durable: false)
             }
+            // Drops come from people and programs: group-writable, setgid (files keep the
+            // spool's group). Who may decide is then the spool group (and cairn.json approvers).
+            for d in [paths.approvalsDirectory, paths.eventsDirectory, staging] { _ = chmod(d.string, 0o2775) }
             let blobs = BlobStore(directory: paths.blobsDirectory, durable: durable, threshold: config.blobThreshold)
             let input = try blobs.externalize(s.input, staged: true)
             let record = RunRecord(id: id, workflow: s.workflow, workflowVersion: s.workflowVersion, input: input, submittedAt: now, submittedBy: s.submittedBy, idempotencyKey: s.idempotencyKey, parent: s.parent)

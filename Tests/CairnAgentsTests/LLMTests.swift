@@ -103,7 +103,7 @@ func runLLM(_ t: TempSpool, clock: ManualClock = ManualClock(autoAdvance: true),
     }
 
     @Test func timeoutsAndMalformedResponsesAreRetried() async throws {
-        let fake = try FakeLLM(queue: [["delay": 2, "reply": ["content": "late"]], ["malformed": true], reply("good")])
+        let fake = try FakeLLM(queue: [["delay": 5, "reply": ["content": "late"]], ["malformed": true], reply("good")])
         let t = try TempSpool()
         let c = client(fake, timeout: .seconds(1))
         var opts = LLMOptions()

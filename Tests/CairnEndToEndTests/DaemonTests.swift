@@ -173,4 +173,35 @@ import Testing
         }
         b.stop()
     }
+
+    @Test func twoDaemonsTakeEachInboxFileOnce() throws {
+        let t = try TempSpool()
+        let a = try DaemonProcess(spool: t.spool, name: "a")
+        let b = try DaemonProcess(spool: t.spool, name: "b")
+        for i in 0..<12 {
+            let tmp = t.spool.tmpDirectory.appending("sub-\(i)").string
+            try #"{"workflow": "nap", "input": 0.01}"#.write(toFile: tmp, atomically: false, encoding: .utf8)
+            #expect(rename(tmp, t.spool.inboxDirectory.appending("s\(i).json").string) == 0)
+        }
+        try waitUntil("inbox drained") { try Spool.list(t.spool.inboxDirectory).isEmpty }
+        usleep(300_000)
+        #expect(try t.spool.runIDs().count == 12)
+        for r in try t.spool.runIDs() { try t.waitFor(r, .completed) }
+        a.stop()
+        b.stop()
+    }
+
+    @Test func retryDroppedWhileNoDaemonRanIsHonouredAtStart() throws {
+        let t = try TempSpool()
+        // A run that fails: the gate workflow with bad input fails to decode.
+        let r = try t.spool.createRun(.init(workflow: "nap", input: "not a number")).id
+        var d = try DaemonProcess(spool: t.spool)
+        try t.waitFor(r, .failed)
+        d.stop()
+        try t.drop("retry", in: r)
+        d = try DaemonProcess(spool: t.spool)
+        // It fails again (same input), but it was picked up: the retry file is consumed.
+        try waitUntil("retry consumed") { !FileManager.default.fileExists(atPath: t.spool.run(r).retryFile.string) }
+        d.stop()
+    }
 }

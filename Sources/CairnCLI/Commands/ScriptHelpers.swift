@@ -4,6 +4,7 @@ import Cairn
 import CairnDaemon
 import CairnSpool
 import Foundation
+import Logging
 import Subprocess
 import SystemPackage
 
@@ -36,7 +37,9 @@ struct HelperSession {
     /// Runs one durable operation; on a wait, cancellation or nondeterminism, records the
     /// outcome for the daemon and stops the whole script (its process group).
     mutating func perform<T>(_ op: (WorkflowContext) async throws -> T) async throws -> T {
-        let ctx = try WorkflowContext.attach(spool: spool, runID: run, cursor: state.cursor)
+        var logger = Logger(label: "cairn")
+        logger.logLevel = .warning  // the script's stderr is the run's log; keep it for the script
+        let ctx = try WorkflowContext.attach(spool: spool, runID: run, cursor: state.cursor, logger: logger)
         do {
             let v = try await op(ctx)
             state.cursor = ctx.cursor

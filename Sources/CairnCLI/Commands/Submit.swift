@@ -40,6 +40,9 @@ struct SubmitCommand: ParsableCommand {
         let spool = try options.open()
         let value = try input.map { try Output.readJSONArgument($0, what: "input") } ?? .null
         let version = CLIEnvironment.workflows[workflow]?.version
+        if CLIEnvironment.workflows(for: spool)[workflow] == nil {
+            Output.warn("no workflow '\(workflow)' in this binary or in \(spool.workflowsDirectory.string)/; the run waits until a daemon that has it picks it up")
+        }
         let (runID, created) = try spool.createRun(.init(workflow: workflow, input: value, id: id, idempotencyKey: idempotencyKey, workflowVersion: version))
         if !created { Output.warn("run \(runID) already exists (same id or idempotency key); not submitted again") }
         Output.line(runID)

@@ -1,0 +1,92 @@
+import CairnSpool
+import CairnTesting
+import Foundation
+import SystemPackage
+import Testing
+
+/// The built `cairn` binary's output and exit codes (SPEC §5).
+@Suite struct CLIGoldenTests {
+    @Test func exitCodesAndOneLineErrors() throws {
+        let t = try TempSpool()
+        let usage = try Binary.cairn("submit", spool: t.spool)
+        #expect(usage.code == 2)
+        let missing = try Binary.cairn("show", "no-such-run", spool: t.spool)
+        #expect(missing.code == 3)
+        #expect(missing.stderr == "cairn: no such run 'no-such-run' in \(t.spool.root.string)/runs\n")
+        let notSpool = try Binary.run("cairn", ["ls", "--spool", t.path.string])
+        #expect(notSpool.code == 1 && notSpool.stderr.contains("not a Cairn spool"))
+        let badStatus = try Binary.cairn("ls", "--status", "sleepy", spool: t.spool)
+        #expect(badStatus.code == 2 && badStatus.stderr.contains("unknown status 'sleepy'"))
+        let r = try t.submit("demo-refund", input: ["order": "A", "amount": 1, "reason": "x"] as JSONValue)
+        let wait = try Binary.cairn("wait", r, "--timeout", "1s", spool: t.spool)
+        #expect(wait.code == 4)
+        let gate = try Binary.cairn("approve", r, "nope", spool: t.spool)
+        #expect(gate.code == 3 && gate.stderr.contains("has not requested gate 'nope'"))
+    }
+
+    @Test func helpHasExamples() throws {
+        for cmd in ["submit", "ls", "show", "why", "wait", "approve", "reject", "signal", "cancel", "fsck", "gc", "daemon", "demo", "step", "approval", "llm"] {
+            let r = try Binary.run("cairn", [cmd, "--help"])
+            #expect(r.code == 0, "\(cmd)")
+            #expect(r.stdout.contains("Example"), "cairn \(cmd) --help has no examples")
+            #expect(r.stdout.contains("--spool") || ["step", "approval", "llm"].contains(cmd), "cairn \(cmd) --help has no --spool")
+        }
+        let root = try Binary.run("cairn", ["--help"])
+        #expect(root.stdout.hasPrefix("OVERVIEW: Durable execution for AI agents on a plain directory."))
+    }
+
+    @Test func submitLsShowWhyGolden() throws {
+        let t = try TempSpool()
+        let sub = try Binary.cairn("submit", "gate", "--id", "golden-1", "--input", "-", spool: t.spool, stdin: #"{"who": "g"}"#)
+        #expect(sub.code == 0 && sub.stdout == "golden-1\n")
+        // No daemon for `gate` in the stock binary: advance with the fixtures binary.
+        let adv = try Binary.run("cairn-fixtures", ["advance", "golden-1", "--spool", t.spool.root.string])
+        #expect(adv.stdout == "golden-1  waiting  approval:go\n", "\(adv.stdout)\(adv.stderr)")
+        let ls = try Binary.cairn("ls", "--json", spool: t.spool)
+        let rows = try JSONValue.parse(ls.stdout)
+        #expect(rows.arrayValue?.count == 1)
+        #expect(rows.arrayValue?[0]["run"] == "golden-1" && rows.arrayValue?[0]["status"] == "waiting")
+        #expect(rows.arrayValue?[0]["waiting_for"] == ["kind": "approval", "gate": "go", "drop": "approvals/go.approved", "reject": "approvals/go.rejected"])
+        let plain = try Binary.cairn("ls", "--status", "waiting", spool: t.spool)
+        #expect(plain.stdout.hasPrefix("golden-1  waiting  gate  "))
+        #expect(plain.stdout.hasSuffix("  approval:go\n"))
+        let why = try Binary.cairn("why", "golden-1", spool: t.spool)
+        let dir = t.spool.run("golden-1").directory.string
+        #expect(why.stdout == """
+            golden-1: waiting for approval 'go'
+              request: Go?
+              approve: touch \(dir)/approvals/go.approved
+                   or: cairn approve golden-1 go [--comment C] [--value FILE]
+               reject: touch \(dir)/approvals/go.rejected
+                   or: cairn reject golden-1 go [--reason R]
+
+            """)
+        let show = try Binary.cairn("show", "golden-1", spool: t.spool)
+        let lines = show.stdout.split(separator: "\n", omittingEmptySubsequences: false).map(String.init)
+        #expect(lines[0] == "run golden-1")
+        #expect(lines.contains { $0.hasPrefix("  workflow   gate (version 1)") })
+        #expect(lines.contains { $0.contains("  1  ") && $0.hasSuffix("start                         version 1") })
+        #expect(lines.contains { $0.contains("step prepare") && $0.contains("ok  attempt 1") })
+        #expect(lines.contains { $0.contains("approval go") && $0.hasSuffix("requested") })
+        #expect(show.stdout.contains("waiting for approval 'go'"))
+    }
+
+    @Test func uncertainStepRecordedDoneThroughCairnApprove() throws {
+        let t = try TempSpool()
+        let effects = t.path.appending("fx").string
+        let r = try t.submit("crashy", input: ["steps": 2, "effects": .string(effects)] as JSONValue)
+        // Kill right after the payment's side effect, before its record.
+        let killed = try Binary.run("cairn-fixtures", ["advance", r, "--spool", t.spool.root.string], env: ["CAIRN_CRASH_AT": "step.after-body:4"])
+        #expect(killed.signal == SIGKILL)
+        _ = try Binary.run("cairn-fixtures", ["advance", r, "--spool", t.spool.root.string])
+        #expect(try t.state(r).waitingFor?["kind"] == "uncertain")
+        let v = t.path.appending("v.json").string
+        try #"{"action": "done", "value": true}"#.write(toFile: v, atomically: true, encoding: .utf8)
+        let ok = try Binary.cairn("approve", r, "uncertain-pay", "--value", v, spool: t.spool)
+        #expect(ok.code == 0, "\(ok.stderr)")
+        let done = try Binary.run("cairn-fixtures", ["advance", r, "--spool", t.spool.root.string])
+        #expect(done.stdout.contains("completed"), "\(done.stdout)\(done.stderr)")
+        let pays = ((try? String(contentsOfFile: effects, encoding: .utf8)) ?? "").split(separator: "\n").filter { $0.hasPrefix("pay ") }
+        #expect(pays.count == 1, "the at-most-once step ran \(pays.count) times")
+    }
+}
