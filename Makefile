@@ -9,7 +9,8 @@ BUILD_FLAGS ?=
 
 all: build
 
-# System packages: libinotifytools0-dev (the watcher), jq and rsync (tests and the tour).
+# System packages: libinotifytools0-dev (the watcher); jq, rsync, python3 and procps
+# (the tour, and the tests' script workflows, fake LLM server and process checks).
 deps:
 	@command -v $(SWIFT) >/dev/null 2>&1 || { echo "error: swift not found on PATH (Swift 6.2 or later is needed: https://www.swift.org/install/linux/)" >&2; exit 1; }
 	@missing=""; \
@@ -17,6 +18,7 @@ deps:
 	command -v jq >/dev/null 2>&1 || missing="$$missing jq"; \
 	command -v rsync >/dev/null 2>&1 || missing="$$missing rsync"; \
 	command -v python3 >/dev/null 2>&1 || missing="$$missing python3"; \
+	command -v pgrep >/dev/null 2>&1 || missing="$$missing procps"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
 	  echo "installing:$$missing"; \
@@ -36,8 +38,10 @@ test: deps
 run: build
 	$$($(SWIFT) build $(BUILD_FLAGS) --show-bin-path)/cairn demo --spool $(SPOOL)
 
+# Figures for docs/benchmarks.md (release build; the daemon figures use cairn-fixtures).
 bench: deps
 	$(SWIFT) build -c release --product cairn-bench
+	$(SWIFT) build -c release --product cairn-fixtures
 	$$($(SWIFT) build -c release --show-bin-path)/cairn-bench
 
 clean:

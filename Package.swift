@@ -12,6 +12,7 @@ let package = Package(
     platforms: [.macOS(.v15)],
     products: [
         .executable(name: "cairn", targets: ["cairn"]),
+        .executable(name: "cairn-bench", targets: ["cairn-bench"]),
         .library(name: "Cairn", targets: ["Cairn"]),
         .library(name: "CairnCLI", targets: ["CairnCLI"]),
         .library(name: "CairnTesting", targets: ["CairnTesting"]),
@@ -89,6 +90,8 @@ let package = Package(
             swiftSettings: strict
         ),
         .executableTarget(name: "cairn", dependencies: ["CairnCLI"], swiftSettings: strict),
+        // Benchmarks (make bench): figures for docs/benchmarks.md, against a C floor.
+        .executableTarget(name: "cairn-bench", dependencies: ["Cairn", "CairnSpool", "CSystemShims"], swiftSettings: strict),
         // The `cairn` CLI with the test suite's workflows registered (crash and replay tests run it).
         .executableTarget(name: "cairn-fixtures", dependencies: ["CairnCLI", "Cairn"], swiftSettings: strict),
         .testTarget(name: "CairnSpoolTests", dependencies: ["CairnSpool", "CairnTesting"], swiftSettings: strict),

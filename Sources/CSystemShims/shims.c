@@ -11,6 +11,9 @@
 #include <sys/eventfd.h>
 #include <sys/wait.h>
 #include <poll.h>
+#include <time.h>
+#include <string.h>
+#include <stdlib.h>
 
 #ifndef RENAME_NOREPLACE
 #define RENAME_NOREPLACE (1 << 0)
@@ -88,4 +91,28 @@ int cairn_supervise_exec(const char *path, char *const argv[], int expected_pare
     }
     kill(0, SIGKILL);
     _exit(137);
+}
+
+double cairn_fsync_rename_floor(const char *dir, int n, int len) {
+    char tmp[4096], dst[4096];
+    char *buf = malloc(len > 0 ? len : 1);
+    if (!buf) return -1;
+    memset(buf, 'x', len);
+    int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd < 0) { free(buf); return -1; }
+    struct timespec a, b;
+    clock_gettime(CLOCK_MONOTONIC, &a);
+    for (int i = 0; i < n; i++) {
+        snprintf(tmp, sizeof tmp, "%s/floor-%d.tmp", dir, i);
+        snprintf(dst, sizeof dst, "%s/floor-%06d.json", dir, i);
+        int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+        if (fd < 0 || write(fd, buf, len) != len || fsync(fd) != 0 || close(fd) != 0 || rename(tmp, dst) != 0 || fsync(dfd) != 0) {
+            close(dfd); free(buf); return -1;
+        }
+    }
+    clock_gettime(CLOCK_MONOTONIC, &b);
+    for (int i = 0; i < n; i++) { snprintf(dst, sizeof dst, "%s/floor-%06d.json", dir, i); unlink(dst); }
+    close(dfd);
+    free(buf);
+    return (double)(b.tv_sec - a.tv_sec) + (double)(b.tv_nsec - a.tv_nsec) / 1e9;
 }

@@ -190,6 +190,9 @@ public final class Watcher: Sendable {
     }
 
     private func deliver(_ ev: UnsafeMutablePointer<inotify_event>) {
+        // `CAIRN_SIMULATE_REMOTE_WRITES=1` (tests only): see nothing, as a daemon on another
+        // host of a shared filesystem would; only --rescan-interval finds the work.
+        if Self.blind { return }
         let mask = ev.pointee.mask
         if mask & UInt32(IN_Q_OVERFLOW) != 0 {
             continuation.yield(WatchEvent(kind: .overflow, directory: "", name: ""))
@@ -234,6 +237,8 @@ public final class Watcher: Sendable {
         }
         continuation.yield(WatchEvent(kind: kind, directory: dir, name: name))
     }
+
+    static let blind = ProcessInfo.processInfo.environment["CAIRN_SIMULATE_REMOTE_WRITES"] == "1"
 
     /// `CAIRN_SIMULATE_OVERFLOW_EVERY=N` (tests only): every Nth event is dropped and an
     /// overflow reported in its place, to prove that the rescan loses nothing.

@@ -34,4 +34,8 @@ int cairn_eventfd(void);
 /// the whole group. Returns only on failure;
 /// otherwise exits with the child's status (128 + signal when killed by a signal).
 int cairn_supervise_exec(const char *path, char *const argv[], int expected_parent);
+/// The floor for benchmarks: n iterations of open(O_CREAT|O_EXCL) + write(len bytes) +
+/// fsync + close + rename + fsync(dir) in `dir`, in plain C. Returns seconds in total, or
+/// -1 on error.
+double cairn_fsync_rename_floor(const char *dir, int n, int len);
 #endif

@@ -1,0 +1,110 @@
+import CairnSpool
+import CairnTesting
+import Foundation
+import SystemPackage
+import Testing
+
+/// The fake LLM server of CairnAgentsTests, started from here for the binary's tests.
+final class FakeLLMProcess {
+    let process = Process()
+    let dir = NSTemporaryDirectory() + "fake-llm-e2e-" + UUID().uuidString
+    var port = 0
+
+    init(queue: [JSONValue]) throws {
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        try (["queue": .array(queue), "default": ["reply": ["content": "default"]]] as JSONValue).canonicalText().write(toFile: dir + "/plan.json", atomically: true, encoding: .utf8)
+        let script = FilePath(#filePath).removingLastComponent().removingLastComponent().appending("CairnAgentsTests/Fixtures/fake_llm.py").string
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        process.arguments = ["python3", script, dir + "/port", dir + "/plan.json", dir + "/requests.jsonl"]
+        process.standardOutput = FileHandle.nullDevice
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        try waitUntil("fake LLM server") {
+            port = (try? String(contentsOfFile: dir + "/port", encoding: .utf8)).flatMap { Int($0) } ?? 0
+            return port > 0
+        }
+    }
+
+    var requests: [JSONValue] {
+        ((try? String(contentsOfFile: dir + "/requests.jsonl", encoding: .utf8)) ?? "").split(separator: "\n").compactMap { try? JSONValue.parse(String($0)) }
+    }
+
+    deinit {
+        kill(process.processIdentifier, SIGKILL)
+        var st: Int32 = 0
+        _ = waitpid(process.processIdentifier, &st, 0)
+        try? FileManager.default.removeItem(atPath: dir)
+    }
+}
+
+@Suite(.serialized) struct AgentCrashTests {
+    func turn(_ content: String, _ tool: String? = nil, _ args: JSONValue = [:], delay: Double = 0) -> JSONValue {
+        var r: [String: JSONValue] = ["content": .string(content), "usage": ["input": 100, "output": 10]]
+        if let tool { r["tool_calls"] = [["name": .string(tool), "arguments": args]] }
+        return ["delay": .double(delay), "reply": .object(r)]
+    }
+
+    @Test func killedMidAgentResendsNothingAnsweredAndRunsNoToolTwice() throws {
+        let send: JSONValue = ["to": "ann@example.com", "subject": "Re: lamp", "body": "Sorry!"]
+        let fake = try FakeLLMProcess(queue: [
+            turn("looking up", "lookup_customer", ["email": "ann@example.com"]),
+            turn("drafting", "send_reply", send, delay: 3),  // in flight when the daemon dies
+            turn("drafting", "send_reply", send),            // the same turn, sent again after the restart
+            turn("done: replied"),
+        ])
+        let t = try TempSpool()
+        var cfg = try DurableFile.readJSON(t.spool.configFile).objectValue!
+        cfg["llm"] = ["providers": ["fake": ["type": "openai", "base_url": .string("http://127.0.0.1:\(fake.port)/v1"), "api_key_env": "FAKE_KEY"]]]
+        try t.spool.durable.write(json: .object(cfg), to: t.spool.configFile)
+        let env = ["FAKE_KEY": "sk-e2e-secret"]
+        var d = try DaemonProcess(spool: t.spool, env: env)
+        let r = try t.submit("triage-ticket", input: ["ticket": ["id": "T-9", "from": "ann@example.com", "subject": "lamp", "body": "broken"], "models": ["fake:m"]] as JSONValue)
+        try waitUntil("turn 2 in flight") {
+            try fake.requests.count == 2 && t.journalSummary(r).contains("llm:triage.turn-1")
+        }
+        d.kill9()
+        d = try DaemonProcess(spool: t.spool, env: env)
+        try t.waitFor(r, .waiting, timeout: 20)
+        let gate = try #require(try t.state(r).waitingFor?["gate"]?.stringValue)
+        try t.drop("approvals/\(gate).approved", in: r)
+        try t.waitFor(r, .completed, timeout: 20)
+        d.stop()
+
+        let reqs = fake.requests
+        let turns = reqs.map { $0["body"]?["messages"]?.arrayValue?.count ?? 0 }
+        #expect(turns == [2, 4, 4, 6], "requests by conversation length: \(turns)")  // turn 1 was never re-sent
+        #expect(reqs.allSatisfy { $0["auth"] == true })
+        let outbox = ((try? String(contentsOfFile: t.spool.root.appending("outbox.jsonl").string, encoding: .utf8)) ?? "").split(separator: "\n")
+        #expect(outbox.count == 1)
+        let summary = try t.journalSummary(r)
+        #expect(summary.filter { $0 == "step:triage.tool-1-1-lookup_customer" }.count == 1)
+        #expect(summary.filter { $0.hasPrefix("llm:") }.count == 3)
+        let state = try t.state(r)
+        #expect(state.tokens?["input"] == 300 && state.tokens?["output"] == 30)
+        #expect(state.tokens?["saved"]?.intValue ?? 0 > 0)
+        // The key reached the server and nothing else.
+        let everything = (FileManager.default.enumerator(atPath: t.spool.root.string)?.allObjects as? [String] ?? [])
+            .compactMap { try? String(contentsOfFile: t.spool.root.appending($0).string, encoding: .utf8) }.joined()
+        #expect(!everything.contains("sk-e2e-secret"))
+    }
+
+    @Test func demoReachesTheApprovalAndCompletesAfterATouch() throws {
+        let t = try TempSpool()
+        let root = t.path.appending("demo-spool").string
+        let started = try Binary.start("cairn", ["demo", "--spool", root, "--exit-when-done"])
+        var refund = ""
+        try waitUntil("the demo's approval prompt", timeout: 30) {
+            let runs = (try? FileManager.default.contentsOfDirectory(atPath: root + "/runs")) ?? []
+            refund = runs.first { FileManager.default.fileExists(atPath: "\(root)/runs/\($0)/approvals/issue-refund.request.json") } ?? ""
+            guard !refund.isEmpty, let state = try? DurableFile.readJSON(FilePath("\(root)/runs/\(refund)/state.json")) else { return false }
+            return state["status"] == "waiting"
+        }
+        _ = FileManager.default.createFile(atPath: "\(root)/runs/\(refund)/approvals/issue-refund.approved", contents: nil)
+        let r = Binary.finish(started)
+        #expect(r.code == 0, "\(r.stderr)")
+        #expect(r.stdout.contains("is waiting for your approval"))
+        #expect(r.stdout.contains("touch \(root)/runs/\(refund)/approvals/issue-refund.approved"))
+        #expect(r.stdout.contains("✓ \(refund) completed"))
+        #expect(r.stderr.contains("run completed"))
+    }
+}
