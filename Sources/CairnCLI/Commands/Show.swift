@@ -36,7 +36,9 @@ struct ShowCommand: ParsableCommand {
         if let p = record.parent { Output.line("  parent     \(p.run) (child '\(p.name)')") }
         if let state {
             Output.line("  status     \(Output.status(state.status)), updated \(Timestamp.format(state.updatedAt)); \(state.counters.steps) steps, \(state.counters.retries) retries, \(state.counters.executions) executions")
-            if let t = state.tokens { Output.line("  tokens     \(t["input"]?.intValue ?? 0) in, \(t["output"]?.intValue ?? 0) out") }
+            if let t = state.tokens {
+                Output.line("  tokens     \(t["input"]?.intValue ?? 0) in, \(t["output"]?.intValue ?? 0) out" + ((t["saved"]?.intValue ?? 0) > 0 ? "; \(t["saved"]!.intValue!) saved by replay" : ""))
+            }
         }
         Output.line("")
         let effective = Set(Journal.effective(entries).map(\.seq))
