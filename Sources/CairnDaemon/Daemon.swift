@@ -39,16 +39,19 @@ public actor Daemon: Service {
 
     private var ready: [String] = []
     private var readySet: Set<String> = []
-    private var running: [String: String] = [:]  // run → workflow
+    private var running: [String: (workflow: String, key: String?)] = [:]
     private var dirty: Set<String> = []
     private var watchedRuns: Set<String> = []
     private var parked: Set<String> = []  // unknown workflow
+    private var unwatchable: Set<String> = []  // no inotify watch (limit reached): a 30 s timer instead
     private var timers: [String: Date] = [:]
     private var timerTask: Task<Void, Never>?
     private var timerDeadline: Date?
     private var stopping = false
     private var idleWaiters: [CheckedContinuation<Void, Never>] = []
     private var limits: [String: Int] = [:]
+    private var keyLimits: [String: Int] = [:]
+    private var defaultKeyLimit = 1
 
     /// Statistics for tests and `--stats`.
     public private(set) var advances = 0
@@ -136,6 +139,10 @@ public actor Daemon: Service {
             for (k, v) in c { if let n = v.intValue { limits[k] = Int(n) } }
         }
         for (k, v) in options.perWorkflow { limits[k] = v }
+        if let c = cfg.raw["concurrency"]?["keys"]?.objectValue {
+            for (k, v) in c { if let n = v.intValue { keyLimits[k] = Int(n) } }
+        }
+        if let d = cfg.raw["concurrency"]?["default_key_limit"]?.intValue { defaultKeyLimit = Int(d) }
         try await watcher.watch(spool.inboxDirectory.string)
         try await watcher.watch(spool.runsDirectory.string)
         try await watcher.watch(spool.workflowsDirectory.string)
@@ -255,11 +262,15 @@ public actor Daemon: Service {
             let id = ready.removeFirst()
             readySet.remove(id)
             guard let record = try? spool.readRun(id) else { continue }
-            if let limit = limits[record.workflow], running.values.filter({ $0 == record.workflow }).count >= limit {
+            if let limit = limits[record.workflow], running.values.filter({ $0.workflow == record.workflow }).count >= limit {
                 deferred.append(id)
                 continue
             }
-            running[id] = record.workflow
+            if let key = record.concurrencyKey, running.values.filter({ $0.key == key }).count >= (keyLimits[key] ?? defaultKeyLimit) {
+                deferred.append(id)
+                continue
+            }
+            running[id] = (record.workflow, record.concurrencyKey)
             advances += 1
             let engine = self.engine
             tasks[id] = Task {
@@ -293,7 +304,15 @@ public actor Daemon: Service {
                 forget(id)
             case .waiting(let w):
                 logger.info("run waiting", metadata: ["run": "\(id)", "on": "\(w["kind"]?.stringValue ?? "?")"])
-                if let until = w["until"]?.stringValue.flatMap(Timestamp.parse) { setTimer(id, until) } else { clearTimer(id) }
+                var due = w["until"]?.stringValue.flatMap(Timestamp.parse)
+                if unwatchable.contains(id) {
+                    // No watch: look again in 30 s (and try to watch again then).
+                    let soon = Date().addingTimeInterval(30)
+                    due = min(due ?? soon, soon)
+                    unwatchable.remove(id)
+                    await watchRun(id)
+                }
+                if let due { setTimer(id, due) } else { clearTimer(id) }
                 if wasDirty { markReady(id) }
             case .busy:
                 setTimer(id, Date().addingTimeInterval(options.busyRecheck.seconds))
@@ -326,12 +345,15 @@ public actor Daemon: Service {
             try await watcher.watch(p.approvalsDirectory.string)
             try await watcher.watch(p.eventsDirectory.string)
         } catch {
-            logger.error("cannot watch run; falling back to its timer", metadata: ["run": "\(id)", "error": "\(error)"])
+            logger.error("cannot watch run; looking at it every 30 s instead", metadata: ["run": "\(id)", "error": "\(error)"])
+            watchedRuns.remove(id)
+            unwatchable.insert(id)
             setTimer(id, Date().addingTimeInterval(30))
         }
     }
 
     private func forget(_ id: String) {
+        unwatchable.remove(id)
         if watchedRuns.remove(id) != nil {
             let p = spool.run(id)
             for d in [p.directory, p.approvalsDirectory, p.eventsDirectory] { watcher.unwatch(d.string) }

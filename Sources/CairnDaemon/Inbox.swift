@@ -47,7 +47,7 @@ public enum Inbox {
                 let submission = Spool.Submission(
                     workflow: j["workflow"]!.stringValue!, input: j["input"] ?? .null,
                     id: j["id"]?.stringValue, idempotencyKey: j["idempotency_key"]?.stringValue,
-                    submittedBy: f.owner)
+                    submittedBy: f.owner, concurrencyKey: j["concurrency_key"]?.stringValue)
                 let (run, created) = try spool.createRun(submission, now: now)
                 guard unlink(path.string) == 0 || errno == ENOENT else {
                     throw SpoolError(.io, path: path.string, errno: errno, "accepted as run \(run), but cannot remove it from the inbox")
@@ -63,7 +63,7 @@ public enum Inbox {
     static func validate(name: String, _ json: JSONValue?, isKnownWorkflow: (String) -> Bool) -> String? {
         guard name.hasSuffix(".json") else { return "\(name): inbox files must be named NAME.json" }
         guard let json, case .object(let o) = json else { return "\(name): must be a JSON object {\"workflow\": NAME, \"input\": VALUE, \"id\"?: ID, \"idempotency_key\"?: KEY}" }
-        let unknown = Set(o.keys).subtracting(["workflow", "input", "id", "idempotency_key"])
+        let unknown = Set(o.keys).subtracting(["workflow", "input", "id", "idempotency_key", "concurrency_key"])
         if !unknown.isEmpty { return "\(name): unknown field(s) \(unknown.sorted().joined(separator: ", "))" }
         guard let wf = o["workflow"]?.stringValue else { return "\(name): missing \"workflow\" (a string)" }
         guard Names.isValidName(wf) else { return "\(name): invalid workflow name '\(wf)'" }
@@ -72,6 +72,7 @@ public enum Inbox {
             guard let s = id.stringValue, Names.isValidRunID(s) else { return "\(name): \"id\" must match [A-Za-z0-9][A-Za-z0-9._-]{0,127}" }
         }
         if let k = o["idempotency_key"], k.stringValue == nil { return "\(name): \"idempotency_key\" must be a string" }
+        if let k = o["concurrency_key"], k.stringValue == nil { return "\(name): \"concurrency_key\" must be a string" }
         return nil
     }
 

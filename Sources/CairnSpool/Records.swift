@@ -67,6 +67,9 @@ public struct RunRecord: Codable, Sendable, Hashable {
     public var idempotencyKey: String?
     /// Set on child runs: the parent run and the name of the `child` operation.
     public var parent: ParentRef?
+    /// Runs sharing a concurrency key are advanced at most N at a time (cairn.json
+    /// `"concurrency": {"keys": {KEY: N}, "default_key_limit": 1}`).
+    public var concurrencyKey: String?
 
     public struct ParentRef: Codable, Sendable, Hashable {
         public var run: String
@@ -83,9 +86,11 @@ public struct RunRecord: Codable, Sendable, Hashable {
         case submittedAt = "submitted_at"
         case submittedBy = "submitted_by"
         case idempotencyKey = "idempotency_key"
+        case concurrencyKey = "concurrency_key"
     }
 
-    public init(id: String, workflow: String, workflowVersion: String? = nil, input: JSONValue, submittedAt: Date, submittedBy: Principal, idempotencyKey: String? = nil, parent: ParentRef? = nil) {
+    public init(id: String, workflow: String, workflowVersion: String? = nil, input: JSONValue, submittedAt: Date, submittedBy: Principal, idempotencyKey: String? = nil, parent: ParentRef? = nil, concurrencyKey: String? = nil) {
+        self.concurrencyKey = concurrencyKey
         self.id = id
         self.workflow = workflow
         self.workflowVersion = workflowVersion

@@ -160,8 +160,10 @@ public struct Spool: Sendable {
         public var workflowVersion: String?
         public var parent: RunRecord.ParentRef?
         public var submittedBy: Principal
+        public var concurrencyKey: String?
 
-        public init(workflow: String, input: JSONValue, id: String? = nil, idempotencyKey: String? = nil, workflowVersion: String? = nil, parent: RunRecord.ParentRef? = nil, submittedBy: Principal = .current) {
+        public init(workflow: String, input: JSONValue, id: String? = nil, idempotencyKey: String? = nil, workflowVersion: String? = nil, parent: RunRecord.ParentRef? = nil, submittedBy: Principal = .current, concurrencyKey: String? = nil) {
+            self.concurrencyKey = concurrencyKey
             self.workflow = workflow
             self.input = input
             self.id = id
@@ -200,7 +202,7 @@ public struct Spool: Sendable {
             for d in [paths.approvalsDirectory, paths.eventsDirectory, staging] { _ = chmod(d.string, 0o2775) }
             let blobs = BlobStore(directory: paths.blobsDirectory, durable: durable, threshold: config.blobThreshold)
             let input = try blobs.externalize(s.input, staged: true)
-            let record = RunRecord(id: id, workflow: s.workflow, workflowVersion: s.workflowVersion, input: input, submittedAt: now, submittedBy: s.submittedBy, idempotencyKey: s.idempotencyKey, parent: s.parent)
+            let record = RunRecord(id: id, workflow: s.workflow, workflowVersion: s.workflowVersion, input: input, submittedAt: now, submittedBy: s.submittedBy, idempotencyKey: s.idempotencyKey, parent: s.parent, concurrencyKey: s.concurrencyKey)
             try DurableFile.writeStaged(record.canonicalJSON().canonicalData(), to: paths.runFile)
             let state = RunState(run: id, workflow: s.workflow, status: .queued, updatedAt: now)
             try DurableFile.writeStaged(state.canonicalJSON().canonicalData(), to: paths.stateFile)

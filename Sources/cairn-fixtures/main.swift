@@ -83,9 +83,28 @@ struct Listen: Workflow {
     }
 }
 
+/// One step that logs "start TAG" and "end TAG" around a pause (concurrency tests).
+struct Hold: Workflow {
+    static let name = "hold"
+    struct Input: Codable, Sendable {
+        var effects: String
+        var tag: String
+        var ms: Int
+    }
+    func run(_ ctx: WorkflowContext, input: Input) async throws -> String {
+        try await ctx.step("hold") { key in
+            try effect(input.effects, "start", input.tag)
+            try await Task.sleep(for: .milliseconds(input.ms))
+            try effect(input.effects, "end", input.tag)
+            return input.tag
+        }
+    }
+}
+
 var workflows = CairnCLI.exampleWorkflows
 workflows.register(Crashy())
 workflows.register(Gate())
 workflows.register(Nap())
 workflows.register(Listen())
+workflows.register(Hold())
 await CairnCLI.main(workflows: workflows)

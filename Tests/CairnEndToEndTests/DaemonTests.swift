@@ -226,4 +226,35 @@ import Testing
         a.stop()
         b.stop()
     }
+
+    @Test func runsSharingAConcurrencyKeyAreAdvancedOneAtATime() throws {
+        let t = try TempSpool()
+        let fx = t.path.appending("fx").string
+        // Three runs with the key "cust-1" (default limit 1), two without a key.
+        for (i, key) in ["cust-1", "cust-1", "cust-1", nil, nil].enumerated() {
+            _ = try t.spool.createRun(.init(workflow: "hold", input: ["effects": .string(fx), "tag": .string(key.map { "\($0)-\(i)" } ?? "free-\(i)"), "ms": 300], concurrencyKey: key))
+        }
+        let d = try DaemonProcess(spool: t.spool)
+        try waitUntil("all done", timeout: 20) { try t.spool.runIDs().allSatisfy { t.status($0) == .completed } }
+        d.stop()
+        let lines = try String(contentsOfFile: fx, encoding: .utf8).split(separator: "\n").map(String.init)
+        // Keyed runs never overlap: between a keyed start and its end, no other keyed start.
+        var open: String? = nil
+        var overlappedFree = false
+        for l in lines {
+            let parts = l.split(separator: " ").map(String.init)
+            guard parts[1].hasPrefix("cust-1") else {
+                if parts[0] == "start" && open != nil { overlappedFree = true }
+                continue
+            }
+            if parts[0] == "start" {
+                #expect(open == nil, "keyed runs overlapped: \(lines)")
+                open = parts[1]
+            } else {
+                open = nil
+            }
+        }
+        // And the key does not hold up runs without one.
+        #expect(overlappedFree, "unkeyed runs waited for keyed ones: \(lines)")
+    }
 }

@@ -29,6 +29,9 @@ struct SubmitCommand: ParsableCommand {
     @Option(name: .customLong("idempotency-key"), help: "Submissions with the same key yield one run.")
     var idempotencyKey: String?
 
+    @Option(name: .customLong("concurrency-key"), help: "Runs sharing a key are advanced at most N at a time (cairn.json concurrency.keys; default 1).")
+    var concurrencyKey: String?
+
     @OptionGroup var options: SpoolOptions
 
     func validate() throws {
@@ -43,7 +46,7 @@ struct SubmitCommand: ParsableCommand {
         if CLIEnvironment.workflows(for: spool)[workflow] == nil {
             Output.warn("no workflow '\(workflow)' in this binary or in \(spool.workflowsDirectory.string)/; the run waits until a daemon that has it picks it up")
         }
-        let (runID, created) = try spool.createRun(.init(workflow: workflow, input: value, id: id, idempotencyKey: idempotencyKey, workflowVersion: version))
+        let (runID, created) = try spool.createRun(.init(workflow: workflow, input: value, id: id, idempotencyKey: idempotencyKey, workflowVersion: version, concurrencyKey: concurrencyKey))
         if !created { Output.warn("run \(runID) already exists (same id or idempotency key); not submitted again") }
         Output.line(runID)
     }
