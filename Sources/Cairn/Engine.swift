@@ -138,6 +138,7 @@ public struct Engine: Sendable {
             // Failure or cancellation: compensations, then the terminal record.
             let cancelled = error is RunCancelledError
             let info = cancelled ? ErrorInfo(type: "cancelled", message: "cancelled", retryable: false) : ErrorInfo.from(error)
+            if cancelled { cancelChildren(of: ctx) }
             do {
                 try await ctx.runCompensations()
                 try ctx.record(cancelled ? "cancel" : "fail", nil) {
@@ -176,6 +177,22 @@ public struct Engine: Sendable {
         }
         logger.debug("advanced", metadata: ["run": "\(runID)", "outcome": "\(outcome)"])
         return outcome
+    }
+
+    /// Cancelling a run cancels the child runs it started and is not done with (each gets a
+    /// `cancel` file, and compensates on its own).
+    func cancelChildren(of ctx: WorkflowContext) {
+        let entries = ctx.state.withLock { $0.entries }
+        let started = entries.filter { $0.kind == "child" && $0.phase == "started" }.compactMap { $0.data?["run"]?.stringValue }
+        let finished = Set(entries.filter { $0.kind == "child" && $0.phase == "finished" }.compactMap { $0.data?["run"]?.stringValue })
+        for child in started where !finished.contains(child) && spool.runExists(child) {
+            do {
+                try spool.durable.write(Data(), to: spool.run(child).cancelFile, mode: .noReplace)
+            } catch let e as SpoolError where e.code == .exists {
+            } catch {
+                logger.error("cannot cancel child run", metadata: ["run": "\(ctx.runID)", "child": "\(child)", "error": "\(error)"])
+            }
+        }
     }
 
     /// Where a run-level retry resumes: the first record of the failed operation (its

@@ -177,6 +177,37 @@ import Testing
         #expect(try t.state("\(id).sq-1").status == .completed)
     }
 
+    struct Forever: Workflow {
+        static let name = "forever"
+        func run(_ ctx: WorkflowContext, input: Int) async throws -> Int {
+            _ = try await ctx.waitForEvent("never")
+            return input
+        }
+    }
+
+    struct Parent: Workflow {
+        static let name = "parent"
+        func run(_ ctx: WorkflowContext, input: Int) async throws -> Int {
+            try await ctx.child("kid", Forever.self, input: input)
+        }
+    }
+
+    @Test func cancellingAParentCancelsItsChild() async throws {
+        let t = try TempSpool()
+        var reg = WorkflowRegistry()
+        reg.register(Forever())
+        reg.register(Parent())
+        let engine = Engine(spool: t.spool, registry: reg, clock: ManualClock(autoAdvance: true))
+        let id = try t.submit("parent", input: 1)
+        guard case .waiting = try await engine.drive(id) else { Issue.record("not waiting"); return }
+        let kid = "\(id).kid"
+        #expect(try t.state(kid).status == .waiting)
+        try t.drop("cancel", in: id)
+        #expect(try await engine.advance(id) == .cancelled)
+        #expect(DurableFile.exists(t.spool.run(kid).cancelFile))
+        #expect(try await engine.advance(kid) == .cancelled)
+    }
+
     @Test func parallelStepsRespectTheCapAndReplay() async throws {
         let t = try TempSpool()
         let gauge = Gauge()
