@@ -134,6 +134,10 @@ public struct Engine: Sendable {
         } catch where Task.isCancelled {
             logger.info("interrupted", metadata: ["run": "\(runID)"])
             return .interrupted
+        } catch let e as SpoolError {
+            // The spool, not the workflow, failed (disk full, EIO, a damaged journal): do not
+            // fail the run or compensate; the caller looks again later (or fsck repairs).
+            throw e
         } catch {
             // Failure or cancellation: compensations, then the terminal record.
             let cancelled = error is RunCancelledError

@@ -251,6 +251,7 @@ extension WorkflowContext {
                                 }
                                 return
                             } catch {
+                                if Task.isCancelled { throw CancellationError() }
                                 if retry.shouldRetry(error, attempt: attempt) {
                                     try await clock.sleep(for: .milliseconds(Int64(retry.delay(afterAttempt: attempt, unit: Double.random(in: 0..<1)) * 1000)))
                                     attempt += 1

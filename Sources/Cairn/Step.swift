@@ -60,7 +60,15 @@ extension WorkflowContext {
                     retryUntil = e.until
                     continue
                 case "uncertain":
-                    // A person chose "rerun": a fresh attempt follows.
+                    // A person chose "rerun": a fresh attempt follows. If a crash came between
+                    // this record and setting the decision aside, set it aside now (only a
+                    // file older than the record: a newer one is a new decision).
+                    let gate = "uncertain-" + Names.fileSafe(name)
+                    var st = stat()
+                    if lstat(paths.approvalsDirectory.appending("\(gate).approved").string, &st) == 0,
+                       Double(st.st_mtim.tv_sec) + Double(st.st_mtim.tv_nsec) / 1e9 <= e.at.timeIntervalSince1970 + 0.001 {
+                        try setAsideDecision(gate: gate, seq: e.seq)
+                    }
                     attempt += 1
                     retryUntil = nil
                     continue
@@ -85,27 +93,19 @@ extension WorkflowContext {
                 }
             }
             let started = clock.now()
+            let value: T
             do {
                 let info = StepAttempt(idempotencyKey: key, number: attempt, isLast: attempt >= retry.maxAttempts)
-                let value = try await runWithTimeout(name, timeout) { try await body(info) }
-                CrashPoints.reached("step.after-body")
-                let stored = try store(value)
-                try record("step", name) {
-                    $0.value = stored
-                    $0.attempt = attempt
-                    $0.idempotencyKey = key
-                    $0.semantics = semantics.rawValue
-                    $0.startedAt = started
-                    $0.durationMs = Int(clock.now().timeIntervalSince(started) * 1000)
-                }
-                return value
+                value = try await runWithTimeout(name, timeout) { try await body(info) }
             } catch let s as Suspension {
                 throw s
             } catch {
                 // Interrupted (the daemon is stopping): record nothing, as after a crash.
                 if Task.isCancelled { throw CancellationError() }
                 let info = ErrorInfo.from(error)
-                if retry.shouldRetry(error, attempt: attempt) {
+                // An at-most-once body that timed out may have had its effect: never retried.
+                let mayHaveRun = semantics == .atMostOnce && error is StepTimeoutError
+                if !mayHaveRun && retry.shouldRetry(error, attempt: attempt) {
                     let delay = retry.delay(afterAttempt: attempt, unit: Double.random(in: 0..<1))
                     let until = clock.now().addingTimeInterval(delay)
                     try record("retry", name) {
@@ -131,6 +131,19 @@ extension WorkflowContext {
                 }
                 throw StepFailedError(step: name, attempts: attempt, error: info)
             }
+            // The body succeeded. Recording it is outside the retry logic: an error here
+            // (disk full, a value that cannot be encoded) must never run the body again.
+            CrashPoints.reached("step.after-body")
+            let stored = try store(value)
+            try record("step", name) {
+                $0.value = stored
+                $0.attempt = attempt
+                $0.idempotencyKey = key
+                $0.semantics = semantics.rawValue
+                $0.startedAt = started
+                $0.durationMs = Int(clock.now().timeIntervalSince(started) * 1000)
+            }
+            return value
         }
     }
 

@@ -28,6 +28,11 @@ public struct DemoRefund: Workflow {
         public var refunded: Bool
         public var amount: Double
         public var approvedBy: String?
+
+        enum CodingKeys: String, CodingKey {
+            case refunded, amount
+            case approvedBy = "approved_by"
+        }
     }
 
     public init() {}

@@ -313,7 +313,6 @@ public actor Daemon: Service {
                     await watchRun(id)
                 }
                 if let due { setTimer(id, due) } else { clearTimer(id) }
-                if wasDirty { markReady(id) }
             case .busy:
                 setTimer(id, Date().addingTimeInterval(options.busyRecheck.seconds))
             case .unknownWorkflow(let w):
@@ -328,11 +327,20 @@ public actor Daemon: Service {
                 break
             }
         }
+        // A relevant file landed while it ran (a decision, `retry`, `cancel`…): look again.
+        if wasDirty, case .success(let o) = result, !isFinished(o) { markReady(id) }
         if running.isEmpty {
             for w in idleWaiters { w.resume() }
             idleWaiters.removeAll()
         }
         pump()
+    }
+
+    private func isFinished(_ o: AdvanceOutcome) -> Bool {
+        switch o {
+        case .completed, .cancelled: return true
+        default: return false
+        }
     }
 
     // MARK: watches

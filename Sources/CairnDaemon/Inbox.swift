@@ -44,9 +44,13 @@ public enum Inbox {
                 reason = r
             } else {
                 let j = f.json!
+                // Without an id or key, the file itself is the key (name + inode + mtime), so a
+                // daemon killed between creating the run and removing the file does not create
+                // a second run from it on restart.
+                let implicitKey = j["id"] == nil && j["idempotency_key"] == nil ? "inbox:\(name):\(f.identity)" : nil
                 let submission = Spool.Submission(
                     workflow: j["workflow"]!.stringValue!, input: j["input"] ?? .null,
-                    id: j["id"]?.stringValue, idempotencyKey: j["idempotency_key"]?.stringValue,
+                    id: j["id"]?.stringValue, idempotencyKey: j["idempotency_key"]?.stringValue ?? implicitKey,
                     submittedBy: f.owner, concurrencyKey: j["concurrency_key"]?.stringValue)
                 let (run, created) = try spool.createRun(submission, now: now)
                 guard unlink(path.string) == 0 || errno == ENOENT else {

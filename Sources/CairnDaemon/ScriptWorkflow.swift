@@ -106,6 +106,10 @@ public enum ScriptWorkflow {
             let pid = group.withLock { $0 }
             if pid > 0 { kill(-pid, SIGKILL) }
         }
+        // Whatever the script left running (a helper in the background) ends with it: it
+        // must not write into a journal the daemon has moved on from.
+        let leader = group.withLock { $0 }
+        if leader > 0 { kill(-leader, SIGKILL) }
         if Task.isCancelled { throw CancellationError() }
         let code: Int32
         switch result.terminationStatus {
@@ -115,6 +119,7 @@ public enum ScriptWorkflow {
         try ctx.reloadJournal()
         let state = try? DurableFile.readJSON(statePath).decode(as: ExecState.self)
         _ = unlink(statePath.string)
+        _ = unlink(statePath.string + ".lock")
         if let state, state.exec == execID {
             switch state.outcome {
             case "waiting": throw ctx.waiting(state.waitingFor ?? ["kind": "unknown"])

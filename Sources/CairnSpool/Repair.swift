@@ -37,6 +37,11 @@ public enum Repair {
             guard lstat(p.string, &st) == 0 else { continue }
             let age = now.timeIntervalSince1970 - Double(st.st_mtim.tv_sec)
             guard age > staleTempAge else { continue }
+            // A script execution's state lives as long as its run is held, however long.
+            if name.hasPrefix("exec-") {
+                let run = name.hasSuffix(".json.lock") ? name.dropFirst(5).dropLast(10) : name.dropFirst(5).dropLast(5)
+                if RunLock.isHeld(spool.runDirectory(String(run))) { continue }
+            }
             var f = Finding(file: rel(p), problem: "stale temporary file (\(Int(age))s old)")
             if repair {
                 try? FileManager.default.removeItem(atPath: p.string)

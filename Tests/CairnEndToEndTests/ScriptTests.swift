@@ -116,3 +116,26 @@ import Testing
         d.stop()
     }
 }
+
+@Suite(.serialized) struct ScriptHelperConcurrencyTests {
+    @Test func helpersInAPipelineOrTheBackgroundNeverShareAPosition() throws {
+        let t = try TempSpool()
+        let p = t.spool.workflowsDirectory.appending("pipe").string
+        try """
+            #!/usr/bin/env bash
+            cairn step a -- echo one | cairn step b -- cat > /dev/null
+            cairn step bg -- sh -c 'sleep 1' &
+            cairn step c -- echo three > /dev/null
+            echo '"done"' | cairn result -
+            """.write(toFile: p, atomically: true, encoding: .utf8)
+        chmod(p, 0o755)
+        let d = try DaemonProcess(spool: t.spool)
+        let r = try t.submit("pipe", input: 0)
+        try waitUntil("finished", timeout: 20) { t.status(r)?.isTerminal == true }
+        usleep(1_500_000)  // a background helper, if it survived, would write now
+        d.stop()
+        // Whatever the order, the journal stays a valid sequence of positions.
+        #expect(try t.spool.journal(r).loadPrefix().damage.isEmpty)
+        #expect(try Repair.run(t.spool, repair: false).findings.filter { !$0.file.hasPrefix("tmp/") }.isEmpty)
+    }
+}

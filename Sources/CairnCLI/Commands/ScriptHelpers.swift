@@ -5,6 +5,7 @@ import CairnDaemon
 import CairnSpool
 import Foundation
 import Logging
+import Glibc
 import Subprocess
 import SystemPackage
 
@@ -37,6 +38,18 @@ struct HelperSession {
     /// Runs one durable operation; on a wait, cancellation or nondeterminism, records the
     /// outcome for the daemon and stops the whole script (its process group).
     mutating func perform<T>(_ op: (WorkflowContext) async throws -> T) async throws -> T {
+        // Helpers of one execution run one at a time (a script may call them from a pipeline
+        // or in the background): each takes the exec state's flock, then re-reads the cursor.
+        // A lock file of its own: the state file is replaced by rename, so it cannot carry a lock.
+        let lockPath = statePath.string + ".lock"
+        let lockFD = Glibc.open(lockPath, O_RDWR | O_CREAT | O_CLOEXEC, 0o644)
+        guard lockFD >= 0 else { throw CLIError(.failure, "\(lockPath): cannot open the execution lock") }
+        defer { close(lockFD) }
+        guard cairn_flock(lockFD, CAIRN_LOCK_EX) == 0 else { throw CLIError(.failure, "\(statePath.string): cannot lock") }
+        guard let fresh = try? DurableFile.readJSON(statePath).decode(as: ScriptWorkflow.ExecState.self), fresh.exec == state.exec, fresh.outcome == nil else {
+            throw CLIError(.failure, "\(statePath.string): execution \(state.exec) is over (the run moved on)")
+        }
+        state = fresh
         var logger = Logger(label: "cairn")
         logger.logLevel = .warning  // the script's stderr is the run's log; keep it for the script
         let ctx = try WorkflowContext.attach(spool: spool, runID: run, cursor: state.cursor, logger: logger)
