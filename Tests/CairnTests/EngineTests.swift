@@ -237,3 +237,44 @@ import Synchronization
         #expect(fx.count("send") == 0)
     }
 }
+
+@Suite struct RecordingFailureTests {
+    @Test func aBodyWhoseResultCannotBeRecordedDoesNotRunAgain() async throws {
+        let t = try TempSpool()
+        let fx = Effects()
+        let wf = workflow("nan") { ctx, _ in
+            let v: Double = try await ctx.step("compute", semantics: .atMostOnce) { _ in
+                fx.hit("compute")
+                return Double.nan  // JSON cannot hold it: recording fails after the body ran
+            }
+            return .double(v)
+        }
+        let id = try t.submit("nan", input: 0)
+        guard case .failed = try await t.engine([wf]).drive(id) else { Issue.record("expected failure"); return }
+        #expect(fx.count("compute") == 1)
+        #expect(!(try t.journalSummary(id)).contains("retry:compute"))
+    }
+
+    @Test func anAtMostOnceStepThatTimedOutIsNotRetried() async throws {
+        let t = try TempSpool()
+        let clock = ManualClock()
+        let fx = Effects()
+        let wf = workflow("slow-pay") { ctx, _ in
+            let _: Bool = try await ctx.step("pay", semantics: .atMostOnce, retry: RetryPolicy(maxAttempts: 5), timeout: .seconds(5)) { _ in
+                fx.hit("pay")
+                try await clock.sleep(for: .seconds(3600))
+                return true
+            }
+            return "paid"
+        }
+        let id = try t.submit("slow-pay", input: 0)
+        let engine = t.engine([wf], clock: clock)
+        async let outcome = engine.advance(id)
+        while clock.pendingSleepers < 2 { try await Task.sleep(for: .milliseconds(1)) }
+        clock.advance(by: .seconds(6))
+        guard case .failed(let info) = try await outcome else { Issue.record("expected failure"); return }
+        #expect(info.message.contains("timed out"))
+        #expect(fx.count("pay") == 1)
+        #expect(try t.journalSummary(id) == ["start", "intent:pay", "step:pay", "fail"])
+    }
+}
