@@ -92,6 +92,25 @@ public final class WorkflowContext: Sendable {
     /// of a wait from outside, like the script runner).
     public func waiting(_ waitingFor: JSONValue) -> any Error { suspend(waitingFor) }
 
+    /// Schedules a new execution of the whole workflow from the top at `until` (a script
+    /// workflow's retry policy): a `retry` record named `run` that supersedes nothing
+    /// (`resume_from` is its own position, so replay never sees it), and the wait to throw.
+    public func retryExecution(until: Date, error: ErrorInfo, attempt: Int) throws -> any Error {
+        try record("retry", "run") {
+            $0.resumeFrom = $0.seq
+            $0.until = until
+            $0.error = error
+            $0.attempt = attempt
+            $0.data = ["execution_retry": true]
+        }
+        return suspend(["kind": "retry", "step": "(whole run)", "attempt": .int(Int64(attempt + 1)), "until": .string(Timestamp.format(until))])
+    }
+
+    /// How many times this run's whole execution was retried by `retryExecution`.
+    public var executionRetries: Int {
+        (try? journal.load().filter { $0.kind == "retry" && $0.name == "run" && $0.data?["execution_retry"] == true }.count) ?? 0
+    }
+
     /// The suspension's `waiting_for`, when `error` is the engine's wait signal.
     public static func waitingFor(_ error: any Error) -> JSONValue? { (error as? Suspension)?.waitingFor }
 

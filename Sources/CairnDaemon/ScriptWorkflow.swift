@@ -129,12 +129,33 @@ public enum ScriptWorkflow {
             }
         }
         guard code == 0 else {
-            throw ScriptFailed(code: code, stderrTail: tail(logs.appending("stderr.log")))
+            let failure = ScriptFailed(code: code, stderrTail: tail(logs.appending("stderr.log")))
+            // The workflow's retry policy (cairn.json "script_retries"): run it again from
+            // the top after a backoff; completed helper operations replay.
+            if let policy = retryPolicy(spool: spool, workflow: ctx.workflowName) {
+                let previous = ctx.executionRetries
+                if previous + 1 < policy.maxAttempts {
+                    let delay = policy.delay(afterAttempt: previous + 1, unit: Double.random(in: 0..<1))
+                    throw try ctx.retryExecution(until: Date().addingTimeInterval(delay), error: ErrorInfo(type: "script_exit", message: failure.description), attempt: previous + 1)
+                }
+            }
+            throw failure
         }
         // The result is the last `cairn result` record, if any.
         let results = try spool.journal(run).load().filter { $0.kind == "result" }
         if let last = results.last { return try spool.blobs(run).resolve(last.value ?? .null) }
         return .null
+    }
+
+    /// `"script_retries": {"NAME" | "*": {"max_attempts": 3, "initial_delay": "10s", "max_delay": "10m"}}`
+    /// in cairn.json; none: a non-zero exit fails the run.
+    static func retryPolicy(spool: Spool, workflow: String) -> RetryPolicy? {
+        guard let cfg = try? spool.config(), let all = cfg.raw["script_retries"],
+              let p = all[workflow] ?? all["*"], let n = p["max_attempts"]?.intValue, n > 1 else { return nil }
+        return RetryPolicy(
+            maxAttempts: Int(n),
+            initialDelay: p["initial_delay"]?.stringValue.flatMap(Duration.parse) ?? .seconds(10),
+            maxDelay: p["max_delay"]?.stringValue.flatMap(Duration.parse) ?? .seconds(600))
     }
 
     static func openLog(_ p: FilePath) throws -> FileDescriptor {

@@ -139,3 +139,42 @@ import Testing
         #expect(try Repair.run(t.spool, repair: false).findings.filter { !$0.file.hasPrefix("tmp/") }.isEmpty)
     }
 }
+
+@Suite(.serialized) struct ScriptRetryPolicyTests {
+    @Test func aFailingScriptIsRunAgainPerItsPolicyWithoutRerunningSteps() throws {
+        let t = try TempSpool()
+        var cfg = try DurableFile.readJSON(t.spool.configFile).objectValue!
+        cfg["script_retries"] = ["flaky": ["max_attempts": 3, "initial_delay": "200ms"]]
+        try t.spool.durable.write(json: .object(cfg), to: t.spool.configFile)
+        let state = t.path.appending("tries").string
+        let p = t.spool.workflowsDirectory.appending("flaky").string
+        try """
+            #!/usr/bin/env bash
+            set -e
+            cairn step once -- sh -c 'echo ran >> \(state).steps; echo ok' > /dev/null
+            n=$(cat \(state) 2>/dev/null || echo 0); n=$((n + 1)); echo $n > \(state)
+            [ "$n" -ge 3 ] || { echo "attempt $n fails" >&2; exit 3; }
+            echo '"third time"' | cairn result -
+            """.write(toFile: p, atomically: true, encoding: .utf8)
+        chmod(p, 0o755)
+        let d = try DaemonProcess(spool: t.spool)
+        let r = try t.submit("flaky", input: 0)
+        try t.waitFor(r, .completed, timeout: 20)
+        d.stop()
+        #expect(try t.result(r) == "third time")
+        let steps = try String(contentsOfFile: state + ".steps", encoding: .utf8).split(separator: "\n")
+        #expect(steps.count == 1, "the recorded step ran \(steps.count) times")
+        let retries = try t.spool.journal(r).load().filter { $0.kind == "retry" && $0.name == "run" }
+        #expect(retries.count == 2)
+        #expect(retries.allSatisfy { $0.error?.message.contains("exited with code 3") == true })
+
+        // Without a policy (another name), the first non-zero exit fails the run.
+        let q = t.spool.workflowsDirectory.appending("fragile").string
+        try "#!/bin/sh\nexit 5\n".write(toFile: q, atomically: true, encoding: .utf8)
+        chmod(q, 0o755)
+        let d2 = try DaemonProcess(spool: t.spool)
+        let r2 = try t.submit("fragile", input: 0)
+        try t.waitFor(r2, .failed, timeout: 20)
+        d2.stop()
+    }
+}

@@ -72,7 +72,10 @@ enum Describe {
             if let g = e.group { parts.append("group \(g)") }
             if let dec = e.decision { parts.append("decided \(dec) by \(e.decidedBy?.user ?? "?")") }
         case "retry":
-            if e.name == "run" {
+            if e.name == "run", e.data?["execution_retry"] == true {
+                parts.append(Output.yellow("execution \(e.attempt ?? 0) failed: \(e.error?.message ?? "?")"))
+                if let u = e.until { parts.append("runs again from the top at \(Timestamp.format(u))") }
+            } else if e.name == "run" {
                 parts.append("run retried from position \(e.resumeFrom ?? 0)")
             } else {
                 parts.append(Output.yellow("attempt \(e.attempt ?? 0) failed: \(e.error?.message ?? "?")"))

@@ -45,7 +45,8 @@ struct ShowCommand: ParsableCommand {
         for e in entries {
             let pos = String(e.seq)
             let label = e.name.map { "\(e.kind) \($0)" } ?? e.kind
-            let superseded = effective.contains(e.seq) ? "" : Output.dim(" (superseded by a run retry)")
+            let control = e.kind == "retry" && e.name == "run"  // not an operation: never "superseded"
+            let superseded = effective.contains(e.seq) || control ? "" : Output.dim(" (superseded by a run retry)")
             Output.line("  \(String(repeating: " ", count: max(0, 4 - pos.count)))\(pos)  \(Timestamp.format(e.at))  \(label.padding(toLength: max(label.count, 28), withPad: " ", startingAt: 0))  \(Describe.record(e))\(superseded)")
         }
         if let state {
