@@ -70,6 +70,7 @@ enum Describe {
             if let a = e.attempt { parts.append("attempt \(a)") }
             if let d = e.durationMs { parts.append("\(d)ms") }
             if let g = e.group { parts.append("group \(g)") }
+            if e.kind == "llm", let m = e.data?["model"]?.stringValue { parts.append(m) }
             if let dec = e.decision { parts.append("decided \(dec) by \(e.decidedBy?.user ?? "?")") }
         case "retry":
             if e.name == "run", e.data?["execution_retry"] == true {
