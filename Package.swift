@@ -93,7 +93,7 @@ let package = Package(
         // Benchmarks (make bench): figures for docs/benchmarks.md, against a C floor.
         .executableTarget(name: "cairn-bench", dependencies: ["Cairn", "CairnSpool", "CSystemShims"], swiftSettings: strict),
         // The `cairn` CLI with the test suite's workflows registered (crash and replay tests run it).
-        .executableTarget(name: "cairn-fixtures", dependencies: ["CairnCLI", "Cairn"], swiftSettings: strict),
+        .executableTarget(name: "cairn-fixtures", dependencies: ["CairnCLI", "Cairn", "CairnSpool"], swiftSettings: strict),
         .testTarget(name: "CairnSpoolTests", dependencies: ["CairnSpool", "CairnTesting"], swiftSettings: strict),
         .testTarget(
             name: "CairnTests",

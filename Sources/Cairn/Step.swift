@@ -93,6 +93,13 @@ extension WorkflowContext {
                 }
             }
             let started = clock.now()
+            // What every record of this attempt carries.
+            let attemptFields = { (e: inout JournalEntry) in
+                e.attempt = attempt
+                e.idempotencyKey = key
+                e.startedAt = started
+                e.durationMs = Int(self.clock.now().timeIntervalSince(started) * 1000)
+            }
             let value: T
             do {
                 let info = StepAttempt(idempotencyKey: key, number: attempt, isLast: attempt >= retry.maxAttempts)
@@ -109,12 +116,9 @@ extension WorkflowContext {
                     let delay = retry.delay(afterAttempt: attempt, unit: Double.random(in: 0..<1))
                     let until = clock.now().addingTimeInterval(delay)
                     try record("retry", name) {
-                        $0.attempt = attempt
+                        attemptFields(&$0)
                         $0.error = info
                         $0.until = until
-                        $0.idempotencyKey = key
-                        $0.startedAt = started
-                        $0.durationMs = Int(clock.now().timeIntervalSince(started) * 1000)
                     }
                     logger.info("step failed, will retry", metadata: ["run": "\(runID)", "step": "\(name)", "attempt": "\(attempt)", "delay_s": "\(delay)", "error": "\(info.message)"])
                     attempt += 1
@@ -122,12 +126,9 @@ extension WorkflowContext {
                     continue
                 }
                 try record("step", name) {
+                    attemptFields(&$0)
                     $0.error = info
-                    $0.attempt = attempt
-                    $0.idempotencyKey = key
                     $0.semantics = semantics.rawValue
-                    $0.startedAt = started
-                    $0.durationMs = Int(clock.now().timeIntervalSince(started) * 1000)
                 }
                 throw StepFailedError(step: name, attempts: attempt, error: info)
             }
@@ -136,12 +137,9 @@ extension WorkflowContext {
             CrashPoints.reached("step.after-body")
             let stored = try store(value)
             try record("step", name) {
+                attemptFields(&$0)
                 $0.value = stored
-                $0.attempt = attempt
-                $0.idempotencyKey = key
                 $0.semantics = semantics.rawValue
-                $0.startedAt = started
-                $0.durationMs = Int(clock.now().timeIntervalSince(started) * 1000)
             }
             return value
         }

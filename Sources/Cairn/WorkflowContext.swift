@@ -77,8 +77,9 @@ public final class WorkflowContext: Sendable {
     public var appendedRecords: Bool { state.withLock { $0.appended } }
 
     /// Re-reads the journal after another process appended to it (a script's helpers),
-    /// keeping the cursor at the end.
-    public func reloadJournal() throws {
+    /// keeping the cursor at the end. Returns every record, superseded ones included.
+    @discardableResult
+    public func reloadJournal() throws -> [JournalEntry] {
         let physical = try journal.load()
         let effective = Array(Journal.effective(physical).dropFirst())
         state.withLock { s in
@@ -86,6 +87,7 @@ public final class WorkflowContext: Sendable {
             s.nextSeq = physical.count + 1
             s.cursor = effective.count
         }
+        return physical
     }
 
     /// The error to throw to make the run wait on `waitingFor` (for executors that learn
@@ -104,11 +106,6 @@ public final class WorkflowContext: Sendable {
             $0.data = ["execution_retry": true]
         }
         return suspend(["kind": "retry", "step": "(whole run)", "attempt": .int(Int64(attempt + 1)), "until": .string(Timestamp.format(until))])
-    }
-
-    /// How many times this run's whole execution was retried by `retryExecution`.
-    public var executionRetries: Int {
-        (try? journal.load().filter { $0.kind == "retry" && $0.name == "run" && $0.data?["execution_retry"] == true }.count) ?? 0
     }
 
     /// The suspension's `waiting_for`, when `error` is the engine's wait signal.

@@ -64,7 +64,7 @@ public struct TriageTicket: Workflow {
             ], needsApproval: true, semantics: .atMostOnce) { args, key in
                 var line = args.objectValue ?? [:]
                 line["idempotency_key"] = .string(key)
-                try appendLine(JSONValue.object(line).compactText(), to: outbox)
+                try DurableFile.appendLine(JSONValue.object(line).compactText(), to: outbox)
                 return "sent"
             },
         ]
@@ -74,13 +74,4 @@ public struct TriageTicket: Workflow {
         ], tools: tools, maxTurns: 6, client: client)
         return Output(answer: result.content, turns: result.turns, toolCalls: result.toolCalls)
     }
-}
-
-/// Appends one line to a file and fsyncs it.
-public func appendLine(_ line: String, to path: String) throws {
-    let fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0o644)
-    guard fd >= 0 else { throw SpoolError(.io, path: path, errno: errno, "cannot open") }
-    defer { close(fd) }
-    let data = Array((line + "\n").utf8)
-    guard write(fd, data, data.count) == data.count, fsync(fd) == 0 else { throw SpoolError(.io, path: path, errno: errno, "cannot append") }
 }

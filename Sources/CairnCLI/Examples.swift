@@ -51,7 +51,7 @@ public struct DemoRefund: Workflow {
         let outbox = ctx.spoolRoot.appending("demo-outbox.jsonl").string
         let _: Bool = try await ctx.step("issue-refund", semantics: .atMostOnce) { key in
             let line: JSONValue = ["order": .string(input.order), "amount": .double(amount), "idempotency_key": .string(key)]
-            try appendLine(line.compactText(), to: outbox)
+            try DurableFile.appendLine(line.compactText(), to: outbox)
             return true
         }
         return Output(refunded: true, amount: amount, approvedBy: decision.decidedBy?.user)

@@ -116,7 +116,7 @@ public enum ScriptWorkflow {
         case .exited(let c): code = c
         case .signaled(let s): code = 128 + s
         }
-        try ctx.reloadJournal()
+        let journal = try ctx.reloadJournal()
         let state = try? DurableFile.readJSON(statePath).decode(as: ExecState.self)
         _ = unlink(statePath.string)
         _ = unlink(statePath.string + ".lock")
@@ -132,8 +132,8 @@ public enum ScriptWorkflow {
             let failure = ScriptFailed(code: code, stderrTail: tail(logs.appending("stderr.log")))
             // The workflow's retry policy (cairn.json "script_retries"): run it again from
             // the top after a backoff; completed helper operations replay.
-            if let policy = retryPolicy(spool: spool, workflow: ctx.workflowName) {
-                let previous = ctx.executionRetries
+            if let policy = retryPolicy(ctx.spoolConfig, workflow: ctx.workflowName) {
+                let previous = journal.filter { $0.kind == "retry" && $0.name == "run" && $0.data?["execution_retry"] == true }.count
                 if previous + 1 < policy.maxAttempts {
                     let delay = policy.delay(afterAttempt: previous + 1, unit: Double.random(in: 0..<1))
                     throw try ctx.retryExecution(until: Date().addingTimeInterval(delay), error: ErrorInfo(type: "script_exit", message: failure.description), attempt: previous + 1)
@@ -142,15 +142,14 @@ public enum ScriptWorkflow {
             throw failure
         }
         // The result is the last `cairn result` record, if any.
-        let results = try spool.journal(run).load().filter { $0.kind == "result" }
-        if let last = results.last { return try spool.blobs(run).resolve(last.value ?? .null) }
+        if let last = Journal.effective(journal).last(where: { $0.kind == "result" }) { return try ctx.resolveValue(last.value ?? .null) }
         return .null
     }
 
     /// `"script_retries": {"NAME" | "*": {"max_attempts": 3, "initial_delay": "10s", "max_delay": "10m"}}`
     /// in cairn.json; none: a non-zero exit fails the run.
-    static func retryPolicy(spool: Spool, workflow: String) -> RetryPolicy? {
-        guard let cfg = try? spool.config(), let all = cfg.raw["script_retries"],
+    static func retryPolicy(_ cfg: SpoolConfig, workflow: String) -> RetryPolicy? {
+        guard let all = cfg.raw["script_retries"],
               let p = all[workflow] ?? all["*"], let n = p["max_attempts"]?.intValue, n > 1 else { return nil }
         return RetryPolicy(
             maxAttempts: Int(n),

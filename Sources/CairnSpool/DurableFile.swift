@@ -188,6 +188,17 @@ public struct DurableFile: Sendable {
         try JSONValue.parse(read(path, limit: limit), file: path.string)
     }
 
+    /// Appends one line to a file (created if missing) and fsyncs it: for append-only logs
+    /// outside the journal (an outbox, an effects log). Not atomic against a crash mid-write.
+    public static func appendLine(_ line: String, to path: String) throws {
+        let fd = Glibc.open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0o644)
+        guard fd >= 0 else { throw SpoolError(.io, path: path, errno: errno, "cannot open to append") }
+        defer { Glibc.close(fd) }
+        let data = Array((line + "\n").utf8)
+        guard Glibc.write(fd, data, data.count) == data.count else { throw SpoolError(.io, path: path, errno: errno, "cannot append") }
+        guard Glibc.fsync(fd) == 0 else { throw SpoolError(.io, path: path, errno: errno, "fsync failed after append") }
+    }
+
     public static func exists(_ path: FilePath) -> Bool {
         exists(atPath: path.string)
     }

@@ -9,11 +9,7 @@ import Foundation
 
 /// Appends "LABEL KEY" to the effects file: the side effect the crash tests count.
 func effect(_ path: String, _ label: String, _ key: String) throws {
-    let fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0o644)
-    guard fd >= 0 else { throw StepError("cannot open \(path)") }
-    defer { close(fd) }
-    let line = Array("\(label) \(key)\n".utf8)
-    guard write(fd, line, line.count) == line.count, fsync(fd) == 0 else { throw StepError("cannot append to \(path)") }
+    try DurableFile.appendLine("\(label) \(key)", to: path)
 }
 
 struct Crashy: Workflow {
