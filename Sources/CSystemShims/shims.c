@@ -69,6 +69,8 @@ int cairn_supervise_exec(const char *path, char *const argv[], int expected_pare
     if (child < 0) return -1;
     if (child == 0) {
         close(parentfd);
+        /* The daemon ignores SIGPIPE; a script gets the default disposition back. */
+        signal(SIGPIPE, SIG_DFL);
         execv(path, argv);
         _exit(127);
     }

@@ -113,32 +113,53 @@ public struct Engine: Sendable {
         let input = try spool.blobs(runID).resolve(record.input)
 
         var outcome: AdvanceOutcome
-        do {
-            let output = try await workflow.body(ctx, input)
-            if let s = ctx.suspension { throw s }
-            if let extra = ctx.peek() {
-                throw NondeterminismError(info: ErrorInfo(type: "nondeterminism", message: "nondeterminism: the workflow returned, but journal/\(extra.fileName) records \(extra.kind) '\(extra.name ?? "")' that the code no longer asked for", file: "journal/" + extra.fileName, expected: ["kind": .string(extra.kind), "name": extra.name.map { .string($0) } ?? .null], actual: ["kind": "return"], retryable: false))
-            }
-            let stored = try ctx.store(output)
-            try spool.durable.write(json: output, to: paths.resultFile)
-            try ctx.record("complete", nil) {
-                $0.value = stored
-                $0.status = RunStatus.completed.rawValue
-            }
-            outcome = .completed(output)
-        } catch let s as Suspension {
-            outcome = .waiting(s.waitingFor)
-        } catch let e as NondeterminismError {
-            logger.error("nondeterminism", metadata: ["run": "\(runID)", "error": "\(e.info.message)"])
-            outcome = .failed(e.info)
-        } catch where Task.isCancelled {
+        var result: Result<JSONValue, any Error>
+        do { result = .success(try await workflow.body(ctx, input)) } catch { result = .failure(error) }
+        if case .failure = result, Task.isCancelled {
             logger.info("interrupted", metadata: ["run": "\(runID)"])
             return .interrupted
-        } catch let e as SpoolError {
-            // The spool, not the workflow, failed (disk full, EIO, a damaged journal): do not
-            // fail the run or compensate; the caller looks again later (or fsck repairs).
+        }
+        // The engine decides waits, cancellation, nondeterminism and spool failures, whatever
+        // the workflow code returned, threw, wrapped or swallowed after one began.
+        switch ctx.control {
+        case .spoolFailure(let e)?:
+            // The spool, not the workflow, failed (disk full, EIO): do not fail the run or
+            // compensate; the caller looks again later (or fsck repairs).
             throw e
-        } catch {
+        case .nondeterminism(let e)?:
+            result = .failure(e)
+        case .cancelled?:
+            result = .failure(RunCancelledError())
+        case .suspended(let s)?:
+            result = .failure(s)
+        case nil:
+            break
+        }
+        switch result {
+        case .success(let output):
+            do {
+                if let extra = ctx.peek() {
+                    throw NondeterminismError(info: ErrorInfo(type: "nondeterminism", message: "nondeterminism: the workflow returned, but journal/\(extra.fileName) records \(extra.kind) '\(extra.name ?? "")' that the code no longer asked for", file: "journal/" + extra.fileName, expected: ["kind": .string(extra.kind), "name": extra.name.map { .string($0) } ?? .null], actual: ["kind": "return"], retryable: false))
+                }
+                let stored = try ctx.store(output)
+                try spool.durable.write(json: output, to: paths.resultFile)
+                try ctx.record("complete", nil) {
+                    $0.value = stored
+                    $0.status = RunStatus.completed.rawValue
+                }
+                outcome = .completed(output)
+            } catch let e as NondeterminismError {
+                logger.error("nondeterminism", metadata: ["run": "\(runID)", "error": "\(e.info.message)"])
+                outcome = .failed(e.info)
+            }
+        case .failure(let s as Suspension):
+            outcome = .waiting(s.waitingFor)
+        case .failure(let e as NondeterminismError):
+            logger.error("nondeterminism", metadata: ["run": "\(runID)", "error": "\(e.info.message)"])
+            outcome = .failed(e.info)
+        case .failure(let e as SpoolError):
+            throw e
+        case .failure(let error):
             // Failure or cancellation: compensations, then the terminal record.
             let cancelled = error is RunCancelledError
             let info = cancelled ? ErrorInfo(type: "cancelled", message: "cancelled", retryable: false) : ErrorInfo.from(error)

@@ -26,6 +26,11 @@ public final class WorkflowContext: Sendable {
         var cursor: Int
         var nextSeq: Int
         var suspended: Suspension?
+        /// Control flow the engine owns, remembered here so that workflow code that catches
+        /// (or wraps, or `try?`s) the error carrying it cannot change the outcome.
+        var cancelled = false
+        var nondeterminism: NondeterminismError?
+        var spoolFailure: SpoolError?
         var compensations: [Compensation] = []
         /// Records replayed this execution (for `state.json` and the tokens-saved count).
         var replayed: [JournalEntry] = []
@@ -188,10 +193,14 @@ public final class WorkflowContext: Sendable {
     }
 
     func consume() {
-        state.withLock { s in
-            s.replayed.append(s.entries[s.cursor])
+        let e = state.withLock { s in
+            let e = s.entries[s.cursor]
+            s.replayed.append(e)
             s.cursor += 1
+            return e
         }
+        // A decision recorded by a process that died before moving its file out of approvals/.
+        if e.data?["consumed"] != nil { try? consumeDecision(e) }
     }
 
     /// The position the current operation starts at (its first record's seq).
@@ -205,7 +214,7 @@ public final class WorkflowContext: Sendable {
         guard let e = peek() else { return nil }
         if e.kind == "cancel" && e.name == "requested" {
             consume()
-            throw RunCancelledError()
+            throw cancelled()
         }
         guard e.kind == kind && e.name == name else {
             throw mismatch(e, kind: kind, name: name)
@@ -215,11 +224,28 @@ public final class WorkflowContext: Sendable {
     }
 
     func mismatch(_ e: JournalEntry, kind: String, name: String?) -> NondeterminismError {
+        nondeterminism(mismatchInfo(e, kind: kind, name: name))
+    }
+
+    /// Remembers a nondeterminism error (the run stops on it whatever the code does with it).
+    func nondeterminism(_ info: ErrorInfo) -> NondeterminismError {
+        let e = NondeterminismError(info: info)
+        state.withLock { if $0.nondeterminism == nil { $0.nondeterminism = e } }
+        return e
+    }
+
+    /// Remembers that the run was cancelled and returns the error to throw.
+    func cancelled() -> RunCancelledError {
+        state.withLock { $0.cancelled = true }
+        return RunCancelledError()
+    }
+
+    func mismatchInfo(_ e: JournalEntry, kind: String, name: String?) -> ErrorInfo {
         let file = "journal/" + e.fileName
         let expected: JSONValue = ["kind": .string(e.kind), "name": e.name.map { .string($0) } ?? .null]
         let actual: JSONValue = ["kind": .string(kind), "name": name.map { .string($0) } ?? .null]
         let msg = "nondeterminism: \(file) recorded \(e.kind) \(e.name.map { "'\($0)'" } ?? "(unnamed)") at position \(e.seq), but the workflow code asked for \(kind) \(name.map { "'\($0)'" } ?? "(unnamed)"); the code changed under a running run (guard changes with ctx.patched, or fix the code and `cairn retry`)"
-        return NondeterminismError(info: ErrorInfo(type: "nondeterminism", message: msg, file: file, expected: expected, actual: actual, retryable: false))
+        return ErrorInfo(type: "nondeterminism", message: msg, file: file, expected: expected, actual: actual, retryable: false)
     }
 
     /// Durably appends a record at the next position.
@@ -232,7 +258,14 @@ public final class WorkflowContext: Sendable {
             }
             var e = JournalEntry(seq: s.nextSeq, kind: kind, name: name, at: clock.now())
             try fill(&e)
-            try journal.append(e)
+            do {
+                try journal.append(e)
+            } catch let failure as SpoolError {
+                // The spool failed (disk full, EIO): never the run's failure, whatever the
+                // workflow code does with this error.
+                if s.spoolFailure == nil { s.spoolFailure = failure }
+                throw failure
+            }
             s.nextSeq += 1
             s.entries.append(e)
             s.cursor = s.entries.count
@@ -245,7 +278,7 @@ public final class WorkflowContext: Sendable {
         try throwIfSuspended()
         if DurableFile.exists(paths.cancelFile) {
             try record("cancel", "requested") { $0.comment = "cancel file present" }
-            throw RunCancelledError()
+            throw cancelled()
         }
         if DurableFile.exists(paths.pauseFile) {
             throw suspend(["kind": "pause", "drop": "remove pause to resume"])
@@ -253,7 +286,29 @@ public final class WorkflowContext: Sendable {
     }
 
     func throwIfSuspended() throws {
-        if let s = state.withLock({ $0.suspended }) { throw s }
+        let (s, n, c, f) = state.withLock { ($0.suspended, $0.nondeterminism, $0.cancelled, $0.spoolFailure) }
+        if let f { throw f }
+        if let n { throw n }
+        if c { throw RunCancelledError() }
+        if let s { throw s }
+    }
+
+    /// What the engine decides, whatever the workflow code returned or threw.
+    enum Control {
+        case spoolFailure(SpoolError)
+        case nondeterminism(NondeterminismError)
+        case cancelled
+        case suspended(Suspension)
+    }
+
+    var control: Control? {
+        state.withLock { s in
+            if let f = s.spoolFailure { return .spoolFailure(f) }
+            if let n = s.nondeterminism { return .nondeterminism(n) }
+            if s.cancelled { return .cancelled }
+            if let w = s.suspended { return .suspended(w) }
+            return nil
+        }
     }
 
     /// Marks the run as waiting and returns the error to throw.
@@ -276,7 +331,7 @@ public final class WorkflowContext: Sendable {
         do {
             return try v.decode(as: T.self)
         } catch {
-            throw NondeterminismError(info: ErrorInfo(type: "nondeterminism", message: "nondeterminism: \(file) holds a value that does not decode as \(T.self): \(JSONValue.describe(error))", file: file, retryable: false))
+            throw nondeterminism(ErrorInfo(type: "nondeterminism", message: "nondeterminism: \(file) holds a value that does not decode as \(T.self): \(JSONValue.describe(error))", file: file, retryable: false))
         }
     }
 

@@ -134,6 +134,9 @@ public actor Daemon: Service {
 
     /// Watches the spool and finds every active run (cost: the active runs, via the index).
     public func start() async throws {
+        // A script that closes its stdin early, or a reader that goes away, must never kill
+        // the daemon: write errors come back as EPIPE instead (scripts get SIGPIPE back).
+        signal(SIGPIPE, SIG_IGN)
         let cfg = try spool.config()
         if let c = cfg.raw["concurrency"]?["workflows"]?.objectValue {
             for (k, v) in c { if let n = v.intValue { limits[k] = Int(n) } }
@@ -171,6 +174,34 @@ public actor Daemon: Service {
         }
         logger.info("scanned spool", metadata: ["reason": "\(reason)", "active_runs": "\(n)", "ms": "\(Int(Date().timeIntervalSince(started) * 1000))"])
         pump()
+        // The index is derived: a process killed between writing state.json and moving the
+        // index entry leaves it behind. Reconcile it (after the active runs are on their way)
+        // so that no run is ever lost to it. Interval rescans do it at most once a minute.
+        if reason != "rescan interval" || Date().timeIntervalSince(lastReconcile) >= 60 {
+            lastReconcile = Date()
+            reconcileIndex()
+        }
+    }
+
+    private var lastReconcile = Date.distantPast
+
+    private func reconcileIndex() {
+        do {
+            let drift = try spool.reconcileIndex()
+            guard !drift.isEmpty else { return }
+            logger.warning("index disagreed with state.json; reconciled", metadata: [
+                "unlisted": "\(drift.missing.map { "\($0.run) (\($0.status.rawValue))" })",
+                "stale": "\(drift.stale.map { "\($0.run) (\($0.listed.rawValue))" })",
+            ])
+            for m in drift.missing where !m.status.isTerminal && running[m.run] == nil {
+                Task { await self.watchRun(m.run); self.markReady(m.run); self.pump() }
+            }
+            for m in drift.missing where m.status == .failed && running[m.run] == nil {
+                Task { await self.watchRun(m.run); if DurableFile.exists(self.spool.run(m.run).retryFile) { self.markReady(m.run); self.pump() } }
+            }
+        } catch {
+            logger.error("cannot reconcile the status index", metadata: ["error": "\(error)"])
+        }
     }
 
     // MARK: events

@@ -74,6 +74,7 @@ public enum ScriptWorkflow {
         _ = banner.withCString { write(err.rawValue, $0, strlen($0)) }
 
         let selfExe = executablePath()
+        let helperDir = try helperPath(selfExe)
         var options = PlatformOptions()
         options.processGroupID = 0  // its own process group, so the whole script can be stopped
         let env: [Environment.Key: String?] = [
@@ -81,7 +82,7 @@ public enum ScriptWorkflow {
             "CAIRN_RUN_ID": run,
             "CAIRN_RUN_DIR": absolute(spool.run(run).directory.string),
             "CAIRN_EXEC": execID,
-            "PATH": helperPath(selfExe) + ":" + (ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin"),
+            "PATH": helperDir + ":" + (ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin"),
         ]
         let config = Configuration(
             executable: .path(FilePath(selfExe)),
@@ -93,10 +94,13 @@ public enum ScriptWorkflow {
         // The supervisor leads the script's process group; stopping the daemon's task (a
         // shutdown past its grace period) kills the whole group.
         let group = Mutex<pid_t>(0)
+        // The input reaches the script through an unlinked file, not a pipe: a script that
+        // never reads its stdin cannot make the daemon block or die of SIGPIPE.
+        let stdin = try inputFile(spool: spool, run: run, text: input.compactText() + "\n")
         let result = try await withTaskCancellationHandler {
             try await Subprocess.run(
                 config,
-                input: .string(input.compactText() + "\n"),
+                input: .fileDescriptor(stdin, closeAfterSpawningProcess: true),
                 output: .fileDescriptor(out, closeAfterSpawningProcess: true),
                 error: .fileDescriptor(err, closeAfterSpawningProcess: true)
             ) { execution in
@@ -157,6 +161,26 @@ public enum ScriptWorkflow {
             maxDelay: p["max_delay"]?.stringValue.flatMap(Duration.parse) ?? .seconds(600))
     }
 
+    /// An unlinked file in the spool's tmp/ holding `text`, positioned at its start.
+    static func inputFile(spool: Spool, run: String, text: String) throws -> FileDescriptor {
+        let path = spool.durable.tempPath(hint: "input-\(run)")
+        let fd: FileDescriptor
+        do {
+            fd = try FileDescriptor.open(path, .readWrite, options: [.create, .exclusiveCreate, .closeOnExec], permissions: [.ownerReadWrite])
+        } catch let e as Errno {
+            throw SpoolError(.io, path: path.string, errno: e.rawValue, "cannot create the script's input file")
+        }
+        _ = unlink(path.string)
+        do {
+            _ = try fd.writeAll(Array(text.utf8))
+            _ = try fd.seek(offset: 0, from: .start)
+        } catch {
+            try? fd.close()
+            throw SpoolError(.io, path: path.string, errno: (error as? Errno)?.rawValue, "cannot write the script's input file")
+        }
+        return fd
+    }
+
     static func openLog(_ p: FilePath) throws -> FileDescriptor {
         do {
             return try FileDescriptor.open(p, .writeOnly, options: [.append, .create, .closeOnExec], permissions: [.ownerReadWrite, .groupRead, .otherRead])
@@ -183,18 +207,45 @@ public enum ScriptWorkflow {
     }
 
     /// A directory with `cairn` in it that runs this executable (scripts call `cairn ...`).
-    static func helperPath(_ exe: String) -> String {
+    /// For a host binary not named `cairn`, a private directory made once per process with
+    /// mkdtemp (mode 0700, owned by this user): nothing the daemon executes may come from a
+    /// place another user could have created first.
+    static func helperPath(_ exe: String) throws -> String {
         let dir = (exe as NSString).deletingLastPathComponent
         if (exe as NSString).lastPathComponent == "cairn" { return dir }
-        let bin = NSTemporaryDirectory() + "cairn-bin-\(getuid())-\(SHA256.hex(Array(exe.utf8)).prefix(12))"
-        _ = mkdir(bin, 0o755)
-        let link = bin + "/cairn"
-        var target = [CChar](repeating: 0, count: 4096)
-        let n = readlink(link, &target, 4095)
-        if n <= 0 || String(decoding: target[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self) != exe {
-            _ = unlink(link)
-            _ = symlink(exe, link)
+        return try helperDirectory.withLock { cached in
+            if let cached, HelperLink.valid(cached, exe) { return cached }
+            let made = try HelperLink.make(exe)
+            cached = made
+            return made
         }
-        return bin
+    }
+
+    private static let helperDirectory = Mutex<String?>(nil)
+}
+
+/// The private `cairn` link for host binaries with another name.
+enum HelperLink {
+    static func make(_ exe: String) throws -> String {
+        let base = ProcessInfo.processInfo.environment["TMPDIR"].flatMap { $0.isEmpty ? nil : $0 } ?? "/tmp"
+        var template = Array((base + "/cairn-bin-XXXXXX").utf8CString)
+        guard let made = template.withUnsafeMutableBufferPointer({ mkdtemp($0.baseAddress!) }) else {
+            throw SpoolError(.io, path: base, errno: errno, "cannot create a private directory for the scripts' cairn helper")
+        }
+        let dir = String(cString: made)
+        guard symlink(exe, dir + "/cairn") == 0 else {
+            throw SpoolError(.io, path: dir + "/cairn", errno: errno, "cannot create the scripts' cairn helper link")
+        }
+        guard valid(dir, exe) else { throw SpoolError(.io, path: dir, "the helper directory is not private to this user") }
+        return dir
+    }
+
+    /// The directory is ours, 0700, and its link points at `exe`.
+    static func valid(_ dir: String, _ exe: String) -> Bool {
+        var st = stat()
+        guard lstat(dir, &st) == 0, (st.st_mode & S_IFMT) == S_IFDIR, st.st_uid == geteuid(), st.st_mode & 0o077 == 0 else { return false }
+        var target = [CChar](repeating: 0, count: 4096)
+        let n = readlink(dir + "/cairn", &target, 4095)
+        return n > 0 && String(decoding: target[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self) == exe
     }
 }

@@ -140,11 +140,6 @@ public enum Repair {
                 }
                 report.findings.append(f)
             }
-            // index/STATUS/ID: derived; rebuilt quietly.
-            if repair, let status = (try? spool.readState(id))??.status,
-               !DurableFile.exists(spool.indexDirectory.appending(status.rawValue).appending(id)) {
-                spool.updateIndex(id, status: status)
-            }
             // result.json: the complete record's value.
             if let last = effective.last, last.kind == "complete" {
                 let want = try? blobs.resolve(last.value ?? .null)
@@ -170,16 +165,18 @@ public enum Repair {
             withExtendedLifetime(lock) {}
         }
 
-        // index/: entries for runs that are gone, or in the wrong status.
-        for status in RunStatus.allCases {
-            for id in try Spool.list(spool.indexDirectory.appending(status.rawValue)) {
-                let actual = (try? spool.readState(id))??.status
-                guard actual != status else { continue }
-                if repair {
-                    _ = unlink(spool.indexDirectory.appending(status.rawValue).appending(id).string)
-                    if let actual { spool.updateIndex(id, status: actual) }
-                }
-            }
+        // index/: derived, but a run it does not list is invisible to `ls --status` and to a
+        // daemon's recovery, so drift is a problem to report, not to fix in silence.
+        let drift = try repair ? spool.reconcileIndex() : spool.indexDrift()
+        for m in drift.missing {
+            var f = Finding(file: "index/\(m.status.rawValue)/\(m.run)", problem: "missing: state.json says \(m.status.rawValue), the index does not list the run there")
+            if repair { f.repaired = "added" }
+            report.findings.append(f)
+        }
+        for st in drift.stale {
+            var f = Finding(file: "index/\(st.listed.rawValue)/\(st.run)", problem: DurableFile.exists(spool.run(st.run).stateFile) ? "stale: state.json says otherwise" : "names no run")
+            if repair { f.repaired = "removed" }
+            report.findings.append(f)
         }
         // keys/: every run's idempotency key has its index file.
         for (key, id) in keysWanted.sorted(by: { $0.key < $1.key }) {
