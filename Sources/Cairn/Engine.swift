@@ -47,6 +47,7 @@ public struct Engine: Sendable {
         let paths = spool.run(runID)
         guard let lock = try RunLock.tryAcquire(paths.directory) else { return .busy }
         defer { withExtendedLifetime(lock) {} }
+        try spool.verifyRuntimeFiles(runID)
 
         let record = try spool.readRun(runID)
         let config = try spool.config()

@@ -137,6 +137,12 @@ public actor Daemon: Service {
         // A script that closes its stdin early, or a reader that goes away, must never kill
         // the daemon: write errors come back as EPIPE instead (scripts get SIGPIPE back).
         signal(SIGPIPE, SIG_IGN)
+        // The runtime's files are written by one user only (SPEC §3): the owner of runs/.
+        guard spool.isServiceUser else {
+            let owner = spool.serviceUID.map { Principal.userName(uid: $0) ?? String($0) } ?? "?"
+            throw SpoolError(.invalid, path: spool.runsDirectory.string, "belongs to \(owner), the spool's service user; run the daemon as \(owner) (e.g. sudo -u \(owner) cairn daemon), so that nobody else writes the runtime's files")
+        }
+        try spool.checkConfigurationFiles()
         let cfg = try spool.config()
         if let c = cfg.raw["concurrency"]?["workflows"]?.objectValue {
             for (k, v) in c { if let n = v.intValue { limits[k] = Int(n) } }
@@ -222,7 +228,8 @@ public actor Daemon: Service {
         let runs = spool.runsDirectory.string
         switch e.directory {
         case spool.inboxDirectory.string:
-            if e.kind == .landed { acceptInbox(e.name) }
+            // A directory named like a submission is rejected at once, like any bad drop.
+            if e.kind == .landed || e.kind == .directoryLanded { acceptInbox(e.name) }
         case runs:
             if e.kind == .directoryLanded, Names.isValidRunID(e.name) {
                 logger.debug("new run", metadata: ["run": "\(e.name)"])
@@ -247,8 +254,8 @@ public actor Daemon: Service {
             let relevant: Bool
             switch sub {
             case "": relevant = ["cancel", "pause", "retry"].contains(e.name)
-            case "approvals": relevant = e.kind == .landed && (e.name.hasSuffix(".approved") || e.name.hasSuffix(".rejected"))
-            case "events": relevant = e.kind == .landed && e.name.hasSuffix(".json") && !e.name.hasSuffix(".error.json")
+            case "approvals": relevant = (e.kind == .landed || e.kind == .directoryLanded) && (e.name.hasSuffix(".approved") || e.name.hasSuffix(".rejected"))
+            case "events": relevant = (e.kind == .landed || e.kind == .directoryLanded) && e.name.hasSuffix(".json") && !e.name.hasSuffix(".error.json")
             default: relevant = false
             }
             if relevant {
@@ -271,8 +278,26 @@ public actor Daemon: Service {
             case .ignored: break
             }
         } catch {
-            logger.error("inbox", metadata: ["file": "inbox/\(name)", "error": "\(error)"])
+            // A spool error (a full disk): the file stays in inbox/; look at the inbox again.
+            logger.error("cannot accept or reject an inbox file now; trying again in 60s", metadata: ["file": "inbox/\(name)", "error": "\(error)"])
+            scheduleInboxRetry()
         }
+    }
+
+    private var inboxRetry: Task<Void, Never>?
+
+    private func scheduleInboxRetry() {
+        guard inboxRetry == nil, !stopping else { return }
+        inboxRetry = Task {
+            try? await Task.sleep(for: .seconds(60))
+            self.retryInbox()
+        }
+    }
+
+    private func retryInbox() {
+        inboxRetry = nil
+        for name in ((try? Spool.list(spool.inboxDirectory)) ?? []).sorted() { acceptInbox(name) }
+        pump()
     }
 
     // MARK: scheduling

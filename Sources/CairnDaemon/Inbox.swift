@@ -80,25 +80,38 @@ public enum Inbox {
         return nil
     }
 
-    /// Moves the file to rejected/ (never replacing an earlier one) and writes the error file.
+    /// Moves the file to rejected/ beside its error file, never replacing anything there:
+    /// `NAME.json` + `NAME.error.json`, else `NAME.2.json` + `NAME.2.error.json`, … The error
+    /// file is written first, so a full disk leaves the submission in inbox/ (tried again
+    /// later), never in rejected/ without its reason.
     static func reject(_ name: String, reason: String, spool: Spool, now: Date) throws {
         let from = spool.inboxDirectory.appending(name)
-        var target = name
-        var n = 1
-        while true {
+        let stem = name.hasSuffix(".json") ? String(name.dropLast(5)) : name
+        let ext = name.hasSuffix(".json") ? ".json" : ""
+        for n in 1... {
+            let target = n == 1 ? name : "\(stem).\(n)\(ext)"
+            let errorName = (n == 1 ? stem : "\(stem).\(n)") + ".error.json"
+            let to = spool.rejectedDirectory.appending(target)
+            let errorPath = spool.rejectedDirectory.appending(errorName)
+            guard errorName != target, !DurableFile.exists(to), !DurableFile.exists(errorPath) else { continue }
+            let error: JSONValue = ["file": .string(target), "error": .string(reason), "at": .string(Timestamp.format(now)),
+                                    "hint": "fix a copy and drop it into inbox/ (write it elsewhere, then mv)"]
             do {
-                try DurableFile.rename(from, to: spool.rejectedDirectory.appending(target), mode: .noReplace)
-                break
+                try spool.durable.write(json: error, to: errorPath, mode: .noReplace)
             } catch let e as SpoolError where e.code == .exists {
-                n += 1
-                target = "\(name).\(n)"
+                continue
             }
+            do {
+                try DurableFile.rename(from, to: to, mode: .noReplace)
+            } catch let e as SpoolError {
+                _ = unlink(errorPath.string)
+                if e.code == .exists { continue }
+                if e.errno == ENOENT { return }  // another daemon took it
+                throw e
+            }
+            try DurableFile.fsyncDirectory(spool.rejectedDirectory)
+            try DurableFile.fsyncDirectory(spool.inboxDirectory)
+            return
         }
-        try DurableFile.fsyncDirectory(spool.rejectedDirectory)
-        try DurableFile.fsyncDirectory(spool.inboxDirectory)
-        let error: JSONValue = ["file": .string(target), "error": .string(reason), "at": .string(Timestamp.format(now)),
-                                "hint": "fix it and move it back to inbox/ (write elsewhere in the spool, then mv)"]
-        let base = target.hasSuffix(".json") ? String(target.dropLast(5)) : target
-        try spool.durable.write(json: error, to: spool.rejectedDirectory.appending("\(base).error.json"))
     }
 }

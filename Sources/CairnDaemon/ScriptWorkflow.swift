@@ -22,7 +22,13 @@ public enum ScriptWorkflow {
             var st = stat()
             guard stat(path, &st) == 0, (st.st_mode & S_IFMT) == S_IFREG else { return nil }
             return AnyWorkflow(name: name, version: "script:\(st.st_mtim.tv_sec)") { ctx, input in
-                try await execute(spool: spool, path: path, ctx: ctx, input: input)
+                // Nothing the daemon executes may come from a place another user can write.
+                for p in [spool.workflowsDirectory.string, path] {
+                    if let problem = Spool.trustedFileProblem(p) {
+                        throw StepError.nonRetryable("\(p) \(problem): the daemon will not execute it (chown/chmod it, then `cairn retry`)", type: "untrusted_workflow")
+                    }
+                }
+                return try await execute(spool: spool, path: path, ctx: ctx, input: input)
             }
         }
     }

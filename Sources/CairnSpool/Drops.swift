@@ -111,6 +111,11 @@ public enum Drops {
     @discardableResult
     public static func refuse(_ path: FilePath, reason: String, identity: String, durable: DurableFile, now: Date = Date()) throws -> Bool {
         let errorFile = FilePath(path.string + ".error.json")
+        var st = stat()
+        if lstat(errorFile.string, &st) == 0, st.st_uid != geteuid() || (st.st_mode & S_IFMT) != S_IFREG {
+            // Somebody else's file by that name: never overwritten (it is theirs, not ours).
+            return false
+        }
         if let existing = try? DurableFile.readJSON(errorFile, limit: 1 << 20), existing["identity"]?.stringValue == identity {
             return false
         }

@@ -50,6 +50,10 @@ public enum Repair {
             report.findings.append(f)
         }
 
+        // Configuration and code the daemon trusts, and the approvers policy (fails closed).
+        report.findings += configurationFindings(spool, rel: rel)
+        let service = spool.serviceUID ?? geteuid()
+
         var keysWanted: [String: String] = [:]
         for id in try Spool.list(spool.runsDirectory).sorted() {
             let paths = spool.run(id)
@@ -73,6 +77,7 @@ public enum Repair {
             }
             report.filesChecked += 1
             if let key = record.idempotencyKey { keysWanted[key] = id }
+            report.findings += ownershipFindings(paths, service: service, rel: rel)
 
             // Blobs: every file's content must hash to its name.
             let blobs = spool.blobs(id)
@@ -191,5 +196,73 @@ public enum Repair {
             report.findings.append(f)
         }
         return report
+    }
+
+    /// cairn.json, the spool root and workflows/ must be the service user's (or root's) and
+    /// writable by nobody else; every approvers rule must parse.
+    static func configurationFindings(_ spool: Spool, rel: (FilePath) -> String) -> [Finding] {
+        var out: [Finding] = []
+        var trusted = [spool.root, spool.configFile, spool.workflowsDirectory]
+        trusted += ((try? Spool.list(spool.workflowsDirectory)) ?? []).filter { !$0.hasPrefix(".") }.map { spool.workflowsDirectory.appending($0) }
+        for p in trusted {
+            if let problem = Spool.trustedFileProblem(p.string) {
+                out.append(Finding(file: p == spool.root ? "." : rel(p), problem: "\(problem): the daemon will not trust it"))
+            }
+        }
+        guard let config = try? spool.config() else {
+            out.append(Finding(file: "cairn.json", problem: "cannot be read or parsed"))
+            return out
+        }
+        if let problem = config.approversProblem { out.append(Finding(file: "cairn.json", problem: problem)) }
+        for (gate, rule) in config.approvers.sorted(by: { $0.key < $1.key }) {
+            if let problem = rule.invalid {
+                out.append(Finding(file: "cairn.json", problem: problem))
+                continue
+            }
+            for u in rule.users where getpwnam(u) == nil && UInt32(u) == nil {
+                out.append(Finding(file: "cairn.json", problem: "approvers[\"\(gate)\"] names user '\(u)', who does not exist on this host"))
+            }
+            for g in rule.groups where getgrnam(g) == nil {
+                out.append(Finding(file: "cairn.json", problem: "approvers[\"\(gate)\"] names group '\(g)', which does not exist on this host"))
+            }
+        }
+        return out
+    }
+
+    /// Files of a run that the runtime did not write (wrong owner, writable by others, or
+    /// not something the runtime makes), and drop directories that are not sticky.
+    static func ownershipFindings(_ p: RunPaths, service: uid_t, rel: (FilePath) -> String) -> [Finding] {
+        var out: [Finding] = []
+        func check(_ path: FilePath) {
+            if let problem = Spool.runtimeFileProblem(path.string, owner: service) { out.append(Finding(file: rel(path), problem: problem)) }
+        }
+        for f in [p.runFile, p.stateFile, p.resultFile, p.journalDirectory, p.blobsDirectory, p.logsDirectory, p.decisionsDirectory, p.repairDirectory] { check(f) }
+        for dir in [p.journalDirectory, p.blobsDirectory] {
+            for name in (try? Spool.list(dir)) ?? [] { check(dir.appending(name)) }
+        }
+        for dir in [p.directory, p.approvalsDirectory, p.eventsDirectory] {
+            var st = stat()
+            guard lstat(dir.string, &st) == 0 else { continue }
+            if (st.st_mode & S_IFMT) != S_IFDIR || st.st_uid != service {
+                out.append(Finding(file: rel(dir), problem: Spool.runtimeFileProblem(dir.string, owner: service) ?? "is not a directory"))
+            } else if st.st_mode & 0o022 != 0 && st.st_mode & S_ISVTX == 0 {
+                out.append(Finding(file: rel(dir), problem: "is writable by others but not sticky: a member could move or replace another's files (the daemon adds the sticky bit when it next advances the run)"))
+            }
+        }
+        // What the runtime writes among people's drops: request and error files.
+        for name in (try? Spool.list(p.approvalsDirectory)) ?? [] where name.hasSuffix(".request.json") || name.hasSuffix(".error.json") {
+            check(p.approvalsDirectory.appending(name))
+        }
+        let known: Set<String> = ["run.json", "state.json", "result.json", "journal", "approvals", "events", "blobs", "logs", "decisions", "repair", "cancel", "pause", "retry"]
+        // Anything else there is a script's scratch file (scripts run in the run directory,
+        // as the service user) or someone else's: only the latter is a problem.
+        for name in (try? Spool.list(p.directory)) ?? [] where !known.contains(name) && !name.hasPrefix(".") {
+            var st = stat()
+            let path = p.directory.appending(name)
+            if lstat(path.string, &st) == 0, st.st_uid != service {
+                out.append(Finding(file: rel(path), problem: "was put here by \(Principal.userName(uid: st.st_uid) ?? String(st.st_uid)): not a file the runtime or a control drop makes"))
+            }
+        }
+        return out
     }
 }

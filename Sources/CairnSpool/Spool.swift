@@ -362,6 +362,55 @@ public struct Spool: Sendable {
         return nil
     }
 
+    /// What the daemon reads as configuration or executes must not be writable by anyone
+    /// but the service user (or root): cairn.json, the spool root and workflows/.
+    public func checkConfigurationFiles() throws {
+        for p in [root, configFile, workflowsDirectory] {
+            if let problem = Self.trustedFileProblem(p.string) {
+                throw SpoolError(.invalid, path: p.string, "\(problem); the daemon will not trust it (fix with chown/chmod)")
+            }
+        }
+    }
+
+    /// Why the daemon may not trust `path` as configuration or code: owned by someone other
+    /// than this user or root, or writable by group or others. nil when it may.
+    public static func trustedFileProblem(_ path: String) -> String? {
+        var st = stat()
+        guard stat(path, &st) == 0 else { return nil }
+        if st.st_uid != geteuid() && st.st_uid != 0 {
+            return "is owned by \(Principal.userName(uid: st.st_uid) ?? String(st.st_uid)), neither the service user nor root"
+        }
+        if st.st_mode & 0o022 != 0 { return "is writable by group or others (mode \(String(st.st_mode & 0o7777, radix: 8)))" }
+        return nil
+    }
+
+    /// Checks, before a run is advanced, that nobody but this user can have written what the
+    /// engine trusts (run.json, state.json, journal/, blobs/, decisions/, logs/), and that the
+    /// drop directories are sticky. A group-writable directory without the sticky bit (made
+    /// by an older version) gets it; anything else is a SpoolError naming the file, and the
+    /// run is not advanced (fail closed).
+    public func verifyRuntimeFiles(_ id: String) throws {
+        let p = run(id)
+        let me = geteuid()
+        for dir in [p.directory, p.approvalsDirectory, p.eventsDirectory] {
+            var st = stat()
+            guard lstat(dir.string, &st) == 0 else { continue }
+            guard (st.st_mode & S_IFMT) == S_IFDIR, st.st_uid == me else {
+                throw SpoolError(.invalid, path: dir.string, Self.runtimeFileProblem(dir.string, owner: me) ?? "is not a directory of the service user; the run is not advanced (`cairn fsck`)")
+            }
+            if st.st_mode & 0o022 != 0 && st.st_mode & S_ISVTX == 0 {
+                guard chmod(dir.string, (st.st_mode & 0o7777) | S_ISVTX) == 0 else {
+                    throw SpoolError(.io, path: dir.string, errno: errno, "cannot make the group-writable directory sticky")
+                }
+            }
+        }
+        for f in [p.runFile, p.stateFile, p.journalDirectory, p.blobsDirectory, p.logsDirectory, p.decisionsDirectory, p.resultFile] {
+            if let problem = Self.runtimeFileProblem(f.string, owner: me) {
+                throw SpoolError(.invalid, path: f.string, "\(problem); the run is not advanced until it is fixed (`cairn fsck` lists such files)")
+            }
+        }
+    }
+
     // MARK: helpers
 
     static func decode<T: Decodable>(_ type: T.Type, from file: FilePath) throws -> T {

@@ -220,9 +220,10 @@ public final class Watcher: Sendable {
             kind = .removed
         } else if mask & UInt32(IN_CREATE) != 0 {
             // A regular file: wait for its close or move. A symlink or FIFO never closes
-            // after writing: report it now, so it can be refused.
+            // after writing, and a hard link (`ln`) is neither written nor moved: report
+            // them now, so they can be refused.
             var st = stat()
-            guard lstat(dir + "/" + name, &st) == 0, (st.st_mode & S_IFMT) != S_IFREG else { return }
+            guard lstat(dir + "/" + name, &st) == 0, (st.st_mode & S_IFMT) != S_IFREG || st.st_nlink > 1 else { return }
             kind = .landed
         } else {
             return

@@ -3,7 +3,9 @@ import CairnSpool
 import Foundation
 import SystemPackage
 
-/// Writes a decision file atomically (durable write, so it appears whole).
+/// Writes a decision file atomically, Maildir-style (a dot-file in approvals/, then a
+/// rename): it appears whole, owned by whoever runs the command, who needs no access to the
+/// runtime's own directories.
 func dropDecision(spool: Spool, run runID: String, gate: String, suffix: String, content: JSONValue?, early: Bool) throws {
     _ = try requireRun(spool, runID)
     guard Names.isValidName(gate) else { throw CLIError(.usage, "invalid gate name '\(gate)'") }
@@ -15,7 +17,11 @@ func dropDecision(spool: Spool, run runID: String, gate: String, suffix: String,
     let other = dir.appending("\(gate).\(suffix == "approved" ? "rejected" : "approved")")
     if DurableFile.exists(other) { throw CLIError(.failure, "\(other.string) already exists: the gate has another decision") }
     let data = content.map { $0.canonicalData() } ?? Data()
-    try spool.durable.write(data, to: target, mode: .noReplace)
+    do {
+        try DurableFile.drop(data, to: target)
+    } catch let e as SpoolError where e.code == .exists {
+        throw CLIError(.failure, "\(target.string) already exists: the gate has a decision waiting to be recorded")
+    }
 }
 
 struct ApproveCommand: ParsableCommand {

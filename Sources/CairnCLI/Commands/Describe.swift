@@ -15,6 +15,27 @@ enum Describe {
         }
     }
 
+    /// Why decisions on `gate` are not counted: a broken `approvers` rule in cairn.json, or
+    /// a drop that was refused (its error file).
+    static func refusals(gate: String, run: String, spool: Spool) -> [String] {
+        var lines: [String] = []
+        if let policy = try? spool.config().approvalPolicy(gate: gate) {
+            if let problem = policy.invalid {
+                lines.append("  REFUSING every decision on this gate: \(problem)")
+            } else {
+                lines.append("  who may decide: users \(policy.users.joined(separator: ", ")) groups \(policy.groups.joined(separator: ", ")) (approvers in cairn.json)")
+            }
+        }
+        for suffix in ["approved", "rejected"] {
+            let err = spool.run(run).approvalsDirectory.appending("\(gate).\(suffix).error.json")
+            if DurableFile.exists(spool.run(run).approvalsDirectory.appending("\(gate).\(suffix)")),
+               let e = try? DurableFile.readJSON(err), let text = e["error"]?.stringValue {
+                lines.append("  refused drop: \(text)")
+            }
+        }
+        return lines
+    }
+
     /// What the run waits on, and the exact command or file drop that unblocks it.
     static func unblock(_ w: JSONValue, run: String, spool: Spool) -> [String] {
         let dir = spool.run(run).directory.string
@@ -27,6 +48,7 @@ enum Describe {
                let summary = req["summary"]?.stringValue {
                 lines.append("  request: \(summary)")
             }
+            lines += refusals(gate: gate, run: run, spool: spool)
             lines.append("  approve: touch \(dir)/approvals/\(gate).approved")
             lines.append("       or: cairn approve \(run) \(gate) [--comment C] [--value FILE]")
             lines.append("   reject: touch \(dir)/approvals/\(gate).rejected")
@@ -43,7 +65,8 @@ enum Describe {
             return ["step '\(w["step"]?.stringValue ?? "?")' failed; the next attempt is due at \(w["until"]?.stringValue ?? "?") (cairn show \(run) has the error)"]
         case "uncertain":
             let gate = w["gate"]?.stringValue ?? "?"
-            return ["at-most-once step '\(w["step"]?.stringValue ?? "?")' may or may not have run before a crash (idempotency key \(w["idempotency_key"]?.stringValue ?? "?"))",
+            return ["at-most-once step '\(w["step"]?.stringValue ?? "?")' may or may not have run before a crash (idempotency key \(w["idempotency_key"]?.stringValue ?? "?"))"]
+                + refusals(gate: gate, run: run, spool: spool) + [
                     "  check its effect, then one of:",
                     "  run it again:    cairn approve \(run) \(gate)",
                     "  record it done:  echo '{\"action\": \"done\", \"value\": V}' > v.json && cairn approve \(run) \(gate) --value v.json",

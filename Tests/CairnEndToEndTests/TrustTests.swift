@@ -1,0 +1,215 @@
+import CairnSpool
+import CairnTesting
+import Foundation
+import Testing
+
+/// The defects found from outside (issue "Trust"), each reproduced against the real
+/// binaries: what a misbehaving script, a crash, a typo or a careless drop must not do.
+@Suite(.serialized) struct TrustTests {
+    func install(_ t: TempSpool, _ name: String, _ text: String) throws {
+        let p = t.spool.workflowsDirectory.appending(name).string
+        try text.write(toFile: p, atomically: true, encoding: .utf8)
+        chmod(p, 0o755)
+    }
+
+    func setConfig(_ t: TempSpool, _ f: (inout [String: JSONValue]) -> Void) throws {
+        var cfg = try DurableFile.readJSON(t.spool.configFile).objectValue!
+        f(&cfg)
+        try t.spool.durable.write(json: .object(cfg), to: t.spool.configFile)
+    }
+
+    // Defect 1: a script that does not read its stdin killed the daemon with SIGPIPE.
+    @Test func aScriptThatIgnoresALargeInputDoesNotKillTheDaemon() throws {
+        let t = try TempSpool()
+        try install(t, "deaf", "#!/bin/sh\nexit 0\n")
+        let d = try DaemonProcess(spool: t.spool)
+        let big = String(repeating: "x", count: 300_000)
+        var runs: [String] = []
+        for _ in 0..<3 { runs.append(try t.submit("deaf", input: ["blob": .string(big)] as JSONValue)) }
+        for r in runs { try t.waitFor(r, .completed) }
+        #expect(d.process.isRunning, "the daemon is alive: \(d.log.suffix(500))")
+        // And the script still gets its whole input when it does read it.
+        try install(t, "echo", "#!/bin/sh\nwc -c | tr -d ' ' | cairn result -\n")
+        let r = try t.submit("echo", input: ["blob": .string(big)] as JSONValue)
+        try t.waitFor(r, .completed)
+        #expect(try t.result(r) == .int(Int64(JSONValue.object(["blob": .string(big)]).compactText().utf8.count + 1)))
+        #expect(d.stop() == 0)
+    }
+
+    // Defect 2: the helper link of a host binary not named `cairn` lived in a predictable
+    // /tmp directory that another user could create first.
+    @Test func scriptsNeverRunAHelperFromADirectoryAnotherUserCouldPrepare() throws {
+        let t = try TempSpool()
+        let marker = t.path.appending("pwned").string
+        // What the old code used: $TMPDIR/cairn-bin-UID-<hash of the executable>. Prepare
+        // every such directory name that could be chosen by planting a link in a fresh
+        // TMPDIR whose only content is attacker-made.
+        let tmpdir = t.path.appending("tmp").string
+        mkdir(tmpdir, 0o1777)
+        let exe = Binary.path("cairn-fixtures")
+        let evil = tmpdir + "/evil.sh"
+        try "#!/bin/sh\ntouch \(marker)\necho 1\n".write(toFile: evil, atomically: true, encoding: .utf8)
+        chmod(evil, 0o755)
+        let resolved = URL(fileURLWithPath: exe).resolvingSymlinksInPath().path
+        let hash = SHA256.hex(Array(resolved.utf8)).prefix(12)
+        let predictable = tmpdir + "/cairn-bin-\(getuid())-\(hash)"
+        mkdir(predictable, 0o777)
+        symlink(evil, predictable + "/cairn")
+        try install(t, "where", """
+            #!/bin/sh
+            set -e
+            dir=$(dirname "$(command -v cairn)")
+            v=$(cairn step one -- echo 7)
+            printf '{"dir": "%s", "mode": "%s", "owner": "%s", "v": %s}' "$dir" "$(stat -c %a "$dir")" "$(stat -c %u "$dir")" "$v" | cairn result -
+
+            """)
+        let d = try DaemonProcess(spool: t.spool, env: ["TMPDIR": tmpdir])
+        let r = try t.submit("where", input: JSONValue.null)
+        try t.waitFor(r, .completed)
+        let res = try t.result(r)
+        #expect(!FileManager.default.fileExists(atPath: marker), "another user's program ran")
+        #expect(res["dir"] != .string(predictable))
+        #expect(res["mode"] == "700")
+        #expect(res["owner"] == .string(String(getuid())))
+        #expect(res["v"] == 7)
+        d.stop()
+    }
+
+    // Defect 4: kill -9 between state.json and the index left runs the index did not list.
+    @Test func aRunTheIndexLostIsFoundByFsckAndFinishedByTheDaemon() throws {
+        let t = try TempSpool()
+        let lost = try t.submit("gate", input: ["who": "a"] as JSONValue)
+        let misfiled = try t.submit("gate", input: ["who": "b"] as JSONValue)
+        unlink(t.spool.indexDirectory.appending("queued").appending(lost).string)
+        // `misfiled` waits, but the index still says queued (as after a kill mid-move).
+        let d1 = try DaemonProcess(spool: t.spool)
+        try t.waitFor(misfiled, .waiting)
+        d1.stop()
+        let idx = t.spool.indexDirectory.string
+        unlink(idx + "/waiting/" + misfiled)
+        _ = FileManager.default.createFile(atPath: idx + "/queued/" + misfiled, contents: nil)
+        let fsck = try Binary.cairn("fsck", spool: t.spool)
+        #expect(fsck.code == 1, "fsck must not pass with drift: \(fsck.stdout)")
+        #expect(fsck.stdout.contains("index/waiting/\(misfiled): missing"), "\(fsck.stdout)")
+        #expect(fsck.stdout.contains("index/queued/\(misfiled): stale"), "\(fsck.stdout)")
+        // `lost` was reconciled by the first daemon already (it has waited since).
+        let d2 = try DaemonProcess(spool: t.spool)
+        try t.waitFor(lost, .waiting)
+        let waiting = try Binary.cairn("ls", "--status", "waiting", spool: t.spool)
+        #expect(waiting.stdout.contains(lost) && waiting.stdout.contains(misfiled), "\(waiting.stdout)")
+        try t.drop("approvals/go.approved", in: lost)
+        try t.drop("approvals/go.approved", in: misfiled)
+        try t.waitFor(lost, .completed)
+        try t.waitFor(misfiled, .completed)
+        d2.stop()
+        #expect(try Binary.cairn("fsck", spool: t.spool).code == 0)
+    }
+
+    // Defect 5: a typo in `approvers` let anyone approve.
+    @Test(arguments: [
+        #"{"go": {"users": "alice"}}"#,
+        #"{"go": {"user": ["root"]}}"#,
+        #"{"go": {}}"#,
+        #"{"go": ["root"]}"#,
+        #"["go"]"#,
+    ])
+    func aMalformedApproversRuleFailsClosed(rule: String) throws {
+        let t = try TempSpool()
+        try setConfig(t) { $0["approvers"] = try! JSONValue.parse(rule) }
+        let d = try DaemonProcess(spool: t.spool)
+        let r = try t.submit("gate", input: ["who": "x"] as JSONValue)
+        try t.waitFor(r, .waiting)
+        try t.drop("approvals/go.approved", in: r)
+        let err = t.spool.run(r).approvalsDirectory.appending("go.approved.error.json").string
+        try waitUntil("error file for \(rule)") { FileManager.default.fileExists(atPath: err) }
+        let text = try String(contentsOfFile: err, encoding: .utf8)
+        #expect(text.contains("cairn.json"), "\(text)")
+        #expect(t.status(r) == .waiting)
+        let why = try Binary.cairn("why", r, spool: t.spool)
+        #expect(why.stdout.contains("cairn.json"), "why must say the policy is broken: \(why.stdout)")
+        let fsck = try Binary.cairn("fsck", spool: t.spool)
+        #expect(fsck.code == 1 && fsck.stdout.contains("approvers"), "\(fsck.stdout)")
+        d.stop()
+    }
+
+    // Defect 6: a rejected submission could be overwritten by a later rejection's error file.
+    @Test func nothingDroppedInTheInboxIsEverOverwritten() throws {
+        let t = try TempSpool()
+        let d = try DaemonProcess(spool: t.spool)
+        let inbox = t.spool.inboxDirectory.string
+        func dropInbox(_ name: String, _ text: String) throws {
+            try text.write(toFile: t.path.appending(".x").string, atomically: false, encoding: .utf8)
+            #expect(rename(t.path.appending(".x").string, inbox + "/" + name) == 0)
+        }
+        try dropInbox("victim.error.json", "precious, not a submission")
+        try waitUntil("first rejection") { (try? Spool.list(t.spool.rejectedDirectory).count) == 2 }
+        try dropInbox("victim.json", "{not json")
+        try waitUntil("second rejection") { (try? Spool.list(t.spool.rejectedDirectory).count) == 4 }
+        try dropInbox("victim.json", "{still not json")
+        try waitUntil("third rejection") { (try? Spool.list(t.spool.rejectedDirectory).count) == 6 }
+        let rejected = t.spool.rejectedDirectory.string
+        var contents: [String] = []
+        for name in try Spool.list(t.spool.rejectedDirectory) {
+            contents.append(try String(contentsOfFile: rejected + "/" + name, encoding: .utf8))
+        }
+        let names = try Spool.list(t.spool.rejectedDirectory)
+        for original in ["precious, not a submission", "{not json", "{still not json"] {
+            #expect(contents.contains(original), "\(original) was lost: \(names)")
+        }
+        d.stop()
+    }
+
+    // Defect 9: `cairn wait` missed the change it waited for.
+    @Test func waitNeverMissesTheStateItWaitsFor() throws {
+        let t = try TempSpool()
+        let d = try DaemonProcess(spool: t.spool)
+        for i in 0..<20 {
+            let r = try t.submit("gate", input: ["who": .string("w\(i)")] as JSONValue)
+            let w = try Binary.start("cairn", ["wait", r, "--for", "waiting", "--timeout", "20s", "--spool", t.spool.root.string])
+            let done = try Binary.start("cairn", ["wait", r, "--timeout", "20s", "--spool", t.spool.root.string])
+            let res = Binary.finish(w)
+            #expect(res.code == 0, "wait --for waiting \(i): \(res.stderr)")
+            try t.drop("approvals/go.approved", in: r)
+            let fin = Binary.finish(done)
+            #expect(fin.code == 0, "wait \(i): \(fin.stderr)")
+        }
+        d.stop()
+    }
+
+    // Defect 10: hard links, directories, duplicate keys.
+    @Test func hardLinksDirectoriesAndDuplicateKeysAreRefusedAtOnce() throws {
+        let t = try TempSpool()
+        let d = try DaemonProcess(spool: t.spool)
+        let r = try t.submit("gate", input: ["who": "x"] as JSONValue)
+        try t.waitFor(r, .waiting)
+        let approvals = t.spool.run(r).approvalsDirectory.string
+        // A hard link gives no close or move event; it is refused when it appears.
+        let other = t.path.appending("mine").string
+        try #"{"value": "linked"}"#.write(toFile: other, atomically: false, encoding: .utf8)
+        #expect(link(other, approvals + "/go.approved") == 0)
+        try waitUntil("hard link refused", timeout: 5) { ((try? String(contentsOfFile: approvals + "/go.approved.error.json", encoding: .utf8)) ?? "").contains("hard link") }
+        #expect(t.status(r) == .waiting)
+        unlink(approvals + "/go.approved")
+        // A directory where a decision belongs gets an error file at once (not at a rescan).
+        mkdir(approvals + "/go.approved", 0o755)
+        try waitUntil("directory refused", timeout: 5) { ((try? String(contentsOfFile: approvals + "/go.approved.error.json", encoding: .utf8)) ?? "").contains("not a regular file") }
+        rmdir(approvals + "/go.approved")
+        // Duplicate keys: jq would read "b", Foundation "a"; refused.
+        try t.drop("approvals/go.approved", in: r, content: #"{"value": "a", "value": "b"}"#)
+        try waitUntil("duplicate key refused", timeout: 5) { ((try? String(contentsOfFile: approvals + "/go.approved.error.json", encoding: .utf8)) ?? "").contains("twice") }
+        #expect(t.status(r) == .waiting)
+        unlink(approvals + "/go.approved")
+        // The inbox: a directory named like a submission is rejected at once.
+        mkdir(t.spool.inboxDirectory.string + "/x.json", 0o755)
+        try waitUntil("inbox directory rejected", timeout: 5) { FileManager.default.fileExists(atPath: t.spool.rejectedDirectory.string + "/x.error.json") }
+        // A decision that is fine is recorded, consumed out of approvals/, with its check.
+        try t.drop("approvals/go.approved", in: r, content: #"{"value": "fine"}"#)
+        try t.waitFor(r, .completed)
+        #expect(!FileManager.default.fileExists(atPath: approvals + "/go.approved"))
+        let decided = try t.spool.journal(r).load().last { $0.kind == "approval" && $0.phase == "decided" }
+        let consumed = try #require(decided?.data?["consumed"]?.stringValue)
+        #expect(FileManager.default.fileExists(atPath: t.spool.run(r).directory.appending(consumed).string))
+        #expect(decided?.data?["authorization"]?.stringValue?.contains("Unix permissions") == true)
+        d.stop()
+    }
+}
