@@ -34,7 +34,7 @@ public enum Inbox {
 
     static func processLocked(_ name: String, path: FilePath, spool: Spool, isKnownWorkflow: (String) -> Bool, now: Date) throws -> Outcome {
         let reason: String
-        switch Drops.read(path, limit: sizeLimit) {
+        switch Drops.read(path, limit: sizeLimit, limitSetting: "the inbox limit of 1 MiB per submission; put larger inputs in a file the workflow reads") {
         case .absent:
             return .ignored
         case .refused(_, let r, _):

@@ -404,7 +404,8 @@ public struct Spool: Sendable {
                 }
             }
         }
-        for f in [p.runFile, p.stateFile, p.journalDirectory, p.blobsDirectory, p.logsDirectory, p.decisionsDirectory, p.resultFile] {
+        // (result.json is not among them: the engine never reads it, and replaces it whole.)
+        for f in [p.runFile, p.stateFile, p.journalDirectory, p.blobsDirectory, p.logsDirectory, p.decisionsDirectory] {
             if let problem = Self.runtimeFileProblem(f.string, owner: me) {
                 throw SpoolError(.invalid, path: f.string, "\(problem); the run is not advanced until it is fixed (`cairn fsck` lists such files)")
             }
