@@ -92,9 +92,12 @@ import Testing
             return "v1"
         }
         guard case .waiting = try await t.engine([v1]).advance(id) else { Issue.record("expected a wait"); return }
-        // The code changed under the run, and the new code hides the mismatch.
+        // The code changed under the run, and the new code hides the mismatch, then goes on
+        // with operations that do match the journal.
         let v2 = workflow("w") { ctx, _ in
             let _: Int? = try? await ctx.step("b") { _ in fx.hit("b"); return 2 }
+            let _: Int = try await ctx.step("a") { _ in 1 }
+            _ = try await ctx.approval("go", request: .init(summary: "go?"))
             return "v2"
         }
         guard case .failed(let info) = try await t.engine([v2]).advance(id) else { Issue.record("expected a stop"); return }
