@@ -44,8 +44,20 @@ public struct Engine: Sendable {
 
     /// Advances a run as far as it goes: to completion, failure, or the next wait.
     public func advance(_ runID: String) async throws -> AdvanceOutcome {
+        try await advanceReporting(runID).outcome
+    }
+
+    /// The same, and whether this call did anything (appended a record or wrote state):
+    /// false when it only found the run as another process left it, so that a daemon logs
+    /// what it did, not what it saw.
+    public func advanceReporting(_ runID: String) async throws -> (outcome: AdvanceOutcome, acted: Bool) {
+        let outcome = try await advanceOnce(runID)
+        return (outcome.0, outcome.1)
+    }
+
+    func advanceOnce(_ runID: String) async throws -> (AdvanceOutcome, Bool) {
         let paths = spool.run(runID)
-        guard let lock = try RunLock.tryAcquire(paths.directory) else { return .busy }
+        guard let lock = try RunLock.tryAcquire(paths.directory) else { return (.busy, false) }
         defer { withExtendedLifetime(lock) {} }
         try spool.verifyRuntimeFiles(runID)
 
@@ -77,17 +89,26 @@ public struct Engine: Sendable {
                 }
                 if previous?.status != status {
                     try writeState(record, entries: entries, executions: previous?.counters.executions ?? 0, status: status, error: last.error)
+                    return (outcome, true)
                 }
-                return outcome
+                return (outcome, false)
             }
         } else if previous?.status == .failed, previous?.error?.type == "nondeterminism", !DurableFile.exists(paths.retryFile) {
             // Stopped on a nondeterminism error: stays stopped until someone asks to retry.
-            return .failed(previous!.error!)
+            return (.failed(previous!.error!), false)
         }
         if DurableFile.exists(paths.retryFile) { try? FileManager.default.removeItem(atPath: paths.retryFile.string) }
+        // Waiting on time that has not come, with no control file to act on: nothing a
+        // replay could change (a script would only run again from the top to find out).
+        if let p = previous, p.status == .waiting, let w = p.waitingFor, ["timer", "retry"].contains(w["kind"]?.stringValue ?? ""),
+           let until = w["until"]?.stringValue.flatMap(Timestamp.parse), clock.now() < until,
+           p.counters.journalEntries == entries.count,
+           !DurableFile.exists(paths.cancelFile), !DurableFile.exists(paths.pauseFile) {
+            return (.waiting(w), false)
+        }
 
         guard let workflow = registry[record.workflow] else {
-            return .unknownWorkflow(record.workflow)
+            return (.unknownWorkflow(record.workflow), false)
         }
         if entries.isEmpty {
             let e = modify(JournalEntry(seq: physical.count + 1, kind: "start", at: clock.now())) {
@@ -118,7 +139,7 @@ public struct Engine: Sendable {
         do { result = .success(try await workflow.body(ctx, input)) } catch { result = .failure(error) }
         if case .failure = result, Task.isCancelled {
             logger.info("interrupted", metadata: ["run": "\(runID)"])
-            return .interrupted
+            return (.interrupted, true)
         }
         // The engine decides waits, cancellation, nondeterminism and spool failures, whatever
         // the workflow code returned, threw, wrapped or swallowed after one began.
@@ -183,7 +204,7 @@ public struct Engine: Sendable {
         if case .waiting(let w) = outcome, !ctx.appendedRecords, !replayedTokens, previous?.status == .waiting, previous?.waitingFor == w,
            previous?.counters.journalEntries == full.count {
             // Woken, replayed, waiting on the same thing: nothing to write.
-            return outcome
+            return (outcome, false)
         }
         // Tokens that replaying recorded LLM calls did not spend again.
         let replayedLLM = ctx.state.withLock { $0.replayed.filter { $0.kind == "llm" } }
@@ -202,7 +223,7 @@ public struct Engine: Sendable {
             try? spool.durable.write(json: ["run": .string(runID)], to: wake)
         }
         logger.debug("advanced", metadata: ["run": "\(runID)", "outcome": "\(outcome)"])
-        return outcome
+        return (outcome, true)
     }
 
     /// Cancelling a run cancels the child runs it started and is not done with (each gets a

@@ -78,8 +78,19 @@ public final class WorkflowContext: Sendable {
     /// Records consumed so far in this execution (not counting `start`).
     public var cursor: Int { state.withLock { $0.cursor } }
 
-    /// Whether this execution appended any record.
+    /// Whether this execution appended any record (or announced that it is running).
     public var appendedRecords: Bool { state.withLock { $0.appended } }
+
+    /// Marks the run `running` in state.json now, before any record (once per execution):
+    /// for executors whose work starts before their first durable operation, like a script.
+    public func markRunning() throws {
+        try state.withLock { s in
+            if !s.appended {
+                try beforeFirstAppend()
+                s.appended = true
+            }
+        }
+    }
 
     /// Re-reads the journal after another process appended to it (a script's helpers),
     /// keeping the cursor at the end. Returns every record, superseded ones included.

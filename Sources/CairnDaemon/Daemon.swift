@@ -52,6 +52,8 @@ public actor Daemon: Service {
     private var limits: [String: Int] = [:]
     private var keyLimits: [String: Int] = [:]
     private var defaultKeyLimit = 1
+    /// Consecutive failed advances per run (spool errors), for the back-off.
+    private var spoolFailures: [String: Int] = [:]
 
     /// Statistics for tests and `--stats`.
     public private(set) var advances = 0
@@ -331,35 +333,48 @@ public actor Daemon: Service {
             let engine = self.engine
             tasks[id] = Task {
                 let outcome: Result<AdvanceOutcome, any Error>
-                do { outcome = .success(try await engine.advance(id)) } catch { outcome = .failure(error) }
-                await self.finished(id, outcome)
+                var acted = true
+                do {
+                    let r = try await engine.advanceReporting(id)
+                    outcome = .success(r.outcome)
+                    acted = r.acted
+                } catch { outcome = .failure(error) }
+                await self.finished(id, outcome, acted: acted)
             }
         }
         for id in deferred where readySet.insert(id).inserted { ready.append(id) }
     }
 
-    private func finished(_ id: String, _ result: Result<AdvanceOutcome, any Error>) async {
+    private func finished(_ id: String, _ result: Result<AdvanceOutcome, any Error>, acted: Bool) async {
+        // Log what this daemon did; what it only found (another daemon's work) is debug.
+        let level: Logger.Level = acted ? .info : .debug
         running[id] = nil
         tasks[id] = nil
         let wasDirty = dirty.remove(id) != nil
         switch result {
         case .failure(let error):
-            logger.error("advancing failed; will look again in 60s", metadata: ["run": "\(id)", "error": "\(error)"])
-            setTimer(id, Date().addingTimeInterval(60))
+            // A spool error (a full disk, EIO) or a file the runtime will not trust: the run is
+            // not failed; look again soon, then less often (1 s, 2 s, 4 s … 60 s).
+            let n = (spoolFailures[id] ?? 0) + 1
+            spoolFailures[id] = n
+            let delay = min(60, pow(2, Double(min(n - 1, 6))))
+            logger.error("advancing failed; will look again in \(Int(delay))s", metadata: ["run": "\(id)", "error": "\(error)"])
+            setTimer(id, Date().addingTimeInterval(delay))
         case .success(let outcome):
+            spoolFailures[id] = nil
             observer?(id, outcome)
             switch outcome {
             case .completed:
-                logger.info("run completed", metadata: ["run": "\(id)"])
+                logger.log(level: level, "run completed", metadata: ["run": "\(id)"])
                 forget(id)
             case .failed(let e):
-                logger.warning("run failed", metadata: ["run": "\(id)", "error": "\(e.message)"])
+                logger.log(level: acted ? .warning : .debug, "run failed", metadata: ["run": "\(id)", "error": "\(e.message)"])
                 // Stay watching: a `retry` file brings it back.
             case .cancelled:
-                logger.info("run cancelled", metadata: ["run": "\(id)"])
+                logger.log(level: level, "run cancelled", metadata: ["run": "\(id)"])
                 forget(id)
             case .waiting(let w):
-                logger.info("run waiting", metadata: ["run": "\(id)", "on": "\(w["kind"]?.stringValue ?? "?")"])
+                logger.log(level: level, "run waiting", metadata: ["run": "\(id)", "on": "\(w["kind"]?.stringValue ?? "?")"])
                 var due = w["until"]?.stringValue.flatMap(Timestamp.parse)
                 if unwatchable.contains(id) {
                     // No watch: look again in 30 s (and try to watch again then).

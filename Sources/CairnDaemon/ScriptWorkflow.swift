@@ -59,13 +59,43 @@ public enum ScriptWorkflow {
         spool.tmpDirectory.appending("exec-\(run).json")
     }
 
-    /// A script that failed (non-zero exit).
+    /// A script that failed (non-zero exit, or killed at its timeout).
     public struct ScriptFailed: Error, CustomStringConvertible {
         public var code: Int32
         public var stderrTail: String
+        public var timedOut: Duration? = nil
         public var description: String {
-            "script exited with \(code > 128 ? "signal \(code - 128)" : "code \(code)")" + (stderrTail.isEmpty ? "" : ": \(stderrTail)")
+            let what = timedOut.map { "script timed out after \($0) (script_timeout in cairn.json) and was killed" }
+                ?? "script exited with \(code > 128 ? "signal \(code - 128)" : "code \(code)")"
+            return what + (stderrTail.isEmpty ? "" : ": \(stderrTail)")
         }
+    }
+
+    /// `"script_timeout": {"NAME" | "*": "1h"}` in cairn.json; none (the default): no limit.
+    static func scriptTimeout(_ cfg: SpoolConfig, workflow: String) -> Duration? {
+        guard let all = cfg.raw["script_timeout"], let s = (all[workflow] ?? all["*"])?.stringValue else { return nil }
+        return Duration.parse(s)
+    }
+
+    /// `"script_log_limit": BYTES` in cairn.json (default 16 MiB): a log past it is rotated
+    /// to `NAME.log.1` (replacing the previous one) when the next execution starts.
+    static func logLimit(_ cfg: SpoolConfig) -> Int {
+        cfg.raw["script_log_limit"]?.intValue.map { Int($0) } ?? 16 << 20
+    }
+
+    static func rotateLogs(_ logs: FilePath, limit: Int) {
+        for name in ["stdout.log", "stderr.log"] {
+            let p = logs.appending(name).string
+            var st = stat()
+            if lstat(p, &st) == 0, Int(st.st_size) > limit { _ = rename(p, p + ".1") }
+        }
+    }
+
+    /// Throws the spool's error when it cannot take a small durable write right now.
+    static func probeSpool(_ spool: Spool, run: String) throws {
+        let probe = spool.tmpDirectory.appending("probe-\(run)-\(getpid())")
+        try spool.durable.write(Data("probe\n".utf8), to: probe)
+        _ = unlink(probe.string)
     }
 
     static func execute(spool: Spool, path: String, ctx: WorkflowContext, input: JSONValue) async throws -> JSONValue {
@@ -73,7 +103,10 @@ public enum ScriptWorkflow {
         let execID = UUID().uuidString.lowercased()
         let statePath = execStatePath(spool, run)
         try spool.durable.write(json: JSONValue(encoding: ExecState(exec: execID, run: run, cursor: ctx.cursor)), to: statePath)
+        // The script is at work from now on, before its first helper call.
+        try ctx.markRunning()
         let logs = spool.run(run).logsDirectory
+        rotateLogs(logs, limit: logLimit(ctx.spoolConfig))
         let out = try openLog(logs.appending("stdout.log"))
         let err = try openLog(logs.appending("stderr.log"))
         let banner = "--- \(Timestamp.format(Date())) execution \(execID) ---\n"
@@ -99,10 +132,20 @@ public enum ScriptWorkflow {
         )
         // The supervisor leads the script's process group; stopping the daemon's task (a
         // shutdown past its grace period) kills the whole group.
-        let group = Mutex<pid_t>(0)
+        let group = ScriptProcess()
         // The input reaches the script through an unlinked file, not a pipe: a script that
         // never reads its stdin cannot make the daemon block or die of SIGPIPE.
         let stdin = try inputFile(spool: spool, run: run, text: input.compactText() + "\n")
+        // cairn.json "script_timeout": a script that runs longer is killed (its whole group).
+        let limit = scriptTimeout(ctx.spoolConfig, workflow: ctx.workflowName)
+        let watchdog: Task<Void, Never>? = limit.map { limit in
+            Task {
+                try? await Task.sleep(for: limit)
+                if Task.isCancelled { return }
+                group.timeOut()
+            }
+        }
+        defer { watchdog?.cancel() }
         let result = try await withTaskCancellationHandler {
             try await Subprocess.run(
                 config,
@@ -110,16 +153,14 @@ public enum ScriptWorkflow {
                 output: .fileDescriptor(out, closeAfterSpawningProcess: true),
                 error: .fileDescriptor(err, closeAfterSpawningProcess: true)
             ) { execution in
-                group.withLock { $0 = execution.processIdentifier.value }
+                group.started(execution.processIdentifier.value)
             }
         } onCancel: {
-            let pid = group.withLock { $0 }
-            if pid > 0 { kill(-pid, SIGKILL) }
+            group.kill()
         }
         // Whatever the script left running (a helper in the background) ends with it: it
         // must not write into a journal the daemon has moved on from.
-        let leader = group.withLock { $0 }
-        if leader > 0 { kill(-leader, SIGKILL) }
+        group.kill()
         if Task.isCancelled { throw CancellationError() }
         let code: Int32
         switch result.terminationStatus {
@@ -135,11 +176,20 @@ public enum ScriptWorkflow {
             case "waiting": throw ctx.waiting(state.waitingFor ?? ["kind": "unknown"])
             case "cancelled": throw RunCancelledError()
             case "nondeterminism": throw NondeterminismError(info: state.error ?? ErrorInfo(type: "nondeterminism", message: "nondeterminism in a script helper"))
+            case "spool_error":
+                // A helper could not write the spool (disk full, EIO): never the run's failure.
+                throw SpoolError(.io, path: state.error?.file, state.error?.message ?? "a script helper could not write the spool")
             default: break
             }
         }
         guard code == 0 else {
-            let failure = ScriptFailed(code: code, stderrTail: tail(logs.appending("stderr.log")))
+            // A helper that hit a full disk may not even have been able to say so: if the
+            // spool cannot take a write now, this exit is the spool's doing, not the script's.
+            try probeSpool(spool, run: run)
+            var failure = ScriptFailed(code: code, stderrTail: tail(logs.appending("stderr.log")))
+            if group.timedOut, let limit {
+                failure.timedOut = limit
+            }
             // The workflow's retry policy (cairn.json "script_retries"): run it again from
             // the top after a backoff; completed helper operations replay.
             if let policy = retryPolicy(ctx.spoolConfig, workflow: ctx.workflowName) {
@@ -254,4 +304,28 @@ enum HelperLink {
         let n = readlink(dir + "/cairn", &target, 4095)
         return n > 0 && String(decoding: target[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self) == exe
     }
+}
+
+/// The script's process group (its supervisor leads it), shared with the timeout watchdog
+/// and the cancellation handler.
+final class ScriptProcess: Sendable {
+    private let state = Mutex<(pid: pid_t, timedOut: Bool)>((0, false))
+
+    func started(_ pid: pid_t) { state.withLock { $0.pid = pid } }
+
+    /// SIGKILL to the whole group.
+    func kill() {
+        let pid = state.withLock { $0.pid }
+        if pid > 0 { Glibc.kill(-pid, SIGKILL) }
+    }
+
+    func timeOut() {
+        let pid = state.withLock { s -> pid_t in
+            if s.pid > 0 { s.timedOut = true }
+            return s.pid
+        }
+        if pid > 0 { Glibc.kill(-pid, SIGKILL) }
+    }
+
+    var timedOut: Bool { state.withLock { $0.timedOut } }
 }

@@ -1,6 +1,7 @@
 import CairnSpool
 import CairnTesting
 import Foundation
+import SystemPackage
 import Testing
 
 /// The defects found from outside (issue "Trust"), each reproduced against the real
@@ -210,6 +211,108 @@ import Testing
         let consumed = try #require(decided?.data?["consumed"]?.stringValue)
         #expect(FileManager.default.fileExists(atPath: t.spool.run(r).directory.appending(consumed).string))
         #expect(decided?.data?["authorization"]?.stringValue?.contains("Unix permissions") == true)
+        d.stop()
+    }
+}
+
+/// Defect 10's script and daemon items: a script that never exits, `running` while a script
+/// works before its first helper, a full disk under a script, what two daemons log.
+@Suite(.serialized) struct TrustScriptTests {
+    func install(_ t: TempSpool, _ name: String, _ text: String) throws {
+        let p = t.spool.workflowsDirectory.appending(name).string
+        try text.write(toFile: p, atomically: true, encoding: .utf8)
+        chmod(p, 0o755)
+    }
+
+    @Test func aScriptPastItsTimeoutIsKilledAndTheRunFailsSayingSo() throws {
+        let t = try TempSpool()
+        var cfg = try DurableFile.readJSON(t.spool.configFile).objectValue!
+        cfg["script_timeout"] = ["hang": "1s"]
+        try t.spool.durable.write(json: .object(cfg), to: t.spool.configFile)
+        let pidFile = t.path.appending("child.pid").string
+        try install(t, "hang", "#!/bin/sh\nsleep 300 &\necho $! > \(pidFile)\nwait\n")
+        let d = try DaemonProcess(spool: t.spool, args: ["--concurrency", "1"])
+        let r = try t.submit("hang", input: JSONValue.null)
+        try t.waitFor(r, .failed, timeout: 10)
+        let message = try t.state(r).error?.message ?? ""
+        #expect(message.contains("timed out after 1"), "\(message)")
+        // The whole group is gone, and the slot is free for the next run.
+        let child = Int32((try String(contentsOfFile: pidFile, encoding: .utf8)).trimmingCharacters(in: .whitespacesAndNewlines))!
+        try waitUntil("the script's child is killed", timeout: 5) { kill(child, 0) != 0 }
+        try install(t, "quick", "#!/bin/sh\necho '\"ok\"' | cairn result -\n")
+        let q = try t.submit("quick", input: JSONValue.null)
+        try t.waitFor(q, .completed)
+        d.stop()
+    }
+
+    @Test func aScriptAtWorkBeforeItsFirstHelperIsRunning() throws {
+        let t = try TempSpool()
+        let gate = t.path.appending("go").string
+        try install(t, "slow", "#!/bin/sh\nwhile [ ! -e \(gate) ]; do sleep 0.05; done\ncairn step one -- echo 1 >/dev/null\n")
+        let d = try DaemonProcess(spool: t.spool)
+        let r = try t.submit("slow", input: JSONValue.null)
+        try t.waitFor(r, .running)
+        _ = FileManager.default.createFile(atPath: gate, contents: nil)
+        try t.waitFor(r, .completed)
+        #expect(try t.state(r).counters.executions == 1)
+        d.stop()
+    }
+
+    @Test func twoDaemonsEachLogOnlyTheRunsTheyFinished() throws {
+        let t = try TempSpool()
+        let d1 = try DaemonProcess(spool: t.spool, name: "d1")
+        let d2 = try DaemonProcess(spool: t.spool, name: "d2")
+        var runs: [String] = []
+        for i in 0..<10 { runs.append(try t.submit("nap", input: 0.05 * Double(i % 3))) }
+        for r in runs { try t.waitFor(r, .completed) }
+        d1.stop()
+        d2.stop()
+        func completed(_ log: String) -> Int { log.split(separator: "\n").filter { $0.contains("info") && $0.contains("run completed") }.count }
+        #expect(completed(d1.log) + completed(d2.log) == runs.count, "each run's completion is logged once, by the daemon that did it")
+    }
+
+    /// A real full filesystem (tmpfs, as root): the run waits, the daemon lives, nothing is
+    /// recorded twice, and the run finishes on its own once there is room again.
+    @Test func aFullDiskIsNeverTheRunsFailure() throws {
+        guard getuid() == 0 else {
+            print("aFullDiskIsNeverTheRunsFailure: skipped — mounting a small tmpfs needs root (CI runs as root)")
+            return
+        }
+        let t = try TempSpool()
+        let mnt = t.path.appending("small").string
+        mkdir(mnt, 0o755)
+        guard Binary.runShell("mount -t tmpfs -o size=8m tmpfs \(mnt)").code == 0 else {
+            print("aFullDiskIsNeverTheRunsFailure: skipped — cannot mount tmpfs here")
+            return
+        }
+        defer { _ = Binary.runShell("umount -l \(mnt)") }
+        let spool = try Spool.create(at: FilePath(mnt + "/spool"))
+        let fx = t.path.appending("effects").string
+        let p = spool.workflowsDirectory.appending("fill").string
+        try """
+            #!/bin/sh
+            cairn approval go >/dev/null
+            v=$(cairn step once -- sh -c 'echo ran >> \(fx); echo 5')
+            echo "{\\"v\\": $v}" | cairn result -
+
+            """.write(toFile: p, atomically: true, encoding: .utf8)
+        chmod(p, 0o755)
+        let d = try DaemonProcess(spool: spool)
+        let r = try spool.createRun(.init(workflow: "fill", input: .null)).id
+        try waitUntil("waiting") { (try? spool.readState(r))??.status == .waiting }
+        // Fill the filesystem, then approve (an empty file needs no data block).
+        _ = Binary.runShell("dd if=/dev/zero of=\(mnt)/filler bs=64k 2>/dev/null")
+        let approved = spool.run(r).approvalsDirectory.appending("go.approved").string
+        _ = FileManager.default.createFile(atPath: approved, contents: nil)
+        sleep(3)
+        #expect(d.process.isRunning, "the daemon is alive")
+        let whileFull = try? spool.readState(r)
+        #expect(whileFull?.status != .failed, "a full disk is not the run's failure: \(whileFull?.error?.message ?? "")")
+        // Room again: the run finishes by itself, and the step ran once.
+        unlink(mnt + "/filler")
+        try waitUntil("completed after space came back", timeout: 30) { (try? spool.readState(r))??.status == .completed }
+        #expect(try DurableFile.readJSON(spool.run(r).resultFile) == ["v": 5])
+        #expect(((try? String(contentsOfFile: fx, encoding: .utf8)) ?? "").split(separator: "\n").count == 1)
         d.stop()
     }
 }

@@ -68,6 +68,16 @@ struct HelperSession {
                 state.outcome = "nondeterminism"
                 state.error = e.info
                 FileHandle.standardError.write(Data("cairn: \(e.info.message)\n".utf8))
+            } else if let e = error as? SpoolError {
+                // The spool failed (a full disk, EIO): not the script's failure. Tell the
+                // daemon if the exec state can still be written (it probes the spool
+                // itself if not) and stop the script; the run resumes once the spool works.
+                state.outcome = "spool_error"
+                state.error = ErrorInfo(type: "spool", message: e.description, file: e.path)
+                FileHandle.standardError.write(Data("cairn: \(e.description)\n".utf8))
+                try? spool.durable.write(json: JSONValue(encoding: state), to: statePath)
+                kill(0, SIGKILL)
+                while true { pause() }
             } else {
                 state.cursor = ctx.cursor
                 try? spool.durable.write(json: JSONValue(encoding: state), to: statePath)
