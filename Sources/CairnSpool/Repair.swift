@@ -214,6 +214,9 @@ public enum Repair {
             return out
         }
         if let problem = config.approversProblem { out.append(Finding(file: "cairn.json", problem: problem)) }
+        for key in (config.raw.objectValue ?? [:]).keys.sorted() where !SpoolConfig.knownSettings.contains(key) {
+            out.append(Finding(file: "cairn.json", problem: "unknown setting \"\(key)\" (misspelled? it has no effect)"))
+        }
         for (gate, rule) in config.approvers.sorted(by: { $0.key < $1.key }) {
             if let problem = rule.invalid {
                 out.append(Finding(file: "cairn.json", problem: problem))

@@ -514,6 +514,54 @@ public struct SpoolConfig: Sendable {
         dropSizeLimit = Int(o["drop_size_limit"]?.intValue ?? Int64(Self.defaultDropSizeLimit))
         guard blobThreshold >= 64 else { throw SpoolError(.malformed, path: file, "\"blob_threshold\" must be at least 64") }
         (approvers, approversProblem) = Self.parseApprovers(o["approvers"])
+        if let problem = Self.settingsProblems(o).first {
+            throw SpoolError(.malformed, path: file, "\(problem) (a setting of the wrong shape is refused rather than ignored)")
+        }
+    }
+
+    /// The settings Cairn reads, and what each must look like.
+    public static let knownSettings: Set<String> = [
+        "format", "created_at", "blob_threshold", "drop_size_limit", "approvers", "concurrency",
+        "script_retries", "script_timeout", "script_log_limit", "llm",
+    ]
+
+    /// Settings of the wrong shape (a string where a number belongs, a misspelled inner
+    /// key): each one is a problem, never a silent default. Top-level keys Cairn does not
+    /// know are left to `cairn fsck` (they may be notes, or a newer version's settings).
+    static func settingsProblems(_ o: [String: JSONValue]) -> [String] {
+        var out: [String] = []
+        func positiveInt(_ key: String, _ v: JSONValue?, at: String) {
+            guard let v else { return }
+            if (v.intValue ?? 0) < 1 || v.doubleValue.map({ $0.rounded() != $0 }) == true { out.append("\(at) must be a whole number of at least 1, not \(v.compactText())") }
+        }
+        func object(_ v: JSONValue?, at: String, keys: Set<String>? = nil, _ each: ((String, JSONValue) -> Void)? = nil) {
+            guard let v else { return }
+            guard case .object(let m) = v else { out.append("\(at) must be a JSON object, not \(v.compactText())"); return }
+            if let keys, let bad = Set(m.keys).subtracting(keys).sorted().first {
+                out.append("\(at) has an unknown key \"\(bad)\" (known: \(keys.sorted().joined(separator: ", ")))")
+            }
+            for (k, x) in m.sorted(by: { $0.key < $1.key }) { each?(k, x) }
+        }
+        func duration(_ v: JSONValue, at: String) {
+            guard let s = v.stringValue, let d = DurationText.parse(s), d > .zero else { out.append("\(at) must be a duration like \"90s\", \"15m\", \"2h\", not \(v.compactText())"); return }
+        }
+        positiveInt("blob_threshold", o["blob_threshold"], at: "\"blob_threshold\"")
+        positiveInt("drop_size_limit", o["drop_size_limit"], at: "\"drop_size_limit\"")
+        positiveInt("script_log_limit", o["script_log_limit"], at: "\"script_log_limit\"")
+        object(o["concurrency"], at: "\"concurrency\"", keys: ["workflows", "keys", "default_key_limit"]) { k, v in
+            switch k {
+            case "default_key_limit": positiveInt(k, v, at: "concurrency.default_key_limit")
+            default: object(v, at: "concurrency.\(k)") { name, n in positiveInt(name, n, at: "concurrency.\(k)[\"\(name)\"]") }
+            }
+        }
+        object(o["script_retries"], at: "\"script_retries\"") { name, policy in
+            object(policy, at: "script_retries[\"\(name)\"]", keys: ["max_attempts", "initial_delay", "max_delay"]) { k, v in
+                if k == "max_attempts" { positiveInt(k, v, at: "script_retries[\"\(name)\"].max_attempts") } else { duration(v, at: "script_retries[\"\(name)\"].\(k)") }
+            }
+        }
+        object(o["script_timeout"], at: "\"script_timeout\"") { name, v in duration(v, at: "script_timeout[\"\(name)\"]") }
+        object(o["llm"], at: "\"llm\"")
+        return out
     }
 
     /// Parses `"approvers": {GATE | "*": {"users": [NAME…], "groups": [NAME…]}}` strictly:

@@ -133,6 +133,38 @@ import Testing
         d.stop()
     }
 
+    // The class of defect 5: any setting of the wrong shape fails closed, and so does
+    // configuration another user could have written.
+    @Test(arguments: [
+        (#"{"drop_size_limit": "64k"}"#, "drop_size_limit"),
+        (#"{"script_timeout": {"x": "soon"}}"#, "script_timeout"),
+        (#"{"concurrency": {"workflow": {"x": 1}}}"#, "unknown key \"workflow\""),
+        (#"{"script_retries": {"x": {"max_attempt": 3}}}"#, "max_attempt"),
+    ])
+    func aMistypedSettingStopsTheDaemonWithAClearError(setting: String, fragment: String) throws {
+        let t = try TempSpool()
+        try setConfig(t) { cfg in
+            for (k, v) in (try! JSONValue.parse(setting)).objectValue! { cfg[k] = v }
+        }
+        let r = try Binary.run("cairn", ["daemon", "--spool", t.spool.root.string])
+        #expect(r.code != 0)
+        #expect(r.stderr.contains("cairn.json") && r.stderr.contains(fragment), "\(r.stderr)")
+    }
+
+    @Test func configurationOthersCanWriteIsNotTrusted() throws {
+        let t = try TempSpool()
+        chmod(t.spool.configFile.string, 0o666)
+        let r = try Binary.run("cairn", ["daemon", "--spool", t.spool.root.string])
+        #expect(r.code != 0)
+        #expect(r.stderr.contains("writable by group or others"), "\(r.stderr)")
+        let fsck = try Binary.cairn("fsck", spool: t.spool)
+        #expect(fsck.code == 1 && fsck.stdout.contains("cairn.json: is writable by group or others"), "\(fsck.stdout)")
+        chmod(t.spool.configFile.string, 0o644)
+        try setConfig(t) { $0["aprovers"] = ["go": ["users": ["x"]]] }
+        let typo = try Binary.cairn("fsck", spool: t.spool)
+        #expect(typo.code == 1 && typo.stdout.contains("unknown setting \"aprovers\""), "\(typo.stdout)")
+    }
+
     // Defect 6: a rejected submission could be overwritten by a later rejection's error file.
     @Test func nothingDroppedInTheInboxIsEverOverwritten() throws {
         let t = try TempSpool()
