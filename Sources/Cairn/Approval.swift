@@ -138,6 +138,7 @@ extension WorkflowContext {
     /// Replays the next record when it is (kind, name) in `phase`; nil when live or when the
     /// next record is the same operation in another phase.
     func replayPhase(_ kind: String, _ name: String, phase: String) throws -> JournalEntry? {
+        try refuseNesting(kind, name)
         try throwIfSuspended()
         guard let e = peek() else { return nil }
         if e.kind == kind && e.name == name && e.phase != phase { return nil }

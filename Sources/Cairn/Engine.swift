@@ -70,10 +70,12 @@ public struct Engine: Sendable {
 
         if let last = entries.last, let status = last.terminalStatus {
             if status == .failed, DurableFile.exists(paths.retryFile) {
-                let from = Self.retryPoint(entries)
+                let point = Self.retryPoint(entries)
+                let from = point.from
                 try journal.append(modify(JournalEntry(seq: physical.count + 1, kind: "retry", name: "run", at: clock.now())) {
-                    $0.resumeFrom = from
+                    $0.resumeFrom = point.from
                     $0.comment = "retry file present"
+                    if let exact = point.superseded { $0.data = ["superseded": .array(exact.map { .int(Int64($0)) })] }
                 })
                 try? FileManager.default.removeItem(atPath: paths.retryFile.string)
                 try DurableFile.fsyncDirectory(paths.directory)
@@ -127,7 +129,7 @@ public struct Engine: Sendable {
 
         let executions = (previous?.counters.executions ?? 0) + 1
         let startEntries = entries
-        let ctx = WorkflowContext(runID: runID, workflowName: record.workflow, spool: spool, config: config, entries: Array(entries.dropFirst()), physicalCount: physical.count, clock: clock, logger: logger) { [self] in
+        let ctx = WorkflowContext(runID: runID, workflowName: record.workflow, spool: spool, config: config, entries: Array(entries.dropFirst()), physicalCount: physical.count, superseded: WorkflowContext.superseded(physical, effective: entries), clock: clock, logger: logger) { [self] in
             if previous?.status != .running {
                 try writeState(record, entries: startEntries, executions: executions, status: .running, error: nil)
             }
@@ -242,22 +244,40 @@ public struct Engine: Sendable {
         }
     }
 
-    /// Where a run-level retry resumes: the first record of the failed operation (its
-    /// intent/retry records included), or the terminal record if no step failed.
-    static func retryPoint(_ entries: [JournalEntry]) -> Int {
-        guard let failIndex = entries.lastIndex(where: { $0.kind == "fail" }) else { return entries.last?.seq ?? 1 }
-        // A failed step; for script workflows also a `cairn step` whose recorded exit code is
-        // not 0 (it is recorded as a value, so that replay exits with it).
+    /// Where a run-level retry resumes (SPEC: "retry retries a failed run from its failed
+    /// step"), and, when only some records go, exactly which:
+    /// - compensations ran: from the first operation after `start` — what the run did was
+    ///   undone, so it starts again (fresh attempts) rather than resuming past undone steps;
+    /// - a `parallel` group failed: exactly its failed branch records and what followed the
+    ///   group (the fail record); branches that succeeded keep their records;
+    /// - an event that did not decode (`invalid_event`, recorded with its error): from its
+    ///   `requested` record (the bad file stays consumed; the run waits for a new event);
+    /// - a failed step, LLM call or child (a `cairn step` whose recorded exit code is not 0
+    ///   counts): from its first record (its intent/retry/started records included);
+    /// - otherwise: the terminal record.
+    static func retryPoint(_ entries: [JournalEntry]) -> (from: Int, superseded: [Int]?) {
+        guard let failIndex = entries.lastIndex(where: { $0.kind == "fail" }) else { return (entries.last?.seq ?? 1, nil) }
+        let failed = entries[failIndex]
+        if entries[..<failIndex].contains(where: { $0.kind == "compensate" }) {
+            return (entries.count > 1 ? entries[1].seq : failed.seq, nil)
+        }
         let failedStep: (JournalEntry) -> Bool = { e in
-            ["step", "llm", "child"].contains(e.kind) && (e.error != nil || (e.value?["exit_code"]?.intValue ?? 0) != 0)
+            ["step", "llm", "child", "event"].contains(e.kind) && (e.error != nil || (e.value?["exit_code"]?.intValue ?? 0) != 0)
         }
         guard let stepIndex = entries[..<failIndex].lastIndex(where: failedStep) else {
-            return entries[failIndex].seq
+            return (failed.seq, nil)
+        }
+        if let group = entries[stepIndex].group {
+            let groupFailures = entries[..<failIndex].filter { $0.group == group && $0.error != nil }.map(\.seq)
+            let lastOfGroup = entries[..<failIndex].lastIndex { $0.group == group } ?? stepIndex
+            let after = entries[(lastOfGroup + 1)...].map(\.seq)
+            let exact = groupFailures + after
+            return (exact.min() ?? failed.seq, exact)
         }
         var i = stepIndex
         let name = entries[stepIndex].name
-        while i > 0, entries[i - 1].name == name, ["retry", "intent", "uncertain", "child"].contains(entries[i - 1].kind) { i -= 1 }
-        return entries[i].seq
+        while i > 0, entries[i - 1].name == name, ["retry", "intent", "uncertain", "child", "event"].contains(entries[i - 1].kind) { i -= 1 }
+        return (entries[i].seq, nil)
     }
 
     func writeState(_ record: RunRecord, entries: [JournalEntry], executions: Int, status: RunStatus, error: ErrorInfo?, waitingFor: JSONValue? = nil, tokensSaved: Int64? = nil) throws {

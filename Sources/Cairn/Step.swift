@@ -106,7 +106,9 @@ extension WorkflowContext {
             let value: T
             do {
                 let info = StepAttempt(idempotencyKey: key, number: attempt, isLast: attempt >= retry.maxAttempts)
-                value = try await runWithTimeout(name, timeout) { try await body(info) }
+                value = try await runWithTimeout(name, timeout) {
+                    try await WorkflowContext.$enclosingStep.withValue(name) { try await body(info) }
+                }
             } catch let s as Suspension {
                 throw s
             } catch {

@@ -36,6 +36,14 @@ public final class WorkflowContext: Sendable {
         var replayed: [JournalEntry] = []
         /// Set once this execution appended its first record.
         var appended = false
+        /// Records a run-level retry superseded (they still say which event files were
+        /// consumed and which child runs were used).
+        var superseded: [JournalEntry] = []
+    }
+
+    static func superseded(_ physical: [JournalEntry], effective: [JournalEntry]) -> [JournalEntry] {
+        let kept = Set(effective.map(\.seq))
+        return physical.filter { !kept.contains($0.seq) }
     }
 
     /// Called (once) just before this execution appends its first record: the engine marks
@@ -47,7 +55,7 @@ public final class WorkflowContext: Sendable {
         var body: @Sendable () async throws -> Void
     }
 
-    init(runID: String, workflowName: String, spool: Spool, config: SpoolConfig, entries: [JournalEntry], physicalCount: Int, clock: any CairnClock, logger: Logger, cursor: Int = 0, beforeFirstAppend: @escaping @Sendable () throws -> Void = {}) {
+    init(runID: String, workflowName: String, spool: Spool, config: SpoolConfig, entries: [JournalEntry], physicalCount: Int, superseded: [JournalEntry] = [], clock: any CairnClock, logger: Logger, cursor: Int = 0, beforeFirstAppend: @escaping @Sendable () throws -> Void = {}) {
         self.beforeFirstAppend = beforeFirstAppend
         self.runID = runID
         self.workflowName = workflowName
@@ -58,7 +66,7 @@ public final class WorkflowContext: Sendable {
         self.journal = spool.journal(runID)
         self.blobs = spool.blobs(runID, threshold: config.blobThreshold)
         self.config = config
-        self.state = Mutex(State(entries: entries, cursor: cursor, nextSeq: physicalCount + 1))
+        self.state = Mutex(State(entries: entries, cursor: cursor, nextSeq: physicalCount + 1, superseded: superseded))
     }
 
     /// A context over a run's journal for a process that is not the engine (a script
@@ -72,7 +80,7 @@ public final class WorkflowContext: Sendable {
         guard effective.first?.kind == "start" else { throw SpoolError(.malformed, path: spool.journal(runID).directory.string, "the run has no start record") }
         let entries = Array(effective.dropFirst())
         guard cursor <= entries.count else { throw SpoolError(.invalid, "cursor \(cursor) is past the journal's \(entries.count) records") }
-        return WorkflowContext(runID: runID, workflowName: record.workflow, spool: spool, config: try spool.config(), entries: entries, physicalCount: physical.count, clock: clock, logger: logger, cursor: cursor)
+        return WorkflowContext(runID: runID, workflowName: record.workflow, spool: spool, config: try spool.config(), entries: entries, physicalCount: physical.count, superseded: superseded(physical, effective: effective), clock: clock, logger: logger, cursor: cursor)
     }
 
     /// Records consumed so far in this execution (not counting `start`).
@@ -221,6 +229,7 @@ public final class WorkflowContext: Sendable {
 
     /// Replays the next record if it is (kind, name); nil when live; throws on mismatch.
     func replay(_ kind: String, _ name: String?) throws -> JournalEntry? {
+        try refuseNesting(kind, name)
         try throwIfSuspended()
         guard let e = peek() else { return nil }
         if e.kind == "cancel" && e.name == "requested" {
@@ -285,7 +294,19 @@ public final class WorkflowContext: Sendable {
     }
 
     /// Live-mode checks before an operation acts: an earlier suspension, `cancel`, `pause`.
+    /// The step (or parallel branch) whose body is running in this task, if any.
+    @TaskLocal static var enclosingStep: String?
+
+    /// Durable operations cannot run inside a step's body or a parallel branch: the body is
+    /// one recorded unit (it may run again as a whole), and a wait inside it could not
+    /// resume the body where it was. Refused at once, saying so, rather than misbehaving.
+    func refuseNesting(_ kind: String, _ name: String?) throws {
+        guard let outer = Self.enclosingStep else { return }
+        throw StepError.nonRetryable("ctx.\(kind)\(name.map { "(\"\($0)\")" } ?? "") was called inside the body of step '\(outer)': durable operations (steps, waits, approvals, events, sleeps, children, now/uuid) cannot be nested in a step or a parallel branch; call them between steps", type: "nested_operation")
+    }
+
     func beforeLive() throws {
+        try refuseNesting("operation", nil)
         try throwIfSuspended()
         if DurableFile.exists(paths.cancelFile) {
             try record("cancel", "requested") { $0.comment = "cancel file present" }
