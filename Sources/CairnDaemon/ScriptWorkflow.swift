@@ -201,6 +201,14 @@ public enum ScriptWorkflow {
             }
             throw failure
         }
+        // Like a Swift workflow that returns while records remain: helper calls removed from
+        // the script (or skipped by a changed branch) must not go unnoticed.
+        let effective = Journal.effective(journal)
+        let consumed = (state?.exec == execID ? state?.cursor : nil) ?? 0
+        if consumed + 1 < effective.count {
+            let extra = effective[consumed + 1]
+            throw NondeterminismError(info: ErrorInfo(type: "nondeterminism", message: "nondeterminism: the script exited 0, but journal/\(extra.fileName) records \(extra.kind) '\(extra.name ?? "")' that no helper asked for this time (helper calls removed or skipped?); fix the script and `cairn retry`", file: "journal/" + extra.fileName, expected: ["kind": .string(extra.kind), "name": extra.name.map { .string($0) } ?? .null], actual: ["kind": "return"], retryable: false))
+        }
         // The result is the last `cairn result` record, if any.
         if let last = Journal.effective(journal).last(where: { $0.kind == "result" }) { return try ctx.resolveValue(last.value ?? .null) }
         return .null

@@ -89,7 +89,14 @@ enum Describe {
         case "start":
             parts.append("version \(e.data?["version"]?.stringValue ?? "?")")
         case "step", "llm", "compensate":
-            if let err = e.error { parts.append(Output.red("failed: \(err.type): \(err.message)")) } else { parts.append(Output.green("ok")) }
+            if let err = e.error {
+                parts.append(Output.red("failed: \(err.type): \(err.message)"))
+            } else if let code = e.value?["exit_code"]?.intValue, code != 0 {
+                // A `cairn step` whose command exited non-zero (recorded as a value, replayed).
+                parts.append(Output.red("exit \(code)"))
+            } else {
+                parts.append(Output.green("ok"))
+            }
             if let a = e.attempt { parts.append("attempt \(a)") }
             if let d = e.durationMs { parts.append("\(d)ms") }
             if let g = e.group { parts.append("group \(g)") }

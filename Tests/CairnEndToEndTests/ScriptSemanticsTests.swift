@@ -1,0 +1,110 @@
+import CairnSpool
+import CairnTesting
+import Foundation
+import Testing
+
+/// Script workflows where the docs' promises were silently broken (issue "Semantics…",
+/// items 8–12 and 14): concurrent and nested helpers, helper calls removed from a script,
+/// a step timeout that left children running, and what `show` and the helpers say.
+@Suite(.serialized) struct ScriptSemanticsTests {
+    func install(_ t: TempSpool, _ name: String, _ text: String) throws {
+        let p = t.spool.workflowsDirectory.appending(name).string
+        try text.write(toFile: p, atomically: true, encoding: .utf8)
+        chmod(p, 0o755)
+    }
+
+    func stderrLog(_ t: TempSpool, _ r: String) -> String {
+        (try? String(contentsOfFile: t.spool.run(r).logsDirectory.appending("stderr.log").string, encoding: .utf8)) ?? ""
+    }
+
+    @Test func sameNameHelpersCalledConcurrentlyAreRefusedNotSwapped() throws {
+        let t = try TempSpool()
+        let out = t.path.appending("out").string
+        mkdir(out, 0o755)
+        try install(t, "fanout", """
+            #!/usr/bin/env bash
+            for u in a b c d; do cairn step fetch -- sh -c "sleep 0.3; echo $u" > \(out)/$u & done
+            wait
+            exit 0
+            """)
+        let d = try DaemonProcess(spool: t.spool)
+        let r = try t.submit("fanout", input: JSONValue.null)
+        try waitUntil("finished", timeout: 20) { t.status(r)?.isTerminal == true }
+        d.stop()
+        #expect(stderrLog(t, r).contains("called while another helper of this execution was running"), "\(stderrLog(t, r))")
+        // Whatever ran recorded its own output: no file holds another caller's letter.
+        for u in ["a", "b", "c", "d"] {
+            let text = ((try? String(contentsOfFile: "\(out)/\(u)", encoding: .utf8)) ?? "").trimmingCharacters(in: .whitespacesAndNewlines)
+            #expect(text.isEmpty || text == u, "\(u) got \(text)")
+        }
+    }
+
+    @Test func aHelperInsideAStepsCommandIsRefusedAtOnce() throws {
+        let t = try TempSpool()
+        try install(t, "nested", """
+            #!/bin/sh
+            cairn step outer -- sh -c 'cairn step inner -- echo hi'
+            echo "outer exit $?" >&2
+            """)
+        let d = try DaemonProcess(spool: t.spool)
+        let r = try t.submit("nested", input: JSONValue.null)
+        try waitUntil("finished", timeout: 10) { t.status(r)?.isTerminal == true }
+        d.stop()
+        #expect(stderrLog(t, r).contains("inside the command of `cairn step outer`"), "\(stderrLog(t, r))")
+        #expect(try !t.journalSummary(r).contains("step:inner"))
+    }
+
+    @Test func helperCallsRemovedFromAWaitingScriptAreNoticed() throws {
+        let t = try TempSpool()
+        try install(t, "edit", "#!/bin/sh\ncairn step a -- echo 1 >/dev/null\ncairn approval go >/dev/null\ncairn step b -- echo 2 >/dev/null\n")
+        let d = try DaemonProcess(spool: t.spool)
+        let r = try t.submit("edit", input: JSONValue.null)
+        try t.waitFor(r, .waiting)
+        // The gate and what follows are deleted while the run waits; then it is approved.
+        try install(t, "edit", "#!/bin/sh\nexit 0\n")
+        try t.drop("approvals/go.approved", in: r)
+        try t.waitFor(r, .failed)
+        let e = try t.state(r).error
+        #expect(e?.type == "nondeterminism" && e?.message.contains("step 'a'") == true, "\(String(describing: e))")
+        d.stop()
+    }
+
+    @Test func aStepTimeoutKillsEverythingTheCommandStarted() throws {
+        let t = try TempSpool()
+        let late = t.path.appending("late").string
+        try install(t, "slowstep", """
+            #!/bin/sh
+            cairn step slow --timeout 1s -- sh -c 'sh -c "sleep 3; touch \(late)" & wait'
+            echo "step exit $?" >&2
+            """)
+        let d = try DaemonProcess(spool: t.spool)
+        let r = try t.submit("slowstep", input: JSONValue.null)
+        try waitUntil("finished", timeout: 15) { t.status(r)?.isTerminal == true }
+        sleep(3)
+        #expect(!FileManager.default.fileExists(atPath: late), "a child of the timed-out command wrote after the timeout")
+        #expect(stderrLog(t, r).contains("step exit 124"), "\(stderrLog(t, r))")
+        d.stop()
+    }
+
+    @Test func showSaysExitCodesAndHelpersSayWhatIsWrong() throws {
+        let t = try TempSpool()
+        let flag = t.path.appending("second").string
+        try install(t, "codes", """
+            #!/bin/sh
+            cairn step fails -- sh -c 'exit 3'
+            cairn step flaky --retries 1 -- sh -c 'test -e \(flag) || { touch \(flag); exit 7; }'
+            cairn result /no/such/file
+            echo "result exit $?" >&2
+            """)
+        let d = try DaemonProcess(spool: t.spool)
+        let r = try t.submit("codes", input: JSONValue.null)
+        try waitUntil("finished", timeout: 20) { t.status(r)?.isTerminal == true }
+        d.stop()
+        let show = try Binary.cairn("show", r, spool: t.spool)
+        let failsLine = show.stdout.split(separator: "\n").first { $0.contains("step") && $0.contains("fails") } ?? ""
+        #expect(failsLine.contains("exit 3") && !failsLine.contains(" ok"), "\(show.stdout)")
+        let log = stderrLog(t, r)
+        #expect(log.contains("step failed, will retry"), "\(log)")
+        #expect(log.contains("/no/such/file: cannot read the result") && !log.contains("not valid JSON"), "\(log)")
+    }
+}
