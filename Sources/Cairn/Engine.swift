@@ -100,17 +100,18 @@ public struct Engine: Sendable {
             return (.failed(previous!.error!), false)
         }
         if DurableFile.exists(paths.retryFile) { try? FileManager.default.removeItem(atPath: paths.retryFile.string) }
-        // Waiting on time that has not come, with no control file to act on: nothing a
-        // replay could change (a script would only run again from the top to find out).
-        if let p = previous, p.status == .waiting, let w = p.waitingFor, ["timer", "retry"].contains(w["kind"]?.stringValue ?? ""),
-           let until = w["until"]?.stringValue.flatMap(Timestamp.parse), clock.now() < until,
-           p.counters.journalEntries == entries.count,
-           !DurableFile.exists(paths.cancelFile), !DurableFile.exists(paths.pauseFile) {
-            return (.waiting(w), false)
-        }
 
         guard let workflow = registry[record.workflow] else {
             return (.unknownWorkflow(record.workflow), false)
+        }
+        // Still waiting on something that has not happened (time not come, no decision or
+        // event dropped, the child not finished), and no control file to act on: nothing a
+        // replay could change. A daemon's start looks at every waiting run; a script would
+        // otherwise run again from the top only to find out.
+        if !workflow.replaysOnEveryWake, let p = previous, p.status == .waiting, let w = p.waitingFor, p.counters.journalEntries == entries.count,
+           !DurableFile.exists(paths.cancelFile), !DurableFile.exists(paths.pauseFile),
+           nothingHappened(w, paths: paths, physical: physical) {
+            return (.waiting(w), false)
         }
         if entries.isEmpty {
             let e = modify(JournalEntry(seq: physical.count + 1, kind: "start", at: clock.now())) {
@@ -226,6 +227,32 @@ public struct Engine: Sendable {
         }
         logger.debug("advanced", metadata: ["run": "\(runID)", "outcome": "\(outcome)"])
         return (outcome, true)
+    }
+
+    /// Whether the thing `w` waits for has certainly not happened yet.
+    func nothingHappened(_ w: JSONValue, paths: RunPaths, physical: [JournalEntry]) -> Bool {
+        let now = clock.now()
+        let until = w["until"]?.stringValue.flatMap(Timestamp.parse)
+        if let until, now >= until { return false }
+        switch w["kind"]?.stringValue {
+        case "timer", "retry":
+            return until != nil
+        case "approval", "uncertain":
+            guard let gate = w["gate"]?.stringValue else { return false }
+            return !DurableFile.exists(paths.approvalsDirectory.appending("\(gate).approved"))
+                && !DurableFile.exists(paths.approvalsDirectory.appending("\(gate).rejected"))
+        case "event":
+            guard let name = w["name"]?.stringValue, let files = try? Spool.list(paths.eventsDirectory) else { return false }
+            let consumed = Set(physical.filter { $0.kind == "event" }.compactMap(\.file))
+            return !files.contains { f in
+                (f == "\(name).json" || (f.hasPrefix("\(name).") && f.hasSuffix(".json") && !f.hasSuffix(".error.json"))) && !consumed.contains("events/" + f)
+            }
+        case "child":
+            guard let child = w["run"]?.stringValue, let s = try? spool.readState(child) else { return false }
+            return !s.status.isTerminal
+        default:
+            return false
+        }
     }
 
     /// Cancelling a run cancels the child runs it started and is not done with (each gets a

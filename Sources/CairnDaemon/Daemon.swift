@@ -156,7 +156,7 @@ public actor Daemon: Service {
         if let d = cfg.raw["concurrency"]?["default_key_limit"]?.intValue { defaultKeyLimit = Int(d) }
         try await watcher.watch(spool.inboxDirectory.string)
         try await watcher.watch(spool.runsDirectory.string)
-        try await watcher.watch(spool.workflowsDirectory.string)
+        try await watcher.watch(spool.workflowsDirectory.string, mask: Watcher.dropAndModeMask)
         await rescan(reason: "start")
     }
 
@@ -390,7 +390,9 @@ public actor Daemon: Service {
                 logger.error("no such workflow; the run waits until it is installed in workflows/", metadata: ["run": "\(id)", "workflow": "\(w)"])
                 parked.insert(id)
                 if var state = try? spool.readState(id), state.error?.type != "unknown_workflow" {
-                    state.error = ErrorInfo(type: "unknown_workflow", message: "no workflow '\(w)' in this daemon and no executable \(spool.workflowsDirectory.string)/\(w); install it (the run starts then) or cancel the run")
+                    let script = spool.workflowsDirectory.appending(w).string
+                    let why = DurableFile.exists(atPath: script) ? "\(script) exists but is not an executable regular file (chmod +x it: the daemon notices)" : "no executable \(script)"
+                    state.error = ErrorInfo(type: "unknown_workflow", message: "no workflow '\(w)' in this daemon and \(why); install it (the run starts then) or cancel the run")
                     state.updatedAt = Date()
                     try? spool.writeState(state)
                 }

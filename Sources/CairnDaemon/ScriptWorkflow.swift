@@ -21,7 +21,7 @@ public enum ScriptWorkflow {
             guard access(path, X_OK) == 0 else { return nil }
             var st = stat()
             guard stat(path, &st) == 0, (st.st_mode & S_IFMT) == S_IFREG else { return nil }
-            return AnyWorkflow(name: name, version: "script:\(st.st_mtim.tv_sec)") { ctx, input in
+            var wf = AnyWorkflow(name: name, version: "script:\(st.st_mtim.tv_sec)") { ctx, input in
                 // Nothing the daemon executes may come from a place another user can write.
                 for p in [spool.workflowsDirectory.string, path] {
                     if let problem = Spool.trustedFileProblem(p) {
@@ -30,6 +30,8 @@ public enum ScriptWorkflow {
                 }
                 return try await execute(spool: spool, path: path, ctx: ctx, input: input)
             }
+            wf.replaysOnEveryWake = false
+            return wf
         }
     }
 

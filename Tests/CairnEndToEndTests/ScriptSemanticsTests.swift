@@ -107,4 +107,50 @@ import Testing
         #expect(log.contains("step failed, will retry"), "\(log)")
         #expect(log.contains("/no/such/file: cannot read the result") && !log.contains("not valid JSON"), "\(log)")
     }
+
+    @Test func aDaemonStartDoesNotReRunAScriptWaitingOnSomethingThatHasNotHappened() throws {
+        let t = try TempSpool()
+        let runs = t.path.appending("runs").string
+        try install(t, "patient", "#!/bin/sh\necho x >> \(runs)\ncairn sleep 1h\n")
+        try install(t, "asking", "#!/bin/sh\necho y >> \(runs).ask\ncairn approval go >/dev/null\n")
+        var d = try DaemonProcess(spool: t.spool)
+        let a = try t.submit("patient", input: JSONValue.null)
+        let b = try t.submit("asking", input: JSONValue.null)
+        try t.waitFor(a, .waiting)
+        try t.waitFor(b, .waiting)
+        for _ in 0..<2 {
+            d.stop()
+            d = try DaemonProcess(spool: t.spool)
+            usleep(300_000)
+        }
+        #expect(try String(contentsOfFile: runs, encoding: .utf8) == "x\n", "the sleeping script ran again")
+        #expect(try String(contentsOfFile: runs + ".ask", encoding: .utf8) == "y\n", "the asking script ran again")
+        // A decision dropped while no daemon ran still counts at the next start.
+        d.stop()
+        try t.drop("approvals/go.approved", in: b)
+        d = try DaemonProcess(spool: t.spool)
+        try t.waitFor(b, .completed)
+        d.stop()
+    }
+
+    @Test func aScriptThatCannotBeExecutedSaysWhyAndChmodIsNoticed() throws {
+        let t = try TempSpool()
+        let p = t.spool.workflowsDirectory.appending("later").string
+        try "#!/bin/sh\necho '\"ok\"' | cairn result -\n".write(toFile: p, atomically: true, encoding: .utf8)
+        chmod(p, 0o644)
+        let d = try DaemonProcess(spool: t.spool)
+        let r = try t.submit("later", input: JSONValue.null)
+        try waitUntil("the daemon parks it") { (try? t.state(r))?.error?.type == "unknown_workflow" }
+        let why = try Binary.cairn("why", r, spool: t.spool)
+        #expect(why.stdout.contains("not executable"), "\(why.stdout)")
+        chmod(p, 0o755)
+        try t.waitFor(r, .completed, timeout: 10)
+        // No #! line: the error says so instead of an empty stderr.
+        try install(t, "noshebang", "echo hi\n")
+        let q = try t.submit("noshebang", input: JSONValue.null)
+        try t.waitFor(q, .failed)
+        let message = try t.state(q).error?.message ?? ""
+        #expect(message.contains("#! line"), "\(message)")
+        d.stop()
+    }
 }

@@ -49,6 +49,10 @@ enum Describe {
                 lines.append("  request: \(summary)")
             }
             lines += refusals(gate: gate, run: run, spool: spool)
+            for suffix in ["approved", "rejected"] where DurableFile.exists(spool.run(run).approvalsDirectory.appending("\(gate).\(suffix)"))
+                && !DurableFile.exists(spool.run(run).approvalsDirectory.appending("\(gate).\(suffix).error.json")) {
+                lines.append("  a decision is already there (approvals/\(gate).\(suffix)) and not yet recorded: is a daemon serving \(spool.root.string)? (cairn daemon --spool \(spool.root.string))")
+            }
             lines.append("  approve: touch \(dir)/approvals/\(gate).approved")
             lines.append("       or: cairn approve \(run) \(gate) [--comment C] [--value FILE]")
             lines.append("   reject: touch \(dir)/approvals/\(gate).rejected")
