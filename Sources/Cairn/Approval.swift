@@ -162,7 +162,9 @@ extension WorkflowContext {
             if let problem = policy.invalid { a["problem"] = .string(problem) }
             o["approvers"] = .object(a)
         }
-        try spool.durable.write(json: .object(o), to: paths.approvalsDirectory.appending("\(gate).request.json"))
+        let requestFile = paths.approvalsDirectory.appending("\(gate).request.json")
+        Spool.setAsideForeign(requestFile)
+        try spool.durable.write(json: .object(o), to: requestFile)
     }
 
     /// Reads `GATE.rejected` / `GATE.approved` (rejection wins when both exist). Refused
@@ -174,7 +176,7 @@ extension WorkflowContext {
             switch Drops.read(path, limit: config.dropSizeLimit, policy: policy) {
             case .absent: continue
             case .refused(let p, let reason, let identity):
-                try Drops.refuse(p, reason: reason, identity: identity, durable: spool.durable, now: clock.now())
+                try Drops.refuse(p, reason: reason, identity: identity, durable: spool.durable, now: clock.now(), setAsideIn: paths.refusedDirectory)
                 logger.warning("refused a decision file", metadata: ["run": "\(runID)", "file": "\(p)", "reason": "\(reason)"])
                 continue
             case .valid(let f):

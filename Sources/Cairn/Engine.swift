@@ -167,6 +167,7 @@ public struct Engine: Sendable {
                     throw NondeterminismError(info: ErrorInfo(type: "nondeterminism", message: "nondeterminism: the workflow returned, but journal/\(extra.fileName) records \(extra.kind) '\(extra.name ?? "")' that the code no longer asked for", file: "journal/" + extra.fileName, expected: ["kind": .string(extra.kind), "name": extra.name.map { .string($0) } ?? .null], actual: ["kind": "return"], retryable: false))
                 }
                 let stored = try ctx.store(output)
+                Spool.setAsideForeign(paths.resultFile)
                 try spool.durable.write(json: output, to: paths.resultFile)
                 try ctx.record("complete", nil) {
                     $0.value = stored

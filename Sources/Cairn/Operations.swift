@@ -127,7 +127,7 @@ extension WorkflowContext {
             switch Drops.read(path, limit: config.dropSizeLimit) {
             case .absent: continue
             case .refused(let p, let reason, let identity):
-                try Drops.refuse(p, reason: reason, identity: identity, durable: spool.durable, now: clock.now())
+                try Drops.refuse(p, reason: reason, identity: identity, durable: spool.durable, now: clock.now(), setAsideIn: paths.refusedDirectory)
             case .valid(let f):
                 candidates.append((f.modified, file, f.json ?? .null))
             }

@@ -187,7 +187,7 @@ extension WorkflowContext {
                     // A value of the wrong shape is a bad drop, not a failed run: refuse it
                     // with an error file and keep the gate open.
                     let reason = "has a \"done\" value that does not decode as \(T.self): \(JSONValue.describe(error))"
-                    try Drops.refuse(paths.directory.appending(d.file), reason: reason, identity: d.identity, durable: spool.durable, now: clock.now())
+                    try Drops.refuse(paths.directory.appending(d.file), reason: reason, identity: d.identity, durable: spool.durable, now: clock.now(), setAsideIn: paths.refusedDirectory)
                     throw suspend(["kind": "uncertain", "step": .string(name), "gate": .string(gate), "drop": .string("approvals/\(gate).approved"), "idempotency_key": .string(key), "refused": .string(reason)])
                 }
                 let e = try record("step", name) {

@@ -96,6 +96,7 @@ public actor Daemon: Service {
         }
         await drain()
         watcher.stop()
+        ScriptWorkflow.removeHelperDirectory()
         logger.info("daemon stopped")
     }
 
@@ -253,16 +254,26 @@ public actor Daemon: Service {
                 return
             }
             let sub = rest.count > 1 ? String(rest[1]) : ""
+            let arrived = e.kind == .landed || e.kind == .directoryLanded
             let relevant: Bool
             switch sub {
             case "": relevant = ["cancel", "pause", "retry"].contains(e.name)
-            case "approvals": relevant = (e.kind == .landed || e.kind == .directoryLanded) && (e.name.hasSuffix(".approved") || e.name.hasSuffix(".rejected"))
-            case "events": relevant = (e.kind == .landed || e.kind == .directoryLanded) && e.name.hasSuffix(".json") && !e.name.hasSuffix(".error.json")
+            // Only what the run waits on wakes it (a decision dropped early for another gate
+            // counts when the run gets there): a flood of other files costs a name check each,
+            // not a replay each.
+            case "approvals": relevant = arrived && wakes(id, kind: ["approval", "uncertain"], key: "gate", file: e.name, suffixes: [".approved", ".rejected"])
+            case "events": relevant = arrived && !e.name.hasSuffix(".error.json") && (e.name.hasPrefix("_child.") ? waitsOn(id, kind: "child") : wakes(id, kind: ["event"], key: "name", file: e.name, suffixes: [".json"]))
             default: relevant = false
             }
             if relevant {
-                logger.debug("wake", metadata: ["run": "\(id)", "file": "\(sub.isEmpty ? "" : sub + "/")\(e.name)"])
+                logger.debug("wake", metadata: ["run": "\(id)", "file": "\(sub.isEmpty ? "" : sub + "/")\(Names.printable(e.name))"])
                 markReady(id)
+                if e.name == "cancel", running[id] != nil, engine.registry[running[id]!.workflow]?.replaysOnEveryWake == false {
+                    // A script that never calls a helper would never see the cancel: stop
+                    // it (its whole group); the run is advanced again and records the cancel.
+                    logger.info("cancel requested; stopping the running script", metadata: ["run": "\(id)"])
+                    tasks[id]?.cancel()
+                }
             }
         }
         pump()
@@ -274,14 +285,14 @@ public actor Daemon: Service {
             let outcome = try Inbox.process(name, spool: spool, isKnownWorkflow: { self.engine.registry[$0] != nil })
             switch outcome {
             case .accepted(let run, let created):
-                logger.info(created ? "submission accepted" : "duplicate submission (same id or idempotency key)", metadata: ["file": "inbox/\(name)", "run": "\(run)"])
+                logger.info(created ? "submission accepted" : "duplicate submission (same id or idempotency key)", metadata: ["file": "inbox/\(Names.printable(name))", "run": "\(run)"])
             case .rejected(let reason):
-                logger.warning("submission rejected", metadata: ["file": "inbox/\(name)", "reason": "\(reason)"])
+                logger.warning("submission rejected", metadata: ["file": "inbox/\(Names.printable(name))", "reason": "\(Names.printable(reason))"])
             case .ignored: break
             }
         } catch {
             // A spool error (a full disk): the file stays in inbox/; look at the inbox again.
-            logger.error("cannot accept or reject an inbox file now; trying again in 60s", metadata: ["file": "inbox/\(name)", "error": "\(error)"])
+            logger.error("cannot accept or reject an inbox file now; trying again in 60s", metadata: ["file": "inbox/\(Names.printable(name))", "error": "\(Names.printable(String(describing: error)))"])
             scheduleInboxRetry()
         }
     }
@@ -329,6 +340,7 @@ public actor Daemon: Service {
                 continue
             }
             running[id] = (record.workflow, record.concurrencyKey)
+            waitingOn[id] = nil  // it may reach another wait: every drop wakes it until it ends
             advances += 1
             let engine = self.engine
             tasks[id] = Task {
@@ -346,6 +358,7 @@ public actor Daemon: Service {
     }
 
     private func finished(_ id: String, _ result: Result<AdvanceOutcome, any Error>, acted: Bool) async {
+        if case .success(.waiting(let w)) = result { waitingOn[id] = w } else { waitingOn[id] = nil }
         // Log what this daemon did; what it only found (another daemon's work) is debug.
         let level: Logger.Level = acted ? .info : .debug
         running[id] = nil
@@ -409,6 +422,23 @@ public actor Daemon: Service {
         pump()
     }
 
+    /// What each watched run waits on, from its last advance (nil: not known, or running).
+    private var waitingOn: [String: JSONValue] = [:]
+
+    private func waitsOn(_ id: String, kind: String) -> Bool {
+        guard let w = waitingOn[id] else { return true }
+        return w["kind"]?.stringValue == kind
+    }
+
+    /// Whether a file `file` landing wakes run `id`: when it is not known to wait (running,
+    /// queued, failed…: wake, to be safe), or it waits on a `kind` whose `key` names the file.
+    private func wakes(_ id: String, kind: Set<String>, key: String, file: String, suffixes: [String]) -> Bool {
+        guard suffixes.contains(where: { file.hasSuffix($0) }) else { return false }
+        guard let w = waitingOn[id] else { return true }
+        guard let k = w["kind"]?.stringValue, kind.contains(k), let name = w[key]?.stringValue else { return false }
+        return file.hasPrefix(name + ".")
+    }
+
     private func isFinished(_ o: AdvanceOutcome) -> Bool {
         switch o {
         case .completed, .cancelled: return true
@@ -435,6 +465,7 @@ public actor Daemon: Service {
 
     private func forget(_ id: String) {
         unwatchable.remove(id)
+        waitingOn[id] = nil
         if watchedRuns.remove(id) != nil {
             let p = spool.run(id)
             for d in [p.directory, p.approvalsDirectory, p.eventsDirectory] { watcher.unwatch(d.string) }

@@ -107,6 +107,7 @@ public enum ScriptWorkflow {
         try spool.durable.write(json: JSONValue(encoding: ExecState(exec: execID, run: run, cursor: ctx.cursor)), to: statePath)
         // The script is at work from now on, before its first helper call.
         try ctx.markRunning()
+        try spool.ensureRuntimeDirectory(spool.run(run).workDirectory)
         let logs = spool.run(run).logsDirectory
         rotateLogs(logs, limit: logLimit(ctx.spoolConfig))
         let out = try openLog(logs.appending("stdout.log"))
@@ -129,7 +130,9 @@ public enum ScriptWorkflow {
             executable: .path(FilePath(selfExe)),
             arguments: Arguments(["__supervise", "--parent", String(getpid()), "--", path]),
             environment: .inherit.updating(env),
-            workingDirectory: FilePath(absolute(spool.run(run).directory.string)),
+            // Not the run directory: it is group-writable (control files), so anyone in the
+            // group could plant a symlink or a module there for the script to follow.
+            workingDirectory: FilePath(absolute(spool.run(run).workDirectory.string)),
             platformOptions: options
         )
         // The supervisor leads the script's process group; stopping the daemon's task (a
@@ -288,6 +291,16 @@ public enum ScriptWorkflow {
     }
 
     private static let helperDirectory = Mutex<String?>(nil)
+
+    /// Removes the private helper directory (at daemon stop).
+    public static func removeHelperDirectory() {
+        helperDirectory.withLock { dir in
+            guard let d = dir else { return }
+            _ = unlink(d + "/cairn")
+            _ = rmdir(d)
+            dir = nil
+        }
+    }
 }
 
 /// The private `cairn` link for host binaries with another name.

@@ -34,6 +34,12 @@ public enum Drops {
         let identity = "\(st.st_ino):\(st.st_size):\(st.st_mtim.tv_sec).\(st.st_mtim.tv_nsec)"
         if (st.st_mode & S_IFMT) == S_IFLNK { return .refused(path: path, reason: "is a symbolic link; drop a regular file", identity: identity) }
         guard (st.st_mode & S_IFMT) == S_IFREG else { return .refused(path: path, reason: "is not a regular file", identity: identity) }
+        // Group-writable (a `touch` under umask 002 in a setgid directory): anyone in the
+        // group could have changed it after its owner wrote it, so its owner cannot be said
+        // to have decided what it holds.
+        guard st.st_mode & 0o022 == 0 else {
+            return .refused(path: path, reason: "is writable by group or others (mode \(String(st.st_mode & 0o777, radix: 8))): anyone could have changed it; `chmod go-w` it before moving it here, or use cairn approve/reject/signal", identity: identity)
+        }
         guard st.st_nlink == 1 else {
             return .refused(path: path, reason: "has \(st.st_nlink) hard links; drop a file of your own (write it under another name, then mv)", identity: identity)
         }
@@ -45,7 +51,7 @@ public enum Drops {
         guard fd >= 0 else { return errno == ENOENT ? .absent : .refused(path: path, reason: "cannot be opened: \(String(cString: strerror(errno)))", identity: identity) }
         defer { close(fd) }
         var fst = stat()
-        guard fstat(fd, &fst) == 0, (fst.st_mode & S_IFMT) == S_IFREG, fst.st_ino == st.st_ino, fst.st_dev == st.st_dev, fst.st_nlink == 1, Int(fst.st_size) <= limit else {
+        guard fstat(fd, &fst) == 0, (fst.st_mode & S_IFMT) == S_IFREG, fst.st_ino == st.st_ino, fst.st_dev == st.st_dev, fst.st_nlink == 1, fst.st_mode & 0o022 == 0, Int(fst.st_size) <= limit else {
             return .refused(path: path, reason: "changed while being read; drop it again", identity: identity)
         }
         // Who dropped it: the owner of the file actually opened.
@@ -109,7 +115,8 @@ public enum Drops {
     /// Writes `NAME.error.json` beside a refused drop (once per identity of the file).
     /// The drop itself is never deleted. Returns true when a new error file was written.
     @discardableResult
-    public static func refuse(_ path: FilePath, reason: String, identity: String, durable: DurableFile, now: Date = Date()) throws -> Bool {
+    public static func refuse(_ path: FilePath, reason: String, identity: String, durable: DurableFile, now: Date = Date(), setAsideIn refused: FilePath? = nil) throws -> Bool {
+        let name = path.lastComponent?.string ?? path.string
         let errorFile = FilePath(path.string + ".error.json")
         var st = stat()
         if lstat(errorFile.string, &st) == 0, st.st_uid != geteuid() || (st.st_mode & S_IFMT) != S_IFREG {
@@ -119,14 +126,36 @@ public enum Drops {
         if let existing = try? DurableFile.readJSON(errorFile, limit: 1 << 20), existing["identity"]?.stringValue == identity {
             return false
         }
-        let record: JSONValue = [
-            "file": .string(path.lastComponent?.string ?? path.string),
-            "error": .string("\(path.lastComponent?.string ?? path.string) \(reason)"),
+        // A refused drop leaves the drop directory for `refused/` (kept, never deleted), so it
+        // does not occupy the name: in a sticky directory nobody else could remove it, and
+        // a refused `GATE.approved` would block everyone's decision.
+        var movedTo: String? = nil
+        if let refused, (try? ensurePrivate(refused)) != nil {
+            let inode = identity.split(separator: ":").first.map(String.init) ?? "0"
+            let dest = refused.appending("\(name).\(inode)")
+            if (try? DurableFile.rename(path, to: dest, mode: .noReplace)) != nil {
+                try? DurableFile.fsyncDirectory(refused)
+                movedTo = "refused/" + (dest.lastComponent?.string ?? "")
+            }
+        }
+        var record: [String: JSONValue] = [
+            "file": .string(name),
+            "error": .string("\(name) \(reason)"),
             "identity": .string(identity),
             "at": .string(Timestamp.format(now)),
             "hint": "fix or replace the file (write elsewhere, then mv); it is checked again when it changes",
         ]
-        try durable.write(json: record, to: errorFile)
+        if let movedTo { record["moved_to"] = .string(movedTo) }
+        try durable.write(json: .object(record), to: errorFile)
         return true
+    }
+
+    /// A directory only this user writes (created if missing).
+    static func ensurePrivate(_ dir: FilePath) throws {
+        if mkdir(dir.string, 0o755) == 0 { return }
+        var st = stat()
+        guard errno == EEXIST, lstat(dir.string, &st) == 0, (st.st_mode & S_IFMT) == S_IFDIR, st.st_uid == geteuid(), st.st_mode & 0o022 == 0 else {
+            throw SpoolError(.invalid, path: dir.string, "is not a private directory of the service user")
+        }
     }
 }

@@ -40,7 +40,7 @@ public enum Repair {
             // A script execution's state lives as long as its run is held, however long.
             if name.hasPrefix("exec-") {
                 let run = name.hasSuffix(".json.lock") ? name.dropFirst(5).dropLast(10) : name.dropFirst(5).dropLast(5)
-                if RunLock.isHeld(spool.runDirectory(String(run))) { continue }
+                if RunLock.isHeld(spool.runDirectory(String(run))) != false { continue }
             }
             var f = Finding(file: rel(p), problem: "stale temporary file (\(Int(age))s old)")
             if repair {
@@ -239,7 +239,12 @@ public enum Repair {
         func check(_ path: FilePath) {
             if let problem = Spool.runtimeFileProblem(path.string, owner: service) { out.append(Finding(file: rel(path), problem: problem)) }
         }
-        for f in [p.runFile, p.stateFile, p.resultFile, p.journalDirectory, p.blobsDirectory, p.logsDirectory, p.decisionsDirectory, p.repairDirectory] { check(f) }
+        for f in [p.runFile, p.stateFile, p.resultFile, p.journalDirectory, p.blobsDirectory, p.logsDirectory, p.decisionsDirectory, p.workDirectory, p.refusedDirectory, p.repairDirectory] { check(f) }
+        var lockStat = stat()
+        let lockPath = p.directory.appending(RunLock.fileName)
+        if lstat(lockPath.string, &lockStat) == 0, (lockStat.st_mode & S_IFMT) != S_IFREG || lockStat.st_uid != service || lockStat.st_mode & 0o077 != 0 {
+            out.append(Finding(file: rel(lockPath), problem: "is not the service user's private lock file (owner \(Principal.userName(uid: lockStat.st_uid) ?? String(lockStat.st_uid)), mode \(String(lockStat.st_mode & 0o7777, radix: 8))): the run cannot be advanced until it is removed"))
+        }
         for dir in [p.journalDirectory, p.blobsDirectory] {
             for name in (try? Spool.list(dir)) ?? [] { check(dir.appending(name)) }
         }
@@ -256,7 +261,7 @@ public enum Repair {
         for name in (try? Spool.list(p.approvalsDirectory)) ?? [] where name.hasSuffix(".request.json") || name.hasSuffix(".error.json") {
             check(p.approvalsDirectory.appending(name))
         }
-        let known: Set<String> = ["run.json", "state.json", "result.json", "journal", "approvals", "events", "blobs", "logs", "decisions", "repair", "cancel", "pause", "retry"]
+        let known: Set<String> = ["run.json", "state.json", "result.json", "journal", "approvals", "events", "blobs", "logs", "decisions", "work", "refused", "repair", "cancel", "pause", "retry"]
         // Anything else there is a script's scratch file (scripts run in the run directory,
         // as the service user) or someone else's: only the latter is a problem.
         for name in (try? Spool.list(p.directory)) ?? [] where !known.contains(name) && !name.hasPrefix(".") {

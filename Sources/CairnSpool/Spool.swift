@@ -244,9 +244,10 @@ public struct Spool: Sendable {
         let staging = try durable.makeStagingDirectory(hint: "run-\(id)")
         do {
             let paths = RunPaths(directory: staging)
-            for d in [paths.journalDirectory, paths.approvalsDirectory, paths.eventsDirectory, paths.blobsDirectory, paths.logsDirectory, paths.decisionsDirectory] {
+            for d in [paths.journalDirectory, paths.approvalsDirectory, paths.eventsDirectory, paths.blobsDirectory, paths.logsDirectory, paths.decisionsDirectory, paths.workDirectory] {
                 try DurableFile.makeDirectory(d, durable: false)
             }
+            close(try RunLock.openLockFile(staging))
             // Drops come from people and programs: the run directory (control files),
             // approvals/ and events/ are group-writable, setgid (files keep the group) and
             // sticky (nobody moves or deletes another's file). They take the group of runs/,
@@ -258,7 +259,7 @@ public struct Spool: Sendable {
             try DurableFile.writeStaged(record.canonicalJSON().canonicalData(), to: paths.runFile)
             let state = RunState(run: id, workflow: s.workflow, status: .queued, updatedAt: now)
             try DurableFile.writeStaged(state.canonicalJSON().canonicalData(), to: paths.stateFile)
-            for d in [paths.journalDirectory, paths.approvalsDirectory, paths.eventsDirectory, paths.blobsDirectory, paths.logsDirectory, paths.decisionsDirectory, staging] {
+            for d in [paths.journalDirectory, paths.approvalsDirectory, paths.eventsDirectory, paths.blobsDirectory, paths.logsDirectory, paths.decisionsDirectory, paths.workDirectory, staging] {
                 try DurableFile.fsyncDirectory(d)
             }
             try DurableFile.fsyncDirectory(tmpDirectory)
@@ -384,6 +385,18 @@ public struct Spool: Sendable {
         return nil
     }
 
+    /// Before the runtime writes `path` in a directory others can write (result.json in the
+    /// run directory, request files in approvals/): whatever someone else put at that name
+    /// (a directory, a FIFO, a file of theirs) is renamed aside, within the same directory,
+    /// to `foreign.NAME.INODE` (kept; `cairn fsck` lists it), instead of wedging the write.
+    public static func setAsideForeign(_ path: FilePath) {
+        var st = stat()
+        guard lstat(path.string, &st) == 0 else { return }
+        if (st.st_mode & S_IFMT) == S_IFREG && st.st_uid == geteuid() { return }
+        let dest = path.removingLastComponent().appending("foreign.\(path.lastComponent?.string ?? "file").\(st.st_ino)")
+        _ = try? DurableFile.rename(path, to: dest, mode: .noReplace)
+    }
+
     /// Checks, before a run is advanced, that nobody but this user can have written what the
     /// engine trusts (run.json, state.json, journal/, blobs/, decisions/, logs/), and that the
     /// drop directories are sticky. A group-writable directory without the sticky bit (made
@@ -405,7 +418,7 @@ public struct Spool: Sendable {
             }
         }
         // (result.json is not among them: the engine never reads it, and replaces it whole.)
-        for f in [p.runFile, p.stateFile, p.journalDirectory, p.blobsDirectory, p.logsDirectory, p.decisionsDirectory] {
+        for f in [p.runFile, p.stateFile, p.journalDirectory, p.blobsDirectory, p.logsDirectory, p.decisionsDirectory, p.workDirectory, p.refusedDirectory] {
             if let problem = Self.runtimeFileProblem(f.string, owner: me) {
                 throw SpoolError(.invalid, path: f.string, "\(problem); the run is not advanced until it is fixed (`cairn fsck` lists such files)")
             }
@@ -456,6 +469,11 @@ public struct RunPaths: Sendable {
     public var blobsDirectory: FilePath { directory.appending("blobs") }
     /// Decisions the run recorded, moved out of approvals/ (only the runtime writes here).
     public var decisionsDirectory: FilePath { directory.appending("decisions") }
+    /// A script workflow's working directory: private to the service user (the run
+    /// directory itself is group-writable, for control files).
+    public var workDirectory: FilePath { directory.appending("work") }
+    /// Drops that were refused, moved out of the way (only the runtime writes here).
+    public var refusedDirectory: FilePath { directory.appending("refused") }
     public var logsDirectory: FilePath { directory.appending("logs") }
     public var cancelFile: FilePath { directory.appending("cancel") }
     public var pauseFile: FilePath { directory.appending("pause") }

@@ -78,7 +78,7 @@ import Testing
         #expect(try Self.sh(Self.bob, "touch \(runA)/approvals/go.approved").code == 0)
         try waitUntil("bob's touch refused") { FileManager.default.fileExists(atPath: runA + "/approvals/go.approved.error.json") }
         #expect(try String(contentsOfFile: runA + "/approvals/go.approved.error.json", encoding: .utf8).contains("not allowed"))
-        #expect(try Self.sh(Self.bob, "rm \(runA)/approvals/go.approved").code == 0, "bob may remove his own drop")
+        #expect(!FileManager.default.fileExists(atPath: runA + "/approvals/go.approved"), "a refused drop is set aside: it does not occupy the gate's name")
         let firstRefusal = try String(contentsOfFile: runA + "/approvals/go.approved.error.json", encoding: .utf8)
         let bobApprove = try Self.sh(Self.bob, "\(cairn) approve run-a go --spool \(spool)")
         #expect(bobApprove.code == 0, "the drop itself is allowed (needs no tmp/): \(bobApprove.err)")
@@ -87,7 +87,6 @@ import Testing
             return now != firstRefusal && now.contains(Self.bob)
         }
         #expect(t.status("run-a") == .waiting)
-        #expect(try Self.sh(Self.bob, "rm \(runA)/approvals/go.approved").code == 0)
 
         // 2. Bob rewrites history: the journal, state, run.json, the index, tmp/, runs/.
         let forgeries = [
@@ -140,9 +139,81 @@ import Testing
         #expect(fsck.out.contains("runs/run-b/result.json: is owned by \(Self.bob)"), "\(fsck.out)")
 
         // Alice approves B; the run completes (the forged result.json is replaced).
-        try FileManager.default.removeItem(atPath: runB + "/approvals/go.approved")
+        try? FileManager.default.removeItem(atPath: runB + "/approvals/go.approved")
         #expect(try Self.sh(Self.alice, "\(cairn) approve run-b go --spool \(spool)").code == 0)
         try t.waitFor("run-b", .completed)
         #expect(try t.result("run-b")["by"] == .string(Self.alice))
+    }
+
+    /// What an attacker in the group found next (all refused now): a group-writable drop
+    /// rewritten under its owner's name, a symlink planted in a script's working directory,
+    /// flocks that hold runs hostage, a forged request file, a squatted id, a directory
+    /// planted where the runtime writes.
+    @Test func groupMembersCannotRewriteHijackOrWedge() throws {
+        guard getuid() == 0 else {
+            print("AuthorizationTests: skipped — needs root to create users (CI runs as root)")
+            return
+        }
+        try Self.ensureUsers()
+        let t = try TempSpool()
+        let cairn = Binary.path("cairn-fixtures")
+        let spool = t.spool.root.string
+        chmod(t.path.string, 0o755)
+        try #require(try Self.root("rm -rf \(spool) && mkdir -p \(spool) && chown \(Self.service) \(spool)").code == 0)
+        try #require(try Self.sh(Self.service, "\(cairn) init \(spool)").code == 0)
+        try #require(try Self.root("chgrp -R \(Self.group) \(spool)").code == 0)
+        try #require(try Self.sh(Self.service, "jq '.approvers = {\"go\": {\"users\": [\"\(Self.alice)\"]}}' \(spool)/cairn.json > \(spool)/.c && mv \(spool)/.c \(spool)/cairn.json").code == 0)
+        // A script that writes a scratch file in its working directory.
+        try #require(try Self.sh(Self.service, "printf '#!/bin/sh\\ncairn approval go >/dev/null\\necho scratch > scratch.txt\\npwd | cairn result --text -\\n' > \(spool)/workflows/scratchy && chmod 755 \(spool)/workflows/scratchy").code == 0)
+        let d = try DaemonProcess(spool: t.spool, asUser: Self.service)
+        defer { d.stop() }
+        try #require(try Self.sh(Self.service, "echo null | \(cairn) submit scratchy --spool \(spool) --id s1 --input -").code == 0)
+        try t.waitFor("s1", .waiting)
+        let run = "\(spool)/runs/s1"
+
+        // 1. Alice's touch under umask 002 (group-writable) is refused: bob could rewrite it.
+        #expect(try Self.sh(Self.alice, "umask 002; touch \(run)/approvals/go.approved").code == 0)
+        try waitUntil("group-writable drop refused") { ((try? String(contentsOfFile: run + "/approvals/go.approved.error.json", encoding: .utf8)) ?? "").contains("writable by group") }
+        try t.waitFor("s1", .waiting)
+
+        // 2. The script's working directory is not the group-writable run directory.
+        #expect(try Self.sh(Self.bob, "ln -s \(spool)/cairn.json \(run)/work/scratch.txt").code != 0)
+        #expect(try Self.sh(Self.bob, "ln -s \(spool)/cairn.json \(run)/scratch.txt").code == 0)  // allowed, and harmless:
+
+        // 3. Bob cannot hold the run's lock (nor does a flock on the directory matter).
+        #expect(try Self.sh(Self.bob, "exec 3<\(run)/.lock").code != 0)
+        let holder = try Binary.start("/usr/bin/setpriv", ["--reuid=\(Self.bob)", "--regid=\(Self.bob)", "--init-groups", "--", "python3", "-c",
+            "import os,fcntl,time; fd=os.open('\(run)', os.O_RDONLY); fcntl.flock(fd, fcntl.LOCK_EX); time.sleep(8)"])
+        usleep(300_000)
+        #expect(try Self.sh(Self.alice, "\(cairn) approve s1 go --spool \(spool)").code == 0)
+        try t.waitFor("s1", .completed, timeout: 6)
+        holder.0.terminate()
+        let cwd = try t.result("s1").stringValue?.trimmingCharacters(in: .whitespacesAndNewlines) ?? ""
+        #expect(cwd.hasSuffix("/runs/s1/work"), "the script ran in \(cwd)")
+        #expect(try String(contentsOfFile: run + "/work/scratch.txt", encoding: .utf8) == "scratch\n")
+        #expect(try DurableFile.readJSON(t.spool.configFile)["format"] == 1, "cairn.json intact")
+
+        // 4. A request file bob forged before the run asks is not something to approve.
+        try #require(try Self.sh(Self.service, "echo '{\"who\": \"x\"}' | \(cairn) submit gate --spool \(spool) --id g2 --input -").code == 0)
+        try t.waitFor("g2", .waiting)
+        let forged = "\(spool)/runs/g2/approvals/go2.request.json"
+        #expect(try Self.sh(Self.bob, "echo '{\"summary\": \"harmless\"}' > \(spool)/runs/g2/approvals/.r && mv \(spool)/runs/g2/approvals/.r \(forged)").code == 0)
+        let early = try Self.sh(Self.alice, "\(cairn) approve g2 go2 --spool \(spool)")
+        #expect(early.code == 3 && early.err.contains("not the run's request"), "\(early.err)")
+
+        // 5. Bob squats an id; alice's submission with it is rejected, not swallowed.
+        #expect(try Self.sh(Self.bob, "echo '{\"who\": \"bob\"}' | \(cairn) submit gate --spool \(spool) --id order-1 --input -").code == 0)
+        try t.waitFor("order-1", .waiting)
+        #expect(try Self.sh(Self.alice, "echo '{\"who\": \"alice\"}' | \(cairn) submit gate --spool \(spool) --id order-1 --input -").code == 0)
+        try waitUntil("alice's squatted submission rejected") {
+            ((try? String(contentsOfFile: spool + "/rejected/order-1.error.json", encoding: .utf8)) ?? "").contains("submitted by \(Self.bob)")
+        }
+
+        // 6. A directory planted where the runtime writes result.json does not wedge the run.
+        #expect(try Self.sh(Self.bob, "mkdir -p \(spool)/runs/g2/result.json/x").code == 0)
+        #expect(try Self.sh(Self.alice, "touch \(spool)/runs/g2/approvals/go.approved && chmod go-w \(spool)/runs/g2/approvals/go.approved").code == 0)
+        try t.waitFor("g2", .completed, timeout: 10)
+        let fsck = try Self.sh(Self.service, "\(cairn) fsck --spool \(spool)")
+        #expect(fsck.out.contains("foreign.result.json"), "\(fsck.out)")
     }
 }

@@ -10,8 +10,15 @@ func dropDecision(spool: Spool, run runID: String, gate: String, suffix: String,
     _ = try requireRun(spool, runID)
     guard Names.isValidName(gate) else { throw CLIError(.usage, "invalid gate name '\(gate)'") }
     let dir = spool.run(runID).approvalsDirectory
-    if !early && !DurableFile.exists(dir.appending("\(gate).request.json")) {
-        throw CLIError(.notFound, "run \(runID) has not requested gate '\(gate)' (no \(dir.appending("\(gate).request.json").string)); pass --early to decide before it does")
+    let request = dir.appending("\(gate).request.json")
+    if !early {
+        guard DurableFile.exists(request) else {
+            throw CLIError(.notFound, "run \(runID) has not requested gate '\(gate)' (no \(request.string)); pass --early to decide before it does")
+        }
+        // A request file the runtime did not write is someone's forgery: do not decide on it.
+        if let owner = spool.serviceUID, let problem = Spool.runtimeFileProblem(request.string, owner: owner) {
+            throw CLIError(.notFound, "\(request.string) \(problem): it is not the run's request, so run \(runID) has not asked yet; pass --early to decide anyway")
+        }
     }
     let target = dir.appending("\(gate).\(suffix)")
     let other = dir.appending("\(gate).\(suffix == "approved" ? "rejected" : "approved")")

@@ -28,9 +28,11 @@ enum Describe {
         }
         for suffix in ["approved", "rejected"] {
             let err = spool.run(run).approvalsDirectory.appending("\(gate).\(suffix).error.json")
-            if DurableFile.exists(spool.run(run).approvalsDirectory.appending("\(gate).\(suffix)")),
-               let e = try? DurableFile.readJSON(err), let text = e["error"]?.stringValue {
-                lines.append("  refused drop: \(text)")
+            // Only the runtime's own error files (anyone in the group could plant one).
+            guard let owner = spool.serviceUID, DurableFile.exists(err), Spool.runtimeFileProblem(err.string, owner: owner) == nil,
+                  let e = try? DurableFile.readJSON(err), let text = e["error"]?.stringValue else { continue }
+            if DurableFile.exists(spool.run(run).approvalsDirectory.appending("\(gate).\(suffix)")) || e["moved_to"] != nil {
+                lines.append("  refused drop: \(Output.printable(text))" + (e["moved_to"]?.stringValue.map { " (set aside in \($0))" } ?? ""))
             }
         }
         return lines
@@ -44,9 +46,11 @@ enum Describe {
         case "approval":
             let gate = w["gate"]?.stringValue ?? "?"
             var lines = ["waiting for approval '\(gate)'" + (w["until"]?.stringValue.map { " (until \($0))" } ?? "")]
-            if let req = try? DurableFile.readJSON(spool.run(run).approvalsDirectory.appending("\(gate).request.json")),
-               let summary = req["summary"]?.stringValue {
-                lines.append("  request: \(summary)")
+            let requestPath = spool.run(run).approvalsDirectory.appending("\(gate).request.json")
+            if let owner = spool.serviceUID, let problem = Spool.runtimeFileProblem(requestPath.string, owner: owner) {
+                lines.append("  request: NOT SHOWN: \(requestPath.string) \(problem)")
+            } else if let req = try? DurableFile.readJSON(requestPath), let summary = req["summary"]?.stringValue {
+                lines.append("  request: \(Output.printable(summary))")
             }
             lines += refusals(gate: gate, run: run, spool: spool)
             for suffix in ["approved", "rejected"] where DurableFile.exists(spool.run(run).approvalsDirectory.appending("\(gate).\(suffix)"))

@@ -47,7 +47,8 @@ struct HelperSession {
         // or in the background): each takes the exec state's flock, then re-reads the cursor.
         // A lock file of its own: the state file is replaced by rename, so it cannot carry a lock.
         let lockPath = statePath.string + ".lock"
-        let lockFD = Glibc.open(lockPath, O_RDWR | O_CREAT | O_CLOEXEC, 0o644)
+        // 0600: a lock file others can open is a lock others can hold.
+        let lockFD = Glibc.open(lockPath, O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0o600)
         guard lockFD >= 0 else { throw CLIError(.failure, "\(lockPath): cannot open the execution lock") }
         defer { close(lockFD) }
         // Helpers called concurrently (a pipeline, `&`, `xargs -P`) would take positions in
@@ -80,14 +81,14 @@ struct HelperSession {
             } else if let e = error as? NondeterminismError {
                 state.outcome = "nondeterminism"
                 state.error = e.info
-                FileHandle.standardError.write(Data("cairn: \(e.info.message)\n".utf8))
+                Output.raw(Data("cairn: \(e.info.message)\n".utf8), to: 2)
             } else if let e = error as? SpoolError {
                 // The spool failed (a full disk, EIO): not the script's failure. Tell the
                 // daemon if the exec state can still be written (it probes the spool
                 // itself if not) and stop the script; the run resumes once the spool works.
                 state.outcome = "spool_error"
                 state.error = ErrorInfo(type: "spool", message: e.description, file: e.path)
-                FileHandle.standardError.write(Data("cairn: \(e.description)\n".utf8))
+                Output.raw(Data("cairn: \(e.description)\n".utf8), to: 2)
                 try? spool.durable.write(json: JSONValue(encoding: state), to: statePath)
                 kill(0, SIGKILL)
                 while true { pause() }
@@ -173,7 +174,7 @@ struct StepHelper: AsyncParsableCommand {
                     case .signaled(let s): code = 128 + s
                     }
                     if code != 0 && !attempt.isLast {
-                        FileHandle.standardError.write(Data("cairn: step \(name) attempt \(attempt.number): \(cmd[0]) exited with \(code); step failed, will retry\n".utf8))
+                        Output.raw(Data("cairn: step \(name) attempt \(attempt.number): \(cmd[0]) exited with \(code); step failed, will retry\n".utf8), to: 2)
                         throw StepError("\(cmd[0]) exited with \(code)")
                     }
                     let data = Data(r.standardOutput)
@@ -182,10 +183,10 @@ struct StepHelper: AsyncParsableCommand {
                 }
             }
         } catch let e as StepFailedError {
-            FileHandle.standardError.write(Data("cairn: \(e.description)\n".utf8))
+            Output.raw(Data("cairn: \(e.description)\n".utf8), to: 2)
             throw ExitCode(e.error.type == "timeout" ? 124 : 1)
         }
-        FileHandle.standardOutput.write(out.bytes)
+        Output.raw(out.bytes, to: 1)
         throw ExitCode(out.exitCode)
     }
 }
@@ -253,7 +254,7 @@ struct EventHelper: AsyncParsableCommand {
         var session = try HelperSession.open("event")
         let v = try await session.perform { ctx in try await ctx.waitForEvent(name, timeout: timeout.flatMap(Duration.parse)) }
         guard let v else { throw ExitCode(4) }
-        FileHandle.standardOutput.write(Data(v.canonicalText().utf8))
+        Output.raw(Data(v.canonicalText().utf8), to: 1)
     }
 }
 

@@ -28,8 +28,11 @@ struct WhyCommand: ParsableCommand {
         case .waiting:
             lines = state.waitingFor.map { Describe.unblock($0, run: runID, spool: spool) } ?? ["waiting (state.json does not say on what; cairn fsck)"]
         case .queued, .running:
-            let held = RunLock.isHeld(spool.runDirectory(runID))
-            if let e = state.error, !held {
+            let probe = RunLock.isHeld(spool.runDirectory(runID))
+            let held = probe == true
+            if probe == nil {
+                lines = ["\(state.status.rawValue): only the spool's service user can tell whether a daemon is advancing it (run `cairn why` as that user)"]
+            } else if let e = state.error, !held {
                 // A daemon looked at it and could not start it (no such workflow, …).
                 lines = ["\(state.status.rawValue): a daemon could not start it: \(e.message)"]
             } else {
