@@ -89,6 +89,14 @@ public final class WorkflowContext: Sendable {
     /// Whether this execution appended any record (or announced that it is running).
     public var appendedRecords: Bool { state.withLock { $0.appended } }
 
+    /// The checks every live operation makes first (`cancel`: records it and throws; `pause`:
+    /// waits), for executors that do work before their first durable operation, even while
+    /// records remain to replay: a script re-run from the top would otherwise do that work
+    /// again before any helper could see the cancel.
+    public func checkControlFiles() throws {
+        try beforeLive()
+    }
+
     /// Marks the run `running` in state.json now, before any record (once per execution):
     /// for executors whose work starts before their first durable operation, like a script.
     public func markRunning() throws {

@@ -105,6 +105,9 @@ public enum ScriptWorkflow {
         let execID = UUID().uuidString.lowercased()
         let statePath = execStatePath(spool, run)
         try spool.durable.write(json: JSONValue(encoding: ExecState(exec: execID, run: run, cursor: ctx.cursor)), to: statePath)
+        // A cancel or pause is honoured before the script starts: one that never calls a
+        // helper would never see it.
+        try ctx.checkControlFiles()
         // The script is at work from now on, before its first helper call.
         try ctx.markRunning()
         try spool.ensureRuntimeDirectory(spool.run(run).workDirectory)

@@ -43,9 +43,19 @@ public struct DurableFile: Sendable {
     /// staged as a dot-file in the destination directory itself, Maildir-style, so a person
     /// needs no access to the runtime's tmp/. First writer wins. The daemon ignores dot-files.
     public static func drop(_ data: Data, to path: FilePath, permissions: FilePermissions = [.ownerReadWrite, .groupRead, .otherRead]) throws {
-        let n = counter.add(1, ordering: .relaxed).newValue
-        let staging = path.removingLastComponent().appending(".\(path.lastComponent?.string ?? "drop").\(getpid()).\(n).tmp")
-        try commit(data, staging: staging, to: path, mode: .noReplace, permissions: permissions)
+        // A random staging name (others in the group can create names in a drop directory,
+        // so a predictable one could be taken first), tried again if it is taken anyway.
+        for attempt in 1...8 {
+            let n = counter.add(1, ordering: .relaxed).newValue
+            let r = UInt64.random(in: 0..<UInt64.max)
+            let staging = path.removingLastComponent().appending(".\(path.lastComponent?.string ?? "drop").\(getpid()).\(n).\(String(r, radix: 36)).tmp")
+            do {
+                try commit(data, staging: staging, to: path, mode: .noReplace, permissions: permissions)
+                return
+            } catch let e as SpoolError where e.path == staging.string && e.errno == EEXIST && attempt < 8 {
+                continue
+            }
+        }
     }
 
     /// write → fsync → rename → fsync(directory), with `staging` as the temp file.

@@ -36,7 +36,7 @@ public enum Repair {
             var st = stat()
             guard lstat(p.string, &st) == 0 else { continue }
             let age = now.timeIntervalSince1970 - Double(st.st_mtim.tv_sec)
-            guard age > staleTempAge else { continue }
+            guard age > staleTempAge, name != "inbox.lock" else { continue }
             // A script execution's state lives as long as its run is held, however long.
             if name.hasPrefix("exec-") {
                 let run = name.hasSuffix(".json.lock") ? name.dropFirst(5).dropLast(10) : name.dropFirst(5).dropLast(5)
@@ -44,8 +44,13 @@ public enum Repair {
             }
             var f = Finding(file: rel(p), problem: "stale temporary file (\(Int(age))s old)")
             if repair {
-                try? FileManager.default.removeItem(atPath: p.string)
-                f.repaired = "removed"
+                // Say so when it cannot be removed (files of another user inside it).
+                do {
+                    try FileManager.default.removeItem(atPath: p.string)
+                    f.repaired = "removed"
+                } catch {
+                    f.problem += "; cannot be removed by this user (\(error.localizedDescription)): remove it as root"
+                }
             }
             report.findings.append(f)
         }
@@ -255,6 +260,32 @@ public enum Repair {
                 out.append(Finding(file: rel(dir), problem: Spool.runtimeFileProblem(dir.string, owner: service) ?? "is not a directory"))
             } else if st.st_mode & 0o022 != 0 && st.st_mode & S_ISVTX == 0 {
                 out.append(Finding(file: rel(dir), problem: "is writable by others but not sticky: a member could move or replace another's files (the daemon adds the sticky bit when it next advances the run)"))
+            }
+        }
+        // People's drop directories: what is there that is not a drop the runtime will read
+        // (symlinks, FIFOs, directories, files of others it refused) or a staging dot-file
+        // left for over an hour.
+        let now = Date().timeIntervalSince1970
+        for dir in [p.approvalsDirectory, p.eventsDirectory] {
+            for name in (try? Spool.list(dir)) ?? [] {
+                let path = dir.appending(name)
+                var st = stat()
+                guard lstat(path.string, &st) == 0, st.st_uid != service else { continue }
+                let who = Principal.userName(uid: st.st_uid) ?? String(st.st_uid)
+                if (st.st_mode & S_IFMT) != S_IFREG {
+                    out.append(Finding(file: rel(path), problem: "is not a regular file (put here by \(who)); no run reads it"))
+                } else if name.hasPrefix(".") && now - Double(st.st_mtim.tv_sec) > 3600 {
+                    out.append(Finding(file: rel(path), problem: "is a staging dot-file left for over an hour by \(who)"))
+                } else if DurableFile.exists(FilePath(path.string + ".error.json")) {
+                    out.append(Finding(file: rel(path), problem: "was refused (see \(name).error.json) and is still here (put here by \(who))"))
+                }
+            }
+        }
+        for name in ["cancel", "pause", "retry"] {
+            var st = stat()
+            let path = p.directory.appending(name)
+            if lstat(path.string, &st) == 0, (st.st_mode & S_IFMT) != S_IFREG {
+                out.append(Finding(file: rel(path), problem: "is not a regular file: drop an empty file (touch)"))
             }
         }
         // What the runtime writes among people's drops: request and error files.

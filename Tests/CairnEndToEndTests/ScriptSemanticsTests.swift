@@ -153,4 +153,29 @@ import Testing
         #expect(message.contains("#! line"), "\(message)")
         d.stop()
     }
+
+    @Test func cancelStopsAScriptThatNeverCallsAHelper() throws {
+        let t = try TempSpool()
+        let pidFile = t.path.appending("pid").string
+        try install(t, "busy", "#!/bin/sh\ncairn step first -- true\necho $$ > \(pidFile)\nexec sleep 300\n")
+        let d = try DaemonProcess(spool: t.spool)
+        let r = try t.submit("busy", input: JSONValue.null)
+        try waitUntil("started") { FileManager.default.fileExists(atPath: pidFile) }
+        #expect(try Binary.cairn("cancel", r, spool: t.spool).code == 0)
+        try t.waitFor(r, .cancelled, timeout: 10)
+        let pid = Int32((try String(contentsOfFile: pidFile, encoding: .utf8)).trimmingCharacters(in: .whitespacesAndNewlines))!
+        try waitUntil("the script is gone", timeout: 5) { kill(pid, 0) != 0 }
+        d.stop()
+    }
+
+    @Test func aHelperWithItsStdoutClosedDoesNotCrash() throws {
+        let t = try TempSpool()
+        try install(t, "closed", "#!/bin/sh\nexec 1>&-\ncairn step b -- echo hi\necho \"step exit $?\" >&2\n")
+        let d = try DaemonProcess(spool: t.spool)
+        let r = try t.submit("closed", input: JSONValue.null)
+        try t.waitFor(r, .completed)
+        d.stop()
+        #expect(stderrLog(t, r).contains("step exit 0"), "\(stderrLog(t, r))")
+        #expect(!stderrLog(t, r).contains("Fatal error"))
+    }
 }
