@@ -65,17 +65,7 @@ enum Output {
 
     /// Text from the spool made safe for a terminal: control characters (escape sequences,
     /// carriage returns) shown escaped, never interpreted.
-    static func printable(_ s: String) -> String {
-        var out = ""
-        for u in s.unicodeScalars {
-            if u.value < 0x20 || u.value == 0x7F || (u.value >= 0x80 && u.value < 0xA0) {
-                out += "\\u{" + String(u.value, radix: 16) + "}"
-            } else {
-                out.unicodeScalars.append(u)
-            }
-        }
-        return out
-    }
+    static func printable(_ s: String) -> String { Names.printable(s) }
 
     static func ago(_ date: Date, now: Date = Date()) -> String {
         let s = Int(now.timeIntervalSince(date))

@@ -36,24 +36,31 @@ import Testing
         }
     }
 
+    /// A spool owned by the service user, chgrp'd to the team, gate "go" narrowed to alice —
+    /// set up as docs/operations.md says.
+    static func serviceSpool() throws -> (TempSpool, String) {
+        try ensureUsers()
+        let t = try TempSpool()
+        let cairn = Binary.path("cairn-fixtures")
+        let spool = t.spool.root.string
+        chmod(t.path.string, 0o755)
+        try #require(try root("rm -rf \(spool) && mkdir -p \(spool) && chown \(service) \(spool)").code == 0)
+        try #require(try sh(service, "\(cairn) init \(spool)").code == 0)
+        try #require(try root("chgrp -R \(group) \(spool)").code == 0)
+        let cfg = try sh(service, """
+            jq '.approvers = {"go": {"users": ["\(alice)"]}}' \(spool)/cairn.json > \(spool)/.c && mv \(spool)/.c \(spool)/cairn.json
+            """)
+        try #require(cfg.code == 0, "\(cfg.err)")
+        return (t, spool)
+    }
+
     @Test func threeUsersEveryForgeryRefusedAndReported() throws {
         guard getuid() == 0 else {
             print("AuthorizationTests: skipped — needs root to create the users \(Self.service), \(Self.alice), \(Self.bob) (CI runs as root)")
             return
         }
-        try Self.ensureUsers()
-        let t = try TempSpool()
+        let (t, spool) = try Self.serviceSpool()
         let cairn = Binary.path("cairn-fixtures")
-        let spool = t.spool.root.string
-        // The spool belongs to the service user, as docs/operations.md sets it up.
-        chmod(t.path.string, 0o755)
-        try #require(try Self.root("rm -rf \(spool) && mkdir -p \(spool) && chown \(Self.service) \(spool)").code == 0)
-        try #require(try Self.sh(Self.service, "\(cairn) init \(spool)").code == 0)
-        try #require(try Self.root("chgrp -R \(Self.group) \(spool)").code == 0)
-        let cfg = try Self.sh(Self.service, """
-            jq '.approvers = {"go": {"users": ["\(Self.alice)"]}}' \(spool)/cairn.json > \(spool)/.c && mv \(spool)/.c \(spool)/cairn.json
-            """)
-        try #require(cfg.code == 0, "\(cfg.err)")
         let d = try DaemonProcess(spool: t.spool, asUser: Self.service)
         defer { d.stop() }
 
@@ -154,15 +161,8 @@ import Testing
             print("AuthorizationTests: skipped — needs root to create users (CI runs as root)")
             return
         }
-        try Self.ensureUsers()
-        let t = try TempSpool()
+        let (t, spool) = try Self.serviceSpool()
         let cairn = Binary.path("cairn-fixtures")
-        let spool = t.spool.root.string
-        chmod(t.path.string, 0o755)
-        try #require(try Self.root("rm -rf \(spool) && mkdir -p \(spool) && chown \(Self.service) \(spool)").code == 0)
-        try #require(try Self.sh(Self.service, "\(cairn) init \(spool)").code == 0)
-        try #require(try Self.root("chgrp -R \(Self.group) \(spool)").code == 0)
-        try #require(try Self.sh(Self.service, "jq '.approvers = {\"go\": {\"users\": [\"\(Self.alice)\"]}}' \(spool)/cairn.json > \(spool)/.c && mv \(spool)/.c \(spool)/cairn.json").code == 0)
         // A script that writes a scratch file in its working directory.
         try #require(try Self.sh(Self.service, "printf '#!/bin/sh\\ncairn approval go >/dev/null\\necho scratch > scratch.txt\\npwd | cairn result --text -\\n' > \(spool)/workflows/scratchy && chmod 755 \(spool)/workflows/scratchy").code == 0)
         let d = try DaemonProcess(spool: t.spool, asUser: Self.service)
