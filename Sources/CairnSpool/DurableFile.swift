@@ -142,12 +142,45 @@ public struct DurableFile: Sendable {
         }
     }
 
-    /// rename(2), or renameat2(RENAME_NOREPLACE) for `.noReplace`.
+    /// How first-writer-wins renames are made: `renameat2(RENAME_NOREPLACE)` where the
+    /// filesystem has it; where it answers EINVAL or ENOSYS (GlusterFS's FUSE mount, some
+    /// network filesystems), the classic Maildir way: `link` then `unlink` for a file (link
+    /// fails with EEXIST when the name is taken), and plain `rename` for a directory (it
+    /// cannot replace a non-empty directory, and a run directory is never empty). Found out
+    /// once per process — by `Spool.open`'s probe, or by the first EINVAL — then kept.
+    public enum NoReplaceMethod: Int, Sendable { case renameat2 = 0, link = 1 }
+    private static let noReplaceMethod = Atomic<Int>(NoReplaceMethod.renameat2.rawValue)
+    public static var noReplace: NoReplaceMethod { NoReplaceMethod(rawValue: noReplaceMethod.load(ordering: .relaxed)) ?? .renameat2 }
+
+    /// Tries renameat2(RENAME_NOREPLACE) in `dir` (a scratch file), and switches this
+    /// process to the link method if the filesystem refuses it.
+    public static func probeNoReplace(in dir: FilePath) {
+        let a = dir.appending(".probe-\(getpid())-a").string, b = dir.appending(".probe-\(getpid())-b").string
+        let fd = Glibc.open(a, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+        guard fd >= 0 else { return }
+        Glibc.close(fd)
+        if cairn_rename_noreplace(AT_FDCWD, a, AT_FDCWD, b) != 0, errno == EINVAL || errno == ENOSYS {
+            noReplaceMethod.store(NoReplaceMethod.link.rawValue, ordering: .relaxed)
+        }
+        _ = unlink(a)
+        _ = unlink(b)
+    }
+
+    /// rename(2), or first-writer-wins for `.noReplace` (see `NoReplaceMethod`).
     public static func rename(_ from: FilePath, to: FilePath, mode: Mode) throws {
-        let rc: Int32
+        var rc: Int32
         switch mode {
         case .replace: rc = Glibc.rename(from.string, to.string)
-        case .noReplace: rc = cairn_rename_noreplace(AT_FDCWD, from.string, AT_FDCWD, to.string)
+        case .noReplace:
+            if noReplace == .renameat2 {
+                rc = cairn_rename_noreplace(AT_FDCWD, from.string, AT_FDCWD, to.string)
+                if rc != 0, errno == EINVAL || errno == ENOSYS {
+                    noReplaceMethod.store(NoReplaceMethod.link.rawValue, ordering: .relaxed)
+                    rc = renameLinking(from.string, to.string)
+                }
+            } else {
+                rc = renameLinking(from.string, to.string)
+            }
         }
         if rc != 0 {
             let e = errno
@@ -156,6 +189,21 @@ public struct DurableFile: Sendable {
             }
             throw SpoolError(.io, path: to.string, errno: e, "rename from \(from.string) failed")
         }
+    }
+
+    /// The link method of first-writer-wins (see `NoReplaceMethod`); -1 with errno set.
+    static func renameLinking(_ from: String, _ to: String) -> Int32 {
+        var st = stat()
+        guard lstat(from, &st) == 0 else { return -1 }
+        if (st.st_mode & S_IFMT) == S_IFDIR {
+            // rename(2) replaces only an empty directory; refuse one that exists at all.
+            var t = stat()
+            if lstat(to, &t) == 0 { errno = EEXIST; return -1 }
+            return Glibc.rename(from, to)
+        }
+        guard link(from, to) == 0 else { return -1 }
+        _ = unlink(from)
+        return 0
     }
 
     /// fsync of a directory, which makes the names in it (renames, creations) durable.

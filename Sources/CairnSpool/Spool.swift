@@ -41,6 +41,7 @@ public struct Spool: Sendable {
         try DurableFile.makeDirectory(root)
         let spool = Spool(root: root)
         for d in subdirectories { try DurableFile.makeDirectory(root.appending(d)) }
+        DurableFile.probeNoReplace(in: spool.tmpDirectory)
         // inbox/ is a drop directory; the rest belongs to the runtime.
         try makeDropDirectories([root.appending("inbox")], group: nil)
         if !DurableFile.exists(spool.configFile) {
@@ -69,6 +70,7 @@ public struct Spool: Sendable {
         for d in subdirectories where !DurableFile.exists(root.appending(d)) {
             try DurableFile.makeDirectory(root.appending(d))
         }
+        if spool.isServiceUser { DurableFile.probeNoReplace(in: spool.tmpDirectory) }
         return spool
     }
 
