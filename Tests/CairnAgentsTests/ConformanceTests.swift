@@ -86,7 +86,7 @@ enum Conformance {
     @Test(arguments: Conformance.fixtures)
     func fixtureIsRecordedAsDocumented(_ fixture: String) async throws {
         let want = try #require(Conformance.expected[fixture])
-        let fake = try FakeLLM(queue: [["raw": .string(Conformance.path(fixture))]], default: ["status": 500])
+        let fake = try await FakeLLM.start(queue: [["raw": .string(Conformance.path(fixture))]], default: ["status": 500])
         let t = try TempSpool()
         let c = Conformance.client(fixture, fake), options = Conformance.options(fixture, attempts: 1)
         let (id, _) = try await runLLM(t) { ctx in
@@ -118,7 +118,7 @@ enum Conformance {
         let cuts = Conformance.eventBoundaries(fixture)
         #expect(!cuts.isEmpty)
         let p = JSONValue.string(Conformance.path(fixture))
-        let fake = try FakeLLM(queue: cuts.flatMap { [["raw": p, "cut": .int(Int64($0))], ["raw": p]] as [JSONValue] }, default: ["status": 500])
+        let fake = try await FakeLLM.start(queue: cuts.flatMap { [["raw": p, "cut": .int(Int64($0))], ["raw": p]] as [JSONValue] }, default: ["status": 500])
         let t = try TempSpool()
         let c = Conformance.client(fixture, fake), options = Conformance.options(fixture, attempts: 2)
         let (id, _) = try await runLLM(t) { ctx in
@@ -150,7 +150,7 @@ enum Conformance {
         let want = try #require(Conformance.expected[fixture]?["answer"])
         let cuts = Conformance.jsonBoundaries(fixture)
         let p = JSONValue.string(Conformance.path(fixture))
-        let fake = try FakeLLM(queue: cuts.flatMap { [["raw": p, "cut": .int(Int64($0))], ["raw": p]] as [JSONValue] }, default: ["status": 500])
+        let fake = try await FakeLLM.start(queue: cuts.flatMap { [["raw": p, "cut": .int(Int64($0))], ["raw": p]] as [JSONValue] }, default: ["status": 500])
         let t = try TempSpool()
         let c = Conformance.client(fixture, fake), options = Conformance.options(fixture, attempts: 2)
         let (id, _) = try await runLLM(t) { ctx in
@@ -176,7 +176,7 @@ enum Conformance {
         let fixture = "openai/stream-text.sse"
         let cut = Conformance.eventBoundaries(fixture)[4]  // after " today.", before finish_reason
         let p = JSONValue.string(Conformance.path(fixture))
-        let fake = try FakeLLM(queue: [["raw": p, "cut": .int(Int64(cut))], ["raw": p, "cut": .int(Int64(cut))], ["raw": p, "cut": .int(Int64(cut))], reply("from the fallback")])
+        let fake = try await FakeLLM.start(queue: [["raw": p, "cut": .int(Int64(cut))], ["raw": p, "cut": .int(Int64(cut))], ["raw": p, "cut": .int(Int64(cut))], reply("from the fallback")])
         let t = try TempSpool()
         let c = LLMClient(providers: [OpenAICompatibleProvider(name: "p", baseURL: fake.baseURL, apiKey: nil), AnthropicProvider(name: "q", baseURL: fake.baseURL, apiKey: nil)])
         let (id, out) = try await runLLM(t) { ctx in
