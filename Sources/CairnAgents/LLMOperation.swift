@@ -7,8 +7,9 @@ import SystemPackage
 public struct LLMOptions: Sendable {
     /// Attempts per model on 429, 5xx, timeouts, transport errors, incomplete answers and garbage.
     public var retry = RetryPolicy(maxAttempts: 3, initialDelay: .seconds(1), multiplier: 2, maxDelay: .seconds(30), jitter: 0.2)
-    /// Retry-After is honoured up to this; an absurd value is capped to it.
-    public var maxRetryAfter: Duration = .seconds(60)
+    /// Retry-After is honoured up to this; an absurd value is capped to it. (Long waits
+    /// are durable, see `durableWaitAfter`, so an hour holds no process or slot.)
+    public var maxRetryAfter: Duration = .seconds(3600)
     /// A wait before the next attempt (Retry-After or backoff) longer than this is not slept
     /// in process: the run waits durably (`waiting_for` kind `retry` with its due time),
     /// which frees its concurrency slot and survives a restart.
