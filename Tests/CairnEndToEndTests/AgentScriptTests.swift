@@ -38,4 +38,65 @@ import Testing
         #expect(out["error"]?.stringValue?.contains("does-not-exist.txt") == true, "\(out)")
         #expect(fake.requests.isEmpty, "nothing was sent: \(fake.requests)")
     }
+
+    static let ask = """
+        #!/usr/bin/env bash
+        set -euo pipefail
+        answer=$(echo "hello" | cairn llm ask --model fake:m)
+        printf '%s' "$answer" | jq -Rs . | cairn result -
+        """
+
+    /// A 10-minute Retry-After: the run waits durably (kind retry, with its due time), its
+    /// slot goes to another run under --concurrency 1, and the wait survives a kill -9.
+    @Test func aTenMinuteRetryAfterFreesTheSlotAndSurvivesARestart() throws {
+        let fake = try FakeLLMProcess(queue: [["status": 429, "retry_after": "600"], ["reply": ["content": "B answered"]]])
+        let t = try TempSpool()
+        try configure(t, port: fake.port)
+        try install(t, "ask", Self.ask)
+        var d = try DaemonProcess(spool: t.spool, args: ["--concurrency", "1"])
+        let a = try t.submit("ask", input: [:] as JSONValue)
+        let submitted = Date()
+        try t.waitFor(a, .waiting, timeout: 20)
+        let w = try #require(try t.state(a).waitingFor)
+        #expect(w["kind"] == "retry" && w["step"] == "ask" && w["operation"] == "llm", "\(w)")
+        let until = try #require(w["until"]?.stringValue.flatMap(Timestamp.parse))
+        #expect(until.timeIntervalSince(submitted) > 590 && until.timeIntervalSince(submitted) < 620, "due \(until)")
+        // The slot is free: another run goes through while the first one waits.
+        let b = try t.submit("ask", input: [:] as JSONValue)
+        try t.waitFor(b, .completed, timeout: 20)
+        #expect(try t.result(b) == "B answered")
+        #expect(t.status(a) == .waiting)
+        // Killed and restarted: still waiting for the same due time, nothing re-sent.
+        d.kill9()
+        d = try DaemonProcess(spool: t.spool, args: ["--concurrency", "1"])
+        try waitUntil("the restarted daemon looked at the run") { d.log.contains(a) }
+        Thread.sleep(forTimeInterval: 1)
+        #expect(t.status(a) == .waiting)
+        #expect(try t.state(a).waitingFor == w)
+        #expect(fake.requests.count == 2)
+        let why = try Binary.cairn("why", a, spool: t.spool)
+        #expect(why.stdout.contains("ask") && why.stdout.contains(w["until"]?.stringValue ?? "?"), "\(why.stdout)")
+        d.stop()
+    }
+
+    /// A shorter durable wait, across a kill -9: the restarted daemon resumes the call when
+    /// it is due, and the script gets its answer.
+    @Test func aDurableRetryWaitResumesAfterARestart() throws {
+        let fake = try FakeLLMProcess(queue: [["status": 503, "retry_after": "8"], ["reply": ["content": "after the wait"]]])
+        let t = try TempSpool()
+        try configure(t, port: fake.port)
+        try install(t, "ask", Self.ask)
+        var d = try DaemonProcess(spool: t.spool)
+        let a = try t.submit("ask", input: [:] as JSONValue)
+        try t.waitFor(a, .waiting, timeout: 20)
+        #expect(try t.state(a).waitingFor?["kind"] == "retry")
+        d.kill9()
+        d = try DaemonProcess(spool: t.spool)
+        try t.waitFor(a, .completed, timeout: 30)
+        d.stop()
+        #expect(try t.result(a) == "after the wait")
+        #expect(fake.requests.count == 2)
+        let record = try #require(try t.spool.journal(a).load().first { $0.kind == "llm" })
+        #expect((record.data?["attempts"]?.arrayValue ?? []).map { $0["status"]?.stringValue ?? "" } == ["server_error", "ok"])
+    }
 }
