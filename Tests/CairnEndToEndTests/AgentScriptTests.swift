@@ -99,4 +99,18 @@ import Testing
         let record = try #require(try t.spool.journal(a).load().first { $0.kind == "llm" })
         #expect((record.data?["attempts"]?.arrayValue ?? []).map { $0["status"]?.stringValue ?? "" } == ["server_error", "ok"])
     }
+
+    /// `cairn why` at a tool call's approval gate shows the tool and the arguments it
+    /// would run with, not only the summary.
+    @Test func whyShowsAToolCallsProposedArguments() throws {
+        let t = try TempSpool()
+        let d = try DaemonProcess(spool: t.spool)
+        let r = try t.submit("triage-ticket", input: ["ticket": ["id": "T-7", "from": "ann@example.com", "subject": "Broken lamp", "body": "It arrived broken."]] as JSONValue)
+        try t.waitFor(r, .waiting, timeout: 20)
+        d.stop()
+        let why = try Binary.cairn("why", r, spool: t.spool)
+        #expect(why.code == 0, "\(why.stderr)")
+        #expect(why.stdout.contains("send_reply"), "\(why.stdout)")
+        #expect(why.stdout.contains(#""to":"ann@example.com""#) && why.stdout.contains("Re: Broken lamp"), "\(why.stdout)")
+    }
 }

@@ -26,6 +26,10 @@ enum Describe {
             if let req = try? DurableFile.readJSON(spool.run(run).approvalsDirectory.appending("\(gate).request.json")),
                let summary = req["summary"]?.stringValue {
                 lines.append("  request: \(summary)")
+                // An agent's tool call: what it would run with (an approval's value replaces it).
+                if let tool = req["details"]?["tool"]?.stringValue, let args = req["details"]?["arguments"] {
+                    lines.append("  proposed call: \(tool) \(args.compactText())")
+                }
             }
             lines.append("  approve: touch \(dir)/approvals/\(gate).approved")
             lines.append("       or: cairn approve \(run) \(gate) [--comment C] [--value FILE]")
@@ -39,6 +43,9 @@ enum Describe {
                     "    or: cairn signal \(run) \(name) --data FILE"]
         case "timer":
             return ["sleeping until \(w["until"]?.stringValue ?? "?"); a running daemon wakes it then (nothing to do)"]
+        case "retry" where w["operation"] == "llm":
+            return ["LLM call '\(w["step"]?.stringValue ?? "?")' waits before attempt \(w["attempt"]?.intValue.map(String.init) ?? "?") (\(w["model"]?.stringValue ?? "?")), due at \(w["until"]?.stringValue ?? "?"); a running daemon resumes it then",
+                    "  last error: \(w["reason"]?.stringValue ?? "?")"]
         case "retry":
             return ["step '\(w["step"]?.stringValue ?? "?")' failed; the next attempt is due at \(w["until"]?.stringValue ?? "?") (cairn show \(run) has the error)"]
         case "uncertain":
