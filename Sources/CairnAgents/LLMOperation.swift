@@ -20,6 +20,11 @@ public struct LLMOptions: Sendable {
     public var onMalformedToolCall: Strategy = .nextModel
     public var temperature: Double? = nil
     public var maxTokens: Int? = nil
+    /// The run's token budget (input + output over all its LLM calls); nil: cairn.json's
+    /// `"llm": {"token_budget": N}`, if any. When a call would exceed it (tokens spent so far
+    /// plus the call's estimate: its messages' characters / 4, plus `maxTokens`), the run
+    /// waits at a gate (`waiting_for` kind `budget`) for a person to raise it or reject.
+    public var tokenBudget: Int? = nil
     /// Ask providers to stream (logged to `logs/NAME.stream.jsonl` as the answer arrives).
     /// A provider configured with `"stream": false` never streams.
     public var stream = true
@@ -94,10 +99,13 @@ extension WorkflowContext {
                     try await self.sendLLM(name, models: models, messages: messages, tools: tools, options: options, client: client, resume: from)
                 }
                 return try record.value.decode(as: LLMResponse.self)
-            } catch let e as NondeterminismError where e.info.expected?["kind"] == "llm-retry" && e.info.expected?["name"]?.stringValue == name {
-                // The call waited durably before: carry on from where it stood.
-                let saved = try recorded("llm-retry", name) { .null }
-                resume = LLMCallState(saved["state"] ?? .null)
+            } catch let e as NondeterminismError where ["llm-retry", "llm-budget"].contains(e.info.expected?["kind"]?.stringValue ?? "") && e.info.expected?["name"]?.stringValue == name {
+                // Records this call wrote before its answer: a durable wait between attempts
+                // (carry on from where it stood), or a budget decision (replayed for position;
+                // the budget check reads it from the journal).
+                let kind = e.info.expected?["kind"]?.stringValue ?? ""
+                let saved = try recorded(kind, name) { .null }
+                if kind == "llm-retry" { resume = LLMCallState(saved["state"] ?? .null) }
             }
         }
     }
@@ -110,6 +118,9 @@ extension WorkflowContext {
         let stream = StreamLog(path: self.logsDirectory.appending(Names.fileSafe(name) + ".stream.jsonl").string, redactor: redact)
         let requestData: JSONValue = ["messages": storedMessages, "tools": .array(tools.map { .string($0.name) }), "models": .array(models.map { .string($0) })]
         var s = resume ?? LLMCallState(started: self.clock.now())
+        if s.sent == 0, let refused = try self.checkBudget(name, messages: messages, options: options, requestData: requestData) {
+            return refused
+        }
         if let until = s.until {
             if self.clock.now() < until { throw self.waiting(Self.retryWait(name, s, models)) }
             s.until = nil
@@ -206,6 +217,61 @@ extension WorkflowContext {
         let data: JSONValue = ["request": requestData, "attempts": .array(s.attempts)]
         let message = redact.apply("every model failed; last: \(e.description)")
         return OperationRecord(value: .null, data: redact.apply(data), error: ErrorInfo(type: "llm_\(e.kind.rawValue)", message: message, retryable: false), attempts: s.sent)
+    }
+
+    /// The run's token budget before a call is sent: nil to go ahead; a failed record when a
+    /// person rejected raising it; otherwise the run waits at the gate `budget-NAME-N`.
+    private func checkBudget(_ name: String, messages: [ChatMessage], options: LLMOptions, requestData: JSONValue) throws -> OperationRecord? {
+        let config = self.spoolConfig
+        guard let configured = options.tokenBudget ?? config.raw["llm"]?["token_budget"]?.intValue.map({ Int($0) }) else { return nil }
+        let spool = try Spool.open(at: self.spoolRoot)
+        let entries = Journal.effective(try spool.journal(self.runID).load())
+        let spent = entries.filter { $0.kind == "llm" }.reduce(0) { total, e in
+            total + Int((e.data?["tokens"]?["input"]?.intValue ?? 0) + (e.data?["tokens"]?["output"]?.intValue ?? 0))
+        }
+        let decisions = entries.filter { $0.kind == "llm-budget" }
+        let budget = decisions.reduce(configured) { b, e in max(b, Int(e.value?["budget"]?.intValue ?? 0)) }
+        let characters = messages.reduce(0) { $0 + $1.content.count + ($1.toolCalls ?? []).reduce(0) { $0 + $1.name.count + $1.arguments.count } }
+        let estimate = characters / 4 + 1 + (options.maxTokens ?? 0)
+        guard spent + estimate > budget else { return nil }
+
+        let gate = Names.fileSafe("budget-\(name)-\(decisions.count + 1)")
+        let approvals = self.runDirectory.appending("approvals")
+        let policy = config.approvers[gate] ?? config.approvers["*"]
+        let figures: JSONValue = ["spent": .int(Int64(spent)), "budget": .int(Int64(budget)), "estimate": .int(Int64(estimate))]
+        for (suffix, approved) in [("rejected", false), ("approved", true)] {
+            let path = approvals.appending("\(gate).\(suffix)")
+            switch Drops.read(path, limit: config.dropSizeLimit, policy: policy) {
+            case .absent:
+                continue
+            case .refused(let p, let reason, let identity):
+                _ = try Drops.refuse(p, reason: reason, identity: identity, durable: spool.durable, now: self.clock.now())
+                continue
+            case .valid(let f):
+                var value = f.json
+                if case .object(let o)? = f.json, Set(o.keys).isSubset(of: ["comment", "value", "reason"]) { value = o["value"] }
+                let by = f.owner.user ?? String(f.owner.uid)
+                if !approved {
+                    let reason = f.json?["reason"]?.stringValue ?? f.json?["comment"]?.stringValue ?? "rejected"
+                    _ = try self.recorded("llm-budget", name) { ["decision": "rejected", "gate": .string(gate), "by": .string(by), "reason": .string(reason), "figures": figures] }
+                    let info = ErrorInfo(type: "llm_budget_exceeded", message: "the run's token budget: \(by) rejected raising it (\(reason)); spent \(spent) of \(budget), this call needs about \(estimate)", retryable: false)
+                    return OperationRecord(value: .null, data: ["request": requestData, "budget": figures], error: info, attempts: 0)
+                }
+                let raised = (value?["tokens"]?.intValue ?? value?.intValue).map { Int($0) } ?? budget + configured
+                _ = try self.recorded("llm-budget", name) { ["decision": "approved", "gate": .string(gate), "by": .string(by), "budget": .int(Int64(raised)), "figures": figures] }
+                // Raised too little? The next gate asks again.
+                return try checkBudget(name, messages: messages, options: options, requestData: requestData)
+            }
+        }
+        let request = approvals.appending("\(gate).request.json")
+        if !DurableFile.exists(request) {
+            try spool.durable.write(json: [
+                "summary": .string("LLM call '\(name)' would exceed the run's token budget: \(spent) of \(budget) tokens spent, this call needs about \(estimate). Approve to raise the budget (value {\"tokens\": N} sets it to N; no value adds another \(configured)); reject to fail the call."),
+                "details": ["kind": "budget", "call": .string(name), "spent": .int(Int64(spent)), "budget": .int(Int64(budget)), "estimate": .int(Int64(estimate))],
+            ], to: request)
+        }
+        throw self.waiting(["kind": "budget", "gate": .string(gate), "step": .string(name), "spent": .int(Int64(spent)), "budget": .int(Int64(budget)),
+                            "estimate": .int(Int64(estimate)), "drop": .string("approvals/\(gate).approved")])
     }
 
     /// The `waiting_for` of a durable wait between attempts.

@@ -113,4 +113,35 @@ import Testing
         #expect(why.stdout.contains("send_reply"), "\(why.stdout)")
         #expect(why.stdout.contains(#""to":"ann@example.com""#) && why.stdout.contains("Re: Broken lamp"), "\(why.stdout)")
     }
+
+    /// `cairn llm --token-budget`: the call that would exceed it waits at a gate that
+    /// `cairn why` explains and `cairn approve --value` raises.
+    @Test func aScriptsTokenBudgetIsAGateAPersonRaises() throws {
+        let fake = try FakeLLMProcess(queue: [["reply": ["content": "one", "usage": ["input": 40, "output": 20]]], ["reply": ["content": "two"]]])
+        let t = try TempSpool()
+        try configure(t, port: fake.port)
+        try install(t, "two", """
+            #!/usr/bin/env bash
+            set -euo pipefail
+            a=$(echo "first question" | cairn llm a --model fake:m --token-budget 50)
+            b=$(echo "second question" | cairn llm b --model fake:m --token-budget 50)
+            printf '%s %s' "$a" "$b" | jq -Rs . | cairn result -
+            """)
+        let d = try DaemonProcess(spool: t.spool)
+        let r = try t.submit("two", input: [:] as JSONValue)
+        try t.waitFor(r, .waiting, timeout: 20)
+        let w = try #require(try t.state(r).waitingFor)
+        #expect(w["kind"] == "budget" && w["gate"] == "budget-b-1" && w["spent"] == 60, "\(w)")
+        #expect(fake.requests.count == 1)
+        let why = try Binary.cairn("why", r, spool: t.spool)
+        #expect(why.stdout.contains("token budget") && why.stdout.contains("cairn approve \(r) budget-b-1"), "\(why.stdout)")
+        let v = t.path.appending("v.json").string
+        try #"{"tokens": 500}"#.write(toFile: v, atomically: true, encoding: .utf8)
+        let approve = try Binary.cairn("approve", r, "budget-b-1", "--value", v, spool: t.spool)
+        #expect(approve.code == 0, "\(approve.stderr)")
+        try t.waitFor(r, .completed, timeout: 20)
+        d.stop()
+        #expect(try t.result(r) == "one two")
+        #expect(fake.requests.count == 2)
+    }
 }

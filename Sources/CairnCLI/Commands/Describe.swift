@@ -43,6 +43,12 @@ enum Describe {
                     "    or: cairn signal \(run) \(name) --data FILE"]
         case "timer":
             return ["sleeping until \(w["until"]?.stringValue ?? "?"); a running daemon wakes it then (nothing to do)"]
+        case "budget":
+            let gate = w["gate"]?.stringValue ?? "?"
+            return ["LLM call '\(w["step"]?.stringValue ?? "?")' would exceed the run's token budget: \(w["spent"]?.intValue.map(String.init) ?? "?") of \(w["budget"]?.intValue.map(String.init) ?? "?") tokens spent, the call needs about \(w["estimate"]?.intValue.map(String.init) ?? "?")",
+                    "  raise it: echo '{\"tokens\": N}' > v.json && cairn approve \(run) \(gate) --value v.json",
+                    "        or: touch \(dir)/approvals/\(gate).approved   (adds the configured budget again)",
+                    "    reject: cairn reject \(run) \(gate) [--reason R]   (the call fails)"]
         case "retry" where w["operation"] == "llm":
             return ["LLM call '\(w["step"]?.stringValue ?? "?")' waits before attempt \(w["attempt"]?.intValue.map(String.init) ?? "?") (\(w["model"]?.stringValue ?? "?")), due at \(w["until"]?.stringValue ?? "?"); a running daemon resumes it then",
                     "  last error: \(w["reason"]?.stringValue ?? "?")"]

@@ -19,8 +19,8 @@ struct LLMHelper: AsyncParsableCommand {
             Exit status: 0 with the answer on stdout; 1 when every model failed (the failure
             is recorded, so a rerun of the script fails the same way without sending
             anything); 2 for a usage error (no --model, an unreadable or empty prompt).
-            When the call must wait (a long Retry-After), the script is stopped and run
-            again from the top when the wait is over.
+            When the call must wait (a long Retry-After, or a token budget it would exceed),
+            the script is stopped and run again from the top when the wait is over.
 
             Examples (inside SPOOL/workflows/NAME):
               summary=$(cairn llm summarize --model openai:gpt-4o-mini --prompt ticket.txt)
@@ -34,9 +34,11 @@ struct LLMHelper: AsyncParsableCommand {
     @Option(name: .long, help: ArgumentHelp("The prompt as a file, or - for stdin (default).", valueName: "file|-")) var prompt: String = "-"
     @Flag(name: .long, help: "Print the whole response as JSON (content, tool_calls, usage, model).") var json = false
     @Flag(name: .customLong("no-stream"), help: "Do not ask the provider to stream.") var noStream = false
+    @Option(name: .customLong("token-budget"), help: ArgumentHelp("The run's token budget (input + output over all its calls); over it, the run waits at a gate (default: cairn.json \"llm\": {\"token_budget\": N}).", valueName: "n")) var tokenBudget: Int?
 
     func validate() throws {
         guard !model.isEmpty else { throw ValidationError("at least one --model is needed") }
+        if let tokenBudget, tokenBudget <= 0 { throw ValidationError("--token-budget must be positive") }
     }
 
     /// The prompt, read before anything else happens: a missing or unreadable file, or an
@@ -66,6 +68,7 @@ struct LLMHelper: AsyncParsableCommand {
         messages.append(.user(text))
         var options = LLMOptions()
         options.stream = !noStream
+        options.tokenBudget = tokenBudget
         let opts = options
         var session = try HelperSession.open("llm")
         let response: LLMResponse
