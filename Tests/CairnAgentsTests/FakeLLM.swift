@@ -13,15 +13,18 @@ final class FakeLLM: @unchecked Sendable {
 
     static func start(queue: [JSONValue] = [], default step: JSONValue = ["reply": ["content": "ok"]]) async throws -> FakeLLM {
         let f = try FakeLLM(launching: queue, default: step)
-        let deadline = Date().addingTimeInterval(20)
-        while Date() < deadline {
+        // The deadline is generous and the file is looked at once more after it: a test may
+        // not be resumed for a while when synchronous tests occupy the cooperative threads.
+        let deadline = Date().addingTimeInterval(120)
+        while true {
+            let late = Date() >= deadline
             if let p = (try? String(contentsOfFile: f.dir + "/port", encoding: .utf8)).flatMap({ Int($0) }) {
                 f.port = p
                 return f
             }
+            if late { throw SpoolError(.io, "the fake LLM server did not start") }
             try await Task.sleep(for: .milliseconds(10))
         }
-        throw SpoolError(.io, "the fake LLM server did not start")
     }
 
     static var script: String { FilePath(#filePath).removingLastComponent().appending("Fixtures/fake_llm.py").string }
