@@ -147,4 +147,30 @@ import Testing
         #expect(try t.result(r) == "one two")
         #expect(fake.requests.count == 2)
     }
+
+    /// A script's recorded LLM calls answered from the journal on a later execution count
+    /// as tokens saved, as they do for Swift workflows.
+    @Test func tokensSavedCountsAScriptsReplayedCalls() throws {
+        let fake = try FakeLLMProcess(queue: [["reply": ["content": "one", "usage": ["input": 30, "output": 12]]]])
+        let t = try TempSpool()
+        try configure(t, port: fake.port)
+        try install(t, "gated", """
+            #!/usr/bin/env bash
+            set -euo pipefail
+            a=$(echo "question" | cairn llm a --model fake:m)
+            cairn approval go > /dev/null
+            printf '%s' "$a" | jq -Rs . | cairn result -
+            """)
+        let d = try DaemonProcess(spool: t.spool)
+        let r = try t.submit("gated", input: [:] as JSONValue)
+        try t.waitFor(r, .waiting, timeout: 20)
+        #expect(try t.state(r).tokens?["input"] == 30)
+        try t.drop("approvals/go.approved", in: r)
+        try t.waitFor(r, .completed, timeout: 20)
+        d.stop()
+        #expect(try t.result(r) == "one")
+        #expect(fake.requests.count == 1)
+        let tokens = try t.state(r).tokens
+        #expect(tokens?["saved"] == 42, "\(String(describing: tokens))")
+    }
 }
