@@ -122,7 +122,7 @@ extension WorkflowContext {
             return refused
         }
         if let until = s.until {
-            if self.clock.now() < until { throw self.waiting(Self.retryWait(name, s, models)) }
+            if self.clock.now() < until { throw self.waiting(redact.apply(Self.retryWait(name, s, models))) }
             s.until = nil
             stream.write(["resumed": true, "after": .string(Timestamp.format(until))])
         }
@@ -204,7 +204,7 @@ extension WorkflowContext {
                         stream.write(line)
                         let saved = s
                         _ = try self.recorded("llm-retry", name) { ["state": redact.apply(saved.json)] }
-                        throw self.waiting(Self.retryWait(name, s, models))
+                        throw self.waiting(redact.apply(Self.retryWait(name, s, models)))
                     }
                     stream.write(line)
                     try await self.clock.sleep(for: .milliseconds(Int64(delay * 1000)))

@@ -207,4 +207,16 @@ func streamLog(_ t: TempSpool, _ id: String, _ name: String) -> [JSONValue] {
         #expect(everything.contains("invalid key"), "the rest of the error is kept")
         _ = id
     }
+
+    @Test func aKeyEchoedByARateLimitIsNotInTheWait() async throws {
+        let key = "sk-live-fedcba9876543210"
+        let fake = try await FakeLLM.start(queue: [["status": 429, "retry_after": "600", "echo_key": true]])
+        let t = try TempSpool()
+        let c = LLMClient(providers: [OpenAICompatibleProvider(name: "oa", baseURL: fake.baseURL, apiKey: key)])
+        let id = try t.submit("w", input: 0)
+        let wf = AnyWorkflow(name: "w") { ctx, _ in .string(try await ctx.llm("call", model: "oa:m", messages: [.user("x")], client: c).content) }
+        guard case .waiting(let w) = try await t.engine([wf], clock: ManualClock()).advance(id) else { Issue.record("not waiting"); return }
+        #expect(w["reason"]?.stringValue?.contains("[redacted]") == true, "\(w)")
+        #expect(!(try spoolText(t)).contains(key))
+    }
 }
