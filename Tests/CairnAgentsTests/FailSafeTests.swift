@@ -219,4 +219,37 @@ func streamLog(_ t: TempSpool, _ id: String, _ name: String) -> [JSONValue] {
         #expect(w["reason"]?.stringValue?.contains("[redacted]") == true, "\(w)")
         #expect(!(try spoolText(t)).contains(key))
     }
+
+    /// A server that never completes the TCP handshake (its accept queue is full, so SYNs
+    /// are dropped) costs the connect timeout, not the response timeout.
+    @Test func aConnectionThatIsNeverEstablishedCostsTheConnectTimeout() async throws {
+        let listener = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        let filler = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(filler); close(listener) }
+        var addr = sockaddr_in()
+        addr.sin_family = sa_family_t(AF_INET)
+        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+        var len = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let ok = withUnsafeMutablePointer(to: &addr) { p in
+            p.withMemoryRebound(to: sockaddr.self, capacity: 1) { a in
+                bind(listener, a, len) == 0 && getsockname(listener, a, &len) == 0 && listen(listener, 0) == 0 && connect(filler, a, len) == 0
+            }
+        }
+        try #require(ok)
+        let port = Int(UInt16(bigEndian: addr.sin_port))
+        let t = try TempSpool()
+        let c = LLMClient(providers: [OpenAICompatibleProvider(name: "slow", baseURL: "http://127.0.0.1:\(port)/v1", apiKey: nil, timeout: .seconds(120), connectTimeout: .seconds(1))])
+        var o = LLMOptions()
+        o.retry = RetryPolicy(maxAttempts: 1)
+        let options = o
+        let (id, _) = try await runLLM(t) { ctx in
+            do { _ = try await ctx.llm("call", model: "slow:m", messages: [.user("x")], options: options, client: c) } catch is StepFailedError {}
+            return .null
+        }
+        let attempt = try #require(try t.spool.journal(id).load().first { $0.kind == "llm" }?.data?["attempts"]?.arrayValue?.first)
+        #expect(attempt["status"] == "timeout", "\(attempt)")
+        let ms = attempt["latency_ms"]?.intValue ?? -1
+        print("a connection never established: failed after \(ms) ms (connect timeout 1 s, response timeout 120 s)")
+        #expect(ms >= 900 && ms < 60_000, "\(attempt)")
+    }
 }
