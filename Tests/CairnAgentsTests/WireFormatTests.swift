@@ -94,4 +94,36 @@ import Testing
         #expect(r.apply(["a": ["b": "Bearer sk-0123456789"]] as JSONValue) == ["a": ["b": "Bearer [redacted]"]])
         #expect(r.apply("short stays") == "short stays")
     }
+
+    /// The end markers alone are not enough: each protocol's stop reason must have come too.
+    @Test func anEndMarkerWithoutAStopReasonIsIncomplete() throws {
+        let openai = OpenAIStream()
+        _ = try openai.handle(SSEEvent(name: nil, data: #"{"choices":[{"index":0,"delta":{"content":"Hi"},"finish_reason":null}]}"#))
+        _ = try openai.handle(SSEEvent(name: nil, data: "[DONE]"))
+        #expect(throws: LLMError.self) { try openai.response(model: "p:m") }
+        let anthropic = AnthropicStream()
+        _ = try anthropic.handle(SSEEvent(name: "message_start", data: #"{"type":"message_start","message":{"usage":{"input_tokens":3}}}"#))
+        _ = try anthropic.handle(SSEEvent(name: "message_stop", data: #"{"type":"message_stop"}"#))
+        do {
+            _ = try anthropic.response(model: "p:m")
+            Issue.record("answered without a message_delta")
+        } catch let e as LLMError {
+            #expect(e.kind == .incomplete && e.message.contains("message_delta"))
+        }
+    }
+
+    /// An error object in a 200 JSON body is mapped like an in-stream error.
+    @Test func anErrorInA200BodyIsMapped() {
+        do {
+            _ = try AnthropicProvider.parse(["type": "error", "error": ["type": "overloaded_error", "message": "Overloaded"]], model: "p:m")
+            Issue.record("no error")
+        } catch let e as LLMError {
+            #expect(e.kind == .server && e.retryable)
+        } catch { Issue.record("\(error)") }
+        do {
+            _ = try OpenAICompatibleProvider.parse(["error": ["type": "invalid_request_error", "code": "invalid_api_key", "message": "bad key"]], model: "p:m")
+        } catch let e as LLMError {
+            #expect(e.kind == .client && !e.retryable)
+        } catch { Issue.record("\(error)") }
+    }
 }
