@@ -58,12 +58,21 @@ struct LLMCallState: Sendable {
 
     init(started: Date) { self.started = started }
 
+    /// A due time in whole milliseconds (as `until_ms` is recorded).
+    static func date(ms: Int64) -> Date { Date(timeIntervalSince1970: Double(ms) / 1000) }
+    static func due(_ d: Date) -> Date { date(ms: Int64((d.timeIntervalSince1970 * 1000).rounded())) }
+
     var json: JSONValue {
         var o: [String: JSONValue] = [
             "model_index": .int(Int64(model)), "model_attempt": .int(Int64(attempt)), "sent": .int(Int64(sent)),
             "attempts": .array(attempts), "started_at": .string(Timestamp.format(started)),
         ]
-        if let until { o["until"] = .string(Timestamp.format(until)) }
+        if let until {
+            // Whole milliseconds, so that a resumed execution computes the very same
+            // `waiting_for` (a formatted timestamp parsed back can be off by one).
+            o["until_ms"] = .int(Int64((until.timeIntervalSince1970 * 1000).rounded()))
+            o["until"] = .string(Timestamp.format(until))
+        }
         if let e = lastError { o["last_error"] = ["kind": .string(e.kind.rawValue), "message": .string(e.message), "status": e.status.map { .int(Int64($0)) } ?? .null] }
         return .object(o)
     }
@@ -76,7 +85,7 @@ struct LLMCallState: Sendable {
         sent = Int(s)
         attempts = j["attempts"]?.arrayValue ?? []
         self.started = started
-        until = j["until"]?.stringValue.flatMap(Timestamp.parse)
+        until = j["until_ms"]?.intValue.map { Self.date(ms: $0) } ?? j["until"]?.stringValue.flatMap(Timestamp.parse)
         if let e = j["last_error"], let k = e["kind"]?.stringValue {
             lastError = LLMError(LLMError.Kind(k), e["message"]?.stringValue ?? "", status: e["status"]?.intValue.map { Int($0) })
         }
@@ -91,23 +100,19 @@ extension WorkflowContext {
     /// used, tokens, latency and every attempt. On replay nothing is sent.
     public func llm(_ name: String, models: [String], messages: [ChatMessage], tools: [ToolSpec] = [], options: LLMOptions = LLMOptions(), client: LLMClient? = nil) async throws -> LLMResponse {
         precondition(!models.isEmpty, "llm needs at least one model")
+        // Records this call wrote before its answer: durable waits between attempts (carry
+        // on from where the last one stood) and budget decisions (replayed for position; the
+        // budget check reads them from the journal).
         var resume: LLMCallState? = nil
-        while true {
-            do {
-                let from = resume
-                let record = try await operation("llm", name) {
-                    try await self.sendLLM(name, models: models, messages: messages, tools: tools, options: options, client: client, resume: from)
-                }
-                return try record.value.decode(as: LLMResponse.self)
-            } catch let e as NondeterminismError where ["llm-retry", "llm-budget"].contains(e.info.expected?["kind"]?.stringValue ?? "") && e.info.expected?["name"]?.stringValue == name {
-                // Records this call wrote before its answer: a durable wait between attempts
-                // (carry on from where it stood), or a budget decision (replayed for position;
-                // the budget check reads it from the journal).
-                let kind = e.info.expected?["kind"]?.stringValue ?? ""
-                let saved = try recorded(kind, name) { .null }
-                if kind == "llm-retry" { resume = LLMCallState(saved["state"] ?? .null) }
-            }
+        while let next = nextRecord, next.name == name, next.kind == "llm-retry" || next.kind == "llm-budget" {
+            let saved = try recorded(next.kind, name) { .null }
+            if next.kind == "llm-retry" { resume = LLMCallState(saved["state"] ?? .null) }
         }
+        let from = resume
+        let record = try await operation("llm", name) {
+            try await self.sendLLM(name, models: models, messages: messages, tools: tools, options: options, client: client, resume: from)
+        }
+        return try record.value.decode(as: LLMResponse.self)
     }
 
     /// The live part of `llm`: the model chain, retries, fallbacks, durable waits, the stream log.
@@ -199,7 +204,7 @@ extension WorkflowContext {
                     if delay > options.durableWaitAfter.seconds {
                         // Too long to hold a slot for: a durable wait, recorded so that the
                         // next execution carries on from here.
-                        s.until = self.clock.now().addingTimeInterval(delay)
+                        s.until = LLMCallState.due(self.clock.now().addingTimeInterval(delay))
                         line["retry_at"] = .string(Timestamp.format(s.until!))
                         stream.write(line)
                         let saved = s

@@ -1,3 +1,4 @@
+import Cairn
 import CairnSpool
 import Foundation
 import Testing
@@ -125,5 +126,21 @@ import Testing
         } catch let e as LLMError {
             #expect(e.kind == .client && !e.retryable)
         } catch { Issue.record("\(error)") }
+    }
+
+    /// A durable wait's `waiting_for` is computed again by every execution that resumes it:
+    /// it must come out identical (a due time formatted, parsed back and formatted again
+    /// could be off by a millisecond, and the run would look woken to a different wait).
+    @Test func aResumedWaitIsTheSameWait() {
+        for _ in 0..<2000 {
+            var s = LLMCallState(started: Date())
+            s.sent = 1
+            s.attempt = 1
+            s.lastError = LLMError(.rateLimited, "slow down", status: 429, retryAfter: 600)
+            s.until = LLMCallState.due(Date(timeIntervalSince1970: Double.random(in: 1.7e9..<1.9e9)))
+            guard let back = LLMCallState(s.json) else { Issue.record("state does not round-trip: \(s.json)"); return }
+            let first = WorkflowContext.retryWait("call", s, ["p:m"]), again = WorkflowContext.retryWait("call", back, ["p:m"])
+            if first != again { Issue.record("\(first) became \(again)"); return }
+        }
     }
 }

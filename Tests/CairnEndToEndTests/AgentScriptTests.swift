@@ -72,9 +72,13 @@ import Testing
         // The restarted daemon re-advances waiting runs (the script replays up to the wait,
         // briefly running); it ends waiting on the same thing.
         try waitUntil("the restarted daemon looked at the run") { d.log.contains(a) }
-        try waitUntil("waiting again, for the same due time", timeout: 20) {
-            let st = try t.state(a)
-            return st.status == .waiting && st.waitingFor == w
+        do {
+            try waitUntil("waiting again, for the same due time", timeout: 20) {
+                let st = try t.state(a)
+                return st.status == .waiting && st.waitingFor == w
+            }
+        } catch {
+            Issue.record("\(error): first wait \(w), state \(String(describing: try? t.state(a))), journal \(String(describing: try? t.journalSummary(a))), log \(d.log.suffix(3000))")
         }
         #expect(fake.requests.count == 2)
         let why = try Binary.cairn("why", a, spool: t.spool)
