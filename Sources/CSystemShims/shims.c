@@ -69,7 +69,15 @@ int cairn_supervise_exec(const char *path, char *const argv[], int expected_pare
     if (child < 0) return -1;
     if (child == 0) {
         close(parentfd);
+        /* The daemon ignores SIGPIPE; a script gets the default disposition back. */
+        signal(SIGPIPE, SIG_DFL);
         execv(path, argv);
+        {
+            int e = errno;
+            dprintf(2, "cairn: cannot execute %s: %s%s\n", path, strerror(e),
+                    e == ENOEXEC ? " (a script needs a #! line, e.g. #!/bin/sh)" :
+                    e == EACCES ? " (it needs the executable bit: chmod +x)" : "");
+        }
         _exit(127);
     }
     int childfd = (int)syscall(SYS_pidfd_open, child, 0);

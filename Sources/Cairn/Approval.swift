@@ -54,6 +54,9 @@ struct DroppedDecision {
     var decidedBy: Principal?
     var decidedAt: Date
     var file: String
+    var inode: UInt64
+    var identity: String
+    var authorization: String?
 }
 
 extension WorkflowContext {
@@ -80,7 +83,7 @@ extension WorkflowContext {
                 return try await approval(next, request: request, timeout: t, onTimeout: then)
             }
             guard let decision = d.decision, ["approved", "rejected"].contains(decision) else {
-                throw NondeterminismError(info: ErrorInfo(type: "nondeterminism", message: "nondeterminism: \(file) has decision '\(d.decision ?? "none")' that this code does not expect", file: file, retryable: false))
+                throw nondeterminism(ErrorInfo(type: "nondeterminism", message: "nondeterminism: \(file) has decision '\(d.decision ?? "none")' that this code does not expect", file: file, retryable: false))
             }
             return ApprovalDecision(gate: gate, approved: decision == "approved", value: try d.value.map { try blobs.resolve($0) }, comment: d.comment, reason: d.error?.message, decidedBy: d.decidedBy, decidedAt: d.at, timedOut: d.data?["timed_out"]?.boolValue ?? false)
         }
@@ -95,7 +98,9 @@ extension WorkflowContext {
                 $0.decidedBy = d.decidedBy
                 $0.file = d.file
                 $0.startedAt = d.decidedAt
+                $0.data = consumption(d, seq: $0.seq)
             }
+            try consumeDecision(e)
             return ApprovalDecision(gate: gate, approved: d.approved, value: d.value, comment: d.comment, reason: d.reason, decidedBy: d.decidedBy, decidedAt: e.at, timedOut: false)
         }
         if let deadline = requested?.until, clock.now() >= deadline {
@@ -133,6 +138,7 @@ extension WorkflowContext {
     /// Replays the next record when it is (kind, name) in `phase`; nil when live or when the
     /// next record is the same operation in another phase.
     func replayPhase(_ kind: String, _ name: String, phase: String) throws -> JournalEntry? {
+        try refuseNesting(kind, name)
         try throwIfSuspended()
         guard let e = peek() else { return nil }
         if e.kind == kind && e.name == name && e.phase != phase { return nil }
@@ -151,21 +157,26 @@ extension WorkflowContext {
         ]
         if let d = request.details { o["details"] = d }
         if let deadline { o["expires_at"] = .string(Timestamp.format(deadline)) }
-        let policy = config.approvers[gate] ?? config.approvers["*"]
-        if let policy { o["approvers"] = ["users": .array(policy.users.map { .string($0) }), "groups": .array(policy.groups.map { .string($0) })] }
-        try spool.durable.write(json: .object(o), to: paths.approvalsDirectory.appending("\(gate).request.json"))
+        if let policy = config.approvalPolicy(gate: gate) {
+            var a: [String: JSONValue] = ["users": .array(policy.users.map { .string($0) }), "groups": .array(policy.groups.map { .string($0) })]
+            if let problem = policy.invalid { a["problem"] = .string(problem) }
+            o["approvers"] = .object(a)
+        }
+        let requestFile = paths.approvalsDirectory.appending("\(gate).request.json")
+        Spool.setAsideForeign(requestFile)
+        try spool.durable.write(json: .object(o), to: requestFile)
     }
 
     /// Reads `GATE.rejected` / `GATE.approved` (rejection wins when both exist). Refused
     /// drops get an error file beside them and count as no decision.
     func readDecision(gate: String) throws -> DroppedDecision? {
-        let policy = config.approvers[gate] ?? config.approvers["*"]
+        let policy = config.approvalPolicy(gate: gate)
         for (suffix, approved) in [("rejected", false), ("approved", true)] {
             let path = paths.approvalsDirectory.appending("\(gate).\(suffix)")
             switch Drops.read(path, limit: config.dropSizeLimit, policy: policy) {
             case .absent: continue
             case .refused(let p, let reason, let identity):
-                try Drops.refuse(p, reason: reason, identity: identity, durable: spool.durable, now: clock.now())
+                try Drops.refuse(p, reason: reason, identity: identity, durable: spool.durable, now: clock.now(), setAsideIn: paths.refusedDirectory)
                 logger.warning("refused a decision file", metadata: ["run": "\(runID)", "file": "\(p)", "reason": "\(reason)"])
                 continue
             case .valid(let f):
@@ -182,18 +193,50 @@ extension WorkflowContext {
                     }
                 }
                 if !approved && reason == nil { reason = comment ?? "rejected" }
-                return DroppedDecision(approved: approved, raw: f.json, value: value, comment: comment, reason: reason, decidedBy: f.owner, decidedAt: f.modified, file: "approvals/\(gate).\(suffix)")
+                let authorization = f.authorization ?? "no approvers rule for this gate: whoever may write approvals/ (Unix permissions)"
+                return DroppedDecision(approved: approved, raw: f.json, value: value, comment: comment, reason: reason, decidedBy: f.owner, decidedAt: f.modified, file: "approvals/\(gate).\(suffix)", inode: f.inode, identity: f.identity, authorization: authorization)
             }
         }
         return nil
     }
 
-    /// Renames a consumed decision so the gate can be asked again (uncertain steps).
+    /// What a decision record keeps of the dropped file: who was allowed and why, and where
+    /// the file goes once recorded (`decisions/SEQ-GATE.SUFFIX`, a directory only the
+    /// runtime writes), so that it counts once and cannot be reused in another run.
+    func consumption(_ d: DroppedDecision, seq: Int) -> JSONValue {
+        let name = (d.file as NSString).lastPathComponent
+        return [
+            "authorization": .string(d.authorization ?? ""),
+            "consumed": .string("decisions/" + JournalEntry.fileName(seq: seq, kind: "", name: nil).dropLast(6) + "-" + name),
+            "inode": .int(Int64(bitPattern: d.inode)),
+        ]
+    }
+
+    /// Moves a recorded decision's file out of approvals/ (see `consumption`). Also called
+    /// on replay: a process that died between the record and the move finishes it then.
+    func consumeDecision(_ e: JournalEntry) throws {
+        guard let dest = e.data?["consumed"]?.stringValue, let file = e.file, let inode = e.data?["inode"]?.intValue else { return }
+        let from = paths.directory.appending(file)
+        let to = paths.directory.appending(dest)
+        var st = stat()
+        guard lstat(from.string, &st) == 0, Int64(bitPattern: UInt64(st.st_ino)) == inode else { return }
+        guard !DurableFile.exists(to) else { return }
+        try spool.ensureRuntimeDirectory(paths.decisionsDirectory)
+        try DurableFile.rename(from, to: to, mode: .noReplace)
+        try DurableFile.fsyncDirectory(paths.decisionsDirectory)
+        try DurableFile.fsyncDirectory(from.removingLastComponent())
+    }
+
+    /// Moves a decision recorded by older versions (no `consumed` in its record) out of
+    /// approvals/ into decisions/, so that the gate can be asked again.
     func setAsideDecision(gate: String, seq: Int) throws {
         for suffix in ["approved", "rejected"] {
             let p = paths.approvalsDirectory.appending("\(gate).\(suffix)")
             if DurableFile.exists(p) {
-                try DurableFile.rename(p, to: paths.approvalsDirectory.appending("\(gate).\(suffix).used-\(seq)"), mode: .replace)
+                try spool.ensureRuntimeDirectory(paths.decisionsDirectory)
+                let dest = paths.decisionsDirectory.appending(String(JournalEntry.fileName(seq: seq, kind: "", name: nil).dropLast(6)) + "-\(gate).\(suffix)")
+                try DurableFile.rename(p, to: dest, mode: .replace)
+                try DurableFile.fsyncDirectory(paths.decisionsDirectory)
             }
         }
         try DurableFile.fsyncDirectory(paths.approvalsDirectory)

@@ -1,4 +1,5 @@
 import Foundation
+import CairnSpool
 
 /// Time as the engine sees it. Injected, so tests run hours of timers in microseconds
 /// (CairnTesting's ManualClock).
@@ -32,16 +33,7 @@ extension Duration {
     }
 
     /// Parses `90s`, `15m`, `2h`, `7d`, `250ms` (SPEC §5); nil when malformed.
-    public static func parse(_ text: String) -> Duration? {
-        let units: [(String, Double)] = [("ms", 0.001), ("s", 1), ("m", 60), ("h", 3600), ("d", 86400)]
-        for (suffix, mult) in units where text.hasSuffix(suffix) {
-            let num = text.dropLast(suffix.count)
-            if suffix == "s" && num.hasSuffix("m") { continue }
-            guard let v = Double(num), v >= 0, v.isFinite else { return nil }
-            return .milliseconds(Int64((v * mult * 1000).rounded()))
-        }
-        return nil
-    }
+    public static func parse(_ text: String) -> Duration? { DurationText.parse(text) }
 }
 
 extension Duration {

@@ -44,9 +44,22 @@ public struct Engine: Sendable {
 
     /// Advances a run as far as it goes: to completion, failure, or the next wait.
     public func advance(_ runID: String) async throws -> AdvanceOutcome {
+        try await advanceReporting(runID).outcome
+    }
+
+    /// The same, and whether this call did anything (appended a record or wrote state):
+    /// false when it only found the run as another process left it, so that a daemon logs
+    /// what it did, not what it saw.
+    public func advanceReporting(_ runID: String) async throws -> (outcome: AdvanceOutcome, acted: Bool) {
+        let outcome = try await advanceOnce(runID)
+        return (outcome.0, outcome.1)
+    }
+
+    func advanceOnce(_ runID: String) async throws -> (AdvanceOutcome, Bool) {
         let paths = spool.run(runID)
-        guard let lock = try RunLock.tryAcquire(paths.directory) else { return .busy }
+        guard let lock = try RunLock.tryAcquire(paths.directory) else { return (.busy, false) }
         defer { withExtendedLifetime(lock) {} }
+        try spool.verifyRuntimeFiles(runID)
 
         let record = try spool.readRun(runID)
         let config = try spool.config()
@@ -57,10 +70,12 @@ public struct Engine: Sendable {
 
         if let last = entries.last, let status = last.terminalStatus {
             if status == .failed, DurableFile.exists(paths.retryFile) {
-                let from = Self.retryPoint(entries)
+                let point = Self.retryPoint(entries)
+                let from = point.from
                 try journal.append(modify(JournalEntry(seq: physical.count + 1, kind: "retry", name: "run", at: clock.now())) {
-                    $0.resumeFrom = from
+                    $0.resumeFrom = point.from
                     $0.comment = "retry file present"
+                    if let exact = point.superseded { $0.data = ["superseded": .array(exact.map { .int(Int64($0)) })] }
                 })
                 try? FileManager.default.removeItem(atPath: paths.retryFile.string)
                 try DurableFile.fsyncDirectory(paths.directory)
@@ -76,17 +91,27 @@ public struct Engine: Sendable {
                 }
                 if previous?.status != status {
                     try writeState(record, entries: entries, executions: previous?.counters.executions ?? 0, status: status, error: last.error)
+                    return (outcome, true)
                 }
-                return outcome
+                return (outcome, false)
             }
         } else if previous?.status == .failed, previous?.error?.type == "nondeterminism", !DurableFile.exists(paths.retryFile) {
             // Stopped on a nondeterminism error: stays stopped until someone asks to retry.
-            return .failed(previous!.error!)
+            return (.failed(previous!.error!), false)
         }
         if DurableFile.exists(paths.retryFile) { try? FileManager.default.removeItem(atPath: paths.retryFile.string) }
 
         guard let workflow = registry[record.workflow] else {
-            return .unknownWorkflow(record.workflow)
+            return (.unknownWorkflow(record.workflow), false)
+        }
+        // Still waiting on something that has not happened (time not come, no decision or
+        // event dropped, the child not finished), and no control file to act on: nothing a
+        // replay could change. A daemon's start looks at every waiting run; a script would
+        // otherwise run again from the top only to find out.
+        if !workflow.replaysOnEveryWake, let p = previous, p.status == .waiting, let w = p.waitingFor, p.counters.journalEntries == entries.count,
+           !DurableFile.exists(paths.cancelFile), !DurableFile.exists(paths.pauseFile),
+           nothingHappened(w, paths: paths, physical: physical) {
+            return (.waiting(w), false)
         }
         if entries.isEmpty {
             let e = modify(JournalEntry(seq: physical.count + 1, kind: "start", at: clock.now())) {
@@ -105,7 +130,7 @@ public struct Engine: Sendable {
 
         let executions = (previous?.counters.executions ?? 0) + 1
         let startEntries = entries
-        let ctx = WorkflowContext(runID: runID, workflowName: record.workflow, spool: spool, config: config, entries: Array(entries.dropFirst()), physicalCount: physical.count, clock: clock, logger: logger) { [self] in
+        let ctx = WorkflowContext(runID: runID, workflowName: record.workflow, spool: spool, config: config, entries: Array(entries.dropFirst()), physicalCount: physical.count, superseded: WorkflowContext.superseded(physical, effective: entries), clock: clock, logger: logger) { [self] in
             if previous?.status != .running {
                 try writeState(record, entries: startEntries, executions: executions, status: .running, error: nil)
             }
@@ -113,32 +138,54 @@ public struct Engine: Sendable {
         let input = try spool.blobs(runID).resolve(record.input)
 
         var outcome: AdvanceOutcome
-        do {
-            let output = try await workflow.body(ctx, input)
-            if let s = ctx.suspension { throw s }
-            if let extra = ctx.peek() {
-                throw NondeterminismError(info: ErrorInfo(type: "nondeterminism", message: "nondeterminism: the workflow returned, but journal/\(extra.fileName) records \(extra.kind) '\(extra.name ?? "")' that the code no longer asked for", file: "journal/" + extra.fileName, expected: ["kind": .string(extra.kind), "name": extra.name.map { .string($0) } ?? .null], actual: ["kind": "return"], retryable: false))
+        var result: Result<JSONValue, any Error>
+        do { result = .success(try await workflow.body(ctx, input)) } catch { result = .failure(error) }
+        if case .failure = result, Task.isCancelled {
+            logger.info("interrupted", metadata: ["run": "\(runID)"])
+            return (.interrupted, true)
+        }
+        // The engine decides waits, cancellation, nondeterminism and spool failures, whatever
+        // the workflow code returned, threw, wrapped or swallowed after one began.
+        switch ctx.control {
+        case .spoolFailure(let e)?:
+            // The spool, not the workflow, failed (disk full, EIO): do not fail the run or
+            // compensate; the caller looks again later (or fsck repairs).
+            throw e
+        case .nondeterminism(let e)?:
+            result = .failure(e)
+        case .cancelled?:
+            result = .failure(RunCancelledError())
+        case .suspended(let s)?:
+            result = .failure(s)
+        case nil:
+            break
+        }
+        switch result {
+        case .success(let output):
+            do {
+                if let extra = ctx.peek() {
+                    throw NondeterminismError(info: ErrorInfo(type: "nondeterminism", message: "nondeterminism: the workflow returned, but journal/\(extra.fileName) records \(extra.kind) '\(extra.name ?? "")' that the code no longer asked for", file: "journal/" + extra.fileName, expected: ["kind": .string(extra.kind), "name": extra.name.map { .string($0) } ?? .null], actual: ["kind": "return"], retryable: false))
+                }
+                let stored = try ctx.store(output)
+                Spool.setAsideForeign(paths.resultFile)
+                try spool.durable.write(json: output, to: paths.resultFile)
+                try ctx.record("complete", nil) {
+                    $0.value = stored
+                    $0.status = RunStatus.completed.rawValue
+                }
+                outcome = .completed(output)
+            } catch let e as NondeterminismError {
+                logger.error("nondeterminism", metadata: ["run": "\(runID)", "error": "\(e.info.message)"])
+                outcome = .failed(e.info)
             }
-            let stored = try ctx.store(output)
-            try spool.durable.write(json: output, to: paths.resultFile)
-            try ctx.record("complete", nil) {
-                $0.value = stored
-                $0.status = RunStatus.completed.rawValue
-            }
-            outcome = .completed(output)
-        } catch let s as Suspension {
+        case .failure(let s as Suspension):
             outcome = .waiting(s.waitingFor)
-        } catch let e as NondeterminismError {
+        case .failure(let e as NondeterminismError):
             logger.error("nondeterminism", metadata: ["run": "\(runID)", "error": "\(e.info.message)"])
             outcome = .failed(e.info)
-        } catch where Task.isCancelled {
-            logger.info("interrupted", metadata: ["run": "\(runID)"])
-            return .interrupted
-        } catch let e as SpoolError {
-            // The spool, not the workflow, failed (disk full, EIO, a damaged journal): do not
-            // fail the run or compensate; the caller looks again later (or fsck repairs).
+        case .failure(let e as SpoolError):
             throw e
-        } catch {
+        case .failure(let error):
             // Failure or cancellation: compensations, then the terminal record.
             let cancelled = error is RunCancelledError
             let info = cancelled ? ErrorInfo(type: "cancelled", message: "cancelled", retryable: false) : ErrorInfo.from(error)
@@ -161,7 +208,7 @@ public struct Engine: Sendable {
         if case .waiting(let w) = outcome, !ctx.appendedRecords, !replayedTokens, previous?.status == .waiting, previous?.waitingFor == w,
            previous?.counters.journalEntries == full.count {
             // Woken, replayed, waiting on the same thing: nothing to write.
-            return outcome
+            return (outcome, false)
         }
         // Tokens that replaying recorded LLM calls did not spend again.
         let replayedLLM = ctx.state.withLock { $0.replayed.filter { $0.kind == "llm" } }
@@ -180,7 +227,33 @@ public struct Engine: Sendable {
             try? spool.durable.write(json: ["run": .string(runID)], to: wake)
         }
         logger.debug("advanced", metadata: ["run": "\(runID)", "outcome": "\(outcome)"])
-        return outcome
+        return (outcome, true)
+    }
+
+    /// Whether the thing `w` waits for has certainly not happened yet.
+    func nothingHappened(_ w: JSONValue, paths: RunPaths, physical: [JournalEntry]) -> Bool {
+        let now = clock.now()
+        let until = w["until"]?.stringValue.flatMap(Timestamp.parse)
+        if let until, now >= until { return false }
+        switch w["kind"]?.stringValue {
+        case "timer", "retry":
+            return until != nil
+        case "approval", "uncertain":
+            guard let gate = w["gate"]?.stringValue else { return false }
+            return !DurableFile.exists(paths.approvalsDirectory.appending("\(gate).approved"))
+                && !DurableFile.exists(paths.approvalsDirectory.appending("\(gate).rejected"))
+        case "event":
+            guard let name = w["name"]?.stringValue, let files = try? Spool.list(paths.eventsDirectory) else { return false }
+            let consumed = Set(physical.filter { $0.kind == "event" }.compactMap(\.file))
+            return !files.contains { f in
+                (f == "\(name).json" || (f.hasPrefix("\(name).") && f.hasSuffix(".json") && !f.hasSuffix(".error.json"))) && !consumed.contains("events/" + f)
+            }
+        case "child":
+            guard let child = w["run"]?.stringValue, let s = try? spool.readState(child) else { return false }
+            return !s.status.isTerminal
+        default:
+            return false
+        }
     }
 
     /// Cancelling a run cancels the child runs it started and is not done with (each gets a
@@ -199,22 +272,40 @@ public struct Engine: Sendable {
         }
     }
 
-    /// Where a run-level retry resumes: the first record of the failed operation (its
-    /// intent/retry records included), or the terminal record if no step failed.
-    static func retryPoint(_ entries: [JournalEntry]) -> Int {
-        guard let failIndex = entries.lastIndex(where: { $0.kind == "fail" }) else { return entries.last?.seq ?? 1 }
-        // A failed step; for script workflows also a `cairn step` whose recorded exit code is
-        // not 0 (it is recorded as a value, so that replay exits with it).
+    /// Where a run-level retry resumes (SPEC: "retry retries a failed run from its failed
+    /// step"), and, when only some records go, exactly which:
+    /// - compensations ran: from the first operation after `start` — what the run did was
+    ///   undone, so it starts again (fresh attempts) rather than resuming past undone steps;
+    /// - a `parallel` group failed: exactly its failed branch records and what followed the
+    ///   group (the fail record); branches that succeeded keep their records;
+    /// - an event that did not decode (`invalid_event`, recorded with its error): from its
+    ///   `requested` record (the bad file stays consumed; the run waits for a new event);
+    /// - a failed step, LLM call or child (a `cairn step` whose recorded exit code is not 0
+    ///   counts): from its first record (its intent/retry/started records included);
+    /// - otherwise: the terminal record.
+    static func retryPoint(_ entries: [JournalEntry]) -> (from: Int, superseded: [Int]?) {
+        guard let failIndex = entries.lastIndex(where: { $0.kind == "fail" }) else { return (entries.last?.seq ?? 1, nil) }
+        let failed = entries[failIndex]
+        if entries[..<failIndex].contains(where: { $0.kind == "compensate" }) {
+            return (entries.count > 1 ? entries[1].seq : failed.seq, nil)
+        }
         let failedStep: (JournalEntry) -> Bool = { e in
-            ["step", "llm", "child"].contains(e.kind) && (e.error != nil || (e.value?["exit_code"]?.intValue ?? 0) != 0)
+            ["step", "llm", "child", "event"].contains(e.kind) && (e.error != nil || (e.value?["exit_code"]?.intValue ?? 0) != 0)
         }
         guard let stepIndex = entries[..<failIndex].lastIndex(where: failedStep) else {
-            return entries[failIndex].seq
+            return (failed.seq, nil)
+        }
+        if let group = entries[stepIndex].group {
+            let groupFailures = entries[..<failIndex].filter { $0.group == group && $0.error != nil }.map(\.seq)
+            let lastOfGroup = entries[..<failIndex].lastIndex { $0.group == group } ?? stepIndex
+            let after = entries[(lastOfGroup + 1)...].map(\.seq)
+            let exact = groupFailures + after
+            return (exact.min() ?? failed.seq, exact)
         }
         var i = stepIndex
         let name = entries[stepIndex].name
-        while i > 0, entries[i - 1].name == name, ["retry", "intent", "uncertain", "child"].contains(entries[i - 1].kind) { i -= 1 }
-        return entries[i].seq
+        while i > 0, entries[i - 1].name == name, ["retry", "intent", "uncertain", "child", "event"].contains(entries[i - 1].kind) { i -= 1 }
+        return (entries[i].seq, nil)
     }
 
     func writeState(_ record: RunRecord, entries: [JournalEntry], executions: Int, status: RunStatus, error: ErrorInfo?, waitingFor: JSONValue? = nil, tokensSaved: Int64? = nil) throws {

@@ -80,21 +80,27 @@ extension WorkflowContext {
         if let e = peek() {
             let r = try replay("event", name)!
             if r.decision == "timed_out" { return nil }
+            if let err = r.error { throw StepFailedError(step: name, attempts: 1, error: err) }
             return try load(r.value, as: T.self, file: "journal/" + e.fileName)
         }
         try beforeLive()
         if let (file, value) = try nextEventFile(name) {
+            // An event that does not decode is consumed with its error (so a `cairn retry`
+            // supersedes exactly this record and waits for a new event).
+            var decoded: T? = nil
+            var invalid: ErrorInfo? = nil
+            do { decoded = try value.decode(as: T.self) } catch {
+                invalid = ErrorInfo(type: "invalid_event", message: "events/\(file) does not decode as \(T.self): \(JSONValue.describe(error))", file: "events/" + file, retryable: false)
+            }
             try record("event", name) {
                 $0.phase = "received"
                 $0.decision = "received"
                 $0.value = try blobs.externalize(value)
                 $0.file = "events/" + file
+                $0.error = invalid
             }
-            do {
-                return try value.decode(as: T.self)
-            } catch {
-                throw StepFailedError(step: name, attempts: 1, error: ErrorInfo(type: "invalid_event", message: "events/\(file) does not decode as \(T.self): \(JSONValue.describe(error))", file: "events/" + file, retryable: false))
-            }
+            if let invalid { throw StepFailedError(step: name, attempts: 1, error: invalid) }
+            return decoded!
         }
         if let deadline = requested?.until, clock.now() >= deadline {
             try record("event", name) {
@@ -110,7 +116,9 @@ extension WorkflowContext {
 
     /// The oldest event file for `name` that no record consumed yet.
     func nextEventFile(_ name: String) throws -> (String, JSONValue)? {
-        let consumed = Set(state.withLock { $0.entries.filter { $0.kind == "event" }.compactMap(\.file) })
+        // Files consumed by any record, superseded ones included: an event a retry skipped
+        // (one that did not decode) is not taken again.
+        let consumed = Set(state.withLock { ($0.entries + $0.superseded).filter { $0.kind == "event" }.compactMap(\.file) })
         var candidates: [(Date, String, JSONValue)] = []
         for file in try Spool.list(paths.eventsDirectory) {
             guard file == "\(name).json" || (file.hasPrefix("\(name).") && file.hasSuffix(".json") && !file.hasSuffix(".error.json")) else { continue }
@@ -119,7 +127,7 @@ extension WorkflowContext {
             switch Drops.read(path, limit: config.dropSizeLimit) {
             case .absent: continue
             case .refused(let p, let reason, let identity):
-                try Drops.refuse(p, reason: reason, identity: identity, durable: spool.durable, now: clock.now())
+                try Drops.refuse(p, reason: reason, identity: identity, durable: spool.durable, now: clock.now(), setAsideIn: paths.refusedDirectory)
             case .valid(let f):
                 candidates.append((f.modified, file, f.json ?? .null))
             }
@@ -159,8 +167,14 @@ extension WorkflowContext {
     /// Starts a child run of workflow `W` (registered in the same registry) and waits for
     /// its result. The child's id is deterministic, so it is created once.
     public func child<W: Workflow>(_ name: String, _ workflow: W.Type, input: W.Input) async throws -> W.Output {
-        let childID = childRunID(name)
-        if try replayPhase("child", name, phase: "started") == nil {
+        var childID = childRunID(name)
+        if let started = try replayPhase("child", name, phase: "started") {
+            childID = started.data?["run"]?.stringValue ?? childID
+        } else {
+            // After a run-level retry superseded this child's records, a fresh child run
+            // (`PARENT.NAME.rN`): the failed one is history, not reused.
+            let used = state.withLock { $0.superseded.filter { $0.kind == "child" && $0.phase == "started" && $0.name == name }.count }
+            if used > 0 { childID = childRunID("\(name).r\(used + 1)") }
             try beforeLive()
             _ = try spool.createRun(.init(workflow: W.name, input: JSONValue(encoding: input), id: childID, workflowVersion: W.version, parent: .init(run: runID, name: name)), now: clock.now())
             try record("child", name) {
@@ -238,7 +252,7 @@ extension WorkflowContext {
                         let started = clock.now()
                         while true {
                             do {
-                                let v = try await body(item, key)
+                                let v = try await WorkflowContext.$enclosingStep.withValue("\(name)[\(i)]") { try await body(item, key) }
                                 let stored = try self.store(v)
                                 try self.record("step", "\(name)[\(i)]") {
                                     $0.group = name

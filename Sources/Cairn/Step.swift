@@ -60,14 +60,17 @@ extension WorkflowContext {
                     retryUntil = e.until
                     continue
                 case "uncertain":
-                    // A person chose "rerun": a fresh attempt follows. If a crash came between
-                    // this record and setting the decision aside, set it aside now (only a
-                    // file older than the record: a newer one is a new decision).
-                    let gate = "uncertain-" + Names.fileSafe(name)
-                    var st = stat()
-                    if lstat(paths.approvalsDirectory.appending("\(gate).approved").string, &st) == 0,
-                       Double(st.st_mtim.tv_sec) + Double(st.st_mtim.tv_nsec) / 1e9 <= e.at.timeIntervalSince1970 + 0.001 {
-                        try setAsideDecision(gate: gate, seq: e.seq)
+                    // A person chose "rerun": a fresh attempt follows. (consume() moved the
+                    // decision out of approvals/ if a crash left it there.) Records written
+                    // before decisions were moved name no file to move: set a file older than
+                    // the record aside (a newer one is a new decision).
+                    if e.data?["consumed"] == nil {
+                        let gate = "uncertain-" + Names.fileSafe(name)
+                        var st = stat()
+                        if lstat(paths.approvalsDirectory.appending("\(gate).approved").string, &st) == 0,
+                           Double(st.st_mtim.tv_sec) + Double(st.st_mtim.tv_nsec) / 1e9 <= e.at.timeIntervalSince1970 + 0.001 {
+                            try setAsideDecision(gate: gate, seq: e.seq)
+                        }
                     }
                     attempt += 1
                     retryUntil = nil
@@ -103,7 +106,9 @@ extension WorkflowContext {
             let value: T
             do {
                 let info = StepAttempt(idempotencyKey: key, number: attempt, isLast: attempt >= retry.maxAttempts)
-                value = try await runWithTimeout(name, timeout) { try await body(info) }
+                value = try await runWithTimeout(name, timeout) {
+                    try await WorkflowContext.$enclosingStep.withValue(name) { try await body(info) }
+                }
             } catch let s as Suspension {
                 throw s
             } catch {
@@ -163,33 +168,49 @@ extension WorkflowContext {
             let action = spec?["action"]?.stringValue ?? "rerun"
             if !d.approved {
                 let info = ErrorInfo(type: "uncertain_rejected", message: "at-most-once step '\(name)' was uncertain and \(d.decidedBy?.user ?? "a person") rejected it" + (d.reason.map { ": \($0)" } ?? ""), retryable: false)
-                try record("step", name) {
+                let e = try record("step", name) {
                     $0.error = info
                     $0.attempt = attempt
                     $0.decision = "rejected"
                     $0.decidedBy = d.decidedBy
+                    $0.file = d.file
+                    $0.data = consumption(d, seq: $0.seq)
                 }
+                try consumeDecision(e)
                 throw StepFailedError(step: name, attempts: attempt, error: info)
             }
             if action == "done" {
-                let value: T = try (spec?["value"] ?? .null).decode(as: T.self)
-                try record("step", name) {
+                let value: T
+                do {
+                    value = try (spec?["value"] ?? .null).decode(as: T.self)
+                } catch {
+                    // A value of the wrong shape is a bad drop, not a failed run: refuse it
+                    // with an error file and keep the gate open.
+                    let reason = "has a \"done\" value that does not decode as \(T.self): \(JSONValue.describe(error))"
+                    try Drops.refuse(paths.directory.appending(d.file), reason: reason, identity: d.identity, durable: spool.durable, now: clock.now(), setAsideIn: paths.refusedDirectory)
+                    throw suspend(["kind": "uncertain", "step": .string(name), "gate": .string(gate), "drop": .string("approvals/\(gate).approved"), "idempotency_key": .string(key), "refused": .string(reason)])
+                }
+                let e = try record("step", name) {
                     $0.value = try store(value)
                     $0.attempt = attempt
                     $0.decision = "done"
                     $0.decidedBy = d.decidedBy
                     $0.comment = d.comment
+                    $0.file = d.file
+                    $0.data = consumption(d, seq: $0.seq)
                 }
+                try consumeDecision(e)
                 return value
             }
+            // The decision leaves approvals/, so that a later uncertainty of this step asks again.
             let e = try record("uncertain", name) {
                 $0.decision = "rerun"
                 $0.decidedBy = d.decidedBy
                 $0.comment = d.comment
-                $0.file = "approvals/\(gate).approved"
+                $0.file = d.file
+                $0.data = consumption(d, seq: $0.seq)
             }
-            // Set the decision aside so that a later uncertainty of this step asks again.
-            try setAsideDecision(gate: gate, seq: e.seq)
+            try consumeDecision(e)
             return nil
         }
     }

@@ -29,6 +29,11 @@ public struct AnyWorkflow: Sendable {
     public let name: String
     public let version: String
     let body: @Sendable (WorkflowContext, JSONValue) async throws -> JSONValue
+    /// Whether waking a run that waits on something that has not happened replays it anyway
+    /// (true: cheap, and a deploy that changed the code under waiting runs shows up at once
+    /// as a nondeterminism stop). Script workflows set it false: replaying one means running
+    /// the script from the top, outside helpers included.
+    public var replaysOnEveryWake = true
 
     public init<W: Workflow>(_ workflow: W) {
         name = W.name

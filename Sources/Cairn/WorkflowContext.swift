@@ -26,11 +26,24 @@ public final class WorkflowContext: Sendable {
         var cursor: Int
         var nextSeq: Int
         var suspended: Suspension?
+        /// Control flow the engine owns, remembered here so that workflow code that catches
+        /// (or wraps, or `try?`s) the error carrying it cannot change the outcome.
+        var cancelled = false
+        var nondeterminism: NondeterminismError?
+        var spoolFailure: SpoolError?
         var compensations: [Compensation] = []
         /// Records replayed this execution (for `state.json` and the tokens-saved count).
         var replayed: [JournalEntry] = []
         /// Set once this execution appended its first record.
         var appended = false
+        /// Records a run-level retry superseded (they still say which event files were
+        /// consumed and which child runs were used).
+        var superseded: [JournalEntry] = []
+    }
+
+    static func superseded(_ physical: [JournalEntry], effective: [JournalEntry]) -> [JournalEntry] {
+        let kept = Set(effective.map(\.seq))
+        return physical.filter { !kept.contains($0.seq) }
     }
 
     /// Called (once) just before this execution appends its first record: the engine marks
@@ -42,7 +55,7 @@ public final class WorkflowContext: Sendable {
         var body: @Sendable () async throws -> Void
     }
 
-    init(runID: String, workflowName: String, spool: Spool, config: SpoolConfig, entries: [JournalEntry], physicalCount: Int, clock: any CairnClock, logger: Logger, cursor: Int = 0, beforeFirstAppend: @escaping @Sendable () throws -> Void = {}) {
+    init(runID: String, workflowName: String, spool: Spool, config: SpoolConfig, entries: [JournalEntry], physicalCount: Int, superseded: [JournalEntry] = [], clock: any CairnClock, logger: Logger, cursor: Int = 0, beforeFirstAppend: @escaping @Sendable () throws -> Void = {}) {
         self.beforeFirstAppend = beforeFirstAppend
         self.runID = runID
         self.workflowName = workflowName
@@ -53,7 +66,7 @@ public final class WorkflowContext: Sendable {
         self.journal = spool.journal(runID)
         self.blobs = spool.blobs(runID, threshold: config.blobThreshold)
         self.config = config
-        self.state = Mutex(State(entries: entries, cursor: cursor, nextSeq: physicalCount + 1))
+        self.state = Mutex(State(entries: entries, cursor: cursor, nextSeq: physicalCount + 1, superseded: superseded))
     }
 
     /// A context over a run's journal for a process that is not the engine (a script
@@ -67,14 +80,33 @@ public final class WorkflowContext: Sendable {
         guard effective.first?.kind == "start" else { throw SpoolError(.malformed, path: spool.journal(runID).directory.string, "the run has no start record") }
         let entries = Array(effective.dropFirst())
         guard cursor <= entries.count else { throw SpoolError(.invalid, "cursor \(cursor) is past the journal's \(entries.count) records") }
-        return WorkflowContext(runID: runID, workflowName: record.workflow, spool: spool, config: try spool.config(), entries: entries, physicalCount: physical.count, clock: clock, logger: logger, cursor: cursor)
+        return WorkflowContext(runID: runID, workflowName: record.workflow, spool: spool, config: try spool.config(), entries: entries, physicalCount: physical.count, superseded: superseded(physical, effective: effective), clock: clock, logger: logger, cursor: cursor)
     }
 
     /// Records consumed so far in this execution (not counting `start`).
     public var cursor: Int { state.withLock { $0.cursor } }
 
-    /// Whether this execution appended any record.
+    /// Whether this execution appended any record (or announced that it is running).
     public var appendedRecords: Bool { state.withLock { $0.appended } }
+
+    /// The checks every live operation makes first (`cancel`: records it and throws; `pause`:
+    /// waits), for executors that do work before their first durable operation, even while
+    /// records remain to replay: a script re-run from the top would otherwise do that work
+    /// again before any helper could see the cancel.
+    public func checkControlFiles() throws {
+        try beforeLive()
+    }
+
+    /// Marks the run `running` in state.json now, before any record (once per execution):
+    /// for executors whose work starts before their first durable operation, like a script.
+    public func markRunning() throws {
+        try state.withLock { s in
+            if !s.appended {
+                try beforeFirstAppend()
+                s.appended = true
+            }
+        }
+    }
 
     /// Re-reads the journal after another process appended to it (a script's helpers),
     /// keeping the cursor at the end. Returns every record, superseded ones included.
@@ -188,10 +220,14 @@ public final class WorkflowContext: Sendable {
     }
 
     func consume() {
-        state.withLock { s in
-            s.replayed.append(s.entries[s.cursor])
+        let e = state.withLock { s in
+            let e = s.entries[s.cursor]
+            s.replayed.append(e)
             s.cursor += 1
+            return e
         }
+        // A decision recorded by a process that died before moving its file out of approvals/.
+        if e.data?["consumed"] != nil { try? consumeDecision(e) }
     }
 
     /// The position the current operation starts at (its first record's seq).
@@ -201,11 +237,12 @@ public final class WorkflowContext: Sendable {
 
     /// Replays the next record if it is (kind, name); nil when live; throws on mismatch.
     func replay(_ kind: String, _ name: String?) throws -> JournalEntry? {
+        try refuseNesting(kind, name)
         try throwIfSuspended()
         guard let e = peek() else { return nil }
         if e.kind == "cancel" && e.name == "requested" {
             consume()
-            throw RunCancelledError()
+            throw cancelled()
         }
         guard e.kind == kind && e.name == name else {
             throw mismatch(e, kind: kind, name: name)
@@ -215,11 +252,28 @@ public final class WorkflowContext: Sendable {
     }
 
     func mismatch(_ e: JournalEntry, kind: String, name: String?) -> NondeterminismError {
+        nondeterminism(mismatchInfo(e, kind: kind, name: name))
+    }
+
+    /// Remembers a nondeterminism error (the run stops on it whatever the code does with it).
+    func nondeterminism(_ info: ErrorInfo) -> NondeterminismError {
+        let e = NondeterminismError(info: info)
+        state.withLock { if $0.nondeterminism == nil { $0.nondeterminism = e } }
+        return e
+    }
+
+    /// Remembers that the run was cancelled and returns the error to throw.
+    func cancelled() -> RunCancelledError {
+        state.withLock { $0.cancelled = true }
+        return RunCancelledError()
+    }
+
+    func mismatchInfo(_ e: JournalEntry, kind: String, name: String?) -> ErrorInfo {
         let file = "journal/" + e.fileName
         let expected: JSONValue = ["kind": .string(e.kind), "name": e.name.map { .string($0) } ?? .null]
         let actual: JSONValue = ["kind": .string(kind), "name": name.map { .string($0) } ?? .null]
         let msg = "nondeterminism: \(file) recorded \(e.kind) \(e.name.map { "'\($0)'" } ?? "(unnamed)") at position \(e.seq), but the workflow code asked for \(kind) \(name.map { "'\($0)'" } ?? "(unnamed)"); the code changed under a running run (guard changes with ctx.patched, or fix the code and `cairn retry`)"
-        return NondeterminismError(info: ErrorInfo(type: "nondeterminism", message: msg, file: file, expected: expected, actual: actual, retryable: false))
+        return ErrorInfo(type: "nondeterminism", message: msg, file: file, expected: expected, actual: actual, retryable: false)
     }
 
     /// Durably appends a record at the next position.
@@ -232,7 +286,14 @@ public final class WorkflowContext: Sendable {
             }
             var e = JournalEntry(seq: s.nextSeq, kind: kind, name: name, at: clock.now())
             try fill(&e)
-            try journal.append(e)
+            do {
+                try journal.append(e)
+            } catch let failure as SpoolError {
+                // The spool failed (disk full, EIO): never the run's failure, whatever the
+                // workflow code does with this error.
+                if s.spoolFailure == nil { s.spoolFailure = failure }
+                throw failure
+            }
             s.nextSeq += 1
             s.entries.append(e)
             s.cursor = s.entries.count
@@ -241,11 +302,23 @@ public final class WorkflowContext: Sendable {
     }
 
     /// Live-mode checks before an operation acts: an earlier suspension, `cancel`, `pause`.
+    /// The step (or parallel branch) whose body is running in this task, if any.
+    @TaskLocal static var enclosingStep: String?
+
+    /// Durable operations cannot run inside a step's body or a parallel branch: the body is
+    /// one recorded unit (it may run again as a whole), and a wait inside it could not
+    /// resume the body where it was. Refused at once, saying so, rather than misbehaving.
+    func refuseNesting(_ kind: String, _ name: String?) throws {
+        guard let outer = Self.enclosingStep else { return }
+        throw StepError.nonRetryable("ctx.\(kind)\(name.map { "(\"\($0)\")" } ?? "") was called inside the body of step '\(outer)': durable operations (steps, waits, approvals, events, sleeps, children, now/uuid) cannot be nested in a step or a parallel branch; call them between steps", type: "nested_operation")
+    }
+
     func beforeLive() throws {
+        try refuseNesting("operation", nil)
         try throwIfSuspended()
         if DurableFile.exists(paths.cancelFile) {
             try record("cancel", "requested") { $0.comment = "cancel file present" }
-            throw RunCancelledError()
+            throw cancelled()
         }
         if DurableFile.exists(paths.pauseFile) {
             throw suspend(["kind": "pause", "drop": "remove pause to resume"])
@@ -253,7 +326,29 @@ public final class WorkflowContext: Sendable {
     }
 
     func throwIfSuspended() throws {
-        if let s = state.withLock({ $0.suspended }) { throw s }
+        let (s, n, c, f) = state.withLock { ($0.suspended, $0.nondeterminism, $0.cancelled, $0.spoolFailure) }
+        if let f { throw f }
+        if let n { throw n }
+        if c { throw RunCancelledError() }
+        if let s { throw s }
+    }
+
+    /// What the engine decides, whatever the workflow code returned or threw.
+    enum Control {
+        case spoolFailure(SpoolError)
+        case nondeterminism(NondeterminismError)
+        case cancelled
+        case suspended(Suspension)
+    }
+
+    var control: Control? {
+        state.withLock { s in
+            if let f = s.spoolFailure { return .spoolFailure(f) }
+            if let n = s.nondeterminism { return .nondeterminism(n) }
+            if s.cancelled { return .cancelled }
+            if let w = s.suspended { return .suspended(w) }
+            return nil
+        }
     }
 
     /// Marks the run as waiting and returns the error to throw.
@@ -276,7 +371,7 @@ public final class WorkflowContext: Sendable {
         do {
             return try v.decode(as: T.self)
         } catch {
-            throw NondeterminismError(info: ErrorInfo(type: "nondeterminism", message: "nondeterminism: \(file) holds a value that does not decode as \(T.self): \(JSONValue.describe(error))", file: file, retryable: false))
+            throw nondeterminism(ErrorInfo(type: "nondeterminism", message: "nondeterminism: \(file) holds a value that does not decode as \(T.self): \(JSONValue.describe(error))", file: file, retryable: false))
         }
     }
 

@@ -242,7 +242,7 @@ extension WorkflowContext {
 
         let gate = Names.fileSafe("budget-\(name)-\(decisions.count + 1)")
         let approvals = self.runDirectory.appending("approvals")
-        let policy = config.approvers[gate] ?? config.approvers["*"]
+        let policy = config.approvalPolicy(gate: gate)  // fails closed when cairn.json's approvers are invalid
         let figures: JSONValue = ["spent": .int(Int64(spent)), "budget": .int(Int64(budget)), "estimate": .int(Int64(estimate))]
         for (suffix, approved) in [("rejected", false), ("approved", true)] {
             let path = approvals.appending("\(gate).\(suffix)")

@@ -8,11 +8,25 @@ enum Output {
     }
 
     static func line(_ s: String) {
-        FileHandle.standardOutput.write(Data((s + "\n").utf8))
+        raw(Data((s + "\n").utf8), to: 1)
     }
 
     static func warn(_ s: String) {
-        FileHandle.standardError.write(Data("cairn: \(s)\n".utf8))
+        raw(Data("cairn: \(s)\n".utf8), to: 2)
+    }
+
+    /// write(2) to fd 1 or 2, ignoring a closed or broken descriptor (a script may close its
+    /// stdout before calling a helper; FileHandle would trap on that).
+    static func raw(_ data: Data, to fd: Int32) {
+        data.withUnsafeBytes { buf in
+            var off = 0
+            while off < buf.count {
+                let n = Glibc.write(fd, buf.baseAddress! + off, buf.count - off)
+                if n < 0 && errno == EINTR { continue }
+                if n <= 0 { return }
+                off += n
+            }
+        }
     }
 
     /// Color only on a terminal, and never when NO_COLOR is set.
@@ -47,6 +61,20 @@ enum Output {
         do { return try JSONValue.parse(data) } catch {
             throw CLIError(.failure, "\(arg == "-" ? "stdin" : arg): \(what) is not valid JSON")
         }
+    }
+
+    /// Text from the spool made safe for a terminal: control characters (escape sequences,
+    /// carriage returns) shown escaped, never interpreted.
+    static func printable(_ s: String) -> String {
+        var out = ""
+        for u in s.unicodeScalars {
+            if u.value < 0x20 || u.value == 0x7F || (u.value >= 0x80 && u.value < 0xA0) {
+                out += "\\u{" + String(u.value, radix: 16) + "}"
+            } else {
+                out.unicodeScalars.append(u)
+            }
+        }
+        return out
     }
 
     static func ago(_ date: Date, now: Date = Date()) -> String {

@@ -52,6 +52,8 @@ public actor Daemon: Service {
     private var limits: [String: Int] = [:]
     private var keyLimits: [String: Int] = [:]
     private var defaultKeyLimit = 1
+    /// Consecutive failed advances per run (spool errors), for the back-off.
+    private var spoolFailures: [String: Int] = [:]
 
     /// Statistics for tests and `--stats`.
     public private(set) var advances = 0
@@ -94,6 +96,7 @@ public actor Daemon: Service {
         }
         await drain()
         watcher.stop()
+        ScriptWorkflow.removeHelperDirectory()
         logger.info("daemon stopped")
     }
 
@@ -134,6 +137,15 @@ public actor Daemon: Service {
 
     /// Watches the spool and finds every active run (cost: the active runs, via the index).
     public func start() async throws {
+        // A script that closes its stdin early, or a reader that goes away, must never kill
+        // the daemon: write errors come back as EPIPE instead (scripts get SIGPIPE back).
+        signal(SIGPIPE, SIG_IGN)
+        // The runtime's files are written by one user only (SPEC §3): the owner of runs/.
+        guard spool.isServiceUser else {
+            let owner = spool.serviceUID.map { Principal.userName(uid: $0) ?? String($0) } ?? "?"
+            throw SpoolError(.invalid, path: spool.runsDirectory.string, "belongs to \(owner), the spool's service user; run the daemon as \(owner) (e.g. sudo -u \(owner) cairn daemon), so that nobody else writes the runtime's files")
+        }
+        try spool.checkConfigurationFiles()
         let cfg = try spool.config()
         if let c = cfg.raw["concurrency"]?["workflows"]?.objectValue {
             for (k, v) in c { if let n = v.intValue { limits[k] = Int(n) } }
@@ -145,7 +157,7 @@ public actor Daemon: Service {
         if let d = cfg.raw["concurrency"]?["default_key_limit"]?.intValue { defaultKeyLimit = Int(d) }
         try await watcher.watch(spool.inboxDirectory.string)
         try await watcher.watch(spool.runsDirectory.string)
-        try await watcher.watch(spool.workflowsDirectory.string)
+        try await watcher.watch(spool.workflowsDirectory.string, mask: Watcher.dropAndModeMask)
         await rescan(reason: "start")
     }
 
@@ -171,6 +183,34 @@ public actor Daemon: Service {
         }
         logger.info("scanned spool", metadata: ["reason": "\(reason)", "active_runs": "\(n)", "ms": "\(Int(Date().timeIntervalSince(started) * 1000))"])
         pump()
+        // The index is derived: a process killed between writing state.json and moving the
+        // index entry leaves it behind. Reconcile it (after the active runs are on their way)
+        // so that no run is ever lost to it. Interval rescans do it at most once a minute.
+        if reason != "rescan interval" || Date().timeIntervalSince(lastReconcile) >= 60 {
+            lastReconcile = Date()
+            reconcileIndex()
+        }
+    }
+
+    private var lastReconcile = Date.distantPast
+
+    private func reconcileIndex() {
+        do {
+            let drift = try spool.reconcileIndex()
+            guard !drift.isEmpty else { return }
+            logger.warning("index disagreed with state.json; reconciled", metadata: [
+                "unlisted": "\(drift.missing.map { "\($0.run) (\($0.status.rawValue))" })",
+                "stale": "\(drift.stale.map { "\($0.run) (\($0.listed.rawValue))" })",
+            ])
+            for m in drift.missing where !m.status.isTerminal && running[m.run] == nil {
+                Task { await self.watchRun(m.run); self.markReady(m.run); self.pump() }
+            }
+            for m in drift.missing where m.status == .failed && running[m.run] == nil {
+                Task { await self.watchRun(m.run); if DurableFile.exists(self.spool.run(m.run).retryFile) { self.markReady(m.run); self.pump() } }
+            }
+        } catch {
+            logger.error("cannot reconcile the status index", metadata: ["error": "\(error)"])
+        }
     }
 
     // MARK: events
@@ -191,7 +231,8 @@ public actor Daemon: Service {
         let runs = spool.runsDirectory.string
         switch e.directory {
         case spool.inboxDirectory.string:
-            if e.kind == .landed { acceptInbox(e.name) }
+            // A directory named like a submission is rejected at once, like any bad drop.
+            if e.kind == .landed || e.kind == .directoryLanded { acceptInbox(e.name) }
         case runs:
             if e.kind == .directoryLanded, Names.isValidRunID(e.name) {
                 logger.debug("new run", metadata: ["run": "\(e.name)"])
@@ -213,16 +254,26 @@ public actor Daemon: Service {
                 return
             }
             let sub = rest.count > 1 ? String(rest[1]) : ""
+            let arrived = e.kind == .landed || e.kind == .directoryLanded
             let relevant: Bool
             switch sub {
             case "": relevant = ["cancel", "pause", "retry"].contains(e.name)
-            case "approvals": relevant = e.kind == .landed && (e.name.hasSuffix(".approved") || e.name.hasSuffix(".rejected"))
-            case "events": relevant = e.kind == .landed && e.name.hasSuffix(".json") && !e.name.hasSuffix(".error.json")
+            // Only what the run waits on wakes it (a decision dropped early for another gate
+            // counts when the run gets there): a flood of other files costs a name check each,
+            // not a replay each.
+            case "approvals": relevant = arrived && wakes(id, kind: ["approval", "uncertain", "budget"], key: "gate", file: e.name, suffixes: [".approved", ".rejected"])
+            case "events": relevant = arrived && !e.name.hasSuffix(".error.json") && (e.name.hasPrefix("_child.") ? waitsOn(id, kind: "child") : wakes(id, kind: ["event"], key: "name", file: e.name, suffixes: [".json"]))
             default: relevant = false
             }
             if relevant {
-                logger.debug("wake", metadata: ["run": "\(id)", "file": "\(sub.isEmpty ? "" : sub + "/")\(e.name)"])
+                logger.debug("wake", metadata: ["run": "\(id)", "file": "\(sub.isEmpty ? "" : sub + "/")\(Names.printable(e.name))"])
                 markReady(id)
+                if e.name == "cancel", running[id] != nil, engine.registry[running[id]!.workflow]?.replaysOnEveryWake == false {
+                    // A script that never calls a helper would never see the cancel: stop
+                    // it (its whole group); the run is advanced again and records the cancel.
+                    logger.info("cancel requested; stopping the running script", metadata: ["run": "\(id)"])
+                    tasks[id]?.cancel()
+                }
             }
         }
         pump()
@@ -234,14 +285,32 @@ public actor Daemon: Service {
             let outcome = try Inbox.process(name, spool: spool, isKnownWorkflow: { self.engine.registry[$0] != nil })
             switch outcome {
             case .accepted(let run, let created):
-                logger.info(created ? "submission accepted" : "duplicate submission (same id or idempotency key)", metadata: ["file": "inbox/\(name)", "run": "\(run)"])
+                logger.info(created ? "submission accepted" : "duplicate submission (same id or idempotency key)", metadata: ["file": "inbox/\(Names.printable(name))", "run": "\(run)"])
             case .rejected(let reason):
-                logger.warning("submission rejected", metadata: ["file": "inbox/\(name)", "reason": "\(reason)"])
+                logger.warning("submission rejected", metadata: ["file": "inbox/\(Names.printable(name))", "reason": "\(Names.printable(reason))"])
             case .ignored: break
             }
         } catch {
-            logger.error("inbox", metadata: ["file": "inbox/\(name)", "error": "\(error)"])
+            // A spool error (a full disk): the file stays in inbox/; look at the inbox again.
+            logger.error("cannot accept or reject an inbox file now; trying again in 60s", metadata: ["file": "inbox/\(Names.printable(name))", "error": "\(Names.printable(String(describing: error)))"])
+            scheduleInboxRetry()
         }
+    }
+
+    private var inboxRetry: Task<Void, Never>?
+
+    private func scheduleInboxRetry() {
+        guard inboxRetry == nil, !stopping else { return }
+        inboxRetry = Task {
+            try? await Task.sleep(for: .seconds(60))
+            self.retryInbox()
+        }
+    }
+
+    private func retryInbox() {
+        inboxRetry = nil
+        for name in ((try? Spool.list(spool.inboxDirectory)) ?? []).sorted() { acceptInbox(name) }
+        pump()
     }
 
     // MARK: scheduling
@@ -271,39 +340,54 @@ public actor Daemon: Service {
                 continue
             }
             running[id] = (record.workflow, record.concurrencyKey)
+            waitingOn[id] = nil  // it may reach another wait: every drop wakes it until it ends
             advances += 1
             let engine = self.engine
             tasks[id] = Task {
                 let outcome: Result<AdvanceOutcome, any Error>
-                do { outcome = .success(try await engine.advance(id)) } catch { outcome = .failure(error) }
-                await self.finished(id, outcome)
+                var acted = true
+                do {
+                    let r = try await engine.advanceReporting(id)
+                    outcome = .success(r.outcome)
+                    acted = r.acted
+                } catch { outcome = .failure(error) }
+                await self.finished(id, outcome, acted: acted)
             }
         }
         for id in deferred where readySet.insert(id).inserted { ready.append(id) }
     }
 
-    private func finished(_ id: String, _ result: Result<AdvanceOutcome, any Error>) async {
+    private func finished(_ id: String, _ result: Result<AdvanceOutcome, any Error>, acted: Bool) async {
+        if case .success(.waiting(let w)) = result { waitingOn[id] = w } else { waitingOn[id] = nil }
+        // Log what this daemon did; what it only found (another daemon's work) is debug.
+        let level: Logger.Level = acted ? .info : .debug
         running[id] = nil
         tasks[id] = nil
         let wasDirty = dirty.remove(id) != nil
         switch result {
         case .failure(let error):
-            logger.error("advancing failed; will look again in 60s", metadata: ["run": "\(id)", "error": "\(error)"])
-            setTimer(id, Date().addingTimeInterval(60))
+            // A spool error (a full disk, EIO) or a file the runtime will not trust: the run is
+            // not failed; look again soon, then less often (1 s, 2 s, 4 s … 60 s).
+            let n = (spoolFailures[id] ?? 0) + 1
+            spoolFailures[id] = n
+            let delay = min(60, pow(2, Double(min(n - 1, 6))))
+            logger.error("advancing failed; will look again in \(Int(delay))s", metadata: ["run": "\(id)", "error": "\(error)"])
+            setTimer(id, Date().addingTimeInterval(delay))
         case .success(let outcome):
+            spoolFailures[id] = nil
             observer?(id, outcome)
             switch outcome {
             case .completed:
-                logger.info("run completed", metadata: ["run": "\(id)"])
+                logger.log(level: level, "run completed", metadata: ["run": "\(id)"])
                 forget(id)
             case .failed(let e):
-                logger.warning("run failed", metadata: ["run": "\(id)", "error": "\(e.message)"])
+                logger.log(level: acted ? .warning : .debug, "run failed", metadata: ["run": "\(id)", "error": "\(e.message)"])
                 // Stay watching: a `retry` file brings it back.
             case .cancelled:
-                logger.info("run cancelled", metadata: ["run": "\(id)"])
+                logger.log(level: level, "run cancelled", metadata: ["run": "\(id)"])
                 forget(id)
             case .waiting(let w):
-                logger.info("run waiting", metadata: ["run": "\(id)", "on": "\(w["kind"]?.stringValue ?? "?")"])
+                logger.log(level: level, "run waiting", metadata: ["run": "\(id)", "on": "\(w["kind"]?.stringValue ?? "?")"])
                 var due = w["until"]?.stringValue.flatMap(Timestamp.parse)
                 if unwatchable.contains(id) {
                     // No watch: look again in 30 s (and try to watch again then).
@@ -319,7 +403,9 @@ public actor Daemon: Service {
                 logger.error("no such workflow; the run waits until it is installed in workflows/", metadata: ["run": "\(id)", "workflow": "\(w)"])
                 parked.insert(id)
                 if var state = try? spool.readState(id), state.error?.type != "unknown_workflow" {
-                    state.error = ErrorInfo(type: "unknown_workflow", message: "no workflow '\(w)' in this daemon and no executable \(spool.workflowsDirectory.string)/\(w); install it (the run starts then) or cancel the run")
+                    let script = spool.workflowsDirectory.appending(w).string
+                    let why = DurableFile.exists(atPath: script) ? "\(script) exists but is not an executable regular file (chmod +x it: the daemon notices)" : "no executable \(script)"
+                    state.error = ErrorInfo(type: "unknown_workflow", message: "no workflow '\(w)' in this daemon and \(why); install it (the run starts then) or cancel the run")
                     state.updatedAt = Date()
                     try? spool.writeState(state)
                 }
@@ -334,6 +420,23 @@ public actor Daemon: Service {
             idleWaiters.removeAll()
         }
         pump()
+    }
+
+    /// What each watched run waits on, from its last advance (nil: not known, or running).
+    private var waitingOn: [String: JSONValue] = [:]
+
+    private func waitsOn(_ id: String, kind: String) -> Bool {
+        guard let w = waitingOn[id] else { return true }
+        return w["kind"]?.stringValue == kind
+    }
+
+    /// Whether a file `file` landing wakes run `id`: when it is not known to wait (running,
+    /// queued, failed…: wake, to be safe), or it waits on a `kind` whose `key` names the file.
+    private func wakes(_ id: String, kind: Set<String>, key: String, file: String, suffixes: [String]) -> Bool {
+        guard suffixes.contains(where: { file.hasSuffix($0) }) else { return false }
+        guard let w = waitingOn[id] else { return true }
+        guard let k = w["kind"]?.stringValue, kind.contains(k), let name = w[key]?.stringValue else { return false }
+        return file.hasPrefix(name + ".")
     }
 
     private func isFinished(_ o: AdvanceOutcome) -> Bool {
@@ -362,6 +465,7 @@ public actor Daemon: Service {
 
     private func forget(_ id: String) {
         unwatchable.remove(id)
+        waitingOn[id] = nil
         if watchedRuns.remove(id) != nil {
             let p = spool.run(id)
             for d in [p.directory, p.approvalsDirectory, p.eventsDirectory] { watcher.unwatch(d.string) }

@@ -19,22 +19,21 @@ public enum Inbox {
     public static func process(_ name: String, spool: Spool, isKnownWorkflow: (String) -> Bool, now: Date = Date()) throws -> Outcome {
         guard !name.hasPrefix("."), !name.hasSuffix(".tmp"), !name.hasSuffix("~") else { return .ignored }
         let path = spool.inboxDirectory.appending(name)
-        // Several daemons may see the same file: the one that holds its flock takes it, and
-        // checks the name still leads to the same file (the winner unlinks it before letting go).
-        let fd = open(path.string, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC)
-        if fd >= 0 {
-            defer { close(fd) }
-            guard cairn_flock(fd, CAIRN_LOCK_EX_NB) == 0 else { return .ignored }
-            var a = stat(), b = stat()
-            guard fstat(fd, &a) == 0, lstat(path.string, &b) == 0, a.st_ino == b.st_ino, a.st_dev == b.st_dev else { return .ignored }
-            return try processLocked(name, path: path, spool: spool, isKnownWorkflow: isKnownWorkflow, now: now)
-        }
+        // Several daemons may see the same file: they take turns through a lock file only the
+        // service user can open (a lock on the dropped file itself could be held by anyone
+        // who can read it, to keep a submission out), and the winner removes or rejects the
+        // file before letting go; the next finds it gone.
+        let lockPath = spool.tmpDirectory.appending("inbox.lock").string
+        let fd = open(lockPath, O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0o600)
+        guard fd >= 0 else { throw SpoolError(.io, path: lockPath, errno: errno, "cannot open the inbox lock") }
+        defer { close(fd) }
+        guard cairn_flock(fd, CAIRN_LOCK_EX) == 0 else { throw SpoolError(.io, path: lockPath, errno: errno, "cannot lock the inbox") }
         return try processLocked(name, path: path, spool: spool, isKnownWorkflow: isKnownWorkflow, now: now)
     }
 
     static func processLocked(_ name: String, path: FilePath, spool: Spool, isKnownWorkflow: (String) -> Bool, now: Date) throws -> Outcome {
         let reason: String
-        switch Drops.read(path, limit: sizeLimit) {
+        switch Drops.read(path, limit: sizeLimit, limitSetting: "the inbox limit of 1 MiB per submission; put larger inputs in a file the workflow reads") {
         case .absent:
             return .ignored
         case .refused(_, let r, _):
@@ -53,6 +52,13 @@ public enum Inbox {
                     id: j["id"]?.stringValue, idempotencyKey: j["idempotency_key"]?.stringValue ?? implicitKey,
                     submittedBy: f.owner, concurrencyKey: j["concurrency_key"]?.stringValue)
                 let (run, created) = try spool.createRun(submission, now: now)
+                if !created, let existing = try? spool.readRun(run), existing.submittedBy.uid != f.owner.uid {
+                    // Ids and keys are one namespace for everyone: a run someone else submitted
+                    // is not this submission's run. Say so, instead of "duplicate, accepted".
+                    let by = existing.submittedBy.user ?? String(existing.submittedBy.uid)
+                    try reject(name, reason: "\(name): the \(j["id"] != nil ? "id" : "idempotency key") is already used by run \(run), submitted by \(by), not by you; choose another", spool: spool, now: now)
+                    return .rejected(reason: "id or key already used by \(by)'s run \(run)")
+                }
                 guard unlink(path.string) == 0 || errno == ENOENT else {
                     throw SpoolError(.io, path: path.string, errno: errno, "accepted as run \(run), but cannot remove it from the inbox")
                 }
@@ -80,25 +86,49 @@ public enum Inbox {
         return nil
     }
 
-    /// Moves the file to rejected/ (never replacing an earlier one) and writes the error file.
+    /// Moves the file to rejected/ beside its error file, never replacing anything there:
+    /// `NAME.json` + `NAME.error.json`, else `NAME.2.json` + `NAME.2.error.json`, … The error
+    /// file is written first, so a full disk leaves the submission in inbox/ (tried again
+    /// later), never in rejected/ without its reason.
     static func reject(_ name: String, reason: String, spool: Spool, now: Date) throws {
         let from = spool.inboxDirectory.appending(name)
-        var target = name
-        var n = 1
-        while true {
-            do {
-                try DurableFile.rename(from, to: spool.rejectedDirectory.appending(target), mode: .noReplace)
-                break
-            } catch let e as SpoolError where e.code == .exists {
-                n += 1
-                target = "\(name).\(n)"
-            }
+        let stem = name.hasSuffix(".json") ? String(name.dropLast(5)) : name
+        let ext = name.hasSuffix(".json") ? ".json" : ""
+        // A file that could not be moved was reported once already (it is still in inbox/).
+        if let e = try? DurableFile.readJSON(spool.rejectedDirectory.appending(stem + ".error.json")), e["still_in"] != nil, e["file"]?.stringValue == name {
+            return
         }
-        try DurableFile.fsyncDirectory(spool.rejectedDirectory)
-        try DurableFile.fsyncDirectory(spool.inboxDirectory)
-        let error: JSONValue = ["file": .string(target), "error": .string(reason), "at": .string(Timestamp.format(now)),
-                                "hint": "fix it and move it back to inbox/ (write elsewhere in the spool, then mv)"]
-        let base = target.hasSuffix(".json") ? String(target.dropLast(5)) : target
-        try spool.durable.write(json: error, to: spool.rejectedDirectory.appending("\(base).error.json"))
+        for n in 1... {
+            let target = n == 1 ? name : "\(stem).\(n)\(ext)"
+            let errorName = (n == 1 ? stem : "\(stem).\(n)") + ".error.json"
+            let to = spool.rejectedDirectory.appending(target)
+            let errorPath = spool.rejectedDirectory.appending(errorName)
+            guard errorName != target, !DurableFile.exists(to), !DurableFile.exists(errorPath) else { continue }
+            let error: JSONValue = ["file": .string(target), "error": .string(reason), "at": .string(Timestamp.format(now)),
+                                    "hint": "fix a copy and drop it into inbox/ (write it elsewhere, then mv)"]
+            do {
+                try spool.durable.write(json: error, to: errorPath, mode: .noReplace)
+            } catch let e as SpoolError where e.code == .exists {
+                continue
+            }
+            do {
+                try DurableFile.rename(from, to: to, mode: .noReplace)
+            } catch let e as SpoolError {
+                if e.errno == EACCES || e.errno == EPERM {
+                    // Another user's directory cannot change parent without write access
+                    // to it: it stays in inbox/, and the error file says so (once).
+                    let stuck: JSONValue = ["file": .string(name), "error": .string(reason + " — and it cannot be moved here (a directory of another user): remove it from inbox/"), "at": .string(Timestamp.format(now)), "still_in": "inbox/"]
+                    try? spool.durable.write(json: stuck, to: errorPath, mode: .replace)
+                    return
+                }
+                _ = unlink(errorPath.string)
+                if e.code == .exists { continue }
+                if e.errno == ENOENT { return }  // another daemon took it
+                throw e
+            }
+            try DurableFile.fsyncDirectory(spool.rejectedDirectory)
+            try DurableFile.fsyncDirectory(spool.inboxDirectory)
+            return
+        }
     }
 }

@@ -21,9 +21,17 @@ public enum ScriptWorkflow {
             guard access(path, X_OK) == 0 else { return nil }
             var st = stat()
             guard stat(path, &st) == 0, (st.st_mode & S_IFMT) == S_IFREG else { return nil }
-            return AnyWorkflow(name: name, version: "script:\(st.st_mtim.tv_sec)") { ctx, input in
-                try await execute(spool: spool, path: path, ctx: ctx, input: input)
+            var wf = AnyWorkflow(name: name, version: "script:\(st.st_mtim.tv_sec)") { ctx, input in
+                // Nothing the daemon executes may come from a place another user can write.
+                for p in [spool.workflowsDirectory.string, path] {
+                    if let problem = Spool.trustedFileProblem(p) {
+                        throw StepError.nonRetryable("\(p) \(problem): the daemon will not execute it (chown/chmod it, then `cairn retry`)", type: "untrusted_workflow")
+                    }
+                }
+                return try await execute(spool: spool, path: path, ctx: ctx, input: input)
             }
+            wf.replaysOnEveryWake = false
+            return wf
         }
     }
 
@@ -53,13 +61,43 @@ public enum ScriptWorkflow {
         spool.tmpDirectory.appending("exec-\(run).json")
     }
 
-    /// A script that failed (non-zero exit).
+    /// A script that failed (non-zero exit, or killed at its timeout).
     public struct ScriptFailed: Error, CustomStringConvertible {
         public var code: Int32
         public var stderrTail: String
+        public var timedOut: Duration? = nil
         public var description: String {
-            "script exited with \(code > 128 ? "signal \(code - 128)" : "code \(code)")" + (stderrTail.isEmpty ? "" : ": \(stderrTail)")
+            let what = timedOut.map { "script timed out after \($0) (script_timeout in cairn.json) and was killed" }
+                ?? "script exited with \(code > 128 ? "signal \(code - 128)" : "code \(code)")"
+            return what + (stderrTail.isEmpty ? "" : ": \(stderrTail)")
         }
+    }
+
+    /// `"script_timeout": {"NAME" | "*": "1h"}` in cairn.json; none (the default): no limit.
+    static func scriptTimeout(_ cfg: SpoolConfig, workflow: String) -> Duration? {
+        guard let all = cfg.raw["script_timeout"], let s = (all[workflow] ?? all["*"])?.stringValue else { return nil }
+        return Duration.parse(s)
+    }
+
+    /// `"script_log_limit": BYTES` in cairn.json (default 16 MiB): a log past it is rotated
+    /// to `NAME.log.1` (replacing the previous one) when the next execution starts.
+    static func logLimit(_ cfg: SpoolConfig) -> Int {
+        cfg.raw["script_log_limit"]?.intValue.map { Int($0) } ?? 16 << 20
+    }
+
+    static func rotateLogs(_ logs: FilePath, limit: Int) {
+        for name in ["stdout.log", "stderr.log"] {
+            let p = logs.appending(name).string
+            var st = stat()
+            if lstat(p, &st) == 0, Int(st.st_size) > limit { _ = rename(p, p + ".1") }
+        }
+    }
+
+    /// Throws the spool's error when it cannot take a small durable write right now.
+    static func probeSpool(_ spool: Spool, run: String) throws {
+        let probe = spool.tmpDirectory.appending("probe-\(run)-\(getpid())")
+        try spool.durable.write(Data("probe\n".utf8), to: probe)
+        _ = unlink(probe.string)
     }
 
     static func execute(spool: Spool, path: String, ctx: WorkflowContext, input: JSONValue) async throws -> JSONValue {
@@ -67,13 +105,21 @@ public enum ScriptWorkflow {
         let execID = UUID().uuidString.lowercased()
         let statePath = execStatePath(spool, run)
         try spool.durable.write(json: JSONValue(encoding: ExecState(exec: execID, run: run, cursor: ctx.cursor)), to: statePath)
+        // A cancel or pause is honoured before the script starts: one that never calls a
+        // helper would never see it.
+        try ctx.checkControlFiles()
+        // The script is at work from now on, before its first helper call.
+        try ctx.markRunning()
+        try spool.ensureRuntimeDirectory(spool.run(run).workDirectory)
         let logs = spool.run(run).logsDirectory
+        rotateLogs(logs, limit: logLimit(ctx.spoolConfig))
         let out = try openLog(logs.appending("stdout.log"))
         let err = try openLog(logs.appending("stderr.log"))
         let banner = "--- \(Timestamp.format(Date())) execution \(execID) ---\n"
         _ = banner.withCString { write(err.rawValue, $0, strlen($0)) }
 
         let selfExe = executablePath()
+        let helperDir = try helperPath(selfExe)
         var options = PlatformOptions()
         options.processGroupID = 0  // its own process group, so the whole script can be stopped
         let env: [Environment.Key: String?] = [
@@ -81,35 +127,48 @@ public enum ScriptWorkflow {
             "CAIRN_RUN_ID": run,
             "CAIRN_RUN_DIR": absolute(spool.run(run).directory.string),
             "CAIRN_EXEC": execID,
-            "PATH": helperPath(selfExe) + ":" + (ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin"),
+            "PATH": helperDir + ":" + (ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin"),
         ]
         let config = Configuration(
             executable: .path(FilePath(selfExe)),
             arguments: Arguments(["__supervise", "--parent", String(getpid()), "--", path]),
             environment: .inherit.updating(env),
-            workingDirectory: FilePath(absolute(spool.run(run).directory.string)),
+            // Not the run directory: it is group-writable (control files), so anyone in the
+            // group could plant a symlink or a module there for the script to follow.
+            workingDirectory: FilePath(absolute(spool.run(run).workDirectory.string)),
             platformOptions: options
         )
         // The supervisor leads the script's process group; stopping the daemon's task (a
         // shutdown past its grace period) kills the whole group.
-        let group = Mutex<pid_t>(0)
+        let group = ScriptProcess()
+        // The input reaches the script through an unlinked file, not a pipe: a script that
+        // never reads its stdin cannot make the daemon block or die of SIGPIPE.
+        let stdin = try inputFile(spool: spool, run: run, text: input.compactText() + "\n")
+        // cairn.json "script_timeout": a script that runs longer is killed (its whole group).
+        let limit = scriptTimeout(ctx.spoolConfig, workflow: ctx.workflowName)
+        let watchdog: Task<Void, Never>? = limit.map { limit in
+            Task {
+                try? await Task.sleep(for: limit)
+                if Task.isCancelled { return }
+                group.timeOut()
+            }
+        }
+        defer { watchdog?.cancel() }
         let result = try await withTaskCancellationHandler {
             try await Subprocess.run(
                 config,
-                input: .string(input.compactText() + "\n"),
+                input: .fileDescriptor(stdin, closeAfterSpawningProcess: true),
                 output: .fileDescriptor(out, closeAfterSpawningProcess: true),
                 error: .fileDescriptor(err, closeAfterSpawningProcess: true)
             ) { execution in
-                group.withLock { $0 = execution.processIdentifier.value }
+                group.started(execution.processIdentifier.value)
             }
         } onCancel: {
-            let pid = group.withLock { $0 }
-            if pid > 0 { kill(-pid, SIGKILL) }
+            group.kill()
         }
         // Whatever the script left running (a helper in the background) ends with it: it
         // must not write into a journal the daemon has moved on from.
-        let leader = group.withLock { $0 }
-        if leader > 0 { kill(-leader, SIGKILL) }
+        group.kill()
         if Task.isCancelled { throw CancellationError() }
         let code: Int32
         switch result.terminationStatus {
@@ -127,11 +186,20 @@ public enum ScriptWorkflow {
             case "waiting": throw ctx.waiting(state.waitingFor ?? ["kind": "unknown"])
             case "cancelled": throw RunCancelledError()
             case "nondeterminism": throw NondeterminismError(info: state.error ?? ErrorInfo(type: "nondeterminism", message: "nondeterminism in a script helper"))
+            case "spool_error":
+                // A helper could not write the spool (disk full, EIO): never the run's failure.
+                throw SpoolError(.io, path: state.error?.file, state.error?.message ?? "a script helper could not write the spool")
             default: break
             }
         }
         guard code == 0 else {
-            let failure = ScriptFailed(code: code, stderrTail: tail(logs.appending("stderr.log")))
+            // A helper that hit a full disk may not even have been able to say so: if the
+            // spool cannot take a write now, this exit is the spool's doing, not the script's.
+            try probeSpool(spool, run: run)
+            var failure = ScriptFailed(code: code, stderrTail: tail(logs.appending("stderr.log")))
+            if group.timedOut, let limit {
+                failure.timedOut = limit
+            }
             // The workflow's retry policy (cairn.json "script_retries"): run it again from
             // the top after a backoff; completed helper operations replay.
             if let policy = retryPolicy(ctx.spoolConfig, workflow: ctx.workflowName) {
@@ -142,6 +210,14 @@ public enum ScriptWorkflow {
                 }
             }
             throw failure
+        }
+        // Like a Swift workflow that returns while records remain: helper calls removed from
+        // the script (or skipped by a changed branch) must not go unnoticed.
+        let effective = Journal.effective(journal)
+        let consumed = (state?.exec == execID ? state?.cursor : nil) ?? 0
+        if consumed + 1 < effective.count {
+            let extra = effective[consumed + 1]
+            throw NondeterminismError(info: ErrorInfo(type: "nondeterminism", message: "nondeterminism: the script exited 0, but journal/\(extra.fileName) records \(extra.kind) '\(extra.name ?? "")' that no helper asked for this time (helper calls removed or skipped?); fix the script and `cairn retry`", file: "journal/" + extra.fileName, expected: ["kind": .string(extra.kind), "name": extra.name.map { .string($0) } ?? .null], actual: ["kind": "return"], retryable: false))
         }
         // The result is the last `cairn result` record, if any.
         if let last = Journal.effective(journal).last(where: { $0.kind == "result" }) { return try ctx.resolveValue(last.value ?? .null) }
@@ -157,6 +233,26 @@ public enum ScriptWorkflow {
             maxAttempts: Int(n),
             initialDelay: p["initial_delay"]?.stringValue.flatMap(Duration.parse) ?? .seconds(10),
             maxDelay: p["max_delay"]?.stringValue.flatMap(Duration.parse) ?? .seconds(600))
+    }
+
+    /// An unlinked file in the spool's tmp/ holding `text`, positioned at its start.
+    static func inputFile(spool: Spool, run: String, text: String) throws -> FileDescriptor {
+        let path = spool.durable.tempPath(hint: "input-\(run)")
+        let fd: FileDescriptor
+        do {
+            fd = try FileDescriptor.open(path, .readWrite, options: [.create, .exclusiveCreate, .closeOnExec], permissions: [.ownerReadWrite])
+        } catch let e as Errno {
+            throw SpoolError(.io, path: path.string, errno: e.rawValue, "cannot create the script's input file")
+        }
+        _ = unlink(path.string)
+        do {
+            _ = try fd.writeAll(Array(text.utf8))
+            _ = try fd.seek(offset: 0, from: .start)
+        } catch {
+            try? fd.close()
+            throw SpoolError(.io, path: path.string, errno: (error as? Errno)?.rawValue, "cannot write the script's input file")
+        }
+        return fd
     }
 
     static func openLog(_ p: FilePath) throws -> FileDescriptor {
@@ -185,18 +281,79 @@ public enum ScriptWorkflow {
     }
 
     /// A directory with `cairn` in it that runs this executable (scripts call `cairn ...`).
-    static func helperPath(_ exe: String) -> String {
+    /// For a host binary not named `cairn`, a private directory made once per process with
+    /// mkdtemp (mode 0700, owned by this user): nothing the daemon executes may come from a
+    /// place another user could have created first.
+    static func helperPath(_ exe: String) throws -> String {
         let dir = (exe as NSString).deletingLastPathComponent
         if (exe as NSString).lastPathComponent == "cairn" { return dir }
-        let bin = NSTemporaryDirectory() + "cairn-bin-\(getuid())-\(SHA256.hex(Array(exe.utf8)).prefix(12))"
-        _ = mkdir(bin, 0o755)
-        let link = bin + "/cairn"
-        var target = [CChar](repeating: 0, count: 4096)
-        let n = readlink(link, &target, 4095)
-        if n <= 0 || String(decoding: target[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self) != exe {
-            _ = unlink(link)
-            _ = symlink(exe, link)
+        return try helperDirectory.withLock { cached in
+            if let cached, HelperLink.valid(cached, exe) { return cached }
+            let made = try HelperLink.make(exe)
+            cached = made
+            return made
         }
-        return bin
     }
+
+    private static let helperDirectory = Mutex<String?>(nil)
+
+    /// Removes the private helper directory (at daemon stop).
+    public static func removeHelperDirectory() {
+        helperDirectory.withLock { dir in
+            guard let d = dir else { return }
+            _ = unlink(d + "/cairn")
+            _ = rmdir(d)
+            dir = nil
+        }
+    }
+}
+
+/// The private `cairn` link for host binaries with another name.
+enum HelperLink {
+    static func make(_ exe: String) throws -> String {
+        let base = ProcessInfo.processInfo.environment["TMPDIR"].flatMap { $0.isEmpty ? nil : $0 } ?? "/tmp"
+        var template = Array((base + "/cairn-bin-XXXXXX").utf8CString)
+        guard let made = template.withUnsafeMutableBufferPointer({ mkdtemp($0.baseAddress!) }) else {
+            throw SpoolError(.io, path: base, errno: errno, "cannot create a private directory for the scripts' cairn helper")
+        }
+        let dir = String(cString: made)
+        guard symlink(exe, dir + "/cairn") == 0 else {
+            throw SpoolError(.io, path: dir + "/cairn", errno: errno, "cannot create the scripts' cairn helper link")
+        }
+        guard valid(dir, exe) else { throw SpoolError(.io, path: dir, "the helper directory is not private to this user") }
+        return dir
+    }
+
+    /// The directory is ours, 0700, and its link points at `exe`.
+    static func valid(_ dir: String, _ exe: String) -> Bool {
+        var st = stat()
+        guard lstat(dir, &st) == 0, (st.st_mode & S_IFMT) == S_IFDIR, st.st_uid == geteuid(), st.st_mode & 0o077 == 0 else { return false }
+        var target = [CChar](repeating: 0, count: 4096)
+        let n = readlink(dir + "/cairn", &target, 4095)
+        return n > 0 && String(decoding: target[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self) == exe
+    }
+}
+
+/// The script's process group (its supervisor leads it), shared with the timeout watchdog
+/// and the cancellation handler.
+final class ScriptProcess: Sendable {
+    private let state = Mutex<(pid: pid_t, timedOut: Bool)>((0, false))
+
+    func started(_ pid: pid_t) { state.withLock { $0.pid = pid } }
+
+    /// SIGKILL to the whole group.
+    func kill() {
+        let pid = state.withLock { $0.pid }
+        if pid > 0 { Glibc.kill(-pid, SIGKILL) }
+    }
+
+    func timeOut() {
+        let pid = state.withLock { s -> pid_t in
+            if s.pid > 0 { s.timedOut = true }
+            return s.pid
+        }
+        if pid > 0 { Glibc.kill(-pid, SIGKILL) }
+    }
+
+    var timedOut: Bool { state.withLock { $0.timedOut } }
 }

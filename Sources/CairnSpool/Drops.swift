@@ -13,6 +13,11 @@ public enum Drops {
         public var json: JSONValue?
         /// inode:size:mtime, to tell a replaced file from the one already refused.
         public var identity: String
+        /// The inode read (to check that the file consumed is the file read).
+        public var inode: UInt64
+        /// How the owner was allowed to drop it: the `approvers` rule that matched, or that no
+        /// rule narrows the directory's Unix permissions. Journaled with the decision.
+        public var authorization: String?
     }
 
     public enum Result: Sendable {
@@ -21,27 +26,43 @@ public enum Drops {
         case refused(path: FilePath, reason: String, identity: String)
     }
 
-    /// Reads and validates a dropped file. `policy` narrows who may drop it.
-    public static func read(_ path: FilePath, limit: Int, policy: SpoolConfig.Approvers? = nil, requireObject: Bool = false) -> Result {
+    /// Reads and validates a dropped file. `policy` narrows who may drop it; `limitSetting`
+    /// names the setting behind `limit` in the refusal.
+    public static func read(_ path: FilePath, limit: Int, limitSetting: String = "drop_size_limit in cairn.json", policy: SpoolConfig.Approvers? = nil, requireObject: Bool = false) -> Result {
         var st = stat()
         guard lstat(path.string, &st) == 0 else { return .absent }
         let identity = "\(st.st_ino):\(st.st_size):\(st.st_mtim.tv_sec).\(st.st_mtim.tv_nsec)"
         if (st.st_mode & S_IFMT) == S_IFLNK { return .refused(path: path, reason: "is a symbolic link; drop a regular file", identity: identity) }
         guard (st.st_mode & S_IFMT) == S_IFREG else { return .refused(path: path, reason: "is not a regular file", identity: identity) }
-        guard Int(st.st_size) <= limit else {
-            return .refused(path: path, reason: "is \(st.st_size) bytes, over the limit of \(limit) (drop_size_limit in cairn.json)", identity: identity)
+        // Group-writable (a `touch` under umask 002 in a setgid directory): anyone in the
+        // group could have changed it after its owner wrote it, so its owner cannot be said
+        // to have decided what it holds.
+        guard st.st_mode & 0o022 == 0 else {
+            return .refused(path: path, reason: "is writable by group or others (mode \(String(st.st_mode & 0o777, radix: 8))): anyone could have changed it; `chmod go-w` it before moving it here, or use cairn approve/reject/signal", identity: identity)
         }
-        let owner = Principal(uid: st.st_uid, user: Principal.userName(uid: st.st_uid))
-        if let policy, !allowed(owner, policy) {
-            return .refused(path: path, reason: "owner \(owner.user ?? String(owner.uid)) is not allowed to decide here (approvers in cairn.json)", identity: identity)
+        guard st.st_nlink == 1 else {
+            return .refused(path: path, reason: "has \(st.st_nlink) hard links; drop a file of your own (write it under another name, then mv)", identity: identity)
+        }
+        guard Int(st.st_size) <= limit else {
+            return .refused(path: path, reason: "is \(st.st_size) bytes, over the limit of \(limit) (\(limitSetting))", identity: identity)
         }
         // O_NOFOLLOW | O_NONBLOCK: a file swapped for a symlink or FIFO after lstat is refused, not followed or waited on.
         let fd = open(path.string, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC)
         guard fd >= 0 else { return errno == ENOENT ? .absent : .refused(path: path, reason: "cannot be opened: \(String(cString: strerror(errno)))", identity: identity) }
+        defer { close(fd) }
         var fst = stat()
-        guard fstat(fd, &fst) == 0, (fst.st_mode & S_IFMT) == S_IFREG, Int(fst.st_size) <= limit else {
-            close(fd)
+        guard fstat(fd, &fst) == 0, (fst.st_mode & S_IFMT) == S_IFREG, fst.st_ino == st.st_ino, fst.st_dev == st.st_dev, fst.st_nlink == 1, fst.st_mode & 0o022 == 0, Int(fst.st_size) <= limit else {
             return .refused(path: path, reason: "changed while being read; drop it again", identity: identity)
+        }
+        // Who dropped it: the owner of the file actually opened.
+        let owner = Principal(uid: fst.st_uid, user: Principal.userName(uid: fst.st_uid))
+        var authorization: String? = nil
+        if let policy {
+            if let problem = policy.invalid { return .refused(path: path, reason: "cannot be accepted: \(problem)", identity: identity) }
+            guard let how = allowed(owner, policy) else {
+                return .refused(path: path, reason: "owner \(owner.user ?? String(owner.uid)) is not allowed to decide here (approvers in cairn.json: users \(policy.users), groups \(policy.groups))", identity: identity)
+            }
+            authorization = how
         }
         var data = Data()
         var buf = [UInt8](repeating: 0, count: 16 * 1024)
@@ -52,7 +73,6 @@ public enum Drops {
             data.append(contentsOf: buf[0..<n])
             if data.count > limit { break }
         }
-        close(fd)
         guard data.count <= limit else { return .refused(path: path, reason: "grew past the size limit while being read", identity: identity) }
         let modified = Date(timeIntervalSince1970: Double(st.st_mtim.tv_sec) + Double(st.st_mtim.tv_nsec) / 1e9)
         var json: JSONValue? = nil
@@ -60,23 +80,26 @@ public enum Drops {
             do { json = try JSONValue.parse(data) } catch {
                 return .refused(path: path, reason: "is not valid JSON (empty, or a JSON value, is expected)", identity: identity)
             }
+            if let key = JSONValue.duplicateKey(in: data) {
+                return .refused(path: path, reason: "has the key \"\(key)\" twice in one object (tools disagree on which one counts)", identity: identity)
+            }
             if requireObject, case .object = json! {} else if requireObject {
                 return .refused(path: path, reason: "must be empty or a JSON object", identity: identity)
             }
         }
-        return .valid(File(path: path, owner: owner, modified: modified, json: json, identity: identity))
+        return .valid(File(path: path, owner: owner, modified: modified, json: json, identity: identity, inode: UInt64(fst.st_ino), authorization: authorization))
     }
 
-    static func allowed(_ owner: Principal, _ policy: SpoolConfig.Approvers) -> Bool {
-        if policy.users.isEmpty && policy.groups.isEmpty { return true }
-        if let name = owner.user, policy.users.contains(name) { return true }
-        if policy.users.contains(String(owner.uid)) { return true }
-        guard !policy.groups.isEmpty else { return false }
+    /// How `owner` passes `policy` ("user alice", "group ops"), or nil when it does not.
+    static func allowed(_ owner: Principal, _ policy: SpoolConfig.Approvers) -> String? {
+        guard policy.invalid == nil else { return nil }
+        if let name = owner.user, policy.users.contains(name) { return "user \(name)" }
+        if policy.users.contains(String(owner.uid)) { return "uid \(owner.uid)" }
         for g in policy.groups {
             guard let grp = getgrnam(g) else { continue }
             if let user = owner.user, var mem = grp.pointee.gr_mem {
                 while let m = mem.pointee {
-                    if String(cString: m) == user { return true }
+                    if String(cString: m) == user { return "group \(g)" }
                     mem += 1
                 }
             }
@@ -84,27 +107,55 @@ public enum Drops {
             var pwd = passwd()
             var result: UnsafeMutablePointer<passwd>?
             var b = [CChar](repeating: 0, count: 4096)
-            if getpwuid_r(owner.uid, &pwd, &b, b.count, &result) == 0, result != nil, pwd.pw_gid == grp.pointee.gr_gid { return true }
+            if getpwuid_r(owner.uid, &pwd, &b, b.count, &result) == 0, result != nil, pwd.pw_gid == grp.pointee.gr_gid { return "group \(g) (primary)" }
         }
-        return false
+        return nil
     }
 
     /// Writes `NAME.error.json` beside a refused drop (once per identity of the file).
     /// The drop itself is never deleted. Returns true when a new error file was written.
     @discardableResult
-    public static func refuse(_ path: FilePath, reason: String, identity: String, durable: DurableFile, now: Date = Date()) throws -> Bool {
+    public static func refuse(_ path: FilePath, reason: String, identity: String, durable: DurableFile, now: Date = Date(), setAsideIn refused: FilePath? = nil) throws -> Bool {
+        let name = path.lastComponent?.string ?? path.string
         let errorFile = FilePath(path.string + ".error.json")
+        var st = stat()
+        if lstat(errorFile.string, &st) == 0, st.st_uid != geteuid() || (st.st_mode & S_IFMT) != S_IFREG {
+            // Somebody else's file by that name: never overwritten (it is theirs, not ours).
+            return false
+        }
         if let existing = try? DurableFile.readJSON(errorFile, limit: 1 << 20), existing["identity"]?.stringValue == identity {
             return false
         }
-        let record: JSONValue = [
-            "file": .string(path.lastComponent?.string ?? path.string),
-            "error": .string("\(path.lastComponent?.string ?? path.string) \(reason)"),
+        // A refused drop leaves the drop directory for `refused/` (kept, never deleted), so it
+        // does not occupy the name: in a sticky directory nobody else could remove it, and
+        // a refused `GATE.approved` would block everyone's decision.
+        var movedTo: String? = nil
+        if let refused, (try? ensurePrivate(refused)) != nil {
+            let inode = identity.split(separator: ":").first.map(String.init) ?? "0"
+            let dest = refused.appending("\(name).\(inode)")
+            if (try? DurableFile.rename(path, to: dest, mode: .noReplace)) != nil {
+                try? DurableFile.fsyncDirectory(refused)
+                movedTo = "refused/" + (dest.lastComponent?.string ?? "")
+            }
+        }
+        var record: [String: JSONValue] = [
+            "file": .string(name),
+            "error": .string("\(name) \(reason)"),
             "identity": .string(identity),
             "at": .string(Timestamp.format(now)),
             "hint": "fix or replace the file (write elsewhere, then mv); it is checked again when it changes",
         ]
-        try durable.write(json: record, to: errorFile)
+        if let movedTo { record["moved_to"] = .string(movedTo) }
+        try durable.write(json: .object(record), to: errorFile)
         return true
+    }
+
+    /// A directory only this user writes (created if missing).
+    static func ensurePrivate(_ dir: FilePath) throws {
+        if mkdir(dir.string, 0o755) == 0 { return }
+        var st = stat()
+        guard errno == EEXIST, lstat(dir.string, &st) == 0, (st.st_mode & S_IFMT) == S_IFDIR, st.st_uid == geteuid(), st.st_mode & 0o022 == 0 else {
+            throw SpoolError(.invalid, path: dir.string, "is not a private directory of the service user")
+        }
     }
 }

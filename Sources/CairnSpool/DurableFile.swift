@@ -36,9 +36,32 @@ public struct DurableFile: Sendable {
 
     /// Durably writes `data` to `path`.
     public func write(_ data: Data, to path: FilePath, mode: Mode = .replace) throws {
-        let tmp = tempPath(hint: path.lastComponent?.string ?? "file")
+        try Self.commit(data, staging: tempPath(hint: path.lastComponent?.string ?? "file"), to: path, mode: mode)
+    }
+
+    /// The same durable write for a person's drop (`cairn approve`, `signal`, `cancel`…):
+    /// staged as a dot-file in the destination directory itself, Maildir-style, so a person
+    /// needs no access to the runtime's tmp/. First writer wins. The daemon ignores dot-files.
+    public static func drop(_ data: Data, to path: FilePath, permissions: FilePermissions = [.ownerReadWrite, .groupRead, .otherRead]) throws {
+        // A random staging name (others in the group can create names in a drop directory,
+        // so a predictable one could be taken first), tried again if it is taken anyway.
+        for attempt in 1...8 {
+            let n = counter.add(1, ordering: .relaxed).newValue
+            let r = UInt64.random(in: 0..<UInt64.max)
+            let staging = path.removingLastComponent().appending(".\(path.lastComponent?.string ?? "drop").\(getpid()).\(n).\(String(r, radix: 36)).tmp")
+            do {
+                try commit(data, staging: staging, to: path, mode: .noReplace, permissions: permissions)
+                return
+            } catch let e as SpoolError where e.path == staging.string && e.errno == EEXIST && attempt < 8 {
+                continue
+            }
+        }
+    }
+
+    /// write → fsync → rename → fsync(directory), with `staging` as the temp file.
+    static func commit(_ data: Data, staging tmp: FilePath, to path: FilePath, mode: Mode, permissions: FilePermissions = [.ownerReadWrite, .groupRead, .otherRead]) throws {
         do {
-            let fd = try Self.open(tmp, [.create, .exclusiveCreate, .closeOnExec], permissions: [.ownerReadWrite, .groupRead, .otherRead])
+            let fd = try Self.open(tmp, [.create, .exclusiveCreate, .closeOnExec], permissions: permissions)
             do {
                 try data.withUnsafeBytes { buf in
                     _ = try fd.writeAll(buf)
@@ -48,21 +71,21 @@ public struct DurableFile: Sendable {
                 throw SpoolError(.io, path: tmp.string, errno: (error as? Errno)?.rawValue, "cannot write temp file")
             }
             CrashPoints.reached("write.before-fsync")
-            try Self.fsync(fd, path: tmp)
-            try Self.close(fd, path: tmp)
+            try fsync(fd, path: tmp)
+            try close(fd, path: tmp)
         } catch {
             _ = unlink(tmp.string)
             throw error
         }
         CrashPoints.reached("write.before-rename")
         do {
-            try Self.rename(tmp, to: path, mode: mode)
+            try rename(tmp, to: path, mode: mode)
         } catch {
             _ = unlink(tmp.string)
             throw error
         }
         CrashPoints.reached("write.before-dirsync")
-        try Self.fsyncDirectory(path.removingLastComponent())
+        try fsyncDirectory(path.removingLastComponent())
         CrashPoints.reached("write.after-dirsync")
     }
 

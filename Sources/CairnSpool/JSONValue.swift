@@ -231,6 +231,55 @@ extension JSONValue {
     }
 }
 
+extension JSONValue {
+    /// The first object key that appears twice in the same object of `data` (already known
+    /// to be valid JSON), or nil. Parsers disagree on duplicates (Foundation keeps the
+    /// first, jq the last), so what people drop must not have them: what Cairn reads
+    /// would differ from what `jq` shows.
+    public static func duplicateKey(in data: Data) -> String? {
+        let bytes = [UInt8](data)
+        // Per open container: nil for an array, the keys seen so far for an object.
+        var stack: [Set<[UInt8]>?] = []
+        var expectKey = false
+        var i = 0
+        while i < bytes.count {
+            let b = bytes[i]
+            switch b {
+            case UInt8(ascii: "{"):
+                stack.append([])
+                expectKey = true
+            case UInt8(ascii: "["):
+                stack.append(nil)
+                expectKey = false
+            case UInt8(ascii: "}"), UInt8(ascii: "]"):
+                _ = stack.popLast()
+                expectKey = false
+            case UInt8(ascii: ","):
+                expectKey = stack.last.map { $0 != nil } ?? false
+            case UInt8(ascii: "\""):
+                var j = i + 1
+                var escaped = false
+                while j < bytes.count, bytes[j] != UInt8(ascii: "\"") {
+                    if bytes[j] == UInt8(ascii: "\\") { escaped = true; j += 1 }
+                    j += 1
+                }
+                if expectKey, var keys = stack.last ?? nil {
+                    var key = Array(bytes[(i + 1)..<min(j, bytes.count)])
+                    if escaped, let s = try? JSONDecoder().decode(String.self, from: Data(bytes[i...min(j, bytes.count - 1)])) { key = Array(s.utf8) }
+                    if !keys.insert(key).inserted { return String(decoding: key, as: UTF8.self) }
+                    stack[stack.count - 1] = keys
+                    expectKey = false
+                }
+                i = j
+            default:
+                break
+            }
+            i += 1
+        }
+        return nil
+    }
+}
+
 /// The encoder and decoder every record goes through: ISO-8601 dates with milliseconds.
 public enum JSONCoding {
     public static var encoder: JSONEncoder {

@@ -76,12 +76,19 @@ public struct Journal: Sendable {
     }
 
     /// The records that count after run-level retries: a `retry` record named `run`
-    /// with `resume_from: P` supersedes every record from position P up to itself.
+    /// with `resume_from: P` supersedes every record from position P up to itself — or,
+    /// when it lists `data.superseded: [SEQ…]` (all ≥ P), exactly those records (the failed
+    /// branches of a `parallel`, whose successful siblings keep their records).
     public static func effective(_ entries: [JournalEntry]) -> [JournalEntry] {
         var out: [JournalEntry] = []
         for e in entries {
             if e.kind == "retry", e.name == "run", let from = e.resumeFrom {
-                out.removeAll { $0.seq >= from }
+                if let list = e.data?["superseded"]?.arrayValue {
+                    let drop = Set(list.compactMap { $0.intValue.map(Int.init) })
+                    out.removeAll { drop.contains($0.seq) }
+                } else {
+                    out.removeAll { $0.seq >= from }
+                }
                 continue
             }
             out.append(e)

@@ -36,19 +36,28 @@ public enum Repair {
             var st = stat()
             guard lstat(p.string, &st) == 0 else { continue }
             let age = now.timeIntervalSince1970 - Double(st.st_mtim.tv_sec)
-            guard age > staleTempAge else { continue }
+            guard age > staleTempAge, name != "inbox.lock" else { continue }
             // A script execution's state lives as long as its run is held, however long.
             if name.hasPrefix("exec-") {
                 let run = name.hasSuffix(".json.lock") ? name.dropFirst(5).dropLast(10) : name.dropFirst(5).dropLast(5)
-                if RunLock.isHeld(spool.runDirectory(String(run))) { continue }
+                if RunLock.isHeld(spool.runDirectory(String(run))) != false { continue }
             }
             var f = Finding(file: rel(p), problem: "stale temporary file (\(Int(age))s old)")
             if repair {
-                try? FileManager.default.removeItem(atPath: p.string)
-                f.repaired = "removed"
+                // Say so when it cannot be removed (files of another user inside it).
+                do {
+                    try FileManager.default.removeItem(atPath: p.string)
+                    f.repaired = "removed"
+                } catch {
+                    f.problem += "; cannot be removed by this user (\(error.localizedDescription)): remove it as root"
+                }
             }
             report.findings.append(f)
         }
+
+        // Configuration and code the daemon trusts, and the approvers policy (fails closed).
+        report.findings += configurationFindings(spool, rel: rel)
+        let service = spool.serviceUID ?? geteuid()
 
         var keysWanted: [String: String] = [:]
         for id in try Spool.list(spool.runsDirectory).sorted() {
@@ -73,6 +82,7 @@ public enum Repair {
             }
             report.filesChecked += 1
             if let key = record.idempotencyKey { keysWanted[key] = id }
+            report.findings += ownershipFindings(paths, service: service, rel: rel)
 
             // Blobs: every file's content must hash to its name.
             let blobs = spool.blobs(id)
@@ -140,11 +150,6 @@ public enum Repair {
                 }
                 report.findings.append(f)
             }
-            // index/STATUS/ID: derived; rebuilt quietly.
-            if repair, let status = (try? spool.readState(id))??.status,
-               !DurableFile.exists(spool.indexDirectory.appending(status.rawValue).appending(id)) {
-                spool.updateIndex(id, status: status)
-            }
             // result.json: the complete record's value.
             if let last = effective.last, last.kind == "complete" {
                 let want = try? blobs.resolve(last.value ?? .null)
@@ -170,16 +175,18 @@ public enum Repair {
             withExtendedLifetime(lock) {}
         }
 
-        // index/: entries for runs that are gone, or in the wrong status.
-        for status in RunStatus.allCases {
-            for id in try Spool.list(spool.indexDirectory.appending(status.rawValue)) {
-                let actual = (try? spool.readState(id))??.status
-                guard actual != status else { continue }
-                if repair {
-                    _ = unlink(spool.indexDirectory.appending(status.rawValue).appending(id).string)
-                    if let actual { spool.updateIndex(id, status: actual) }
-                }
-            }
+        // index/: derived, but a run it does not list is invisible to `ls --status` and to a
+        // daemon's recovery, so drift is a problem to report, not to fix in silence.
+        let drift = try repair ? spool.reconcileIndex() : spool.indexDrift()
+        for m in drift.missing {
+            var f = Finding(file: "index/\(m.status.rawValue)/\(m.run)", problem: "missing: state.json says \(m.status.rawValue), the index does not list the run there")
+            if repair { f.repaired = "added" }
+            report.findings.append(f)
+        }
+        for st in drift.stale {
+            var f = Finding(file: "index/\(st.listed.rawValue)/\(st.run)", problem: DurableFile.exists(spool.run(st.run).stateFile) ? "stale: state.json says otherwise" : "names no run")
+            if repair { f.repaired = "removed" }
+            report.findings.append(f)
         }
         // keys/: every run's idempotency key has its index file.
         for (key, id) in keysWanted.sorted(by: { $0.key < $1.key }) {
@@ -194,5 +201,107 @@ public enum Repair {
             report.findings.append(f)
         }
         return report
+    }
+
+    /// cairn.json, the spool root and workflows/ must be the service user's (or root's) and
+    /// writable by nobody else; every approvers rule must parse.
+    static func configurationFindings(_ spool: Spool, rel: (FilePath) -> String) -> [Finding] {
+        var out: [Finding] = []
+        var trusted = [spool.root, spool.configFile, spool.workflowsDirectory]
+        trusted += ((try? Spool.list(spool.workflowsDirectory)) ?? []).filter { !$0.hasPrefix(".") }.map { spool.workflowsDirectory.appending($0) }
+        for p in trusted {
+            if let problem = Spool.trustedFileProblem(p.string) {
+                out.append(Finding(file: p == spool.root ? "." : rel(p), problem: "\(problem): the daemon will not trust it"))
+            }
+        }
+        guard let config = try? spool.config() else {
+            out.append(Finding(file: "cairn.json", problem: "cannot be read or parsed"))
+            return out
+        }
+        if let problem = config.approversProblem { out.append(Finding(file: "cairn.json", problem: problem)) }
+        for key in (config.raw.objectValue ?? [:]).keys.sorted() where !SpoolConfig.knownSettings.contains(key) {
+            out.append(Finding(file: "cairn.json", problem: "unknown setting \"\(key)\" (misspelled? it has no effect)"))
+        }
+        for (gate, rule) in config.approvers.sorted(by: { $0.key < $1.key }) {
+            if let problem = rule.invalid {
+                out.append(Finding(file: "cairn.json", problem: problem))
+                continue
+            }
+            for u in rule.users where getpwnam(u) == nil && UInt32(u) == nil {
+                out.append(Finding(file: "cairn.json", problem: "approvers[\"\(gate)\"] names user '\(u)', who does not exist on this host"))
+            }
+            for g in rule.groups where getgrnam(g) == nil {
+                out.append(Finding(file: "cairn.json", problem: "approvers[\"\(gate)\"] names group '\(g)', which does not exist on this host"))
+            }
+        }
+        return out
+    }
+
+    /// Files of a run that the runtime did not write (wrong owner, writable by others, or
+    /// not something the runtime makes), and drop directories that are not sticky.
+    static func ownershipFindings(_ p: RunPaths, service: uid_t, rel: (FilePath) -> String) -> [Finding] {
+        var out: [Finding] = []
+        func check(_ path: FilePath) {
+            if let problem = Spool.runtimeFileProblem(path.string, owner: service) { out.append(Finding(file: rel(path), problem: problem)) }
+        }
+        for f in [p.runFile, p.stateFile, p.resultFile, p.journalDirectory, p.blobsDirectory, p.logsDirectory, p.decisionsDirectory, p.workDirectory, p.refusedDirectory, p.repairDirectory] { check(f) }
+        var lockStat = stat()
+        let lockPath = p.directory.appending(RunLock.fileName)
+        if lstat(lockPath.string, &lockStat) == 0, (lockStat.st_mode & S_IFMT) != S_IFREG || lockStat.st_uid != service || lockStat.st_mode & 0o077 != 0 {
+            out.append(Finding(file: rel(lockPath), problem: "is not the service user's private lock file (owner \(Principal.userName(uid: lockStat.st_uid) ?? String(lockStat.st_uid)), mode \(String(lockStat.st_mode & 0o7777, radix: 8))): the run cannot be advanced until it is removed"))
+        }
+        for dir in [p.journalDirectory, p.blobsDirectory] {
+            for name in (try? Spool.list(dir)) ?? [] { check(dir.appending(name)) }
+        }
+        for dir in [p.directory, p.approvalsDirectory, p.eventsDirectory] {
+            var st = stat()
+            guard lstat(dir.string, &st) == 0 else { continue }
+            if (st.st_mode & S_IFMT) != S_IFDIR || st.st_uid != service {
+                out.append(Finding(file: rel(dir), problem: Spool.runtimeFileProblem(dir.string, owner: service) ?? "is not a directory"))
+            } else if st.st_mode & 0o022 != 0 && st.st_mode & S_ISVTX == 0 {
+                out.append(Finding(file: rel(dir), problem: "is writable by others but not sticky: a member could move or replace another's files (the daemon adds the sticky bit when it next advances the run)"))
+            }
+        }
+        // People's drop directories: what is there that is not a drop the runtime will read
+        // (symlinks, FIFOs, directories, files of others it refused) or a staging dot-file
+        // left for over an hour.
+        let now = Date().timeIntervalSince1970
+        for dir in [p.approvalsDirectory, p.eventsDirectory] {
+            for name in (try? Spool.list(dir)) ?? [] {
+                let path = dir.appending(name)
+                var st = stat()
+                guard lstat(path.string, &st) == 0, st.st_uid != service else { continue }
+                let who = Principal.userName(uid: st.st_uid) ?? String(st.st_uid)
+                if (st.st_mode & S_IFMT) != S_IFREG {
+                    out.append(Finding(file: rel(path), problem: "is not a regular file (put here by \(who)); no run reads it"))
+                } else if name.hasPrefix(".") && now - Double(st.st_mtim.tv_sec) > 3600 {
+                    out.append(Finding(file: rel(path), problem: "is a staging dot-file left for over an hour by \(who)"))
+                } else if DurableFile.exists(FilePath(path.string + ".error.json")) {
+                    out.append(Finding(file: rel(path), problem: "was refused (see \(name).error.json) and is still here (put here by \(who))"))
+                }
+            }
+        }
+        for name in ["cancel", "pause", "retry"] {
+            var st = stat()
+            let path = p.directory.appending(name)
+            if lstat(path.string, &st) == 0, (st.st_mode & S_IFMT) != S_IFREG {
+                out.append(Finding(file: rel(path), problem: "is not a regular file: drop an empty file (touch)"))
+            }
+        }
+        // What the runtime writes among people's drops: request and error files.
+        for name in (try? Spool.list(p.approvalsDirectory)) ?? [] where name.hasSuffix(".request.json") || name.hasSuffix(".error.json") {
+            check(p.approvalsDirectory.appending(name))
+        }
+        let known: Set<String> = ["run.json", "state.json", "result.json", "journal", "approvals", "events", "blobs", "logs", "decisions", "work", "refused", "repair", "cancel", "pause", "retry"]
+        // Anything else there is a script's scratch file (scripts run in the run directory,
+        // as the service user) or someone else's: only the latter is a problem.
+        for name in (try? Spool.list(p.directory)) ?? [] where !known.contains(name) && !name.hasPrefix(".") {
+            var st = stat()
+            let path = p.directory.appending(name)
+            if lstat(path.string, &st) == 0, st.st_uid != service {
+                out.append(Finding(file: rel(path), problem: "was put here by \(Principal.userName(uid: st.st_uid) ?? String(st.st_uid)): not a file the runtime or a control drop makes"))
+            }
+        }
+        return out
     }
 }

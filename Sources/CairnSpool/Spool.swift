@@ -41,7 +41,8 @@ public struct Spool: Sendable {
         try DurableFile.makeDirectory(root)
         let spool = Spool(root: root)
         for d in subdirectories { try DurableFile.makeDirectory(root.appending(d)) }
-        _ = chmod(root.appending("inbox").string, 0o2775)
+        // inbox/ is a drop directory; the rest belongs to the runtime.
+        try makeDropDirectories([root.appending("inbox")], group: nil)
         if !DurableFile.exists(spool.configFile) {
             let config: JSONValue = [
                 "format": .int(Int64(formatVersion)),
@@ -119,10 +120,9 @@ public struct Spool: Sendable {
 
     public func updateIndex(_ id: String, status: RunStatus) {
         let base = indexDirectory.string
-        for s in RunStatus.allCases where s != status {
-            _ = unlink(base + "/" + s.rawValue + "/" + id)
-        }
         let dir = base + "/" + status.rawValue
+        // The new entry first, then the old ones go: a process killed in between leaves a
+        // run listed twice (readers check state.json), never not at all.
         var fd = Glibc.open(dir + "/" + id, O_WRONLY | O_CREAT | O_CLOEXEC, 0o644)
         if fd < 0 && errno == ENOENT {
             _ = mkdir(base, 0o755)
@@ -130,6 +130,56 @@ public struct Spool: Sendable {
             fd = Glibc.open(dir + "/" + id, O_WRONLY | O_CREAT | O_CLOEXEC, 0o644)
         }
         if fd >= 0 { close(fd) }
+        for s in RunStatus.allCases where s != status {
+            _ = unlink(base + "/" + s.rawValue + "/" + id)
+        }
+    }
+
+    /// The index's drift from state.json: runs with no entry in their status (or none at
+    /// all), and entries that contradict state.json or name no run. Costs one listing of
+    /// `runs/` and of each index directory, plus a state read per disagreeing name.
+    public struct IndexDrift: Sendable {
+        /// Runs whose status directory does not list them: (run, status in state.json).
+        public var missing: [(run: String, status: RunStatus)] = []
+        /// Entries that contradict state.json or name no run: (run, listed status).
+        public var stale: [(run: String, listed: RunStatus)] = []
+        public var isEmpty: Bool { missing.isEmpty && stale.isEmpty }
+    }
+
+    public func indexDrift() throws -> IndexDrift {
+        var listed: [String: [RunStatus]] = [:]
+        for status in RunStatus.allCases {
+            for id in try indexedRuns(status) { listed[id, default: []].append(status) }
+        }
+        var drift = IndexDrift()
+        let runs = Set(try runIDs())
+        for id in runs {
+            let entries = listed[id] ?? []
+            // One entry is the common case; trust it without reading state.json only for
+            // completed and cancelled runs (they never change again), and check the others.
+            if entries.count == 1, entries[0] == .completed || entries[0] == .cancelled { continue }
+            guard let state = try? readState(id) else { continue }
+            if !entries.contains(state.status) { drift.missing.append((id, state.status)) }
+            for s in entries where s != state.status { drift.stale.append((id, s)) }
+        }
+        for (id, statuses) in listed where !runs.contains(id) {
+            for s in statuses { drift.stale.append((id, s)) }
+        }
+        drift.missing.sort { $0.run < $1.run }
+        drift.stale.sort { $0.run < $1.run }
+        return drift
+    }
+
+    /// Makes the index agree with state.json (see `indexDrift`). Returns what it changed.
+    @discardableResult
+    public func reconcileIndex() throws -> IndexDrift {
+        let drift = try indexDrift()
+        for m in drift.missing { updateIndex(m.run, status: m.status) }
+        for s in drift.stale {
+            let state = try? readState(s.run)
+            if state?.status != s.listed { _ = unlink(indexDirectory.appending(s.listed.rawValue).appending(s.run).string) }
+        }
+        return drift
     }
 
     /// Run ids the index lists under `status` (unverified: check state.json).
@@ -194,27 +244,34 @@ public struct Spool: Sendable {
         let staging = try durable.makeStagingDirectory(hint: "run-\(id)")
         do {
             let paths = RunPaths(directory: staging)
-            for d in [paths.journalDirectory, paths.approvalsDirectory, paths.eventsDirectory, paths.blobsDirectory, paths.logsDirectory] {
+            for d in [paths.journalDirectory, paths.approvalsDirectory, paths.eventsDirectory, paths.blobsDirectory, paths.logsDirectory, paths.decisionsDirectory, paths.workDirectory] {
                 try DurableFile.makeDirectory(d, durable: false)
             }
-            // Drops come from people and programs: group-writable, setgid (files keep the
-            // spool's group). Who may decide is then the spool group (and cairn.json approvers).
-            for d in [paths.approvalsDirectory, paths.eventsDirectory, staging] { _ = chmod(d.string, 0o2775) }
+            close(try RunLock.openLockFile(staging))
+            // Drops come from people and programs: the run directory (control files),
+            // approvals/ and events/ are group-writable, setgid (files keep the group) and
+            // sticky (nobody moves or deletes another's file). They take the group of runs/,
+            // so `chgrp` of the spool once is enough. Everything else is the runtime's alone.
+            try Self.makeDropDirectories([staging, paths.approvalsDirectory, paths.eventsDirectory], group: groupOf(runsDirectory))
             let blobs = BlobStore(directory: paths.blobsDirectory, durable: durable, threshold: config.blobThreshold)
             let input = try blobs.externalize(s.input, staged: true)
             let record = RunRecord(id: id, workflow: s.workflow, workflowVersion: s.workflowVersion, input: input, submittedAt: now, submittedBy: s.submittedBy, idempotencyKey: s.idempotencyKey, parent: s.parent, concurrencyKey: s.concurrencyKey)
             try DurableFile.writeStaged(record.canonicalJSON().canonicalData(), to: paths.runFile)
             let state = RunState(run: id, workflow: s.workflow, status: .queued, updatedAt: now)
             try DurableFile.writeStaged(state.canonicalJSON().canonicalData(), to: paths.stateFile)
-            for d in [paths.journalDirectory, paths.approvalsDirectory, paths.eventsDirectory, paths.blobsDirectory, paths.logsDirectory, staging] {
+            for d in [paths.journalDirectory, paths.approvalsDirectory, paths.eventsDirectory, paths.blobsDirectory, paths.logsDirectory, paths.decisionsDirectory, paths.workDirectory, staging] {
                 try DurableFile.fsyncDirectory(d)
             }
             try DurableFile.fsyncDirectory(tmpDirectory)
+            // Listed before it exists: a crash after the rename cannot leave it unlisted (an
+            // entry for a run that never appeared is skipped by readers and fsck removes it).
+            updateIndex(id, status: .queued)
             CrashPoints.reached("run.before-rename")
             try DurableFile.rename(staging, to: runDirectory(id), mode: .noReplace)
-            updateIndex(id, status: .queued)
         } catch let e as SpoolError where e.code == .exists {
             try? FileManager.default.removeItem(atPath: staging.string)
+            // Another submission made it first: its index entry is its own business.
+            if let st = try? readState(id), st.status != .queued { _ = unlink(indexDirectory.appending("queued").appending(id).string) }
             return (id, false)
         } catch {
             try? FileManager.default.removeItem(atPath: staging.string)
@@ -247,6 +304,125 @@ public struct Spool: Sendable {
     public func runForKey(_ key: String) -> String? {
         let file = keysDirectory.appending(Self.keyFileName(key))
         return (try? DurableFile.readJSON(file, limit: 1 << 20))?["run"]?.stringValue
+    }
+
+    // MARK: permissions (SPEC §3, permission model)
+
+    /// Mode of drop directories: group-writable, setgid, sticky.
+    public static let dropDirectoryMode: mode_t = 0o3775
+
+    /// Gives drop directories their mode and `group` (the owner must belong to it, or be root).
+    static func makeDropDirectories(_ dirs: [FilePath], group: gid_t?) throws {
+        for d in dirs {
+            if let group, lchown(d.string, uid_t.max, group) != 0 {
+                throw SpoolError(.io, path: d.string, errno: errno, "cannot give the drop directory group \(group) (the service user must be a member of the spool's group)")
+            }
+            guard chmod(d.string, dropDirectoryMode) == 0 else {
+                throw SpoolError(.io, path: d.string, errno: errno, "cannot make the drop directory group-writable and sticky")
+            }
+        }
+    }
+
+    func groupOf(_ dir: FilePath) -> gid_t? {
+        var st = stat()
+        return lstat(dir.string, &st) == 0 ? st.st_gid : nil
+    }
+
+    /// The user the runtime runs as: the owner of the spool's `runs/` directory.
+    public var serviceUID: uid_t? {
+        var st = stat()
+        return lstat(runsDirectory.string, &st) == 0 ? st.st_uid : nil
+    }
+
+    /// Whether this process may write the runtime's files (it is the service user).
+    public var isServiceUser: Bool { serviceUID == geteuid() }
+
+    /// A directory only the runtime writes: created if missing (mode 0755); an existing one
+    /// must be a real directory owned by this user and writable by nobody else.
+    public func ensureRuntimeDirectory(_ dir: FilePath) throws {
+        if mkdir(dir.string, 0o755) == 0 {
+            try DurableFile.fsyncDirectory(dir.removingLastComponent())
+            return
+        }
+        guard errno == EEXIST else { throw SpoolError(.io, path: dir.string, errno: errno, "cannot create directory") }
+        if let problem = Self.runtimeFileProblem(dir.string, owner: geteuid()) {
+            throw SpoolError(.invalid, path: dir.string, "\(problem); the runtime will not use it (`cairn fsck` lists such files)")
+        }
+    }
+
+    /// Why `path` is not a runtime file (owned by `owner`, not a symlink, not writable by
+    /// group or others), or nil when it is.
+    public static func runtimeFileProblem(_ path: String, owner: uid_t) -> String? {
+        var st = stat()
+        guard lstat(path, &st) == 0 else { return nil }
+        if (st.st_mode & S_IFMT) == S_IFLNK { return "is a symbolic link, which the runtime never writes" }
+        if st.st_uid != owner {
+            return "is owned by \(Principal.userName(uid: st.st_uid) ?? String(st.st_uid)), not by the service user \(Principal.userName(uid: owner) ?? String(owner)): the runtime did not write it"
+        }
+        if st.st_mode & 0o022 != 0 { return "is writable by group or others (mode \(String(st.st_mode & 0o7777, radix: 8)))" }
+        return nil
+    }
+
+    /// What the daemon reads as configuration or executes must not be writable by anyone
+    /// but the service user (or root): cairn.json, the spool root and workflows/.
+    public func checkConfigurationFiles() throws {
+        for p in [root, configFile, workflowsDirectory] {
+            if let problem = Self.trustedFileProblem(p.string) {
+                throw SpoolError(.invalid, path: p.string, "\(problem); the daemon will not trust it (fix with chown/chmod)")
+            }
+        }
+    }
+
+    /// Why the daemon may not trust `path` as configuration or code: owned by someone other
+    /// than this user or root, or writable by group or others. nil when it may.
+    public static func trustedFileProblem(_ path: String) -> String? {
+        var st = stat()
+        guard stat(path, &st) == 0 else { return nil }
+        if st.st_uid != geteuid() && st.st_uid != 0 {
+            return "is owned by \(Principal.userName(uid: st.st_uid) ?? String(st.st_uid)), neither the service user nor root"
+        }
+        if st.st_mode & 0o022 != 0 { return "is writable by group or others (mode \(String(st.st_mode & 0o7777, radix: 8)))" }
+        return nil
+    }
+
+    /// Before the runtime writes `path` in a directory others can write (result.json in the
+    /// run directory, request files in approvals/): whatever someone else put at that name
+    /// (a directory, a FIFO, a file of theirs) is renamed aside, within the same directory,
+    /// to `foreign.NAME.INODE` (kept; `cairn fsck` lists it), instead of wedging the write.
+    public static func setAsideForeign(_ path: FilePath) {
+        var st = stat()
+        guard lstat(path.string, &st) == 0 else { return }
+        if (st.st_mode & S_IFMT) == S_IFREG && st.st_uid == geteuid() { return }
+        let dest = path.removingLastComponent().appending("foreign.\(path.lastComponent?.string ?? "file").\(st.st_ino)")
+        _ = try? DurableFile.rename(path, to: dest, mode: .noReplace)
+    }
+
+    /// Checks, before a run is advanced, that nobody but this user can have written what the
+    /// engine trusts (run.json, state.json, journal/, blobs/, decisions/, logs/), and that the
+    /// drop directories are sticky. A group-writable directory without the sticky bit (made
+    /// by an older version) gets it; anything else is a SpoolError naming the file, and the
+    /// run is not advanced (fail closed).
+    public func verifyRuntimeFiles(_ id: String) throws {
+        let p = run(id)
+        let me = geteuid()
+        for dir in [p.directory, p.approvalsDirectory, p.eventsDirectory] {
+            var st = stat()
+            guard lstat(dir.string, &st) == 0 else { continue }
+            guard (st.st_mode & S_IFMT) == S_IFDIR, st.st_uid == me else {
+                throw SpoolError(.invalid, path: dir.string, Self.runtimeFileProblem(dir.string, owner: me) ?? "is not a directory of the service user; the run is not advanced (`cairn fsck`)")
+            }
+            if st.st_mode & 0o022 != 0 && st.st_mode & S_ISVTX == 0 {
+                guard chmod(dir.string, (st.st_mode & 0o7777) | S_ISVTX) == 0 else {
+                    throw SpoolError(.io, path: dir.string, errno: errno, "cannot make the group-writable directory sticky")
+                }
+            }
+        }
+        // (result.json is not among them: the engine never reads it, and replaces it whole.)
+        for f in [p.runFile, p.stateFile, p.journalDirectory, p.blobsDirectory, p.logsDirectory, p.decisionsDirectory, p.workDirectory, p.refusedDirectory] {
+            if let problem = Self.runtimeFileProblem(f.string, owner: me) {
+                throw SpoolError(.invalid, path: f.string, "\(problem); the run is not advanced until it is fixed (`cairn fsck` lists such files)")
+            }
+        }
     }
 
     // MARK: helpers
@@ -291,6 +467,13 @@ public struct RunPaths: Sendable {
     public var approvalsDirectory: FilePath { directory.appending("approvals") }
     public var eventsDirectory: FilePath { directory.appending("events") }
     public var blobsDirectory: FilePath { directory.appending("blobs") }
+    /// Decisions the run recorded, moved out of approvals/ (only the runtime writes here).
+    public var decisionsDirectory: FilePath { directory.appending("decisions") }
+    /// A script workflow's working directory: private to the service user (the run
+    /// directory itself is group-writable, for control files).
+    public var workDirectory: FilePath { directory.appending("work") }
+    /// Drops that were refused, moved out of the way (only the runtime writes here).
+    public var refusedDirectory: FilePath { directory.appending("refused") }
     public var logsDirectory: FilePath { directory.appending("logs") }
     public var cancelFile: FilePath { directory.appending("cancel") }
     public var pauseFile: FilePath { directory.appending("pause") }
@@ -318,10 +501,23 @@ public struct SpoolConfig: Sendable {
     public struct Approvers: Sendable, Hashable {
         public var users: [String]
         public var groups: [String]
-        public init(users: [String], groups: [String]) {
+        /// Set when the rule in cairn.json is malformed: then nobody may decide (fail closed).
+        public var invalid: String?
+        public init(users: [String], groups: [String], invalid: String? = nil) {
             self.users = users
             self.groups = groups
+            self.invalid = invalid
         }
+    }
+
+    /// Set when the `approvers` block as a whole is malformed: every gate is closed.
+    public var approversProblem: String?
+
+    /// The rule for `gate` (its own, else `"*"`); nil when no rule narrows it (Unix
+    /// permissions decide). A malformed rule, or a malformed block, is a rule nobody passes.
+    public func approvalPolicy(gate: String) -> Approvers? {
+        if let problem = approversProblem { return Approvers(users: [], groups: [], invalid: problem) }
+        return approvers[gate] ?? approvers["*"]
     }
 
     public init(_ v: JSONValue, file: String) throws {
@@ -335,16 +531,88 @@ public struct SpoolConfig: Sendable {
         blobThreshold = Int(o["blob_threshold"]?.intValue ?? Int64(Self.defaultBlobThreshold))
         dropSizeLimit = Int(o["drop_size_limit"]?.intValue ?? Int64(Self.defaultDropSizeLimit))
         guard blobThreshold >= 64 else { throw SpoolError(.malformed, path: file, "\"blob_threshold\" must be at least 64") }
-        var approvers: [String: Approvers] = [:]
-        if let a = o["approvers"] {
-            guard case .object(let gates) = a else { throw SpoolError(.malformed, path: file, "\"approvers\" must be an object of gate → {\"users\", \"groups\"}") }
-            for (gate, rule) in gates {
-                let users = rule["users"]?.arrayValue?.compactMap(\.stringValue) ?? []
-                let groups = rule["groups"]?.arrayValue?.compactMap(\.stringValue) ?? []
-                approvers[gate] = Approvers(users: users, groups: groups)
+        (approvers, approversProblem) = Self.parseApprovers(o["approvers"])
+        if let problem = Self.settingsProblems(o).first {
+            throw SpoolError(.malformed, path: file, "\(problem) (a setting of the wrong shape is refused rather than ignored)")
+        }
+    }
+
+    /// The settings Cairn reads, and what each must look like.
+    public static let knownSettings: Set<String> = [
+        "format", "created_at", "blob_threshold", "drop_size_limit", "approvers", "concurrency",
+        "script_retries", "script_timeout", "script_log_limit", "llm",
+    ]
+
+    /// Settings of the wrong shape (a string where a number belongs, a misspelled inner
+    /// key): each one is a problem, never a silent default. Top-level keys Cairn does not
+    /// know are left to `cairn fsck` (they may be notes, or a newer version's settings).
+    static func settingsProblems(_ o: [String: JSONValue]) -> [String] {
+        var out: [String] = []
+        func positiveInt(_ key: String, _ v: JSONValue?, at: String) {
+            guard let v else { return }
+            if (v.intValue ?? 0) < 1 || v.doubleValue.map({ $0.rounded() != $0 }) == true { out.append("\(at) must be a whole number of at least 1, not \(v.compactText())") }
+        }
+        func object(_ v: JSONValue?, at: String, keys: Set<String>? = nil, _ each: ((String, JSONValue) -> Void)? = nil) {
+            guard let v else { return }
+            guard case .object(let m) = v else { out.append("\(at) must be a JSON object, not \(v.compactText())"); return }
+            if let keys, let bad = Set(m.keys).subtracting(keys).sorted().first {
+                out.append("\(at) has an unknown key \"\(bad)\" (known: \(keys.sorted().joined(separator: ", ")))")
+            }
+            for (k, x) in m.sorted(by: { $0.key < $1.key }) { each?(k, x) }
+        }
+        func duration(_ v: JSONValue, at: String) {
+            guard let s = v.stringValue, let d = DurationText.parse(s), d > .zero else { out.append("\(at) must be a duration like \"90s\", \"15m\", \"2h\", not \(v.compactText())"); return }
+        }
+        positiveInt("blob_threshold", o["blob_threshold"], at: "\"blob_threshold\"")
+        positiveInt("drop_size_limit", o["drop_size_limit"], at: "\"drop_size_limit\"")
+        positiveInt("script_log_limit", o["script_log_limit"], at: "\"script_log_limit\"")
+        object(o["concurrency"], at: "\"concurrency\"", keys: ["workflows", "keys", "default_key_limit"]) { k, v in
+            switch k {
+            case "default_key_limit": positiveInt(k, v, at: "concurrency.default_key_limit")
+            default: object(v, at: "concurrency.\(k)") { name, n in positiveInt(name, n, at: "concurrency.\(k)[\"\(name)\"]") }
             }
         }
-        self.approvers = approvers
+        object(o["script_retries"], at: "\"script_retries\"") { name, policy in
+            object(policy, at: "script_retries[\"\(name)\"]", keys: ["max_attempts", "initial_delay", "max_delay"]) { k, v in
+                if k == "max_attempts" { positiveInt(k, v, at: "script_retries[\"\(name)\"].max_attempts") } else { duration(v, at: "script_retries[\"\(name)\"].\(k)") }
+            }
+        }
+        object(o["script_timeout"], at: "\"script_timeout\"") { name, v in duration(v, at: "script_timeout[\"\(name)\"]") }
+        object(o["llm"], at: "\"llm\"")
+        return out
+    }
+
+    /// Parses `"approvers": {GATE | "*": {"users": [NAME…], "groups": [NAME…]}}` strictly:
+    /// anything else (a string where a list belongs, a misspelled key, an empty rule) is a
+    /// problem that closes the gate it names — or every gate, when the block itself is wrong.
+    static func parseApprovers(_ a: JSONValue?) -> ([String: Approvers], String?) {
+        guard let a else { return ([:], nil) }
+        guard case .object(let gates) = a else {
+            return ([:], "cairn.json: \"approvers\" must be an object of gate → {\"users\": [...], \"groups\": [...]}; every gate is closed until it is fixed")
+        }
+        var out: [String: Approvers] = [:]
+        for (gate, rule) in gates {
+            let at = "cairn.json: approvers[\"\(gate)\"]"
+            guard case .object(let r) = rule else {
+                out[gate] = Approvers(users: [], groups: [], invalid: "\(at) must be an object {\"users\": [...], \"groups\": [...]}; nobody may decide this gate until it is fixed")
+                continue
+            }
+            var problem: String? = nil
+            let unknown = Set(r.keys).subtracting(["users", "groups"])
+            if !unknown.isEmpty { problem = "\(at) has unknown key(s) \(unknown.sorted().map { "\"\($0)\"" }.joined(separator: ", ")) (only \"users\" and \"groups\")" }
+            func names(_ key: String) -> [String] {
+                guard let v = r[key] else { return [] }
+                guard case .array(let items) = v, items.allSatisfy({ $0.stringValue.map { !$0.isEmpty } ?? false }) else {
+                    if problem == nil { problem = "\(at).\(key) must be a list of names, like [\"alice\"]" }
+                    return []
+                }
+                return items.compactMap(\.stringValue)
+            }
+            let users = names("users"), groups = names("groups")
+            if problem == nil && users.isEmpty && groups.isEmpty { problem = "\(at) names no users and no groups" }
+            out[gate] = Approvers(users: users, groups: groups, invalid: problem.map { $0 + "; nobody may decide this gate until it is fixed" })
+        }
+        return (out, nil)
     }
 }
 

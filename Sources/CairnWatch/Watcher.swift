@@ -42,6 +42,8 @@ public struct WatchEvent: Sendable, Hashable, CustomStringConvertible {
 /// New directories are never watched automatically: callers add the watch, then scan.
 public final class Watcher: Sendable {
     public static let dropMask = UInt32(IN_CLOSE_WRITE | IN_MOVED_TO | IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_DELETE_SELF | IN_ONLYDIR)
+    /// For directories where a change of mode matters too (`chmod +x` of a script workflow).
+    public static let dropAndModeMask = dropMask | UInt32(IN_ATTRIB)
 
     private enum Request: @unchecked Sendable {
         case add(String, UInt32, CheckedContinuation<Void, any Error>)
@@ -214,15 +216,17 @@ public final class Watcher: Sendable {
             kind = .watchGone
         } else if mask & UInt32(IN_ISDIR) != 0 && mask & UInt32(IN_CREATE | IN_MOVED_TO) != 0 {
             kind = .directoryLanded
-        } else if mask & UInt32(IN_CLOSE_WRITE | IN_MOVED_TO) != 0 {
+        } else if mask & UInt32(IN_CLOSE_WRITE | IN_MOVED_TO | IN_ATTRIB) != 0 {
+            // IN_ATTRIB only where a watch asks for it (workflows/: `chmod +x` installs one).
             kind = .landed
         } else if mask & UInt32(IN_DELETE | IN_MOVED_FROM) != 0 {
             kind = .removed
         } else if mask & UInt32(IN_CREATE) != 0 {
             // A regular file: wait for its close or move. A symlink or FIFO never closes
-            // after writing: report it now, so it can be refused.
+            // after writing, and a hard link (`ln`) is neither written nor moved: report
+            // them now, so they can be refused.
             var st = stat()
-            guard lstat(dir + "/" + name, &st) == 0, (st.st_mode & S_IFMT) != S_IFREG else { return }
+            guard lstat(dir + "/" + name, &st) == 0, (st.st_mode & S_IFMT) != S_IFREG || st.st_nlink > 1 else { return }
             kind = .landed
         } else {
             return

@@ -67,4 +67,10 @@ enum Binary {
     static func cairn(_ args: String..., spool: Spool, stdin: String? = nil) throws -> Result {
         try run("cairn", args + ["--spool", spool.root.string], stdin: stdin)
     }
+
+    /// Runs a shell command line (for test setup: mount, dd, useradd).
+    @discardableResult
+    static func runShell(_ command: String) -> Result {
+        (try? run("/bin/sh", ["-c", command])) ?? Result(code: -1, stdout: "", stderr: "cannot start /bin/sh")
+    }
 }

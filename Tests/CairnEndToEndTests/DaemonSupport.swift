@@ -8,13 +8,20 @@ final class DaemonProcess {
     let process: Process
     let logPath: String
 
-    init(spool: Spool, env: [String: String] = [:], args: [String] = [], name: String = "daemon") throws {
+    init(spool: Spool, env: [String: String] = [:], args: [String] = [], name: String = "daemon", asUser: String? = nil) throws {
         logPath = spool.root.removingLastComponent().appending("\(name)-\(UUID().uuidString.prefix(8)).log").string
         _ = FileManager.default.createFile(atPath: logPath, contents: nil)
         let log = FileHandle(forWritingAtPath: logPath)!
         process = Process()
-        process.executableURL = URL(fileURLWithPath: Binary.path("cairn-fixtures"))
-        process.arguments = ["daemon", "--spool", spool.root.string, "--log-level", "debug"] + args
+        let daemonArgs = ["daemon", "--spool", spool.root.string, "--log-level", "debug"] + args
+        if let asUser {
+            // setpriv execs in place, so the pid is the daemon's (signals reach it).
+            process.executableURL = URL(fileURLWithPath: "/usr/bin/setpriv")
+            process.arguments = ["--reuid=\(asUser)", "--regid=\(asUser)", "--init-groups", "--", Binary.path("cairn-fixtures")] + daemonArgs
+        } else {
+            process.executableURL = URL(fileURLWithPath: Binary.path("cairn-fixtures"))
+            process.arguments = daemonArgs
+        }
         var environment = ProcessInfo.processInfo.environment
         environment["NO_COLOR"] = "1"
         for (k, v) in env { environment[k] = v }

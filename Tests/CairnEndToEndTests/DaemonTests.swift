@@ -59,7 +59,11 @@ import Testing
             try waitUntil("\(err)") { FileManager.default.fileExists(atPath: err) }
             let text = try String(contentsOfFile: err, encoding: .utf8)
             #expect(text.contains(fragment), "\(name): \(text)")
-            #expect(FileManager.default.fileExists(atPath: approvals + "/" + name) || (try? FileManager.default.destinationOfSymbolicLink(atPath: approvals + "/" + name)) != nil, "the drop must not be deleted")
+            // Never deleted: set aside in refused/ (so it does not occupy the name), or left.
+            let moved = (try? JSONValue.parse(text))?["moved_to"]?.stringValue.map { t.spool.run(r).directory.string + "/" + $0 }
+            let kept = moved ?? (approvals + "/" + name)
+            var st = stat()
+            #expect(lstat(kept, &st) == 0, "the drop must not be deleted: \(kept)")
         }
         // A symlink.
         #expect(symlink("/etc/passwd", approvals + "/go.approved") == 0)

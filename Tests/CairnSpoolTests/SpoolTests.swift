@@ -295,9 +295,9 @@ import Testing
         var first = try RunLock.tryAcquire(dir)
         #expect(first != nil)
         #expect(try RunLock.tryAcquire(dir) == nil)
-        #expect(RunLock.isHeld(dir))
+        #expect(RunLock.isHeld(dir) == true)
         first = nil
-        #expect(!RunLock.isHeld(dir))
+        #expect(RunLock.isHeld(dir) == false)
         #expect(try RunLock.tryAcquire(dir) != nil)
     }
 }

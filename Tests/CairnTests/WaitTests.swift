@@ -76,7 +76,10 @@ import Testing
         guard case .waiting = try await engine.advance(id) else { Issue.record("accepted an unauthorized drop"); return }
         let err = try DurableFile.readJSON(t.spool.run(id).approvalsDirectory.appending("send-reply.approved.error.json"))
         #expect(err["error"]?.stringValue?.contains("not allowed") == true)
-        #expect(DurableFile.exists(t.spool.run(id).approvalsDirectory.appending("send-reply.approved")))
+        // Kept (never deleted), set aside so that it does not occupy the gate's name.
+        let moved = try #require(err["moved_to"]?.stringValue)
+        #expect(DurableFile.exists(t.spool.run(id).directory.appending(moved)))
+        #expect(!DurableFile.exists(t.spool.run(id).approvalsDirectory.appending("send-reply.approved")))
         #expect(fx.count("send") == 0)
     }
 

@@ -10,7 +10,7 @@ func dropControl(_ options: SpoolOptions, run runID: String, file: String, allow
     if let refusal = allowed(try spool.readState(runID)?.status) { throw CLIError(.failure, "\(runID): \(refusal)") }
     let path = spool.run(runID).directory.appending(file)
     do {
-        try spool.durable.write(Data(), to: path, mode: .noReplace)
+        try DurableFile.drop(Data(), to: path)
     } catch let e as SpoolError where e.code == .exists {}
 }
 
@@ -58,7 +58,10 @@ struct ResumeCommand: ParsableCommand {
         _ = try requireRun(spool, runID)
         let p = spool.run(runID).pauseFile
         guard DurableFile.exists(p) else { throw CLIError(.failure, "\(runID) is not paused (no \(p.string))") }
-        guard unlink(p.string) == 0 else { throw CLIError(.failure, "\(p.string): cannot remove: \(String(cString: strerror(errno)))") }
+        guard unlink(p.string) == 0 else {
+            let e = errno
+            throw CLIError(.failure, "\(p.string): cannot remove: \(String(cString: strerror(e)))" + (e == EPERM || e == EACCES ? " (only whoever paused the run, or the spool's service user, can resume it)" : ""))
+        }
         try DurableFile.fsyncDirectory(p.removingLastComponent())
         Output.line("resumed \(runID)")
     }

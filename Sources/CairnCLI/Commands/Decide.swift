@@ -3,19 +3,32 @@ import CairnSpool
 import Foundation
 import SystemPackage
 
-/// Writes a decision file atomically (durable write, so it appears whole).
+/// Writes a decision file atomically, Maildir-style (a dot-file in approvals/, then a
+/// rename): it appears whole, owned by whoever runs the command, who needs no access to the
+/// runtime's own directories.
 func dropDecision(spool: Spool, run runID: String, gate: String, suffix: String, content: JSONValue?, early: Bool) throws {
     _ = try requireRun(spool, runID)
     guard Names.isValidName(gate) else { throw CLIError(.usage, "invalid gate name '\(gate)'") }
     let dir = spool.run(runID).approvalsDirectory
-    if !early && !DurableFile.exists(dir.appending("\(gate).request.json")) {
-        throw CLIError(.notFound, "run \(runID) has not requested gate '\(gate)' (no \(dir.appending("\(gate).request.json").string)); pass --early to decide before it does")
+    let request = dir.appending("\(gate).request.json")
+    if !early {
+        guard DurableFile.exists(request) else {
+            throw CLIError(.notFound, "run \(runID) has not requested gate '\(gate)' (no \(request.string)); pass --early to decide before it does")
+        }
+        // A request file the runtime did not write is someone's forgery: do not decide on it.
+        if let owner = spool.serviceUID, let problem = Spool.runtimeFileProblem(request.string, owner: owner) {
+            throw CLIError(.notFound, "\(request.string) \(problem): it is not the run's request, so run \(runID) has not asked yet; pass --early to decide anyway")
+        }
     }
     let target = dir.appending("\(gate).\(suffix)")
     let other = dir.appending("\(gate).\(suffix == "approved" ? "rejected" : "approved")")
     if DurableFile.exists(other) { throw CLIError(.failure, "\(other.string) already exists: the gate has another decision") }
     let data = content.map { $0.canonicalData() } ?? Data()
-    try spool.durable.write(data, to: target, mode: .noReplace)
+    do {
+        try DurableFile.drop(data, to: target)
+    } catch let e as SpoolError where e.code == .exists {
+        throw CLIError(.failure, "\(target.string) already exists: the gate has a decision waiting to be recorded")
+    }
 }
 
 struct ApproveCommand: ParsableCommand {

@@ -15,6 +15,29 @@ enum Describe {
         }
     }
 
+    /// Why decisions on `gate` are not counted: a broken `approvers` rule in cairn.json, or
+    /// a drop that was refused (its error file).
+    static func refusals(gate: String, run: String, spool: Spool) -> [String] {
+        var lines: [String] = []
+        if let policy = try? spool.config().approvalPolicy(gate: gate) {
+            if let problem = policy.invalid {
+                lines.append("  REFUSING every decision on this gate: \(problem)")
+            } else {
+                lines.append("  who may decide: users \(policy.users.joined(separator: ", ")) groups \(policy.groups.joined(separator: ", ")) (approvers in cairn.json)")
+            }
+        }
+        for suffix in ["approved", "rejected"] {
+            let err = spool.run(run).approvalsDirectory.appending("\(gate).\(suffix).error.json")
+            // Only the runtime's own error files (anyone in the group could plant one).
+            guard let owner = spool.serviceUID, DurableFile.exists(err), Spool.runtimeFileProblem(err.string, owner: owner) == nil,
+                  let e = try? DurableFile.readJSON(err), let text = e["error"]?.stringValue else { continue }
+            if DurableFile.exists(spool.run(run).approvalsDirectory.appending("\(gate).\(suffix)")) || e["moved_to"] != nil {
+                lines.append("  refused drop: \(Output.printable(text))" + (e["moved_to"]?.stringValue.map { " (set aside in \($0))" } ?? ""))
+            }
+        }
+        return lines
+    }
+
     /// What the run waits on, and the exact command or file drop that unblocks it.
     static func unblock(_ w: JSONValue, run: String, spool: Spool) -> [String] {
         let dir = spool.run(run).directory.string
@@ -23,13 +46,20 @@ enum Describe {
         case "approval":
             let gate = w["gate"]?.stringValue ?? "?"
             var lines = ["waiting for approval '\(gate)'" + (w["until"]?.stringValue.map { " (until \($0))" } ?? "")]
-            if let req = try? DurableFile.readJSON(spool.run(run).approvalsDirectory.appending("\(gate).request.json")),
-               let summary = req["summary"]?.stringValue {
-                lines.append("  request: \(summary)")
+            let requestPath = spool.run(run).approvalsDirectory.appending("\(gate).request.json")
+            if let owner = spool.serviceUID, let problem = Spool.runtimeFileProblem(requestPath.string, owner: owner) {
+                lines.append("  request: NOT SHOWN: \(requestPath.string) \(problem)")
+            } else if let req = try? DurableFile.readJSON(requestPath), let summary = req["summary"]?.stringValue {
+                lines.append("  request: \(Output.printable(summary))")
                 // An agent's tool call: what it would run with (an approval's value replaces it).
                 if let tool = req["details"]?["tool"]?.stringValue, let args = req["details"]?["arguments"] {
-                    lines.append("  proposed call: \(tool) \(args.compactText())")
+                    lines.append("  proposed call: \(Output.printable(tool)) \(Output.printable(args.compactText()))")
                 }
+            }
+            lines += refusals(gate: gate, run: run, spool: spool)
+            for suffix in ["approved", "rejected"] where DurableFile.exists(spool.run(run).approvalsDirectory.appending("\(gate).\(suffix)"))
+                && !DurableFile.exists(spool.run(run).approvalsDirectory.appending("\(gate).\(suffix).error.json")) {
+                lines.append("  a decision is already there (approvals/\(gate).\(suffix)) and not yet recorded: is a daemon serving \(spool.root.string)? (cairn daemon --spool \(spool.root.string))")
             }
             lines.append("  approve: touch \(dir)/approvals/\(gate).approved")
             lines.append("       or: cairn approve \(run) \(gate) [--comment C] [--value FILE]")
@@ -56,7 +86,8 @@ enum Describe {
             return ["step '\(w["step"]?.stringValue ?? "?")' failed; the next attempt is due at \(w["until"]?.stringValue ?? "?") (cairn show \(run) has the error)"]
         case "uncertain":
             let gate = w["gate"]?.stringValue ?? "?"
-            return ["at-most-once step '\(w["step"]?.stringValue ?? "?")' may or may not have run before a crash (idempotency key \(w["idempotency_key"]?.stringValue ?? "?"))",
+            return ["at-most-once step '\(w["step"]?.stringValue ?? "?")' may or may not have run before a crash (idempotency key \(w["idempotency_key"]?.stringValue ?? "?"))"]
+                + refusals(gate: gate, run: run, spool: spool) + [
                     "  check its effect, then one of:",
                     "  run it again:    cairn approve \(run) \(gate)",
                     "  record it done:  echo '{\"action\": \"done\", \"value\": V}' > v.json && cairn approve \(run) \(gate) --value v.json",
@@ -79,7 +110,14 @@ enum Describe {
         case "start":
             parts.append("version \(e.data?["version"]?.stringValue ?? "?")")
         case "step", "llm", "compensate":
-            if let err = e.error { parts.append(Output.red("failed: \(err.type): \(err.message)")) } else { parts.append(Output.green("ok")) }
+            if let err = e.error {
+                parts.append(Output.red("failed: \(err.type): \(err.message)"))
+            } else if let code = e.value?["exit_code"]?.intValue, code != 0 {
+                // A `cairn step` whose command exited non-zero (recorded as a value, replayed).
+                parts.append(Output.red("exit \(code)"))
+            } else {
+                parts.append(Output.green("ok"))
+            }
             if let a = e.attempt { parts.append("attempt \(a)") }
             if let d = e.durationMs { parts.append("\(d)ms") }
             if let g = e.group { parts.append("group \(g)") }

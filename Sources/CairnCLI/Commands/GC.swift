@@ -42,9 +42,16 @@ struct GCCommand: ParsableCommand {
                 withExtendedLifetime(lock) {}
                 try DurableFile.fsyncDirectory(spool.runsDirectory)
                 _ = unlink(spool.indexDirectory.appending(status.rawValue).appending(id).string)
-                try? FileManager.default.removeItem(atPath: grave.string)
                 removed += 1
                 Output.line(id)
+                do {
+                    try FileManager.default.removeItem(atPath: grave.string)
+                } catch {
+                    // Files of another user inside it (a group member's directory): only
+                    // root can remove those. The run is gone from runs/; say what is left.
+                    _ = chmod(grave.string, 0o700)
+                    Output.warn("\(id): left \(grave.string) behind: \(error.localizedDescription) (files of another user; remove it as root)")
+                }
             }
         }
         if !dryRun { Output.warn("removed \(removed) run(s)") }

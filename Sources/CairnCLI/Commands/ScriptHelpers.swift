@@ -7,12 +7,14 @@ import Foundation
 import Logging
 import Glibc
 import Subprocess
+import Synchronization
 import SystemPackage
 
 /// The journal session of a script workflow's helper call (`cairn step`, `cairn approval`…).
 /// The daemon started the script with CAIRN_SPOOL, CAIRN_RUN_ID and CAIRN_EXEC; the
 /// cursor of this execution lives in SPOOL/tmp/exec-RUN.json.
 struct HelperSession {
+    let helper: String
     let spool: Spool
     let run: String
     var state: ScriptWorkflow.ExecState
@@ -23,6 +25,9 @@ struct HelperSession {
         guard let root = env["CAIRN_SPOOL"], let run = env["CAIRN_RUN_ID"], let exec = env["CAIRN_EXEC"] else {
             throw CLIError(.usage, "`cairn \(helper)` runs inside a script workflow started by `cairn daemon` (CAIRN_SPOOL, CAIRN_RUN_ID and CAIRN_EXEC are not set)")
         }
+        if let outer = env["CAIRN_IN_STEP"], !outer.isEmpty {
+            throw CLIError(.usage, "`cairn \(helper)` was called inside the command of `cairn step \(outer)`: helpers cannot be nested in a step (the step is one recorded unit); call it from the script itself, before or after the step")
+        }
         let spool = try Spool.open(at: FilePath(root))
         let path = ScriptWorkflow.execStatePath(spool, run)
         let state: ScriptWorkflow.ExecState
@@ -32,7 +37,7 @@ struct HelperSession {
             throw CLIError(.failure, "\(path.string): no execution state for run \(run); is the script still running under its daemon?")
         }
         guard state.exec == exec else { throw CLIError(.failure, "\(path.string): execution \(exec) is over (the run moved on); this process should have been stopped") }
-        return HelperSession(spool: spool, run: run, state: state, statePath: path)
+        return HelperSession(helper: helper, spool: spool, run: run, state: state, statePath: path)
     }
 
     /// Runs one durable operation; on a wait, cancellation or nondeterminism, records the
@@ -42,10 +47,19 @@ struct HelperSession {
         // or in the background): each takes the exec state's flock, then re-reads the cursor.
         // A lock file of its own: the state file is replaced by rename, so it cannot carry a lock.
         let lockPath = statePath.string + ".lock"
-        let lockFD = Glibc.open(lockPath, O_RDWR | O_CREAT | O_CLOEXEC, 0o644)
+        // 0600: a lock file others can open is a lock others can hold.
+        let lockFD = Glibc.open(lockPath, O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0o600)
         guard lockFD >= 0 else { throw CLIError(.failure, "\(lockPath): cannot open the execution lock") }
         defer { close(lockFD) }
-        guard cairn_flock(lockFD, CAIRN_LOCK_EX) == 0 else { throw CLIError(.failure, "\(statePath.string): cannot lock") }
+        // Helpers called concurrently (a pipeline, `&`, `xargs -P`) would take positions in
+        // whatever order they happen to run, and a replay could hand one's recorded output to
+        // another: refused, never silently wrong.
+        guard cairn_flock(lockFD, CAIRN_LOCK_EX_NB) == 0 else {
+            if errno == EWOULDBLOCK {
+                throw CLIError(.usage, "`cairn \(helper)` was called while another helper of this execution was running (helpers in a pipeline, in the background or from xargs -P cannot be told apart on replay); call helpers one at a time")
+            }
+            throw CLIError(.failure, "\(statePath.string): cannot lock")
+        }
         guard let fresh = try? DurableFile.readJSON(statePath).decode(as: ScriptWorkflow.ExecState.self), fresh.exec == state.exec, fresh.outcome == nil else {
             throw CLIError(.failure, "\(statePath.string): execution \(state.exec) is over (the run moved on)")
         }
@@ -67,7 +81,17 @@ struct HelperSession {
             } else if let e = error as? NondeterminismError {
                 state.outcome = "nondeterminism"
                 state.error = e.info
-                FileHandle.standardError.write(Data("cairn: \(e.info.message)\n".utf8))
+                Output.raw(Data("cairn: \(e.info.message)\n".utf8), to: 2)
+            } else if let e = error as? SpoolError {
+                // The spool failed (a full disk, EIO): not the script's failure. Tell the
+                // daemon if the exec state can still be written (it probes the spool
+                // itself if not) and stop the script; the run resumes once the spool works.
+                state.outcome = "spool_error"
+                state.error = ErrorInfo(type: "spool", message: e.description, file: e.path)
+                Output.raw(Data("cairn: \(e.description)\n".utf8), to: 2)
+                try? spool.durable.write(json: JSONValue(encoding: state), to: statePath)
+                kill(0, SIGKILL)
+                while true { pause() }
             } else {
                 state.cursor = ctx.cursor
                 try? spool.durable.write(json: JSONValue(encoding: state), to: statePath)
@@ -131,30 +155,38 @@ struct StepHelper: AsyncParsableCommand {
         do {
             out = try await session.perform { ctx in
                 try await ctx.stepWithAttempts(name, semantics: atMostOnce ? .atMostOnce : .atLeastOnce, retry: policy, timeout: timeout.flatMap(Duration.parse)) { attempt in
-                    let r = try await Subprocess.run(
-                        cmd[0].contains("/") ? .path(FilePath(cmd[0])) : .name(cmd[0]),
+                    // A timeout (or a stop) kills the command and everything it started.
+                    let pid = ProcessTree()
+                    let config = Configuration(
+                        executable: cmd[0].contains("/") ? .path(FilePath(cmd[0])) : .name(cmd[0]),
                         arguments: Arguments(Array(cmd.dropFirst())),
-                        environment: .inherit.updating(["CAIRN_IDEMPOTENCY_KEY": attempt.idempotencyKey, "CAIRN_STEP_ATTEMPT": String(attempt.number)]),
-                        input: .none,
-                        output: .bytes(limit: 64 << 20),
-                        error: .currentStandardError
-                    )
+                        environment: .inherit.updating(["CAIRN_IDEMPOTENCY_KEY": attempt.idempotencyKey, "CAIRN_STEP_ATTEMPT": String(attempt.number), "CAIRN_IN_STEP": name]))
+                    let r = try await withTaskCancellationHandler {
+                        try await Subprocess.run(config, input: .none, output: .bytes(limit: 64 << 20), error: .currentStandardError) { execution in
+                            pid.started(execution.processIdentifier.value)
+                        }
+                    } onCancel: {
+                        pid.killTree()
+                    }
                     let code: Int32
                     switch r.terminationStatus {
                     case .exited(let c): code = c
                     case .signaled(let s): code = 128 + s
                     }
-                    if code != 0 && !attempt.isLast { throw StepError("\(cmd[0]) exited with \(code)") }
+                    if code != 0 && !attempt.isLast {
+                        Output.raw(Data("cairn: step \(name) attempt \(attempt.number): \(cmd[0]) exited with \(code); step failed, will retry\n".utf8), to: 2)
+                        throw StepError("\(cmd[0]) exited with \(code)")
+                    }
                     let data = Data(r.standardOutput)
                     if let s = String(data: data, encoding: .utf8) { return StepOutput(stdout: s, exitCode: code) }
                     return StepOutput(stdoutBase64: data.base64EncodedString(), exitCode: code)
                 }
             }
         } catch let e as StepFailedError {
-            FileHandle.standardError.write(Data("cairn: \(e.description)\n".utf8))
+            Output.raw(Data("cairn: \(e.description)\n".utf8), to: 2)
             throw ExitCode(e.error.type == "timeout" ? 124 : 1)
         }
-        FileHandle.standardOutput.write(out.bytes)
+        Output.raw(out.bytes, to: 1)
         throw ExitCode(out.exitCode)
     }
 }
@@ -222,7 +254,7 @@ struct EventHelper: AsyncParsableCommand {
         var session = try HelperSession.open("event")
         let v = try await session.perform { ctx in try await ctx.waitForEvent(name, timeout: timeout.flatMap(Duration.parse)) }
         guard let v else { throw ExitCode(4) }
-        FileHandle.standardOutput.write(Data(v.canonicalText().utf8))
+        Output.raw(Data(v.canonicalText().utf8), to: 1)
     }
 }
 
@@ -276,7 +308,14 @@ struct ResultHelper: AsyncParsableCommand {
     @Flag(name: .long, help: "The input is plain text (stored as a JSON string).") var text = false
 
     func run() async throws {
-        let data = file == "-" ? FileHandle.standardInput.readDataToEndOfFile() : (FileManager.default.contents(atPath: file) ?? Data())
+        let data: Data
+        if file == "-" {
+            data = FileHandle.standardInput.readDataToEndOfFile()
+        } else {
+            do { data = try DurableFile.read(FilePath(file), limit: 64 << 20) } catch let e as SpoolError {
+                throw CLIError(e.code == .notFound ? .usage : .failure, "\(file): cannot read the result (\(e.message))")
+            }
+        }
         let value: JSONValue
         if text {
             value = .string(String(decoding: data, as: UTF8.self))
@@ -303,5 +342,42 @@ struct SuperviseCommand: ParsableCommand {
         argv.append(nil)
         _ = cairn_supervise_exec(path, &argv, parent)
         throw CLIError(.failure, "\(path): cannot run: \(String(cString: strerror(errno)))")
+    }
+}
+
+/// A step command's process and its descendants (found through /proc), so that a timeout
+/// kills everything the command started, not only the command.
+final class ProcessTree: Sendable {
+    private let pid = Mutex<pid_t>(0)
+
+    func started(_ p: pid_t) { pid.withLock { $0 = p } }
+
+    func killTree() {
+        let root = pid.withLock { $0 }
+        guard root > 0 else { return }
+        // Twice: a process forking while the first pass runs is caught by the second.
+        for _ in 0..<2 {
+            for p in Self.descendants(of: root) { kill(p, SIGKILL) }
+            kill(root, SIGKILL)
+        }
+    }
+
+    static func descendants(of root: pid_t) -> [pid_t] {
+        var children: [pid_t: [pid_t]] = [:]
+        for name in (try? Spool.list(FilePath("/proc"))) ?? [] {
+            guard let p = pid_t(name), let stat = try? String(contentsOfFile: "/proc/\(name)/stat", encoding: .utf8),
+                  let close = stat.lastIndex(of: ")") else { continue }
+            let fields = stat[stat.index(after: close)...].split(separator: " ")
+            if fields.count > 1, let ppid = pid_t(fields[1]) { children[ppid, default: []].append(p) }
+        }
+        var out: [pid_t] = []
+        var queue = [root]
+        while let p = queue.popLast() {
+            for c in children[p] ?? [] where !out.contains(c) {
+                out.append(c)
+                queue.append(c)
+            }
+        }
+        return out
     }
 }

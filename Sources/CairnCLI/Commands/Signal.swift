@@ -27,7 +27,7 @@ struct SignalCommand: ParsableCommand {
         _ = try requireRun(spool, runID)
         let value = try data.map { try Output.readJSONArgument($0, what: "event data") } ?? .null
         let name = "\(event).\(RunID.generate()).json"
-        try spool.durable.write(json: value, to: spool.run(runID).eventsDirectory.appending(name), mode: .noReplace)
+        try DurableFile.drop(value.canonicalData(), to: spool.run(runID).eventsDirectory.appending(name))
         Output.line("events/\(name)")
     }
 }

@@ -46,6 +46,22 @@ struct SubmitCommand: ParsableCommand {
         if CLIEnvironment.workflows(for: spool)[workflow] == nil {
             Output.warn("no workflow '\(workflow)' in this binary or in \(spool.workflowsDirectory.string)/; the run waits until a daemon that has it picks it up")
         }
+        guard spool.isServiceUser else {
+            // Only the service user writes runs/ (SPEC §3): anyone else submits through the
+            // inbox, as a file of their own, and the daemon creates the run.
+            let runID = id ?? RunID.generate()
+            var o: [String: JSONValue] = ["workflow": .string(workflow), "input": value, "id": .string(runID)]
+            if let idempotencyKey { o["idempotency_key"] = .string(idempotencyKey) }
+            if let concurrencyKey { o["concurrency_key"] = .string(concurrencyKey) }
+            do {
+                try DurableFile.drop(JSONValue.object(o).canonicalData(), to: spool.inboxDirectory.appending("\(runID).json"))
+            } catch let e as SpoolError where e.code == .exists {
+                throw CLIError(.failure, "\(spool.inboxDirectory.appending("\(runID).json").string) already exists: that submission is waiting for a daemon")
+            }
+            if idempotencyKey != nil { Output.warn("submitted through inbox/ (you are not the spool's service user); with an idempotency key the run id may be an earlier run's: check with cairn ls") }
+            Output.line(runID)
+            return
+        }
         let (runID, created) = try spool.createRun(.init(workflow: workflow, input: value, id: id, idempotencyKey: idempotencyKey, workflowVersion: version, concurrencyKey: concurrencyKey))
         if !created { Output.warn("run \(runID) already exists (same id or idempotency key); not submitted again") }
         Output.line(runID)

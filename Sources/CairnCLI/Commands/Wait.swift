@@ -21,12 +21,14 @@ struct WaitCommand: AsyncParsableCommand {
     @Argument(help: ArgumentHelp("The run id.", valueName: "run")) var runID: String
     @Option(name: .customLong("for"), help: "completed, waiting, or terminal (default).") var target: String = "terminal"
     @Option(name: .long, help: "Give up after this long (exit 4).") var timeout: String?
+    @Option(name: .customLong("rescan-interval"), help: "Also re-read state.json this often (writes from other hosts of a shared filesystem).") var rescanInterval: String = "1s"
     @OptionGroup var options: SpoolOptions
     @OptionGroup var output: JSONOption
 
     func validate() throws {
         guard ["completed", "waiting", "terminal"].contains(target) else { throw ValidationError("--for is completed, waiting or terminal") }
         if let timeout, Duration.parse(timeout) == nil { throw ValidationError("invalid duration '\(timeout)'") }
+        guard let r = Duration.parse(rescanInterval), r > .zero else { throw ValidationError("invalid duration '\(rescanInterval)'") }
     }
 
     func run() async throws {
@@ -37,14 +39,24 @@ struct WaitCommand: AsyncParsableCommand {
         try await watcher.watch(dir)
         let deadline = timeout.flatMap(Duration.parse).map { ContinuousClock.now + $0 }
         let id = runID, target = self.target
+        let rescan = Duration.parse(rescanInterval) ?? .seconds(1)
         let reached: RunState? = try await withThrowingTaskGroup(of: RunState?.self) { group in
             group.addTask {
-                // Check after the watch is in place, then on every change of state.json.
-                if let s = Self.settled(try spool.readState(id), target) { return s }
-                for await e in watcher.events where e.name == "state.json" || e.kind == .overflow {
-                    if let s = Self.settled(try spool.readState(id), target) { return s }
+                // Check after the watch is in place, then on every wake-up, whatever it was:
+                // an event on state.json, an overflow, or any other event of the directory.
+                if let s = Self.settled(try Self.read(spool, id), target) { return s }
+                for await _ in watcher.events {
+                    if let s = Self.settled(try Self.read(spool, id), target) { return s }
                 }
                 return nil
+            }
+            // inotify does not see writes made through another host's mount of a shared
+            // filesystem: look again every --rescan-interval too (one small read).
+            group.addTask {
+                while true {
+                    try await Task.sleep(for: rescan)
+                    if let s = Self.settled(try Self.read(spool, id), target) { return s }
+                }
             }
             if let deadline {
                 group.addTask {
@@ -66,6 +78,16 @@ struct WaitCommand: AsyncParsableCommand {
         default: ok = true
         }
         if !ok { throw ExitCode(1) }
+    }
+
+    /// state.json, where a read that races a replacement on a shared filesystem (ENOENT,
+    /// ESTALE) counts as "not yet", never as an error.
+    static func read(_ spool: Spool, _ id: String) throws -> RunState? {
+        do {
+            return try spool.readState(id)
+        } catch let e as SpoolError where e.errno == ENOENT || e.errno == ESTALE || e.code == .notFound {
+            return nil
+        }
     }
 
     /// The state when the wait is over (the target, or a terminal state that rules it out).

@@ -28,8 +28,16 @@ struct WhyCommand: ParsableCommand {
         case .waiting:
             lines = state.waitingFor.map { Describe.unblock($0, run: runID, spool: spool) } ?? ["waiting (state.json does not say on what; cairn fsck)"]
         case .queued, .running:
-            let held = RunLock.isHeld(spool.runDirectory(runID))
-            lines = [held ? "\(state.status.rawValue): a process is advancing it now" : "\(state.status.rawValue): no process holds it; start one with `cairn daemon` (or `cairn advance \(runID)`)"]
+            let probe = RunLock.isHeld(spool.runDirectory(runID))
+            let held = probe == true
+            if probe == nil {
+                lines = ["\(state.status.rawValue): only the spool's service user can tell whether a daemon is advancing it (run `cairn why` as that user)"]
+            } else if let e = state.error, !held {
+                // A daemon looked at it and could not start it (no such workflow, …).
+                lines = ["\(state.status.rawValue): a daemon could not start it: \(e.message)"]
+            } else {
+                lines = [held ? "\(state.status.rawValue): a process is advancing it now" : "\(state.status.rawValue): no process holds it; start one with `cairn daemon --spool \(spool.root.string)` (or `cairn advance \(runID) --spool \(spool.root.string)`)"]
+            }
         case .failed:
             let e = state.error
             lines = ["failed: \(e?.message ?? "unknown error")" + (e?.file.map { " [\($0)]" } ?? "")]
@@ -43,6 +51,13 @@ struct WhyCommand: ParsableCommand {
         case .cancelled:
             lines = ["cancelled at \(Timestamp.format(state.updatedAt))"]
         }
+        if !state.status.isTerminal {
+            if state.status == .waiting, let e = state.error, e.type == "unknown_workflow" {
+                lines.append("  but: \(e.message)")
+            } else if let problem = Self.workflowProblem(spool, state.workflow) {
+                lines.append("  but: \(problem)")
+            }
+        }
         if output.json {
             var o: [String: JSONValue] = ["run": .string(runID), "status": .string(state.status.rawValue), "unblock": .array(lines.map { .string($0.trimmingCharacters(in: .whitespaces)) })]
             if let w = state.waitingFor { o["waiting_for"] = w }
@@ -52,5 +67,19 @@ struct WhyCommand: ParsableCommand {
             Output.line("\(runID): " + lines[0])
             for l in lines.dropFirst() { Output.line(l) }
         }
+    }
+
+    /// Why the run's script workflow cannot run, if it is there but cannot (not executable,
+    /// not a regular file, not trusted). A workflow this binary lacks may be in the binary
+    /// that runs the daemon: that the daemon reports itself (state.json's error).
+    static func workflowProblem(_ spool: Spool, _ workflow: String) -> String? {
+        if CLIEnvironment.workflows[workflow] != nil { return nil }
+        let path = spool.workflowsDirectory.appending(workflow).string
+        var st = stat()
+        guard stat(path, &st) == 0 else { return nil }
+        if (st.st_mode & S_IFMT) != S_IFREG { return "\(path) is not a regular file" }
+        if access(path, X_OK) != 0 { return "\(path) is not executable (chmod +x it; a running daemon notices)" }
+        if let problem = Spool.trustedFileProblem(path) { return "\(path) \(problem): the daemon will not execute it" }
+        return nil
     }
 }
