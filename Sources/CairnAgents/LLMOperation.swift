@@ -256,14 +256,25 @@ extension WorkflowContext {
                 var value = f.json
                 if case .object(let o)? = f.json, Set(o.keys).isSubset(of: ["comment", "value", "reason"]) { value = o["value"] }
                 let by = f.owner.user ?? String(f.owner.uid)
+                // Once recorded, the drop moves out of approvals/ into decisions/ (as the
+                // engine does with its gates' decisions); the gate name is never asked again.
+                let consume = {
+                    let decisions = self.runDirectory.appending("decisions")
+                    try spool.ensureRuntimeDirectory(decisions)
+                    try DurableFile.rename(path, to: decisions.appending("\(gate).\(suffix)"), mode: .replace)
+                    try DurableFile.fsyncDirectory(decisions)
+                    try DurableFile.fsyncDirectory(approvals)
+                }
                 if !approved {
                     let reason = f.json?["reason"]?.stringValue ?? f.json?["comment"]?.stringValue ?? "rejected"
                     _ = try self.recorded("llm-budget", name) { ["decision": "rejected", "gate": .string(gate), "by": .string(by), "reason": .string(reason), "figures": figures] }
+                    try consume()
                     let info = ErrorInfo(type: "llm_budget_exceeded", message: "the run's token budget: \(by) rejected raising it (\(reason)); spent \(spent) of \(budget), this call needs about \(estimate)", retryable: false)
                     return OperationRecord(value: .null, data: ["request": requestData, "budget": figures], error: info, attempts: 0)
                 }
                 let raised = (value?["tokens"]?.intValue ?? value?.intValue).map { Int($0) } ?? budget + configured
                 _ = try self.recorded("llm-budget", name) { ["decision": "approved", "gate": .string(gate), "by": .string(by), "budget": .int(Int64(raised)), "figures": figures] }
+                try consume()
                 // Raised too little? The next gate asks again.
                 return try checkBudget(name, messages: messages, options: options, requestData: requestData)
             }

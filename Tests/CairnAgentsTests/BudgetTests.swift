@@ -51,6 +51,8 @@ import Testing
         clock.advance(by: .seconds(11))
         #expect(try await engine.advance(id) == .completed("first / second"))
         #expect(fake.requests.count == 2)
+        #expect(!DurableFile.exists(t.spool.run(id).approvalsDirectory.appending("budget-b-1.approved")))
+        #expect(DurableFile.exists(t.spool.run(id).directory.appending("decisions/budget-b-1.approved")))
         let decision = try #require(try t.spool.journal(id).load().first { $0.kind == "llm-budget" })
         #expect(decision.value?["decision"] == "approved" && decision.value?["budget"] == 1000)
     }
