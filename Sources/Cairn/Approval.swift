@@ -85,7 +85,7 @@ extension WorkflowContext {
             guard let decision = d.decision, ["approved", "rejected"].contains(decision) else {
                 throw nondeterminism(ErrorInfo(type: "nondeterminism", message: "nondeterminism: \(file) has decision '\(d.decision ?? "none")' that this code does not expect", file: file, retryable: false))
             }
-            return ApprovalDecision(gate: gate, approved: decision == "approved", value: try d.value.map { try blobs.resolve($0) }, comment: d.comment, reason: d.error?.message, decidedBy: d.decidedBy, decidedAt: d.at, timedOut: d.data?["timed_out"]?.boolValue ?? false)
+            return ApprovalDecision(gate: gate, approved: decision == "approved", value: try d.value.map { try blobs.resolve($0) }, comment: d.comment, reason: d.error?.message ?? (decision == "rejected" ? (d.comment ?? "rejected") : nil), decidedBy: d.decidedBy, decidedAt: d.at, timedOut: d.data?["timed_out"]?.boolValue ?? false)
         }
         try beforeLive()
         if let d = try readDecision(gate: gate) {

@@ -224,6 +224,7 @@ public struct Engine: Sendable {
         if outcome.isTerminal, let parent = record.parent, spool.runExists(parent.run) {
             // Wake the parent: it reads this run's journal when it resumes.
             let wake = spool.run(parent.run).eventsDirectory.appending("_child.\(runID).json")
+            Spool.setAsideForeign(wake)  // something planted at that name must not stop the wake
             try? spool.durable.write(json: ["run": .string(runID)], to: wake)
         }
         logger.debug("advanced", metadata: ["run": "\(runID)", "outcome": "\(outcome)"])

@@ -1,4 +1,6 @@
-import CairnSpool
+// `import Cairn` is enough to write a workflow: JSONValue, Principal, RunStatus and the
+// spool's other types come with it (docs/workflows.md promises that).
+@_exported import CairnSpool
 import Foundation
 
 /// A workflow type: typed, Codable input and output, and a `run` whose durable

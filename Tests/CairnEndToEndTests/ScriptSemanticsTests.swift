@@ -76,11 +76,13 @@ import Testing
             #!/bin/sh
             cairn step slow --timeout 1s -- sh -c 'sh -c "sleep 3; touch \(late)" & wait'
             echo "step exit $?" >&2
+            sleep 4
             """)
         let d = try DaemonProcess(spool: t.spool)
         let r = try t.submit("slowstep", input: JSONValue.null)
+        // The script goes on for 4 s after the step (so its process group lives on): only
+        // killing the command's whole tree stops the child.
         try waitUntil("finished", timeout: 15) { t.status(r)?.isTerminal == true }
-        sleep(3)
         #expect(!FileManager.default.fileExists(atPath: late), "a child of the timed-out command wrote after the timeout")
         #expect(stderrLog(t, r).contains("step exit 124"), "\(stderrLog(t, r))")
         d.stop()
