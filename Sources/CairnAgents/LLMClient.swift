@@ -3,16 +3,17 @@ import CairnSpool
 import Foundation
 import SystemPackage
 
-/// The providers a spool is configured with (cairn.json `"llm"`), and how model names map
-/// to them. API keys come from an environment variable or a key file and are never written
-/// to the spool or the logs.
+/// The providers a spool is configured with (cairn.json `"llm"`, at the top level of the
+/// file), and how model names map to them. API keys come from an environment variable or
+/// a key file, are read when their provider is used, and are never written to the spool
+/// or the logs.
 ///
 /// ```json
 /// "llm": {
 ///   "providers": {
 ///     "openai":    {"type": "openai", "base_url": "https://api.openai.com/v1", "api_key_env": "OPENAI_API_KEY"},
-///     "anthropic": {"type": "anthropic", "api_key_file": "/etc/cairn/anthropic.key"},
-///     "local":     {"type": "openai", "base_url": "http://127.0.0.1:8080/v1"},
+///     "anthropic": {"type": "anthropic", "api_key_file": "/etc/cairn/anthropic.key", "timeout_seconds": 120, "connect_timeout_seconds": 5},
+///     "local":     {"type": "openai", "base_url": "http://127.0.0.1:8080/v1", "stream": false},
 ///     "canned":    {"type": "scripted", "responses": [{"content": "Hello"}]}
 ///   },
 ///   "default_provider": "openai"
@@ -40,8 +41,14 @@ public struct LLMClient: Sendable {
         return (p, ref)
     }
 
+    /// Every secret the providers would send (the keys that can be resolved now), for
+    /// redaction.
+    public func secrets() -> [String] { providers.values.flatMap { $0.secrets() } }
+
     /// Builds the client from cairn.json. Without an "llm" section, the only provider is
-    /// `scripted` with no responses (every call fails with a configuration error).
+    /// `scripted` with no responses (every call fails with a configuration error). Nothing
+    /// here fails for one provider: a provider whose key is missing, or whose configuration
+    /// is wrong, fails when it is used, and the chain moves on.
     public static func from(config: SpoolConfig, environment: [String: String] = ProcessInfo.processInfo.environment) throws -> LLMClient {
         guard let llm = config.raw["llm"], case .object = llm else {
             return LLMClient(providers: [ScriptedProvider(name: "scripted", responses: [])])
@@ -50,31 +57,31 @@ public struct LLMClient: Sendable {
         for (name, p) in (llm["providers"]?.objectValue ?? [:]).sorted(by: { $0.key < $1.key }) {
             let type = p["type"]?.stringValue ?? "openai"
             let timeout = Duration.seconds(p["timeout_seconds"]?.doubleValue ?? 120)
-            func key() throws -> String? {
-                if let env = p["api_key_env"]?.stringValue {
-                    guard let v = environment[env], !v.isEmpty else { throw LLMError(.configuration, "provider '\(name)': environment variable \(env) is not set") }
-                    return v
-                }
-                if let file = p["api_key_file"]?.stringValue {
-                    guard let d = try? DurableFile.read(FilePath(file), limit: 64 * 1024) else { throw LLMError(.configuration, "provider '\(name)': cannot read key file \(file)") }
-                    return String(decoding: d, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
-                }
-                return nil
+            let connect = p["connect_timeout_seconds"]?.doubleValue.map { Duration.seconds($0) } ?? AgentHTTP.defaultConnectTimeout
+            let stream = p["stream"]?.boolValue ?? true
+            var key = APIKey.none
+            if let env = p["api_key_env"]?.stringValue {
+                key = .environment(env, in: environment)
+            } else if let file = p["api_key_file"]?.stringValue {
+                key = .file(file)
             }
             switch type {
             case "openai":
-                list.append(OpenAICompatibleProvider(name: name, baseURL: p["base_url"]?.stringValue ?? "https://api.openai.com/v1", apiKey: try key(), timeout: timeout))
+                list.append(OpenAICompatibleProvider(name: name, baseURL: p["base_url"]?.stringValue ?? "https://api.openai.com/v1", key: key, timeout: timeout, connectTimeout: connect, stream: stream))
             case "anthropic":
-                list.append(AnthropicProvider(name: name, baseURL: p["base_url"]?.stringValue ?? "https://api.anthropic.com/v1", apiKey: try key(), timeout: timeout))
+                list.append(AnthropicProvider(name: name, baseURL: p["base_url"]?.stringValue ?? "https://api.anthropic.com/v1", key: key, timeout: timeout, connectTimeout: connect, stream: stream))
             case "scripted":
                 var responses = p["responses"]?.arrayValue ?? []
                 if let file = p["file"]?.stringValue {
-                    guard let d = try? DurableFile.read(FilePath(file)), let j = try? JSONValue.parse(d) else { throw LLMError(.configuration, "provider '\(name)': cannot read canned responses from \(file)") }
+                    guard let d = try? DurableFile.read(FilePath(file)), let j = try? JSONValue.parse(d) else {
+                        list.append(MisconfiguredProvider(name: name, error: LLMError(.configuration, "provider '\(name)': cannot read canned responses from \(file)")))
+                        continue
+                    }
                     responses = j["responses"]?.arrayValue ?? j.arrayValue ?? []
                 }
                 list.append(ScriptedProvider(name: name, responses: responses))
             default:
-                throw LLMError(.configuration, "provider '\(name)': unknown type '\(type)' (openai, anthropic, scripted)")
+                list.append(MisconfiguredProvider(name: name, error: LLMError(.configuration, "provider '\(name)': unknown type '\(type)' (openai, anthropic, scripted)")))
             }
         }
         return LLMClient(providers: list, defaultProvider: llm["default_provider"]?.stringValue)

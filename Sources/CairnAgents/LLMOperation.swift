@@ -5,17 +5,28 @@ import SystemPackage
 
 /// How an LLM call retries, falls back and streams.
 public struct LLMOptions: Sendable {
-    /// Attempts per model on 429, 5xx, timeouts, transport errors and garbage.
+    /// Attempts per model on 429, 5xx, timeouts, transport errors, incomplete answers and garbage.
     public var retry = RetryPolicy(maxAttempts: 3, initialDelay: .seconds(1), multiplier: 2, maxDelay: .seconds(30), jitter: 0.2)
-    /// Retry-After is honoured up to this; an absurd value is capped to it.
-    public var maxRetryAfter: Duration = .seconds(60)
+    /// Retry-After is honoured up to this; an absurd value is capped to it. (Long waits
+    /// are durable, see `durableWaitAfter`, so an hour holds no process or slot.)
+    public var maxRetryAfter: Duration = .seconds(3600)
+    /// A wait before the next attempt (Retry-After or backoff) longer than this is not slept
+    /// in process: the run waits durably (`waiting_for` kind `retry` with its due time),
+    /// which frees its concurrency slot and survives a restart.
+    public var durableWaitAfter: Duration = .seconds(5)
     /// What to do with a refusal (`finish_reason` refusal / content_filter).
     public var onRefusal: Strategy = .nextModel
     /// What to do when a tool call's arguments are not valid JSON.
     public var onMalformedToolCall: Strategy = .nextModel
     public var temperature: Double? = nil
     public var maxTokens: Int? = nil
-    /// Stream to `logs/NAME.stream.jsonl` as the answer arrives.
+    /// The run's token budget (input + output over all its LLM calls); nil: cairn.json's
+    /// `"llm": {"token_budget": N}`, if any. When a call would exceed it (tokens spent so far
+    /// plus the call's estimate: its messages' characters / 4, plus `maxTokens`), the run
+    /// waits at a gate (`waiting_for` kind `budget`) for a person to raise it or reject.
+    public var tokenBudget: Int? = nil
+    /// Ask providers to stream (logged to `logs/NAME.stream.jsonl` as the answer arrives).
+    /// A provider configured with `"stream": false` never streams.
     public var stream = true
 
     public enum Strategy: String, Sendable {
@@ -30,99 +41,264 @@ public struct LLMOptions: Sendable {
     public init() {}
 }
 
+/// Where a call stands between attempts: recorded (`llm-retry` records) when it waits
+/// durably, so that the next execution carries on from there.
+struct LLMCallState: Sendable {
+    /// Index of the model being tried.
+    var model = 0
+    /// Attempts made with that model.
+    var attempt = 0
+    /// Requests sent in all.
+    var sent = 0
+    var attempts: [JSONValue] = []
+    var lastError: LLMError? = nil
+    var started: Date
+    /// When the next attempt is due (a durable wait).
+    var until: Date? = nil
+
+    init(started: Date) { self.started = started }
+
+    /// A due time in whole milliseconds (as `until_ms` is recorded).
+    static func date(ms: Int64) -> Date { Date(timeIntervalSince1970: Double(ms) / 1000) }
+    static func due(_ d: Date) -> Date { date(ms: Int64((d.timeIntervalSince1970 * 1000).rounded())) }
+
+    var json: JSONValue {
+        var o: [String: JSONValue] = [
+            "model_index": .int(Int64(model)), "model_attempt": .int(Int64(attempt)), "sent": .int(Int64(sent)),
+            "attempts": .array(attempts), "started_at": .string(Timestamp.format(started)),
+        ]
+        if let until {
+            // Whole milliseconds, so that a resumed execution computes the very same
+            // `waiting_for` (a formatted timestamp parsed back can be off by one).
+            o["until_ms"] = .int(Int64((until.timeIntervalSince1970 * 1000).rounded()))
+            o["until"] = .string(Timestamp.format(until))
+        }
+        if let e = lastError { o["last_error"] = ["kind": .string(e.kind.rawValue), "message": .string(e.message), "status": e.status.map { .int(Int64($0)) } ?? .null] }
+        return .object(o)
+    }
+
+    init?(_ j: JSONValue) {
+        guard let m = j["model_index"]?.intValue, let a = j["model_attempt"]?.intValue, let s = j["sent"]?.intValue,
+              let started = j["started_at"]?.stringValue.flatMap(Timestamp.parse) else { return nil }
+        model = Int(m)
+        attempt = Int(a)
+        sent = Int(s)
+        attempts = j["attempts"]?.arrayValue ?? []
+        self.started = started
+        until = j["until_ms"]?.intValue.map { Self.date(ms: $0) } ?? j["until"]?.stringValue.flatMap(Timestamp.parse)
+        if let e = j["last_error"], let k = e["kind"]?.stringValue {
+            lastError = LLMError(LLMError.Kind(k), e["message"]?.stringValue ?? "", status: e["status"]?.intValue.map { Int($0) })
+        }
+    }
+}
+
 extension WorkflowContext {
     /// A recorded LLM call (SPEC §4): on first execution it sends the request along the
-    /// model chain (`provider:model` names), retrying 429/5xx/timeouts with backoff that
-    /// honours Retry-After, then falling back to the next model; the journal records the
-    /// request (messages as a blob chain), the response, the model used, tokens, latency
-    /// and every attempt. On replay nothing is sent.
+    /// model chain (`provider:model` names), retrying 429/5xx/timeouts/incomplete answers
+    /// with backoff that honours Retry-After, then falling back to the next model; the
+    /// journal records the request (messages as a blob chain), the response, the model
+    /// used, tokens, latency and every attempt. On replay nothing is sent.
     public func llm(_ name: String, models: [String], messages: [ChatMessage], tools: [ToolSpec] = [], options: LLMOptions = LLMOptions(), client: LLMClient? = nil) async throws -> LLMResponse {
         precondition(!models.isEmpty, "llm needs at least one model")
+        // Records this call wrote before its answer: durable waits between attempts (carry
+        // on from where the last one stood) and budget decisions (replayed for position; the
+        // budget check reads them from the journal).
+        var resume: LLMCallState? = nil
+        while let next = nextRecord, next.name == name, next.kind == "llm-retry" || next.kind == "llm-budget" {
+            let saved = try recorded(next.kind, name) { .null }
+            if next.kind == "llm-retry" { resume = LLMCallState(saved["state"] ?? .null) }
+        }
+        let from = resume
         let record = try await operation("llm", name) {
-            try await self.sendLLM(name, models: models, messages: messages, tools: tools, options: options, client: client)
+            try await self.sendLLM(name, models: models, messages: messages, tools: tools, options: options, client: client, resume: from)
         }
         return try record.value.decode(as: LLMResponse.self)
     }
 
-    /// The live part of `llm`: the model chain, retries, fallbacks, the stream log.
-    private func sendLLM(_ name: String, models: [String], messages: [ChatMessage], tools: [ToolSpec], options: LLMOptions, client: LLMClient?) async throws -> OperationRecord {
-            let client = try client ?? LLMClient.from(config: self.spoolConfig)
-            let storedMessages = try self.storeValue(JSONValue(encoding: messages), force: true)
-            let stream = StreamLog(path: self.logsDirectory.appending(Names.fileSafe(name) + ".stream.jsonl").string)
-            var attempts: [JSONValue] = []
-            var attemptNumber = 0
-            var lastError: LLMError? = nil
-            let started = Date()
-            for ref in models {
-                let provider: any LLMProvider, model: String
-                do {
-                    (provider, model) = try client.resolve(ref)
-                } catch let e as LLMError {
-                    attempts.append(["model": .string(ref), "error": .string(e.description)])
-                    lastError = e
-                    continue
-                }
-                let request = LLMRequest(model: model, messages: messages, tools: tools, temperature: options.temperature, maxTokens: options.maxTokens, stream: options.stream)
-                modelLoop: for attempt in 1...options.retry.maxAttempts {
-                    attemptNumber += 1
-                    let t0 = Date()
-                    stream.write(["attempt": .int(Int64(attemptNumber)), "model": .string("\(provider.name):\(model)")])
-                    do {
-                        var onDelta: (@Sendable (String) -> Void)? = nil
-                        if options.stream { onDelta = { @Sendable d in stream.write(["delta": .string(d)]) } }
-                        let response = try await provider.send(request, onDelta: onDelta)
-                        let latency = Int(Date().timeIntervalSince(t0) * 1000)
-                        var entry: [String: JSONValue] = ["model": .string(response.model), "status": "ok", "latency_ms": .int(Int64(latency))]
-                        if response.isRefusal && options.onRefusal != .accept {
-                            entry["status"] = "refusal"
-                            attempts.append(.object(entry))
-                            lastError = LLMError(.client, "the model refused: \(response.content.prefix(200))")
-                            if options.onRefusal == .fail { break modelLoop }
-                            break modelLoop  // next model
-                        }
-                        if options.onMalformedToolCall != .accept, let bad = response.toolCalls.first(where: { $0.parsedArguments == nil }) {
-                            entry["status"] = "malformed_tool_call"
-                            attempts.append(.object(entry))
-                            lastError = LLMError(.malformed, "tool call '\(bad.name)' has arguments that are not JSON: \(bad.arguments.prefix(120))")
-                            break modelLoop
-                        }
-                        attempts.append(.object(entry))
-                        stream.write(["done": true, "tokens": ["input": .int(Int64(response.usage.input)), "output": .int(Int64(response.usage.output))]])
-                        let data: JSONValue = [
-                            "request": ["messages": storedMessages, "tools": .array(tools.map { .string($0.name) }), "models": .array(models.map { .string($0) })],
-                            "model": .string(response.model),
-                            "tokens": ["input": .int(Int64(response.usage.input)), "output": .int(Int64(response.usage.output))],
-                            "latency_ms": .int(Int64(Date().timeIntervalSince(started) * 1000)),
-                            "attempts": .array(attempts),
-                        ]
-                        return OperationRecord(value: try JSONValue(encoding: response), data: data, attempts: attemptNumber)
-                    } catch let e as LLMError {
-                        var entry: [String: JSONValue] = ["model": .string("\(provider.name):\(model)"), "status": .string(e.kind.rawValue), "error": .string(String(e.message.prefix(300))), "latency_ms": .int(Int64(Date().timeIntervalSince(t0) * 1000))]
-                        if let s = e.status { entry["http_status"] = .int(Int64(s)) }
-                        lastError = e
-                        guard e.retryable, attempt < options.retry.maxAttempts else {
-                            attempts.append(.object(entry))
-                            break modelLoop
-                        }
-                        var delay = options.retry.delay(afterAttempt: attempt, unit: Double.random(in: 0..<1))
-                        if let ra = e.retryAfter {
-                            delay = min(ra, options.maxRetryAfter.seconds)
-                            entry["retry_after_s"] = .double(ra)
-                        }
-                        entry["next_attempt_in_s"] = .double(delay)
-                        attempts.append(.object(entry))
-                        stream.write(["retry_in_s": .double(delay), "error": .string(e.description)])
-                        try await self.clock.sleep(for: .milliseconds(Int64(delay * 1000)))
-                    }
-                }
-                if options.onRefusal == .fail, lastError?.message.hasPrefix("the model refused") == true { break }
+    /// The live part of `llm`: the model chain, retries, fallbacks, durable waits, the stream log.
+    private func sendLLM(_ name: String, models: [String], messages: [ChatMessage], tools: [ToolSpec], options: LLMOptions, client: LLMClient?, resume: LLMCallState?) async throws -> OperationRecord {
+        let client = try client ?? LLMClient.from(config: self.spoolConfig)
+        let redact = Redactor(client.secrets())
+        let storedMessages = try self.storeValue(JSONValue(encoding: messages), force: true)
+        let stream = StreamLog(path: self.logsDirectory.appending(Names.fileSafe(name) + ".stream.jsonl").string, redactor: redact)
+        let requestData: JSONValue = ["messages": storedMessages, "tools": .array(tools.map { .string($0.name) }), "models": .array(models.map { .string($0) })]
+        var s = resume ?? LLMCallState(started: self.clock.now())
+        if s.sent == 0, let refused = try self.checkBudget(name, messages: messages, options: options, requestData: requestData) {
+            return refused
+        }
+        if let until = s.until {
+            if self.clock.now() < until { throw self.waiting(redact.apply(Self.retryWait(name, s, models))) }
+            s.until = nil
+            stream.write(["resumed": true, "after": .string(Timestamp.format(until))])
+        }
+        var stopChain = false
+        while s.model < models.count && !stopChain {
+            let ref = models[s.model]
+            let provider: any LLMProvider, model: String
+            do {
+                (provider, model) = try client.resolve(ref)
+            } catch let e as LLMError {
+                s.attempts.append(["model": .string(ref), "status": .string(e.kind.rawValue), "error": .string(redact.apply(e.message))])
+                stream.write(["model": .string(ref), "status": .string(e.kind.rawValue), "error": .string(e.description)])
+                s.lastError = e
+                s.model += 1
+                s.attempt = 0
+                continue
             }
-            let e = lastError ?? LLMError(.configuration, "no model answered")
-            let data: JSONValue = [
-                "request": ["messages": storedMessages, "tools": .array(tools.map { .string($0.name) }), "models": .array(models.map { .string($0) })],
-                "attempts": .array(attempts),
-            ]
-            return OperationRecord(value: .null, data: data, error: ErrorInfo(type: "llm_\(e.kind.rawValue)", message: "every model failed; last: \(e.description)", retryable: false), attempts: attemptNumber)
+            let request = LLMRequest(model: model, messages: messages, tools: tools, temperature: options.temperature, maxTokens: options.maxTokens, stream: options.stream && provider.streams)
+            while s.attempt < max(1, options.retry.maxAttempts) {
+                s.attempt += 1
+                s.sent += 1
+                let t0 = Date()
+                let label = "\(provider.name):\(model)"
+                stream.write(["attempt": .int(Int64(s.sent)), "model": .string(label)])
+                do {
+                    let onDelta: (@Sendable (String) -> Void)? = request.stream ? { @Sendable d in stream.write(["delta": .string(d)]) } : nil
+                    let response = try await provider.send(request, onDelta: onDelta)
+                    let latency = Int(Date().timeIntervalSince(t0) * 1000)
+                    var entry: [String: JSONValue] = ["model": .string(response.model), "status": "ok", "latency_ms": .int(Int64(latency))]
+                    if response.isRefusal && options.onRefusal != .accept {
+                        entry["status"] = "refusal"
+                        s.attempts.append(.object(entry))
+                        stream.write(["attempt": .int(Int64(s.sent)), "status": "refusal", "error": .string("the model refused: \(response.content.prefix(200))")])
+                        s.lastError = LLMError(.client, "the model refused: \(response.content.prefix(200))")
+                        stopChain = options.onRefusal == .fail
+                        break
+                    }
+                    if options.onMalformedToolCall != .accept, let bad = response.toolCalls.first(where: { $0.parsedArguments == nil }) {
+                        entry["status"] = "malformed_tool_call"
+                        s.attempts.append(.object(entry))
+                        s.lastError = LLMError(.malformed, "tool call '\(bad.name)' has arguments that are not JSON: \(bad.arguments.prefix(120))")
+                        stream.write(["attempt": .int(Int64(s.sent)), "status": "malformed_tool_call", "error": .string(s.lastError!.message)])
+                        stopChain = options.onMalformedToolCall == .fail
+                        break
+                    }
+                    s.attempts.append(.object(entry))
+                    stream.write(["done": true, "tokens": ["input": .int(Int64(response.usage.input)), "output": .int(Int64(response.usage.output))]])
+                    let data: JSONValue = [
+                        "request": requestData,
+                        "model": .string(response.model),
+                        "tokens": ["input": .int(Int64(response.usage.input)), "output": .int(Int64(response.usage.output))],
+                        "latency_ms": .int(Int64(Date().timeIntervalSince(s.started) * 1000)),
+                        "attempts": .array(s.attempts),
+                    ]
+                    return OperationRecord(value: redact.apply(try JSONValue(encoding: response)), data: redact.apply(data), attempts: s.sent)
+                } catch let e as LLMError {
+                    var entry: [String: JSONValue] = ["model": .string(label), "status": .string(e.kind.rawValue), "error": .string(redact.apply(String(e.message.prefix(300)))), "latency_ms": .int(Int64(Date().timeIntervalSince(t0) * 1000))]
+                    if let st = e.status { entry["http_status"] = .int(Int64(st)) }
+                    s.lastError = e
+                    var line: [String: JSONValue] = ["attempt": .int(Int64(s.sent)), "status": .string(e.kind.rawValue), "error": .string(e.description)]
+                    guard e.retryable, s.attempt < options.retry.maxAttempts else {
+                        s.attempts.append(.object(entry))
+                        stream.write(line)
+                        break
+                    }
+                    var delay = options.retry.delay(afterAttempt: s.attempt, unit: Double.random(in: 0..<1))
+                    if let ra = e.retryAfter {
+                        delay = min(ra, options.maxRetryAfter.seconds)
+                        entry["retry_after_s"] = .double(ra)
+                    }
+                    entry["next_attempt_in_s"] = .double(delay)
+                    s.attempts.append(.object(entry))
+                    line["retry_in_s"] = .double(delay)
+                    if delay > options.durableWaitAfter.seconds {
+                        // Too long to hold a slot for: a durable wait, recorded so that the
+                        // next execution carries on from here.
+                        s.until = LLMCallState.due(self.clock.now().addingTimeInterval(delay))
+                        line["retry_at"] = .string(Timestamp.format(s.until!))
+                        stream.write(line)
+                        let saved = s
+                        _ = try self.recorded("llm-retry", name) { ["state": redact.apply(saved.json)] }
+                        throw self.waiting(redact.apply(Self.retryWait(name, s, models)))
+                    }
+                    stream.write(line)
+                    try await self.clock.sleep(for: .milliseconds(Int64(delay * 1000)))
+                }
+            }
+            s.model += 1
+            s.attempt = 0
+        }
+        let e = s.lastError ?? LLMError(.configuration, "no model answered")
+        let data: JSONValue = ["request": requestData, "attempts": .array(s.attempts)]
+        let message = redact.apply("every model failed; last: \(e.description)")
+        return OperationRecord(value: .null, data: redact.apply(data), error: ErrorInfo(type: "llm_\(e.kind.rawValue)", message: message, retryable: false), attempts: s.sent)
+    }
+
+    /// The run's token budget before a call is sent: nil to go ahead; a failed record when a
+    /// person rejected raising it; otherwise the run waits at the gate `budget-NAME-N`.
+    private func checkBudget(_ name: String, messages: [ChatMessage], options: LLMOptions, requestData: JSONValue) throws -> OperationRecord? {
+        let config = self.spoolConfig
+        guard let configured = options.tokenBudget ?? config.raw["llm"]?["token_budget"]?.intValue.map({ Int($0) }) else { return nil }
+        let spool = try Spool.open(at: self.spoolRoot)
+        let entries = Journal.effective(try spool.journal(self.runID).load())
+        let spent = entries.filter { $0.kind == "llm" }.reduce(0) { total, e in
+            total + Int((e.data?["tokens"]?["input"]?.intValue ?? 0) + (e.data?["tokens"]?["output"]?.intValue ?? 0))
+        }
+        let decisions = entries.filter { $0.kind == "llm-budget" }
+        let budget = decisions.reduce(configured) { b, e in max(b, Int(e.value?["budget"]?.intValue ?? 0)) }
+        let characters = messages.reduce(0) { $0 + $1.content.count + ($1.toolCalls ?? []).reduce(0) { $0 + $1.name.count + $1.arguments.count } }
+        let estimate = characters / 4 + 1 + (options.maxTokens ?? 0)
+        guard spent + estimate > budget else { return nil }
+
+        let gate = Names.fileSafe("budget-\(name)-\(decisions.count + 1)")
+        let approvals = self.runDirectory.appending("approvals")
+        let policy = config.approvalPolicy(gate: gate)  // fails closed when cairn.json's approvers are invalid
+        let figures: JSONValue = ["spent": .int(Int64(spent)), "budget": .int(Int64(budget)), "estimate": .int(Int64(estimate))]
+        for (suffix, approved) in [("rejected", false), ("approved", true)] {
+            let path = approvals.appending("\(gate).\(suffix)")
+            switch Drops.read(path, limit: config.dropSizeLimit, policy: policy) {
+            case .absent:
+                continue
+            case .refused(let p, let reason, let identity):
+                _ = try Drops.refuse(p, reason: reason, identity: identity, durable: spool.durable, now: self.clock.now())
+                continue
+            case .valid(let f):
+                var value = f.json
+                if case .object(let o)? = f.json, Set(o.keys).isSubset(of: ["comment", "value", "reason"]) { value = o["value"] }
+                let by = f.owner.user ?? String(f.owner.uid)
+                // Once recorded, the drop moves out of approvals/ into decisions/ (as the
+                // engine does with its gates' decisions); the gate name is never asked again.
+                let consume = {
+                    let decisions = self.runDirectory.appending("decisions")
+                    try spool.ensureRuntimeDirectory(decisions)
+                    try DurableFile.rename(path, to: decisions.appending("\(gate).\(suffix)"), mode: .replace)
+                    try DurableFile.fsyncDirectory(decisions)
+                    try DurableFile.fsyncDirectory(approvals)
+                }
+                if !approved {
+                    let reason = f.json?["reason"]?.stringValue ?? f.json?["comment"]?.stringValue ?? "rejected"
+                    _ = try self.recorded("llm-budget", name) { ["decision": "rejected", "gate": .string(gate), "by": .string(by), "reason": .string(reason), "figures": figures] }
+                    try consume()
+                    let info = ErrorInfo(type: "llm_budget_exceeded", message: "the run's token budget: \(by) rejected raising it (\(reason)); spent \(spent) of \(budget), this call needs about \(estimate)", retryable: false)
+                    return OperationRecord(value: .null, data: ["request": requestData, "budget": figures], error: info, attempts: 0)
+                }
+                let raised = (value?["tokens"]?.intValue ?? value?.intValue).map { Int($0) } ?? budget + configured
+                _ = try self.recorded("llm-budget", name) { ["decision": "approved", "gate": .string(gate), "by": .string(by), "budget": .int(Int64(raised)), "figures": figures] }
+                try consume()
+                // Raised too little? The next gate asks again.
+                return try checkBudget(name, messages: messages, options: options, requestData: requestData)
+            }
+        }
+        let request = approvals.appending("\(gate).request.json")
+        if !DurableFile.exists(request) {
+            try spool.durable.write(json: [
+                "summary": .string("LLM call '\(name)' would exceed the run's token budget: \(spent) of \(budget) tokens spent, this call needs about \(estimate). Approve to raise the budget (value {\"tokens\": N} sets it to N; no value adds another \(configured)); reject to fail the call."),
+                "details": ["kind": "budget", "call": .string(name), "spent": .int(Int64(spent)), "budget": .int(Int64(budget)), "estimate": .int(Int64(estimate))],
+            ], to: request)
+        }
+        throw self.waiting(["kind": "budget", "gate": .string(gate), "step": .string(name), "spent": .int(Int64(spent)), "budget": .int(Int64(budget)),
+                            "estimate": .int(Int64(estimate)), "drop": .string("approvals/\(gate).approved")])
+    }
+
+    /// The `waiting_for` of a durable wait between attempts.
+    static func retryWait(_ name: String, _ s: LLMCallState, _ models: [String]) -> JSONValue {
+        var w: [String: JSONValue] = [
+            "kind": "retry", "step": .string(name), "operation": "llm",
+            "attempt": .int(Int64(s.sent + 1)), "model": .string(models[min(s.model, models.count - 1)]),
+            "until": .string(Timestamp.format(s.until ?? Date())),
+        ]
+        if let e = s.lastError { w["reason"] = .string(String(e.description.prefix(200))) }
+        return .object(w)
     }
 
     /// One model.
@@ -132,20 +308,23 @@ extension WorkflowContext {
 }
 
 /// `logs/NAME.stream.jsonl`: one JSON line per event as the answer arrives
-/// (`tail -f` shows an agent typing). Appended, not fsync'd: logs are not the truth.
+/// (`tail -f` shows an agent typing), and one per failed attempt. Appended, not fsync'd:
+/// logs are not the truth. Secrets are redacted.
 final class StreamLog: @unchecked Sendable {
     private let fd: Int32
     private let lock = NSLock()
+    private let redactor: Redactor
 
-    init(path: String) {
+    init(path: String, redactor: Redactor) {
         fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0o644)
+        self.redactor = redactor
     }
 
     func write(_ o: [String: JSONValue]) {
         guard fd >= 0 else { return }
         var obj = o
         obj["at"] = .string(Timestamp.format(Date()))
-        let line = Array((JSONValue.object(obj).compactText() + "\n").utf8)
+        let line = Array((redactor.apply(JSONValue.object(obj)).compactText() + "\n").utf8)
         lock.withLock { _ = Glibc.write(fd, line, line.count) }
     }
 

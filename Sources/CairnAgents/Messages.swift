@@ -127,6 +127,9 @@ public struct LLMError: Error, Sendable, CustomStringConvertible, Hashable {
         public static let timeout = Kind("timeout")
         public static let transport = Kind("transport")
         public static let malformed = Kind("malformed_response")
+        /// The answer ended before its protocol said it was complete (a stream without
+        /// `[DONE]` / `message_stop`).
+        public static let incomplete = Kind("incomplete_response")
         public static let client = Kind("client_error")
         public static let configuration = Kind("configuration")
     }
@@ -144,8 +147,9 @@ public struct LLMError: Error, Sendable, CustomStringConvertible, Hashable {
         self.retryAfter = retryAfter
     }
 
-    /// Worth retrying the same model (429, 5xx, timeouts, dropped connections, garbage).
-    public var retryable: Bool { [.rateLimited, .server, .timeout, .transport, .malformed].contains(kind) }
+    /// Worth retrying the same model (429, 5xx, timeouts, dropped connections, incomplete
+    /// answers, garbage).
+    public var retryable: Bool { [.rateLimited, .server, .timeout, .transport, .malformed, .incomplete].contains(kind) }
 
     public var description: String { "\(kind)\(status.map { " \($0)" } ?? ""): \(message)" }
 }

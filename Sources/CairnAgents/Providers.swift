@@ -3,27 +3,184 @@ import CairnSpool
 import Foundation
 import NIOCore
 import NIOHTTP1
+import Synchronization
+import SystemPackage
 
 /// A model provider: one request, one response; `onDelta` gets streamed text as it arrives.
 public protocol LLMProvider: Sendable {
     var name: String { get }
     func send(_ request: LLMRequest, onDelta: (@Sendable (String) -> Void)?) async throws -> LLMResponse
+    /// Whether requests to it stream (cairn.json `"stream": false` turns streaming off).
+    var streams: Bool { get }
+    /// What it sends that must never be recorded or logged (its API key, once resolved).
+    func secrets() -> [String]
 }
 
-/// POSTs JSON and hands back the status, the headers and either the whole body or, when
-/// streaming, each server-sent-event `data:` line as it arrives.
+extension LLMProvider {
+    public var streams: Bool { true }
+    public func secrets() -> [String] { [] }
+}
+
+/// Where a provider's API key comes from. It is read when the provider is used, not when
+/// the configuration is loaded: a configured but unused provider without its key breaks
+/// nothing.
+public struct APIKey: Sendable, Hashable {
+    enum Source: Sendable, Hashable {
+        case none
+        case literal(String)
+        case environment(String, value: String?)
+        case file(String)
+    }
+
+    let source: Source
+
+    public static let none = APIKey(source: .none)
+    public static func literal(_ key: String?) -> APIKey { APIKey(source: key.map { .literal($0) } ?? .none) }
+    /// The environment variable `variable` (of `environment`, the process's by default).
+    public static func environment(_ variable: String, in environment: [String: String] = ProcessInfo.processInfo.environment) -> APIKey {
+        APIKey(source: .environment(variable, value: environment[variable]))
+    }
+    /// The first line of a key file.
+    public static func file(_ path: String) -> APIKey { APIKey(source: .file(path)) }
+
+    /// The key, or nil when the provider needs none. A key that cannot be had is a
+    /// configuration error (not retried) naming the provider and where the key was to come from.
+    public func resolve(provider: String) throws -> String? {
+        switch source {
+        case .none: return nil
+        case .literal(let k): return k
+        case .environment(let variable, let value):
+            guard let value, !value.isEmpty else {
+                throw LLMError(.configuration, "provider '\(provider)': no API key: the environment variable \(variable) is not set")
+            }
+            return value
+        case .file(let path):
+            guard let d = try? DurableFile.read(FilePath(path), limit: 64 * 1024) else {
+                throw LLMError(.configuration, "provider '\(provider)': no API key: cannot read the key file \(path)")
+            }
+            let key = String(decoding: d, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+            guard !key.isEmpty else { throw LLMError(.configuration, "provider '\(provider)': no API key: the key file \(path) is empty") }
+            return key
+        }
+    }
+}
+
+// MARK: - Server-sent events
+
+/// One server-sent event: its `event:` name (if any) and its `data:` lines joined.
+struct SSEEvent: Sendable, Hashable {
+    var name: String?
+    var data: String
+}
+
+/// The `text/event-stream` format (WHATWG HTML §9.2): lines end in LF, CRLF or CR; an event
+/// is dispatched at a blank line; `:` starts a comment. Bytes after the last blank line are
+/// an incomplete event and are never dispatched (a stream cut mid-event loses that event).
+struct SSEParser {
+    private var line: [UInt8] = []
+    private var name: String? = nil
+    private var data: [String] = []
+    private var sawData = false
+    private var afterCR = false
+
+    mutating func feed<S: Sequence>(_ bytes: S) -> [SSEEvent] where S.Element == UInt8 {
+        var out: [SSEEvent] = []
+        for b in bytes {
+            if afterCR {
+                afterCR = false
+                if b == 0x0A { continue }
+            }
+            if b == 0x0A || b == 0x0D {
+                afterCR = b == 0x0D
+                if let e = endOfLine() { out.append(e) }
+            } else {
+                line.append(b)
+            }
+        }
+        return out
+    }
+
+    private mutating func endOfLine() -> SSEEvent? {
+        defer { line.removeAll(keepingCapacity: true) }
+        if line.isEmpty {
+            defer {
+                name = nil
+                data = []
+                sawData = false
+            }
+            return sawData ? SSEEvent(name: name, data: data.joined(separator: "\n")) : nil
+        }
+        if line[0] == UInt8(ascii: ":") { return nil }
+        let text = String(decoding: line, as: UTF8.self)
+        var field = Substring(text), value = Substring("")
+        if let colon = text.firstIndex(of: ":") {
+            field = text[..<colon]
+            value = text[text.index(after: colon)...]
+            if value.first == " " { value = value.dropFirst() }
+        }
+        switch field {
+        case "event": name = String(value)
+        case "data":
+            data.append(String(value))
+            sawData = true
+        default: break
+        }
+        return nil
+    }
+}
+
+/// Turns one API's events into a response; throws when the stream carries an error.
+protocol StreamDecoder: Sendable {
+    /// One event; returns the text to show as it arrives, if any.
+    func handle(_ event: SSEEvent) throws -> String?
+    /// The answer, only when the protocol said it is complete; otherwise `.incomplete`.
+    func response(model: String) throws -> LLMResponse
+}
+
+// MARK: - HTTP
+
+/// The HTTP clients of the agent layer (AsyncHTTPClient on its singleton event loop group),
+/// one per connect timeout. A refused connection fails at once (the pool does not retry it
+/// until the connect timeout: the call's own retries and fallbacks decide what happens
+/// next), and a connection not made within the connect timeout fails then.
+public enum AgentHTTP {
+    private static let clients = Mutex<[Int64: HTTPClient]>([:])
+
+    public static func client(connectTimeout: Duration) -> HTTPClient {
+        let ms = max(1, Int64(connectTimeout.seconds * 1000))
+        return clients.withLock { all in
+            if let c = all[ms] { return c }
+            var config = HTTPClient.Configuration()
+            config.timeout = HTTPClient.Configuration.Timeout(connect: .milliseconds(ms))
+            config.connectionPool.retryConnectionEstablishment = false
+            let c = HTTPClient(eventLoopGroupProvider: .singleton, configuration: config)
+            all[ms] = c
+            return c
+        }
+    }
+
+    /// The client with the default connect timeout.
+    public static var shared: HTTPClient { client(connectTimeout: defaultConnectTimeout) }
+    public static let defaultConnectTimeout: Duration = .seconds(5)
+}
+
+/// POSTs JSON and hands back the status, the content type and the body; or, when the
+/// answer is a `text/event-stream`, feeds its events to `onEvent` as they arrive.
 struct HTTPTransport: Sendable {
     var client: HTTPClient
     var timeout: TimeAmount
 
     struct Reply {
         var status: Int
+        var contentType: String
         var body: Data
+        /// True when the body was a `text/event-stream` and went to `onEvent`.
+        var streamed: Bool
     }
 
     /// The whole exchange (head and body) must finish within `timeout`: AsyncHTTPClient's
     /// deadline is the first line of defence, a racing task the second.
-    func post(_ url: String, headers: [(String, String)], body: JSONValue, stream: Bool, onEvent: (@Sendable (String, String?) -> Void)? = nil) async throws -> Reply {
+    func post(_ url: String, headers: [(String, String)], body: JSONValue, stream: Bool, onEvent: (@Sendable (SSEEvent) throws -> Void)? = nil) async throws -> Reply {
         let limit = timeout
         return try await withThrowingTaskGroup(of: Reply?.self) { group in
             group.addTask { try await self.exchange(url, headers: headers, body: body, stream: stream, onEvent: onEvent) }
@@ -39,7 +196,9 @@ struct HTTPTransport: Sendable {
         }
     }
 
-    private func exchange(_ url: String, headers: [(String, String)], body: JSONValue, stream: Bool, onEvent: (@Sendable (String, String?) -> Void)?) async throws -> Reply {
+    static let bodyLimit = 32 * 1024 * 1024
+
+    private func exchange(_ url: String, headers: [(String, String)], body: JSONValue, stream: Bool, onEvent: (@Sendable (SSEEvent) throws -> Void)?) async throws -> Reply {
         var req = HTTPClientRequest(url: url)
         req.method = .POST
         req.headers.add(name: "content-type", value: "application/json")
@@ -53,6 +212,7 @@ struct HTTPTransport: Sendable {
             throw Self.transportError(error)
         }
         let status = Int(response.status.code)
+        let contentType = response.headers.first(name: "content-type") ?? ""
         guard (200..<300).contains(status) else {
             var data = Data()
             do {
@@ -63,40 +223,25 @@ struct HTTPTransport: Sendable {
             } catch {}
             let text = String(decoding: data.prefix(500), as: UTF8.self)
             let retryAfter = response.headers.first(name: "retry-after").flatMap(Self.parseRetryAfter)
-            switch status {
-            case 429: throw LLMError(.rateLimited, text, status: status, retryAfter: retryAfter)
-            case 408: throw LLMError(.timeout, text, status: status, retryAfter: retryAfter)
-            case 500...599: throw LLMError(.server, text, status: status, retryAfter: retryAfter)
-            default: throw LLMError(.client, text, status: status)
-            }
+            throw LLMError.forStatus(status, text, retryAfter: retryAfter)
         }
         var data = Data()
         do {
-            if stream, let onEvent {
-                var pending = Data()
-                var event: String? = nil
+            if let onEvent, contentType.lowercased().hasPrefix("text/event-stream") {
+                var parser = SSEParser()
                 for try await chunk in response.body {
-                    pending.append(contentsOf: chunk.readableBytesView)
-                    while let nl = pending.firstIndex(of: 0x0A) {
-                        var line = String(decoding: pending[pending.startIndex..<nl], as: UTF8.self)
-                        pending.removeSubrange(pending.startIndex...nl)
-                        if line.hasSuffix("\r") { line.removeLast() }
-                        if line.hasPrefix("event:") {
-                            event = line.dropFirst(6).trimmingCharacters(in: .whitespaces)
-                        } else if line.hasPrefix("data:") {
-                            onEvent(line.dropFirst(5).trimmingCharacters(in: .whitespaces), event)
-                        } else if line.isEmpty {
-                            event = nil
-                        }
-                    }
+                    for event in parser.feed(chunk.readableBytesView) { try onEvent(event) }
                 }
-            } else {
-                for try await chunk in response.body { data.append(contentsOf: chunk.readableBytesView) }
+                return Reply(status: status, contentType: contentType, body: Data(), streamed: true)
+            }
+            for try await chunk in response.body {
+                data.append(contentsOf: chunk.readableBytesView)
+                if data.count > Self.bodyLimit { throw LLMError(.malformed, "the response is larger than \(Self.bodyLimit) bytes") }
             }
         } catch {
             throw Self.transportError(error)
         }
-        return Reply(status: status, body: data)
+        return Reply(status: status, contentType: contentType, body: data, streamed: false)
     }
 
     static func transportError(_ error: any Error) -> LLMError {
@@ -118,6 +263,38 @@ struct HTTPTransport: Sendable {
         f.dateFormat = "EEE, dd MMM yyyy HH:mm:ss zzz"
         return f.date(from: v).map { max(0, $0.timeIntervalSinceNow) }
     }
+
+    /// The answer of a call that was asked to stream (or not): the stream's events when it
+    /// streamed, and otherwise the body: a stream sent unasked is decoded as one, JSON is
+    /// parsed by `parseJSON`, anything else fails naming the content type that arrived.
+    static func decode(_ reply: Reply, asked stream: Bool, decoder: some StreamDecoder, model: String, parseJSON: (JSONValue) throws -> LLMResponse) throws -> LLMResponse {
+        if reply.streamed { return try decoder.response(model: model) }
+        let ct = reply.contentType.isEmpty ? "no content type" : reply.contentType
+        if reply.contentType.lowercased().hasPrefix("text/event-stream") {
+            var parser = SSEParser()
+            for event in parser.feed(reply.body) { _ = try decoder.handle(event) }
+            return try decoder.response(model: model)
+        }
+        if let j = try? JSONValue.parse(reply.body), case .object = j { return try parseJSON(j) }
+        let expected = stream ? "a text/event-stream" : "a JSON object"
+        let what = reply.body.isEmpty ? "an empty body" : "\(reply.body.count) bytes: \(String(decoding: reply.body.prefix(160), as: UTF8.self))"
+        throw LLMError(.malformed, "expected \(expected), got \(ct) with \(what)")
+    }
+}
+
+extension LLMError {
+    /// How an HTTP status (or an in-stream error's HTTP equivalent) is treated: 429 rate
+    /// limited, 408 timeout and 5xx server errors are retried; other statuses are not.
+    static func forStatus(_ status: Int, _ message: String, retryAfter: Double? = nil, http: Bool = true) -> LLMError {
+        let kind: Kind
+        switch status {
+        case 429: kind = .rateLimited
+        case 408: kind = .timeout
+        case 500...599: kind = .server
+        default: kind = .client
+        }
+        return LLMError(kind, message, status: http ? status : nil, retryAfter: kind == .client ? nil : retryAfter)
+    }
 }
 
 // MARK: - OpenAI-compatible Chat Completions (OpenAI, llama.cpp, vLLM, Ollama…)
@@ -125,15 +302,23 @@ struct HTTPTransport: Sendable {
 public struct OpenAICompatibleProvider: LLMProvider {
     public let name: String
     let baseURL: String
-    let apiKey: String?
+    let apiKey: APIKey
     let transport: HTTPTransport
+    public let streams: Bool
 
-    public init(name: String, baseURL: String, apiKey: String?, client: HTTPClient = AgentHTTP.shared, timeout: Duration = .seconds(120)) {
+    public init(name: String, baseURL: String, apiKey: String?, client: HTTPClient? = nil, timeout: Duration = .seconds(120), connectTimeout: Duration = AgentHTTP.defaultConnectTimeout, stream: Bool = true) {
+        self.init(name: name, baseURL: baseURL, key: .literal(apiKey), client: client, timeout: timeout, connectTimeout: connectTimeout, stream: stream)
+    }
+
+    public init(name: String, baseURL: String, key: APIKey, client: HTTPClient? = nil, timeout: Duration = .seconds(120), connectTimeout: Duration = AgentHTTP.defaultConnectTimeout, stream: Bool = true) {
         self.name = name
         self.baseURL = baseURL.hasSuffix("/") ? String(baseURL.dropLast()) : baseURL
-        self.apiKey = apiKey
-        self.transport = HTTPTransport(client: client, timeout: .milliseconds(Int64(timeout.seconds * 1000)))
+        self.apiKey = key
+        self.transport = HTTPTransport(client: client ?? AgentHTTP.client(connectTimeout: connectTimeout), timeout: .milliseconds(Int64(timeout.seconds * 1000)))
+        self.streams = stream
     }
+
+    public func secrets() -> [String] { ((try? apiKey.resolve(provider: name)) ?? nil).map { [$0] } ?? [] }
 
     func body(_ r: LLMRequest) -> JSONValue {
         var o: [String: JSONValue] = [
@@ -160,22 +345,24 @@ public struct OpenAICompatibleProvider: LLMProvider {
     }
 
     public func send(_ request: LLMRequest, onDelta: (@Sendable (String) -> Void)?) async throws -> LLMResponse {
-        var headers: [(String, String)] = []
-        if let apiKey { headers.append(("authorization", "Bearer \(apiKey)")) }
-        let url = baseURL + "/chat/completions"
-        if request.stream {
-            let acc = StreamAccumulator()
-            _ = try await transport.post(url, headers: headers, body: body(request), stream: true) { data, _ in
-                acc.openAIChunk(data, onDelta: onDelta)
+        let key = try apiKey.resolve(provider: name)
+        do {
+            var headers: [(String, String)] = []
+            if let key { headers.append(("authorization", "Bearer \(key)")) }
+            let model = "\(name):\(request.model)"
+            let decoder = OpenAIStream()
+            let reply = try await transport.post(baseURL + "/chat/completions", headers: headers, body: body(request), stream: request.stream) { event in
+                if let d = try decoder.handle(event) { onDelta?(d) }
             }
-            return try acc.openAIResponse(model: "\(name):\(request.model)")
+            return try HTTPTransport.decode(reply, asked: request.stream, decoder: decoder, model: model) { try Self.parse($0, model: model) }
+        } catch var e as LLMError {
+            if let key { e.message = Redactor([key]).apply(e.message) }
+            throw e
         }
-        let reply = try await transport.post(url, headers: headers, body: body(request), stream: false)
-        guard let j = try? JSONValue.parse(reply.body) else { throw LLMError(.malformed, "response is not JSON: \(String(decoding: reply.body.prefix(200), as: UTF8.self))") }
-        return try Self.parse(j, model: "\(name):\(request.model)")
     }
 
     static func parse(_ j: JSONValue, model: String) throws -> LLMResponse {
+        if let err = j["error"], !err.isNull { throw error(err) }
         guard let choice = j["choices"]?.arrayValue?.first, let message = choice["message"] else {
             throw LLMError(.malformed, "no choices[0].message in the response")
         }
@@ -192,6 +379,91 @@ public struct OpenAICompatibleProvider: LLMProvider {
         let usage = TokenUsage(input: Int(j["usage"]?["prompt_tokens"]?.intValue ?? 0), output: Int(j["usage"]?["completion_tokens"]?.intValue ?? 0))
         return LLMResponse(content: content, toolCalls: calls, finishReason: finish, usage: usage, model: model)
     }
+
+    /// An error object (`{"message", "type", "code"}`) in a stream or a 200 body, mapped as
+    /// the HTTP status it stands for.
+    static func error(_ err: JSONValue) -> LLMError {
+        let message = err["message"]?.stringValue ?? err.compactText()
+        let type = err["type"]?.stringValue ?? "", code = err["code"]?.stringValue ?? ""
+        let status: Int
+        if let s = err["status"]?.intValue ?? err["code"]?.intValue, (400...599).contains(s) {
+            status = Int(s)
+        } else {
+            let words = (type + " " + code).lowercased()
+            if words.contains("rate_limit") || words.contains("insufficient_quota") { status = 429 }
+            else if words.contains("invalid_api_key") || words.contains("authentication") || words.contains("unauthorized") { status = 401 }
+            else if words.contains("permission") { status = 403 }
+            else if words.contains("not_found") { status = 404 }
+            else if words.contains("invalid_request") || words.contains("context_length") { status = 400 }
+            else if words.contains("timeout") { status = 408 }
+            else { status = 500 }  // server_error, overloaded, anything unknown
+        }
+        let label = [type, code].filter { !$0.isEmpty }.joined(separator: "/")
+        return LLMError.forStatus(status, "in-stream error\(label.isEmpty ? "" : " \(label)"): \(message)", http: false)
+    }
+}
+
+/// An OpenAI chat.completion.chunk stream. Complete only at `data: [DONE]` after a
+/// `finish_reason`.
+final class OpenAIStream: StreamDecoder, @unchecked Sendable {
+    private let lock = NSLock()
+    private var text = ""
+    private var refusal = ""
+    private var calls: [Int: (id: String, name: String, args: String)] = [:]
+    private var finish: String?
+    private var usage = TokenUsage(input: 0, output: 0)
+    private var done = false
+    private var events = 0
+
+    func handle(_ event: SSEEvent) throws -> String? {
+        try lock.withLock {
+            events += 1
+            if event.data.trimmingCharacters(in: .whitespaces) == "[DONE]" {
+                done = true
+                return nil
+            }
+            guard let j = try? JSONValue.parse(event.data) else { throw LLMError(.malformed, "bad stream chunk: \(event.data.prefix(120))") }
+            if let err = j["error"], !err.isNull { throw OpenAICompatibleProvider.error(err) }
+            if let u = j["usage"], case .object = u {
+                usage = TokenUsage(input: Int(u["prompt_tokens"]?.intValue ?? 0), output: Int(u["completion_tokens"]?.intValue ?? 0))
+            }
+            guard let c = j["choices"]?.arrayValue?.first(where: { ($0["index"]?.intValue ?? 0) == 0 }) else { return nil }
+            var shown: String? = nil
+            let delta = c["delta"]
+            if let d = delta?["content"]?.stringValue, !d.isEmpty {
+                text += d
+                shown = d
+            }
+            if let r = delta?["refusal"]?.stringValue, !r.isEmpty {
+                refusal += r
+                shown = r
+            }
+            for tc in delta?["tool_calls"]?.arrayValue ?? [] {
+                let i = Int(tc["index"]?.intValue ?? 0)
+                var cur = calls[i] ?? ("", "", "")
+                if let id = tc["id"]?.stringValue { cur.id = id }
+                if let n = tc["function"]?["name"]?.stringValue { cur.name += n }
+                if let a = tc["function"]?["arguments"]?.stringValue { cur.args += a }
+                calls[i] = cur
+            }
+            if let f = c["finish_reason"]?.stringValue { finish = f }
+            return shown
+        }
+    }
+
+    func response(model: String) throws -> LLMResponse {
+        try lock.withLock {
+            guard done, let finish else {
+                let missing = finish == nil ? "a finish_reason and data: [DONE]" : "data: [DONE]"
+                throw LLMError(.incomplete, "the stream ended without \(missing) after \(events) events (\(text.count + refusal.count) characters of text so far)")
+            }
+            let tc = calls.keys.sorted().map { i in
+                ToolCall(id: calls[i]!.id.isEmpty ? "call_\(i)" : calls[i]!.id, name: calls[i]!.name, arguments: calls[i]!.args.isEmpty ? "{}" : calls[i]!.args)
+            }
+            if !refusal.isEmpty { return LLMResponse(content: refusal, toolCalls: tc, finishReason: "refusal", usage: usage, model: model) }
+            return LLMResponse(content: text, toolCalls: tc, finishReason: finish, usage: usage, model: model)
+        }
+    }
 }
 
 // MARK: - Anthropic Messages
@@ -199,17 +471,25 @@ public struct OpenAICompatibleProvider: LLMProvider {
 public struct AnthropicProvider: LLMProvider {
     public let name: String
     let baseURL: String
-    let apiKey: String?
+    let apiKey: APIKey
     let transport: HTTPTransport
     let version: String
+    public let streams: Bool
 
-    public init(name: String, baseURL: String = "https://api.anthropic.com/v1", apiKey: String?, client: HTTPClient = AgentHTTP.shared, timeout: Duration = .seconds(120), version: String = "2023-06-01") {
+    public init(name: String, baseURL: String = "https://api.anthropic.com/v1", apiKey: String?, client: HTTPClient? = nil, timeout: Duration = .seconds(120), connectTimeout: Duration = AgentHTTP.defaultConnectTimeout, version: String = "2023-06-01", stream: Bool = true) {
+        self.init(name: name, baseURL: baseURL, key: .literal(apiKey), client: client, timeout: timeout, connectTimeout: connectTimeout, version: version, stream: stream)
+    }
+
+    public init(name: String, baseURL: String = "https://api.anthropic.com/v1", key: APIKey, client: HTTPClient? = nil, timeout: Duration = .seconds(120), connectTimeout: Duration = AgentHTTP.defaultConnectTimeout, version: String = "2023-06-01", stream: Bool = true) {
         self.name = name
         self.baseURL = baseURL.hasSuffix("/") ? String(baseURL.dropLast()) : baseURL
-        self.apiKey = apiKey
-        self.transport = HTTPTransport(client: client, timeout: .milliseconds(Int64(timeout.seconds * 1000)))
+        self.apiKey = key
+        self.transport = HTTPTransport(client: client ?? AgentHTTP.client(connectTimeout: connectTimeout), timeout: .milliseconds(Int64(timeout.seconds * 1000)))
         self.version = version
+        self.streams = stream
     }
+
+    public func secrets() -> [String] { ((try? apiKey.resolve(provider: name)) ?? nil).map { [$0] } ?? [] }
 
     func body(_ r: LLMRequest) -> JSONValue {
         var system: [String] = []
@@ -249,19 +529,20 @@ public struct AnthropicProvider: LLMProvider {
     }
 
     public func send(_ request: LLMRequest, onDelta: (@Sendable (String) -> Void)?) async throws -> LLMResponse {
-        var headers: [(String, String)] = [("anthropic-version", version)]
-        if let apiKey { headers.append(("x-api-key", apiKey)) }
-        let url = baseURL + "/messages"
-        if request.stream {
-            let acc = StreamAccumulator()
-            _ = try await transport.post(url, headers: headers, body: body(request), stream: true) { data, event in
-                acc.anthropicEvent(data, onDelta: onDelta)
+        let key = try apiKey.resolve(provider: name)
+        do {
+            var headers: [(String, String)] = [("anthropic-version", version)]
+            if let key { headers.append(("x-api-key", key)) }
+            let model = "\(name):\(request.model)"
+            let decoder = AnthropicStream()
+            let reply = try await transport.post(baseURL + "/messages", headers: headers, body: body(request), stream: request.stream) { event in
+                if let d = try decoder.handle(event) { onDelta?(d) }
             }
-            return try acc.anthropicResponse(model: "\(name):\(request.model)")
+            return try HTTPTransport.decode(reply, asked: request.stream, decoder: decoder, model: model) { try Self.parse($0, model: model) }
+        } catch var e as LLMError {
+            if let key { e.message = Redactor([key]).apply(e.message) }
+            throw e
         }
-        let reply = try await transport.post(url, headers: headers, body: body(request), stream: false)
-        guard let j = try? JSONValue.parse(reply.body) else { throw LLMError(.malformed, "response is not JSON: \(String(decoding: reply.body.prefix(200), as: UTF8.self))") }
-        return try Self.parse(j, model: "\(name):\(request.model)")
     }
 
     static func stopReason(_ s: String?) -> String {
@@ -273,7 +554,22 @@ public struct AnthropicProvider: LLMProvider {
         }
     }
 
+    /// The HTTP status each documented error type stands for.
+    static let errorStatus: [String: Int] = [
+        "invalid_request_error": 400, "authentication_error": 401, "billing_error": 402, "permission_error": 403,
+        "not_found_error": 404, "request_too_large": 413, "rate_limit_error": 429, "api_error": 500,
+        "timeout_error": 504, "overloaded_error": 529,
+    ]
+
+    /// An error event (or an error body) mapped as its HTTP equivalent; unknown types as 500.
+    static func error(_ err: JSONValue?) -> LLMError {
+        let type = err?["type"]?.stringValue ?? "error"
+        let message = err?["message"]?.stringValue ?? err?.compactText() ?? "stream error"
+        return LLMError.forStatus(errorStatus[type] ?? 500, "in-stream error \(type): \(message)", http: false)
+    }
+
     static func parse(_ j: JSONValue, model: String) throws -> LLMResponse {
+        if j["type"] == "error" || (j["error"].map { !$0.isNull } ?? false) { throw error(j["error"]) }
         guard let blocks = j["content"]?.arrayValue else { throw LLMError(.malformed, "no content[] in the response") }
         var text = ""
         var calls: [ToolCall] = []
@@ -290,100 +586,75 @@ public struct AnthropicProvider: LLMProvider {
     }
 }
 
-/// Collects a streamed response (both APIs' shapes).
-final class StreamAccumulator: @unchecked Sendable {
+/// An Anthropic Messages event stream. Complete only at `message_stop`, after a
+/// `message_delta` (which carries the stop reason).
+final class AnthropicStream: StreamDecoder, @unchecked Sendable {
     private let lock = NSLock()
     private var text = ""
-    private var calls: [Int: (id: String, name: String, args: String)] = [:]
-    private var finish = "stop"
+    private var calls: [Int: (id: String, name: String, args: String, initial: String)] = [:]
+    private var stop: String?
+    private var sawDelta = false
     private var usage = TokenUsage(input: 0, output: 0)
-    private var sawAny = false
-    private var error: LLMError?
+    private var done = false
+    private var events = 0
 
-    func openAIChunk(_ data: String, onDelta: (@Sendable (String) -> Void)?) {
-        guard data != "[DONE]" else { return }
-        guard let j = try? JSONValue.parse(data) else {
-            lock.withLock { error = LLMError(.malformed, "bad stream chunk: \(data.prefix(120))") }
-            return
-        }
-        var delta: String? = nil
-        lock.withLock {
-            sawAny = true
-            if let u = j["usage"], !u.isNull {
-                usage = TokenUsage(input: Int(u["prompt_tokens"]?.intValue ?? 0), output: Int(u["completion_tokens"]?.intValue ?? 0))
-            }
-            guard let c = j["choices"]?.arrayValue?.first else { return }
-            if let d = c["delta"]?["content"]?.stringValue, !d.isEmpty {
-                text += d
-                delta = d
-            }
-            if let r = c["delta"]?["refusal"]?.stringValue, !r.isEmpty {
-                text += r
-                finish = "refusal"
-            }
-            for tc in c["delta"]?["tool_calls"]?.arrayValue ?? [] {
-                let i = Int(tc["index"]?.intValue ?? 0)
-                var cur = calls[i] ?? ("", "", "")
-                if let id = tc["id"]?.stringValue { cur.id = id }
-                if let n = tc["function"]?["name"]?.stringValue { cur.name += n }
-                if let a = tc["function"]?["arguments"]?.stringValue { cur.args += a }
-                calls[i] = cur
-            }
-            if let f = c["finish_reason"]?.stringValue, finish != "refusal" { finish = f }
-        }
-        if let delta { onDelta?(delta) }
-    }
-
-    func openAIResponse(model: String) throws -> LLMResponse {
+    func handle(_ event: SSEEvent) throws -> String? {
         try lock.withLock {
-            if let error { throw error }
-            guard sawAny else { throw LLMError(.malformed, "empty stream") }
-            let tc = calls.keys.sorted().map { ToolCall(id: calls[$0]!.id.isEmpty ? "call_\($0)" : calls[$0]!.id, name: calls[$0]!.name, arguments: calls[$0]!.args.isEmpty ? "{}" : calls[$0]!.args) }
-            return LLMResponse(content: text, toolCalls: tc, finishReason: finish, usage: usage, model: model)
-        }
-    }
-
-    func anthropicEvent(_ data: String, onDelta: (@Sendable (String) -> Void)?) {
-        guard let j = try? JSONValue.parse(data) else {
-            lock.withLock { error = LLMError(.malformed, "bad stream event: \(data.prefix(120))") }
-            return
-        }
-        var delta: String? = nil
-        lock.withLock {
-            sawAny = true
-            switch j["type"]?.stringValue {
+            events += 1
+            guard let j = try? JSONValue.parse(event.data) else { throw LLMError(.malformed, "bad stream event: \(event.data.prefix(120))") }
+            var shown: String? = nil
+            switch j["type"]?.stringValue ?? event.name ?? "" {
             case "message_start":
-                usage.input = Int(j["message"]?["usage"]?["input_tokens"]?.intValue ?? 0)
+                let u = j["message"]?["usage"]
+                if let i = u?["input_tokens"]?.intValue { usage.input = Int(i) }
+                if let o = u?["output_tokens"]?.intValue { usage.output = Int(o) }
             case "content_block_start":
                 let i = Int(j["index"]?.intValue ?? 0)
-                if j["content_block"]?["type"] == "tool_use" {
-                    calls[i] = (j["content_block"]?["id"]?.stringValue ?? "", j["content_block"]?["name"]?.stringValue ?? "", "")
+                let block = j["content_block"]
+                if block?["type"] == "tool_use" {
+                    let input = block?["input"]
+                    let initial = (input?.objectValue?.isEmpty ?? true) ? "" : input!.compactText()
+                    calls[i] = (block?["id"]?.stringValue ?? "", block?["name"]?.stringValue ?? "", "", initial)
+                } else if let t = block?["text"]?.stringValue, !t.isEmpty {
+                    text += t
+                    shown = t
                 }
             case "content_block_delta":
                 let i = Int(j["index"]?.intValue ?? 0)
                 if let t = j["delta"]?["text"]?.stringValue {
                     text += t
-                    delta = t
+                    shown = t
                 } else if let p = j["delta"]?["partial_json"]?.stringValue {
                     calls[i]?.args += p
                 }
             case "message_delta":
-                finish = AnthropicProvider.stopReason(j["delta"]?["stop_reason"]?.stringValue)
+                sawDelta = true
+                if let s = j["delta"]?["stop_reason"]?.stringValue { stop = s }
+                // Cumulative counts; some compatible servers report input tokens here only.
                 if let o = j["usage"]?["output_tokens"]?.intValue { usage.output = Int(o) }
+                if let i = j["usage"]?["input_tokens"]?.intValue, i > 0 { usage.input = Int(i) }
+            case "message_stop":
+                done = true
             case "error":
-                error = LLMError(j["error"]?["type"] == "overloaded_error" ? .server : .malformed, j["error"]?["message"]?.stringValue ?? "stream error")
-            default: break
+                throw AnthropicProvider.error(j["error"])
+            default:
+                break  // ping, content_block_stop, and types added later
             }
+            return shown
         }
-        if let delta { onDelta?(delta) }
     }
 
-    func anthropicResponse(model: String) throws -> LLMResponse {
+    func response(model: String) throws -> LLMResponse {
         try lock.withLock {
-            if let error { throw error }
-            guard sawAny else { throw LLMError(.malformed, "empty stream") }
-            let tc = calls.keys.sorted().map { ToolCall(id: calls[$0]!.id, name: calls[$0]!.name, arguments: calls[$0]!.args.isEmpty ? "{}" : calls[$0]!.args) }
-            return LLMResponse(content: text, toolCalls: tc, finishReason: finish, usage: usage, model: model)
+            guard done, sawDelta else {
+                let missing = sawDelta ? "message_stop" : "message_delta and message_stop"
+                throw LLMError(.incomplete, "the stream ended without \(missing) after \(events) events (\(text.count) characters of text so far)")
+            }
+            let tc = calls.keys.sorted().map { i in
+                let c = calls[i]!
+                return ToolCall(id: c.id, name: c.name, arguments: c.args.isEmpty ? (c.initial.isEmpty ? "{}" : c.initial) : c.args)
+            }
+            return LLMResponse(content: text, toolCalls: tc, finishReason: AnthropicProvider.stopReason(stop), usage: usage, model: model)
         }
     }
 }
@@ -414,5 +685,41 @@ public struct ScriptedProvider: LLMProvider {
         }
         let usage = TokenUsage(input: Int(r["usage"]?["input"]?.intValue ?? Int64(request.messages.reduce(0) { $0 + $1.content.count / 4 })), output: Int(r["usage"]?["output"]?.intValue ?? Int64(content.count / 4)))
         return LLMResponse(content: content, toolCalls: calls, finishReason: calls.isEmpty ? "stop" : "tool_calls", usage: usage, model: "\(name):\(request.model)")
+    }
+}
+
+/// A provider whose configuration is wrong (unknown type, unreadable canned responses):
+/// using it fails with that configuration error; the others still work.
+struct MisconfiguredProvider: LLMProvider {
+    let name: String
+    let error: LLMError
+
+    func send(_ request: LLMRequest, onDelta: (@Sendable (String) -> Void)?) async throws -> LLMResponse { throw error }
+}
+
+/// Replaces secrets (API keys) with `[redacted]` in whatever is recorded or logged.
+/// Secrets shorter than 8 characters are left alone (they would redact ordinary words).
+struct Redactor: Sendable {
+    static let minimumLength = 8
+    let secrets: [String]
+
+    init(_ secrets: [String]) {
+        self.secrets = Array(Set(secrets.filter { $0.count >= Self.minimumLength })).sorted { $0.count > $1.count }
+    }
+
+    func apply(_ s: String) -> String {
+        var r = s
+        for k in secrets where r.contains(k) { r = r.replacingOccurrences(of: k, with: "[redacted]") }
+        return r
+    }
+
+    func apply(_ v: JSONValue) -> JSONValue {
+        guard !secrets.isEmpty else { return v }
+        switch v {
+        case .string(let s): return .string(apply(s))
+        case .array(let a): return .array(a.map(apply))
+        case .object(let o): return .object(Dictionary(o.map { (apply($0.key), apply($0.value)) }, uniquingKeysWith: { a, _ in a }))
+        default: return v
+        }
     }
 }

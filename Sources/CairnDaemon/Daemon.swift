@@ -261,7 +261,7 @@ public actor Daemon: Service {
             // Only what the run waits on wakes it (a decision dropped early for another gate
             // counts when the run gets there): a flood of other files costs a name check each,
             // not a replay each.
-            case "approvals": relevant = arrived && wakes(id, kind: ["approval", "uncertain"], key: "gate", file: e.name, suffixes: [".approved", ".rejected"])
+            case "approvals": relevant = arrived && wakes(id, kind: ["approval", "uncertain", "budget"], key: "gate", file: e.name, suffixes: [".approved", ".rejected"])
             case "events": relevant = arrived && !e.name.hasSuffix(".error.json") && (e.name.hasPrefix("_child.") ? waitsOn(id, kind: "child") : wakes(id, kind: ["event"], key: "name", file: e.name, suffixes: [".json"]))
             default: relevant = false
             }

@@ -175,6 +175,8 @@ public enum ScriptWorkflow {
         case .exited(let c): code = c
         case .signaled(let s): code = 128 + s
         }
+        // What the helpers replayed (tokens saved by recorded LLM calls), before the reload.
+        if let s = try? DurableFile.readJSON(statePath).decode(as: ExecState.self), s.exec == execID { ctx.noteReplayed(upTo: s.cursor) }
         let journal = try ctx.reloadJournal()
         let state = try? DurableFile.readJSON(statePath).decode(as: ExecState.self)
         _ = unlink(statePath.string)

@@ -30,7 +30,7 @@ func runLLM(_ t: TempSpool, clock: ManualClock = ManualClock(autoAdvance: true),
 
     @Test(arguments: [true, false])
     func bothShapesWithToolCallsAndUsage(stream: Bool) async throws {
-        let fake = try FakeLLM(queue: [reply("Looking it up", tools: [("lookup", ["id": 7])], usage: (100, 20)), reply("Done", usage: (150, 5))])
+        let fake = try await FakeLLM.start(queue: [reply("Looking it up", tools: [("lookup", ["id": 7])], usage: (100, 20)), reply("Done", usage: (150, 5))])
         let t = try TempSpool()
         var opts = LLMOptions()
         opts.stream = stream
@@ -66,7 +66,7 @@ func runLLM(_ t: TempSpool, clock: ManualClock = ManualClock(autoAdvance: true),
     }
 
     @Test func retryAfterIsHonouredAndCapped() async throws {
-        let fake = try FakeLLM(queue: [["status": 429, "retry_after": "2"], ["status": 429, "retry_after": "100000"], reply("finally")])
+        let fake = try await FakeLLM.start(queue: [["status": 429, "retry_after": "2"], ["status": 429, "retry_after": "100000"], reply("finally")])
         let t = try TempSpool()
         let clock = ManualClock(autoAdvance: true)
         var opts = LLMOptions()
@@ -89,7 +89,7 @@ func runLLM(_ t: TempSpool, clock: ManualClock = ManualClock(autoAdvance: true),
     }
 
     @Test func serverErrorsThenFallbackToTheNextModel() async throws {
-        let fake = try FakeLLM(queue: [["status": 500], ["status": 503], ["status": 502], reply("from the fallback")])
+        let fake = try await FakeLLM.start(queue: [["status": 500], ["status": 503], ["status": 502], reply("from the fallback")])
         let t = try TempSpool()
         let c = client(fake)
         let (id, out) = try await runLLM(t) { ctx in
@@ -103,7 +103,7 @@ func runLLM(_ t: TempSpool, clock: ManualClock = ManualClock(autoAdvance: true),
     }
 
     @Test func timeoutsAndMalformedResponsesAreRetried() async throws {
-        let fake = try FakeLLM(queue: [["delay": 5, "reply": ["content": "late"]], ["malformed": true], reply("good")])
+        let fake = try await FakeLLM.start(queue: [["delay": 5, "reply": ["content": "late"]], ["malformed": true], reply("good")])
         let t = try TempSpool()
         let c = client(fake, timeout: .seconds(1))
         var opts = LLMOptions()
@@ -118,7 +118,7 @@ func runLLM(_ t: TempSpool, clock: ManualClock = ManualClock(autoAdvance: true),
     }
 
     @Test func refusalsAndMalformedToolCallsGoToTheNextModel() async throws {
-        let fake = try FakeLLM(queue: [
+        let fake = try await FakeLLM.start(queue: [
             ["reply": ["refusal": "I can't help with that", "content": ""]],
             ["reply": ["content": "x", "tool_calls": [["name": "t", "arguments": [:]]], "bad_arguments": true]],
             reply("third model answers"),
@@ -136,7 +136,7 @@ func runLLM(_ t: TempSpool, clock: ManualClock = ManualClock(autoAdvance: true),
     }
 
     @Test func everyModelFailingFailsTheCallAndTheRecordReplays() async throws {
-        let fake = try FakeLLM(queue: [], default: ["status": 401])
+        let fake = try await FakeLLM.start(queue: [], default: ["status": 401])
         let t = try TempSpool()
         let c = client(fake)
         let (id, out) = try await runLLM(t) { ctx in
@@ -153,7 +153,7 @@ func runLLM(_ t: TempSpool, clock: ManualClock = ManualClock(autoAdvance: true),
     }
 
     @Test func replaySendsNothing() async throws {
-        let fake = try FakeLLM(queue: [reply("one", usage: (40, 2)), reply("two", usage: (60, 3))])
+        let fake = try await FakeLLM.start(queue: [reply("one", usage: (40, 2)), reply("two", usage: (60, 3))])
         let t = try TempSpool()
         let c = client(fake)
         let clock = ManualClock()
@@ -188,7 +188,7 @@ func spoolText(_ t: TempSpool) throws -> String {
 
 @Suite struct AgentLoopTests {
     @Test func toolApprovalWithEditedArgumentsReachesTheTool() async throws {
-        let fake = try FakeLLM(queue: [
+        let fake = try await FakeLLM.start(queue: [
             reply("sending", tools: [("send", ["to": "bob", "text": "draft"])]),
             reply("done"),
         ])
@@ -219,7 +219,7 @@ func spoolText(_ t: TempSpool) throws -> String {
     }
 
     @Test func rejectedToolCallIsReportedToTheModel() async throws {
-        let fake = try FakeLLM(queue: [reply("sending", tools: [("send", ["to": "bob"])]), reply("ok, not sending")])
+        let fake = try await FakeLLM.start(queue: [reply("sending", tools: [("send", ["to": "bob"])]), reply("ok, not sending")])
         let t = try TempSpool()
         let c = LLMClient(providers: [OpenAICompatibleProvider(name: "oa", baseURL: fake.baseURL, apiKey: nil)])
         let ran = KeyBox()

@@ -51,6 +51,10 @@ enum Describe {
                 lines.append("  request: NOT SHOWN: \(requestPath.string) \(problem)")
             } else if let req = try? DurableFile.readJSON(requestPath), let summary = req["summary"]?.stringValue {
                 lines.append("  request: \(Output.printable(summary))")
+                // An agent's tool call: what it would run with (an approval's value replaces it).
+                if let tool = req["details"]?["tool"]?.stringValue, let args = req["details"]?["arguments"] {
+                    lines.append("  proposed call: \(Output.printable(tool)) \(Output.printable(args.compactText()))")
+                }
             }
             lines += refusals(gate: gate, run: run, spool: spool)
             for suffix in ["approved", "rejected"] where DurableFile.exists(spool.run(run).approvalsDirectory.appending("\(gate).\(suffix)"))
@@ -69,6 +73,15 @@ enum Describe {
                     "    or: cairn signal \(run) \(name) --data FILE"]
         case "timer":
             return ["sleeping until \(w["until"]?.stringValue ?? "?"); a running daemon wakes it then (nothing to do)"]
+        case "budget":
+            let gate = w["gate"]?.stringValue ?? "?"
+            return ["LLM call '\(w["step"]?.stringValue ?? "?")' would exceed the run's token budget: \(w["spent"]?.intValue.map(String.init) ?? "?") of \(w["budget"]?.intValue.map(String.init) ?? "?") tokens spent, the call needs about \(w["estimate"]?.intValue.map(String.init) ?? "?")",
+                    "  raise it: echo '{\"tokens\": N}' > v.json && cairn approve \(run) \(gate) --value v.json",
+                    "        or: touch \(dir)/approvals/\(gate).approved   (adds the configured budget again)",
+                    "    reject: cairn reject \(run) \(gate) [--reason R]   (the call fails)"]
+        case "retry" where w["operation"] == "llm":
+            return ["LLM call '\(w["step"]?.stringValue ?? "?")' waits before attempt \(w["attempt"]?.intValue.map(String.init) ?? "?") (\(w["model"]?.stringValue ?? "?")), due at \(w["until"]?.stringValue ?? "?"); a running daemon resumes it then",
+                    "  last error: \(w["reason"]?.stringValue ?? "?")"]
         case "retry":
             return ["step '\(w["step"]?.stringValue ?? "?")' failed; the next attempt is due at \(w["until"]?.stringValue ?? "?") (cairn show \(run) has the error)"]
         case "uncertain":

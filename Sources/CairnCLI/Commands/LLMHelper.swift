@@ -10,9 +10,17 @@ struct LLMHelper: AsyncParsableCommand {
         commandName: "llm",
         abstract: "(script helper) A recorded model call: on replay the recorded answer is printed and nothing is sent.",
         discussion: """
-            The prompt comes from --prompt FILE or stdin. Models are `provider:model` names from
-            cairn.json's "llm" section; several --model options form a fallback chain. The
-            answer streams to logs/NAME.stream.jsonl as it arrives.
+            The prompt comes from --prompt FILE or stdin; a prompt file that cannot be read, or
+            an empty prompt, is an error before anything is sent. Models are `provider:model`
+            names from cairn.json's "llm" section; several --model options form a fallback
+            chain. The answer streams to logs/NAME.stream.jsonl as it arrives (--no-stream
+            asks for the whole answer at once).
+
+            Exit status: 0 with the answer on stdout; 1 when every model failed (the failure
+            is recorded, so a rerun of the script fails the same way without sending
+            anything); 2 for a usage error (no --model, an unreadable or empty prompt).
+            When the call must wait (a long Retry-After, or a token budget it would exceed),
+            the script is stopped and run again from the top when the wait is over.
 
             Examples (inside SPOOL/workflows/NAME):
               summary=$(cairn llm summarize --model openai:gpt-4o-mini --prompt ticket.txt)
@@ -25,21 +33,47 @@ struct LLMHelper: AsyncParsableCommand {
     @Option(name: .long, help: "A system prompt.") var system: String?
     @Option(name: .long, help: ArgumentHelp("The prompt as a file, or - for stdin (default).", valueName: "file|-")) var prompt: String = "-"
     @Flag(name: .long, help: "Print the whole response as JSON (content, tool_calls, usage, model).") var json = false
+    @Flag(name: .customLong("no-stream"), help: "Do not ask the provider to stream.") var noStream = false
+    @Option(name: .customLong("token-budget"), help: ArgumentHelp("The run's token budget (input + output over all its calls); over it, the run waits at a gate (default: cairn.json \"llm\": {\"token_budget\": N}).", valueName: "n")) var tokenBudget: Int?
 
     func validate() throws {
         guard !model.isEmpty else { throw ValidationError("at least one --model is needed") }
+        if let tokenBudget, tokenBudget <= 0 { throw ValidationError("--token-budget must be positive") }
+    }
+
+    /// The prompt, read before anything else happens: a missing or unreadable file, or an
+    /// empty prompt, is a usage error and nothing is sent.
+    func readPrompt() throws -> String {
+        let data: Data
+        if prompt == "-" {
+            data = FileHandle.standardInput.readDataToEndOfFile()
+        } else {
+            do {
+                data = try DurableFile.read(FilePath(prompt), limit: 64 << 20)
+            } catch {
+                throw CLIError(.usage, "\(prompt): cannot read the prompt file (\(error)); nothing was sent")
+            }
+        }
+        let text = String(decoding: data, as: UTF8.self)
+        guard !text.trimmingCharacters(in: .whitespacesAndNewlines).isEmpty else {
+            throw CLIError(.usage, "the prompt (\(prompt == "-" ? "stdin" : prompt)) is empty; nothing was sent")
+        }
+        return text
     }
 
     func run() async throws {
-        let data = prompt == "-" ? FileHandle.standardInput.readDataToEndOfFile() : ((try? DurableFile.read(FilePath(prompt))) ?? Data())
-        let text = String(decoding: data, as: UTF8.self)
+        let text = try readPrompt()
         var messages: [ChatMessage] = []
         if let system { messages.append(.system(system)) }
         messages.append(.user(text))
+        var options = LLMOptions()
+        options.stream = !noStream
+        options.tokenBudget = tokenBudget
+        let opts = options
         var session = try HelperSession.open("llm")
         let response: LLMResponse
         do {
-            response = try await session.perform { ctx in try await ctx.llm(name, models: model, messages: messages) }
+            response = try await session.perform { ctx in try await ctx.llm(name, models: model, messages: messages, options: opts) }
         } catch let e as StepFailedError {
             throw CLIError(.failure, e.description)
         }

@@ -8,6 +8,14 @@ The plan is {"queue": [STEP, ...], "default": STEP}; each request takes the next
   {"status": 429, "retry_after": "2"}     an error status (optionally with Retry-After)
   {"delay": 3, ...}                        sleep first, then do the rest of the step
   {"malformed": true}                      200 with a body that is not JSON
+  {"raw": "/path/file", "cut": N, "content_type": "..."}
+                                           200 with the file's bytes (the first N only, with
+                                           "cut"), byte for byte, then the connection closes
+                                           (no content-length); the content type defaults to
+                                           text/event-stream for *.sse, application/json otherwise
+  {"raw_body": "text", "content_type": ...} the same with inline bytes
+  {"ignore_stream": true, "reply": ...}     answers plain JSON even when asked to stream
+  {"status": 401, "echo_key": true}        an error whose body quotes the key it was sent
   {"reply": {"content": "...", "tool_calls": [{"name", "arguments"}], "usage": {"input", "output"},
              "refusal": "...", "bad_arguments": true}}
 Every request is appended to LOG_FILE as one JSON line: path, body, whether auth was sent.
@@ -51,12 +59,27 @@ class H(BaseHTTPRequestHandler):
         if step.get("delay"): time.sleep(step["delay"])
         if step.get("status"):
             h = {"retry-after": str(step["retry_after"])} if "retry_after" in step else {}
-            return self.send(step["status"], json.dumps({"error": {"message": "fake %d" % step["status"]}}), headers=h)
+            msg = "fake %d" % step["status"]
+            if step.get("echo_key"):
+                msg += ": invalid key '%s'" % (self.headers.get("x-api-key") or self.headers.get("authorization") or "")
+            return self.send(step["status"], json.dumps({"error": {"message": msg}}), headers=h)
+        if "raw" in step or "raw_body" in step:
+            data = step["raw_body"].encode() if "raw_body" in step else open(step["raw"], "rb").read()
+            if "cut" in step: data = data[:step["cut"]]
+            ctype = step.get("content_type") or ("text/event-stream" if step.get("raw", "").endswith(".sse") else "application/json")
+            self.send_response(step.get("raw_status", 200))
+            self.send_header("content-type", ctype)
+            self.send_header("connection", "close")
+            self.end_headers()
+            self.wfile.write(data)
+            self.wfile.flush()
+            self.close_connection = True
+            return
         if step.get("malformed"):
             return self.send(200, "<html>definitely not json")
         r = step.get("reply", {"content": "ok"})
         anthropic = self.path.endswith("/messages")
-        if body.get("stream"):
+        if body.get("stream") and not step.get("ignore_stream"):
             return self.stream(r, anthropic, body)
         return self.send(200, json.dumps(self.anthropic(r, body) if anthropic else self.openai(r, body)))
 
