@@ -1,0 +1,105 @@
+import CairnSpool
+import CairnTesting
+import Foundation
+import SystemPackage
+import Testing
+
+/// The spool on a real distributed filesystem (SPEC §6): GlusterFS from Debian's packages,
+/// one volume on a local brick, FUSE-mounted twice (each mount plays a host), a daemon on
+/// each with --rescan-interval, runs submitted through both, one daemon SIGKILLed. Needs
+/// root and glusterfs-server (make test installs it when root); skipped with a message
+/// otherwise. Cleans up the volume and the mounts.
+@Suite(.serialized) struct GlusterTests {
+    /// Through system(3), output to a file: glusterd, the brick and the FUSE client are
+    /// daemons that would inherit (and hold open for ever) any pipe of ours.
+    func sh(_ command: String) -> Binary.Result {
+        let log = FileManager.default.temporaryDirectory.path + "/cairn-gluster-\(getpid()).log"
+        let status = system("(\(command)) > \(log) 2>&1 < /dev/null")
+        let out = (try? String(contentsOfFile: log, encoding: .utf8)) ?? ""
+        return Binary.Result(code: status == 0 ? 0 : 1, stdout: out, stderr: out)
+    }
+
+    @Test func twoHostsOneSpoolOneKilled() throws {
+        guard getuid() == 0 else {
+            print("GlusterTests: skipped — needs root (CI runs as root)")
+            return
+        }
+        guard sh("command -v glusterd && command -v gluster && test -e /dev/fuse").code == 0 else {
+            print("GlusterTests: skipped — glusterfs-server/glusterfs-client or /dev/fuse missing (make test installs them as root)")
+            return
+        }
+        if sh("pgrep -x glusterd").code != 0 {
+            #expect(sh("glusterd").code == 0, "glusterd starts")
+            try waitUntil("glusterd answers", timeout: 30) { sh("gluster --mode=script volume list").code == 0 }
+        }
+        let t = try TempSpool()
+        let base = t.path.string
+        let volume = "cairn" + String(UUID().uuidString.prefix(8)).lowercased()
+        let host = sh("hostname").stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+        let m1 = base + "/m1", m2 = base + "/m2"
+        #expect(sh("mkdir -p \(base)/brick \(m1) \(m2)").code == 0)
+        let created = sh("gluster --mode=script volume create \(volume) \(host):\(base)/brick/b force && gluster --mode=script volume start \(volume)")
+        try #require(created.code == 0, "volume: \(created.stdout) \(created.stderr)")
+        defer {
+            _ = sh("umount -l \(m1); umount -l \(m2); gluster --mode=script volume stop \(volume) force; gluster --mode=script volume delete \(volume)")
+        }
+        try #require(sh("mount -t glusterfs \(host):/\(volume) \(m1) && mount -t glusterfs \(host):/\(volume) \(m2)").code == 0)
+
+        // The spool, made through one mount; a script workflow whose steps leave their
+        // idempotency key in a file on local disk (the "effect").
+        let effects = base + "/effects"
+        let created1 = try Binary.run("cairn", ["init", m1 + "/spool"])
+        try #require(created1.code == 0, "init on GlusterFS: \(created1.stderr)")
+        let script = m1 + "/spool/workflows/work"
+        try """
+            #!/bin/sh
+            for i in 1 2 3; do
+              cairn step s$i -- sh -c 'echo "$CAIRN_IDEMPOTENCY_KEY" >> \(effects); sleep 0.3; echo $CAIRN_STEP_ATTEMPT' >/dev/null
+            done
+            echo '"done"' | cairn result -
+
+            """.write(toFile: script, atomically: false, encoding: .utf8)
+        chmod(script, 0o755)
+        let s1 = try Spool.open(at: FilePath(m1 + "/spool")), s2 = try Spool.open(at: FilePath(m2 + "/spool"))
+        let d1 = try DaemonProcess(spool: s1, args: ["--rescan-interval", "1s"], name: "host1")
+        let d2 = try DaemonProcess(spool: s2, args: ["--rescan-interval", "1s"], name: "host2")
+        var runs: [String] = []
+        for i in 0..<24 {
+            let s = i % 2 == 0 ? s1 : s2
+            let r = try Binary.run("cairn", ["submit", "work", "--spool", s.root.string])
+            try #require(r.code == 0, "submit: \(r.stderr)")
+            runs.append(r.stdout.trimmingCharacters(in: .whitespacesAndNewlines))
+        }
+        // `cairn wait` through the other mount (no inotify event reaches it from there).
+        let waiter = try Binary.start("cairn", ["wait", runs[0], "--timeout", "120s", "--spool", s2.root.string])
+        usleep(800_000)
+        let doneBefore = runs.filter { (try? s2.readState($0))??.status == .completed }.count
+        let killedAt = Date()
+        d1.kill9()
+        try waitUntil("every run completed through host 2", timeout: 120) {
+            runs.allSatisfy { (try? s2.readState($0))??.status == .completed }
+        }
+        let finished = Date().timeIntervalSince(killedAt)
+        let w = Binary.finish(waiter)
+        #expect(w.code == 0, "cairn wait through the other mount: \(w.stderr)")
+        d2.stop()
+
+        // No step recorded twice; every recorded step's effect happened; an effect ran twice
+        // only for a step that was in flight when its daemon died (same idempotency key).
+        let lines = ((try? String(contentsOfFile: effects, encoding: .utf8)) ?? "").split(separator: "\n").map(String.init)
+        var recordedKeys: Set<String> = []
+        for r in runs {
+            let (entries, damage) = try s2.journal(r).loadPrefix()
+            #expect(damage.isEmpty, "\(r): \(damage)")
+            let steps = entries.filter { $0.kind == "step" }
+            #expect(steps.count == 3, "\(r): \(steps.count) step records")
+            for s in steps { if let k = s.idempotencyKey { recordedKeys.insert(k) } }
+        }
+        #expect(Set(lines) == recordedKeys, "every recorded step ran, and nothing else did")
+        let twice = lines.count - Set(lines).count
+        #expect(twice <= 8, "\(twice) effects repeated (only steps in flight at the kill may run again)")
+        let fsck = try Binary.run("cairn", ["fsck", "--spool", s2.root.string])
+        #expect(fsck.code == 0, "fsck through host 2: \(fsck.stdout)")
+        print("GlusterTests: \(runs.count) runs (\(doneBefore) done before the kill), 1 daemon SIGKILLed, all completed \(String(format: "%.1f", finished)) s after the kill; \(lines.count) step effects for \(recordedKeys.count) steps (\(twice) repeated)")
+    }
+}
