@@ -147,7 +147,7 @@ public struct DurableFile: Sendable {
     /// network filesystems), the classic Maildir way: `link` then `unlink` for a file (link
     /// fails with EEXIST when the name is taken), and plain `rename` for a directory (it
     /// cannot replace a non-empty directory, and a run directory is never empty). Found out
-    /// once per process — by `Spool.open`'s probe, or by the first EINVAL — then kept.
+    /// once per process — by `Spool.create`'s probe, or by the first EINVAL — then kept.
     public enum NoReplaceMethod: Int, Sendable { case renameat2 = 0, link = 1 }
     private static let noReplaceMethod = Atomic<Int>(NoReplaceMethod.renameat2.rawValue)
     public static var noReplace: NoReplaceMethod { NoReplaceMethod(rawValue: noReplaceMethod.load(ordering: .relaxed)) ?? .renameat2 }

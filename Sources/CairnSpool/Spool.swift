@@ -70,7 +70,8 @@ public struct Spool: Sendable {
         for d in subdirectories where !DurableFile.exists(root.appending(d)) {
             try DurableFile.makeDirectory(root.appending(d))
         }
-        if spool.isServiceUser { DurableFile.probeNoReplace(in: spool.tmpDirectory) }
+        // (No probe here: opening a spool must not write. Where RENAME_NOREPLACE is refused,
+        // the first no-replace rename of the process finds out and switches.)
         return spool
     }
 

@@ -235,8 +235,11 @@ import Testing
         let t = try TempSpool()
         let fx = t.path.appending("fx").string
         // Three runs with the key "cust-1" (default limit 1), two without a key.
+        // Ids that sort keyed runs first (the daemon starts ready runs in id order), so that
+        // the unkeyed ones start while a keyed one runs — deterministically, not by the luck
+        // of generated ids made in the same millisecond.
         for (i, key) in ["cust-1", "cust-1", "cust-1", nil, nil].enumerated() {
-            _ = try t.spool.createRun(.init(workflow: "hold", input: ["effects": .string(fx), "tag": .string(key.map { "\($0)-\(i)" } ?? "free-\(i)"), "ms": 300], concurrencyKey: key))
+            _ = try t.spool.createRun(.init(workflow: "hold", input: ["effects": .string(fx), "tag": .string(key.map { "\($0)-\(i)" } ?? "free-\(i)"), "ms": 300], id: "run-\(i)", concurrencyKey: key))
         }
         let d = try DaemonProcess(spool: t.spool)
         try waitUntil("all done", timeout: 20) { try t.spool.runIDs().allSatisfy { t.status($0) == .completed } }
