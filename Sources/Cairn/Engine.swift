@@ -51,11 +51,6 @@ public struct Engine: Sendable {
     /// false when it only found the run as another process left it, so that a daemon logs
     /// what it did, not what it saw.
     public func advanceReporting(_ runID: String) async throws -> (outcome: AdvanceOutcome, acted: Bool) {
-        let outcome = try await advanceOnce(runID)
-        return (outcome.0, outcome.1)
-    }
-
-    func advanceOnce(_ runID: String) async throws -> (AdvanceOutcome, Bool) {
         let paths = spool.run(runID)
         guard let lock = try RunLock.tryAcquire(paths.directory) else { return (.busy, false) }
         defer { withExtendedLifetime(lock) {} }

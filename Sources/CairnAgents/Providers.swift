@@ -267,6 +267,22 @@ struct HTTPTransport: Sendable {
     /// The answer of a call that was asked to stream (or not): the stream's events when it
     /// streamed, and otherwise the body: a stream sent unasked is decoded as one, JSON is
     /// parsed by `parseJSON`, anything else fails naming the content type that arrived.
+    /// One call as both providers make it: POST, feed streamed events to `decoder` (deltas
+    /// to `onDelta`), decode the reply as the protocol says, and never let the key reach an
+    /// error message.
+    func exchange(_ url: String, headers: [(String, String)], key: String?, body: JSONValue, stream: Bool, decoder: some StreamDecoder, model: String,
+                  onDelta: (@Sendable (String) -> Void)?, parseJSON: (JSONValue) throws -> LLMResponse) async throws -> LLMResponse {
+        do {
+            let reply = try await post(url, headers: headers, body: body, stream: stream) { event in
+                if let d = try decoder.handle(event) { onDelta?(d) }
+            }
+            return try Self.decode(reply, asked: stream, decoder: decoder, model: model, parseJSON: parseJSON)
+        } catch var e as LLMError {
+            if let key { e.message = Redactor([key]).apply(e.message) }
+            throw e
+        }
+    }
+
     static func decode(_ reply: Reply, asked stream: Bool, decoder: some StreamDecoder, model: String, parseJSON: (JSONValue) throws -> LLMResponse) throws -> LLMResponse {
         if reply.streamed { return try decoder.response(model: model) }
         let ct = reply.contentType.isEmpty ? "no content type" : reply.contentType
@@ -346,19 +362,9 @@ public struct OpenAICompatibleProvider: LLMProvider {
 
     public func send(_ request: LLMRequest, onDelta: (@Sendable (String) -> Void)?) async throws -> LLMResponse {
         let key = try apiKey.resolve(provider: name)
-        do {
-            var headers: [(String, String)] = []
-            if let key { headers.append(("authorization", "Bearer \(key)")) }
-            let model = "\(name):\(request.model)"
-            let decoder = OpenAIStream()
-            let reply = try await transport.post(baseURL + "/chat/completions", headers: headers, body: body(request), stream: request.stream) { event in
-                if let d = try decoder.handle(event) { onDelta?(d) }
-            }
-            return try HTTPTransport.decode(reply, asked: request.stream, decoder: decoder, model: model) { try Self.parse($0, model: model) }
-        } catch var e as LLMError {
-            if let key { e.message = Redactor([key]).apply(e.message) }
-            throw e
-        }
+        let model = "\(name):\(request.model)"
+        return try await transport.exchange(baseURL + "/chat/completions", headers: key.map { [("authorization", "Bearer \($0)")] } ?? [], key: key,
+                                            body: body(request), stream: request.stream, decoder: OpenAIStream(), model: model, onDelta: onDelta) { try Self.parse($0, model: model) }
     }
 
     static func parse(_ j: JSONValue, model: String) throws -> LLMResponse {
@@ -530,19 +536,9 @@ public struct AnthropicProvider: LLMProvider {
 
     public func send(_ request: LLMRequest, onDelta: (@Sendable (String) -> Void)?) async throws -> LLMResponse {
         let key = try apiKey.resolve(provider: name)
-        do {
-            var headers: [(String, String)] = [("anthropic-version", version)]
-            if let key { headers.append(("x-api-key", key)) }
-            let model = "\(name):\(request.model)"
-            let decoder = AnthropicStream()
-            let reply = try await transport.post(baseURL + "/messages", headers: headers, body: body(request), stream: request.stream) { event in
-                if let d = try decoder.handle(event) { onDelta?(d) }
-            }
-            return try HTTPTransport.decode(reply, asked: request.stream, decoder: decoder, model: model) { try Self.parse($0, model: model) }
-        } catch var e as LLMError {
-            if let key { e.message = Redactor([key]).apply(e.message) }
-            throw e
-        }
+        let model = "\(name):\(request.model)"
+        return try await transport.exchange(baseURL + "/messages", headers: [("anthropic-version", version)] + (key.map { [("x-api-key", $0)] } ?? []), key: key,
+                                            body: body(request), stream: request.stream, decoder: AnthropicStream(), model: model, onDelta: onDelta) { try Self.parse($0, model: model) }
     }
 
     static func stopReason(_ s: String?) -> String {

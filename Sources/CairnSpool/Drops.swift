@@ -130,7 +130,7 @@ public enum Drops {
         // does not occupy the name: in a sticky directory nobody else could remove it, and
         // a refused `GATE.approved` would block everyone's decision.
         var movedTo: String? = nil
-        if let refused, (try? ensurePrivate(refused)) != nil {
+        if let refused, (try? Spool.ensureRuntimeDirectory(refused)) != nil {
             let inode = identity.split(separator: ":").first.map(String.init) ?? "0"
             let dest = refused.appending("\(name).\(inode)")
             if (try? DurableFile.rename(path, to: dest, mode: .noReplace)) != nil {
@@ -150,12 +150,4 @@ public enum Drops {
         return true
     }
 
-    /// A directory only this user writes (created if missing).
-    static func ensurePrivate(_ dir: FilePath) throws {
-        if mkdir(dir.string, 0o755) == 0 { return }
-        var st = stat()
-        guard errno == EEXIST, lstat(dir.string, &st) == 0, (st.st_mode & S_IFMT) == S_IFDIR, st.st_uid == geteuid(), st.st_mode & 0o022 == 0 else {
-            throw SpoolError(.invalid, path: dir.string, "is not a private directory of the service user")
-        }
-    }
 }

@@ -342,13 +342,16 @@ public struct Spool: Sendable {
 
     /// A directory only the runtime writes: created if missing (mode 0755); an existing one
     /// must be a real directory owned by this user and writable by nobody else.
-    public func ensureRuntimeDirectory(_ dir: FilePath) throws {
+    public func ensureRuntimeDirectory(_ dir: FilePath) throws { try Self.ensureRuntimeDirectory(dir) }
+
+    /// The same, without a spool at hand (for CairnSpool's own drop handling).
+    public static func ensureRuntimeDirectory(_ dir: FilePath) throws {
         if mkdir(dir.string, 0o755) == 0 {
             try DurableFile.fsyncDirectory(dir.removingLastComponent())
             return
         }
         guard errno == EEXIST else { throw SpoolError(.io, path: dir.string, errno: errno, "cannot create directory") }
-        if let problem = Self.runtimeFileProblem(dir.string, owner: geteuid()) {
+        if let problem = runtimeFileProblem(dir.string, owner: geteuid()) {
             throw SpoolError(.invalid, path: dir.string, "\(problem); the runtime will not use it (`cairn fsck` lists such files)")
         }
     }
