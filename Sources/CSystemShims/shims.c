@@ -14,6 +14,7 @@
 #include <time.h>
 #include <string.h>
 #include <stdlib.h>
+#include <sys/vfs.h>
 
 #ifndef RENAME_NOREPLACE
 #define RENAME_NOREPLACE (1 << 0)
@@ -123,4 +124,10 @@ double cairn_fsync_rename_floor(const char *dir, int n, int len) {
     close(dfd);
     free(buf);
     return (double)(b.tv_sec - a.tv_sec) + (double)(b.tv_nsec - a.tv_nsec) / 1e9;
+}
+
+long long cairn_statfs_type(const char *path) {
+    struct statfs fs;
+    if (statfs(path, &fs) != 0) return -1;
+    return (long long)(unsigned int)fs.f_type;
 }

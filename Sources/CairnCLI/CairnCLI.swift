@@ -108,7 +108,7 @@ struct CairnCommand: AsyncParsableCommand {
             InitCommand.self, DaemonCommand.self, SubmitCommand.self, ListCommand.self, ShowCommand.self,
             WhyCommand.self, WaitCommand.self, ApproveCommand.self, RejectCommand.self, SignalCommand.self,
             CancelCommand.self, PauseCommand.self, ResumeCommand.self, RetryCommand.self,
-            FsckCommand.self, GCCommand.self, DemoCommand.self, AdvanceCommand.self,
+            FsckCommand.self, DoctorCommand.self, GCCommand.self, DemoCommand.self, AdvanceCommand.self,
             StepHelper.self, ApprovalHelper.self, EventHelper.self, SleepHelper.self, NowHelper.self,
             UUIDHelper.self, ResultHelper.self, LLMHelper.self, SuperviseCommand.self,
         ]

@@ -228,8 +228,30 @@ public struct DurableFile: Sendable {
         if durable { try fsyncDirectory(dir.removingLastComponent()) }
     }
 
-    /// Reads a whole file (refusing ones over `limit` bytes).
-    public static func read(_ path: FilePath, limit: Int = 256 << 20) throws -> Data {
+    /// Reads a whole file (refusing ones over `limit` bytes). On a shared filesystem a read
+    /// that races the file's replacement through another client can answer ESTALE, or
+    /// ENOENT for a name that rename(2) never removed: both are retried (ESTALE always,
+    /// ENOENT only when `sharedFilesystem`), a few times over a few milliseconds, before
+    /// they count.
+    public static func read(_ path: FilePath, limit: Int = 256 << 20, missingMayBeTransient: Bool = sharedFilesystem) throws -> Data {
+        var attempt = 0
+        while true {
+            do {
+                return try readOnce(path, limit: limit)
+            } catch let e as SpoolError where attempt < 5 && (e.errno == ESTALE || (e.errno == ENOENT && missingMayBeTransient)) {
+                attempt += 1
+                usleep(UInt32(2_000 * attempt))
+            }
+        }
+    }
+
+    private static let shared = Atomic<Bool>(false)
+    /// Whether this process works on a filesystem other hosts share (set by the daemon's and
+    /// `cairn wait`'s `--rescan-interval`, and by the link fallback of first-writer-wins).
+    public static var sharedFilesystem: Bool { shared.load(ordering: .relaxed) || noReplace == .link }
+    public static func assumeSharedFilesystem() { shared.store(true, ordering: .relaxed) }
+
+    static func readOnce(_ path: FilePath, limit: Int) throws -> Data {
         let fd: FileDescriptor
         do {
             fd = try FileDescriptor.open(path, .readOnly, options: [.closeOnExec], retryOnInterrupt: true)

@@ -38,4 +38,6 @@ int cairn_supervise_exec(const char *path, char *const argv[], int expected_pare
 /// fsync + close + rename + fsync(dir) in `dir`, in plain C. Returns seconds in total, or
 /// -1 on error.
 double cairn_fsync_rename_floor(const char *dir, int n, int len);
+/// statfs(path).f_type: the filesystem's magic number (linux/magic.h), or -1 with errno set.
+long long cairn_statfs_type(const char *path);
 #endif

@@ -46,6 +46,9 @@ struct DaemonCommand: AsyncParsableCommand {
         var opts = DaemonOptions()
         opts.concurrency = concurrency
         opts.rescanInterval = rescanInterval.flatMap(Duration.parse)
+        // A rescan interval means other hosts write here too: a file being replaced through
+        // their mount may read as ENOENT for a moment (DurableFile.read looks again).
+        if opts.rescanInterval != nil { DurableFile.assumeSharedFilesystem() }
         opts.shutdownGrace = Duration.parse(shutdownGrace)!
         let daemon = Daemon(spool: spool, registry: CLIEnvironment.workflows(for: spool), watcher: watcher, options: opts, logger: logger)
         try await runDaemon(daemon, logger: logger, spool: spool)
