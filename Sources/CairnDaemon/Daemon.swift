@@ -146,6 +146,8 @@ public actor Daemon: Service {
             throw SpoolError(.invalid, path: spool.runsDirectory.string, "belongs to \(owner), the spool's service user; run the daemon as \(owner) (e.g. sudo -u \(owner) cairn daemon), so that nobody else writes the runtime's files")
         }
         try spool.checkConfigurationFiles()
+        // How first writers win on this filesystem, found once (the service user owns tmp/).
+        DurableFile.probeNoReplace(in: spool.tmpDirectory)
         let cfg = try spool.config()
         if let c = cfg.raw["concurrency"]?["workflows"]?.objectValue {
             for (k, v) in c { if let n = v.intValue { limits[k] = Int(n) } }
