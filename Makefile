@@ -5,7 +5,7 @@ SWIFT ?= swift
 SPOOL ?= ./spool
 BUILD_FLAGS ?=
 
-.PHONY: all deps build test run bench clean
+.PHONY: all deps build test run bench clean release-has-no-test-hooks
 
 all: build
 
@@ -33,10 +33,25 @@ deps:
 build: deps
 	$(SWIFT) build $(BUILD_FLAGS)
 
-# Every test: unit, replay fixtures, crash (SIGKILL) and end-to-end tests of the binary.
+# Every test: unit, replay fixtures, crash (SIGKILL) and end-to-end tests of the binary;
+# then proof that a release build carries no test hook.
 test: deps
 	$(SWIFT) build --build-tests $(BUILD_FLAGS)
 	$(SWIFT) test --skip-build $(BUILD_FLAGS)
+	$(MAKE) --no-print-directory release-has-no-test-hooks
+
+# Test hooks (CAIRN_CRASH_AT, CAIRN_SIMULATE_*) exist in debug builds only: build the two
+# modules that hold them in release and check that no hook's name is in their objects.
+release-has-no-test-hooks:
+	$(SWIFT) build -c release --target CairnWatch $(BUILD_FLAGS) >/dev/null
+	$(SWIFT) build -c release --target CairnSpool $(BUILD_FLAGS) >/dev/null
+	@dir=$$($(SWIFT) build -c release --show-bin-path); \
+	debug=$$($(SWIFT) build --show-bin-path); \
+	n=$$(cat $$dir/CairnSpool.build/*.o $$dir/CairnWatch.build/*.o | strings | grep -c 'CAIRN_CRASH_AT\|CAIRN_SIMULATE_'); \
+	d=$$(cat $$debug/CairnSpool.build/*.o $$debug/CairnWatch.build/*.o | strings | grep -c 'CAIRN_CRASH_AT\|CAIRN_SIMULATE_'); \
+	if [ "$$d" = 0 ]; then echo "release-has-no-test-hooks: the debug build has no hooks either: this check cannot see them" >&2; exit 1; fi; \
+	if [ "$$n" != 0 ]; then echo "release-has-no-test-hooks: $$n test hook name(s) in the release build" >&2; exit 1; fi; \
+	echo "release build: no test hooks (the debug build has $$d references)"
 
 # The guided demo on ./spool: builds, starts the daemon, submits a run that waits for
 # your approval, and tells you the `touch` that approves it.

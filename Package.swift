@@ -2,9 +2,13 @@
 import PackageDescription
 
 // One block of strict settings for every Swift target: Swift 6 language mode
-// (strict concurrency) and warnings treated as errors.
+// (strict concurrency) and warnings treated as errors. Test hooks (crash points, a blinded
+// watcher, simulated overflows) are compiled into debug builds only — what `swift build` and
+// `make test` make; a release build (`swift build -c release`, the package) has none, as
+// swift-system compiles its mocking only in debug.
 let strict: [SwiftSetting] = [
     .treatAllWarnings(as: .error),
+    .define("CAIRN_TEST_HOOKS", .when(configuration: .debug)),
 ]
 
 let package = Package(

@@ -146,6 +146,10 @@ public actor Daemon: Service {
             throw SpoolError(.invalid, path: spool.runsDirectory.string, "belongs to \(owner), the spool's service user; run the daemon as \(owner) (e.g. sudo -u \(owner) cairn daemon), so that nobody else writes the runtime's files")
         }
         try spool.checkConfigurationFiles()
+        let hooks = CrashPoints.activeHooks
+        if !hooks.isEmpty {
+            logger.warning("test hooks active (a debug build; never in a release build)", metadata: ["hooks": "\(hooks.joined(separator: ","))"])
+        }
         // How first writers win on this filesystem, found once (the service user owns tmp/).
         DurableFile.probeNoReplace(in: spool.tmpDirectory)
         let cfg = try spool.config()

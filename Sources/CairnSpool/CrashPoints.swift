@@ -8,14 +8,39 @@ import Synchronization
 /// Points inside the durable write: `write.before-fsync`, `write.before-rename`,
 /// `write.before-dirsync`, `write.after-dirsync`. Points in the engine:
 /// `step.after-body` (a step's side effect happened but its record is not written).
+///
+/// Compiled into debug builds only (`CAIRN_TEST_HOOKS`, see Package.swift): in a release
+/// build `reached` is empty and `CAIRN_CRASH_AT` means nothing.
 public enum CrashPoints {
+    /// Whether this build has test hooks at all (debug builds).
+    #if CAIRN_TEST_HOOKS
+    public static let compiledIn = true
+    #else
+    public static let compiledIn = false
+    #endif
+
+    /// The value of a test hook's environment variable; always nil in a release build.
+    public static func testHook(_ name: String) -> String? {
+        #if CAIRN_TEST_HOOKS
+        return ProcessInfo.processInfo.environment[name]
+        #else
+        return nil
+        #endif
+    }
+
+    /// The test hooks set in this process's environment (for the daemon's warning).
+    public static var activeHooks: [String] {
+        ["CAIRN_CRASH_AT", "CAIRN_SIMULATE_REMOTE_WRITES", "CAIRN_SIMULATE_OVERFLOW_EVERY"].filter { testHook($0).map { !$0.isEmpty } ?? false }
+    }
+
+    #if CAIRN_TEST_HOOKS
     private struct Plan: Sendable {
         var point: String
         var nth: Int
     }
 
     private static let plan: Plan? = {
-        guard let spec = ProcessInfo.processInfo.environment["CAIRN_CRASH_AT"], !spec.isEmpty else { return nil }
+        guard let spec = testHook("CAIRN_CRASH_AT"), !spec.isEmpty else { return nil }
         let parts = spec.split(separator: ":", maxSplits: 1)
         let n = parts.count > 1 ? Int(parts[1]) ?? 1 : 1
         return Plan(point: String(parts[0]), nth: max(1, n))
@@ -37,4 +62,9 @@ public enum CrashPoints {
             while true { pause() }
         }
     }
+    #else
+    /// Release build: no crash points.
+    @inline(__always)
+    public static func reached(_ point: String) {}
+    #endif
 }

@@ -192,7 +192,7 @@ public final class Watcher: Sendable {
     }
 
     private func deliver(_ ev: UnsafeMutablePointer<inotify_event>) {
-        // `CAIRN_SIMULATE_REMOTE_WRITES=1` (tests only): see nothing, as a daemon on another
+        // `CAIRN_SIMULATE_REMOTE_WRITES=1` (debug builds only): see nothing, as a daemon on another
         // host of a shared filesystem would; only --rescan-interval finds the work.
         if Self.blind { return }
         let mask = ev.pointee.mask
@@ -242,11 +242,19 @@ public final class Watcher: Sendable {
         continuation.yield(WatchEvent(kind: kind, directory: dir, name: name))
     }
 
+    #if CAIRN_TEST_HOOKS
     static let blind = ProcessInfo.processInfo.environment["CAIRN_SIMULATE_REMOTE_WRITES"] == "1"
+    #else
+    static let blind = false  // release build: no test hooks
+    #endif
 
-    /// `CAIRN_SIMULATE_OVERFLOW_EVERY=N` (tests only): every Nth event is dropped and an
+    /// `CAIRN_SIMULATE_OVERFLOW_EVERY=N` (debug builds only): every Nth event is dropped and an
     /// overflow reported in its place, to prove that the rescan loses nothing.
+    #if CAIRN_TEST_HOOKS
     static let simulatedOverflowEvery: Int? = ProcessInfo.processInfo.environment["CAIRN_SIMULATE_OVERFLOW_EVERY"].flatMap(Int.init).flatMap { $0 > 0 ? $0 : nil }
+    #else
+    static let simulatedOverflowEvery: Int? = nil
+    #endif
     nonisolated(unsafe) private var simulatedCount = 0  // touched only by the watcher thread
 
     // MARK: fds
