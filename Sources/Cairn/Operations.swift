@@ -161,7 +161,7 @@ extension WorkflowContext {
     public func childRunID(_ name: String) -> String {
         let id = "\(runID).\(Names.fileSafe(name))"
         if id.count <= 128 { return id }
-        return String(runID.prefix(50)) + ".c-" + String(SHA256.hex(Array(id.utf8)).prefix(32))
+        return String(runID.prefix(50)) + ".c-" + String(ContentHash.sha256Hex(Array(id.utf8)).prefix(32))
     }
 
     /// Starts a child run of workflow `W` (registered in the same registry) and waits for

@@ -68,7 +68,7 @@ public struct BlobStore: Sendable {
     /// Writes one blob (no-op when it exists) and returns its reference.
     func store(_ v: JSONValue, staged: Bool) throws -> JSONValue {
         let data = v.canonicalData()
-        let name = "sha256-" + SHA256.hex(data)
+        let name = "sha256-" + ContentHash.sha256Hex(data)
         if !DurableFile.exists(atPath: directoryString + "/" + name) {
             let path = directory.appending(name)
             if staged {
@@ -137,7 +137,7 @@ public struct BlobStore: Sendable {
                 let path = directory.appending(name)
                 guard DurableFile.exists(path) else { throw SpoolError(.notFound, path: path.string, "missing blob") }
                 let data = try DurableFile.read(path)
-                guard "sha256-" + SHA256.hex(data) == name else {
+                guard "sha256-" + ContentHash.sha256Hex(data) == name else {
                     throw SpoolError(.malformed, path: path.string, "content does not match its SHA-256 name")
                 }
                 try collect(JSONValue.parse(data, file: path.string), into: &out)

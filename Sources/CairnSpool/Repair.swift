@@ -89,7 +89,7 @@ public enum Repair {
             for name in try Spool.list(paths.blobsDirectory) {
                 report.filesChecked += 1
                 let p = paths.blobsDirectory.appending(name)
-                guard BlobStore.isBlobName(name), let data = try? DurableFile.read(p), "sha256-" + SHA256.hex(data) == name else {
+                guard BlobStore.isBlobName(name), let data = try? DurableFile.read(p), "sha256-" + ContentHash.sha256Hex(data) == name else {
                     report.findings.append(Finding(file: rel(p), problem: "blob content does not match its name (corrupt)"))
                     continue
                 }

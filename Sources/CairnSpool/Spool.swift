@@ -301,7 +301,7 @@ public struct Spool: Sendable {
         }
     }
 
-    public static func keyFileName(_ key: String) -> String { SHA256.hex(Array(key.utf8)) }
+    public static func keyFileName(_ key: String) -> String { ContentHash.sha256Hex(Array(key.utf8)) }
 
     /// The run an idempotency key is bound to, if any.
     public func runForKey(_ key: String) -> String? {

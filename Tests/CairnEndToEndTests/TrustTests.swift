@@ -52,7 +52,7 @@ import Testing
         try "#!/bin/sh\ntouch \(marker)\necho 1\n".write(toFile: evil, atomically: true, encoding: .utf8)
         chmod(evil, 0o755)
         let resolved = URL(fileURLWithPath: exe).resolvingSymlinksInPath().path
-        let hash = SHA256.hex(Array(resolved.utf8)).prefix(12)
+        let hash = ContentHash.sha256Hex(Array(resolved.utf8)).prefix(12)
         let predictable = tmpdir + "/cairn-bin-\(getuid())-\(hash)"
         mkdir(predictable, 0o777)
         symlink(evil, predictable + "/cairn")
