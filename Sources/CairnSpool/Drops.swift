@@ -77,6 +77,9 @@ public enum Drops {
         let modified = Date(timeIntervalSince1970: Double(st.st_mtim.tv_sec) + Double(st.st_mtim.tv_nsec) / 1e9)
         var json: JSONValue? = nil
         if !data.allSatisfy({ $0 == 0x20 || $0 == 0x0A || $0 == 0x0D || $0 == 0x09 }) {
+            if let depth = JSONValue.nestingDepth(data, above: JSONValue.dropDepthLimit) {
+                return .refused(path: path, reason: "nests \(depth) levels deep or more (at most \(JSONValue.dropDepthLimit))", identity: identity)
+            }
             do { json = try JSONValue.parse(data) } catch {
                 return .refused(path: path, reason: "is not valid JSON (empty, or a JSON value, is expected)", identity: identity)
             }

@@ -13,16 +13,38 @@ public enum JSONValue: Sendable, Hashable {
 }
 
 extension JSONValue: Codable {
+    /// For JSONValue fields inside Codable types. Containers are tried before scalars, so a
+    /// failed attempt (whose error costs time in proportion to the nesting depth in
+    /// Foundation's decoder) is at most one per level. Bytes from outside are parsed by
+    /// `parse`, which is linear in their size whatever their shape.
     public init(from decoder: any Decoder) throws {
+        if let k = try? decoder.container(keyedBy: AnyKey.self) {
+            var o: [String: JSONValue] = [:]
+            for key in k.allKeys { o[key.stringValue] = try k.decode(JSONValue.self, forKey: key) }
+            self = .object(o)
+            return
+        }
+        if var u = try? decoder.unkeyedContainer() {
+            var a: [JSONValue] = []
+            if let n = u.count { a.reserveCapacity(n) }
+            while !u.isAtEnd { a.append(try u.decode(JSONValue.self)) }
+            self = .array(a)
+            return
+        }
         let c = try decoder.singleValueContainer()
         if c.decodeNil() { self = .null; return }
         if let b = try? c.decode(Bool.self) { self = .bool(b); return }
         if let i = try? c.decode(Int64.self) { self = .int(i); return }
         if let d = try? c.decode(Double.self) { self = .double(d); return }
         if let s = try? c.decode(String.self) { self = .string(s); return }
-        if let a = try? c.decode([JSONValue].self) { self = .array(a); return }
-        if let o = try? c.decode([String: JSONValue].self) { self = .object(o); return }
         throw DecodingError.dataCorruptedError(in: c, debugDescription: "not a JSON value")
+    }
+
+    private struct AnyKey: CodingKey {
+        var stringValue: String
+        var intValue: Int? { nil }
+        init(stringValue: String) { self.stringValue = stringValue }
+        init?(intValue: Int) { nil }
     }
 
     public func encode(to encoder: any Encoder) throws {
@@ -185,11 +207,94 @@ extension JSONValue {
 
 extension JSONValue {
     /// Parses JSON text. Throws `SpoolError.malformed` naming `file` when given.
-    public static func parse(_ data: Data, file: String? = nil) throws -> JSONValue {
+    ///
+    /// Foundation's JSONSerialization does the parsing: linear in the input whatever its
+    /// shape (JSONDecoder into this enum took seconds for a few KB nested some hundred
+    /// levels deep). Numbers keep JSONDecoder's old reading: a value exactly representable
+    /// as Int64 is `.int` (`1.0`, `1e3`), any other `.double`. `maxDepth` refuses deeper
+    /// nesting (what people drop is held to `JSONValue.dropDepthLimit`).
+    public static func parse(_ data: Data, file: String? = nil, maxDepth: Int? = nil) throws -> JSONValue {
+        if let maxDepth, let depth = nestingDepth(data, above: maxDepth) {
+            throw SpoolError(.malformed, path: file, "not valid JSON here: nested \(depth) levels deep or more (at most \(maxDepth))")
+        }
+        let object: Any
         do {
-            return try JSONDecoder().decode(JSONValue.self, from: data)
+            object = try JSONSerialization.jsonObject(with: data, options: [.fragmentsAllowed])
         } catch {
-            throw SpoolError(.malformed, path: file, "not valid JSON: \(Self.describe(error))")
+            let why = ((error as NSError).userInfo[NSDebugDescriptionErrorKey] as? String) ?? "\(error)"
+            throw SpoolError(.malformed, path: file, "not valid JSON: \(why)")
+        }
+        guard let v = JSONValue(foundation: object) else {
+            throw SpoolError(.malformed, path: file, "not valid JSON: a number out of range")
+        }
+        return v
+    }
+
+    /// How deep people's drops (inbox submissions, decisions, events) may nest: ample for
+    /// any real document, and a bound on what one costs to decode into a workflow's types.
+    public static let dropDepthLimit = 64
+
+    /// The nesting depth of `data` when it exceeds `limit` (counted outside strings, in one
+    /// pass), else nil.
+    public static func nestingDepth(_ data: Data, above limit: Int) -> Int? {
+        var depth = 0, inString = false, escaped = false
+        for b in data {
+            if inString {
+                if escaped { escaped = false } else if b == UInt8(ascii: "\\") { escaped = true } else if b == UInt8(ascii: "\"") { inString = false }
+                continue
+            }
+            switch b {
+            case UInt8(ascii: "\""): inString = true
+            case UInt8(ascii: "["), UInt8(ascii: "{"):
+                depth += 1
+                if depth > limit { return depth }
+            case UInt8(ascii: "]"), UInt8(ascii: "}"): depth -= 1
+            default: break
+            }
+        }
+        return nil
+    }
+
+    /// A JSONSerialization result as a JSONValue (nil for a number Swift cannot hold).
+    /// Containers are matched first: asking whether a Swift array or dictionary is an
+    /// NSNumber or NSNull bridges it, deeply — quadratic in the depth (0.2 s for 500 levels).
+    init?(foundation x: Any) {
+        switch x {
+        case let a as [Any]:
+            var out: [JSONValue] = []
+            out.reserveCapacity(a.count)
+            for e in a {
+                guard let v = JSONValue(foundation: e) else { return nil }
+                out.append(v)
+            }
+            self = .array(out)
+        case let o as [String: Any]:
+            var out: [String: JSONValue] = [:]
+            out.reserveCapacity(o.count)
+            for (k, e) in o {
+                guard let v = JSONValue(foundation: e) else { return nil }
+                out[k] = v
+            }
+            self = .object(out)
+        case is NSNull: self = .null
+        case let s as String: self = .string(s)
+        case let n as NSNumber:
+            switch String(cString: n.objCType) {
+            case "c", "B": self = .bool(n.boolValue)
+            case "d", "f":
+                let d = n.doubleValue
+                guard d.isFinite else { return nil }
+                if d == d.rounded(), d >= -9.223372036854775808e18, d < 9.223372036854775808e18 {
+                    self = .int(Int64(d))
+                } else {
+                    self = .double(d)
+                }
+            case "Q", "L":
+                let u = n.uint64Value
+                self = u <= UInt64(Int64.max) ? .int(Int64(u)) : .double(Double(u))
+            default: self = .int(n.int64Value)
+            }
+        default: return nil
         }
     }
 
@@ -201,7 +306,7 @@ extension JSONValue {
     public init<T: Encodable>(encoding value: T) throws {
         if let v = value as? JSONValue { self = v; return }
         let data = try JSONCoding.encoder.encode(value)
-        self = try JSONDecoder().decode(JSONValue.self, from: data)
+        self = try JSONValue.parse(data)
     }
 
     /// Decodes this value as `T`.

@@ -1,0 +1,71 @@
+import CairnSpool
+import CairnTesting
+import Foundation
+import Testing
+
+/// JSON from outside is parsed in time linear in its size, whatever its shape; numbers keep
+/// their old reading; drops may nest at most `JSONValue.dropDepthLimit` levels.
+@Suite struct JSONParseTests {
+    static func alternating(_ depth: Int) -> String {
+        var s = ""
+        for i in 0..<depth { s += i % 2 == 0 ? "[" : "{\"k\":" }
+        s += "1"
+        for i in (0..<depth).reversed() { s += i % 2 == 0 ? "]" : "}" }
+        return s
+    }
+
+    @Test func numbersReadAsBeforeIntegersExactlyElseDoubles() throws {
+        let v = try JSONValue.parse(#"[1.0, 1e3, 1.5, 9223372036854775807, 9223372036854775808, -0, -7, 0.1, true, false, 1, 0, null, "1"]"#)
+        #expect(v == [.int(1), .int(1000), .double(1.5), .int(Int64.max), .double(9.223372036854775808e18), .int(0), .int(-7), .double(0.1), .bool(true), .bool(false), .int(1), .int(0), .null, .string("1")])
+        #expect(try JSONValue.parse("\"\\u00e9\\n\"") == .string("é\n"))
+        #expect(try JSONValue.parse("42") == .int(42), "a top-level scalar is JSON too")
+        #expect(throws: SpoolError.self) { try JSONValue.parse("1e400") }
+        #expect(throws: SpoolError.self) { try JSONValue.parse("{not json") }
+    }
+
+    @Test func deepNestingIsParsedInLinearTimeAndDecodedIntoCodableTypes() throws {
+        // Before: JSONDecoder into JSONValue took ~0.5 s (release) for one 500-deep value
+        // of alternating arrays and objects, and grew as the cube of the depth.
+        let text = Self.alternating(500)
+        let clock = ContinuousClock()
+        var parsed: JSONValue = .null
+        let took = try clock.measure { parsed = try JSONValue.parse(text) }
+        var depth = 0, v = parsed
+        while true {
+            if case .array(let a) = v, let f = a.first { v = f } else if case .object(let o) = v, let f = o["k"] { v = f } else { break }
+            depth += 1
+        }
+        #expect(depth == 500 && v == .int(1))
+        print("JSONParseTests: a 500-deep value (\(text.utf8.count) bytes) parsed in \(took)")
+        // The canonical text round-trips.
+        #expect(try JSONValue.parse(parsed.canonicalText()) == parsed)
+        // JSONValue inside a Codable type (a workflow's input) decodes too.
+        struct Input: Codable, Equatable { var data: JSONValue }
+        let input = try JSONValue.object(["data": JSONValue.parse(Self.alternating(64))]).decode(as: Input.self)
+        #expect(input.data == (try JSONValue.parse(Self.alternating(64))))
+    }
+
+    @Test func nestingDepthCountsOutsideStringsOnly() {
+        #expect(JSONValue.nestingDepth(Data(Self.alternating(64).utf8), above: 64) == nil)
+        #expect(JSONValue.nestingDepth(Data(Self.alternating(65).utf8), above: 64) == 65)
+        let inString = "[\"" + String(repeating: "[", count: 100) + "\\\"[[[\"]"
+        #expect(JSONValue.nestingDepth(Data(inString.utf8), above: 2) == nil)
+        #expect(throws: SpoolError.self) { try JSONValue.parse(Data(Self.alternating(65).utf8), maxDepth: 64) }
+    }
+
+    @Test func aDropNestedDeeperThanTheLimitIsRefused() throws {
+        let t = try TempSpool()
+        let dir = t.spool.root.appending("inbox")
+        try Self.alternating(JSONValue.dropDepthLimit + 1).write(toFile: dir.appending("deep.approved").string, atomically: true, encoding: .utf8)
+        try ("{\"value\": " + Self.alternating(JSONValue.dropDepthLimit - 1) + "}").write(toFile: dir.appending("ok.approved").string, atomically: true, encoding: .utf8)
+        guard case .refused(_, let reason, _) = Drops.read(dir.appending("deep.approved"), limit: 1 << 20) else {
+            Issue.record("a 65-deep drop was accepted")
+            return
+        }
+        #expect(reason.contains("nests 65 levels deep or more (at most 64)"), "\(reason)")
+        guard case .valid = Drops.read(dir.appending("ok.approved"), limit: 1 << 20) else {
+            Issue.record("a 64-deep drop was refused")
+            return
+        }
+    }
+}
