@@ -35,6 +35,8 @@ public actor Daemon: Service {
     let engine: Engine
     let watcher: Watcher
     var logger: Logger
+    private var lastOverflowWarning: Date?
+    private var overflowsSinceWarning = 0
     let options: DaemonOptions
 
     private var ready: [String] = []
@@ -187,7 +189,7 @@ public actor Daemon: Service {
             await watchRun(id)
             if DurableFile.exists(spool.run(id).retryFile) { markReady(id) }
         }
-        logger.info("scanned spool", metadata: ["reason": "\(reason)", "active_runs": "\(n)", "ms": "\(Int(Date().timeIntervalSince(started) * 1000))"])
+        logger.log(level: reason == "overflow" ? .debug : .info, "scanned spool", metadata: ["reason": "\(reason)", "active_runs": "\(n)", "ms": "\(Int(Date().timeIntervalSince(started) * 1000))"])
         pump()
         // The index is derived: a process killed between writing state.json and moving the
         // index entry leaves it behind. Reconcile it (after the active runs are on their way)
@@ -230,7 +232,14 @@ public actor Daemon: Service {
 
     func handle(_ e: WatchEvent) async {
         if e.kind == .overflow {
-            logger.warning("inotify queue overflowed; rescanning")
+            // A flood of file churn can overflow the queue again and again: one warning a
+            // minute, with the count, not one per overflow.
+            overflowsSinceWarning += 1
+            if lastOverflowWarning.map({ Date().timeIntervalSince($0) >= 60 }) ?? true {
+                logger.warning("event queue overflowed; rescanning", metadata: ["overflows": "\(overflowsSinceWarning)"])
+                lastOverflowWarning = Date()
+                overflowsSinceWarning = 0
+            }
             await rescan(reason: "overflow")
             return
         }

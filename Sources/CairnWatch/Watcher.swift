@@ -59,8 +59,14 @@ public final class Watcher: Sendable {
     private let shared = Mutex(Shared())
     private let wakeFD: Int32
     private let continuation: AsyncStream<WatchEvent>.Continuation
-    /// Events, in the order the kernel reported them.
+    /// Events, in the order the kernel reported them. At most `queueLimit` wait to be
+    /// consumed: past that, events are dropped and one `.overflow` is reported once there is
+    /// room, exactly as the kernel does with its own queue — so a flood of file churn (anyone
+    /// in the group can create and delete names in a drop directory) costs a rescan, not
+    /// unbounded memory and a daemon minutes behind.
     public let events: AsyncStream<WatchEvent>
+    public static let queueLimit = 1024
+    nonisolated(unsafe) private var overflowPending = false  // touched only by the watcher thread
     /// The inotify fd (for tests of close-on-exec).
     public let inotifyFD: Int32
 
@@ -74,7 +80,7 @@ public final class Watcher: Sendable {
         let before = Set(openFileDescriptors())
         let ready = DispatchSemaphore(value: 0)
         let initResult = Mutex<Int32>(0)
-        let (stream, cont) = AsyncStream<WatchEvent>.makeStream(bufferingPolicy: .unbounded)
+        let (stream, cont) = AsyncStream<WatchEvent>.makeStream(bufferingPolicy: .bufferingOldest(queueLimit))
         let wake = cairn_eventfd()
         guard wake >= 0 else { throw Failure(message: "eventfd failed: \(String(cString: strerror(errno)))") }
         // The thread owns libinotifytools from initialize to cleanup.
@@ -148,7 +154,9 @@ public final class Watcher: Sendable {
         while running {
             fds[0].revents = 0
             fds[1].revents = 0
-            let rc = poll(&fds, nfds_t(fds[1].fd >= 0 ? 2 : 1), -1)
+            // While an overflow waits for room in the queue, look again every 10 ms.
+            let rc = poll(&fds, nfds_t(fds[1].fd >= 0 ? 2 : 1), overflowPending ? 10 : -1)
+            if overflowPending { _ = reportOverflowIfRoom() }
             if rc < 0 {
                 if errno == EINTR { continue }
                 break
@@ -197,9 +205,11 @@ public final class Watcher: Sendable {
         if Self.blind { return }
         let mask = ev.pointee.mask
         if mask & UInt32(IN_Q_OVERFLOW) != 0 {
-            continuation.yield(WatchEvent(kind: .overflow, directory: "", name: ""))
+            overflowPending = true
+            _ = reportOverflowIfRoom()
             return
         }
+
         guard let dirC = inotifytools_filename_from_wd(ev.pointee.wd) else { return }
         let dir = Self.normalize(String(cString: dirC))
         var name = ""
@@ -235,11 +245,24 @@ public final class Watcher: Sendable {
             simulatedCount += 1
             if simulatedCount % every == 0 {
                 // Test hook: lose this event and report an overflow, as the kernel would.
-                continuation.yield(WatchEvent(kind: .overflow, directory: "", name: ""))
+                overflowPending = true
+                _ = reportOverflowIfRoom()
                 return
             }
         }
-        continuation.yield(WatchEvent(kind: kind, directory: dir, name: name))
+        // Events lost to a full queue: the overflow goes first; until it is in, what comes
+        // after is covered by the rescan it causes.
+        if overflowPending, !reportOverflowIfRoom() { return }
+        if case .dropped = continuation.yield(WatchEvent(kind: kind, directory: dir, name: name)) {
+            overflowPending = true
+        }
+    }
+
+    /// Puts the pending overflow in the queue if there is room; whether it went in.
+    private func reportOverflowIfRoom() -> Bool {
+        if case .dropped = continuation.yield(WatchEvent(kind: .overflow, directory: "", name: "")) { return false }
+        overflowPending = false
+        return true
     }
 
     #if CAIRN_TEST_HOOKS
