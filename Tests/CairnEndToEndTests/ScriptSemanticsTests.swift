@@ -30,6 +30,7 @@ import Testing
         let d = try await DaemonProcess(spool: t.spool)
         let r = try t.submit("fanout", input: JSONValue.null)
         try await waitUntil("finished", timeout: 20) { t.status(r)?.isTerminal == true }
+        #expect(t.status(r) == .completed, "the script exits 0 whatever its helpers said: \(String(describing: try? t.state(r).error))")
         await d.stop()
         #expect(stderrLog(t, r).contains("called while another helper of this execution was running"), "\(stderrLog(t, r))")
         // Whatever ran recorded its own output: no file holds another caller's letter.
@@ -49,6 +50,7 @@ import Testing
         let d = try await DaemonProcess(spool: t.spool)
         let r = try t.submit("nested", input: JSONValue.null)
         try await waitUntil("finished", timeout: 10) { t.status(r)?.isTerminal == true }
+        #expect(t.status(r) == .completed, "the script exits 0 whatever its helpers said: \(String(describing: try? t.state(r).error))")
         await d.stop()
         #expect(stderrLog(t, r).contains("inside the command of `cairn step outer`"), "\(stderrLog(t, r))")
         #expect(try !t.journalSummary(r).contains("step:inner"))
@@ -83,6 +85,7 @@ import Testing
         // The script goes on for 4 s after the step (so its process group lives on): only
         // killing the command's whole tree stops the child.
         try await waitUntil("finished", timeout: 15) { t.status(r)?.isTerminal == true }
+        #expect(t.status(r) == .completed, "the script exits 0 whatever its helpers said: \(String(describing: try? t.state(r).error))")
         #expect(!FileManager.default.fileExists(atPath: late), "a child of the timed-out command wrote after the timeout")
         #expect(stderrLog(t, r).contains("step exit 124"), "\(stderrLog(t, r))")
         await d.stop()
@@ -101,6 +104,7 @@ import Testing
         let d = try await DaemonProcess(spool: t.spool)
         let r = try t.submit("codes", input: JSONValue.null)
         try await waitUntil("finished", timeout: 20) { t.status(r)?.isTerminal == true }
+        #expect(t.status(r) == .completed, "the script exits 0 whatever its helpers said: \(String(describing: try? t.state(r).error))")
         await d.stop()
         let show = try Binary.cairn("show", r, spool: t.spool)
         let failsLine = show.stdout.split(separator: "\n").first { $0.contains("step") && $0.contains("fails") } ?? ""
