@@ -48,7 +48,7 @@ final class FakeLLMProcess {
         let send: JSONValue = ["to": "ann@example.com", "subject": "Re: lamp", "body": "Sorry!"]
         let fake = try await FakeLLMProcess(queue: [
             turn("looking up", "lookup_customer", ["email": "ann@example.com"]),
-            turn("drafting", "send_reply", send, delay: 3),  // in flight when the daemon dies
+            turn("drafting", "send_reply", send, delay: 60),  // in flight when the daemon dies (killed as soon as it is seen)
             turn("drafting", "send_reply", send),            // the same turn, sent again after the restart
             turn("done: replied"),
         ])

@@ -54,11 +54,8 @@ import Testing
         return (t, spool)
     }
 
-    @Test func threeUsersEveryForgeryRefusedAndReported() async throws {
-        guard getuid() == 0 else {
-            print("AuthorizationTests: skipped — needs root to create the users \(Self.service), \(Self.alice), \(Self.bob) (CI runs as root)")
-            return
-        }
+    @Test(.enabled(if: getuid() == 0, "needs root to create the users cairnsvc, cairnalice and cairnbob (CI runs as root)"))
+    func threeUsersEveryForgeryRefusedAndReported() async throws {
         let (t, spool) = try Self.serviceSpool()
         let cairn = Binary.path("cairn-fixtures")
         let d = try await DaemonProcess(spool: t.spool, asUser: Self.service)
@@ -156,11 +153,8 @@ import Testing
     /// rewritten under its owner's name, a symlink planted in a script's working directory,
     /// flocks that hold runs hostage, a forged request file, a squatted id, a directory
     /// planted where the runtime writes.
-    @Test func groupMembersCannotRewriteHijackOrWedge() async throws {
-        guard getuid() == 0 else {
-            print("AuthorizationTests: skipped — needs root to create users (CI runs as root)")
-            return
-        }
+    @Test(.enabled(if: getuid() == 0, "needs root to create users (CI runs as root)"))
+    func groupMembersCannotRewriteHijackOrWedge() async throws {
         let (t, spool) = try Self.serviceSpool()
         let cairn = Binary.path("cairn-fixtures")
         // A script that writes a scratch file in its working directory.

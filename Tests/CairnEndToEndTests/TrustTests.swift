@@ -325,11 +325,8 @@ import Testing
 
     /// A real full filesystem (tmpfs, as root): the run waits, the daemon lives, nothing is
     /// recorded twice, and the run finishes on its own once there is room again.
-    @Test func aFullDiskIsNeverTheRunsFailure() async throws {
-        guard getuid() == 0 else {
-            print("aFullDiskIsNeverTheRunsFailure: skipped — mounting a small tmpfs needs root (CI runs as root)")
-            return
-        }
+    @Test(.enabled(if: getuid() == 0, "mounting a small tmpfs needs root (CI runs as root)"))
+    func aFullDiskIsNeverTheRunsFailure() async throws {
         let t = try TempSpool()
         let mnt = t.path.appending("small").string
         mkdir(mnt, 0o755)
