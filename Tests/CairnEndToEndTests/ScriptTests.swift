@@ -139,13 +139,21 @@ import Testing
         let d = try await DaemonProcess(spool: t.spool)
         let r = try t.submit("pipe", input: 0)
         try await waitUntil("finished", timeout: 20) { t.status(r)?.isTerminal == true }
-        // `cairn step c` and `cairn result` are called while the background helper runs (it
-        // sleeps 1 s): refused, so the script exits non-zero and the run fails, saying why.
-        let error = try #require(try t.state(r).error, "the run did not fail: \(String(describing: t.status(r)))")
-        #expect(t.status(r) == .failed)
-        #expect(error.type == "ScriptFailed", "\(error)")
-        #expect(error.message.contains("`cairn result` was called while another helper of this execution was running"), "\(error)")
-        #expect(!(try t.journalSummary(r)).contains("result"))
+        // Usually `cairn step c` and `cairn result` are called while the background helper
+        // runs (it sleeps 1 s): refused, so the script exits non-zero and the run fails,
+        // saying why. On a loaded machine the background helper may start only after them:
+        // then the run completes with its result. Nothing else is right.
+        let state = try t.state(r)
+        switch state.status {
+        case .failed:
+            #expect(state.error?.type == "ScriptFailed", "\(String(describing: state.error))")
+            #expect(state.error?.message.contains("was called while another helper of this execution was running") == true, "\(String(describing: state.error))")
+            #expect(!(try t.journalSummary(r)).contains("result"))
+        case .completed:
+            #expect(try t.result(r) == "done")
+        default:
+            Issue.record("ended \(state.status): \(String(describing: state.error))")
+        }
         try await Task.sleep(for: .microseconds(1_500_000))  // a background helper, if it survived, would write now (not a poll)
         await d.stop()
         // Whatever the order, the journal stays a valid sequence of positions.
