@@ -414,9 +414,14 @@ public enum JSONCoding {
 /// ISO-8601 UTC timestamps with milliseconds: `2026-11-27T09:17:28.123Z`.
 public enum Timestamp {
     public static func format(_ date: Date) -> String {
-        // Rounded to the millisecond first, so parse → format gives back the same text.
-        let ms = (date.timeIntervalSince1970 * 1000).rounded()
-        return Date(timeIntervalSince1970: ms / 1000 + 0.0000001).formatted(Date.ISO8601FormatStyle(includingFractionalSeconds: true))
+        // Rounded to the millisecond, and the milliseconds written from that integer, so that
+        // parse → format gives back the same text. (Formatting the Date itself truncates its
+        // fraction: ms / 1000 lands a hair below the millisecond about one time in five at
+        // today's times, where a Double's resolution is ~0.2 µs, and a millisecond was lost.)
+        let ms = Int64((date.timeIntervalSince1970 * 1000).rounded())
+        let millis = ((ms % 1000) + 1000) % 1000
+        let whole = Date(timeIntervalSince1970: Double((ms - millis) / 1000)).formatted(Date.ISO8601FormatStyle())
+        return whole.dropLast() + "." + String(millis + 1000).dropFirst() + "Z"
     }
 
     public static func parse(_ s: String) -> Date? {

@@ -76,4 +76,21 @@ public final class ManualClock: CairnClock {
 
     /// How many sleeps are waiting.
     public var pendingSleepers: Int { state.withLock { $0.sleepers.count } }
+
+    /// Waits (without blocking a thread) until `count` sleeps are waiting; throws after
+    /// `timeout` of real time, so that a test fails with a message instead of hanging.
+    public func waitForSleepers(_ count: Int, timeout: Duration = .seconds(30)) async throws {
+        let start = ContinuousClock.now
+        while pendingSleepers < count {
+            if ContinuousClock.now - start > timeout {
+                throw SleepersTimedOut(expected: count, found: pendingSleepers, timeout: timeout)
+            }
+            try await Task.sleep(for: .milliseconds(1))
+        }
+    }
+
+    public struct SleepersTimedOut: Error, CustomStringConvertible {
+        public var expected: Int, found: Int, timeout: Duration
+        public var description: String { "timed out after \(timeout) waiting for \(expected) sleeps on the manual clock (\(found) waiting)" }
+    }
 }

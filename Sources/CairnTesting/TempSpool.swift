@@ -2,6 +2,7 @@ import Cairn
 import CairnSpool
 import Foundation
 import Logging
+import Synchronization
 import SystemPackage
 
 /// A fresh spool in a temporary directory, removed when the value is released.
@@ -23,10 +24,10 @@ public final class TempSpool: Sendable {
         try? FileManager.default.removeItem(atPath: path.string)
     }
 
-    /// An engine over this spool.
-    public func engine(_ workflows: [AnyWorkflow], clock: any CairnClock = ManualClock(autoAdvance: true), logLevel: Logger.Level = .warning) -> Engine {
-        var logger = Logger(label: "cairn.test")
-        logger.logLevel = logLevel
+    /// An engine over this spool; its log goes to `capture` when given (every level).
+    public func engine(_ workflows: [AnyWorkflow], clock: any CairnClock = ManualClock(autoAdvance: true), logLevel: Logger.Level = .warning, capture: LogCapture? = nil) -> Engine {
+        var logger = capture.map { c in Logger(label: "cairn.test") { _ in c.handler } } ?? Logger(label: "cairn.test")
+        logger.logLevel = capture == nil ? logLevel : .trace
         return Engine(spool: spool, registry: WorkflowRegistry(workflows), clock: clock, logger: logger)
     }
 
@@ -65,5 +66,34 @@ public final class TempSpool: Sendable {
             if (try? DurableFile.readJSON(p)) == nil { bad.append(rel) }
         }
         return bad
+    }
+}
+
+/// Every line an engine logged (message and metadata), for tests that check what reaches
+/// the logs (keys must not).
+public final class LogCapture: Sendable {
+    private let lines = Mutex<[String]>([])
+
+    public init() {}
+
+    public var text: String { lines.withLock { $0.joined(separator: "\n") } }
+
+    var handler: any LogHandler { Handler(capture: self) }
+
+    struct Handler: LogHandler {
+        let capture: LogCapture
+        var logLevel: Logger.Level = .trace
+        var metadata: Logger.Metadata = [:]
+
+        subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+            get { metadata[key] }
+            set { metadata[key] = newValue }
+        }
+
+        func log(event: LogEvent) {
+            let all = metadata.merging(event.metadata ?? [:]) { $1 }
+            let line = "\(event.level) \(event.message) " + all.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " ")
+            capture.lines.withLock { $0.append(line) }
+        }
     }
 }

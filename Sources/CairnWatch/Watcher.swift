@@ -77,7 +77,10 @@ public final class Watcher: Sendable {
 
     /// Initializes libinotifytools on a new dedicated thread.
     public static func start() throws -> Watcher {
-        let before = Set(openFileDescriptors())
+        // The inotify descriptors open before: the new one is the inotify descriptor not
+        // among them. (Not "a descriptor not open before": another thread may close one
+        // while libinotifytools initialises, and its number is then reused for inotify.)
+        let before = Set(openFileDescriptors().filter(isInotify))
         let ready = DispatchSemaphore(value: 0)
         let initResult = Mutex<Int32>(0)
         let (stream, cont) = AsyncStream<WatchEvent>.makeStream(bufferingPolicy: .bufferingOldest(queueLimit))

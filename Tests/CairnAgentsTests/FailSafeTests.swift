@@ -191,7 +191,8 @@ func streamLog(_ t: TempSpool, _ id: String, _ name: String) -> [JSONValue] {
         var o = LLMOptions()
         o.stream = stream
         let options = o
-        let (id, out) = try await runLLM(t) { ctx in
+        let log = LogCapture()
+        let (id, out) = try await runLLM(t, capture: log) { ctx in
             do {
                 _ = try await ctx.llm("call", models: ["oa:m", "an:m"], messages: [.user("x")], options: options, client: c)
                 return "unexpected"
@@ -205,7 +206,10 @@ func streamLog(_ t: TempSpool, _ id: String, _ name: String) -> [JSONValue] {
         let everything = try spoolText(t)
         #expect(!everything.contains(key))
         #expect(everything.contains("invalid key"), "the rest of the error is kept")
-        _ = id
+        // The engine's log (every level) got the failure, and not the key.
+        #expect(log.text.contains(id), "nothing was logged for the run: \(log.text)")
+        #expect(!log.text.contains(key), "\(log.text)")
+
     }
 
     @Test func aKeyEchoedByARateLimitIsNotInTheWait() async throws {
@@ -215,9 +219,12 @@ func streamLog(_ t: TempSpool, _ id: String, _ name: String) -> [JSONValue] {
         let c = LLMClient(providers: [OpenAICompatibleProvider(name: "oa", baseURL: fake.baseURL, apiKey: key)])
         let id = try t.submit("w", input: 0)
         let wf = AnyWorkflow(name: "w") { ctx, _ in .string(try await ctx.llm("call", model: "oa:m", messages: [.user("x")], client: c).content) }
-        guard case .waiting(let w) = try await t.engine([wf], clock: ManualClock()).advance(id) else { Issue.record("not waiting"); return }
+        let log = LogCapture()
+        guard case .waiting(let w) = try await t.engine([wf], clock: ManualClock(), capture: log).advance(id) else { Issue.record("not waiting"); return }
         #expect(w["reason"]?.stringValue?.contains("[redacted]") == true, "\(w)")
         #expect(!(try spoolText(t)).contains(key))
+        #expect(log.text.contains("[redacted]"), "the wait was not logged: \(log.text)")
+        #expect(!log.text.contains(key), "\(log.text)")
     }
 
     /// A server that never completes the TCP handshake (its accept queue is full, so SYNs

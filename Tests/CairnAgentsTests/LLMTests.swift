@@ -13,10 +13,10 @@ func reply(_ content: String, tools: [(String, JSONValue)] = [], usage: (Int, In
 }
 
 /// Runs one workflow in process against the fake server.
-func runLLM(_ t: TempSpool, clock: ManualClock = ManualClock(autoAdvance: true), _ body: @escaping @Sendable (WorkflowContext) async throws -> JSONValue) async throws -> (String, AdvanceOutcome) {
+func runLLM(_ t: TempSpool, clock: ManualClock = ManualClock(autoAdvance: true), capture: LogCapture? = nil, _ body: @escaping @Sendable (WorkflowContext) async throws -> JSONValue) async throws -> (String, AdvanceOutcome) {
     let wf = AnyWorkflow(name: "w") { ctx, _ in try await body(ctx) }
     let id = try t.submit("w", input: 0)
-    let out = try await t.engine([wf], clock: clock).drive(id)
+    let out = try await t.engine([wf], clock: clock, capture: capture).drive(id)
     return (id, out)
 }
 
@@ -36,7 +36,8 @@ func runLLM(_ t: TempSpool, clock: ManualClock = ManualClock(autoAdvance: true),
         opts.stream = stream
         let options = opts
         let c = client(fake)
-        let (id, out) = try await runLLM(t) { ctx in
+        let log = LogCapture()
+        let (id, out) = try await runLLM(t, capture: log) { ctx in
             let a = try await ctx.llm("first", model: "oa:gpt-test", messages: [.user("hi")], tools: [ToolSpec(name: "lookup", description: "d", parameters: ["type": "object"])], options: options, client: c)
             let b = try await ctx.llm("second", model: "an:claude-test", messages: [.user("hi"), .assistant(a.content, toolCalls: a.toolCalls), .tool(a.toolCalls[0].id, "found")], options: options, client: c)
             return ["a": try JSONValue(encoding: a), "b": try JSONValue(encoding: b)]
@@ -54,10 +55,10 @@ func runLLM(_ t: TempSpool, clock: ManualClock = ManualClock(autoAdvance: true),
         // Anthropic: the tool result travels as a tool_result block in a user message.
         let msgs = reqs[1]["body"]?["messages"]?.arrayValue ?? []
         #expect(msgs.last?["content"]?.arrayValue?.first?["type"] == "tool_result")
-        // Tokens are accounted; keys never reach the spool.
+        // Tokens are accounted; keys never reach the spool or the log.
         let state = try t.state(id)
         #expect(state.tokens?["input"] == 250 && state.tokens?["output"] == 25)
-        let everything = try spoolText(t)
+        let everything = try spoolText(t) + log.text
         #expect(!everything.contains("sk-test-secret") && !everything.contains("sk-ant-secret"))
         if stream {
             let log = try String(contentsOfFile: t.spool.run(id).logsDirectory.appending("first.stream.jsonl").string, encoding: .utf8)
@@ -103,9 +104,11 @@ func runLLM(_ t: TempSpool, clock: ManualClock = ManualClock(autoAdvance: true),
     }
 
     @Test func timeoutsAndMalformedResponsesAreRetried() async throws {
-        let fake = try await FakeLLM.start(queue: [["delay": 5, "reply": ["content": "late"]], ["malformed": true], reply("good")])
+        // The timeout is long enough for a loaded machine to answer the other requests in
+        // time (the attempt list is exact); the late reply comes far after it.
+        let fake = try await FakeLLM.start(queue: [["delay": 30, "reply": ["content": "late"]], ["malformed": true], reply("good")])
         let t = try TempSpool()
-        let c = client(fake, timeout: .seconds(1))
+        let c = client(fake, timeout: .seconds(3))
         var opts = LLMOptions()
         opts.stream = false
         let options = opts
@@ -128,28 +131,45 @@ func runLLM(_ t: TempSpool, clock: ManualClock = ManualClock(autoAdvance: true),
         var opts = LLMOptions()
         opts.stream = false
         let options = opts
-        let (_, out) = try await runLLM(t) { ctx in
+        let (id, out) = try await runLLM(t) { ctx in
             let r = try await ctx.llm("call", models: ["oa:a", "oa:b", "an:c"], messages: [.user("x")], options: options, client: c)
             return .string(r.model)
         }
         #expect(out == .completed("an:c"))
+        // One attempt per model, each with what went wrong, in order.
+        #expect(fake.requests.map { $0["body"]?["model"]?.stringValue ?? "" } == ["a", "b", "c"])
+        let attempts = try t.spool.journal(id).load().first { $0.kind == "llm" }?.data?["attempts"]?.arrayValue ?? []
+        #expect(attempts.map { $0["status"]?.stringValue ?? "" } == ["refusal", "malformed_tool_call", "ok"], "\(attempts)")
+        #expect(attempts.map { $0["model"]?.stringValue ?? "" } == ["oa:a", "oa:b", "an:c"], "\(attempts)")
     }
 
     @Test func everyModelFailingFailsTheCallAndTheRecordReplays() async throws {
         let fake = try await FakeLLM.start(queue: [], default: ["status": 401])
         let t = try TempSpool()
         let c = client(fake)
-        let (id, out) = try await runLLM(t) { ctx in
+        let clock = ManualClock()
+        // The failure is caught, then the run sleeps: the second advance replays the call.
+        let wf = AnyWorkflow(name: "w") { ctx, _ in
+            let type: String
             do {
                 _ = try await ctx.llm("call", models: ["oa:a", "an:b"], messages: [.user("x")], client: c)
-                return "unexpected"
+                type = "unexpected"
             } catch let e as StepFailedError {
-                return .string(e.error.type)
+                type = e.error.type + ": " + e.error.message
             }
+            try await ctx.sleep(for: .seconds(60))
+            return .string(type)
         }
-        #expect(out == .completed("llm_client_error"))
+        let id = try t.submit("w", input: 0)
+        guard case .waiting = try await t.engine([wf], clock: clock).advance(id) else { Issue.record("not waiting"); return }
         #expect(fake.requests.count == 2)  // 401 is not retried; the chain is walked once
         #expect(try t.journalSummary(id).contains("llm:call"))
+        clock.advance(by: .seconds(61))
+        // A fresh engine (as after a restart): the recorded failure is replayed, not re-sent.
+        guard case .completed(let v) = try await t.engine([wf], clock: clock).advance(id) else { Issue.record("not completed"); return }
+        #expect(v.stringValue?.hasPrefix("llm_client_error: ") == true, "\(v)")
+        #expect(fake.requests.count == 2, "the failed call was sent again on replay")
+        #expect(try t.journalSummary(id).filter { $0 == "llm:call" }.count == 1)
     }
 
     @Test func replaySendsNothing() async throws {

@@ -1,5 +1,6 @@
 import Cairn
 import CairnSpool
+import CairnTesting
 import Foundation
 import Testing
 
@@ -132,15 +133,16 @@ import Testing
     /// it must come out identical (a due time formatted, parsed back and formatted again
     /// could be off by a millisecond, and the run would look woken to a different wait).
     @Test func aResumedWaitIsTheSameWait() {
+        var rng = SeededRandom("aResumedWaitIsTheSameWait")
         for _ in 0..<2000 {
             var s = LLMCallState(started: Date())
             s.sent = 1
             s.attempt = 1
             s.lastError = LLMError(.rateLimited, "slow down", status: 429, retryAfter: 600)
-            s.until = LLMCallState.due(Date(timeIntervalSince1970: Double.random(in: 1.7e9..<1.9e9)))
-            guard let back = LLMCallState(s.json) else { Issue.record("state does not round-trip: \(s.json)"); return }
+            s.until = LLMCallState.due(Date(timeIntervalSince1970: Double.random(in: 1.7e9..<1.9e9, using: &rng)))
+            guard let back = LLMCallState(s.json) else { Issue.record("state does not round-trip: \(s.json) (seed \(rng.seed))"); return }
             let first = WorkflowContext.retryWait("call", s, ["p:m"]), again = WorkflowContext.retryWait("call", back, ["p:m"])
-            if first != again { Issue.record("\(first) became \(again)"); return }
+            if first != again { Issue.record("\(first) became \(again) (seed \(rng.seed))"); return }
         }
     }
 }

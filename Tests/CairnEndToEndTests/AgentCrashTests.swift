@@ -10,7 +10,7 @@ final class FakeLLMProcess {
     let dir = NSTemporaryDirectory() + "fake-llm-e2e-" + UUID().uuidString
     var port = 0
 
-    init(queue: [JSONValue]) throws {
+    init(queue: [JSONValue]) async throws {
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         try (["queue": .array(queue), "default": ["reply": ["content": "default"]]] as JSONValue).canonicalText().write(toFile: dir + "/plan.json", atomically: true, encoding: .utf8)
         let script = FilePath(#filePath).removingLastComponent().removingLastComponent().appending("CairnAgentsTests/Fixtures/fake_llm.py").string
@@ -19,7 +19,7 @@ final class FakeLLMProcess {
         process.standardOutput = FileHandle.nullDevice
         process.standardError = FileHandle.nullDevice
         try process.run()
-        try waitUntil("fake LLM server") {
+        try await waitUntil("fake LLM server") {
             port = (try? String(contentsOfFile: dir + "/port", encoding: .utf8)).flatMap { Int($0) } ?? 0
             return port > 0
         }
@@ -44,11 +44,11 @@ final class FakeLLMProcess {
         return ["delay": .double(delay), "reply": .object(r)]
     }
 
-    @Test func killedMidAgentResendsNothingAnsweredAndRunsNoToolTwice() throws {
+    @Test func killedMidAgentResendsNothingAnsweredAndRunsNoToolTwice() async throws {
         let send: JSONValue = ["to": "ann@example.com", "subject": "Re: lamp", "body": "Sorry!"]
-        let fake = try FakeLLMProcess(queue: [
+        let fake = try await FakeLLMProcess(queue: [
             turn("looking up", "lookup_customer", ["email": "ann@example.com"]),
-            turn("drafting", "send_reply", send, delay: 3),  // in flight when the daemon dies
+            turn("drafting", "send_reply", send, delay: 60),  // in flight when the daemon dies (killed as soon as it is seen)
             turn("drafting", "send_reply", send),            // the same turn, sent again after the restart
             turn("done: replied"),
         ])
@@ -57,18 +57,19 @@ final class FakeLLMProcess {
         cfg["llm"] = ["providers": ["fake": ["type": "openai", "base_url": .string("http://127.0.0.1:\(fake.port)/v1"), "api_key_env": "FAKE_KEY"]]]
         try t.spool.durable.write(json: .object(cfg), to: t.spool.configFile)
         let env = ["FAKE_KEY": "sk-e2e-secret"]
-        var d = try DaemonProcess(spool: t.spool, env: env)
+        var d = try await DaemonProcess(spool: t.spool, env: env)
         let r = try t.submit("triage-ticket", input: ["ticket": ["id": "T-9", "from": "ann@example.com", "subject": "lamp", "body": "broken"], "models": ["fake:m"]] as JSONValue)
-        try waitUntil("turn 2 in flight") {
+        try await waitUntil("turn 2 in flight") {
             try fake.requests.count == 2 && t.journalSummary(r).contains("llm:triage.turn-1")
         }
-        d.kill9()
-        d = try DaemonProcess(spool: t.spool, env: env)
-        try t.waitFor(r, .waiting, timeout: 20)
+        await d.kill9()
+        let firstLog = d.log
+        d = try await DaemonProcess(spool: t.spool, env: env)
+        try await t.waitFor(r, .waiting, timeout: 20)
         let gate = try #require(try t.state(r).waitingFor?["gate"]?.stringValue)
         try t.drop("approvals/\(gate).approved", in: r)
-        try t.waitFor(r, .completed, timeout: 20)
-        d.stop()
+        try await t.waitFor(r, .completed, timeout: 20)
+        await d.stop()
 
         let reqs = fake.requests
         let turns = reqs.map { $0["body"]?["messages"]?.arrayValue?.count ?? 0 }
@@ -86,21 +87,24 @@ final class FakeLLMProcess {
         let everything = (FileManager.default.enumerator(atPath: t.spool.root.string)?.allObjects as? [String] ?? [])
             .compactMap { try? String(contentsOfFile: t.spool.root.appending($0).string, encoding: .utf8) }.joined()
         #expect(!everything.contains("sk-e2e-secret"))
+        // Nor the daemons' logs (at debug level).
+        #expect(firstLog.contains(r) && d.log.contains(r), "the daemons logged nothing about the run")
+        #expect(!firstLog.contains("sk-e2e-secret") && !d.log.contains("sk-e2e-secret"))
     }
 
-    @Test func demoReachesTheApprovalAndCompletesAfterATouch() throws {
+    @Test func demoReachesTheApprovalAndCompletesAfterATouch() async throws {
         let t = try TempSpool()
         let root = t.path.appending("demo-spool").string
         let started = try Binary.start("cairn", ["demo", "--spool", root, "--exit-when-done"])
         var refund = ""
-        try waitUntil("the demo's approval prompt", timeout: 30) {
+        try await waitUntil("the demo's approval prompt", timeout: 30) {
             let runs = (try? FileManager.default.contentsOfDirectory(atPath: root + "/runs")) ?? []
             refund = runs.first { FileManager.default.fileExists(atPath: "\(root)/runs/\($0)/approvals/issue-refund.request.json") } ?? ""
             guard !refund.isEmpty, let state = try? DurableFile.readJSON(FilePath("\(root)/runs/\(refund)/state.json")) else { return false }
             return state["status"] == "waiting"
         }
         _ = FileManager.default.createFile(atPath: "\(root)/runs/\(refund)/approvals/issue-refund.approved", contents: nil)
-        let r = Binary.finish(started)
+        let r = await Binary.finish(started)
         #expect(r.code == 0, "\(r.stderr)")
         #expect(r.stdout.contains("is waiting for your approval"))
         #expect(r.stdout.contains("touch \(root)/runs/\(refund)/approvals/issue-refund.approved"))

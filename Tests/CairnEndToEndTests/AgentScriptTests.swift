@@ -18,8 +18,8 @@ import Testing
     }
 
     /// A prompt file that is not there is an error before anything is sent.
-    @Test func llmWithAMissingPromptFileFailsAndSendsNothing() throws {
-        let fake = try FakeLLMProcess(queue: [])
+    @Test func llmWithAMissingPromptFileFailsAndSendsNothing() async throws {
+        let fake = try await FakeLLMProcess(queue: [])
         let t = try TempSpool()
         try configure(t, port: fake.port)
         try install(t, "ask", """
@@ -29,10 +29,10 @@ import Testing
             code=$?
             printf '{"code": %s, "error": %s}' "$code" "$(jq -Rs . < error.txt)" | cairn result -
             """)
-        let d = try DaemonProcess(spool: t.spool)
+        let d = try await DaemonProcess(spool: t.spool)
         let r = try t.submit("ask", input: [:] as JSONValue)
-        try t.waitFor(r, .completed, timeout: 20)
-        d.stop()
+        try await t.waitFor(r, .completed, timeout: 20)
+        await d.stop()
         let out = try t.result(r)
         #expect(out["code"] != 0, "\(out)")
         #expect(out["error"]?.stringValue?.contains("does-not-exist.txt") == true, "\(out)")
@@ -48,32 +48,32 @@ import Testing
 
     /// A 10-minute Retry-After: the run waits durably (kind retry, with its due time), its
     /// slot goes to another run under --concurrency 1, and the wait survives a kill -9.
-    @Test func aTenMinuteRetryAfterFreesTheSlotAndSurvivesARestart() throws {
-        let fake = try FakeLLMProcess(queue: [["status": 429, "retry_after": "600"], ["reply": ["content": "B answered"]]])
+    @Test func aTenMinuteRetryAfterFreesTheSlotAndSurvivesARestart() async throws {
+        let fake = try await FakeLLMProcess(queue: [["status": 429, "retry_after": "600"], ["reply": ["content": "B answered"]]])
         let t = try TempSpool()
         try configure(t, port: fake.port)
         try install(t, "ask", Self.ask)
-        var d = try DaemonProcess(spool: t.spool, args: ["--concurrency", "1"])
+        var d = try await DaemonProcess(spool: t.spool, args: ["--concurrency", "1"])
         let a = try t.submit("ask", input: [:] as JSONValue)
         let submitted = Date()
-        try t.waitFor(a, .waiting, timeout: 20)
+        try await t.waitFor(a, .waiting, timeout: 20)
         let w = try #require(try t.state(a).waitingFor)
         #expect(w["kind"] == "retry" && w["step"] == "ask" && w["operation"] == "llm", "\(w)")
         let until = try #require(w["until"]?.stringValue.flatMap(Timestamp.parse))
         #expect(until.timeIntervalSince(submitted) > 590 && until.timeIntervalSince(submitted) < 620, "due \(until)")
         // The slot is free: another run goes through while the first one waits.
         let b = try t.submit("ask", input: [:] as JSONValue)
-        try t.waitFor(b, .completed, timeout: 20)
+        try await t.waitFor(b, .completed, timeout: 20)
         #expect(try t.result(b) == "B answered")
         #expect(t.status(a) == .waiting)
         // Killed and restarted: still waiting for the same due time, nothing re-sent.
-        d.kill9()
-        d = try DaemonProcess(spool: t.spool, args: ["--concurrency", "1"])
+        await d.kill9()
+        d = try await DaemonProcess(spool: t.spool, args: ["--concurrency", "1"])
         // The restarted daemon re-advances waiting runs (the script replays up to the wait,
         // briefly running); it ends waiting on the same thing.
-        try waitUntil("the restarted daemon looked at the run") { d.log.contains(a) }
+        try await waitUntil("the restarted daemon looked at the run") { d.log.contains(a) }
         do {
-            try waitUntil("waiting again, for the same due time", timeout: 20) {
+            try await waitUntil("waiting again, for the same due time", timeout: 20) {
                 let st = try t.state(a)
                 return st.status == .waiting && st.waitingFor == w
             }
@@ -83,24 +83,24 @@ import Testing
         #expect(fake.requests.count == 2)
         let why = try Binary.cairn("why", a, spool: t.spool)
         #expect(why.stdout.contains("ask") && why.stdout.contains(w["until"]?.stringValue ?? "?"), "\(why.stdout)")
-        d.stop()
+        await d.stop()
     }
 
     /// A shorter durable wait, across a kill -9: the restarted daemon resumes the call when
     /// it is due, and the script gets its answer.
-    @Test func aDurableRetryWaitResumesAfterARestart() throws {
-        let fake = try FakeLLMProcess(queue: [["status": 503, "retry_after": "8"], ["reply": ["content": "after the wait"]]])
+    @Test func aDurableRetryWaitResumesAfterARestart() async throws {
+        let fake = try await FakeLLMProcess(queue: [["status": 503, "retry_after": "8"], ["reply": ["content": "after the wait"]]])
         let t = try TempSpool()
         try configure(t, port: fake.port)
         try install(t, "ask", Self.ask)
-        var d = try DaemonProcess(spool: t.spool)
+        var d = try await DaemonProcess(spool: t.spool)
         let a = try t.submit("ask", input: [:] as JSONValue)
-        try t.waitFor(a, .waiting, timeout: 20)
+        try await t.waitFor(a, .waiting, timeout: 20)
         #expect(try t.state(a).waitingFor?["kind"] == "retry")
-        d.kill9()
-        d = try DaemonProcess(spool: t.spool)
-        try t.waitFor(a, .completed, timeout: 30)
-        d.stop()
+        await d.kill9()
+        d = try await DaemonProcess(spool: t.spool)
+        try await t.waitFor(a, .completed, timeout: 30)
+        await d.stop()
         #expect(try t.result(a) == "after the wait")
         #expect(fake.requests.count == 2)
         let record = try #require(try t.spool.journal(a).load().first { $0.kind == "llm" })
@@ -109,12 +109,12 @@ import Testing
 
     /// `cairn why` at a tool call's approval gate shows the tool and the arguments it
     /// would run with, not only the summary.
-    @Test func whyShowsAToolCallsProposedArguments() throws {
+    @Test func whyShowsAToolCallsProposedArguments() async throws {
         let t = try TempSpool()
-        let d = try DaemonProcess(spool: t.spool)
+        let d = try await DaemonProcess(spool: t.spool)
         let r = try t.submit("triage-ticket", input: ["ticket": ["id": "T-7", "from": "ann@example.com", "subject": "Broken lamp", "body": "It arrived broken."]] as JSONValue)
-        try t.waitFor(r, .waiting, timeout: 20)
-        d.stop()
+        try await t.waitFor(r, .waiting, timeout: 20)
+        await d.stop()
         let why = try Binary.cairn("why", r, spool: t.spool)
         #expect(why.code == 0, "\(why.stderr)")
         #expect(why.stdout.contains("send_reply"), "\(why.stdout)")
@@ -123,8 +123,8 @@ import Testing
 
     /// `cairn llm --token-budget`: the call that would exceed it waits at a gate that
     /// `cairn why` explains and `cairn approve --value` raises.
-    @Test func aScriptsTokenBudgetIsAGateAPersonRaises() throws {
-        let fake = try FakeLLMProcess(queue: [["reply": ["content": "one", "usage": ["input": 40, "output": 20]]], ["reply": ["content": "two"]]])
+    @Test func aScriptsTokenBudgetIsAGateAPersonRaises() async throws {
+        let fake = try await FakeLLMProcess(queue: [["reply": ["content": "one", "usage": ["input": 40, "output": 20]]], ["reply": ["content": "two"]]])
         let t = try TempSpool()
         try configure(t, port: fake.port)
         try install(t, "two", """
@@ -134,9 +134,9 @@ import Testing
             b=$(echo "second question" | cairn llm b --model fake:m --token-budget 50)
             printf '%s %s' "$a" "$b" | jq -Rs . | cairn result -
             """)
-        let d = try DaemonProcess(spool: t.spool)
+        let d = try await DaemonProcess(spool: t.spool)
         let r = try t.submit("two", input: [:] as JSONValue)
-        try t.waitFor(r, .waiting, timeout: 20)
+        try await t.waitFor(r, .waiting, timeout: 20)
         let w = try #require(try t.state(r).waitingFor)
         #expect(w["kind"] == "budget" && w["gate"] == "budget-b-1" && w["spent"] == 60, "\(w)")
         #expect(fake.requests.count == 1)
@@ -146,16 +146,16 @@ import Testing
         try #"{"tokens": 500}"#.write(toFile: v, atomically: true, encoding: .utf8)
         let approve = try Binary.cairn("approve", r, "budget-b-1", "--value", v, spool: t.spool)
         #expect(approve.code == 0, "\(approve.stderr)")
-        try t.waitFor(r, .completed, timeout: 20)
-        d.stop()
+        try await t.waitFor(r, .completed, timeout: 20)
+        await d.stop()
         #expect(try t.result(r) == "one two")
         #expect(fake.requests.count == 2)
     }
 
     /// A script's recorded LLM calls answered from the journal on a later execution count
     /// as tokens saved, as they do for Swift workflows.
-    @Test func tokensSavedCountsAScriptsReplayedCalls() throws {
-        let fake = try FakeLLMProcess(queue: [["reply": ["content": "one", "usage": ["input": 30, "output": 12]]]])
+    @Test func tokensSavedCountsAScriptsReplayedCalls() async throws {
+        let fake = try await FakeLLMProcess(queue: [["reply": ["content": "one", "usage": ["input": 30, "output": 12]]]])
         let t = try TempSpool()
         try configure(t, port: fake.port)
         try install(t, "gated", """
@@ -165,13 +165,13 @@ import Testing
             cairn approval go > /dev/null
             printf '%s' "$a" | jq -Rs . | cairn result -
             """)
-        let d = try DaemonProcess(spool: t.spool)
+        let d = try await DaemonProcess(spool: t.spool)
         let r = try t.submit("gated", input: [:] as JSONValue)
-        try t.waitFor(r, .waiting, timeout: 20)
+        try await t.waitFor(r, .waiting, timeout: 20)
         #expect(try t.state(r).tokens?["input"] == 30)
         try t.drop("approvals/go.approved", in: r)
-        try t.waitFor(r, .completed, timeout: 20)
-        d.stop()
+        try await t.waitFor(r, .completed, timeout: 20)
+        await d.stop()
         #expect(try t.result(r) == "one")
         #expect(fake.requests.count == 1)
         let tokens = try t.state(r).tokens

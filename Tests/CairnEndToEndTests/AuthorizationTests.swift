@@ -54,22 +54,19 @@ import Testing
         return (t, spool)
     }
 
-    @Test func threeUsersEveryForgeryRefusedAndReported() throws {
-        guard getuid() == 0 else {
-            print("AuthorizationTests: skipped — needs root to create the users \(Self.service), \(Self.alice), \(Self.bob) (CI runs as root)")
-            return
-        }
+    @Test(.enabled(if: getuid() == 0, "needs root to create the users cairnsvc, cairnalice and cairnbob (CI runs as root)"))
+    func threeUsersEveryForgeryRefusedAndReported() async throws {
         let (t, spool) = try Self.serviceSpool()
         let cairn = Binary.path("cairn-fixtures")
-        let d = try DaemonProcess(spool: t.spool, asUser: Self.service)
-        defer { d.stop() }
+        let d = try await DaemonProcess(spool: t.spool, asUser: Self.service)
+        defer { d.stopBlocking() }
 
         // Submissions: the service user's own, and bob's through the inbox (not runs/).
         try #require(try Self.sh(Self.service, "echo '{\"who\": \"a\"}' | \(cairn) submit gate --spool \(spool) --id run-a --input -").code == 0)
         let bobSubmit = try Self.sh(Self.bob, "echo '{\"who\": \"b\"}' | \(cairn) submit gate --spool \(spool) --id run-b --input -")
         #expect(bobSubmit.code == 0, "bob submits through the inbox: \(bobSubmit.err)")
-        try t.waitFor("run-a", .waiting)
-        try t.waitFor("run-b", .waiting)
+        try await t.waitFor("run-a", .waiting)
+        try await t.waitFor("run-b", .waiting)
         #expect(try t.spool.readRun("run-b").submittedBy.user == Self.bob)
         let runA = "\(spool)/runs/run-a", runB = "\(spool)/runs/run-b"
 
@@ -83,13 +80,13 @@ import Testing
 
         // 1. Bob approves by touch, and with `cairn approve`: refused, error file, run waits.
         #expect(try Self.sh(Self.bob, "touch \(runA)/approvals/go.approved").code == 0)
-        try waitUntil("bob's touch refused") { FileManager.default.fileExists(atPath: runA + "/approvals/go.approved.error.json") }
+        try await waitUntil("bob's touch refused") { FileManager.default.fileExists(atPath: runA + "/approvals/go.approved.error.json") }
         #expect(try String(contentsOfFile: runA + "/approvals/go.approved.error.json", encoding: .utf8).contains("not allowed"))
         #expect(!FileManager.default.fileExists(atPath: runA + "/approvals/go.approved"), "a refused drop is set aside: it does not occupy the gate's name")
         let firstRefusal = try String(contentsOfFile: runA + "/approvals/go.approved.error.json", encoding: .utf8)
         let bobApprove = try Self.sh(Self.bob, "\(cairn) approve run-a go --spool \(spool)")
         #expect(bobApprove.code == 0, "the drop itself is allowed (needs no tmp/): \(bobApprove.err)")
-        try waitUntil("bob's cairn approve refused") {
+        try await waitUntil("bob's cairn approve refused") {
             let now = (try? String(contentsOfFile: runA + "/approvals/go.approved.error.json", encoding: .utf8)) ?? ""
             return now != firstRefusal && now.contains(Self.bob)
         }
@@ -118,7 +115,7 @@ import Testing
         // 3. Alice approves run A (by touch): recorded as alice, with the rule that allowed it,
         //    and the file leaves approvals/ for decisions/, which only the runtime writes.
         #expect(try Self.sh(Self.alice, "touch \(runA)/approvals/go.approved").code == 0)
-        try t.waitFor("run-a", .completed)
+        try await t.waitFor("run-a", .completed)
         let decided = try #require(try t.spool.journal("run-a").load().last { $0.kind == "approval" && $0.phase == "decided" })
         #expect(decided.decidedBy?.user == Self.alice)
         #expect(decided.data?["authorization"] == .string("user \(Self.alice)"))
@@ -130,7 +127,7 @@ import Testing
         #expect(try Self.sh(Self.bob, "mv \(runA)/\(consumed) \(runB)/approvals/go.approved").code != 0)
         _ = try Self.sh(Self.bob, "ln \(runA)/\(consumed) \(runB)/approvals/go.approved")  // EPERM (protected_hardlinks) or refused below
         _ = try Self.sh(Self.bob, "cp \(runA)/\(consumed) \(runB)/approvals/.x && mv -n \(runB)/approvals/.x \(runB)/approvals/go.approved")
-        try waitUntil("bob's replay refused") { FileManager.default.fileExists(atPath: runB + "/approvals/go.approved.error.json") }
+        try await waitUntil("bob's replay refused") { FileManager.default.fileExists(atPath: runB + "/approvals/go.approved.error.json") }
         #expect(t.status("run-b") == .waiting)
 
         // 5. Bob removes or replaces what alice dropped (sticky: he cannot).
@@ -148,7 +145,7 @@ import Testing
         // Alice approves B; the run completes (the forged result.json is replaced).
         try? FileManager.default.removeItem(atPath: runB + "/approvals/go.approved")
         #expect(try Self.sh(Self.alice, "\(cairn) approve run-b go --spool \(spool)").code == 0)
-        try t.waitFor("run-b", .completed)
+        try await t.waitFor("run-b", .completed)
         #expect(try t.result("run-b")["by"] == .string(Self.alice))
     }
 
@@ -156,25 +153,22 @@ import Testing
     /// rewritten under its owner's name, a symlink planted in a script's working directory,
     /// flocks that hold runs hostage, a forged request file, a squatted id, a directory
     /// planted where the runtime writes.
-    @Test func groupMembersCannotRewriteHijackOrWedge() throws {
-        guard getuid() == 0 else {
-            print("AuthorizationTests: skipped — needs root to create users (CI runs as root)")
-            return
-        }
+    @Test(.enabled(if: getuid() == 0, "needs root to create users (CI runs as root)"))
+    func groupMembersCannotRewriteHijackOrWedge() async throws {
         let (t, spool) = try Self.serviceSpool()
         let cairn = Binary.path("cairn-fixtures")
         // A script that writes a scratch file in its working directory.
         try #require(try Self.sh(Self.service, "printf '#!/bin/sh\\ncairn approval go >/dev/null\\necho scratch > scratch.txt\\npwd | cairn result --text -\\n' > \(spool)/workflows/scratchy && chmod 755 \(spool)/workflows/scratchy").code == 0)
-        let d = try DaemonProcess(spool: t.spool, asUser: Self.service)
-        defer { d.stop() }
+        let d = try await DaemonProcess(spool: t.spool, asUser: Self.service)
+        defer { d.stopBlocking() }
         try #require(try Self.sh(Self.service, "echo null | \(cairn) submit scratchy --spool \(spool) --id s1 --input -").code == 0)
-        try t.waitFor("s1", .waiting)
+        try await t.waitFor("s1", .waiting)
         let run = "\(spool)/runs/s1"
 
         // 1. Alice's touch under umask 002 (group-writable) is refused: bob could rewrite it.
         #expect(try Self.sh(Self.alice, "umask 002; touch \(run)/approvals/go.approved").code == 0)
-        try waitUntil("group-writable drop refused") { ((try? String(contentsOfFile: run + "/approvals/go.approved.error.json", encoding: .utf8)) ?? "").contains("writable by group") }
-        try t.waitFor("s1", .waiting)
+        try await waitUntil("group-writable drop refused") { ((try? String(contentsOfFile: run + "/approvals/go.approved.error.json", encoding: .utf8)) ?? "").contains("writable by group") }
+        try await t.waitFor("s1", .waiting)
 
         // 2. The script's working directory is not the group-writable run directory.
         #expect(try Self.sh(Self.bob, "ln -s \(spool)/cairn.json \(run)/work/scratch.txt").code != 0)
@@ -184,9 +178,9 @@ import Testing
         #expect(try Self.sh(Self.bob, "exec 3<\(run)/.lock").code != 0)
         let holder = try Binary.start("/usr/bin/setpriv", ["--reuid=\(Self.bob)", "--regid=\(Self.bob)", "--init-groups", "--", "python3", "-c",
             "import os,fcntl,time; fd=os.open('\(run)', os.O_RDONLY); fcntl.flock(fd, fcntl.LOCK_EX); time.sleep(8)"])
-        usleep(300_000)
+        try await Task.sleep(for: .microseconds(300_000))
         #expect(try Self.sh(Self.alice, "\(cairn) approve s1 go --spool \(spool)").code == 0)
-        try t.waitFor("s1", .completed, timeout: 6)
+        try await t.waitFor("s1", .completed, timeout: 6)
         holder.0.terminate()
         let cwd = try t.result("s1").stringValue?.trimmingCharacters(in: .whitespacesAndNewlines) ?? ""
         #expect(cwd.hasSuffix("/runs/s1/work"), "the script ran in \(cwd)")
@@ -195,7 +189,7 @@ import Testing
 
         // 4. A request file bob forged before the run asks is not something to approve.
         try #require(try Self.sh(Self.service, "echo '{\"who\": \"x\"}' | \(cairn) submit gate --spool \(spool) --id g2 --input -").code == 0)
-        try t.waitFor("g2", .waiting)
+        try await t.waitFor("g2", .waiting)
         let forged = "\(spool)/runs/g2/approvals/go2.request.json"
         #expect(try Self.sh(Self.bob, "echo '{\"summary\": \"harmless\"}' > \(spool)/runs/g2/approvals/.r && mv \(spool)/runs/g2/approvals/.r \(forged)").code == 0)
         let early = try Self.sh(Self.alice, "\(cairn) approve g2 go2 --spool \(spool)")
@@ -203,16 +197,16 @@ import Testing
 
         // 5. Bob squats an id; alice's submission with it is rejected, not swallowed.
         #expect(try Self.sh(Self.bob, "echo '{\"who\": \"bob\"}' | \(cairn) submit gate --spool \(spool) --id order-1 --input -").code == 0)
-        try t.waitFor("order-1", .waiting)
+        try await t.waitFor("order-1", .waiting)
         #expect(try Self.sh(Self.alice, "echo '{\"who\": \"alice\"}' | \(cairn) submit gate --spool \(spool) --id order-1 --input -").code == 0)
-        try waitUntil("alice's squatted submission rejected") {
+        try await waitUntil("alice's squatted submission rejected") {
             ((try? String(contentsOfFile: spool + "/rejected/order-1.error.json", encoding: .utf8)) ?? "").contains("submitted by \(Self.bob)")
         }
 
         // 6. A directory planted where the runtime writes result.json does not wedge the run.
         #expect(try Self.sh(Self.bob, "mkdir -p \(spool)/runs/g2/result.json/x").code == 0)
         #expect(try Self.sh(Self.alice, "touch \(spool)/runs/g2/approvals/go.approved && chmod go-w \(spool)/runs/g2/approvals/go.approved").code == 0)
-        try t.waitFor("g2", .completed, timeout: 10)
+        try await t.waitFor("g2", .completed, timeout: 10)
         let fsck = try Self.sh(Self.service, "\(cairn) fsck --spool \(spool)")
         #expect(fsck.out.contains("foreign.result.json"), "\(fsck.out)")
     }

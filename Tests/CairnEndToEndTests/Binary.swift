@@ -59,6 +59,16 @@ enum Binary {
         return Result(code: killed ? -1 : p.terminationStatus, stdout: String(decoding: o, as: UTF8.self), stderr: String(decoding: e, as: UTF8.self), signal: killed ? p.terminationStatus : nil)
     }
 
+    /// `finish` on a thread of its own, so that a test waiting for a long-running process
+    /// does not hold a thread of the cooperative pool.
+    static func finish(_ started: (Process, Pipe, Pipe)) async -> Result {
+        struct Started: @unchecked Sendable { var value: (Process, Pipe, Pipe) }
+        let s = Started(value: started)
+        return await withCheckedContinuation { c in
+            Thread.detachNewThread { c.resume(returning: finish(s.value)) }
+        }
+    }
+
     @discardableResult
     static func run(_ name: String, _ args: [String], env: [String: String] = [:], stdin: String? = nil, cwd: String? = nil) throws -> Result {
         finish(try start(name, args, env: env, stdin: stdin, cwd: cwd))

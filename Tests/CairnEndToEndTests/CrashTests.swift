@@ -31,10 +31,19 @@ import Testing
     ]
 
     @Test(arguments: plans)
-    func killedAndResumedUntilDone(_ plan: Kill) throws {
+    func killedAndResumedUntilDone(_ plan: Kill) async throws {
         let t = try TempSpool()
         let effects = t.path.appending("effects.log").string
-        let id = try t.submit("crashy", input: ["steps": .int(Int64(Self.steps)), "effects": .string(effects)] as JSONValue)
+        var input: [String: JSONValue] = ["steps": .int(Int64(Self.steps)), "effects": .string(effects)]
+        // Random kills: a seeded moment (printed; CAIRN_TEST_SEED reproduces it), and steps
+        // slow enough that the first advance outlives the latest moment, so a kill lands.
+        var rng: SeededRandom? = nil
+        if case .randomly(let ms) = plan {
+            rng = SeededRandom("crash plan \(plan)")
+            input["delay_ms"] = .int(Int64(ms / Self.steps + 1))
+        }
+        let seed = rng.map { ", seed \($0.seed)" } ?? ""
+        let id = try t.submit("crashy", input: JSONValue.object(input))
         var frozen: [String: Int] = [:]  // step → effect count when its record was first seen
         var kills = 0
         var uncertainSeen = false
@@ -44,16 +53,16 @@ import Testing
             if case .at(let point, let n) = plan, round < 4 { env["CAIRN_CRASH_AT"] = "\(point):\(n)" }
             let proc = try Binary.start("cairn-fixtures", ["advance", id, "--spool", t.spool.root.string], env: env)
             if case .randomly(let ms) = plan, round < 6 {
-                usleep(UInt32(Int.random(in: 1...ms) * 1000))
+                try await Task.sleep(for: .milliseconds(Int.random(in: 1...ms, using: &rng!)))
                 kill(proc.0.processIdentifier, SIGKILL)
             }
-            let r = Binary.finish(proc)
+            let r = await Binary.finish(proc)
             if r.signal == SIGKILL { kills += 1 }
             // Invariants after every exit, killed or not.
-            #expect(try t.partialJSONFiles().isEmpty, "partial JSON after \(plan) round \(round)")
+            #expect(try t.partialJSONFiles().isEmpty, "partial JSON after \(plan) round \(round)\(seed)")
             let counts = Self.effectCounts(effects)
-            #expect(counts["pay", default: 0] <= 1, "at-most-once step ran twice (\(plan))")
-            for (step, n) in frozen { #expect(counts[step, default: 0] == n, "\(step) ran again after its record was written (\(plan))") }
+            #expect(counts["pay", default: 0] <= 1, "at-most-once step ran twice (\(plan)\(seed))")
+            for (step, n) in frozen { #expect(counts[step, default: 0] == n, "\(step) ran again after its record was written (\(plan)\(seed))") }
             let recorded = Set(try t.spool.journal(id).load().filter { $0.kind == "step" && $0.error == nil }.compactMap(\.name))
             for step in recorded where frozen[step] == nil { frozen[step] = counts[step, default: 0] }
 
@@ -73,13 +82,14 @@ import Testing
                 break
             }
         }
-        print("crash plan \(plan): \(kills) kill(s)\(uncertainSeen ? ", stopped at the uncertain gate" : "")")
+        print("crash plan \(plan)\(seed): \(kills) kill(s)\(uncertainSeen ? ", stopped at the uncertain gate" : "")")
         if case .at("step.after-body", 6) = plan {
             // Killed after the at-most-once payment ran, before its record: a person decides.
             #expect(uncertainSeen)
         }
-        #expect(done, "run did not complete under \(plan)")
+        #expect(done, "run did not complete under \(plan)\(seed)")
         if case .at = plan { #expect(kills >= 1, "the crash point \(plan) was never reached") }
+        if case .randomly = plan { #expect(kills >= 1, "no random kill landed (\(plan)\(seed))") }
         let counts = Self.effectCounts(effects)
         for step in Self.stepNames { #expect(counts[step, default: 0] >= 1, "\(step) never ran (\(plan))") }
         #expect(counts["pay"] == 1)

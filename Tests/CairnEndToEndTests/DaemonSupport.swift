@@ -8,7 +8,8 @@ final class DaemonProcess {
     let process: Process
     let logPath: String
 
-    init(spool: Spool, env: [String: String] = [:], args: [String] = [], name: String = "daemon", asUser: String? = nil) throws {
+    /// Starts it; `init(spool:…) async` also waits until it has scanned the spool.
+    init(starting spool: Spool, env: [String: String] = [:], args: [String] = [], name: String = "daemon", asUser: String? = nil) throws {
         logPath = spool.root.removingLastComponent().appending("\(name)-\(UUID().uuidString.prefix(8)).log").string
         _ = FileManager.default.createFile(atPath: logPath, contents: nil)
         let log = FileHandle(forWritingAtPath: logPath)!
@@ -30,23 +31,44 @@ final class DaemonProcess {
         process.standardError = log
         process.standardInput = FileHandle.nullDevice
         try process.run()
-        try waitUntil("daemon started", timeout: 20) { self.log.contains("scanned spool") }
+    }
+
+    /// Started, and through its first scan of the spool.
+    convenience init(spool: Spool, env: [String: String] = [:], args: [String] = [], name: String = "daemon", asUser: String? = nil) async throws {
+        try self.init(starting: spool, env: env, args: args, name: name, asUser: asUser)
+        let log = logPath
+        try await waitUntil("daemon started (log \(log))", timeout: 20) {
+            (try? String(contentsOfFile: log, encoding: .utf8))?.contains("scanned spool") == true
+        }
     }
 
     var pid: Int32 { process.processIdentifier }
     var log: String { (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? "" }
 
-    func kill9() {
+    /// SIGKILL and wait for it to be gone.
+    func kill9() async {
         kill(pid, SIGKILL)
-        process.waitUntilExit()
+        await exited()
     }
 
     /// SIGTERM and wait; returns the exit status.
     @discardableResult
-    func stop() -> Int32 {
+    func stop() async -> Int32 {
+        kill(pid, SIGTERM)
+        await exited()
+        return process.terminationStatus
+    }
+
+    /// SIGTERM and wait, blocking the thread (for a `defer`, which cannot await).
+    func stopBlocking() {
         kill(pid, SIGTERM)
         process.waitUntilExit()
-        return process.terminationStatus
+    }
+
+    /// Waits for the process to exit without blocking a thread of the cooperative pool
+    /// (Process.waitUntilExit spins a run loop on the calling thread).
+    func exited() async {
+        while process.isRunning { try? await Task.sleep(for: .milliseconds(5)) }
     }
 
     deinit {
@@ -62,21 +84,29 @@ struct TimedOut: Error, CustomStringConvertible {
     var description: String { "timed out waiting for \(what)" }
 }
 
-/// Test-side waiting (checks every 5 ms; the daemon itself never polls).
-func waitUntil(_ what: String, timeout: Double = 15, _ condition: () throws -> Bool) throws {
+let testTimeScale = max(1, Double(ProcessInfo.processInfo.environment["CAIRN_TEST_TIME_SCALE"] ?? "") ?? 1)
+
+/// Test-side waiting: checks every 5 ms until `timeout`, then fails with what it waited
+/// for. It sleeps with Task.sleep, so a waiting test does not hold a thread of Swift
+/// Testing's small cooperative pool (2 threads on a 2-core machine). The daemon itself
+/// never polls. `CAIRN_TEST_TIME_SCALE=3` gives every deadline three times as long (a slow
+/// or shared machine).
+func waitUntil(_ what: String, timeout: Double = 15, _ condition: () throws -> Bool) async throws {
+    let timeout = timeout * testTimeScale
     let deadline = Date().addingTimeInterval(timeout)
     while Date() < deadline {
         if try condition() { return }
-        usleep(5000)
+        try await Task.sleep(for: .milliseconds(5))
     }
-    throw TimedOut(what: what)
+    if try condition() { return }  // once more: the last sleep may have been long
+    throw TimedOut(what: what + " (after \(timeout) s)")
 }
 
 extension TempSpool {
     func status(_ run: String) -> RunStatus? { (try? spool.readState(run))??.status }
 
-    func waitFor(_ run: String, _ status: RunStatus, timeout: Double = 15) throws {
-        try waitUntil("\(run) \(status.rawValue) (is \(self.status(run)?.rawValue ?? "?"))", timeout: timeout) { self.status(run) == status }
+    func waitFor(_ run: String, _ status: RunStatus, timeout: Double = 15) async throws {
+        try await waitUntil("\(run) \(status.rawValue) (is \(self.status(run)?.rawValue ?? "?"))", timeout: timeout) { self.status(run) == status }
     }
 
     func result(_ run: String) throws -> JSONValue { try DurableFile.readJSON(spool.run(run).resultFile) }

@@ -23,18 +23,15 @@ import Testing
         return Binary.Result(code: status == 0 ? 0 : 1, stdout: out, stderr: out)
     }
 
-    @Test func twoHostsOneSpoolOneKilled() throws {
-        guard getuid() == 0 else {
-            print("GlusterTests: skipped — needs root (CI runs as root)")
-            return
-        }
+    @Test(.enabled(if: getuid() == 0, "needs root to mount GlusterFS (CI runs as root)"))
+    func twoHostsOneSpoolOneKilled() async throws {
         guard sh("command -v glusterd && command -v gluster && test -e /dev/fuse").code == 0 else {
             print("GlusterTests: skipped — glusterfs-server/glusterfs-client or /dev/fuse missing (make test installs them as root)")
             return
         }
         if sh("pgrep -x glusterd").code != 0 {
             #expect(sh("glusterd").code == 0, "glusterd starts")
-            try waitUntil("glusterd answers", timeout: 30) { sh("gluster --mode=script volume list").code == 0 }
+            try await waitUntil("glusterd answers", timeout: 30) { sh("gluster --mode=script volume list").code == 0 }
         }
         let t = try TempSpool()
         let base = t.path.string
@@ -94,8 +91,8 @@ import Testing
             """.write(toFile: script, atomically: false, encoding: .utf8)
         chmod(script, 0o755)
         let s1 = try Spool.open(at: FilePath(m1 + "/spool")), s2 = try Spool.open(at: FilePath(m2 + "/spool"))
-        let d1 = try DaemonProcess(spool: s1, args: ["--rescan-interval", "1s"], name: "host1")
-        let d2 = try DaemonProcess(spool: s2, args: ["--rescan-interval", "1s"], name: "host2")
+        let d1 = try await DaemonProcess(spool: s1, args: ["--rescan-interval", "1s"], name: "host1")
+        let d2 = try await DaemonProcess(spool: s2, args: ["--rescan-interval", "1s"], name: "host2")
         var runs: [String] = []
         for i in 0..<24 {
             let s = i % 2 == 0 ? s1 : s2
@@ -105,17 +102,17 @@ import Testing
         }
         // `cairn wait` through the other mount (no inotify event reaches it from there).
         let waiter = try Binary.start("cairn", ["wait", runs[0], "--timeout", "120s", "--spool", s2.root.string])
-        usleep(800_000)
+        try await Task.sleep(for: .microseconds(800_000))
         let doneBefore = runs.filter { (try? s2.readState($0))??.status == .completed }.count
         let killedAt = Date()
-        d1.kill9()
-        try waitUntil("every run completed through host 2", timeout: 120) {
+        await d1.kill9()
+        try await waitUntil("every run completed through host 2", timeout: 120) {
             runs.allSatisfy { (try? s2.readState($0))??.status == .completed }
         }
         let finished = Date().timeIntervalSince(killedAt)
-        let w = Binary.finish(waiter)
+        let w = await Binary.finish(waiter)
         #expect(w.code == 0, "cairn wait through the other mount: \(w.stderr)")
-        d2.stop()
+        await d2.stop()
 
         // No step recorded twice; every recorded step's effect happened; an effect ran twice
         // only for a step that was in flight when its daemon died (same idempotency key).

@@ -6,7 +6,7 @@ import Testing
 
 /// The built `cairn` binary's output and exit codes (SPEC §5).
 @Suite struct CLIGoldenTests {
-    @Test func exitCodesAndOneLineErrors() throws {
+    @Test func exitCodesAndOneLineErrors() async throws {
         let t = try TempSpool()
         let usage = try Binary.cairn("submit", spool: t.spool)
         #expect(usage.code == 2)
@@ -24,7 +24,7 @@ import Testing
         #expect(gate.code == 3 && gate.stderr.contains("has not requested gate 'nope'"))
     }
 
-    @Test func helpHasExamples() throws {
+    @Test func helpHasExamples() async throws {
         for cmd in ["submit", "ls", "show", "why", "wait", "approve", "reject", "signal", "cancel", "fsck", "gc", "daemon", "demo", "step", "approval", "llm"] {
             let r = try Binary.run("cairn", [cmd, "--help"])
             #expect(r.code == 0, "\(cmd)")
@@ -35,7 +35,7 @@ import Testing
         #expect(root.stdout.hasPrefix("OVERVIEW: Durable execution for AI agents on a plain directory."))
     }
 
-    @Test func submitLsShowWhyGolden() throws {
+    @Test func submitLsShowWhyGolden() async throws {
         let t = try TempSpool()
         let sub = try Binary.cairn("submit", "gate", "--id", "golden-1", "--input", "-", spool: t.spool, stdin: #"{"who": "g"}"#)
         #expect(sub.code == 0 && sub.stdout == "golden-1\n")
@@ -71,7 +71,7 @@ import Testing
         #expect(show.stdout.contains("waiting for approval 'go'"))
     }
 
-    @Test func uncertainStepRecordedDoneThroughCairnApprove() throws {
+    @Test func uncertainStepRecordedDoneThroughCairnApprove() async throws {
         let t = try TempSpool()
         let effects = t.path.appending("fx").string
         let r = try t.submit("crashy", input: ["steps": 2, "effects": .string(effects)] as JSONValue)

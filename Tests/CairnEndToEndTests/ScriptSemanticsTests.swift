@@ -17,7 +17,7 @@ import Testing
         (try? String(contentsOfFile: t.spool.run(r).logsDirectory.appending("stderr.log").string, encoding: .utf8)) ?? ""
     }
 
-    @Test func sameNameHelpersCalledConcurrentlyAreRefusedNotSwapped() throws {
+    @Test func sameNameHelpersCalledConcurrentlyAreRefusedNotSwapped() async throws {
         let t = try TempSpool()
         let out = t.path.appending("out").string
         mkdir(out, 0o755)
@@ -27,10 +27,11 @@ import Testing
             wait
             exit 0
             """)
-        let d = try DaemonProcess(spool: t.spool)
+        let d = try await DaemonProcess(spool: t.spool)
         let r = try t.submit("fanout", input: JSONValue.null)
-        try waitUntil("finished", timeout: 20) { t.status(r)?.isTerminal == true }
-        d.stop()
+        try await waitUntil("finished", timeout: 20) { t.status(r)?.isTerminal == true }
+        #expect(t.status(r) == .completed, "the script exits 0 whatever its helpers said: \(String(describing: try? t.state(r).error))")
+        await d.stop()
         #expect(stderrLog(t, r).contains("called while another helper of this execution was running"), "\(stderrLog(t, r))")
         // Whatever ran recorded its own output: no file holds another caller's letter.
         for u in ["a", "b", "c", "d"] {
@@ -39,37 +40,38 @@ import Testing
         }
     }
 
-    @Test func aHelperInsideAStepsCommandIsRefusedAtOnce() throws {
+    @Test func aHelperInsideAStepsCommandIsRefusedAtOnce() async throws {
         let t = try TempSpool()
         try install(t, "nested", """
             #!/bin/sh
             cairn step outer -- sh -c 'cairn step inner -- echo hi'
             echo "outer exit $?" >&2
             """)
-        let d = try DaemonProcess(spool: t.spool)
+        let d = try await DaemonProcess(spool: t.spool)
         let r = try t.submit("nested", input: JSONValue.null)
-        try waitUntil("finished", timeout: 10) { t.status(r)?.isTerminal == true }
-        d.stop()
+        try await waitUntil("finished", timeout: 10) { t.status(r)?.isTerminal == true }
+        #expect(t.status(r) == .completed, "the script exits 0 whatever its helpers said: \(String(describing: try? t.state(r).error))")
+        await d.stop()
         #expect(stderrLog(t, r).contains("inside the command of `cairn step outer`"), "\(stderrLog(t, r))")
         #expect(try !t.journalSummary(r).contains("step:inner"))
     }
 
-    @Test func helperCallsRemovedFromAWaitingScriptAreNoticed() throws {
+    @Test func helperCallsRemovedFromAWaitingScriptAreNoticed() async throws {
         let t = try TempSpool()
         try install(t, "edit", "#!/bin/sh\ncairn step a -- echo 1 >/dev/null\ncairn approval go >/dev/null\ncairn step b -- echo 2 >/dev/null\n")
-        let d = try DaemonProcess(spool: t.spool)
+        let d = try await DaemonProcess(spool: t.spool)
         let r = try t.submit("edit", input: JSONValue.null)
-        try t.waitFor(r, .waiting)
+        try await t.waitFor(r, .waiting)
         // The gate and what follows are deleted while the run waits; then it is approved.
         try install(t, "edit", "#!/bin/sh\nexit 0\n")
         try t.drop("approvals/go.approved", in: r)
-        try t.waitFor(r, .failed)
+        try await t.waitFor(r, .failed)
         let e = try t.state(r).error
         #expect(e?.type == "nondeterminism" && e?.message.contains("step 'a'") == true, "\(String(describing: e))")
-        d.stop()
+        await d.stop()
     }
 
-    @Test func aStepTimeoutKillsEverythingTheCommandStarted() throws {
+    @Test func aStepTimeoutKillsEverythingTheCommandStarted() async throws {
         let t = try TempSpool()
         let late = t.path.appending("late").string
         try install(t, "slowstep", """
@@ -78,17 +80,18 @@ import Testing
             echo "step exit $?" >&2
             sleep 4
             """)
-        let d = try DaemonProcess(spool: t.spool)
+        let d = try await DaemonProcess(spool: t.spool)
         let r = try t.submit("slowstep", input: JSONValue.null)
         // The script goes on for 4 s after the step (so its process group lives on): only
         // killing the command's whole tree stops the child.
-        try waitUntil("finished", timeout: 15) { t.status(r)?.isTerminal == true }
+        try await waitUntil("finished", timeout: 15) { t.status(r)?.isTerminal == true }
+        #expect(t.status(r) == .completed, "the script exits 0 whatever its helpers said: \(String(describing: try? t.state(r).error))")
         #expect(!FileManager.default.fileExists(atPath: late), "a child of the timed-out command wrote after the timeout")
         #expect(stderrLog(t, r).contains("step exit 124"), "\(stderrLog(t, r))")
-        d.stop()
+        await d.stop()
     }
 
-    @Test func showSaysExitCodesAndHelpersSayWhatIsWrong() throws {
+    @Test func showSaysExitCodesAndHelpersSayWhatIsWrong() async throws {
         let t = try TempSpool()
         let flag = t.path.appending("second").string
         try install(t, "codes", """
@@ -98,10 +101,11 @@ import Testing
             cairn result /no/such/file
             echo "result exit $?" >&2
             """)
-        let d = try DaemonProcess(spool: t.spool)
+        let d = try await DaemonProcess(spool: t.spool)
         let r = try t.submit("codes", input: JSONValue.null)
-        try waitUntil("finished", timeout: 20) { t.status(r)?.isTerminal == true }
-        d.stop()
+        try await waitUntil("finished", timeout: 20) { t.status(r)?.isTerminal == true }
+        #expect(t.status(r) == .completed, "the script exits 0 whatever its helpers said: \(String(describing: try? t.state(r).error))")
+        await d.stop()
         let show = try Binary.cairn("show", r, spool: t.spool)
         let failsLine = show.stdout.split(separator: "\n").first { $0.contains("step") && $0.contains("fails") } ?? ""
         #expect(failsLine.contains("exit 3") && !failsLine.contains(" ok"), "\(show.stdout)")
@@ -110,73 +114,73 @@ import Testing
         #expect(log.contains("/no/such/file: cannot read the result") && !log.contains("not valid JSON"), "\(log)")
     }
 
-    @Test func aDaemonStartDoesNotReRunAScriptWaitingOnSomethingThatHasNotHappened() throws {
+    @Test func aDaemonStartDoesNotReRunAScriptWaitingOnSomethingThatHasNotHappened() async throws {
         let t = try TempSpool()
         let runs = t.path.appending("runs").string
         try install(t, "patient", "#!/bin/sh\necho x >> \(runs)\ncairn sleep 1h\n")
         try install(t, "asking", "#!/bin/sh\necho y >> \(runs).ask\ncairn approval go >/dev/null\n")
-        var d = try DaemonProcess(spool: t.spool)
+        var d = try await DaemonProcess(spool: t.spool)
         let a = try t.submit("patient", input: JSONValue.null)
         let b = try t.submit("asking", input: JSONValue.null)
-        try t.waitFor(a, .waiting)
-        try t.waitFor(b, .waiting)
+        try await t.waitFor(a, .waiting)
+        try await t.waitFor(b, .waiting)
         for _ in 0..<2 {
-            d.stop()
-            d = try DaemonProcess(spool: t.spool)
-            usleep(300_000)
+            await d.stop()
+            d = try await DaemonProcess(spool: t.spool)
+            try await Task.sleep(for: .microseconds(300_000))
         }
         #expect(try String(contentsOfFile: runs, encoding: .utf8) == "x\n", "the sleeping script ran again")
         #expect(try String(contentsOfFile: runs + ".ask", encoding: .utf8) == "y\n", "the asking script ran again")
         // A decision dropped while no daemon ran still counts at the next start.
-        d.stop()
+        await d.stop()
         try t.drop("approvals/go.approved", in: b)
-        d = try DaemonProcess(spool: t.spool)
-        try t.waitFor(b, .completed)
-        d.stop()
+        d = try await DaemonProcess(spool: t.spool)
+        try await t.waitFor(b, .completed)
+        await d.stop()
     }
 
-    @Test func aScriptThatCannotBeExecutedSaysWhyAndChmodIsNoticed() throws {
+    @Test func aScriptThatCannotBeExecutedSaysWhyAndChmodIsNoticed() async throws {
         let t = try TempSpool()
         let p = t.spool.workflowsDirectory.appending("later").string
         try "#!/bin/sh\necho '\"ok\"' | cairn result -\n".write(toFile: p, atomically: true, encoding: .utf8)
         chmod(p, 0o644)
-        let d = try DaemonProcess(spool: t.spool)
+        let d = try await DaemonProcess(spool: t.spool)
         let r = try t.submit("later", input: JSONValue.null)
-        try waitUntil("the daemon parks it") { (try? t.state(r))?.error?.type == "unknown_workflow" }
+        try await waitUntil("the daemon parks it") { (try? t.state(r))?.error?.type == "unknown_workflow" }
         let why = try Binary.cairn("why", r, spool: t.spool)
         #expect(why.stdout.contains("not executable"), "\(why.stdout)")
         chmod(p, 0o755)
-        try t.waitFor(r, .completed, timeout: 10)
+        try await t.waitFor(r, .completed, timeout: 10)
         // No #! line: the error says so instead of an empty stderr.
         try install(t, "noshebang", "echo hi\n")
         let q = try t.submit("noshebang", input: JSONValue.null)
-        try t.waitFor(q, .failed)
+        try await t.waitFor(q, .failed)
         let message = try t.state(q).error?.message ?? ""
         #expect(message.contains("#! line"), "\(message)")
-        d.stop()
+        await d.stop()
     }
 
-    @Test func cancelStopsAScriptThatNeverCallsAHelper() throws {
+    @Test func cancelStopsAScriptThatNeverCallsAHelper() async throws {
         let t = try TempSpool()
         let pidFile = t.path.appending("pid").string
         try install(t, "busy", "#!/bin/sh\ncairn step first -- true\necho $$ > \(pidFile)\nexec sleep 300\n")
-        let d = try DaemonProcess(spool: t.spool)
+        let d = try await DaemonProcess(spool: t.spool)
         let r = try t.submit("busy", input: JSONValue.null)
-        try waitUntil("started") { FileManager.default.fileExists(atPath: pidFile) }
+        try await waitUntil("started") { FileManager.default.fileExists(atPath: pidFile) }
         #expect(try Binary.cairn("cancel", r, spool: t.spool).code == 0)
-        try t.waitFor(r, .cancelled, timeout: 10)
+        try await t.waitFor(r, .cancelled, timeout: 10)
         let pid = Int32((try String(contentsOfFile: pidFile, encoding: .utf8)).trimmingCharacters(in: .whitespacesAndNewlines))!
-        try waitUntil("the script is gone", timeout: 5) { kill(pid, 0) != 0 }
-        d.stop()
+        try await waitUntil("the script is gone", timeout: 5) { kill(pid, 0) != 0 }
+        await d.stop()
     }
 
-    @Test func aHelperWithItsStdoutClosedDoesNotCrash() throws {
+    @Test func aHelperWithItsStdoutClosedDoesNotCrash() async throws {
         let t = try TempSpool()
         try install(t, "closed", "#!/bin/sh\nexec 1>&-\ncairn step b -- echo hi\necho \"step exit $?\" >&2\n")
-        let d = try DaemonProcess(spool: t.spool)
+        let d = try await DaemonProcess(spool: t.spool)
         let r = try t.submit("closed", input: JSONValue.null)
-        try t.waitFor(r, .completed)
-        d.stop()
+        try await t.waitFor(r, .completed)
+        await d.stop()
         #expect(stderrLog(t, r).contains("step exit 0"), "\(stderrLog(t, r))")
         #expect(!stderrLog(t, r).contains("Fatal error"))
     }

@@ -28,12 +28,29 @@ import Testing
         #expect(v.compactText() == #"{"a":[1,2],"d":1.5,"empty":[],"n":null,"obj":{},"s":"a/b\n\"q\"\u0001é","status":"waiting","t":true}"#)
     }
 
-    @Test func malformedJSONNamesTheFile() {
+    @Test func malformedJSONNamesTheFile() throws {
         #expect(throws: SpoolError.self) { try JSONValue.parse("{\"a\": ", file: "x.json") }
-        do { _ = try JSONValue.parse("{", file: "runs/r/x.json") } catch let e as SpoolError {
-            #expect(e.code == .malformed)
-            #expect(e.description.hasPrefix("runs/r/x.json: "))
-        } catch { Issue.record("wrong error \(error)") }
+        let e = try #require(throws: SpoolError.self) { try JSONValue.parse("{", file: "runs/r/x.json") }
+        #expect(e.code == .malformed)
+        #expect(e.description.hasPrefix("runs/r/x.json: "))
+    }
+}
+
+@Suite struct TimestampTests {
+    /// A time written, read back and written again is the same text (a resumed wait is the
+    /// same wait), and it is the time rounded to the millisecond.
+    @Test func formatParseFormatIsStable() throws {
+        var rng = SeededRandom("formatParseFormatIsStable")
+        for _ in 0..<20_000 {
+            let t = Double.random(in: 1.6e9..<2.0e9, using: &rng)
+            let text = Timestamp.format(Date(timeIntervalSince1970: t))
+            let back = try #require(Timestamp.parse(text))
+            #expect(Timestamp.format(back) == text, "\(t) (seed \(rng.seed))")
+            #expect(abs(back.timeIntervalSince1970 - (t * 1000).rounded() / 1000) < 1e-6, "\(t) → \(text) (seed \(rng.seed))")
+            if Timestamp.format(back) != text { return }
+        }
+        #expect(Timestamp.format(Date(timeIntervalSince1970: 1_764_300_000.123)) == "2025-11-28T03:20:00.123Z")
+        #expect(Timestamp.format(Date(timeIntervalSince1970: -1.5)) == "1969-12-31T23:59:58.500Z")
     }
 }
 
@@ -61,13 +78,9 @@ import Testing
     @Test func writeIntoMissingDirectoryFailsNamingTheFile() throws {
         let t = try TempSpool()
         let target = t.spool.root.appending("nope/x.json")
-        do {
-            try t.spool.durable.write(json: ["a": 1], to: target)
-            Issue.record("expected an error")
-        } catch let e as SpoolError {
-            #expect(e.code == .io)
-            #expect(e.path == target.string)
-        }
+        let e = try #require(throws: SpoolError.self) { try t.spool.durable.write(json: ["a": 1], to: target) }
+        #expect(e.code == .io)
+        #expect(e.path == target.string)
         #expect(try Spool.list(t.spool.tmpDirectory).isEmpty)
     }
 }
@@ -81,19 +94,30 @@ import Testing
         let config = try t.spool.config()
         #expect(config.format == 1)
         #expect(config.blobThreshold == 64 * 1024)
-        // Opening again works; creating again leaves the config alone.
+        // Opening again works; creating again leaves the config alone (an edited setting
+        // and the file itself: same content, same inode).
         _ = try Spool.open(at: t.spool.root)
-        _ = try Spool.create(at: t.spool.root)
+        var cfg = try DurableFile.readJSON(t.spool.configFile).objectValue!
+        cfg["blob_threshold"] = 1234
+        cfg["note"] = "edited by the operator"
+        try t.spool.durable.write(json: .object(cfg), to: t.spool.configFile)
+        let before = try String(contentsOfFile: t.spool.configFile.string, encoding: .utf8)
+        var st0 = stat(), st1 = stat()
+        #expect(stat(t.spool.configFile.string, &st0) == 0)
+        let again = try Spool.create(at: t.spool.root)
+        #expect(stat(t.spool.configFile.string, &st1) == 0)
+        #expect(try String(contentsOfFile: t.spool.configFile.string, encoding: .utf8) == before)
+        #expect(st0.st_ino == st1.st_ino, "config.json was rewritten")
+        #expect(try again.config().blobThreshold == 1234)
     }
 
     @Test func openRefusesNonSpoolAndOtherFormats() throws {
         let t = try TempSpool()
         #expect(throws: SpoolError.self) { try Spool.open(at: t.path) }
         try t.spool.durable.write(json: ["format": 2], to: t.spool.configFile)
-        do { _ = try Spool.open(at: t.spool.root); Issue.record("expected error") } catch let e as SpoolError {
-            #expect(e.code == .notASpool)
-            #expect(e.description.contains("format 2"))
-        }
+        let e = try #require(throws: SpoolError.self) { try Spool.open(at: t.spool.root) }
+        #expect(e.code == .notASpool)
+        #expect(e.description.contains("format 2"))
     }
 
     @Test func createRunAppearsWholeAndDeduplicates() throws {

@@ -76,7 +76,9 @@ import Testing
         }
         let engine = t.engine([wf])
         let id = try t.submit("flaky-run", input: 0)
-        guard case .failed = try await engine.drive(id) else { Issue.record("expected failure"); return }
+        let out = try await engine.drive(id)
+        guard case .failed(let info) = out else { Issue.record("expected failure, got \(out)"); return }
+        #expect(info.message.contains("flaky failure"), "\(info)")
         #expect(fx.count("b") == 2)
         broken.value = false
         try t.drop("retry", in: id)

@@ -73,8 +73,11 @@ import Testing
             guard case .waiting(let w) = try await engine.advance(id), w["kind"] == "retry",
                   let until = w["until"]?.stringValue.flatMap(Timestamp.parse) else { Issue.record("expected a retry wait"); return }
             delays.append(until.timeIntervalSince(before))
-            // Before the due time, nothing runs.
-            #expect(try await engine.advance(id) != .completed(7))
+            // Before the due time, nothing runs: the same wait, and no attempt.
+            let calls = fx.count("call")
+            let again = try await engine.advance(id)
+            #expect(again == .waiting(w), "\(again) is not \(w)")
+            #expect(fx.count("call") == calls)
             clock.advance(to: until)
         }
         #expect(try await engine.advance(id) == .completed(7))
@@ -123,7 +126,7 @@ import Testing
         let id = try t.submit("slow", input: 0)
         let engine = t.engine([wf], clock: clock)
         async let outcome = engine.advance(id)
-        while clock.pendingSleepers < 2 { try await Task.sleep(for: .milliseconds(1)) }
+        try await clock.waitForSleepers(2)
         clock.advance(by: .seconds(6))
         guard case .failed(let info) = try await outcome else { Issue.record("expected failure"); return }
         #expect(info.message.contains("timed out"))
@@ -250,7 +253,9 @@ import Synchronization
             return .double(v)
         }
         let id = try t.submit("nan", input: 0)
-        guard case .failed = try await t.engine([wf]).drive(id) else { Issue.record("expected failure"); return }
+        let out = try await t.engine([wf]).drive(id)
+        guard case .failed(let info) = out else { Issue.record("expected failure, got \(out)"); return }
+        #expect(info.message.lowercased().contains("nan") || info.message.contains("JSON"), "\(info)")
         #expect(fx.count("compute") == 1)
         #expect(!(try t.journalSummary(id)).contains("retry:compute"))
     }
@@ -270,7 +275,7 @@ import Synchronization
         let id = try t.submit("slow-pay", input: 0)
         let engine = t.engine([wf], clock: clock)
         async let outcome = engine.advance(id)
-        while clock.pendingSleepers < 2 { try await Task.sleep(for: .milliseconds(1)) }
+        try await clock.waitForSleepers(2)
         clock.advance(by: .seconds(6))
         guard case .failed(let info) = try await outcome else { Issue.record("expected failure"); return }
         #expect(info.message.contains("timed out"))

@@ -100,7 +100,10 @@ import Testing
         #expect(fx.count("charge") == 0)
         // The journal is untouched: nothing was appended, and the run stays stopped.
         #expect(try t.journalSummary(id).count == 8)
-        guard case .failed = try await engine.advance(id) else { Issue.record("should stay failed"); return }
+        let again = try await engine.advance(id)
+        guard case .failed(let same) = again else { Issue.record("should stay failed, got \(again)"); return }
+        #expect(same.type == "nondeterminism", "\(same)")
+        #expect(try t.journalSummary(id).count == 8)
         // With the code fixed, `retry` resumes it.
         try t.drop("retry", in: id)
         guard case .waiting = try await t.engine([Self.orderV1(fx)]).advance(id) else { Issue.record("fixed code should resume"); return }

@@ -129,21 +129,62 @@ import Testing
         #expect(try await engine.advance(id) == .completed([["amount": 1], ["amount": 2], "timed out"]))
     }
 
+    /// Oldest first by the files' times, not their names: the names here sort the other way.
+    @Test func eventsAreConsumedOldestFirstByTimeNotName() async throws {
+        let t = try TempSpool()
+        let wf = workflow("events") { ctx, _ in
+            var got: [JSONValue] = []
+            for _ in 0..<3 { got.append(try await ctx.waitForEvent("payment") ?? .null) }
+            return .array(got)
+        }
+        let engine = t.engine([wf], clock: ManualClock())
+        let id = try t.submit("events", input: 0)
+        guard case .waiting = try await engine.advance(id) else { Issue.record("not waiting"); return }
+        let now = Date().timeIntervalSince1970
+        // a: newest, b: middle, c: oldest.
+        for (name, age) in [("a", 10.0), ("b", 100.0), ("c", 1000.0)] {
+            try t.drop("events/payment.\(name).json", in: id, content: #"{"n": "\#(name)"}"#)
+            let path = t.spool.run(id).eventsDirectory.appending("payment.\(name).json").string
+            var times = [timeval(tv_sec: Int(now - age), tv_usec: 0), timeval(tv_sec: Int(now - age), tv_usec: 0)]
+            #expect(utimes(path, &times) == 0)
+        }
+        let out = try await engine.advance(id)
+        #expect(out == .completed([["n": "c"], ["n": "b"], ["n": "a"]]), "taken in this order: \(out)")
+    }
+
     @Test func sendIsExactlyOnceBetweenRuns() async throws {
         let t = try TempSpool()
+        let attempts = Effects()
         let receiver = workflow("receiver") { ctx, _ in try await ctx.waitForEvent("hello") ?? .null }
         let sender = workflow("sender") { ctx, input in
-            try await ctx.send(to: input.stringValue!, event: "hello", data: ["from": "sender"] as JSONValue)
+            attempts.hit("send")
+            try await ctx.send(to: input.stringValue!, event: "hello", data: ["attempt": .int(Int64(attempts.count("send")))] as JSONValue)
+            try await ctx.sleep(for: .seconds(60))
             return "sent"
         }
-        let engine = t.engine([receiver, sender])
+        let clock = ManualClock()
         let r = try t.submit("receiver", input: 0)
-        _ = try await engine.advance(r)
+        _ = try await t.engine([receiver, sender], clock: clock).advance(r)
         let s = try t.submit("sender", input: r)
-        #expect(try await engine.advance(s) == .completed("sent"))
-        let files = try Spool.list(t.spool.run(r).eventsDirectory)
-        #expect(files == ["hello.\(s)-2.json"])
-        #expect(try await engine.advance(r) == .completed(["from": "sender"]))
+        guard case .waiting = try await t.engine([receiver, sender], clock: clock).advance(s) else { Issue.record("sender not waiting"); return }
+        let file = "hello.\(s)-2.json"
+        #expect(try Spool.list(t.spool.run(r).eventsDirectory) == [file])
+        // A crash after the event was written, before its record: the journal ends before
+        // the send (its record and the timer's are gone), so the send runs again.
+        let journal = t.spool.run(s).journalDirectory
+        let after = try Spool.list(journal).filter { (JournalEntry.parseFileName($0)?.0 ?? 0) >= 2 }
+        #expect(after.count == 2, "\(after)")
+        for f in after { #expect(unlink(journal.appending(f).string) == 0) }
+        #expect(try t.journalSummary(s) == ["start"])
+        guard case .waiting = try await t.engine([receiver, sender], clock: clock).advance(s) else { Issue.record("sender not waiting"); return }
+        #expect(attempts.count("send") == 2, "the send ran again after the crash")
+        #expect(Array(try t.journalSummary(s).prefix(2)) == ["start", "send:hello"])
+        // Still one event, the first attempt's: the resend found it in place.
+        #expect(try Spool.list(t.spool.run(r).eventsDirectory) == [file])
+        let received = try await t.engine([receiver, sender], clock: clock).advance(r)
+        #expect(received == .completed(["attempt": 1]), "the receiver got \(received)")
+        clock.advance(by: .seconds(61))
+        #expect(try await t.engine([receiver, sender], clock: clock).advance(s) == .completed("sent"))
     }
 }
 
