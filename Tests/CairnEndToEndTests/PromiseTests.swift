@@ -161,8 +161,8 @@ private func stepsRecordedTwice(_ s: Spool, _ run: String) throws -> [String] {
             """)
         let grace = 1.5
         let d = try DaemonProcess(spool: t.spool, args: ["--shutdown-grace", "1500ms"])
-        let a = try t.submit("linger", input: ["effects": .string(fx), "tag": "a", "hold": .string(holdA)] as JSONValue)
-        let b = try t.submit("linger", input: ["effects": .string(fx), "tag": "b", "hold": .string(holdB)] as JSONValue)
+        let a = try t.submit("hold", input: ["effects": .string(fx), "tag": "a", "ms": 60_000, "while_exists": .string(holdA), "then_event": "go"] as JSONValue)
+        let b = try t.submit("hold", input: ["effects": .string(fx), "tag": "b", "ms": 60_000, "while_exists": .string(holdB), "then_event": "go"] as JSONValue)
         let s = try t.submit("longstep", input: JSONValue.null)
         try waitUntil("all three executions in their steps") { Set(lines(fx)).isSuperset(of: ["start a", "start b", "start script"]) }
         #expect(try processes(matching: holdS).count >= 1, "the script's step is not running")
@@ -184,9 +184,9 @@ private func stepsRecordedTwice(_ s: Spool, _ run: String) throws -> [String] {
 
         // A: its step recorded, waiting for its event.
         #expect(try t.state(a).status == .waiting && t.state(a).waitingFor?["kind"] == "event")
-        #expect(try t.journalSummary(a).contains("step:linger"))
+        #expect(try t.journalSummary(a).contains("step:hold"))
         // B and the script: interrupted, nothing recorded for the operation in flight.
-        #expect(try !t.journalSummary(b).contains("step:linger"))
+        #expect(try !t.journalSummary(b).contains("step:hold"))
         #expect(try !t.journalSummary(s).contains("step:long"))
         #expect(!lines(fx).contains("end b") && !lines(fx).contains("end script"))
         // The script's process group is gone with the daemon.

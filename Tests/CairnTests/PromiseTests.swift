@@ -16,20 +16,12 @@ import Testing
         }
     }
 
-    struct Idler: Workflow {
-        static let name = "idler"
-        func run(_ ctx: WorkflowContext, input: Int) async throws -> Int {
-            _ = try await ctx.waitForEvent("never")
-            return input
-        }
-    }
-
     /// Starts one child and reports how it ended, as the parent saw it.
     struct ChildWatcher: Workflow {
         static let name = "watcher"
         func run(_ ctx: WorkflowContext, input: String) async throws -> JSONValue {
             do {
-                let v: Int = input == "breaker" ? try await ctx.child("kid", Breaker.self, input: 1) : try await ctx.child("kid", Idler.self, input: 2)
+                let v: Int = input == "breaker" ? try await ctx.child("kid", Breaker.self, input: 1) : try await ctx.child("kid", CompositionTests.Forever.self, input: 2)
                 return ["value": .int(Int64(v))]
             } catch let e as StepFailedError {
                 return ["step": .string(e.step), "type": .string(e.error.type), "message": .string(e.error.message), "retryable": e.error.retryable.map { .bool($0) } ?? .null]
@@ -40,7 +32,7 @@ import Testing
     func childEngine(_ t: TempSpool) -> Engine {
         var reg = WorkflowRegistry()
         reg.register(Breaker())
-        reg.register(Idler())
+        reg.register(CompositionTests.Forever())
         reg.register(ChildWatcher())
         return Engine(spool: t.spool, registry: reg, clock: ManualClock(autoAdvance: true))
     }
@@ -64,7 +56,7 @@ import Testing
     @Test func aCancelledChildThrowsChildCancelledInTheParent() async throws {
         let t = try TempSpool()
         let engine = childEngine(t)
-        let id = try t.submit("watcher", input: "idler")
+        let id = try t.submit("watcher", input: "forever")
         guard case .waiting(let w) = try await engine.drive(id) else { Issue.record("parent not waiting"); return }
         #expect(w["kind"] == "child")
         let kid = "\(id).kid"
