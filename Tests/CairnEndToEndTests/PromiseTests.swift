@@ -580,4 +580,54 @@ private func dropIntoInbox(_ t: TempSpool, _ name: String, _ content: String) th
         let after = try Binary.cairn("fsck", spool: t.spool)
         #expect(after.code == 1 && after.stdout.contains("runs/\(done)") && !after.stdout.contains("runs/\(waiting)"), "\(after.stdout)")
     }
+
+    /// operations.md: "`cairn fsck --repair` … safe while the daemon runs (skips runs it
+    /// holds)"; cli.md: "Runs a daemon holds are skipped (listed as busy)."
+    @Test func fsckRepairSkipsARunSomeoneHolds() throws {
+        let t = try TempSpool()
+        let r = try t.submit("nap", input: 0.01)
+        _ = try Binary.run("cairn-fixtures", ["advance", r, "--spool", t.spool.root.string])
+        #expect(t.status(r) == .completed)
+        unlink(t.spool.run(r).stateFile.string)
+        do {
+            let lock = try RunLock.tryAcquire(t.spool.runDirectory(r))
+            #expect(lock != nil)
+            let held = try Binary.cairn("fsck", "--repair", "--json", spool: t.spool)
+            withExtendedLifetime(lock) {}
+            #expect(try JSONValue.parse(held.stdout)["busy"] == [.string(r)], "\(held.stdout)")
+            #expect(!exists(t.spool.run(r).stateFile.string), "a held run was repaired")
+        }
+        let free = try Binary.cairn("fsck", "--repair", spool: t.spool)
+        #expect(free.code == 0, "\(free.stdout)")
+        #expect(t.status(r) == .completed)
+    }
+
+    /// operations.md: "Restoring a single run: stop the daemon, copy runs/RUN/ back, `cairn
+    /// fsck --repair`, start." A restore rewinds: a decision dropped after the backup must be
+    /// dropped again.
+    @Test func aSingleRunRestoredRewindsToItsCopy() throws {
+        let t = try TempSpool()
+        var d = try DaemonProcess(spool: t.spool)
+        let r = try t.submit("gate", input: ["who": "one"] as JSONValue)
+        try t.waitFor(r, .waiting)
+        let copy = t.path.appending("run-backup").string
+        let dir = t.spool.runDirectory(r).string
+        #expect(Binary.runShell("rsync -a '\(dir)/' '\(copy)/'").code == 0)
+        try t.drop("approvals/go.approved", in: r)
+        try t.waitFor(r, .completed)
+        #expect(d.stop() == 0)
+
+        let restore = Binary.runShell("rsync -a --delete '\(copy)/' '\(dir)/' && '\(Binary.path("cairn"))' fsck --repair --spool '\(t.spool.root.string)'")
+        #expect(restore.code == 0, "\(restore.stdout)\(restore.stderr)")
+        #expect(t.status(r) == .waiting)
+        #expect(try t.spool.indexedRuns(.waiting) == [r] && t.spool.indexedRuns(.completed).isEmpty, "the index was not rebuilt")
+        #expect(try Binary.cairn("fsck", spool: t.spool).code == 0)
+        d = try DaemonProcess(spool: t.spool, name: "after-restore")
+        usleep(200_000)
+        #expect(t.status(r) == .waiting, "the decision made after the backup counted")
+        try t.drop("approvals/go.approved", in: r)
+        try t.waitFor(r, .completed)
+        #expect(try t.result(r)["approved"] == true)
+        #expect(d.stop() == 0)
+    }
 }
