@@ -630,4 +630,36 @@ private func dropIntoInbox(_ t: TempSpool, _ name: String, _ content: String) th
         #expect(try t.result(r)["approved"] == true)
         #expect(d.stop() == 0)
     }
+
+    /// cli.md: `--concurrency N` caps executions at once over all workflows; cairn.json's
+    /// `concurrency.workflows` caps one workflow.
+    @Test func concurrencyCapsHoldOverAllWorkflowsAndPerWorkflow() throws {
+        func mostAtOnce(_ path: String) -> Int {
+            var open = 0, most = 0
+            for l in lines(path) {
+                open += l.hasPrefix("start ") ? 1 : -1
+                most = max(most, open)
+            }
+            return most
+        }
+        let t = try TempSpool()
+        let fx = t.path.appending("fx").string
+        var d = try DaemonProcess(spool: t.spool, args: ["--concurrency", "2"])
+        var runs: [String] = []
+        for i in 0..<5 { runs.append(try t.submit("hold", input: ["effects": .string(fx), "tag": .string("g\(i)"), "ms": 250] as JSONValue)) }
+        try waitUntil("all done", timeout: 20) { runs.allSatisfy { t.status($0) == .completed } }
+        #expect(d.stop() == 0)
+        #expect(mostAtOnce(fx) == 2, "--concurrency 2: \(lines(fx))")
+
+        let fx2 = t.path.appending("fx2").string
+        var cfg = try DurableFile.readJSON(t.spool.configFile).objectValue!
+        cfg["concurrency"] = ["workflows": ["hold": 1]]
+        try t.spool.durable.write(json: .object(cfg), to: t.spool.configFile)
+        d = try DaemonProcess(spool: t.spool, name: "capped")
+        runs = []
+        for i in 0..<3 { runs.append(try t.submit("hold", input: ["effects": .string(fx2), "tag": .string("w\(i)"), "ms": 250] as JSONValue)) }
+        try waitUntil("all done", timeout: 20) { runs.allSatisfy { t.status($0) == .completed } }
+        #expect(d.stop() == 0)
+        #expect(mostAtOnce(fx2) == 1, "concurrency.workflows.hold = 1: \(lines(fx2))")
+    }
 }
