@@ -92,11 +92,14 @@ private func stepsRecordedTwice(_ s: Spool, _ run: String) throws -> [String] {
         var rsyncCodes: [Int32] = []
         // README, from the directory holding spool/: `rsync -a spool/ backup/`.
         // operations.md: `rsync -a SPOOL/ BACKUP/`, twice.
+        var unfinishedAtFirstCopy = 0
         for command in ["cd '\(t.path.string)' && rsync -a spool/ backup/", "rsync -a '\(root)/' '\(opsCopy)/'", "rsync -a '\(root)/' '\(opsCopy)/'"] {
             let r = Binary.runShell(command)
             #expect(r.code == 0 || r.code == 24, "\(command): \(r.code) \(r.stderr)")
+            if rsyncCodes.isEmpty { unfinishedAtFirstCopy = runs.filter { t.status($0) != .completed }.count }
             rsyncCodes.append(r.code)
         }
+        #expect(unfinishedAtFirstCopy > 0, "every run had finished before the first copy: it was not taken mid-flight")
         let midFlight = runs.filter { t.status($0) != .completed }.count
         print("backup: rsync exit codes \(rsyncCodes); \(midFlight) of \(runs.count) runs still unfinished after the copies")
 
@@ -159,8 +162,8 @@ private func stepsRecordedTwice(_ s: Spool, _ run: String) throws -> [String] {
             cairn event go > /dev/null
             echo '"script done"' | cairn result -
             """)
-        let grace = 1.5
-        let d = try DaemonProcess(spool: t.spool, args: ["--shutdown-grace", "1500ms"])
+        let grace = 3.0
+        let d = try DaemonProcess(spool: t.spool, args: ["--shutdown-grace", "3s"])
         let a = try t.submit("hold", input: ["effects": .string(fx), "tag": "a", "ms": 60_000, "while_exists": .string(holdA), "then_event": "go"] as JSONValue)
         let b = try t.submit("hold", input: ["effects": .string(fx), "tag": "b", "ms": 60_000, "while_exists": .string(holdB), "then_event": "go"] as JSONValue)
         let s = try t.submit("longstep", input: JSONValue.null)
@@ -172,7 +175,6 @@ private func stepsRecordedTwice(_ s: Spool, _ run: String) throws -> [String] {
         try waitUntil("shutdown begins") { d.log.contains("shutting down") }
         // Stops taking work: a run submitted now waits for the next daemon.
         let late = try t.submit("nap", input: 0.01)
-        usleep(300_000)
         // A reaches its next wait within the grace period.
         unlink(holdA)
         try waitForExit(d, timeout: grace + 10)
