@@ -664,4 +664,31 @@ private func dropIntoInbox(_ t: TempSpool, _ name: String, _ content: String) th
         #expect(d.stop() == 0)
         #expect(mostAtOnce(fx2) == 1, "concurrency.workflows.hold = 1: \(lines(fx2))")
     }
+
+    /// operations.md, "Upgrades with runs in flight": stop (SIGTERM), change the code, start;
+    /// a run that no longer matches fails with `nondeterminism`, the documented jq line finds
+    /// it, and after a fix `cairn retry` finishes it.
+    @Test func anUpgradeThatChangesARunsPathIsFoundByTheDocumentedQueryAndRetried() throws {
+        let t = try TempSpool()
+        try installScript(t, "ship", "#!/bin/sh\ncairn step pack -- echo packed > /dev/null\ncairn approval go > /dev/null\necho '\"shipped\"' | cairn result -\n")
+        var d = try DaemonProcess(spool: t.spool)
+        let r = try t.submit("ship", input: JSONValue.null)
+        let other = try t.submit("nap", input: "not a number")  // failed for another reason
+        try t.waitFor(r, .waiting)
+        try t.waitFor(other, .failed)
+        #expect(d.stop() == 0)
+        // The new version drops the step before the gate: a different sequence of operations.
+        try installScript(t, "ship", "#!/bin/sh\ncairn approval go > /dev/null\necho '\"shipped\"' | cairn result -\n")
+        d = try DaemonProcess(spool: t.spool, name: "upgraded")
+        try t.drop("approvals/go.approved", in: r)
+        try t.waitFor(r, .failed)
+        let query = Binary.runShell("'\(Binary.path("cairn"))' ls --status failed --json --spool '\(t.spool.root.string)' | jq -r '.[] | select(.error.type == \"nondeterminism\") | .run'")
+        #expect(query.code == 0 && query.stdout == "\(r)\n", "\(query.stdout)\(query.stderr)")
+        // Fix the code (back to a compatible version), deploy, retry.
+        try installScript(t, "ship", "#!/bin/sh\ncairn step pack -- echo packed > /dev/null\ncairn approval go > /dev/null\necho '\"shipped\"' | cairn result -\n")
+        #expect(try Binary.cairn("retry", r, spool: t.spool).code == 0)
+        try t.waitFor(r, .completed)
+        #expect(try t.result(r) == "shipped")
+        #expect(d.stop() == 0)
+    }
 }
