@@ -59,6 +59,8 @@ public enum Inbox {
                     try reject(name, reason: "\(name): the \(j["id"] != nil ? "id" : "idempotency key") is already used by run \(run), submitted by \(by), not by you; choose another", spool: spool, now: now)
                     return .rejected(reason: "id or key already used by \(by)'s run \(run)")
                 }
+                // (The implicit key's promise: a daemon that dies here makes no second run.)
+                CrashPoints.reached("inbox.before-unlink")
                 guard unlink(path.string) == 0 || errno == ENOENT else {
                     throw SpoolError(.io, path: path.string, errno: errno, "accepted as run \(run), but cannot remove it from the inbox")
                 }

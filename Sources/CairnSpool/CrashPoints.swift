@@ -7,7 +7,10 @@ import Synchronization
 ///
 /// Points inside the durable write: `write.before-fsync`, `write.before-rename`,
 /// `write.before-dirsync`, `write.after-dirsync`. Points in the engine:
-/// `step.after-body` (a step's side effect happened but its record is not written).
+/// `step.after-body` (a step's side effect happened but its record is not written). In the
+/// spool and the daemon: `run.before-rename` (a new run's directory is staged in `tmp/`, not
+/// yet renamed into `runs/`) and `inbox.before-unlink` (an inbox file was made a run but
+/// not yet removed).
 ///
 /// Compiled into debug builds only (`CAIRN_TEST_HOOKS`, see Package.swift): in a release
 /// build `reached` is empty and `CAIRN_CRASH_AT` means nothing.

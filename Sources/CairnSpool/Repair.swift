@@ -177,7 +177,7 @@ public enum Repair {
 
         // index/: derived, but a run it does not list is invisible to `ls --status` and to a
         // daemon's recovery, so drift is a problem to report, not to fix in silence.
-        let drift = try repair ? spool.reconcileIndex() : spool.indexDrift()
+        let drift = try repair ? spool.reconcileIndex(verifyFinished: true) : spool.indexDrift(verifyFinished: true)
         for m in drift.missing {
             var f = Finding(file: "index/\(m.status.rawValue)/\(m.run)", problem: "missing: state.json says \(m.status.rawValue), the index does not list the run there")
             if repair { f.repaired = "added" }

@@ -149,7 +149,10 @@ public struct Spool: Sendable {
         public var isEmpty: Bool { missing.isEmpty && stale.isEmpty }
     }
 
-    public func indexDrift() throws -> IndexDrift {
+    /// `verifyFinished` reads state.json of runs listed as completed or cancelled too (fsck
+    /// does: a restored copy of a run can rewind it from completed to waiting); without it,
+    /// one such entry is trusted (the daemon's start: finished runs never change by themselves).
+    public func indexDrift(verifyFinished: Bool = false) throws -> IndexDrift {
         var listed: [String: [RunStatus]] = [:]
         for status in RunStatus.allCases {
             for id in try indexedRuns(status) { listed[id, default: []].append(status) }
@@ -160,7 +163,7 @@ public struct Spool: Sendable {
             let entries = listed[id] ?? []
             // One entry is the common case; trust it without reading state.json only for
             // completed and cancelled runs (they never change again), and check the others.
-            if entries.count == 1, entries[0] == .completed || entries[0] == .cancelled { continue }
+            if !verifyFinished, entries.count == 1, entries[0] == .completed || entries[0] == .cancelled { continue }
             guard let state = try? readState(id) else { continue }
             if !entries.contains(state.status) { drift.missing.append((id, state.status)) }
             for s in entries where s != state.status { drift.stale.append((id, s)) }
@@ -175,8 +178,8 @@ public struct Spool: Sendable {
 
     /// Makes the index agree with state.json (see `indexDrift`). Returns what it changed.
     @discardableResult
-    public func reconcileIndex() throws -> IndexDrift {
-        let drift = try indexDrift()
+    public func reconcileIndex(verifyFinished: Bool = false) throws -> IndexDrift {
+        let drift = try indexDrift(verifyFinished: verifyFinished)
         for m in drift.missing { updateIndex(m.run, status: m.status) }
         for s in drift.stale {
             let state = try? readState(s.run)

@@ -79,21 +79,40 @@ struct Listen: Workflow {
     }
 }
 
-/// One step that logs "start TAG" and "end TAG" around a pause (concurrency tests).
+/// One step that logs "start TAG" and "end TAG" around a pause of `ms` (concurrency tests) —
+/// or, with `while_exists`, while that file exists (at most `ms`); then, with `then_event`,
+/// waits for that event (shutdown tests: an execution that reaches its next wait).
 struct Hold: Workflow {
     static let name = "hold"
     struct Input: Codable, Sendable {
         var effects: String
         var tag: String
         var ms: Int
+        var whileExists: String?
+        var thenEvent: String?
+
+        enum CodingKeys: String, CodingKey {
+            case effects, tag, ms
+            case whileExists = "while_exists"
+            case thenEvent = "then_event"
+        }
     }
     func run(_ ctx: WorkflowContext, input: Input) async throws -> String {
-        try await ctx.step("hold") { key in
+        let tag: String = try await ctx.step("hold") { key in
             try effect(input.effects, "start", input.tag)
-            try await Task.sleep(for: .milliseconds(input.ms))
+            if let path = input.whileExists {
+                let deadline = Date().addingTimeInterval(Double(input.ms) / 1000)
+                while FileManager.default.fileExists(atPath: path) && Date() < deadline {
+                    try await Task.sleep(for: .milliseconds(20))
+                }
+            } else {
+                try await Task.sleep(for: .milliseconds(input.ms))
+            }
             try effect(input.effects, "end", input.tag)
             return input.tag
         }
+        if let event = input.thenEvent { _ = try await ctx.waitForEvent(event) }
+        return tag
     }
 }
 
@@ -103,4 +122,5 @@ workflows.register(Gate())
 workflows.register(Nap())
 workflows.register(Listen())
 workflows.register(Hold())
+workflows.register(Saga())
 await CairnCLI.main(workflows: workflows)
