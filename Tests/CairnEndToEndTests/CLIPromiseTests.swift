@@ -12,7 +12,7 @@ import Testing
 
     /// "The same --id or --idempotency-key submitted twice yields one run: the second call
     /// prints the first run's id (and a warning on stderr) and exits 0."
-    @Test func submittingTheSameIdOrKeyTwiceYieldsOneRunAndAWarning() throws {
+    @Test func submittingTheSameIdOrKeyTwiceYieldsOneRunAndAWarning() async throws {
         let t = try TempSpool()
         // A workflow the stock binary knows (else submit warns about that).
         let script = t.spool.workflowsDirectory.appending("nap").string
@@ -34,7 +34,7 @@ import Testing
 
     /// approve/reject: exit 1 when the gate already has a decision file. cancel and pause
     /// refuse finished runs, retry anything but a failed run, resume a run without pause.
-    @Test func decisionAndControlCommandsRefuseWhatTheDocsSay() throws {
+    @Test func decisionAndControlCommandsRefuseWhatTheDocsSay() async throws {
         let t = try TempSpool()
         let r = try t.submit("gate", input: ["who": "x"] as JSONValue)
         #expect(try advance(t, r).stdout.contains("waiting"))
@@ -66,7 +66,7 @@ import Testing
 
     /// The `wait --for` table: terminal (default) exits 0 on any terminal status,
     /// completed exits 1 on failed, waiting exits 0 on waiting and 1 on a terminal status.
-    @Test func waitExitCodesFollowTheTable() throws {
+    @Test func waitExitCodesFollowTheTable() async throws {
         let t = try TempSpool()
         let done = try t.submit("nap", input: 0.01)
         let failed = try t.submit("nap", input: "not a number")
@@ -88,12 +88,12 @@ import Testing
 
     /// operations.md: `--log-format json` writes one object per line with `at`, `level`,
     /// `message`, `label`, and the metadata as strings.
-    @Test func jsonLogsAreOneObjectPerLine() throws {
+    @Test func jsonLogsAreOneObjectPerLine() async throws {
         let t = try TempSpool()
-        let d = try DaemonProcess(spool: t.spool, args: ["--log-format", "json"])
+        let d = try await DaemonProcess(spool: t.spool, args: ["--log-format", "json"])
         let r = try t.submit("nap", input: 0.01)
-        try t.waitFor(r, .completed)
-        #expect(d.stop() == 0)
+        try await t.waitFor(r, .completed)
+        #expect(await d.stop() == 0)
         let logLines = d.log.split(separator: "\n").map(String.init)
         #expect(logLines.count >= 3)
         for line in logLines {

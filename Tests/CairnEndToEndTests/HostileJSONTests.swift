@@ -11,10 +11,10 @@ import Testing
 @Suite struct HostileJSONTests {
     static func deep500() -> String { String(repeating: "[", count: 500) + String(repeating: "]", count: 500) }
 
-    @Test func deeplyNestedDropsAreRefusedAtOnceAndTheDaemonStaysResponsive() throws {
+    @Test func deeplyNestedDropsAreRefusedAtOnceAndTheDaemonStaysResponsive() async throws {
         let t = try TempSpool()
-        let d = try DaemonProcess(spool: t.spool)
-        defer { d.stop() }
+        let d = try await DaemonProcess(spool: t.spool)
+        defer { d.stopBlocking() }
         func drop(_ content: String, at path: FilePath) throws {
             let tmp = path.removingLastComponent().appending(".x-\(UUID().uuidString)").string
             try content.write(toFile: tmp, atomically: false, encoding: .utf8)
@@ -25,9 +25,9 @@ import Testing
         let started = Date()
         try drop(hostile, at: t.spool.inboxDirectory.appending("w10.json"))
         try drop(#"{"workflow": "nap", "input": 0, "id": "after"}"#, at: t.spool.inboxDirectory.appending("after.json"))
-        try t.waitFor("after", .completed, timeout: 20)
+        try await t.waitFor("after", .completed, timeout: 20)
         let inboxTook = Date().timeIntervalSince(started)
-        try waitUntil("w10.json rejected", timeout: 20) { DurableFile.exists(t.spool.rejectedDirectory.appending("w10.error.json")) }
+        try await waitUntil("w10.json rejected", timeout: 20) { DurableFile.exists(t.spool.rejectedDirectory.appending("w10.error.json")) }
         let why = try DurableFile.readJSON(t.spool.rejectedDirectory.appending("w10.error.json"))["error"]?.stringValue ?? ""
         #expect(why.contains("levels deep"), "\(why)")
         #expect(!t.spool.runExists("wide10"))
@@ -35,14 +35,14 @@ import Testing
         // An event: five 500-deep arrays are refused; a real event after it is delivered.
         let r = try Binary.run("cairn-fixtures", ["submit", "listen", "--id", "lis", "--input", "-", "--spool", t.spool.root.string], stdin: "\"ev\"")
         #expect(r.code == 0, "\(r.stderr)")
-        try t.waitFor("lis", .waiting)
+        try await t.waitFor("lis", .waiting)
         let eventStarted = Date()
         try drop("[" + (0..<5).map { _ in Self.deep500() }.joined(separator: ",") + "]", at: t.spool.run("lis").directory.appending("events/ev.json"))
-        try waitUntil("the deep event refused", timeout: 20) { DurableFile.exists(t.spool.run("lis").directory.appending("events/ev.json.error.json")) }
+        try await waitUntil("the deep event refused", timeout: 20) { DurableFile.exists(t.spool.run("lis").directory.appending("events/ev.json.error.json")) }
         let eventTook = Date().timeIntervalSince(eventStarted)
         let s = try Binary.run("cairn-fixtures", ["signal", "lis", "ev", "--data", "-", "--spool", t.spool.root.string], stdin: "{\"ok\": true}")
         #expect(s.code == 0, "\(s.stderr)")
-        try t.waitFor("lis", .completed, timeout: 20)
+        try await t.waitFor("lis", .completed, timeout: 20)
         #expect(try t.result("lis") == ["ok": true])
 
         // The deepest shape allowed (64 levels, arrays and objects alternating) as a gate's
@@ -51,7 +51,7 @@ import Testing
         let wide = "{\"workflow\":\"gate\",\"id\":\"deep64\",\"input\":{\"who\":\"x\",\"list\":[" + Array(repeating: deep64, count: 100_000 / deep64.utf8.count).joined(separator: ",") + "]}}"
         let wideStarted = Date()
         try drop(wide, at: t.spool.inboxDirectory.appending("deep64.json"))
-        try t.waitFor("deep64", .waiting, timeout: 30)
+        try await t.waitFor("deep64", .waiting, timeout: 30)
         let wideTook = Date().timeIntervalSince(wideStarted)
         print(String(format: "HostileJSONTests: ten 500-deep values in the inbox rejected with the next submission done in %.2f s; a 500-deep event refused in %.2f s; %d KB of 64-deep values accepted and at the gate in %.2f s", inboxTook, eventTook, wide.utf8.count / 1024, wideTook))
     }

@@ -32,8 +32,8 @@ private func processes(matching token: String) throws -> [String] {
 }
 
 /// Waits for a daemon process to exit on its own, failing at the deadline.
-private func waitForExit(_ d: DaemonProcess, timeout: Double) throws {
-    try waitUntil("daemon \(d.pid) to exit", timeout: timeout) { !d.process.isRunning }
+private func waitForExit(_ d: DaemonProcess, timeout: Double) async throws {
+    try await waitUntil("daemon \(d.pid) to exit", timeout: timeout) { !d.process.isRunning }
     d.process.waitUntilExit()
 }
 
@@ -74,16 +74,16 @@ private func stepsRecordedTwice(_ s: Spool, _ run: String) throws -> [String] {
     /// a second pass, restore as `rsync -a --delete` then `cairn fsck --repair --spool`.
     /// Each copy is restored into a fresh directory, repaired, and finished by a new daemon:
     /// every run completes with the result the original spool got.
-    @Test func aCopyTakenWhileRunsRunIsRestoredRepairedAndFinished() throws {
+    @Test func aCopyTakenWhileRunsRunIsRestoredRepairedAndFinished() async throws {
         let t = try TempSpool()
         let fx = t.path.appending("fx").string
         try installScript(t, "tally", Self.script)
         let root = t.spool.root.string
-        let d = try DaemonProcess(spool: t.spool)
+        let d = try await DaemonProcess(spool: t.spool)
         var runs: [String] = []
         for _ in 0..<5 { runs.append(try t.submit("crashy", input: ["steps": 8, "effects": .string(fx), "delay_ms": 40] as JSONValue)) }
         for _ in 0..<3 { runs.append(try t.submit("tally", input: JSONValue.null)) }
-        try waitUntil("runs under way") { lines(fx).count >= 12 }
+        try await waitUntil("runs under way") { lines(fx).count >= 12 }
 
         // The copies, taken mid-flight. rsync may report files that vanished while it ran
         // (temp files renamed into place): exit 24, harmless.
@@ -103,10 +103,10 @@ private func stepsRecordedTwice(_ s: Spool, _ run: String) throws -> [String] {
         let midFlight = runs.filter { t.status($0) != .completed }.count
         print("backup: rsync exit codes \(rsyncCodes); \(midFlight) of \(runs.count) runs still unfinished after the copies")
 
-        try waitUntil("the original spool finishes", timeout: 30) { runs.allSatisfy { t.status($0) == .completed } }
+        try await waitUntil("the original spool finishes", timeout: 30) { runs.allSatisfy { t.status($0) == .completed } }
         var expected: [String: JSONValue] = [:]
         for r in runs { expected[r] = try t.result(r) }
-        #expect(d.stop() == 0)
+        #expect(await d.stop() == 0)
 
         for (n, copy) in [readmeCopy, opsCopy].enumerated() {
             let base = t.path.appending("restored-\(n)")
@@ -125,12 +125,12 @@ private func stepsRecordedTwice(_ s: Spool, _ run: String) throws -> [String] {
             let restored = try Spool.open(at: FilePath(fresh))
             let unfinished = runs.filter { status(restored, $0) != .completed }
             print("restore \(n): \(unfinished.count) run(s) to finish; repair said: \(repair.stdout.split(separator: "\n").last ?? "")")
-            let d2 = try DaemonProcess(spool: restored, name: "restored")
-            try waitUntil("restored runs finish (\(copy))", timeout: 30) {
+            let d2 = try await DaemonProcess(spool: restored, name: "restored")
+            try await waitUntil("restored runs finish (\(copy))", timeout: 30) {
                 for r in runs { try rerunUncertain(restored, r) }
                 return runs.allSatisfy { status(restored, $0) == .completed }
             }
-            #expect(d2.stop() == 0)
+            #expect(await d2.stop() == 0)
             for r in runs {
                 #expect(try DurableFile.readJSON(restored.run(r).resultFile) == expected[r], "\(r) restored from \(copy) finished differently")
                 // The script's "add" repeats in a loop (matched by position): four of them.
@@ -149,7 +149,7 @@ private func stepsRecordedTwice(_ s: Spool, _ run: String) throws -> [String] {
     /// operations.md: SIGTERM → stop taking work, give running executions the grace period to
     /// reach their next wait, kill what is left (scripts by process group), exit 0;
     /// interrupted operations have no record and run again on the next start.
-    @Test func sigtermGivesTheGraceThenInterruptsExitsZeroAndTheNextDaemonResumes() throws {
+    @Test func sigtermGivesTheGraceThenInterruptsExitsZeroAndTheNextDaemonResumes() async throws {
         let t = try TempSpool()
         let fx = t.path.appending("fx").string
         let holdA = t.path.appending("hold-a").string   // released during the grace period
@@ -163,21 +163,21 @@ private func stepsRecordedTwice(_ s: Spool, _ run: String) throws -> [String] {
             echo '"script done"' | cairn result -
             """)
         let grace = 3.0
-        let d = try DaemonProcess(spool: t.spool, args: ["--shutdown-grace", "3s"])
+        let d = try await DaemonProcess(spool: t.spool, args: ["--shutdown-grace", "3s"])
         let a = try t.submit("hold", input: ["effects": .string(fx), "tag": "a", "ms": 60_000, "while_exists": .string(holdA), "then_event": "go"] as JSONValue)
         let b = try t.submit("hold", input: ["effects": .string(fx), "tag": "b", "ms": 60_000, "while_exists": .string(holdB), "then_event": "go"] as JSONValue)
         let s = try t.submit("longstep", input: JSONValue.null)
-        try waitUntil("all three executions in their steps") { Set(lines(fx)).isSuperset(of: ["start a", "start b", "start script"]) }
+        try await waitUntil("all three executions in their steps") { Set(lines(fx)).isSuperset(of: ["start a", "start b", "start script"]) }
         #expect(try processes(matching: holdS).count >= 1, "the script's step is not running")
 
         let sent = Date()
         #expect(kill(d.pid, SIGTERM) == 0)
-        try waitUntil("shutdown begins") { d.log.contains("shutting down") }
+        try await waitUntil("shutdown begins") { d.log.contains("shutting down") }
         // Stops taking work: a run submitted now waits for the next daemon.
         let late = try t.submit("nap", input: 0.01)
         // A reaches its next wait within the grace period.
         unlink(holdA)
-        try waitForExit(d, timeout: grace + 10)
+        try await waitForExit(d, timeout: grace + 10)
         let took = Date().timeIntervalSince(sent)
         print("shutdown took \(String(format: "%.2f", took)) s with a grace of \(grace) s")
         #expect(d.process.terminationReason == .exit && d.process.terminationStatus == 0, "exit status \(d.process.terminationStatus)")
@@ -199,26 +199,26 @@ private func stepsRecordedTwice(_ s: Spool, _ run: String) throws -> [String] {
         // The next daemon resumes everything.
         unlink(holdB)
         unlink(holdS)
-        let d2 = try DaemonProcess(spool: t.spool, name: "next")
+        let d2 = try await DaemonProcess(spool: t.spool, name: "next")
         for r in [b, s] {
-            try waitUntil("\(r) back at its event wait", timeout: 15) { (try? t.state(r).waitingFor?["kind"]) == "event" }
+            try await waitUntil("\(r) back at its event wait", timeout: 15) { (try? t.state(r).waitingFor?["kind"]) == "event" }
         }
-        try t.waitFor(late, .completed)
+        try await t.waitFor(late, .completed)
         for r in [a, b, s] { try t.drop("events/go.json", in: r, content: "true") }
-        for r in [a, b, s] { try t.waitFor(r, .completed) }
+        for r in [a, b, s] { try await t.waitFor(r, .completed) }
         #expect(try t.result(a) == "a" && t.result(b) == "b" && t.result(s) == "script done")
         let log = lines(fx)
         #expect(log.filter { $0 == "start a" }.count == 1 && log.filter { $0 == "end a" }.count == 1, "\(log)")
         #expect(log.filter { $0 == "start b" }.count == 2, "B's interrupted step ran again: \(log)")
         #expect(log.filter { $0 == "start script" }.count == 2, "the script's interrupted step ran again: \(log)")
-        #expect(d2.stop() == 0)
+        #expect(await d2.stop() == 0)
     }
 }
 
 // MARK: - cairn step --retries, --timeout, --at-most-once from a script
 
 @Suite(.serialized) struct ScriptStepOptionTests {
-    @Test func retriesTimeoutAndAtMostOnceFromAScript() throws {
+    @Test func retriesTimeoutAndAtMostOnceFromAScript() async throws {
         let t = try TempSpool()
         let fx = t.path.appending("fx").string
         let hold = t.path.appending("hold-pay").string
@@ -235,18 +235,18 @@ private func stepsRecordedTwice(_ s: Spool, _ run: String) throws -> [String] {
             echo "pay exit $?" >&2
             echo '"end"' | cairn result -
             """)
-        var d = try DaemonProcess(spool: t.spool)
+        var d = try await DaemonProcess(spool: t.spool)
         let r = try t.submit("opts", input: JSONValue.null)
         // --retries: the first attempt's failure is a durable wait, the script stopped.
-        try waitUntil("the retry wait", timeout: 10) { (try? t.state(r).waitingFor?["kind"]) == "retry" }
+        try await waitUntil("the retry wait", timeout: 10) { (try? t.state(r).waitingFor?["kind"]) == "retry" }
         #expect(try processes(matching: t.spool.workflowsDirectory.appending("opts").string).isEmpty, "the script runs during its retry wait")
         // --at-most-once: the daemon dies while the payment runs.
-        try waitUntil("the payment running", timeout: 20) { lines(fx).contains { $0.hasPrefix("pay ") } }
-        d.kill9()
-        try waitUntil("the payment's command killed with its daemon", timeout: 5) { try processes(matching: hold).isEmpty }
+        try await waitUntil("the payment running", timeout: 20) { lines(fx).contains { $0.hasPrefix("pay ") } }
+        await d.kill9()
+        try await waitUntil("the payment's command killed with its daemon", timeout: 5) { try processes(matching: hold).isEmpty }
         unlink(hold)
-        d = try DaemonProcess(spool: t.spool, name: "second")
-        try waitUntil("the uncertain gate", timeout: 10) { (try? t.state(r).waitingFor?["kind"]) == "uncertain" }
+        d = try await DaemonProcess(spool: t.spool, name: "second")
+        try await waitUntil("the uncertain gate", timeout: 10) { (try? t.state(r).waitingFor?["kind"]) == "uncertain" }
         #expect(try t.state(r).waitingFor?["step"] == "pay")
         usleep(200_000)
         #expect(lines(fx).filter { $0.hasPrefix("pay ") }.count == 1, "the at-most-once step ran again without a person: \(lines(fx))")
@@ -258,18 +258,18 @@ private func stepsRecordedTwice(_ s: Spool, _ run: String) throws -> [String] {
         try #"{"action": "done", "value": "paid"}"#.write(toFile: bad, atomically: true, encoding: .utf8)
         #expect(try Binary.cairn("approve", r, "uncertain-pay", "--value", bad, spool: t.spool).code == 0)
         let approvals = t.spool.run(r).approvalsDirectory
-        try waitUntil("the refusal") {
+        try await waitUntil("the refusal") {
             exists(approvals.appending("uncertain-pay.approved.error.json").string) && !exists(approvals.appending("uncertain-pay.approved").string)
         }
-        try waitUntil("back at the uncertain gate after the refusal") { t.status(r) == .waiting && (try? t.state(r).waitingFor?["kind"]) == "uncertain" }
+        try await waitUntil("back at the uncertain gate after the refusal") { t.status(r) == .waiting && (try? t.state(r).waitingFor?["kind"]) == "uncertain" }
         #expect(lines(fx).filter { $0.hasPrefix("pay ") }.count == 1)
         // A person checks the outbox: it was paid. Record it as done.
         let v = t.path.appending("v.json").string
         try #"{"action": "done", "value": {"stdout": "paid\n", "exit_code": 0}}"#.write(toFile: v, atomically: true, encoding: .utf8)
         let ok = try Binary.cairn("approve", r, "uncertain-pay", "--value", v, spool: t.spool)
         #expect(ok.code == 0, "\(ok.stderr)")
-        try t.waitFor(r, .completed, timeout: 15)
-        d.stop()
+        try await t.waitFor(r, .completed, timeout: 15)
+        await d.stop()
         #expect(try t.result(r) == "end")
 
         let log = lines(fx)
@@ -301,7 +301,7 @@ private func stepsRecordedTwice(_ s: Spool, _ run: String) throws -> [String] {
     /// workflows.md: undo actions run in reverse, each recorded, retried in process, "so a
     /// crash during compensation never undoes twice" — what was recorded is not undone
     /// again; the undo in flight at the crash runs again (at least once, like a step).
-    @Test func aProcessKilledDuringCompensationNeverUndoesARecordedOneAgain() throws {
+    @Test func aProcessKilledDuringCompensationNeverUndoesARecordedOneAgain() async throws {
         let t = try TempSpool()
         let fx = t.path.appending("fx").string
         let r = try t.submit("saga", input: ["effects": .string(fx), "crash": true] as JSONValue)
@@ -339,7 +339,7 @@ private func stepsRecordedTwice(_ s: Spool, _ run: String) throws -> [String] {
     /// cli.md: "The run directory is built in tmp/ and appears whole." Killed at the last
     /// moment before the rename (`run.before-rename`), a submission leaves no run anyone can
     /// see; submitting again (same key) makes it, and a daemon finishes it.
-    @Test func aSubmissionKilledBeforeItsRunAppearsLeavesNothingVisible() throws {
+    @Test func aSubmissionKilledBeforeItsRunAppearsLeavesNothingVisible() async throws {
         let t = try TempSpool()
         let root = t.spool.root.string
         let killed = try Binary.run("cairn", ["submit", "nap", "--id", "half-1", "--idempotency-key", "k-half", "--input", "-", "--spool", root], env: ["CAIRN_CRASH_AT": "run.before-rename"], stdin: "0.01")
@@ -351,35 +351,35 @@ private func stepsRecordedTwice(_ s: Spool, _ run: String) throws -> [String] {
         #expect(try Binary.cairn("show", "half-1", spool: t.spool).code == 3)
         // What it left is in tmp/ only (the staging directory).
         #expect(try Spool.list(t.spool.tmpDirectory).contains { $0.contains("half-1") })
-        let d = try DaemonProcess(spool: t.spool)
+        let d = try await DaemonProcess(spool: t.spool)
         usleep(200_000)
         #expect(try t.spool.runIDs().isEmpty)
         let fsck = try Binary.cairn("fsck", "--repair", spool: t.spool)
         #expect(fsck.code == 0, "\(fsck.stdout)\(fsck.stderr)")
         let again = try Binary.run("cairn", ["submit", "nap", "--id", "half-1", "--idempotency-key", "k-half", "--input", "-", "--spool", root], stdin: "0.01")
         #expect(again.code == 0 && again.stdout == "half-1\n", "\(again.stdout)\(again.stderr)")
-        try t.waitFor("half-1", .completed)
+        try await t.waitFor("half-1", .completed)
         #expect(try t.result("half-1") == "woke")
-        #expect(d.stop() == 0)
+        #expect(await d.stop() == 0)
         #expect(try Binary.cairn("fsck", spool: t.spool).code == 0)
     }
 
     /// The same point reached by a daemon accepting an inbox file: the file stays in the
     /// inbox, no run is visible, and the next daemon makes exactly one run of it.
-    @Test func aDaemonKilledWhileMakingARunFromTheInboxMakesItOnceOnRestart() throws {
+    @Test func aDaemonKilledWhileMakingARunFromTheInboxMakesItOnceOnRestart() async throws {
         let t = try TempSpool()
-        let d = try DaemonProcess(spool: t.spool, env: ["CAIRN_CRASH_AT": "run.before-rename"])
+        let d = try await DaemonProcess(spool: t.spool, env: ["CAIRN_CRASH_AT": "run.before-rename"])
         try dropIntoInbox(t, "sub.json", #"{"workflow": "nap", "input": 0.01}"#)
-        try waitForExit(d, timeout: 10)
+        try await waitForExit(d, timeout: 10)
         #expect(d.process.terminationReason == .uncaughtSignal && d.process.terminationStatus == SIGKILL)
         #expect(try t.spool.runIDs().isEmpty)
         #expect(try Spool.list(t.spool.inboxDirectory) == ["sub.json"])
-        let d2 = try DaemonProcess(spool: t.spool, name: "second")
-        try waitUntil("inbox taken") { try Spool.list(t.spool.inboxDirectory).isEmpty }
+        let d2 = try await DaemonProcess(spool: t.spool, name: "second")
+        try await waitUntil("inbox taken") { try Spool.list(t.spool.inboxDirectory).isEmpty }
         let runs = try t.spool.runIDs()
         #expect(runs.count == 1)
-        for r in runs { try t.waitFor(r, .completed) }
-        #expect(d2.stop() == 0)
+        for r in runs { try await t.waitFor(r, .completed) }
+        #expect(await d2.stop() == 0)
     }
 }
 
@@ -396,28 +396,28 @@ private func dropIntoInbox(_ t: TempSpool, _ name: String, _ content: String) th
     /// spool-format.md: without `id` and `idempotency_key` the daemon uses the file itself as
     /// the key, "so a daemon killed between creating the run and removing the file does not
     /// make a second run of it".
-    @Test func theImplicitKeyMakesOneRunWhenADaemonDiesBeforeRemovingTheFile() throws {
+    @Test func theImplicitKeyMakesOneRunWhenADaemonDiesBeforeRemovingTheFile() async throws {
         let t = try TempSpool()
-        let d = try DaemonProcess(spool: t.spool, env: ["CAIRN_CRASH_AT": "inbox.before-unlink"])
+        let d = try await DaemonProcess(spool: t.spool, env: ["CAIRN_CRASH_AT": "inbox.before-unlink"])
         try dropIntoInbox(t, "order.json", #"{"workflow": "nap", "input": 0.01}"#)
-        try waitForExit(d, timeout: 10)
+        try await waitForExit(d, timeout: 10)
         #expect(d.process.terminationStatus == SIGKILL, "the crash point was not reached")
         #expect(try Spool.list(t.spool.inboxDirectory) == ["order.json"])
         let made = try t.spool.runIDs()
         #expect(made.count == 1, "the run was not made before the crash: \(made)")
-        let d2 = try DaemonProcess(spool: t.spool, name: "second")
-        try waitUntil("inbox taken") { try Spool.list(t.spool.inboxDirectory).isEmpty }
-        for r in made { try t.waitFor(r, .completed) }
+        let d2 = try await DaemonProcess(spool: t.spool, name: "second")
+        try await waitUntil("inbox taken") { try Spool.list(t.spool.inboxDirectory).isEmpty }
+        for r in made { try await t.waitFor(r, .completed) }
         #expect(try t.spool.runIDs() == made, "a second run was made of the same inbox file")
         #expect(try t.spool.readRun(made[0]).idempotencyKey?.hasPrefix("inbox:order.json:") == true)
-        #expect(d2.stop() == 0)
+        #expect(await d2.stop() == 0)
     }
 
     /// Dot-files, `*.tmp` and `*~` are ignored (left alone); over 1 MiB, symlinks and
     /// directories are rejected with an error file; just under 1 MiB is accepted.
-    @Test func ignoredNamesSizeLimitSymlinksAndDirectories() throws {
+    @Test func ignoredNamesSizeLimitSymlinksAndDirectories() async throws {
         let t = try TempSpool()
-        let d = try DaemonProcess(spool: t.spool)
+        let d = try await DaemonProcess(spool: t.spool)
         let valid = #"{"workflow": "nap", "input": 0.01}"#
         for name in [".hidden.json", "draft.json.tmp", "backup.json~"] { try dropIntoInbox(t, name, valid) }
         // Exactly 1 MiB (accepted) and one byte more (rejected).
@@ -434,9 +434,9 @@ private func dropIntoInbox(_ t: TempSpool, _ name: String, _ content: String) th
         #expect(rename(t.spool.tmpDirectory.appending("dir.json").string, t.spool.inboxDirectory.appending("dir.json").string) == 0)
         try dropIntoInbox(t, "last.json", #"{"workflow": "nap", "input": 0.01, "id": "barrier"}"#)
 
-        try t.waitFor("barrier", .completed)
+        try await t.waitFor("barrier", .completed)
         do {
-            try waitUntil("three rejections") { try Spool.list(t.spool.rejectedDirectory).count == 6 }
+            try await waitUntil("three rejections") { try Spool.list(t.spool.rejectedDirectory).count == 6 }
         } catch {
             Issue.record("rejected/: \(try Spool.list(t.spool.rejectedDirectory)), inbox/: \(try Spool.list(t.spool.inboxDirectory)), runs: \(try t.spool.runIDs())\n\(d.log.suffix(3000))")
             throw error
@@ -444,7 +444,7 @@ private func dropIntoInbox(_ t: TempSpool, _ name: String, _ content: String) th
         usleep(200_000)
         #expect(try Set(Spool.list(t.spool.inboxDirectory)) == [".hidden.json", "draft.json.tmp", "backup.json~"], "ignored files must be left alone")
         #expect(try Set(t.spool.runIDs()) == ["barrier", "big-ok"])
-        try t.waitFor("big-ok", .waiting)
+        try await t.waitFor("big-ok", .waiting)
         func error(_ stem: String) throws -> String { try DurableFile.readJSON(t.spool.rejectedDirectory.appending("\(stem).error.json"))["error"]?.stringValue ?? "" }
         let over = try error("over"), link = try error("link"), dir = try error("dir")
         #expect(over.contains("1 MiB"), "\(over)")
@@ -454,7 +454,7 @@ private func dropIntoInbox(_ t: TempSpool, _ name: String, _ content: String) th
         var st = stat()
         #expect(lstat(t.spool.rejectedDirectory.appending("link.json").string, &st) == 0 && (st.st_mode & S_IFMT) == S_IFLNK)
         #expect(try String(contentsOfFile: target, encoding: .utf8) == valid)
-        #expect(d.stop() == 0)
+        #expect(await d.stop() == 0)
     }
 }
 
@@ -464,7 +464,7 @@ private func dropIntoInbox(_ t: TempSpool, _ name: String, _ content: String) th
     /// cli.md and operations.md: `gc --older-than D` removes finished runs (completed, failed,
     /// cancelled) last updated more than D ago, skips runs a process holds, keeps their
     /// idempotency keys; `--dry-run` only lists.
-    @Test func gcRemovesOldFinishedRunsOnlyAndKeepsTheirKeys() throws {
+    @Test func gcRemovesOldFinishedRunsOnlyAndKeepsTheirKeys() async throws {
         let t = try TempSpool()
         let root = t.spool.root.string
         func advance(_ r: String) throws { _ = try Binary.run("cairn-fixtures", ["advance", r, "--spool", root]) }
@@ -526,7 +526,7 @@ private func dropIntoInbox(_ t: TempSpool, _ name: String, _ content: String) th
 @Suite(.serialized) struct OperationalPromiseTests {
     /// scripts.md: "when an execution starts, a stdout.log/stderr.log over script_log_limit
     /// bytes is renamed *.log.1".
-    @Test func scriptLogsOverTheLimitAreRotatedWhenTheNextExecutionStarts() throws {
+    @Test func scriptLogsOverTheLimitAreRotatedWhenTheNextExecutionStarts() async throws {
         let t = try TempSpool()
         var cfg = try DurableFile.readJSON(t.spool.configFile).objectValue!
         cfg["script_log_limit"] = 1000
@@ -537,14 +537,14 @@ private func dropIntoInbox(_ t: TempSpool, _ name: String, _ content: String) th
             head -c 1500 /dev/zero | tr '\\0' 'e' >&2
             cairn approval go > /dev/null
             """)
-        let d = try DaemonProcess(spool: t.spool)
+        let d = try await DaemonProcess(spool: t.spool)
         let r = try t.submit("chatty", input: JSONValue.null)
-        try t.waitFor(r, .waiting)
+        try await t.waitFor(r, .waiting)
         let logs = t.spool.run(r).logsDirectory
         #expect(!exists(logs.appending("stderr.log.1").string), "rotated before the limit mattered")
         try t.drop("approvals/go.approved", in: r)
-        try t.waitFor(r, .completed)
-        #expect(d.stop() == 0)
+        try await t.waitFor(r, .completed)
+        #expect(await d.stop() == 0)
         for name in ["stdout", "stderr"] {
             let old = (try? String(contentsOfFile: logs.appending("\(name).log.1").string, encoding: .utf8)) ?? ""
             let new = (try? String(contentsOfFile: logs.appending("\(name).log").string, encoding: .utf8)) ?? ""
@@ -557,7 +557,7 @@ private func dropIntoInbox(_ t: TempSpool, _ name: String, _ content: String) th
 
     /// operations.md: run directories made before the permission model (mode 2775, no sticky
     /// bit) get it when the daemon next advances the run; `cairn fsck` lists the others.
-    @Test func oldRunDirectoriesGetTheStickyBitWhenAdvancedAndFsckListsTheOthers() throws {
+    @Test func oldRunDirectoriesGetTheStickyBitWhenAdvancedAndFsckListsTheOthers() async throws {
         let t = try TempSpool()
         let waiting = try t.submit("gate", input: ["who": "w"] as JSONValue)
         let done = try t.submit("nap", input: 0.01)
@@ -574,10 +574,10 @@ private func dropIntoInbox(_ t: TempSpool, _ name: String, _ content: String) th
         for r in [waiting, done] { for dir in dropDirs(r) { #expect(chmod(dir, 0o2775) == 0) } }
         let before = try Binary.cairn("fsck", spool: t.spool)
         #expect(before.code == 1 && before.stdout.contains("runs/\(waiting)/approvals: is writable by others but not sticky"), "\(before.stdout)")
-        let d = try DaemonProcess(spool: t.spool)
-        try t.waitFor(waiting, .waiting)
-        try waitUntil("the sticky bit restored") { dropDirs(waiting).allSatisfy(sticky) }
-        #expect(d.stop() == 0)
+        let d = try await DaemonProcess(spool: t.spool)
+        try await t.waitFor(waiting, .waiting)
+        try await waitUntil("the sticky bit restored") { dropDirs(waiting).allSatisfy(sticky) }
+        #expect(await d.stop() == 0)
         #expect(!dropDirs(done).contains(where: sticky), "a finished run was changed")
         let after = try Binary.cairn("fsck", spool: t.spool)
         #expect(after.code == 1 && after.stdout.contains("runs/\(done)") && !after.stdout.contains("runs/\(waiting)"), "\(after.stdout)")
@@ -585,7 +585,7 @@ private func dropIntoInbox(_ t: TempSpool, _ name: String, _ content: String) th
 
     /// operations.md: "`cairn fsck --repair` … safe while the daemon runs (skips runs it
     /// holds)"; cli.md: "Runs a daemon holds are skipped (listed as busy)."
-    @Test func fsckRepairSkipsARunSomeoneHolds() throws {
+    @Test func fsckRepairSkipsARunSomeoneHolds() async throws {
         let t = try TempSpool()
         let r = try t.submit("nap", input: 0.01)
         _ = try Binary.run("cairn-fixtures", ["advance", r, "--spool", t.spool.root.string])
@@ -607,35 +607,35 @@ private func dropIntoInbox(_ t: TempSpool, _ name: String, _ content: String) th
     /// operations.md: "Restoring a single run: stop the daemon, copy runs/RUN/ back, `cairn
     /// fsck --repair`, start." A restore rewinds: a decision dropped after the backup must be
     /// dropped again.
-    @Test func aSingleRunRestoredRewindsToItsCopy() throws {
+    @Test func aSingleRunRestoredRewindsToItsCopy() async throws {
         let t = try TempSpool()
-        var d = try DaemonProcess(spool: t.spool)
+        var d = try await DaemonProcess(spool: t.spool)
         let r = try t.submit("gate", input: ["who": "one"] as JSONValue)
-        try t.waitFor(r, .waiting)
+        try await t.waitFor(r, .waiting)
         let copy = t.path.appending("run-backup").string
         let dir = t.spool.runDirectory(r).string
         #expect(Binary.runShell("rsync -a '\(dir)/' '\(copy)/'").code == 0)
         try t.drop("approvals/go.approved", in: r)
-        try t.waitFor(r, .completed)
-        #expect(d.stop() == 0)
+        try await t.waitFor(r, .completed)
+        #expect(await d.stop() == 0)
 
         let restore = Binary.runShell("rsync -a --delete '\(copy)/' '\(dir)/' && '\(Binary.path("cairn"))' fsck --repair --spool '\(t.spool.root.string)'")
         #expect(restore.code == 0, "\(restore.stdout)\(restore.stderr)")
         #expect(t.status(r) == .waiting)
         #expect(try t.spool.indexedRuns(.waiting) == [r] && t.spool.indexedRuns(.completed).isEmpty, "the index was not rebuilt")
         #expect(try Binary.cairn("fsck", spool: t.spool).code == 0)
-        d = try DaemonProcess(spool: t.spool, name: "after-restore")
+        d = try await DaemonProcess(spool: t.spool, name: "after-restore")
         usleep(200_000)
         #expect(t.status(r) == .waiting, "the decision made after the backup counted")
         try t.drop("approvals/go.approved", in: r)
-        try t.waitFor(r, .completed)
+        try await t.waitFor(r, .completed)
         #expect(try t.result(r)["approved"] == true)
-        #expect(d.stop() == 0)
+        #expect(await d.stop() == 0)
     }
 
     /// cli.md: `--concurrency N` caps executions at once over all workflows; cairn.json's
     /// `concurrency.workflows` caps one workflow.
-    @Test func concurrencyCapsHoldOverAllWorkflowsAndPerWorkflow() throws {
+    @Test func concurrencyCapsHoldOverAllWorkflowsAndPerWorkflow() async throws {
         func mostAtOnce(_ path: String) -> Int {
             var open = 0, most = 0
             for l in lines(path) {
@@ -646,49 +646,49 @@ private func dropIntoInbox(_ t: TempSpool, _ name: String, _ content: String) th
         }
         let t = try TempSpool()
         let fx = t.path.appending("fx").string
-        var d = try DaemonProcess(spool: t.spool, args: ["--concurrency", "2"])
+        var d = try await DaemonProcess(spool: t.spool, args: ["--concurrency", "2"])
         var runs: [String] = []
         for i in 0..<5 { runs.append(try t.submit("hold", input: ["effects": .string(fx), "tag": .string("g\(i)"), "ms": 250] as JSONValue)) }
-        try waitUntil("all done", timeout: 20) { runs.allSatisfy { t.status($0) == .completed } }
-        #expect(d.stop() == 0)
+        try await waitUntil("all done", timeout: 20) { runs.allSatisfy { t.status($0) == .completed } }
+        #expect(await d.stop() == 0)
         #expect(mostAtOnce(fx) == 2, "--concurrency 2: \(lines(fx))")
 
         let fx2 = t.path.appending("fx2").string
         var cfg = try DurableFile.readJSON(t.spool.configFile).objectValue!
         cfg["concurrency"] = ["workflows": ["hold": 1]]
         try t.spool.durable.write(json: .object(cfg), to: t.spool.configFile)
-        d = try DaemonProcess(spool: t.spool, name: "capped")
+        d = try await DaemonProcess(spool: t.spool, name: "capped")
         runs = []
         for i in 0..<3 { runs.append(try t.submit("hold", input: ["effects": .string(fx2), "tag": .string("w\(i)"), "ms": 250] as JSONValue)) }
-        try waitUntil("all done", timeout: 20) { runs.allSatisfy { t.status($0) == .completed } }
-        #expect(d.stop() == 0)
+        try await waitUntil("all done", timeout: 20) { runs.allSatisfy { t.status($0) == .completed } }
+        #expect(await d.stop() == 0)
         #expect(mostAtOnce(fx2) == 1, "concurrency.workflows.hold = 1: \(lines(fx2))")
     }
 
     /// operations.md, "Upgrades with runs in flight": stop (SIGTERM), change the code, start;
     /// a run that no longer matches fails with `nondeterminism`, the documented jq line finds
     /// it, and after a fix `cairn retry` finishes it.
-    @Test func anUpgradeThatChangesARunsPathIsFoundByTheDocumentedQueryAndRetried() throws {
+    @Test func anUpgradeThatChangesARunsPathIsFoundByTheDocumentedQueryAndRetried() async throws {
         let t = try TempSpool()
         try installScript(t, "ship", "#!/bin/sh\ncairn step pack -- echo packed > /dev/null\ncairn approval go > /dev/null\necho '\"shipped\"' | cairn result -\n")
-        var d = try DaemonProcess(spool: t.spool)
+        var d = try await DaemonProcess(spool: t.spool)
         let r = try t.submit("ship", input: JSONValue.null)
         let other = try t.submit("nap", input: "not a number")  // failed for another reason
-        try t.waitFor(r, .waiting)
-        try t.waitFor(other, .failed)
-        #expect(d.stop() == 0)
+        try await t.waitFor(r, .waiting)
+        try await t.waitFor(other, .failed)
+        #expect(await d.stop() == 0)
         // The new version drops the step before the gate: a different sequence of operations.
         try installScript(t, "ship", "#!/bin/sh\ncairn approval go > /dev/null\necho '\"shipped\"' | cairn result -\n")
-        d = try DaemonProcess(spool: t.spool, name: "upgraded")
+        d = try await DaemonProcess(spool: t.spool, name: "upgraded")
         try t.drop("approvals/go.approved", in: r)
-        try t.waitFor(r, .failed)
+        try await t.waitFor(r, .failed)
         let query = Binary.runShell("'\(Binary.path("cairn"))' ls --status failed --json --spool '\(t.spool.root.string)' | jq -r '.[] | select(.error.type == \"nondeterminism\") | .run'")
         #expect(query.code == 0 && query.stdout == "\(r)\n", "\(query.stdout)\(query.stderr)")
         // Fix the code (back to a compatible version), deploy, retry.
         try installScript(t, "ship", "#!/bin/sh\ncairn step pack -- echo packed > /dev/null\ncairn approval go > /dev/null\necho '\"shipped\"' | cairn result -\n")
         #expect(try Binary.cairn("retry", r, spool: t.spool).code == 0)
-        try t.waitFor(r, .completed)
+        try await t.waitFor(r, .completed)
         #expect(try t.result(r) == "shipped")
-        #expect(d.stop() == 0)
+        #expect(await d.stop() == 0)
     }
 }
