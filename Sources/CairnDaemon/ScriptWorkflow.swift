@@ -263,11 +263,15 @@ public enum ScriptWorkflow {
         }
     }
 
+    /// The last lines of a script's log for its error: only the last 2 KiB are read (pread
+    /// from the end), however large the log (a script may write hundreds of MiB to stderr).
     static func tail(_ p: FilePath) -> String {
-        guard let data = try? DurableFile.read(p) else { return "" }
-        let lines = String(decoding: data.suffix(2048), as: UTF8.self).split(separator: "\n").filter { !$0.hasPrefix("--- ") }
+        let data = DurableFile.readTail(p, bytes: tailBytes)
+        let lines = String(decoding: data, as: UTF8.self).split(separator: "\n").filter { !$0.hasPrefix("--- ") }
         return lines.suffix(3).joined(separator: " | ")
     }
+
+    static let tailBytes = 2048
 
     static func absolute(_ p: String) -> String {
         p.hasPrefix("/") ? p : FileManager.default.currentDirectoryPath + "/" + p
