@@ -25,7 +25,7 @@ public enum ScriptWorkflow {
                 // Nothing the daemon executes may come from a place another user can write.
                 for p in [spool.workflowsDirectory.string, path] {
                     if let problem = Spool.trustedFileProblem(p) {
-                        throw StepError.nonRetryable("\(p) \(problem): the daemon will not execute it (chown/chmod it, then `cairn retry`)", type: "untrusted_workflow")
+                        throw StepError.nonRetryable("\(p) \(problem): the daemon will not execute it (\(Spool.trustFixAdvice); then `cairn retry`)", type: "untrusted_workflow")
                     }
                 }
                 return try await execute(spool: spool, path: path, ctx: ctx, input: input)

@@ -376,10 +376,15 @@ public struct Spool: Sendable {
     public func checkConfigurationFiles() throws {
         for p in [root, configFile, workflowsDirectory] {
             if let problem = Self.trustedFileProblem(p.string) {
-                throw SpoolError(.invalid, path: p.string, "\(problem); the daemon will not trust it (fix with chown/chmod)")
+                throw SpoolError(.invalid, path: p.string, "\(problem); the daemon will not trust it (\(Self.trustFixAdvice))")
             }
         }
     }
+
+    /// How to fix what `trustedFileProblem` reports. A file that was writable by others is
+    /// replaced, not chmod'ed: a descriptor someone opened for writing while it was writable
+    /// keeps working after a chmod (write permission is checked at open only).
+    public static let trustFixAdvice = "chown/chmod a directory; replace a file with a fresh copy of the service user's (cp it to a new name, check it, mv that over it): a chmod does not take back a descriptor someone opened for writing meanwhile"
 
     /// Why the daemon may not trust `path` as configuration or code: owned by someone other
     /// than the service user `serviceUser` or root, or writable by group or others. nil when

@@ -76,6 +76,16 @@ import Testing
         #expect(res["by"] == .string(Auth.alice))
     }
 
+    // F8's class: a group-writable cairn.json (or workflow script) was to be fixed "with
+    // chown/chmod", which leaves a descriptor opened meanwhile able to rewrite it.
+    @Test func anUntrustedConfigurationFileIsToBeReplacedNotChmodded() throws {
+        let t = try TempSpool()
+        chmod(t.spool.configFile.string, 0o664)
+        let r = try Binary.run("cairn-fixtures", ["daemon", "--spool", t.spool.root.string])
+        #expect(r.code != 0 && r.stderr.contains("writable by group or others"), "\(r.stderr.suffix(400))")
+        #expect(r.stderr.contains("fresh copy") && !r.stderr.contains("(fix with chown/chmod)"), "\(r.stderr.suffix(400))")
+    }
+
     // F9: `"approvers"` twice: the daemon read the first (open to all), jq the last (bob only).
     @Test func duplicateKeysInCairnJsonAreRefusedEverywhere() throws {
         let t = try TempSpool()
