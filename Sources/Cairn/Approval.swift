@@ -177,7 +177,7 @@ extension WorkflowContext {
             case .absent: continue
             case .refused(let p, let reason, let identity):
                 try Drops.refuse(p, reason: reason, identity: identity, durable: spool.durable, now: clock.now(), setAsideIn: paths.refusedDirectory)
-                logger.warning("refused a decision file", metadata: ["run": "\(runID)", "file": "\(p)", "reason": "\(reason)"])
+                logger.warning("refused a decision file", metadata: ["run": "\(runID)", "file": "\(Names.printable(p.string))", "reason": "\(Names.printable(reason))"])
                 continue
             case .valid(let f):
                 var value: JSONValue? = nil

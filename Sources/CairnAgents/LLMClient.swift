@@ -73,7 +73,7 @@ public struct LLMClient: Sendable {
             case "scripted":
                 var responses = p["responses"]?.arrayValue ?? []
                 if let file = p["file"]?.stringValue {
-                    guard let d = try? DurableFile.read(FilePath(file)), let j = try? JSONValue.parse(d) else {
+                    guard let d = try? DurableFile.read(FilePath(file), limit: 64 << 20), let j = try? JSONValue.parseRejectingDuplicateKeys(d) else {
                         list.append(MisconfiguredProvider(name: name, error: LLMError(.configuration, "provider '\(name)': cannot read canned responses from \(file)")))
                         continue
                     }

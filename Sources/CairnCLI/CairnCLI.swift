@@ -32,10 +32,10 @@ public enum CairnCLI {
             }
             exit(0)
         } catch let e as CLIError {
-            FileHandle.standardError.write(Data("cairn: \(e.message)\n".utf8))
+            FileHandle.standardError.write(Data("cairn: \(Names.printable(e.message))\n".utf8))
             exit(e.code.rawValue)
         } catch let e as SpoolError {
-            FileHandle.standardError.write(Data("cairn: \(e.description)\n".utf8))
+            FileHandle.standardError.write(Data("cairn: \(Names.printable(e.description))\n".utf8))
             exit(e.code == .notFound ? CLIError.Code.notFound.rawValue : CLIError.Code.failure.rawValue)
         } catch let e as ExitCode {
             exit(e.rawValue)

@@ -8,11 +8,48 @@ enum Output {
     }
 
     static func line(_ s: String) {
-        raw(Data((s + "\n").utf8), to: 1)
+        raw(Data((terminalSafe(s) + "\n").utf8), to: 1)
     }
 
     static func warn(_ s: String) {
-        raw(Data("cairn: \(s)\n".utf8), to: 2)
+        raw(Data("cairn: \(terminalSafe(s))\n".utf8), to: 2)
+    }
+
+    /// The last line of defence for text output, much of which holds names and values that
+    /// came from drops (file names in events/, comments, error messages): every control
+    /// character is shown escaped (Names.printable), except a line break and the colour
+    /// codes `paint` itself makes (and those only when colour is on). So no name can move
+    /// the cursor, clear the screen, retitle the terminal or overwrite a line. Values that
+    /// must not even look like a second line are escaped where they are spliced in
+    /// (`printable`), since a line break is let through here.
+    static func terminalSafe(_ s: String) -> String {
+        let scalars = Array(s.unicodeScalars)
+        var out = String.UnicodeScalarView()
+        var i = 0
+        while i < scalars.count {
+            let u = scalars[i]
+            if u == "\u{1B}", color, let end = ownColourCode(scalars, at: i) {
+                out.append(contentsOf: scalars[i...end])
+                i = end + 1
+                continue
+            }
+            if u == "\n" || !(u.value < 0x20 || u.value == 0x7F || (u.value >= 0x80 && u.value < 0xA0)) {
+                out.append(u)
+            } else {
+                out.append(contentsOf: Names.printable(String(u)).unicodeScalars)
+            }
+            i += 1
+        }
+        return String(out)
+    }
+
+    /// The index of the final `m` when `scalars[i...]` starts one of paint's codes.
+    private static func ownColourCode(_ scalars: [Unicode.Scalar], at i: Int) -> Int? {
+        for code in ["0", "1", "2", "31", "32", "33"] {
+            let seq = Array("\u{1B}[\(code)m".unicodeScalars)
+            if i + seq.count <= scalars.count, Array(scalars[i..<(i + seq.count)]) == seq { return i + seq.count - 1 }
+        }
+        return nil
     }
 
     /// write(2) to fd 1 or 2, ignoring a closed or broken descriptor (a script may close its
@@ -58,9 +95,17 @@ enum Output {
             guard let d = try? DurableFile.read(FilePath(arg)) else { throw CLIError(.failure, "\(arg): cannot read \(what)") }
             data = d
         }
-        do { return try JSONValue.parse(data) } catch {
+        let v: JSONValue
+        do { v = try JSONValue.parse(data) } catch {
             throw CLIError(.failure, "\(arg == "-" ? "stdin" : arg): \(what) is not valid JSON")
         }
+        // Refused as the daemon refuses such a drop: which value counts would depend on the
+        // parser (this one keeps the first, jq the last), and the canonical copy sent on
+        // would silently hold only one of them.
+        if let key = JSONValue.duplicateKey(in: data) {
+            throw CLIError(.failure, "\(arg == "-" ? "stdin" : arg): \(what) has the key \"\(Names.printable(key))\" twice in one object (tools disagree on which one counts)")
+        }
+        return v
     }
 
     /// Text from the spool made safe for a terminal: control characters (escape sequences,

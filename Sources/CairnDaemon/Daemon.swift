@@ -217,7 +217,7 @@ public actor Daemon: Service {
                 Task { await self.watchRun(m.run); if DurableFile.exists(self.spool.run(m.run).retryFile) { self.markReady(m.run); self.pump() } }
             }
         } catch {
-            logger.error("cannot reconcile the status index", metadata: ["error": "\(error)"])
+            logger.error("cannot reconcile the status index", metadata: ["error": "\(Names.printable(String(describing: error)))"])
         }
     }
 
@@ -386,7 +386,7 @@ public actor Daemon: Service {
             let n = (spoolFailures[id] ?? 0) + 1
             spoolFailures[id] = n
             let delay = min(60, pow(2, Double(min(n - 1, 6))))
-            logger.error("advancing failed; will look again in \(Int(delay))s", metadata: ["run": "\(id)", "error": "\(error)"])
+            logger.error("advancing failed; will look again in \(Int(delay))s", metadata: ["run": "\(id)", "error": "\(Names.printable(String(describing: error)))"])
             setTimer(id, Date().addingTimeInterval(delay))
         case .success(let outcome):
             spoolFailures[id] = nil
@@ -396,7 +396,7 @@ public actor Daemon: Service {
                 logger.log(level: level, "run completed", metadata: ["run": "\(id)"])
                 forget(id)
             case .failed(let e):
-                logger.log(level: acted ? .warning : .debug, "run failed", metadata: ["run": "\(id)", "error": "\(e.message)"])
+                logger.log(level: acted ? .warning : .debug, "run failed", metadata: ["run": "\(id)", "error": "\(Names.printable(e.message))"])
                 // Stay watching: a `retry` file brings it back.
             case .cancelled:
                 logger.log(level: level, "run cancelled", metadata: ["run": "\(id)"])
@@ -471,7 +471,7 @@ public actor Daemon: Service {
             try await watcher.watch(p.approvalsDirectory.string)
             try await watcher.watch(p.eventsDirectory.string)
         } catch {
-            logger.error("cannot watch run; looking at it every 30 s instead", metadata: ["run": "\(id)", "error": "\(error)"])
+            logger.error("cannot watch run; looking at it every 30 s instead", metadata: ["run": "\(id)", "error": "\(Names.printable(String(describing: error)))"])
             watchedRuns.remove(id)
             unwatchable.insert(id)
             setTimer(id, Date().addingTimeInterval(30))

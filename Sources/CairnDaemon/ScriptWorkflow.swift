@@ -25,7 +25,7 @@ public enum ScriptWorkflow {
                 // Nothing the daemon executes may come from a place another user can write.
                 for p in [spool.workflowsDirectory.string, path] {
                     if let problem = Spool.trustedFileProblem(p) {
-                        throw StepError.nonRetryable("\(p) \(problem): the daemon will not execute it (chown/chmod it, then `cairn retry`)", type: "untrusted_workflow")
+                        throw StepError.nonRetryable("\(p) \(problem): the daemon will not execute it (\(Spool.trustFixAdvice); then `cairn retry`)", type: "untrusted_workflow")
                     }
                 }
                 return try await execute(spool: spool, path: path, ctx: ctx, input: input)
@@ -263,11 +263,15 @@ public enum ScriptWorkflow {
         }
     }
 
+    /// The last lines of a script's log for its error: only the last 2 KiB are read (pread
+    /// from the end), however large the log (a script may write hundreds of MiB to stderr).
     static func tail(_ p: FilePath) -> String {
-        guard let data = try? DurableFile.read(p) else { return "" }
-        let lines = String(decoding: data.suffix(2048), as: UTF8.self).split(separator: "\n").filter { !$0.hasPrefix("--- ") }
+        let data = DurableFile.readTail(p, bytes: tailBytes)
+        let lines = String(decoding: data, as: UTF8.self).split(separator: "\n").filter { !$0.hasPrefix("--- ") }
         return lines.suffix(3).joined(separator: " | ")
     }
+
+    static let tailBytes = 2048
 
     static func absolute(_ p: String) -> String {
         p.hasPrefix("/") ? p : FileManager.default.currentDirectoryPath + "/" + p

@@ -36,9 +36,11 @@ public enum Drops {
         guard (st.st_mode & S_IFMT) == S_IFREG else { return .refused(path: path, reason: "is not a regular file", identity: identity) }
         // Group-writable (a `touch` under umask 002 in a setgid directory): anyone in the
         // group could have changed it after its owner wrote it, so its owner cannot be said
-        // to have decided what it holds.
+        // to have decided what it holds. A `chmod go-w` afterwards does not help: a descriptor
+        // opened for writing while it was group-writable keeps working, and nothing in the
+        // inode tells whether one is still open. Only a fresh copy is its owner's own.
         guard st.st_mode & 0o022 == 0 else {
-            return .refused(path: path, reason: "is writable by group or others (mode \(String(st.st_mode & 0o777, radix: 8))): anyone could have changed it; `chmod go-w` it before moving it here, or use cairn approve/reject/signal", identity: identity)
+            return .refused(path: path, reason: "is writable by group or others (mode \(String(st.st_mode & 0o777, radix: 8))): anyone in the group could have changed it, and whoever opened it then can still write it after a chmod; write a fresh copy under umask 022 (e.g. `umask 022; cp FILE .new`, then mv .new here), or use cairn approve/reject/signal", identity: identity)
         }
         guard st.st_nlink == 1 else {
             return .refused(path: path, reason: "has \(st.st_nlink) hard links; drop a file of your own (write it under another name, then mv)", identity: identity)
@@ -94,7 +96,7 @@ public enum Drops {
     }
 
     /// How `owner` passes `policy` ("user alice", "group ops"), or nil when it does not.
-    static func allowed(_ owner: Principal, _ policy: SpoolConfig.Approvers) -> String? {
+    public static func allowed(_ owner: Principal, _ policy: SpoolConfig.Approvers) -> String? {
         guard policy.invalid == nil else { return nil }
         if let name = owner.user, policy.users.contains(name) { return "user \(name)" }
         if policy.users.contains(String(owner.uid)) { return "uid \(owner.uid)" }

@@ -278,6 +278,27 @@ public struct DurableFile: Sendable {
         return out
     }
 
+    /// The last `bytes` bytes of a file (fewer when it is shorter; empty when it cannot be
+    /// read): one pread at the end, so memory does not grow with the file.
+    public static func readTail(_ path: FilePath, bytes: Int) -> Data {
+        let fd = Glibc.open(path.string, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC)
+        guard fd >= 0 else { return Data() }
+        defer { Glibc.close(fd) }
+        var st = stat()
+        guard fstat(fd, &st) == 0, (st.st_mode & S_IFMT) == S_IFREG else { return Data() }
+        let size = Int(st.st_size)
+        let start = max(0, size - bytes)
+        var buf = [UInt8](repeating: 0, count: min(bytes, size))
+        var got = 0
+        while got < buf.count {
+            let n = buf.withUnsafeMutableBytes { Glibc.pread(fd, $0.baseAddress! + got, $0.count - got, off_t(start + got)) }
+            if n < 0 && errno == EINTR { continue }
+            if n <= 0 { break }
+            got += n
+        }
+        return Data(buf[0..<got])
+    }
+
     /// Reads and parses a JSON file.
     public static func readJSON(_ path: FilePath, limit: Int = 256 << 20) throws -> JSONValue {
         try JSONValue.parse(read(path, limit: limit), file: path.string)

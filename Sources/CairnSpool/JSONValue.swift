@@ -298,6 +298,18 @@ extension JSONValue {
         }
     }
 
+    /// Parses JSON text that someone wrote by hand or dropped (configuration, a value given
+    /// to a command): as `parse`, and a key twice in one object (at any depth) is an error,
+    /// since parsers disagree on which one counts and what Cairn reads would differ from
+    /// what `jq` shows.
+    public static func parseRejectingDuplicateKeys(_ data: Data, file: String? = nil) throws -> JSONValue {
+        let v = try parse(data, file: file)
+        if let key = duplicateKey(in: data) {
+            throw SpoolError(.malformed, path: file, "has the key \"\(Names.printable(key))\" twice in one object (tools disagree on which one counts: Foundation keeps the first, jq the last)")
+        }
+        return v
+    }
+
     public static func parse(_ text: String, file: String? = nil) throws -> JSONValue {
         try parse(Data(text.utf8), file: file)
     }

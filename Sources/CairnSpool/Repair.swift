@@ -11,7 +11,7 @@ public enum Repair {
         public var problem: String
         /// What repair did about it (nil: nothing, or not repairing).
         public var repaired: String?
-        public var description: String { "\(file): \(problem)" + (repaired.map { " — repaired: \($0)" } ?? "") }
+        public var description: String { "\(Names.printable(file)): \(Names.printable(problem))" + (repaired.map { " — repaired: \(Names.printable($0))" } ?? "") }
     }
 
     public struct Report: Sendable {
@@ -153,7 +153,7 @@ public enum Repair {
             // result.json: the complete record's value.
             if let last = effective.last, last.kind == "complete" {
                 let want = try? blobs.resolve(last.value ?? .null)
-                let have = try? DurableFile.readJSON(paths.resultFile)
+                let have = Self.readRuntimeJSON(paths.resultFile, owner: service)
                 report.filesChecked += 1
                 if let want, have != want {
                     var f = Finding(file: rel(paths.resultFile), problem: have == nil ? "missing or unreadable" : "differs from the journal's complete record")
@@ -164,11 +164,14 @@ public enum Repair {
                     report.findings.append(f)
                 }
             }
-            // Other JSON the runtime wrote must parse (request files, error files).
+            // Other JSON the runtime wrote must parse (request files, error files). Only the
+            // runtime's own are read (a teammate's `x.json` could be a FIFO, which would hang
+            // the read, or hundreds of MiB): the others are listed as foreign already.
             for name in try Spool.list(paths.approvalsDirectory) where name.hasSuffix(".json") {
-                report.filesChecked += 1
                 let p = paths.approvalsDirectory.appending(name)
-                if (try? DurableFile.readJSON(p)) == nil {
+                guard Spool.runtimeFileProblem(p.string, owner: service) == nil else { continue }
+                report.filesChecked += 1
+                if Self.readRuntimeJSON(p, owner: service) == nil {
                     report.findings.append(Finding(file: rel(p), problem: "not valid JSON; the run rewrites request files when it next waits on the gate"))
                 }
             }
@@ -203,6 +206,15 @@ public enum Repair {
         return report
     }
 
+    /// A JSON file of the runtime's in a directory others can write: read only when it is a
+    /// regular file of the service user (never a FIFO or a link someone put there), within
+    /// 16 MiB; nil otherwise, or when it does not parse.
+    static func readRuntimeJSON(_ p: FilePath, owner: uid_t) -> JSONValue? {
+        var st = stat()
+        guard lstat(p.string, &st) == 0, (st.st_mode & S_IFMT) == S_IFREG, st.st_uid == owner else { return nil }
+        return try? DurableFile.readJSON(p, limit: 16 << 20)
+    }
+
     /// cairn.json, the spool root and workflows/ must be the service user's (or root's) and
     /// writable by nobody else; every approvers rule must parse.
     static func configurationFindings(_ spool: Spool, rel: (FilePath) -> String) -> [Finding] {
@@ -210,12 +222,14 @@ public enum Repair {
         var trusted = [spool.root, spool.configFile, spool.workflowsDirectory]
         trusted += ((try? Spool.list(spool.workflowsDirectory)) ?? []).filter { !$0.hasPrefix(".") }.map { spool.workflowsDirectory.appending($0) }
         for p in trusted {
-            if let problem = Spool.trustedFileProblem(p.string) {
+            if let problem = Spool.trustedFileProblem(p.string, serviceUser: spool.serviceUID ?? geteuid()) {
                 out.append(Finding(file: p == spool.root ? "." : rel(p), problem: "\(problem): the daemon will not trust it"))
             }
         }
-        guard let config = try? spool.config() else {
-            out.append(Finding(file: "cairn.json", problem: "cannot be read or parsed"))
+        let config: SpoolConfig
+        do { config = try spool.config() } catch {
+            let why = (error as? SpoolError)?.message ?? "\(error)"
+            out.append(Finding(file: "cairn.json", problem: "cannot be read or parsed: \(why); the daemon refuses to start, and every command to act, until it is fixed"))
             return out
         }
         if let problem = config.approversProblem { out.append(Finding(file: "cairn.json", problem: problem)) }

@@ -76,7 +76,9 @@ public struct Spool: Sendable {
     }
 
     public func config() throws -> SpoolConfig {
-        let v = try DurableFile.readJSON(configFile, limit: 1 << 20)
+        // A key twice (`"approvers"` twice, or a gate twice) is refused, not resolved: the
+        // daemon would read one value and jq, an editor or a reviewer the other (fail closed).
+        let v = try JSONValue.parseRejectingDuplicateKeys(DurableFile.read(configFile, limit: 1 << 20), file: configFile.string)
         return try SpoolConfig(v, file: configFile.string)
     }
 
@@ -377,18 +379,26 @@ public struct Spool: Sendable {
     public func checkConfigurationFiles() throws {
         for p in [root, configFile, workflowsDirectory] {
             if let problem = Self.trustedFileProblem(p.string) {
-                throw SpoolError(.invalid, path: p.string, "\(problem); the daemon will not trust it (fix with chown/chmod)")
+                throw SpoolError(.invalid, path: p.string, "\(problem); the daemon will not trust it (\(Self.trustFixAdvice))")
             }
         }
     }
 
+    /// How to fix what `trustedFileProblem` reports. A file that was writable by others is
+    /// replaced, not chmod'ed: a descriptor someone opened for writing while it was writable
+    /// keeps working after a chmod (write permission is checked at open only).
+    public static let trustFixAdvice = "chown/chmod a directory; replace a file with a fresh copy of the service user's (cp it to a new name, check it, mv that over it): a chmod does not take back a descriptor someone opened for writing meanwhile"
+
     /// Why the daemon may not trust `path` as configuration or code: owned by someone other
-    /// than this user or root, or writable by group or others. nil when it may.
-    public static func trustedFileProblem(_ path: String) -> String? {
+    /// than the service user `serviceUser` or root, or writable by group or others. nil when
+    /// it may. The daemon runs as the service user (its own uid is the default); a command
+    /// run by someone else (fsck, why as root or a teammate) passes the spool's `serviceUID`,
+    /// so that it judges as the daemon will, not by who runs it.
+    public static func trustedFileProblem(_ path: String, serviceUser: uid_t = geteuid()) -> String? {
         var st = stat()
         guard stat(path, &st) == 0 else { return nil }
-        if st.st_uid != geteuid() && st.st_uid != 0 {
-            return "is owned by \(Principal.userName(uid: st.st_uid) ?? String(st.st_uid)), neither the service user nor root"
+        if st.st_uid != serviceUser && st.st_uid != 0 {
+            return "is owned by \(Principal.userName(uid: st.st_uid) ?? String(st.st_uid)), neither the service user \(Principal.userName(uid: serviceUser) ?? String(serviceUser)) nor root"
         }
         if st.st_mode & 0o022 != 0 { return "is writable by group or others (mode \(String(st.st_mode & 0o7777, radix: 8)))" }
         return nil

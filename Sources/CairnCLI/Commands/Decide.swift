@@ -24,6 +24,18 @@ func dropDecision(spool: Spool, run runID: String, gate: String, suffix: String,
     let other = dir.appending("\(gate).\(suffix == "approved" ? "rejected" : "approved")")
     if DurableFile.exists(other) { throw CLIError(.failure, "\(other.string) already exists: the gate has another decision") }
     let data = content.map { $0.canonicalData() } ?? Data()
+    // What the daemon would refuse is refused here, instead of printing "approved".
+    let config = try spool.config()
+    guard data.count <= config.dropSizeLimit else {
+        throw CLIError(.failure, "the decision is \(data.count) bytes, over the limit of \(config.dropSizeLimit) (drop_size_limit in cairn.json): the daemon would refuse it")
+    }
+    if let policy = config.approvalPolicy(gate: gate) {
+        if let problem = policy.invalid { throw CLIError(.failure, "gate '\(gate)' refuses every decision: \(problem)") }
+        let me = Principal(uid: geteuid(), user: Principal.userName(uid: geteuid()))
+        guard Drops.allowed(me, policy) != nil else {
+            throw CLIError(.failure, "\(me.user ?? String(me.uid)) may not decide gate '\(gate)' (approvers in cairn.json: users \(policy.users), groups \(policy.groups)): the daemon would refuse the decision")
+        }
+    }
     do {
         try DurableFile.drop(data, to: target)
     } catch let e as SpoolError where e.code == .exists {

@@ -81,7 +81,7 @@ enum Describe {
                     "    reject: cairn reject \(run) \(gate) [--reason R]   (the call fails)"]
         case "retry" where w["operation"] == "llm":
             return ["LLM call '\(w["step"]?.stringValue ?? "?")' waits before attempt \(w["attempt"]?.intValue.map(String.init) ?? "?") (\(w["model"]?.stringValue ?? "?")), due at \(w["until"]?.stringValue ?? "?"); a running daemon resumes it then",
-                    "  last error: \(w["reason"]?.stringValue ?? "?")"]
+                    "  last error: \(Output.printable(w["reason"]?.stringValue ?? "?"))"]
         case "retry":
             return ["step '\(w["step"]?.stringValue ?? "?")' failed; the next attempt is due at \(w["until"]?.stringValue ?? "?") (cairn show \(run) has the error)"]
         case "uncertain":
@@ -111,7 +111,7 @@ enum Describe {
             parts.append("version \(e.data?["version"]?.stringValue ?? "?")")
         case "step", "llm", "compensate":
             if let err = e.error {
-                parts.append(Output.red("failed: \(err.type): \(err.message)"))
+                parts.append(Output.red("failed: \(Output.printable(err.type)): \(Output.printable(err.message))"))
             } else if let code = e.value?["exit_code"]?.intValue, code != 0 {
                 // A `cairn step` whose command exited non-zero (recorded as a value, replayed).
                 parts.append(Output.red("exit \(code)"))
@@ -125,12 +125,12 @@ enum Describe {
             if let dec = e.decision { parts.append("decided \(dec) by \(e.decidedBy?.user ?? "?")") }
         case "retry":
             if e.name == "run", e.data?["execution_retry"] == true {
-                parts.append(Output.yellow("execution \(e.attempt ?? 0) failed: \(e.error?.message ?? "?")"))
+                parts.append(Output.yellow("execution \(e.attempt ?? 0) failed: \(Output.printable(e.error?.message ?? "?"))"))
                 if let u = e.until { parts.append("runs again from the top at \(Timestamp.format(u))") }
             } else if e.name == "run" {
                 parts.append("run retried from position \(e.resumeFrom ?? 0)")
             } else {
-                parts.append(Output.yellow("attempt \(e.attempt ?? 0) failed: \(e.error?.message ?? "?")"))
+                parts.append(Output.yellow("attempt \(e.attempt ?? 0) failed: \(Output.printable(e.error?.message ?? "?"))"))
                 if let u = e.until { parts.append("next at \(Timestamp.format(u))") }
             }
         case "intent":
@@ -144,17 +144,17 @@ enum Describe {
                 parts.append("requested" + (e.until.map { ", deadline \(Timestamp.format($0))" } ?? ""))
             } else {
                 parts.append((e.decision ?? "decided") + (e.decidedBy.map { " by \($0.user ?? String($0.uid))" } ?? ""))
-                if let c = e.comment { parts.append("“\(c)”") }
-                if let f = e.file { parts.append(f) }
+                if let c = e.comment { parts.append("“\(Output.printable(c))”") }
+                if let f = e.file { parts.append(Output.printable(f)) }
             }
         case "child":
             parts.append("\(e.phase ?? "") \(e.data?["run"]?.stringValue ?? "")" + (e.status.map { " (\($0))" } ?? ""))
         case "send":
-            parts.append("to \(e.data?["to"]?.stringValue ?? "?")")
+            parts.append("to \(Output.printable(e.data?["to"]?.stringValue ?? "?"))")
         case "complete":
             parts.append(Output.green("completed"))
         case "fail":
-            parts.append(Output.red("failed: \(e.error?.message ?? "?")"))
+            parts.append(Output.red("failed: \(Output.printable(e.error?.message ?? "?"))"))
         case "cancel":
             parts.append(e.name == "requested" ? "cancel requested" : "cancelled")
         default:

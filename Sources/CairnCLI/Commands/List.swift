@@ -45,7 +45,7 @@ struct ListCommand: ParsableCommand {
             } else {
                 var line = "\(id)  \(Output.status(state.status))  \(state.workflow)  \(Timestamp.format(state.updatedAt))"
                 if let w = state.waitingFor { line += "  " + Describe.waitingShort(w) }
-                if let e = state.error, state.status == .failed { line += "  " + Output.red(e.type) }
+                if let e = state.error, state.status == .failed { line += "  " + Output.red(Output.printable(e.type)) }
                 Output.line(line)
             }
         }

@@ -32,8 +32,8 @@ struct ShowCommand: ParsableCommand {
         }
         Output.line("\(Output.bold("run")) \(record.id)")
         Output.line("  workflow   \(record.workflow)" + (entries.first?.data?["version"]?.stringValue.map { " (version \($0))" } ?? ""))
-        Output.line("  submitted  \(Timestamp.format(record.submittedAt)) by \(record.submittedBy.user ?? String(record.submittedBy.uid))" + (record.idempotencyKey.map { ", idempotency key \($0)" } ?? ""))
-        if let p = record.parent { Output.line("  parent     \(p.run) (child '\(p.name)')") }
+        Output.line("  submitted  \(Timestamp.format(record.submittedAt)) by \(record.submittedBy.user ?? String(record.submittedBy.uid))" + (record.idempotencyKey.map { ", idempotency key \(Output.printable($0))" } ?? ""))
+        if let p = record.parent { Output.line("  parent     \(p.run) (child '\(Output.printable(p.name))')") }
         if let state {
             Output.line("  status     \(Output.status(state.status)), updated \(Timestamp.format(state.updatedAt)); \(state.counters.steps) steps, \(state.counters.retries) retries, \(state.counters.executions) executions")
             if let t = state.tokens {
@@ -44,7 +44,7 @@ struct ShowCommand: ParsableCommand {
         let effective = Set(Journal.effective(entries).map(\.seq))
         for e in entries {
             let pos = String(e.seq)
-            let label = e.name.map { "\(e.kind) \($0)" } ?? e.kind
+            let label = Output.printable(e.name.map { "\(e.kind) \($0)" } ?? e.kind)
             let control = e.kind == "retry" && e.name == "run"  // not an operation: never "superseded"
             let superseded = effective.contains(e.seq) || control ? "" : Output.dim(" (superseded by a run retry)")
             Output.line("  \(String(repeating: " ", count: max(0, 4 - pos.count)))\(pos)  \(Timestamp.format(e.at))  \(label.padding(toLength: max(label.count, 28), withPad: " ", startingAt: 0))  \(Describe.record(e))\(superseded)")
@@ -54,7 +54,7 @@ struct ShowCommand: ParsableCommand {
             if let w = state.waitingFor, state.status == .waiting {
                 for l in Describe.unblock(w, run: runID, spool: spool) { Output.line(l) }
             } else if let e = state.error, state.status == .failed {
-                Output.line(Output.red("failed: \(e.message)") + (e.file.map { " [\($0)]" } ?? ""))
+                Output.line(Output.red("failed: \(Output.printable(e.message))") + (e.file.map { " [\(Output.printable($0))]" } ?? ""))
                 Output.line("  retry: cairn retry \(runID)")
             } else if state.status == .completed {
                 Output.line("result: \(spool.run(runID).resultFile.string)")

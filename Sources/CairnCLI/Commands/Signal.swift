@@ -27,7 +27,12 @@ struct SignalCommand: ParsableCommand {
         _ = try requireRun(spool, runID)
         let value = try data.map { try Output.readJSONArgument($0, what: "event data") } ?? .null
         let name = "\(event).\(RunID.generate()).json"
-        try DurableFile.drop(value.canonicalData(), to: spool.run(runID).eventsDirectory.appending(name))
+        let data = value.canonicalData()
+        let limit = try spool.config().dropSizeLimit
+        guard data.count <= limit else {
+            throw CLIError(.failure, "the event data is \(data.count) bytes, over the limit of \(limit) (drop_size_limit in cairn.json): the daemon would refuse it")
+        }
+        try DurableFile.drop(data, to: spool.run(runID).eventsDirectory.appending(name))
         Output.line("events/\(name)")
     }
 }

@@ -1,4 +1,5 @@
 import ArgumentParser
+import CairnDaemon
 import CairnSpool
 import Foundation
 
@@ -44,7 +45,9 @@ struct SubmitCommand: ParsableCommand {
         let value = try input.map { try Output.readJSONArgument($0, what: "input") } ?? .null
         let version = CLIEnvironment.workflows[workflow]?.version
         if CLIEnvironment.workflows(for: spool)[workflow] == nil {
-            Output.warn("no workflow '\(workflow)' in this binary or in \(spool.workflowsDirectory.string)/; the run waits until a daemon that has it picks it up")
+            Output.warn(spool.isServiceUser
+                ? "no workflow '\(workflow)' in this binary or in \(spool.workflowsDirectory.string)/; the run waits until a daemon that has it picks it up"
+                : "no workflow '\(workflow)' in this binary or in \(spool.workflowsDirectory.string)/; unless the daemon's binary has it, the daemon rejects the submission (see rejected/)")
         }
         guard spool.isServiceUser else {
             // Only the service user writes runs/ (SPEC §3): anyone else submits through the
@@ -53,8 +56,20 @@ struct SubmitCommand: ParsableCommand {
             var o: [String: JSONValue] = ["workflow": .string(workflow), "input": value, "id": .string(runID)]
             if let idempotencyKey { o["idempotency_key"] = .string(idempotencyKey) }
             if let concurrencyKey { o["concurrency_key"] = .string(concurrencyKey) }
+            // What the daemon would refuse is refused here, before an id is printed: an id
+            // printed for a submission the daemon then rejects names a run that never exists.
+            let data = JSONValue.object(o).canonicalData()
+            guard data.count <= Inbox.sizeLimit else {
+                throw CLIError(.failure, "the submission is \(data.count) bytes, over the inbox limit of \(Inbox.sizeLimit) (1 MiB) for anyone but the service user; put larger inputs in a file the workflow reads")
+            }
+            if let id, let existing = try? spool.readRun(id), existing.submittedBy.uid != geteuid() {
+                throw CLIError(.failure, "the id \(id) is already used by a run submitted by \(existing.submittedBy.user ?? String(existing.submittedBy.uid)), not by you; choose another")
+            }
+            if let idempotencyKey, let bound = spool.runForKey(idempotencyKey), let existing = try? spool.readRun(bound), existing.submittedBy.uid != geteuid() {
+                throw CLIError(.failure, "the idempotency key is already used by run \(bound), submitted by \(existing.submittedBy.user ?? String(existing.submittedBy.uid)), not by you; choose another")
+            }
             do {
-                try DurableFile.drop(JSONValue.object(o).canonicalData(), to: spool.inboxDirectory.appending("\(runID).json"))
+                try DurableFile.drop(data, to: spool.inboxDirectory.appending("\(runID).json"))
             } catch let e as SpoolError where e.code == .exists {
                 throw CLIError(.failure, "\(spool.inboxDirectory.appending("\(runID).json").string) already exists: that submission is waiting for a daemon")
             }

@@ -34,13 +34,13 @@ struct WhyCommand: ParsableCommand {
                 lines = ["\(state.status.rawValue): only the spool's service user can tell whether a daemon is advancing it (run `cairn why` as that user)"]
             } else if let e = state.error, !held {
                 // A daemon looked at it and could not start it (no such workflow, …).
-                lines = ["\(state.status.rawValue): a daemon could not start it: \(e.message)"]
+                lines = ["\(state.status.rawValue): a daemon could not start it: \(Output.printable(e.message))"]
             } else {
                 lines = [held ? "\(state.status.rawValue): a process is advancing it now" : "\(state.status.rawValue): no process holds it; start one with `cairn daemon --spool \(spool.root.string)` (or `cairn advance \(runID) --spool \(spool.root.string)`)"]
             }
         case .failed:
             let e = state.error
-            lines = ["failed: \(e?.message ?? "unknown error")" + (e?.file.map { " [\($0)]" } ?? "")]
+            lines = ["failed: \(Output.printable(e?.message ?? "unknown error"))" + (e?.file.map { " [\(Output.printable($0))]" } ?? "")]
             if e?.type == "nondeterminism" {
                 lines.append("  the workflow's code no longer matches the journal; fix the code (or guard the change with ctx.patched), then: cairn retry \(runID)")
             } else {
@@ -53,7 +53,7 @@ struct WhyCommand: ParsableCommand {
         }
         if !state.status.isTerminal {
             if state.status == .waiting, let e = state.error, e.type == "unknown_workflow" {
-                lines.append("  but: \(e.message)")
+                lines.append("  but: \(Output.printable(e.message))")
             } else if let problem = Self.workflowProblem(spool, state.workflow) {
                 lines.append("  but: \(problem)")
             }
@@ -79,7 +79,7 @@ struct WhyCommand: ParsableCommand {
         guard stat(path, &st) == 0 else { return nil }
         if (st.st_mode & S_IFMT) != S_IFREG { return "\(path) is not a regular file" }
         if access(path, X_OK) != 0 { return "\(path) is not executable (chmod +x it; a running daemon notices)" }
-        if let problem = Spool.trustedFileProblem(path) { return "\(path) \(problem): the daemon will not execute it" }
+        if let problem = Spool.trustedFileProblem(path, serviceUser: spool.serviceUID ?? geteuid()) { return "\(path) \(problem): the daemon will not execute it" }
         return nil
     }
 }
