@@ -27,19 +27,19 @@ import Testing
 
     // F8: the refusal of a group-writable drop advised `chmod go-w`, which leaves whoever
     // opened the file meanwhile able to write it. The advice is now a fresh copy.
-    @Test func aGroupWritableDropIsRefusedWithAdviceThatDoesNotLeaveItOpen() throws {
+    @Test func aGroupWritableDropIsRefusedWithAdviceThatDoesNotLeaveItOpen() async throws {
         let t = try TempSpool()
-        let d = try DaemonProcess(spool: t.spool)
-        defer { d.stop() }
+        let d = try await DaemonProcess(spool: t.spool)
+        defer { d.stopBlocking() }
         let r = try t.submit("gate", input: ["who": "x"] as JSONValue)
-        try t.waitFor(r, .waiting)
+        try await t.waitFor(r, .waiting)
         let approvals = t.spool.run(r).approvalsDirectory.string
         let staged = approvals + "/.go"
         try Data("{}".utf8).write(to: URL(fileURLWithPath: staged))
         chmod(staged, 0o664)
         rename(staged, approvals + "/go.approved")
         let err = FilePath(approvals + "/go.approved.error.json")
-        try waitUntil("the refusal's error file") { DurableFile.exists(err) }
+        try await waitUntil("the refusal's error file") { DurableFile.exists(err) }
         let reason = try DurableFile.readJSON(err)["error"]?.stringValue ?? ""
         #expect(!reason.contains("chmod go-w"), "the hint must not advise chmod: \(reason)")
         #expect(reason.contains("umask 022"), "the hint says how to make a copy of one's own: \(reason)")
@@ -48,14 +48,14 @@ import Testing
 
     // F8, with real users: following the new advice (a fresh copy under umask 022) defeats
     // a teammate who opened the group-writable original for writing.
-    @Test func aFreshCopyIsNotWritableThroughADescriptorOnTheOriginal() throws {
+    @Test func aFreshCopyIsNotWritableThroughADescriptorOnTheOriginal() async throws {
         if Self.skipUnlessRoot("aFreshCopyIsNotWritableThroughADescriptorOnTheOriginal") { return }
         let (t, spool) = try Auth.serviceSpool()
         let cairn = Binary.path("cairn-fixtures")
-        let d = try DaemonProcess(spool: t.spool, asUser: Auth.service)
-        defer { d.stop() }
+        let d = try await DaemonProcess(spool: t.spool, asUser: Auth.service)
+        defer { d.stopBlocking() }
         try #require(try Auth.sh(Auth.service, "echo '{}' | \(cairn) submit gate --spool \(spool) --id f8 --input -").code == 0)
-        try t.waitFor("f8", .waiting)
+        try await t.waitFor("f8", .waiting)
         let shared = t.path.appending("shared").string
         try #require(try Auth.root("install -d -g \(Auth.group) -m 2775 \(shared)").code == 0)
         try #require(try Auth.sh(Auth.alice, "umask 002; echo '{\"value\": 10}' > \(shared)/d.json").code == 0)
@@ -65,12 +65,12 @@ import Testing
             for i in $(seq 1000); do [ -e \(shared)/copied ] && break; sleep 0.01; done
             printf '{"value": 99999}\\n' >&3 && touch \(shared)/written
             """])
-        try waitUntil("bob has the file open") { FileManager.default.fileExists(atPath: shared + "/opened") }
+        try await waitUntil("bob has the file open") { FileManager.default.fileExists(atPath: shared + "/opened") }
         try #require(try Auth.sh(Auth.alice, "umask 022; cp \(shared)/d.json \(spool)/runs/f8/approvals/.go && touch \(shared)/copied").code == 0)
-        try waitUntil("bob wrote through his descriptor") { FileManager.default.fileExists(atPath: shared + "/written") }
-        _ = Binary.finish(bob)
+        try await waitUntil("bob wrote through his descriptor") { FileManager.default.fileExists(atPath: shared + "/written") }
+        _ = await Binary.finish(bob)
         try #require(try Auth.sh(Auth.alice, "mv \(spool)/runs/f8/approvals/.go \(spool)/runs/f8/approvals/go.approved").code == 0)
-        try t.waitFor("f8", .completed)
+        try await t.waitFor("f8", .completed)
         let res = try t.result("f8")
         #expect(res["value"] == 10, "bob's write reached the copy: \(res)")
         #expect(res["by"] == .string(Auth.alice))
@@ -78,7 +78,7 @@ import Testing
 
     // F8's class: a group-writable cairn.json (or workflow script) was to be fixed "with
     // chown/chmod", which leaves a descriptor opened meanwhile able to rewrite it.
-    @Test func anUntrustedConfigurationFileIsToBeReplacedNotChmodded() throws {
+    @Test func anUntrustedConfigurationFileIsToBeReplacedNotChmodded() async throws {
         let t = try TempSpool()
         chmod(t.spool.configFile.string, 0o664)
         let r = try Binary.run("cairn-fixtures", ["daemon", "--spool", t.spool.root.string])
@@ -87,7 +87,7 @@ import Testing
     }
 
     // F9: `"approvers"` twice: the daemon read the first (open to all), jq the last (bob only).
-    @Test func duplicateKeysInCairnJsonAreRefusedEverywhere() throws {
+    @Test func duplicateKeysInCairnJsonAreRefusedEverywhere() async throws {
         let t = try TempSpool()
         let r = try t.submit("gate", input: ["who": "x"] as JSONValue)
         try Self.writeConfigText(t, #"{"format": 1, "approvers": {}, "approvers": {"go": {"users": ["nobody-at-all"]}}}"#)
@@ -101,7 +101,7 @@ import Testing
         let deadline = Date().addingTimeInterval(15)
         while daemon.0.isRunning && Date() < deadline { usleep(10_000) }
         if daemon.0.isRunning { kill(daemon.0.processIdentifier, SIGKILL) }
-        let out = Binary.finish(daemon)
+        let out = await Binary.finish(daemon)
         #expect(out.code != 0 && out.signal == nil, "the daemon ran on a cairn.json with a key twice: \(out.stderr.suffix(400))")
         #expect(out.stderr.contains("twice"), "\(out.stderr.suffix(400))")
         // Nested: a gate named twice is refused the same way.
@@ -112,24 +112,24 @@ import Testing
 
     // F9, live: a daemon already running does not act on a cairn.json that gained a key
     // twice (alice's decision is not accepted under the rule jq does not show).
-    @Test func aRunningDaemonDoesNotActOnACairnJsonWithAKeyTwice() throws {
+    @Test func aRunningDaemonDoesNotActOnACairnJsonWithAKeyTwice() async throws {
         if Self.skipUnlessRoot("aRunningDaemonDoesNotActOnACairnJsonWithAKeyTwice") { return }
         let (t, spool) = try Auth.serviceSpool()
         let cairn = Binary.path("cairn-fixtures")
-        let d = try DaemonProcess(spool: t.spool, asUser: Auth.service)
-        defer { d.stop() }
+        let d = try await DaemonProcess(spool: t.spool, asUser: Auth.service)
+        defer { d.stopBlocking() }
         try #require(try Auth.sh(Auth.service, "echo '{}' | \(cairn) submit gate --spool \(spool) --id f9 --input -").code == 0)
-        try t.waitFor("f9", .waiting)
+        try await t.waitFor("f9", .waiting)
         let cfg = #"{"format":1,"approvers":{},"approvers":{"go":{"users":["cairnbob"]}}}"#
         try #require(try Auth.sh(Auth.service, "printf '%s' '\(cfg)' > \(spool)/.c && mv \(spool)/.c \(spool)/cairn.json").code == 0)
         try #require(try Auth.sh(Auth.alice, "umask 022; echo '{}' > \(spool)/runs/f9/approvals/.go && mv \(spool)/runs/f9/approvals/.go \(spool)/runs/f9/approvals/go.approved").code == 0)
-        try waitUntil("the daemon reports the key twice") { d.log.contains("twice") }
+        try await waitUntil("the daemon reports the key twice") { d.log.contains("twice") }
         usleep(300_000)
         #expect(t.status("f9") == .waiting, "alice's decision was accepted under the first \"approvers\": \(d.log.suffix(600))")
     }
 
     // F9's class: a value given to a command with a key twice is refused, not collapsed.
-    @Test func aCommandRefusesAValueWithAKeyTwice() throws {
+    @Test func aCommandRefusesAValueWithAKeyTwice() async throws {
         let t = try TempSpool()
         let r = try t.submit("gate", input: ["who": "x"] as JSONValue)
         let file = t.path.appending("v.json").string
@@ -143,7 +143,7 @@ import Testing
 
     // F10: fsck and why, run by root (or a teammate), judged the service user's own files by
     // who ran the command: "owned by cairnsvc, neither the service user nor root".
-    @Test func fsckAndWhyJudgeByTheServiceUserNotByWhoRunsThem() throws {
+    @Test func fsckAndWhyJudgeByTheServiceUserNotByWhoRunsThem() async throws {
         if Self.skipUnlessRoot("fsckAndWhyJudgeByTheServiceUserNotByWhoRunsThem") { return }
         let (t, spool) = try Auth.serviceSpool()
         defer { withExtendedLifetime(t) {} }
@@ -164,23 +164,23 @@ import Testing
     }
 
     // F11: the name of a dropped file (escape codes, a line break) reached the terminal raw.
-    @Test func namesAndTextFromDropsCannotForgeOutput() throws {
+    @Test func namesAndTextFromDropsCannotForgeOutput() async throws {
         let t = try TempSpool()
-        let d = try DaemonProcess(spool: t.spool)
-        defer { d.stop() }
+        let d = try await DaemonProcess(spool: t.spool)
+        defer { d.stopBlocking() }
         let evil = "ev.\u{1B}[31mRED\u{1B}[0m\nFAKE LINE.json"
         let l = try t.submit("listen", input: "ev")
-        try t.waitFor(l, .waiting)
+        try await t.waitFor(l, .waiting)
         let events = t.spool.run(l).eventsDirectory.string
         try Data("1".utf8).write(to: URL(fileURLWithPath: events + "/.x"))
         rename(events + "/.x", events + "/" + evil)
-        try t.waitFor(l, .completed)
+        try await t.waitFor(l, .completed)
         // A gate decided with a comment holding a line break and an escape.
         let g = try t.submit("gate", input: ["who": "x"] as JSONValue)
-        try t.waitFor(g, .waiting)
+        try await t.waitFor(g, .waiting)
         let approve = try Binary.cairn("approve", g, "go", "--comment", "ok\nFAKE COMMENT \u{1B}]0;title\u{07}", spool: t.spool)
         try #require(approve.code == 0, "\(approve.stderr)")
-        try t.waitFor(g, .completed)
+        try await t.waitFor(g, .completed)
         // And a foreign file with such a name where fsck lists it.
         let planted = t.spool.run(g).directory.string + "/x\u{1B}[2J\nFAKE FSCK"
         try Data().write(to: URL(fileURLWithPath: planted))
@@ -195,15 +195,15 @@ import Testing
 
     // F12: the stderr tail of a failed script read the whole log (hundreds of MiB in the
     // daemon's memory; past 256 MiB the tail was silently dropped).
-    @Test func theStderrTailReadsOnlyTheEndOfTheLog() throws {
+    @Test func theStderrTailReadsOnlyTheEndOfTheLog() async throws {
         let t = try TempSpool()
         // A script whose stderr is 300 MiB (sparse: costs no disk, nor time) fails; its
         // error holds the last line, and the daemon's peak memory does not grow with the log.
         let p = t.spool.workflowsDirectory.appending("loud").string
         try "#!/bin/sh\ntruncate -s 300M /proc/self/fd/2\necho 'LAST LINE' >&2\nexit 1\n".write(toFile: p, atomically: true, encoding: .utf8)
         chmod(p, 0o755)
-        let d = try DaemonProcess(spool: t.spool)
-        defer { d.stop() }
+        let d = try await DaemonProcess(spool: t.spool)
+        defer { d.stopBlocking() }
         func peakKiB() -> Int {
             let s = (try? String(contentsOfFile: "/proc/\(d.pid)/status", encoding: .utf8)) ?? ""
             let line = s.split(separator: "\n").first { $0.hasPrefix("VmHWM:") } ?? ""
@@ -211,14 +211,14 @@ import Testing
         }
         let before = peakKiB()
         let r = try t.submit("loud", input: JSONValue.null)
-        try waitUntil("the run failed with the tail") { (try? t.state(r))?.error?.message.contains("LAST LINE") == true }
+        try await waitUntil("the run failed with the tail") { (try? t.state(r))?.error?.message.contains("LAST LINE") == true }
         let grown = peakKiB() - before
         #expect(grown < 64 * 1024, "the daemon's peak memory grew by \(grown) KiB for one failure")
     }
 
     // F12's class: fsck read every approvals/*.json whole, following whatever was there: a
     // teammate's FIFO named x.json hung it.
-    @Test func fsckDoesNotHangOnAFifoDroppedAmongTheRequests() throws {
+    @Test func fsckDoesNotHangOnAFifoDroppedAmongTheRequests() async throws {
         let t = try TempSpool()
         let r = try t.submit("gate", input: ["who": "x"] as JSONValue)
         _ = try Binary.cairn("advance", r, spool: t.spool)
@@ -230,14 +230,14 @@ import Testing
         while fsck.0.isRunning && Date() < deadline { usleep(10_000) }
         let hung = fsck.0.isRunning
         if hung { kill(fsck.0.processIdentifier, SIGKILL) }
-        let out = Binary.finish(fsck)
+        let out = await Binary.finish(fsck)
         #expect(!hung, "fsck hung on a FIFO in approvals/")
         #expect(out.stdout.contains("approvals/x.json"), "the FIFO is reported as a file the runtime did not write: \(out.stdout)")
     }
 
     // F13: a submission over the inbox limit printed an id and exited 0; the daemon then
     // rejected it and that id never existed. The same for what else the daemon checks.
-    @Test func whatTheDaemonWouldRefuseIsRefusedBeforeAnIdIsPrinted() throws {
+    @Test func whatTheDaemonWouldRefuseIsRefusedBeforeAnIdIsPrinted() async throws {
         if Self.skipUnlessRoot("whatTheDaemonWouldRefuseIsRefusedBeforeAnIdIsPrinted") { return }
         let (t, spool) = try Auth.serviceSpool()
         let cairn = Binary.path("cairn-fixtures")
@@ -260,7 +260,7 @@ import Testing
     }
 
     // F13's class: decisions and events over drop_size_limit.
-    @Test func oversizedDecisionsAndEventsAreRefusedByTheCommand() throws {
+    @Test func oversizedDecisionsAndEventsAreRefusedByTheCommand() async throws {
         let t = try TempSpool()
         let r = try t.submit("gate", input: ["who": "x"] as JSONValue)
         let big = t.path.appending("big.json").string
