@@ -81,7 +81,8 @@ private func stepsRecordedTwice(_ s: Spool, _ run: String) throws -> [String] {
         let root = t.spool.root.string
         let d = try await DaemonProcess(spool: t.spool)
         var runs: [String] = []
-        for _ in 0..<5 { runs.append(try t.submit("crashy", input: ["steps": 8, "effects": .string(fx), "delay_ms": 40] as JSONValue)) }
+        // Long enough (8 × 250 ms) that a loaded machine's first rsync cannot outlast them all.
+        for _ in 0..<5 { runs.append(try t.submit("crashy", input: ["steps": 8, "effects": .string(fx), "delay_ms": 250] as JSONValue)) }
         for _ in 0..<3 { runs.append(try t.submit("tally", input: JSONValue.null)) }
         try await waitUntil("runs under way") { lines(fx).count >= 12 }
 
@@ -162,8 +163,9 @@ private func stepsRecordedTwice(_ s: Spool, _ run: String) throws -> [String] {
             cairn event go > /dev/null
             echo '"script done"' | cairn result -
             """)
-        let grace = 3.0
-        let d = try await DaemonProcess(spool: t.spool, args: ["--shutdown-grace", "3s"])
+        // Ample for A to record its step and reach its wait even with the whole suite running.
+        let grace = 6.0
+        let d = try await DaemonProcess(spool: t.spool, args: ["--shutdown-grace", "6s"])
         let a = try t.submit("hold", input: ["effects": .string(fx), "tag": "a", "ms": 60_000, "while_exists": .string(holdA), "then_event": "go"] as JSONValue)
         let b = try t.submit("hold", input: ["effects": .string(fx), "tag": "b", "ms": 60_000, "while_exists": .string(holdB), "then_event": "go"] as JSONValue)
         let s = try t.submit("longstep", input: JSONValue.null)
