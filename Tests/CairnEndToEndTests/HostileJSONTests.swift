@@ -47,22 +47,12 @@ import Testing
 
         // The deepest shape allowed (64 levels, arrays and objects alternating) as a gate's
         // input, 100 KB of it: accepted, and the run reaches its gate promptly.
-        let deep64 = JSONParseTestsShape.alternating(61)  // + the submission, input and list: 64
+        let deep64 = HostileJSON.alternatingNesting(61)  // + the submission, input and list: 64
         let wide = "{\"workflow\":\"gate\",\"id\":\"deep64\",\"input\":{\"who\":\"x\",\"list\":[" + Array(repeating: deep64, count: 100_000 / deep64.utf8.count).joined(separator: ",") + "]}}"
         let wideStarted = Date()
         try drop(wide, at: t.spool.inboxDirectory.appending("deep64.json"))
         try await t.waitFor("deep64", .waiting, timeout: 30)
         let wideTook = Date().timeIntervalSince(wideStarted)
         print(String(format: "HostileJSONTests: ten 500-deep values in the inbox rejected with the next submission done in %.2f s; a 500-deep event refused in %.2f s; %d KB of 64-deep values accepted and at the gate in %.2f s", inboxTook, eventTook, wide.utf8.count / 1024, wideTook))
-    }
-}
-
-enum JSONParseTestsShape {
-    static func alternating(_ depth: Int) -> String {
-        var s = ""
-        for i in 0..<depth { s += i % 2 == 0 ? "[" : "{\"k\":" }
-        s += "1"
-        for i in (0..<depth).reversed() { s += i % 2 == 0 ? "]" : "}" }
-        return s
     }
 }

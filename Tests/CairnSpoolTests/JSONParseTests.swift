@@ -6,13 +6,7 @@ import Testing
 /// JSON from outside is parsed in time linear in its size, whatever its shape; numbers keep
 /// their old reading; drops may nest at most `JSONValue.dropDepthLimit` levels.
 @Suite struct JSONParseTests {
-    static func alternating(_ depth: Int) -> String {
-        var s = ""
-        for i in 0..<depth { s += i % 2 == 0 ? "[" : "{\"k\":" }
-        s += "1"
-        for i in (0..<depth).reversed() { s += i % 2 == 0 ? "]" : "}" }
-        return s
-    }
+    static func alternating(_ depth: Int) -> String { HostileJSON.alternatingNesting(depth) }
 
     @Test func numbersReadAsBeforeIntegersExactlyElseDoubles() throws {
         let v = try JSONValue.parse(#"[1.0, 1e3, 1.5, 9223372036854775807, 9223372036854775808, -0, -7, 0.1, true, false, 1, 0, null, "1"]"#)
