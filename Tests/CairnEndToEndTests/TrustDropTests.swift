@@ -166,7 +166,9 @@ import Testing
         let long = "ev." + String(repeating: "x", count: 245) + ".json"
         try #require(long.utf8.count <= 255)
         try #require(try A.sh(A.bob, "umask 022; printf 'not json' > \(events)/.x && mv \(events)/.x \(events)/\(long)").code == 0)
-        try waitUntil("the long-named bad event is set aside") { lstatOf(events + "/" + long) == nil }
+        try waitUntil("the long-named bad event is set aside, with its error file") {
+            lstatOf(events + "/" + long) == nil && names(events).contains { $0.hasPrefix("ev.xxxx") && $0.hasSuffix(".error.json") }
+        }
         let errorFile = events + "/" + (names(events).first { $0.hasPrefix("ev.xxxx") && $0.hasSuffix(".error.json") } ?? "?")
         #expect(((try? String(contentsOfFile: errorFile, encoding: .utf8)) ?? "").contains("not valid JSON"), "error file \(errorFile)")
         let signal = try A.sh(A.alice, "echo 1 | \(cairn) signal l ev --data - --spool \(spool)")
