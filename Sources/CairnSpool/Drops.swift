@@ -124,10 +124,10 @@ public enum Drops {
     /// Writes `NAME.error.json` beside a refused drop (once per identity of the file), and
     /// moves the drop out of the way, so that it never occupies the name (in a sticky
     /// directory nobody else could remove it, and a refused `GATE.approved` would block
-    /// everyone's decision): into `refused/NAME.INODE` when `refused` is given, else — and
-    /// when it cannot change parent (a directory of another user: its `..` would change,
-    /// which needs write permission on it) — renamed within its own directory to
-    /// `refused.NAME.INODE.RANDOM`. The drop itself is never deleted. Somebody else's file at
+    /// everyone's decision): into `refused/NAME.INODE` (`refused`), or — when it cannot change
+    /// parent (a directory of another user: its `..` would change, which needs write
+    /// permission on it) — renamed within its own directory to `refused.NAME.INODE.RANDOM`.
+    /// Without `refused` it stays where it is. The drop itself is never deleted. Somebody else's file at
     /// the error file's name is set aside (`foreign.…`), never a reason to leave the drop.
     /// Returns true when a new error file was written.
     @discardableResult
@@ -148,7 +148,7 @@ public enum Drops {
                     movedTo = "refused/" + (dest.lastComponent?.string ?? "")
                 }
             }
-            if movedTo == nil, let aside = Spool.setAside(path, as: "refused.", inode: UInt64(st.st_ino)) {
+            if refused != nil, movedTo == nil, let aside = Spool.setAside(path, as: "refused.", inode: UInt64(st.st_ino)) {
                 movedTo = (dir.lastComponent?.string ?? "") + "/" + aside
             }
         }

@@ -184,4 +184,21 @@ import Testing
         #expect(rejected.contains(bad), "\(rejected)")
         #expect(rejected.contains { $0.hasSuffix(".error.json") && $0.hasPrefix("sssss") }, "\(rejected)")
     }
+
+    /// Names derived from a dropped file's name always fit NAME_MAX, stay distinct, and keep
+    /// their prefix and suffix (what readers match on).
+    @Test func derivedNamesFitNameMax() {
+        #expect(Names.fitting("foreign.", "result.json", ".12.ab") == "foreign.result.json.12.ab")
+        let a = String(repeating: "x", count: 250) + "a.json", b = String(repeating: "x", count: 250) + "b.json"
+        for (prefix, suffix) in [("", ".error.json"), ("foreign.", ".123456789.deadbeef"), ("refused.", ".1.2")] {
+            let fa = Names.fitting(prefix, a, suffix), fb = Names.fitting(prefix, b, suffix)
+            #expect(fa.utf8.count <= 255 && fb.utf8.count <= 255)
+            #expect(fa != fb)
+            #expect(fa.hasPrefix(prefix + "xxxx") && fa.hasSuffix(suffix))
+            #expect(fa == Names.fitting(prefix, a, suffix))
+        }
+        let wide = String(repeating: "é", count: 200)  // 400 bytes: cut on a character boundary
+        let fw = Names.fitting("", wide, ".error.json")
+        #expect(fw.utf8.count <= 255 && fw.hasSuffix(".error.json") && fw.hasPrefix("éé"))
+    }
 }
