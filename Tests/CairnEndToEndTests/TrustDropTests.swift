@@ -133,6 +133,9 @@ import Testing
         for id in ["old-link", "old-dir"] { try #require(try A.sh(A.service, "[ ! -d \(spool)/runs/\(id)/refused ] || rmdir \(spool)/runs/\(id)/refused").code == 0) }
         try #require(try A.sh(A.bob, "ln -s \(elsewhere) \(spool)/runs/old-link/refused").code == 0)
         try #require(try A.sh(A.bob, "mkdir \(spool)/runs/old-dir/refused && chmod 777 \(spool)/runs/old-dir/refused").code == 0)
+        // Older still: no lock file either, and bob puts his own at its name.
+        try #require(try A.sh(A.service, "rm \(spool)/runs/old-dir/.lock").code == 0)
+        try #require(try A.sh(A.bob, "umask 077; touch \(spool)/runs/old-dir/.lock").code == 0)
         let d = try DaemonProcess(spool: t.spool, asUser: A.service)
         defer { d.stop() }
         for id in ["old-link", "old-dir"] {
@@ -145,6 +148,7 @@ import Testing
             #expect(names(run + "/refused").contains { $0.hasPrefix("go.approved.") })
             #expect(names(run).contains { $0.hasPrefix("foreign.refused.") }, "bob's entry kept aside: \(names(run))")
         }
+        #expect(names("\(spool)/runs/old-dir").contains { $0.hasPrefix("foreign..lock.") }, "bob's lock file set aside")
         #expect(names(elsewhere).isEmpty, "nothing written through bob's symlink")
         let aside = try #require(names("\(spool)/runs/old-dir").first { $0.hasPrefix("foreign.refused.") })
         #expect(names("\(spool)/runs/old-dir/\(aside)").isEmpty, "nothing written into bob's directory")
