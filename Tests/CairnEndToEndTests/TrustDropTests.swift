@@ -54,6 +54,9 @@ import Testing
 
         let fsck = try A.sh(A.service, "\(cairn) fsck --repair --spool \(spool)")
         #expect(names(runs + "/victim/journal").sorted() == victimJournal, "the victim's journal is untouched: \(fsck.out) \(fsck.err)")
+        // (Before, fsck made a directory in the victim's journal through the link, then found
+        // it there and "repaired" the victim too.)
+        #expect(lstatOf(runs + "/victim/repair") == nil, "the victim needed no repair: \(fsck.out)")
         for id in ["vandal", "vandal2"] {
             let repair = "\(runs)/\(id)/repair"
             #expect(isServiceDirectory(repair), "\(id)/repair is the service user's own directory now")
