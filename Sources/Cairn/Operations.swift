@@ -147,8 +147,13 @@ extension WorkflowContext {
             throw StepFailedError(step: event, attempts: 1, error: ErrorInfo(type: "no_such_run", message: "send: no run '\(run)' to send '\(event)' to", retryable: false))
         }
         let seq = currentPosition()
-        let file = "\(event).\(runID)-\(seq).json"
+        // Fits NAME_MAX however long the event name and run id (both up to 128 characters).
+        let file = Names.fitting("\(event).", "\(runID)-\(seq)", ".json")
         let target = spool.run(run).eventsDirectory.appending(file)
+        // The name can be foreseen: whatever a member put there first is set aside (kept),
+        // so that it neither stands in for this event nor stops it. Ours (a resend after a
+        // crash) stays.
+        Spool.setAsideForeign(target)
         do {
             try spool.durable.write(json: JSONValue(encoding: data), to: target, mode: .noReplace)
         } catch let e as SpoolError where e.code == .exists {}

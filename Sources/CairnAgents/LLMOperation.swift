@@ -250,7 +250,8 @@ extension WorkflowContext {
             case .absent:
                 continue
             case .refused(let p, let reason, let identity):
-                _ = try Drops.refuse(p, reason: reason, identity: identity, durable: spool.durable, now: self.clock.now())
+                // Moved out of the way (as the engine's gates do), so it cannot hold the name.
+                _ = try Drops.refuse(p, reason: reason, identity: identity, durable: spool.durable, now: self.clock.now(), setAsideIn: self.runDirectory.appending("refused"))
                 continue
             case .valid(let f):
                 var value = f.json

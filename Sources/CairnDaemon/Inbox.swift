@@ -97,12 +97,14 @@ public enum Inbox {
         let stem = name.hasSuffix(".json") ? String(name.dropLast(5)) : name
         let ext = name.hasSuffix(".json") ? ".json" : ""
         // A file that could not be moved was reported once already (it is still in inbox/).
-        if let e = try? DurableFile.readJSON(spool.rejectedDirectory.appending(stem + ".error.json")), e["still_in"] != nil, e["file"]?.stringValue == name {
+        if let e = try? DurableFile.readJSON(spool.rejectedDirectory.appending(Names.fitting("", stem, ".error.json"))), e["still_in"] != nil, e["file"]?.stringValue == name {
             return
         }
         for n in 1... {
-            let target = n == 1 ? name : "\(stem).\(n)\(ext)"
-            let errorName = (n == 1 ? stem : "\(stem).\(n)") + ".error.json"
+            // Names that would not fit in NAME_MAX are shortened (Names.fitting): a long
+            // name must not keep a bad submission in inbox/ for ever.
+            let target = n == 1 ? name : Names.fitting("", stem, ".\(n)\(ext)")
+            let errorName = Names.fitting("", stem, (n == 1 ? "" : ".\(n)") + ".error.json")
             let to = spool.rejectedDirectory.appending(target)
             let errorPath = spool.rejectedDirectory.appending(errorName)
             guard errorName != target, !DurableFile.exists(to), !DurableFile.exists(errorPath) else { continue }

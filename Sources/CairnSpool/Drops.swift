@@ -117,31 +117,49 @@ public enum Drops {
         return nil
     }
 
-    /// Writes `NAME.error.json` beside a refused drop (once per identity of the file).
-    /// The drop itself is never deleted. Returns true when a new error file was written.
+    /// The error file's name for a drop named `name`: `NAME.error.json`, shortened (see
+    /// `Names.fitting`) when that would not fit in NAME_MAX.
+    public static func errorFileName(_ name: String) -> String { Names.fitting("", name, ".error.json") }
+
+    /// The error file beside the drop at `path`.
+    public static func errorFile(for path: FilePath) -> FilePath {
+        path.removingLastComponent().appending(errorFileName(path.lastComponent?.string ?? path.string))
+    }
+
+    /// Writes `NAME.error.json` beside a refused drop (once per identity of the file), and
+    /// moves the drop out of the way, so that it never occupies the name (in a sticky
+    /// directory nobody else could remove it, and a refused `GATE.approved` would block
+    /// everyone's decision): into `refused/NAME.INODE` (`refused`), or — when it cannot change
+    /// parent (a directory of another user: its `..` would change, which needs write
+    /// permission on it) — renamed within its own directory to `refused.NAME.INODE.RANDOM`.
+    /// Without `refused` it stays where it is. The drop itself is never deleted. Somebody else's file at
+    /// the error file's name is set aside (`foreign.…`), never a reason to leave the drop.
+    /// Returns true when a new error file was written.
     @discardableResult
     public static func refuse(_ path: FilePath, reason: String, identity: String, durable: DurableFile, now: Date = Date(), setAsideIn refused: FilePath? = nil) throws -> Bool {
         let name = path.lastComponent?.string ?? path.string
-        let errorFile = FilePath(path.string + ".error.json")
-        var st = stat()
-        if lstat(errorFile.string, &st) == 0, st.st_uid != geteuid() || (st.st_mode & S_IFMT) != S_IFREG {
-            // Somebody else's file by that name: never overwritten (it is theirs, not ours).
-            return false
-        }
-        if let existing = try? DurableFile.readJSON(errorFile, limit: 1 << 20), existing["identity"]?.stringValue == identity {
-            return false
-        }
-        // A refused drop leaves the drop directory for `refused/` (kept, never deleted), so it
-        // does not occupy the name: in a sticky directory nobody else could remove it, and
-        // a refused `GATE.approved` would block everyone's decision.
+        let dir = path.removingLastComponent()
+        let errorFile = errorFile(for: path)
+        let inode = identity.split(separator: ":").first.map(String.init) ?? "0"
         var movedTo: String? = nil
-        if let refused, (try? Spool.ensureRuntimeDirectory(refused)) != nil {
-            let inode = identity.split(separator: ":").first.map(String.init) ?? "0"
-            let dest = refused.appending("\(name).\(inode)")
-            if (try? DurableFile.rename(path, to: dest, mode: .noReplace)) != nil {
-                try? DurableFile.fsyncDirectory(refused)
-                movedTo = "refused/" + (dest.lastComponent?.string ?? "")
+        // Only the file that was refused is moved (not one put at its name since).
+        var st = stat()
+        if lstat(path.string, &st) == 0, String(st.st_ino) == inode {
+            if let refused, (try? Spool.ensureRuntimeDirectory(refused)) != nil {
+                let dest = refused.appending(Names.fitting("", name, ".\(inode)"))
+                if (try? DurableFile.rename(path, to: dest, mode: .noReplace)) != nil {
+                    try? DurableFile.fsyncDirectory(refused)
+                    try? DurableFile.fsyncDirectory(dir)
+                    movedTo = "refused/" + (dest.lastComponent?.string ?? "")
+                }
             }
+            if refused != nil, movedTo == nil, let aside = Spool.setAside(path, as: "refused.", inode: UInt64(st.st_ino)) {
+                movedTo = (dir.lastComponent?.string ?? "") + "/" + aside
+            }
+        }
+        Spool.setAsideForeign(errorFile)
+        if movedTo == nil, let existing = try? DurableFile.readJSON(errorFile, limit: 1 << 20), existing["identity"]?.stringValue == identity {
+            return false
         }
         var record: [String: JSONValue] = [
             "file": .string(name),

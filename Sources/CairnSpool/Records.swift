@@ -277,6 +277,29 @@ public enum Names {
         return out
     }
 
+    /// The longest file name a directory entry may have (NAME_MAX on Linux), in bytes.
+    public static let nameMax = 255
+
+    /// `prefix + name + suffix`, where `name` (a dropped file's, chosen by someone else) is
+    /// shortened when the whole would not fit in NAME_MAX: its first bytes (whole characters),
+    /// `~`, and 16 hex digits of its SHA-256, so two long names stay two names. Error files,
+    /// set-aside and refused names derived from a drop's name always fit.
+    public static func fitting(_ prefix: String, _ name: String, _ suffix: String) -> String {
+        let fixed = prefix.utf8.count + suffix.utf8.count
+        if fixed + name.utf8.count <= nameMax { return prefix + name + suffix }
+        let tag = "~" + String(ContentHash.sha256Hex(Array(name.utf8)).prefix(16))
+        let room = max(0, nameMax - fixed - tag.utf8.count)
+        var kept = ""
+        var used = 0
+        for c in name.unicodeScalars {
+            let n = String(c).utf8.count
+            if used + n > room { break }
+            kept.unicodeScalars.append(c)
+            used += n
+        }
+        return prefix + kept + tag + suffix
+    }
+
     static func isAlnum(_ u: Unicode.Scalar) -> Bool {
         (u >= "a" && u <= "z") || (u >= "A" && u <= "Z") || (u >= "0" && u <= "9")
     }

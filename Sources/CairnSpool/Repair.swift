@@ -101,17 +101,29 @@ public enum Repair {
             if !damage.isEmpty {
                 let stamp = RunID.generate(now: now)
                 let dest = paths.repairDirectory.appending(stamp)
+                // repair/ is made in the run directory, which the group can write: whatever a
+                // member put at that name first (a symlink into another run's journal, a
+                // directory of theirs) is set aside, never followed or written into.
+                var unusable: String? = nil
+                if repair {
+                    do {
+                        try Spool.ensureRuntimeDirectory(paths.repairDirectory)
+                        try Spool.ensureRuntimeDirectory(dest)
+                    } catch {
+                        unusable = "\(error)"
+                    }
+                }
                 for d in damage {
                     var f = Finding(file: rel(journal.directory.appending(d.file)), problem: d.problem)
-                    if repair {
-                        try DurableFile.makeDirectory(paths.repairDirectory)
-                        try DurableFile.makeDirectory(dest)
+                    if let unusable {
+                        f.problem += "; not moved: \(unusable)"
+                    } else if repair {
                         try DurableFile.rename(journal.directory.appending(d.file), to: dest.appending(d.file), mode: .noReplace)
                         f.repaired = "moved to \(rel(dest))/ (the journal now ends at position \(entries.count))"
                     }
                     report.findings.append(f)
                 }
-                if repair {
+                if repair && unusable == nil {
                     try DurableFile.fsyncDirectory(journal.directory)
                     try DurableFile.fsyncDirectory(dest)
                 }
@@ -290,8 +302,8 @@ public enum Repair {
                     out.append(Finding(file: rel(path), problem: "is not a regular file (put here by \(who)); no run reads it"))
                 } else if name.hasPrefix(".") && now - Double(st.st_mtim.tv_sec) > 3600 {
                     out.append(Finding(file: rel(path), problem: "is a staging dot-file left for over an hour by \(who)"))
-                } else if DurableFile.exists(FilePath(path.string + ".error.json")) {
-                    out.append(Finding(file: rel(path), problem: "was refused (see \(name).error.json) and is still here (put here by \(who))"))
+                } else if DurableFile.exists(Drops.errorFile(for: path)) {
+                    out.append(Finding(file: rel(path), problem: "was refused (see \(Drops.errorFileName(name))) and is still here (put here by \(who))"))
                 }
             }
         }

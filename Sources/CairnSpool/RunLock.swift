@@ -25,6 +25,10 @@ public final class RunLock: Sendable {
     /// checks that it is this user's regular file that nobody else can open.
     static func openLockFile(_ directory: FilePath) throws -> Int32 {
         let path = directory.appending(fileName).string
+        // The run directory is group-writable: in a run without a lock file, a member could
+        // have put one of theirs (or a symlink, a FIFO) at its name first. Never ours, never
+        // opened by a runtime process: set aside (kept), so it cannot freeze the run.
+        Spool.setAsideForeign(directory.appending(fileName))
         let fd = open(path, O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0o600)
         guard fd >= 0 else {
             let e = errno

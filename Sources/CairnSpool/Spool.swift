@@ -252,7 +252,9 @@ public struct Spool: Sendable {
         let staging = try durable.makeStagingDirectory(hint: "run-\(id)")
         do {
             let paths = RunPaths(directory: staging)
-            for d in [paths.journalDirectory, paths.approvalsDirectory, paths.eventsDirectory, paths.blobsDirectory, paths.logsDirectory, paths.decisionsDirectory, paths.workDirectory] {
+            // refused/ too, from the start: made later, at the first refusal, its name could
+            // be taken first by any member of the group (a symlink, a directory of theirs).
+            for d in [paths.journalDirectory, paths.approvalsDirectory, paths.eventsDirectory, paths.blobsDirectory, paths.logsDirectory, paths.decisionsDirectory, paths.workDirectory, paths.refusedDirectory] {
                 try DurableFile.makeDirectory(d, durable: false)
             }
             close(try RunLock.openLockFile(staging))
@@ -267,7 +269,7 @@ public struct Spool: Sendable {
             try DurableFile.writeStaged(record.canonicalJSON().canonicalData(), to: paths.runFile)
             let state = RunState(run: id, workflow: s.workflow, status: .queued, updatedAt: now)
             try DurableFile.writeStaged(state.canonicalJSON().canonicalData(), to: paths.stateFile)
-            for d in [paths.journalDirectory, paths.approvalsDirectory, paths.eventsDirectory, paths.blobsDirectory, paths.logsDirectory, paths.decisionsDirectory, paths.workDirectory, staging] {
+            for d in [paths.journalDirectory, paths.approvalsDirectory, paths.eventsDirectory, paths.blobsDirectory, paths.logsDirectory, paths.decisionsDirectory, paths.workDirectory, paths.refusedDirectory, staging] {
                 try DurableFile.fsyncDirectory(d)
             }
             try DurableFile.fsyncDirectory(tmpDirectory)
@@ -351,6 +353,9 @@ public struct Spool: Sendable {
 
     /// The same, without a spool at hand (for CairnSpool's own drop handling).
     public static func ensureRuntimeDirectory(_ dir: FilePath) throws {
+        // In a run directory (group-writable) a member could have put something at the name
+        // first — a symlink to follow, a directory of theirs: it is set aside, not used.
+        setAsideForeign(dir, expecting: .directory)
         if mkdir(dir.string, 0o755) == 0 {
             try DurableFile.fsyncDirectory(dir.removingLastComponent())
             return
@@ -405,15 +410,54 @@ public struct Spool: Sendable {
     }
 
     /// Before the runtime writes `path` in a directory others can write (result.json in the
-    /// run directory, request files in approvals/): whatever someone else put at that name
-    /// (a directory, a FIFO, a file of theirs) is renamed aside, within the same directory,
-    /// to `foreign.NAME.INODE` (kept; `cairn fsck` lists it), instead of wedging the write.
-    public static func setAsideForeign(_ path: FilePath) {
+    /// run directory, request and error files in approvals/, wake files in events/), or makes
+    /// a directory of its own there (refused/, repair/, work/, decisions/): whatever someone
+    /// else put at that name (a directory, a FIFO, a symlink, a file of theirs) is renamed
+    /// aside, within the same directory (a rename within one parent needs no write permission
+    /// on a moved directory), to `foreign.NAME.INODE.RANDOM` (kept; `cairn fsck` lists it),
+    /// instead of wedging the write or being followed. The random part cannot be guessed, so
+    /// nobody can take the set-aside name first; a taken one is retried. Returns false when
+    /// the name is still occupied by something foreign (the caller's write then fails loudly).
+    @discardableResult
+    public static func setAsideForeign(_ path: FilePath, expecting kind: RuntimeEntry = .file) -> Bool {
         var st = stat()
-        guard lstat(path.string, &st) == 0 else { return }
-        if (st.st_mode & S_IFMT) == S_IFREG && st.st_uid == geteuid() { return }
-        let dest = path.removingLastComponent().appending("foreign.\(path.lastComponent?.string ?? "file").\(st.st_ino)")
-        _ = try? DurableFile.rename(path, to: dest, mode: .noReplace)
+        guard lstat(path.string, &st) == 0 else { return true }
+        // Ours, or the service user's (the directory's owner; root may be the one running).
+        var parent = stat()
+        let owner = lstat(path.removingLastComponent().string, &parent) == 0 ? parent.st_uid : geteuid()
+        if (st.st_mode & S_IFMT) == kind.type && (st.st_uid == geteuid() || st.st_uid == owner) { return true }
+        return setAside(path, as: "foreign.", inode: UInt64(st.st_ino)) != nil
+    }
+
+    /// What the runtime expects at one of its names.
+    public enum RuntimeEntry: Sendable {
+        case file, directory
+        var type: mode_t { self == .file ? S_IFREG : S_IFDIR }
+    }
+
+    /// Renames `path` within its directory to `PREFIX.NAME.INODE.RANDOM` (fitting NAME_MAX),
+    /// never replacing anything; returns the new name, or nil when it could not be moved
+    /// (gone already counts as moved: nil only when the name is still taken).
+    public static func setAside(_ path: FilePath, as prefix: String, inode: UInt64) -> String? {
+        let dir = path.removingLastComponent()
+        let name = path.lastComponent?.string ?? "file"
+        var rng = SystemRandomNumberGenerator()
+        for _ in 0..<16 {
+            let random = String(rng.next() & 0xFFFF_FFFF, radix: 16)
+            let aside = Names.fitting(prefix, name, ".\(inode).\(random)")
+            do {
+                try DurableFile.rename(path, to: dir.appending(aside), mode: .noReplace)
+                try? DurableFile.fsyncDirectory(dir)
+                return aside
+            } catch let e as SpoolError where e.code == .exists {
+                continue
+            } catch let e as SpoolError where e.errno == ENOENT {
+                return DurableFile.exists(path) ? nil : aside
+            } catch {
+                return nil
+            }
+        }
+        return nil
     }
 
     /// Checks, before a run is advanced, that nobody but this user can have written what the
@@ -435,6 +479,12 @@ public struct Spool: Sendable {
                     throw SpoolError(.io, path: dir.string, errno: errno, "cannot make the group-writable directory sticky")
                 }
             }
+        }
+        // Directories a run made before this version may lack, made when first needed: a
+        // member's entry at one of these names (a symlink, a directory of theirs) cannot be
+        // the runtime's, so it is set aside rather than freezing the run (cancel included).
+        for d in [p.decisionsDirectory, p.workDirectory, p.refusedDirectory, p.repairDirectory] {
+            Self.setAsideForeign(d, expecting: .directory)
         }
         // (result.json is not among them: the engine never reads it, and replaces it whole.)
         for f in [p.runFile, p.stateFile, p.journalDirectory, p.blobsDirectory, p.logsDirectory, p.decisionsDirectory, p.workDirectory, p.refusedDirectory] {
