@@ -36,13 +36,13 @@ import Testing
     func names(_ dir: String) -> [String] { (try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? [] }
 
     /// F2: fsck --repair moved damaged records into whatever a member had put at `repair`.
-    @Test func fsckRepairNeverFollowsARepairEntryAMemberPlanted() throws {
+    @Test func fsckRepairNeverFollowsARepairEntryAMemberPlanted() async throws {
         if Self.skipped(#function) { return }
         let (t, spool) = try A.serviceSpool()
-        let d = try DaemonProcess(spool: t.spool, asUser: A.service)
+        let d = try await DaemonProcess(spool: t.spool, asUser: A.service)
         for id in ["vandal", "vandal2", "victim"] { try submit(spool, "gate", id: id, input: "{}") }
-        for id in ["vandal", "vandal2", "victim"] { try t.waitFor(id, .waiting) }
-        d.stop()
+        for id in ["vandal", "vandal2", "victim"] { try await t.waitFor(id, .waiting) }
+        await d.stop()
         let runs = spool + "/runs"
         for id in ["vandal", "vandal2"] {
             try #require(try A.sh(A.service, "echo garbage > \(runs)/\(id)/journal/000099-bogus.json").code == 0)
@@ -70,11 +70,11 @@ import Testing
 
     /// F3: bob's own error file at GATE.approved.error.json, or a directory at the gate's
     /// decision names, kept his refused drop at the name, and alice could never decide.
-    @Test func aMemberCannotBlockAGateTheyMayNotDecide() throws {
+    @Test func aMemberCannotBlockAGateTheyMayNotDecide() async throws {
         if Self.skipped(#function) { return }
         let (t, spool) = try A.serviceSpool()
-        let d = try DaemonProcess(spool: t.spool, asUser: A.service)
-        defer { d.stop() }
+        let d = try await DaemonProcess(spool: t.spool, asUser: A.service)
+        defer { d.stopBlocking() }
         let plants = [
             "g-a-error": "umask 022; echo '{}' > D/.e && mv D/.e D/go.approved.error.json && : > D/.g && mv D/.g D/go.approved",
             "g-dir-approved": "mkdir D/go.approved",
@@ -82,15 +82,15 @@ import Testing
         ]
         for id in plants.keys.sorted() { try submit(spool, "gate", id: id, input: "{}") }
         for (id, plant) in plants.sorted(by: { $0.key < $1.key }) {
-            try t.waitFor(id, .waiting)
+            try await t.waitFor(id, .waiting)
             let dir = "\(spool)/runs/\(id)/approvals"
             try #require(try A.sh(A.bob, plant.replacingOccurrences(of: "D/", with: dir + "/")).code == 0, "\(id): bob plants")
-            try waitUntil("\(id): what bob planted at the gate's names is set aside", timeout: 10) {
+            try await waitUntil("\(id): what bob planted at the gate's names is set aside", timeout: 10) {
                 lstatOf(dir + "/go.approved") == nil && lstatOf(dir + "/go.rejected") == nil
             }
             let approve = try A.sh(A.alice, "\(cairn) approve \(id) go --spool \(spool)")
             #expect(approve.code == 0, "\(id): alice approves: \(approve.err)")
-            try t.waitFor(id, .completed)
+            try await t.waitFor(id, .completed)
             #expect(try t.result(id)["by"] == .string(A.alice))
             #expect(try t.result(id)["approved"] == true)
             // Nothing bob put there was deleted: it is kept under a set-aside name.
@@ -100,7 +100,7 @@ import Testing
 
     /// F4: the set-aside name `foreign.NAME.INODE` could be taken in advance; the write of
     /// result.json or GATE.request.json then failed for ever (EISDIR).
-    @Test func aSetAsideNameTakenInAdvanceDoesNotWedgeARun() throws {
+    @Test func aSetAsideNameTakenInAdvanceDoesNotWedgeARun() async throws {
         if Self.skipped(#function) { return }
         let (t, spool) = try A.serviceSpool()
         try submit(spool, "gate", id: "g", input: "{}")  // queued: no daemon yet
@@ -111,21 +111,21 @@ import Testing
             let dir = (path as NSString).deletingLastPathComponent, name = (path as NSString).lastPathComponent
             try #require(try A.sh(A.bob, "touch \(dir)/foreign.\(name).\(inode)").code == 0)
         }
-        let d = try DaemonProcess(spool: t.spool, asUser: A.service)
-        defer { d.stop() }
-        try t.waitFor("g", .waiting, timeout: 10)
+        let d = try await DaemonProcess(spool: t.spool, asUser: A.service)
+        defer { d.stopBlocking() }
+        try await t.waitFor("g", .waiting, timeout: 10)
         let request = try #require(lstatOf("\(run)/approvals/go.request.json"))
         #expect((request.st_mode & S_IFMT) == S_IFREG)
         let approve = try A.sh(A.alice, "\(cairn) approve g go --spool \(spool)")
         #expect(approve.code == 0, "\(approve.err)")
-        try t.waitFor("g", .completed, timeout: 10)
+        try await t.waitFor("g", .completed, timeout: 10)
         #expect(try t.result("g")["by"] == .string(A.alice))
         #expect(names(run).filter { $0.hasPrefix("foreign.result.json.") }.count == 2, "bob's directory set aside beside his decoy: \(names(run))")
     }
 
     /// F5: `refused/` was made at the first refusal, so a member could put a symlink or a
     /// directory of theirs there first, and the run froze (cancel included).
-    @Test func aPlantedRefusedEntryNeitherFreezesARunNorReceivesDrops() throws {
+    @Test func aPlantedRefusedEntryNeitherFreezesARunNorReceivesDrops() async throws {
         if Self.skipped(#function) { return }
         let (t, spool) = try A.serviceSpool()
         for id in ["new", "old-link", "old-dir"] { try submit(spool, "gate", id: id, input: "{}") }
@@ -139,14 +139,14 @@ import Testing
         // Older still: no lock file either, and bob puts his own at its name.
         try #require(try A.sh(A.service, "rm \(spool)/runs/old-dir/.lock").code == 0)
         try #require(try A.sh(A.bob, "umask 077; touch \(spool)/runs/old-dir/.lock").code == 0)
-        let d = try DaemonProcess(spool: t.spool, asUser: A.service)
-        defer { d.stop() }
+        let d = try await DaemonProcess(spool: t.spool, asUser: A.service)
+        defer { d.stopBlocking() }
         for id in ["old-link", "old-dir"] {
-            try t.waitFor(id, .waiting, timeout: 10)
+            try await t.waitFor(id, .waiting, timeout: 10)
             let run = "\(spool)/runs/\(id)"
             // A refused drop goes to the runtime's refused/, not into bob's directory.
             try #require(try A.sh(A.bob, "touch \(run)/approvals/go.approved").code == 0)
-            try waitUntil("\(id): bob's drop refused and set aside") { lstatOf(run + "/approvals/go.approved") == nil }
+            try await waitUntil("\(id): bob's drop refused and set aside") { lstatOf(run + "/approvals/go.approved") == nil }
             #expect(isServiceDirectory(run + "/refused"))
             #expect(names(run + "/refused").contains { $0.hasPrefix("go.approved.") })
             #expect(names(run).contains { $0.hasPrefix("foreign.refused.") }, "bob's entry kept aside: \(names(run))")
@@ -157,36 +157,36 @@ import Testing
         #expect(names("\(spool)/runs/old-dir/\(aside)").isEmpty, "nothing written into bob's directory")
         let cancel = try A.sh(A.alice, "\(cairn) cancel old-link --spool \(spool)")
         #expect(cancel.code == 0, "\(cancel.err)")
-        try t.waitFor("old-link", .cancelled, timeout: 10)
+        try await t.waitFor("old-link", .cancelled, timeout: 10)
     }
 
     /// F6: for a drop name of 245+ characters, NAME.error.json and the refused name exceeded
     /// NAME_MAX: the run stopped advancing, and a bad inbox file stayed in inbox/ for ever.
-    @Test func longDropNamesAreRefusedAndSetAsideNotWedging() throws {
+    @Test func longDropNamesAreRefusedAndSetAsideNotWedging() async throws {
         if Self.skipped(#function) { return }
         let (t, spool) = try A.serviceSpool()
-        let d = try DaemonProcess(spool: t.spool, asUser: A.service)
-        defer { d.stop() }
+        let d = try await DaemonProcess(spool: t.spool, asUser: A.service)
+        defer { d.stopBlocking() }
         try submit(spool, "listen", id: "l", input: "\"ev\"")
-        try t.waitFor("l", .waiting)
+        try await t.waitFor("l", .waiting)
         let events = "\(spool)/runs/l/events"
         let long = "ev." + String(repeating: "x", count: 245) + ".json"
         try #require(long.utf8.count <= 255)
         try #require(try A.sh(A.bob, "umask 022; printf 'not json' > \(events)/.x && mv \(events)/.x \(events)/\(long)").code == 0)
-        try waitUntil("the long-named bad event is set aside, with its error file") {
+        try await waitUntil("the long-named bad event is set aside, with its error file") {
             lstatOf(events + "/" + long) == nil && names(events).contains { $0.hasPrefix("ev.xxxx") && $0.hasSuffix(".error.json") }
         }
         let errorFile = events + "/" + (names(events).first { $0.hasPrefix("ev.xxxx") && $0.hasSuffix(".error.json") } ?? "?")
         #expect(((try? String(contentsOfFile: errorFile, encoding: .utf8)) ?? "").contains("not valid JSON"), "error file \(errorFile)")
         let signal = try A.sh(A.alice, "echo 1 | \(cairn) signal l ev --data - --spool \(spool)")
         #expect(signal.code == 0, "\(signal.err)")
-        try t.waitFor("l", .completed, timeout: 10)
+        try await t.waitFor("l", .completed, timeout: 10)
         #expect(try t.result("l") == 1)
 
         // The inbox: a bad submission with a long name moves to rejected/ with its reason.
         let inbox = "\(spool)/inbox", bad = String(repeating: "s", count: 245) + ".json"
         try #require(try A.sh(A.bob, "umask 022; printf 'not json' > \(inbox)/.y && mv \(inbox)/.y \(inbox)/\(bad)").code == 0)
-        try waitUntil("the long-named bad submission leaves inbox/") { lstatOf(inbox + "/" + bad) == nil }
+        try await waitUntil("the long-named bad submission leaves inbox/") { lstatOf(inbox + "/" + bad) == nil }
         let rejected = names("\(spool)/rejected")
         #expect(rejected.contains(bad), "\(rejected)")
         #expect(rejected.contains { $0.hasSuffix(".error.json") && $0.hasPrefix("sssss") }, "\(rejected)")
