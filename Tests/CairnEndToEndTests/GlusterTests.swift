@@ -14,7 +14,13 @@ import Testing
     /// glusterd, the brick and the FUSE client are daemons that would hold open for ever any
     /// pipe of ours — or a lock file descriptor our own caller passed down (`flock FILE
     /// swift test` once left glusterd holding a build lock).
-    func sh(_ command: String) -> Binary.Result {
+    /// Off Swift Testing's small thread pool (gluster commands take seconds; a blocked pool
+    /// thread stalls every other test's waits).
+    func sh(_ command: String) async -> Binary.Result {
+        await onOwnThread { Self.shBlocking(command) }
+    }
+
+    static func shBlocking(_ command: String) -> Binary.Result {
         let log = FileManager.default.temporaryDirectory.path + "/cairn-gluster-\(getpid()).log"
         let closeInherited = "for fd in $(ls /proc/$$/fd); do [ \"$fd\" -gt 2 ] && eval \"exec $fd>&-\"; done 2>/dev/null"
         let script = "\(closeInherited); (\(command)) > \(log) 2>&1 < /dev/null"
@@ -25,26 +31,26 @@ import Testing
 
     @Test(.enabled(if: getuid() == 0, "needs root to mount GlusterFS (CI runs as root)"))
     func twoHostsOneSpoolOneKilled() async throws {
-        guard sh("command -v glusterd && command -v gluster && test -e /dev/fuse").code == 0 else {
+        guard await sh("command -v glusterd && command -v gluster && test -e /dev/fuse").code == 0 else {
             print("GlusterTests: skipped — glusterfs-server/glusterfs-client or /dev/fuse missing (make test installs them as root)")
             return
         }
-        if sh("pgrep -x glusterd").code != 0 {
-            #expect(sh("glusterd").code == 0, "glusterd starts")
-            try await waitUntil("glusterd answers", timeout: 30) { sh("gluster --mode=script volume list").code == 0 }
+        if await sh("pgrep -x glusterd").code != 0 {
+            #expect(await sh("glusterd").code == 0, "glusterd starts")
+            try await waitUntil("glusterd answers", timeout: 30) { Self.shBlocking("gluster --mode=script volume list").code == 0 }
         }
         let t = try TempSpool()
         let base = t.path.string
         let volume = "cairn" + String(UUID().uuidString.prefix(8)).lowercased()
-        let host = sh("hostname").stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+        let host = await sh("hostname").stdout.trimmingCharacters(in: .whitespacesAndNewlines)
         let m1 = base + "/m1", m2 = base + "/m2"
-        #expect(sh("mkdir -p \(base)/brick \(m1) \(m2)").code == 0)
-        let created = sh("gluster --mode=script volume create \(volume) \(host):\(base)/brick/b force && gluster --mode=script volume start \(volume)")
+        #expect(await sh("mkdir -p \(base)/brick \(m1) \(m2)").code == 0)
+        let created = await sh("gluster --mode=script volume create \(volume) \(host):\(base)/brick/b force && gluster --mode=script volume start \(volume)")
         try #require(created.code == 0, "volume: \(created.stdout) \(created.stderr)")
         defer {
-            _ = sh("umount -l \(m1); umount -l \(m2); gluster --mode=script volume stop \(volume) force; gluster --mode=script volume delete \(volume)")
+            _ = Self.shBlocking("umount -l \(m1); umount -l \(m2); gluster --mode=script volume stop \(volume) force; gluster --mode=script volume delete \(volume)")
         }
-        try #require(sh("mount -t glusterfs \(host):/\(volume) \(m1) && mount -t glusterfs \(host):/\(volume) \(m2)").code == 0)
+        try #require(await sh("mount -t glusterfs \(host):/\(volume) \(m1) && mount -t glusterfs \(host):/\(volume) \(m2)").code == 0)
 
         // `cairn doctor` finds the FUSE mount and the first-writer-wins fallback.
         let doctor = try Binary.run("cairn", ["doctor", m1])
@@ -68,10 +74,13 @@ import Testing
             }
         }
         writer.start()
-        var reads = 0, readErrors: [String] = []
-        while Date() < stopChurn {
-            reads += 1
-            do { _ = try DurableFile.read(churnSeen, missingMayBeTransient: true) } catch { readErrors.append("\(error)") }
+        let (reads, readErrors) = await onOwnThread { () -> (Int, [String]) in
+            var reads = 0, readErrors: [String] = []
+            while Date() < stopChurn {
+                reads += 1
+                do { _ = try DurableFile.read(churnSeen, missingMayBeTransient: true) } catch { readErrors.append("\(error)") }
+            }
+            return (reads, readErrors)
         }
         #expect(readErrors.isEmpty, "\(readErrors.count) of \(reads) reads failed: \(readErrors.prefix(3))")
 
@@ -142,5 +151,13 @@ import Testing
         let fsck = try Binary.run("cairn", ["fsck", "--spool", s2.root.string])
         #expect(fsck.code == 0, "fsck through host 2: \(fsck.stdout)")
         print("GlusterTests: \(runs.count) runs (\(doneBefore) done before the kill), 1 daemon SIGKILLed, all completed \(String(format: "%.1f", finished)) s after the kill; \(lines.count) step effects for \(recordedKeys.count) steps (\(twice) repeated); takeover of an in-flight step \(takeover.map { String(format: "%.2f s", $0) } ?? "— (none was in flight)") after the kill; \(reads) reads of a file being replaced through the other mount, 0 failed")
+    }
+}
+
+/// Runs blocking work on a thread of its own and waits for it without holding one of Swift
+/// Testing's cooperative threads.
+func onOwnThread<T: Sendable>(_ body: @escaping @Sendable () -> T) async -> T {
+    await withCheckedContinuation { c in
+        Thread { c.resume(returning: body()) }.start()
     }
 }
