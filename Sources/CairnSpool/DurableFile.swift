@@ -231,18 +231,19 @@ public struct DurableFile: Sendable {
     /// Reads a whole file (refusing ones over `limit` bytes). On a shared filesystem a read
     /// that races the file's replacement through another client can answer ESTALE, or
     /// ENOENT for a name that rename(2) never removed: both are retried before they count
-    /// (ESTALE always, for up to about 0.3 s; ENOENT only when `sharedFilesystem`, for
-    /// about 30 ms).
+    /// (ESTALE always, for up to 2 s; ENOENT only when `sharedFilesystem`, for about 30 ms).
     public static func read(_ path: FilePath, limit: Int = 256 << 20, missingMayBeTransient: Bool = sharedFilesystem) throws -> Data {
         var attempt = 0
+        let started = ContinuousClock.now
         while true {
             do {
                 return try readOnce(path, limit: limit)
-            } catch let e as SpoolError where (e.errno == ESTALE && attempt < 12) || (e.errno == ENOENT && missingMayBeTransient && attempt < 5) {
-                // ESTALE is never a final answer: look again for up to ~0.3 s (a loaded FUSE
-                // client took more than 30 ms); a missing name, for ~30 ms.
+            } catch let e as SpoolError where (e.errno == ESTALE && ContinuousClock.now - started < .seconds(2)) || (e.errno == ENOENT && missingMayBeTransient && attempt < 5) {
+                // ESTALE is never a final answer: look again for up to 2 s (a FUSE client
+                // keeps a stale name until its entry timeout, 1 s by default on GlusterFS;
+                // under load retries for 0.3 s were not enough); a missing name, for ~30 ms.
                 attempt += 1
-                usleep(UInt32(2_000 * min(attempt, 8) * (e.errno == ESTALE ? 2 : 1)))
+                usleep(UInt32(e.errno == ESTALE ? min(5_000 * attempt, 50_000) : 2_000 * attempt))
             }
         }
     }
