@@ -54,7 +54,7 @@ public struct FilesystemCheck: Sendable {
         var report = FilesystemCheck(directory: directory.string, filesystem: known?.name ?? "0x" + String(type, radix: 16), shared: known?.shared ?? false)
         let scratch = try makeScratch(in: directory)
         defer { removeTree(scratch) }
-        report.items = checks(in: scratch)
+        report.items = checks(in: scratch.path)
         if report.filesystem == "tmpfs" {
             report.items.append(Item(name: "survives a reboot", verdict: .warning, detail: "tmpfs lives in memory: every run is lost at a reboot", required: false))
         }
@@ -125,7 +125,7 @@ public struct FilesystemCheck: Sendable {
         // 5. flock(2) on a regular file: a second open file description is excluded, and
         //    gets the lock once the first lets go.
         let lockPath = dir.appending("lock").string
-        let l1 = open(lockPath, O_RDWR | O_CREAT | O_CLOEXEC, 0o600), l2 = open(lockPath, O_RDWR | O_CLOEXEC)
+        let l1 = open(lockPath, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o600), l2 = open(lockPath, O_RDWR | O_NOFOLLOW | O_CLOEXEC)
         if l1 < 0 || l2 < 0 {
             items.append(fail("flock on a regular file", "open"))
         } else if cairn_flock(l1, CAIRN_LOCK_EX_NB) != 0 {
@@ -151,20 +151,58 @@ public struct FilesystemCheck: Sendable {
         return items
     }
 
-    /// A fresh private directory `.cairn-doctor-PID-RANDOM` under `directory`.
-    public static func makeScratch(in directory: FilePath) throws -> FilePath {
-        let scratch = directory.appending(".cairn-doctor-\(getpid())-\(UInt32.random(in: 0...UInt32.max))")
-        guard mkdir(scratch.string, 0o700) == 0 else {
-            throw SpoolError(.io, path: scratch.string, errno: errno, "cannot create a scratch directory (is the directory writable?)")
-        }
-        return scratch
+    /// A scratch directory made by `makeScratch`: its path, and the identity it had when
+    /// made, so that removing it never follows a swap (in a directory others can write, the
+    /// path could be renamed away and replaced by a symlink to somewhere else).
+    public struct Scratch: Sendable {
+        public let path: FilePath
+        let device: UInt64
+        let inode: UInt64
     }
 
-    /// Removes a scratch directory and the files in it.
-    public static func removeTree(_ dir: FilePath) {
-        if let names = try? FileManager.default.contentsOfDirectory(atPath: dir.string) {
-            for n in names { _ = unlink(dir.appending(n).string) }
+    /// A fresh private directory `.cairn-doctor-PID-RANDOM` under `directory`. Refused in a
+    /// directory someone else could rename it in (owned by another user, or writable by
+    /// group or others without the sticky bit): the probes work by path, and a swapped
+    /// scratch would send them — as root, perhaps — wherever that user pointed it.
+    public static func makeScratch(in directory: FilePath) throws -> Scratch {
+        var d = stat()
+        guard stat(directory.string, &d) == 0 else { throw SpoolError(.io, path: directory.string, errno: errno, "cannot stat") }
+        if (d.st_uid != geteuid() && d.st_uid != 0) || (d.st_mode & 0o022 != 0 && d.st_mode & S_ISVTX == 0) {
+            throw SpoolError(.invalid, path: directory.string, "is owned by another user or writable by others without the sticky bit: doctor will not probe in it (whoever can rename entries there could redirect the probes); check it as its owner, or check its parent")
         }
-        _ = rmdir(dir.string)
+        let path = directory.appending(".cairn-doctor-\(getpid())-\(UInt32.random(in: 0...UInt32.max))")
+        guard mkdir(path.string, 0o700) == 0 else {
+            throw SpoolError(.io, path: path.string, errno: errno, "cannot create a scratch directory (is the directory writable?)")
+        }
+        var st = stat()
+        guard lstat(path.string, &st) == 0 else { throw SpoolError(.io, path: path.string, errno: errno, "cannot stat the scratch directory") }
+        return Scratch(path: path, device: UInt64(st.st_dev), inode: UInt64(st.st_ino))
+    }
+
+    /// Removes a scratch directory and the files in it — through a descriptor of the very
+    /// directory that was made (opened without following a symlink, its device and inode
+    /// checked), so nothing outside it is ever unlinked. A swapped one is left alone.
+    public static func removeTree(_ scratch: Scratch) {
+        let fd = open(scratch.path.string, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+        guard fd >= 0 else { return }
+        var st = stat()
+        guard fstat(fd, &st) == 0, UInt64(st.st_dev) == scratch.device, UInt64(st.st_ino) == scratch.inode,
+              let dir = fdopendir(dup(fd)) else {
+            close(fd)
+            return
+        }
+        var names: [String] = []
+        while let e = readdir(dir) {
+            let name = withUnsafePointer(to: e.pointee.d_name) { $0.withMemoryRebound(to: CChar.self, capacity: 256) { String(cString: $0) } }
+            if name != "." && name != ".." { names.append(name) }
+        }
+        closedir(dir)
+        for n in names { _ = unlinkat(fd, n, 0) }
+        close(fd)
+        // The directory itself, only while the name still holds it.
+        var now = stat()
+        if lstat(scratch.path.string, &now) == 0, UInt64(now.st_dev) == scratch.device, UInt64(now.st_ino) == scratch.inode {
+            _ = rmdir(scratch.path.string)
+        }
     }
 }

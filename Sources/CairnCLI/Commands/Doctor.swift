@@ -98,7 +98,7 @@ struct DoctorCommand: AsyncParsableCommand {
             return .init(name: name, verdict: .warning, detail: "\(error); the daemon needs --rescan-interval", required: false)
         }
         defer { watcher.stop() }
-        do { try await watcher.watch(scratch.string) } catch {
+        do { try await watcher.watch(scratch.path.string) } catch {
             return .init(name: name, verdict: .warning, detail: "\(error); the daemon needs --rescan-interval", required: false)
         }
         let seen = await withTaskGroup(of: Bool.self) { group in
@@ -107,7 +107,7 @@ struct DoctorCommand: AsyncParsableCommand {
                 return false
             }
             group.addTask {
-                try? DurableFile.writeStaged(Data("probe".utf8), to: scratch.appending("probe"))
+                try? DurableFile.writeStaged(Data("probe".utf8), to: scratch.path.appending("probe"))
                 try? await Task.sleep(for: .seconds(2))
                 return false
             }
