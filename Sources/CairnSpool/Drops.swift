@@ -82,11 +82,11 @@ public enum Drops {
             if let depth = JSONValue.nestingDepth(data, above: JSONValue.dropDepthLimit) {
                 return .refused(path: path, reason: "nests \(depth) levels deep or more (at most \(JSONValue.dropDepthLimit))", identity: identity)
             }
-            do { json = try JSONValue.parse(data) } catch {
+            do { json = try JSONValue.parseUntrusted(data) } catch {
                 return .refused(path: path, reason: "is not valid JSON (empty, or a JSON value, is expected)", identity: identity)
             }
-            if let key = JSONValue.duplicateKey(in: data) {
-                return .refused(path: path, reason: "has the key \"\(key)\" twice in one object (tools disagree on which one counts)", identity: identity)
+            if let problem = JSONValue.duplicateKeyProblem(in: data) {
+                return .refused(path: path, reason: problem, identity: identity)
             }
             if requireObject, case .object = json! {} else if requireObject {
                 return .refused(path: path, reason: "must be empty or a JSON object", identity: identity)

@@ -208,12 +208,28 @@ extension JSONValue {
 extension JSONValue {
     /// Parses JSON text. Throws `SpoolError.malformed` naming `file` when given.
     ///
-    /// Foundation's JSONSerialization does the parsing: linear in the input whatever its
-    /// shape (JSONDecoder into this enum took seconds for a few KB nested some hundred
-    /// levels deep). Numbers keep JSONDecoder's old reading: a value exactly representable
-    /// as Int64 is `.int` (`1.0`, `1e3`), any other `.double`. `maxDepth` refuses deeper
-    /// nesting (what people drop is held to `JSONValue.dropDepthLimit`).
+    /// JSONDecoder does the parsing: every number exactly as written (a double to the
+    /// nearest value, as jq reads it), so what the runtime wrote reads back bit for bit and
+    /// replay sees what execution saw. Its cost grows fast with nesting depth, so bytes from
+    /// outside go through `parseUntrusted`. `maxDepth` refuses deeper nesting.
     public static func parse(_ data: Data, file: String? = nil, maxDepth: Int? = nil) throws -> JSONValue {
+        if let maxDepth, let depth = nestingDepth(data, above: maxDepth) {
+            throw SpoolError(.malformed, path: file, "not valid JSON here: nested \(depth) levels deep or more (at most \(maxDepth))")
+        }
+        do {
+            return try JSONDecoder().decode(JSONValue.self, from: data)
+        } catch {
+            throw SpoolError(.malformed, path: file, "not valid JSON: \(Self.describe(error))")
+        }
+    }
+
+    /// Parses what people drop (inbox, decisions, events): Foundation's JSONSerialization,
+    /// linear in the input whatever its shape (JSONDecoder into this enum took seconds for a
+    /// few KB nested some hundred levels deep). Numbers: a value exactly representable as
+    /// Int64 is `.int` (`1.0`, `1e3`), any other `.double` — which JSONSerialization on Linux
+    /// may read one unit in the last place off for 17-digit doubles (0.30000000000000004);
+    /// the recorded value is then what the journal keeps and every replay reads.
+    public static func parseUntrusted(_ data: Data, file: String? = nil, maxDepth: Int? = nil) throws -> JSONValue {
         if let maxDepth, let depth = nestingDepth(data, above: maxDepth) {
             throw SpoolError(.malformed, path: file, "not valid JSON here: nested \(depth) levels deep or more (at most \(maxDepth))")
         }
@@ -304,14 +320,22 @@ extension JSONValue {
     /// what `jq` shows.
     public static func parseRejectingDuplicateKeys(_ data: Data, file: String? = nil) throws -> JSONValue {
         let v = try parse(data, file: file)
-        if let key = duplicateKey(in: data) {
-            throw SpoolError(.malformed, path: file, "has the key \"\(Names.printable(key))\" twice in one object (tools disagree on which one counts: Foundation keeps the first, jq the last)")
-        }
+        if let problem = duplicateKeyProblem(in: data) { throw SpoolError(.malformed, path: file, problem) }
         return v
+    }
+
+    /// "has the key "K" twice in one object (…)" when `data` has a duplicate key, else nil:
+    /// the one wording of that refusal, for drops, configuration and command arguments.
+    public static func duplicateKeyProblem(in data: Data) -> String? {
+        duplicateKey(in: data).map { "has the key \"\(Names.printable($0))\" twice in one object (tools disagree on which one counts)" }
     }
 
     public static func parse(_ text: String, file: String? = nil) throws -> JSONValue {
         try parse(Data(text.utf8), file: file)
+    }
+
+    public static func parseUntrusted(_ text: String, file: String? = nil) throws -> JSONValue {
+        try parseUntrusted(Data(text.utf8), file: file)
     }
 
     /// Converts any Encodable into a JSONValue (dates as ISO-8601 with milliseconds).
@@ -350,8 +374,8 @@ extension JSONValue {
 
 extension JSONValue {
     /// The first object key that appears twice in the same object of `data` (already known
-    /// to be valid JSON), or nil. Parsers disagree on duplicates (Foundation keeps the
-    /// first, jq the last), so what people drop must not have them: what Cairn reads
+    /// to be valid JSON), or nil. Parsers disagree on duplicates (JSONDecoder kept the
+    /// first, JSONSerialization and jq keep the last, others refuse), so what people drop must not have them: what Cairn reads
     /// would differ from what `jq` shows.
     public static func duplicateKey(in data: Data) -> String? {
         let bytes = [UInt8](data)
