@@ -100,10 +100,10 @@ enum Output {
             throw CLIError(.failure, "\(arg == "-" ? "stdin" : arg): \(what) is not valid JSON")
         }
         // Refused as the daemon refuses such a drop: which value counts would depend on the
-        // parser (this one keeps the first, jq the last), and the canonical copy sent on
+        // parser, and the canonical copy sent on
         // would silently hold only one of them.
-        if let key = JSONValue.duplicateKey(in: data) {
-            throw CLIError(.failure, "\(arg == "-" ? "stdin" : arg): \(what) has the key \"\(Names.printable(key))\" twice in one object (tools disagree on which one counts)")
+        if let problem = JSONValue.duplicateKeyProblem(in: data) {
+            throw CLIError(.failure, "\(arg == "-" ? "stdin" : arg): \(what) \(problem)")
         }
         return v
     }

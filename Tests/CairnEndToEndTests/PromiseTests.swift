@@ -252,8 +252,19 @@ private func stepsRecordedTwice(_ s: Spool, _ run: String) throws -> [String] {
         var d = try await DaemonProcess(spool: t.spool)
         let r = try t.submit("opts", input: JSONValue.null)
         // --retries: the first attempt's failure is a durable wait, the script stopped.
-        try await waitUntil("the retry wait", timeout: 30) { (try? t.state(r).waitingFor?["kind"]) == "retry" }
-        #expect(try processes(matching: t.spool.workflowsDirectory.appending("opts").string).isEmpty, "the script runs during its retry wait")
+        // The retry wait lasts about a second: watched from a thread of its own, so a busy
+        // cooperative pool (the whole suite running) cannot make the test miss it.
+        let spool = t.spool, script = t.spool.workflowsDirectory.appending("opts").string
+        let duringRetry = await onOwnThread { () -> [String]? in
+            let deadline = Date().addingTimeInterval(30 * testTimeScale)
+            while Date() < deadline {
+                if (try? spool.readState(r))??.waitingFor?["kind"] == "retry" { return (try? processes(matching: script)) ?? ["pgrep failed"] }
+                usleep(2_000)
+            }
+            return nil
+        }
+        guard let duringRetry else { throw TimedOut(what: "the retry wait (after \(30 * testTimeScale) s)") }
+        #expect(duringRetry.isEmpty, "the script runs during its retry wait")
         // --at-most-once: the daemon dies while the payment runs.
         try await waitUntil("the payment running", timeout: 20) { lines(fx).contains { $0.hasPrefix("pay ") } }
         await d.kill9()

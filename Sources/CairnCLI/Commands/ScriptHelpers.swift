@@ -219,8 +219,8 @@ struct ApprovalHelper: AsyncParsableCommand {
             // DurableFile.read also reads pipes (`--request <(jq ... )`).
             guard let data = try? DurableFile.read(FilePath(request), limit: 1 << 20) else { throw CLIError(.usage, "\(request): cannot read the request file") }
             if let j = try? JSONValue.parse(data) {
-                if let key = JSONValue.duplicateKey(in: data) {
-                    throw CLIError(.usage, "\(request): the request has the key \"\(Names.printable(key))\" twice in one object (tools disagree on which one counts)")
+                if let problem = JSONValue.duplicateKeyProblem(in: data) {
+                    throw CLIError(.usage, "\(request): the request \(problem)")
                 }
                 if let s = j["summary"]?.stringValue { req = ApprovalRequest(summary: s, details: j["details"]) } else { req.details = j }
             } else {
@@ -324,8 +324,8 @@ struct ResultHelper: AsyncParsableCommand {
             value = .string(String(decoding: data, as: UTF8.self))
         } else {
             guard let v = try? JSONValue.parse(data) else { throw CLIError(.failure, "\(file == "-" ? "stdin" : file): the result is not valid JSON (use --text for plain text)") }
-            if let key = JSONValue.duplicateKey(in: data) {
-                throw CLIError(.failure, "\(file == "-" ? "stdin" : file): the result has the key \"\(Names.printable(key))\" twice in one object (tools disagree on which one counts)")
+            if let problem = JSONValue.duplicateKeyProblem(in: data) {
+                throw CLIError(.failure, "\(file == "-" ? "stdin" : file): the result \(problem)")
             }
             value = v
         }
