@@ -65,84 +65,7 @@ extension WorkflowContext {
     /// run got here counts too). The decision, who made it and when are journaled.
     public func approval(_ gate: String, request: ApprovalRequest, timeout: Duration? = nil, onTimeout: ApprovalTimeout = .reject) async throws -> ApprovalDecision {
         guard Names.isValidName(gate) else { throw StepError.nonRetryable("invalid gate name '\(gate)' (letters, digits, '.', '_', '-')") }
-        var requested = try replayPhase("approval", gate, phase: "requested")
-        if requested == nil {
-            try beforeLive()
-            let deadline = timeout.map { clock.now().addingTimeInterval($0.seconds) }
-            try writeRequest(gate: gate, request: request, deadline: deadline)
-            requested = try record("approval", gate) {
-                $0.phase = "requested"
-                $0.until = deadline
-                $0.data = try JSONValue(encoding: request)
-            }
-        }
-        if let e = peek() {
-            let d = try replay("approval", gate)!
-            let file = "journal/" + e.fileName
-            if d.decision == "escalated", case .escalate(let next, let t, let then) = onTimeout {
-                return try await approval(next, request: request, timeout: t, onTimeout: then)
-            }
-            guard let decision = d.decision, ["approved", "rejected"].contains(decision) else {
-                throw nondeterminism(ErrorInfo(type: "nondeterminism", message: "nondeterminism: \(file) has decision '\(d.decision ?? "none")' that this code does not expect", file: file, retryable: false))
-            }
-            return ApprovalDecision(gate: gate, approved: decision == "approved", value: try d.value.map { try blobs.resolve($0) }, comment: d.comment, reason: d.error?.message ?? (decision == "rejected" ? (d.comment ?? "rejected") : nil), decidedBy: d.decidedBy, decidedAt: d.at, timedOut: d.data?["timed_out"]?.boolValue ?? false)
-        }
-        try beforeLive()
-        if let d = try readDecision(gate: gate) {
-            let e = try record("approval", gate) {
-                $0.phase = "decided"
-                $0.decision = d.approved ? "approved" : "rejected"
-                $0.value = try d.value.map { try blobs.externalize($0) }
-                $0.comment = d.comment
-                $0.error = d.reason.map { ErrorInfo(type: "rejected", message: $0) }
-                $0.decidedBy = d.decidedBy
-                $0.file = d.file
-                $0.startedAt = d.decidedAt
-                $0.data = consumption(d, seq: $0.seq)
-            }
-            try consumeDecision(e)
-            return ApprovalDecision(gate: gate, approved: d.approved, value: d.value, comment: d.comment, reason: d.reason, decidedBy: d.decidedBy, decidedAt: e.at, timedOut: false)
-        }
-        if let deadline = requested?.until, clock.now() >= deadline {
-            switch onTimeout {
-            case .reject, .approve:
-                let approved: Bool = { if case .approve = onTimeout { return true } else { return false } }()
-                let e = try record("approval", gate) {
-                    $0.phase = "decided"
-                    $0.decision = approved ? "approved" : "rejected"
-                    $0.comment = "timed out"
-                    $0.data = ["timed_out": true]
-                }
-                return ApprovalDecision(gate: gate, approved: approved, value: nil, comment: "timed out", reason: approved ? nil : "timed out", decidedBy: nil, decidedAt: e.at, timedOut: true)
-            case .escalate(let next, let t, let then):
-                try record("approval", gate) {
-                    $0.phase = "decided"
-                    $0.decision = "escalated"
-                    $0.data = ["timed_out": true, "escalated_to": .string(next)]
-                }
-                return try await approval(next, request: request, timeout: t, onTimeout: then)
-            }
-        }
-        if !DurableFile.exists(paths.approvalsDirectory.appending("\(gate).request.json")) {
-            try writeRequest(gate: gate, request: request, deadline: requested?.until)
-        }
-        var waiting: [String: JSONValue] = [
-            "kind": "approval", "gate": .string(gate),
-            "drop": .string("approvals/\(gate).approved"),
-            "reject": .string("approvals/\(gate).rejected"),
-        ]
-        if let until = requested?.until { waiting["until"] = .string(Timestamp.format(until)) }
-        throw suspend(.object(waiting))
-    }
-
-    /// Replays the next record when it is (kind, name) in `phase`; nil when live or when the
-    /// next record is the same operation in another phase.
-    func replayPhase(_ kind: String, _ name: String, phase: String) throws -> JournalEntry? {
-        try refuseNesting(kind, name)
-        try throwIfSuspended()
-        guard let e = peek() else { return nil }
-        if e.kind == kind && e.name == name && e.phase != phase { return nil }
-        return try replay(kind, name)
+        return try await perform(ApprovalOperation(gate: gate, request: request, timeout: timeout, onTimeout: onTimeout))
     }
 
     func writeRequest(gate: String, request: ApprovalRequest, deadline: Date?) throws {
@@ -240,5 +163,96 @@ extension WorkflowContext {
             }
         }
         try DurableFile.fsyncDirectory(paths.approvalsDirectory)
+    }
+}
+
+/// `ctx.approval`: `approval` `requested` (the request file written, with the deadline),
+/// then `approval` `decided` (the dropped file consumed, or the timeout's outcome). An
+/// escalation decides `escalated` and asks the next gate, as the same operation.
+struct ApprovalOperation: DurableOperation {
+    var gate: String
+    let request: ApprovalRequest
+    var timeout: Duration?
+    var onTimeout: ApprovalTimeout
+    var requested: JournalEntry? = nil
+
+    var kind: RecordKind { .approval }
+    var name: String? { gate }
+
+    /// The timeout passed and the gate escalates: ask the next one.
+    mutating func escalate() -> Bool {
+        guard case .escalate(let next, let t, let then) = onTimeout else { return false }
+        gate = next
+        timeout = t
+        onTimeout = then
+        requested = nil
+        return true
+    }
+
+    mutating func replay(_ e: JournalEntry, in ctx: WorkflowContext) async throws -> OperationStep<ApprovalDecision> {
+        if e.phase == .requested && requested == nil {
+            requested = e
+            return .next
+        }
+        let file = "journal/" + e.fileName
+        if e.decision == .escalated, escalate() { return .next }
+        guard let decision = e.decision, decision == .approved || decision == .rejected else {
+            throw ctx.nondeterminism(ErrorInfo(type: "nondeterminism", message: "nondeterminism: \(file) has decision '\(e.decision?.rawValue ?? "none")' that this code does not expect", file: file, retryable: false))
+        }
+        return .done(ApprovalDecision(gate: gate, approved: decision == .approved, value: try e.value.map { try ctx.blobs.resolve($0) }, comment: e.comment, reason: e.error?.message ?? (decision == .rejected ? (e.comment ?? "rejected") : nil), decidedBy: e.decidedBy, decidedAt: e.at, timedOut: e.data?["timed_out"]?.boolValue ?? false))
+    }
+
+    mutating func execute(in ctx: WorkflowContext) async throws -> OperationStep<ApprovalDecision> {
+        guard let requested else {
+            let deadline = timeout.map { ctx.clock.now().addingTimeInterval($0.seconds) }
+            try ctx.writeRequest(gate: gate, request: request, deadline: deadline)
+            let request = self.request
+            self.requested = try ctx.record(.approval, gate) {
+                $0.phase = .requested
+                $0.until = deadline
+                $0.data = try JSONValue(encoding: request)
+            }
+            return .next
+        }
+        if let d = try ctx.readDecision(gate: gate) {
+            let e = try ctx.record(.approval, gate) {
+                $0.phase = .decided
+                $0.decision = d.approved ? .approved : .rejected
+                $0.value = try d.value.map { try ctx.blobs.externalize($0) }
+                $0.comment = d.comment
+                $0.error = d.reason.map { ErrorInfo(type: "rejected", message: $0) }
+                $0.decidedBy = d.decidedBy
+                $0.file = d.file
+                $0.startedAt = d.decidedAt
+                $0.data = ctx.consumption(d, seq: $0.seq)
+            }
+            try ctx.consumeDecision(e)
+            return .done(ApprovalDecision(gate: gate, approved: d.approved, value: d.value, comment: d.comment, reason: d.reason, decidedBy: d.decidedBy, decidedAt: e.at, timedOut: false))
+        }
+        if let deadline = requested.until, ctx.clock.now() >= deadline {
+            switch onTimeout {
+            case .reject, .approve:
+                let approved: Bool = { if case .approve = onTimeout { return true } else { return false } }()
+                let e = try ctx.record(.approval, gate) {
+                    $0.phase = .decided
+                    $0.decision = approved ? .approved : .rejected
+                    $0.comment = "timed out"
+                    $0.data = ["timed_out": true]
+                }
+                return .done(ApprovalDecision(gate: gate, approved: approved, value: nil, comment: "timed out", reason: approved ? nil : "timed out", decidedBy: nil, decidedAt: e.at, timedOut: true))
+            case .escalate(let next, _, _):
+                try ctx.record(.approval, gate) {
+                    $0.phase = .decided
+                    $0.decision = .escalated
+                    $0.data = ["timed_out": true, "escalated_to": .string(next)]
+                }
+                _ = escalate()
+                return .next
+            }
+        }
+        if !DurableFile.exists(ctx.paths.approvalsDirectory.appending("\(gate).request.json")) {
+            try ctx.writeRequest(gate: gate, request: request, deadline: requested.until)
+        }
+        return .wait(.approval(gate: gate, until: requested.until))
     }
 }

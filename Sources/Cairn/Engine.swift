@@ -9,7 +9,7 @@ public enum AdvanceOutcome: Sendable, Equatable {
     case failed(ErrorInfo)
     case cancelled
     /// Waiting on what `waiting_for` says (approval, timer, event, retry, uncertain, child, pause).
-    case waiting(JSONValue)
+    case waiting(WaitingFor)
     /// Another process holds the run's lock.
     case busy
     /// The run names a workflow this process does not have.
@@ -152,6 +152,9 @@ public struct Engine: Sendable {
             result = .failure(RunCancelledError())
         case .suspended(let s)?:
             result = .failure(s)
+        case .deferred(let e)?:
+            if let f = e as? SpoolError { throw f }
+            result = .failure(e)
         case nil:
             break
         }
@@ -159,14 +162,14 @@ public struct Engine: Sendable {
         case .success(let output):
             do {
                 if let extra = ctx.peek() {
-                    throw NondeterminismError(info: ErrorInfo(type: "nondeterminism", message: "nondeterminism: the workflow returned, but journal/\(extra.fileName) records \(extra.kind) '\(extra.name ?? "")' that the code no longer asked for", file: "journal/" + extra.fileName, expected: ["kind": .string(extra.kind), "name": extra.name.map { .string($0) } ?? .null], actual: ["kind": "return"], retryable: false))
+                    throw NondeterminismError(info: ErrorInfo(type: "nondeterminism", message: "nondeterminism: the workflow returned, but journal/\(extra.fileName) records \(extra.kind) '\(extra.name ?? "")' that the code no longer asked for", file: "journal/" + extra.fileName, expected: ["kind": .string(extra.kind.rawValue), "name": extra.name.map { .string($0) } ?? .null], actual: ["kind": "return"], retryable: false))
                 }
                 let stored = try ctx.store(output)
                 Spool.setAsideForeign(paths.resultFile)
                 try spool.durable.write(json: output, to: paths.resultFile)
                 try ctx.record("complete", nil) {
                     $0.value = stored
-                    $0.status = RunStatus.completed.rawValue
+                    $0.status = .completed
                 }
                 outcome = .completed(output)
             } catch let e as NondeterminismError {
@@ -189,7 +192,7 @@ public struct Engine: Sendable {
                 try await ctx.runCompensations()
                 try ctx.record(cancelled ? "cancel" : "fail", nil) {
                     $0.error = info
-                    $0.status = cancelled ? RunStatus.cancelled.rawValue : RunStatus.failed.rawValue
+                    $0.status = cancelled ? .cancelled : .failed
                 }
                 outcome = cancelled ? .cancelled : .failed(info)
             } catch let e as NondeterminismError {
@@ -199,14 +202,16 @@ public struct Engine: Sendable {
 
         let all = ctx.state.withLock { $0.entries }
         let full = [entries[0]] + all
-        let replayedTokens = ctx.state.withLock { $0.replayed.contains { $0.kind == "llm" } }
+        // Records that carry token usage (`data.tokens`: the agent layer's LLM calls) that this
+        // execution replayed instead of sending again.
+        let replayedLLM = ctx.state.withLock { $0.replayed.filter { $0.data?["tokens"] != nil } }
+        let replayedTokens = !replayedLLM.isEmpty
         if case .waiting(let w) = outcome, !ctx.appendedRecords, !replayedTokens, previous?.status == .waiting, previous?.waitingFor == w,
            previous?.counters.journalEntries == full.count {
             // Woken, replayed, waiting on the same thing: nothing to write.
             return (outcome, false)
         }
         // Tokens that replaying recorded LLM calls did not spend again.
-        let replayedLLM = ctx.state.withLock { $0.replayed.filter { $0.kind == "llm" } }
         let savedNow = replayedLLM.reduce(Int64(0)) { $0 + ($1.data?["tokens"]?["input"]?.intValue ?? 0) + ($1.data?["tokens"]?["output"]?.intValue ?? 0) }
         let saved = (previous?.tokens?["saved"]?.intValue ?? 0) + savedNow
         switch outcome {
@@ -227,27 +232,24 @@ public struct Engine: Sendable {
     }
 
     /// Whether the thing `w` waits for has certainly not happened yet.
-    func nothingHappened(_ w: JSONValue, paths: RunPaths, physical: [JournalEntry]) -> Bool {
-        let now = clock.now()
-        let until = w["until"]?.stringValue.flatMap(Timestamp.parse)
-        if let until, now >= until { return false }
-        switch w["kind"]?.stringValue {
-        case "timer", "retry":
+    func nothingHappened(_ w: WaitingFor, paths: RunPaths, physical: [JournalEntry]) -> Bool {
+        let until = w.until
+        if let until, clock.now() >= until { return false }
+        switch w.wake {
+        case .time:
             return until != nil
-        case "approval", "uncertain":
-            guard let gate = w["gate"]?.stringValue else { return false }
+        case .decision(let gate):
+            guard w.kind == .approval || w.kind == .uncertain else { return false }
             return !DurableFile.exists(paths.approvalsDirectory.appending("\(gate).approved"))
                 && !DurableFile.exists(paths.approvalsDirectory.appending("\(gate).rejected"))
-        case "event":
-            guard let name = w["name"]?.stringValue, let files = try? Spool.list(paths.eventsDirectory) else { return false }
-            let consumed = Set(physical.filter { $0.kind == "event" }.compactMap(\.file))
-            return !files.contains { f in
-                (f == "\(name).json" || (f.hasPrefix("\(name).") && f.hasSuffix(".json") && !f.hasSuffix(".error.json"))) && !consumed.contains("events/" + f)
-            }
-        case "child":
-            guard let child = w["run"]?.stringValue, let s = try? spool.readState(child) else { return false }
+        case .event(let name):
+            guard let files = try? Spool.list(paths.eventsDirectory) else { return false }
+            let consumed = Set(physical.filter { $0.kind == .event }.compactMap(\.file))
+            return !files.contains { f in Spool.isEventFile(f, for: name) && !consumed.contains("events/" + f) }
+        case .child(let child):
+            guard let s = try? spool.readState(child) else { return false }
             return !s.status.isTerminal
-        default:
+        case .resume, .unknown:
             return false
         }
     }
@@ -304,7 +306,7 @@ public struct Engine: Sendable {
         return (entries[i].seq, nil)
     }
 
-    func writeState(_ record: RunRecord, entries: [JournalEntry], executions: Int, status: RunStatus, error: ErrorInfo?, waitingFor: JSONValue? = nil, tokensSaved: Int64? = nil) throws {
+    func writeState(_ record: RunRecord, entries: [JournalEntry], executions: Int, status: RunStatus, error: ErrorInfo?, waitingFor: WaitingFor? = nil, tokensSaved: Int64? = nil) throws {
         var state = StateDerivation.derive(record: record, entries: entries, now: clock.now())
         if let saved = tokensSaved, saved > 0 {
             var t = state.tokens?.objectValue ?? ["input": 0, "output": 0, "total": 0]
@@ -328,11 +330,10 @@ public struct Engine: Sendable {
         for _ in 0..<maxAdvances {
             outcome = try await advance(runID)
             guard case .waiting(let w) = outcome else { return outcome }
-            switch w["kind"]?.stringValue {
-            case "timer", "retry":
-                if let until = w["until"]?.stringValue.flatMap(Timestamp.parse) { try await clock.sleep(until: until) }
-            case "child":
-                guard let child = w["run"]?.stringValue else { return outcome }
+            switch w.wake {
+            case .time:
+                if let until = w.until { try await clock.sleep(until: until) }
+            case .child(let child):
                 let c = try await drive(child, maxAdvances: maxAdvances)
                 if !c.isTerminal { return outcome }
             default:

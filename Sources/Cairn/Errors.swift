@@ -54,7 +54,7 @@ public struct StepTimeoutError: Error, Sendable, CustomStringConvertible {
 /// Thrown through workflow code when the run must wait. Workflow code must not swallow
 /// it; if it does, the engine still treats the run as waiting (the context remembers).
 struct Suspension: Error, Sendable {
-    var waitingFor: JSONValue
+    var waitingFor: WaitingFor
 }
 
 extension ErrorInfo {

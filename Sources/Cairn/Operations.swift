@@ -5,31 +5,36 @@ import SystemPackage
 extension WorkflowContext {
     // MARK: recorded values
 
-    /// The current time, recorded: the same on replay.
-    public func now(_ name: String? = nil) throws -> Date {
-        if let e = try replay("now", name) { return try load(e.value, as: Date.self, file: "journal/" + e.fileName) }
-        try beforeLive()
-        let t = clock.now()
-        try record("now", name) { $0.value = .string(Timestamp.format(t)) }
-        return Timestamp.parse(Timestamp.format(t))!
+    /// The current time, recorded: the same on replay. Never throws: should recording fail
+    /// (the disk, a cancel, a changed journal), the engine remembers why and the run stops
+    /// there at the next durable operation or when the workflow returns.
+    public func now(_ name: String? = nil) -> Date {
+        instant(RecordedValue(kind: .now, name: name, compute: { [clock] in Timestamp.parse(Timestamp.format(clock.now()))! },
+                              encode: { .string(Timestamp.format($0)) }, decode: { [self] v, file in try load(v, as: Date.self, file: file) }),
+                fallback: clock.now())
     }
 
-    /// A random UUID, recorded.
-    public func uuid(_ name: String? = nil) throws -> UUID {
-        if let e = try replay("uuid", name) { return try load(e.value, as: UUID.self, file: "journal/" + e.fileName) }
-        try beforeLive()
-        let u = UUID()
-        try record("uuid", name) { $0.value = .string(u.uuidString) }
-        return u
+    /// A random UUID, recorded (never throws; see `now`).
+    public func uuid(_ name: String? = nil) -> UUID {
+        instant(RecordedValue(kind: .uuid, name: name, compute: { UUID() }, encode: { .string($0.uuidString) },
+                              decode: { [self] v, file in try load(v, as: UUID.self, file: file) }),
+                fallback: UUID())
     }
 
-    /// A random number in [0, 1), recorded.
-    public func random(_ name: String? = nil) throws -> Double {
-        if let e = try replay("random", name) { return try load(e.value, as: Double.self, file: "journal/" + e.fileName) }
-        try beforeLive()
-        let r = Double.random(in: 0..<1)
-        try record("random", name) { $0.value = .double(r) }
-        return r
+    /// A random number in [0, 1), recorded (never throws; see `now`).
+    public func random(_ name: String? = nil) -> Double {
+        instant(RecordedValue(kind: .random, name: name, compute: { Double.random(in: 0..<1) }, encode: { .double($0) },
+                              decode: { [self] v, file in try load(v, as: Double.self, file: file) }),
+                fallback: Double.random(in: 0..<1))
+    }
+
+    /// Runs an instant operation for an API that does not throw: a failure is remembered (the
+    /// engine stops the run on it, see `Control`) and `fallback` returned meanwhile.
+    func instant<Op: InstantOperation>(_ op: Op, fallback: @autoclosure () -> Op.Output) -> Op.Output {
+        do { return try perform(op) } catch {
+            defer_(error)
+            return fallback()
+        }
     }
 
     // MARK: timers
@@ -37,28 +42,12 @@ extension WorkflowContext {
     /// A durable sleep of any length: the journal holds the absolute due time, so a
     /// restart (or a restore on another machine) wakes the run when it is due.
     public func sleep(_ name: String = "sleep", for duration: Duration) async throws {
-        try await sleep(name, until: nil, duration: duration)
+        try await perform(SleepOperation(sleepName: name, deadline: nil, duration: duration))
     }
 
     /// A durable sleep until a point in time.
     public func sleep(_ name: String = "sleep", until deadline: Date) async throws {
-        try await sleep(name, until: deadline, duration: nil)
-    }
-
-    private func sleep(_ name: String, until deadline: Date?, duration: Duration?) async throws {
-        var until: Date
-        if let e = try replay("sleep", name) {
-            until = e.until ?? e.at
-        } else {
-            try beforeLive()
-            until = deadline ?? clock.now().addingTimeInterval(duration?.seconds ?? 0)
-            let u = until
-            try record("sleep", name) { $0.until = u }
-        }
-        if clock.now() < until {
-            if peek() == nil { try beforeLive() }
-            throw suspend(["kind": "timer", "name": .string(name), "until": .string(Timestamp.format(until))])
-        }
+        try await perform(SleepOperation(sleepName: name, deadline: deadline, duration: nil))
     }
 
     // MARK: events
@@ -68,60 +57,17 @@ extension WorkflowContext {
     /// consumes one event file, oldest first. Returns nil if `timeout` passes first.
     public func waitForEvent<T: Decodable & Sendable>(_ name: String, as type: T.Type = JSONValue.self, timeout: Duration? = nil) async throws -> T? {
         guard Names.isValidName(name) else { throw StepError.nonRetryable("invalid event name '\(name)'") }
-        var requested = try replayPhase("event", name, phase: "requested")
-        if requested == nil {
-            try beforeLive()
-            let deadline = timeout.map { clock.now().addingTimeInterval($0.seconds) }
-            requested = try record("event", name) {
-                $0.phase = "requested"
-                $0.until = deadline
-            }
-        }
-        if let e = peek() {
-            let r = try replay("event", name)!
-            if r.decision == "timed_out" { return nil }
-            if let err = r.error { throw StepFailedError(step: name, attempts: 1, error: err) }
-            return try load(r.value, as: T.self, file: "journal/" + e.fileName)
-        }
-        try beforeLive()
-        if let (file, value) = try nextEventFile(name) {
-            // An event that does not decode is consumed with its error (so a `cairn retry`
-            // supersedes exactly this record and waits for a new event).
-            var decoded: T? = nil
-            var invalid: ErrorInfo? = nil
-            do { decoded = try value.decode(as: T.self) } catch {
-                invalid = ErrorInfo(type: "invalid_event", message: "events/\(file) does not decode as \(T.self): \(JSONValue.describe(error))", file: "events/" + file, retryable: false)
-            }
-            try record("event", name) {
-                $0.phase = "received"
-                $0.decision = "received"
-                $0.value = try blobs.externalize(value)
-                $0.file = "events/" + file
-                $0.error = invalid
-            }
-            if let invalid { throw StepFailedError(step: name, attempts: 1, error: invalid) }
-            return decoded!
-        }
-        if let deadline = requested?.until, clock.now() >= deadline {
-            try record("event", name) {
-                $0.phase = "received"
-                $0.decision = "timed_out"
-            }
-            return nil
-        }
-        var waiting: [String: JSONValue] = ["kind": "event", "name": .string(name), "drop": .string("events/\(name).json")]
-        if let until = requested?.until { waiting["until"] = .string(Timestamp.format(until)) }
-        throw suspend(.object(waiting))
+        return try await perform(EventOperation<T>(eventName: name, timeout: timeout))
     }
 
     /// The oldest event file for `name` that no record consumed yet.
     func nextEventFile(_ name: String) throws -> (String, JSONValue)? {
         // Files consumed by any record, superseded ones included: an event a retry skipped
         // (one that did not decode) is not taken again.
-        let consumed = Set(state.withLock { ($0.entries + $0.superseded).filter { $0.kind == "event" }.compactMap(\.file) })
+        let consumed = Set(state.withLock { ($0.entries + $0.superseded).filter { $0.kind == .event }.compactMap(\.file) })
         var candidates: [(Date, String, JSONValue)] = []
         for file in try Spool.list(paths.eventsDirectory) {
-            guard file == "\(name).json" || (file.hasPrefix("\(name).") && file.hasSuffix(".json") && !file.hasSuffix(".error.json")) else { continue }
+            guard Spool.isEventFile(file, for: name) else { continue }
             guard !consumed.contains("events/" + file) else { continue }
             let path = paths.eventsDirectory.appending(file)
             switch Drops.read(path, limit: config.dropSizeLimit) {
@@ -141,23 +87,7 @@ extension WorkflowContext {
     /// finds the first one in place.
     public func send<T: Encodable & Sendable>(to run: String, event: String, data: T) async throws {
         guard Names.isValidName(event) else { throw StepError.nonRetryable("invalid event name '\(event)'") }
-        if try replay("send", event) != nil { return }
-        try beforeLive()
-        guard spool.runExists(run) else {
-            throw StepFailedError(step: event, attempts: 1, error: ErrorInfo(type: "no_such_run", message: "send: no run '\(run)' to send '\(event)' to", retryable: false))
-        }
-        let seq = currentPosition()
-        // Fits NAME_MAX however long the event name and run id (both up to 128 characters).
-        let file = Names.fitting("\(event).", "\(runID)-\(seq)", ".json")
-        let target = spool.run(run).eventsDirectory.appending(file)
-        // The name can be foreseen: whatever a member put there first is set aside (kept),
-        // so that it neither stands in for this event nor stops it. Ours (a resend after a
-        // crash) stays.
-        Spool.setAsideForeign(target)
-        do {
-            try spool.durable.write(json: JSONValue(encoding: data), to: target, mode: .noReplace)
-        } catch let e as SpoolError where e.code == .exists {}
-        try record("send", event) { $0.data = ["to": .string(run), "file": .string("events/" + file)] }
+        try await perform(SendOperation(event: event, to: run, data: try JSONValue(encoding: data)))
     }
 
     // MARK: children
@@ -172,49 +102,7 @@ extension WorkflowContext {
     /// Starts a child run of workflow `W` (registered in the same registry) and waits for
     /// its result. The child's id is deterministic, so it is created once.
     public func child<W: Workflow>(_ name: String, _ workflow: W.Type, input: W.Input) async throws -> W.Output {
-        var childID = childRunID(name)
-        if let started = try replayPhase("child", name, phase: "started") {
-            childID = started.data?["run"]?.stringValue ?? childID
-        } else {
-            // After a run-level retry superseded this child's records, a fresh child run
-            // (`PARENT.NAME.rN`): the failed one is history, not reused.
-            let used = state.withLock { $0.superseded.filter { $0.kind == "child" && $0.phase == "started" && $0.name == name }.count }
-            if used > 0 { childID = childRunID("\(name).r\(used + 1)") }
-            try beforeLive()
-            _ = try spool.createRun(.init(workflow: W.name, input: JSONValue(encoding: input), id: childID, workflowVersion: W.version, parent: .init(run: runID, name: name)), now: clock.now())
-            try record("child", name) {
-                $0.phase = "started"
-                $0.data = ["run": .string(childID), "workflow": .string(W.name)]
-            }
-        }
-        if let e = peek() {
-            let r = try replay("child", name)!
-            if let err = r.error { throw StepFailedError(step: name, attempts: 1, error: err) }
-            return try load(r.value, as: W.Output.self, file: "journal/" + e.fileName)
-        }
-        try beforeLive()
-        let childJournal = Journal.effective(try spool.journal(childID).load())
-        if let last = childJournal.last, let status = last.terminalStatus {
-            if status == .completed {
-                let value = try spool.blobs(childID).resolve(last.value ?? .null)
-                try record("child", name) {
-                    $0.phase = "finished"
-                    $0.status = status.rawValue
-                    $0.value = try blobs.externalize(value)
-                    $0.data = ["run": .string(childID)]
-                }
-                return try load(value, as: W.Output.self, file: "runs/\(childID)/journal/" + last.fileName)
-            }
-            let info = ErrorInfo(type: "child_\(status.rawValue)", message: "child run \(childID) \(status.rawValue)" + (last.error.map { ": \($0.message)" } ?? ""), retryable: false)
-            try record("child", name) {
-                $0.phase = "finished"
-                $0.status = status.rawValue
-                $0.error = info
-                $0.data = ["run": .string(childID)]
-            }
-            throw StepFailedError(step: name, attempts: 1, error: info)
-        }
-        throw suspend(["kind": "child", "name": .string(name), "run": .string(childID)])
+        try await perform(ChildOperation<W>(childName: name, input: input, childID: childRunID(name)))
     }
 
     // MARK: parallel steps
@@ -232,77 +120,8 @@ extension WorkflowContext {
         retry: RetryPolicy = .default,
         _ body: @escaping @Sendable (_ item: Item, _ idempotencyKey: String) async throws -> Output
     ) async throws -> [Output] {
-        let base = currentPosition()
-        var results: [Int: Result<Output, StepFailedError>] = [:]
-        while let e = peek(), e.kind == "step", e.group == name, let i = e.index, i < items.count {
-            consume()
-            if let err = e.error {
-                results[i] = .failure(StepFailedError(step: "\(name)[\(i)]", attempts: e.attempt ?? 1, error: err))
-            } else {
-                results[i] = .success(try load(e.value, as: Output.self, file: "journal/" + e.fileName))
-            }
-        }
-        let missing = items.indices.filter { results[$0] == nil }
-        if !missing.isEmpty {
-            if let e = peek() { throw mismatch(e, kind: "step", name: "\(name)[\(missing[0])]") }
-            try beforeLive()
-            let clock = self.clock
-            try await withThrowingTaskGroup(of: Void.self) { group in
-                var next = missing.makeIterator()
-                func launch(_ i: Int) {
-                    let item = items[i]
-                    let key = Self.key(run: runID, seq: base, name: "\(name)[\(i)]")
-                    group.addTask {
-                        var attempt = 1
-                        let started = clock.now()
-                        while true {
-                            do {
-                                let v = try await WorkflowContext.$enclosingStep.withValue("\(name)[\(i)]") { try await body(item, key) }
-                                let stored = try self.store(v)
-                                try self.record("step", "\(name)[\(i)]") {
-                                    $0.group = name
-                                    $0.index = i
-                                    $0.value = stored
-                                    $0.attempt = attempt
-                                    $0.idempotencyKey = key
-                                    $0.startedAt = started
-                                    $0.durationMs = Int(clock.now().timeIntervalSince(started) * 1000)
-                                }
-                                return
-                            } catch {
-                                if Task.isCancelled { throw CancellationError() }
-                                if retry.shouldRetry(error, attempt: attempt) {
-                                    try await clock.sleep(for: .milliseconds(Int64(retry.delay(afterAttempt: attempt, unit: Double.random(in: 0..<1)) * 1000)))
-                                    attempt += 1
-                                    continue
-                                }
-                                try self.record("step", "\(name)[\(i)]") {
-                                    $0.group = name
-                                    $0.index = i
-                                    $0.error = ErrorInfo.from(error)
-                                    $0.attempt = attempt
-                                    $0.idempotencyKey = key
-                                }
-                                return
-                            }
-                        }
-                    }
-                }
-                for _ in 0..<max(1, maxConcurrency) { if let i = next.next() { launch(i) } }
-                while try await group.next() != nil { if let i = next.next() { launch(i) } }
-            }
-            // Re-read what the branches recorded.
-            let recorded = state.withLock { $0.entries.filter { $0.group == name && $0.seq >= base } }
-            for e in recorded {
-                guard let i = e.index, results[i] == nil else { continue }
-                if let err = e.error {
-                    results[i] = .failure(StepFailedError(step: "\(name)[\(i)]", attempts: e.attempt ?? 1, error: err))
-                } else {
-                    results[i] = .success(try load(e.value, as: Output.self, file: "journal/" + e.fileName))
-                }
-            }
-        }
-        return try items.indices.map { try results[$0]!.get() }
+        if items.isEmpty { return [] }
+        return try await perform(ParallelOperation(group: name, items: items, maxConcurrency: maxConcurrency, retry: retry, base: currentPosition(), body: body))
     }
 
     // MARK: saga
@@ -320,31 +139,7 @@ extension WorkflowContext {
             s.suspended = nil
             return s.compensations.reversed()
         }
-        for c in list {
-            if let e = peek() {
-                guard e.kind == "compensate", e.name == c.name else { throw mismatch(e, kind: "compensate", name: c.name) }
-                consume()
-                continue
-            }
-            var attempt = 1
-            var failure: ErrorInfo? = nil
-            while true {
-                do {
-                    try await c.body()
-                    failure = nil
-                    break
-                } catch {
-                    failure = ErrorInfo.from(error)
-                    if attempt >= 3 { break }
-                    try await clock.sleep(for: .seconds(Int64(1) << (attempt - 1)))
-                    attempt += 1
-                }
-            }
-            try record("compensate", c.name) {
-                $0.attempt = attempt
-                $0.error = failure
-            }
-        }
+        for c in list { try await perform(CompensateOperation(compensation: c)) }
     }
 
     // MARK: versioning
@@ -353,16 +148,332 @@ extension WorkflowContext {
     /// new code (the answer is recorded), false for runs whose journal was written by older
     /// code without it. `if ctx.patched("send-sms") { ...new... } else { ...old... }`.
     public func patched(_ id: String) throws -> Bool {
-        try throwIfSuspended()
-        if let e = peek() {
-            if e.kind == "patch" && e.name == id {
-                consume()
-                return true
-            }
-            return false
+        try perform(PatchOperation(id: id))
+    }
+}
+
+// MARK: - the operations
+
+/// `ctx.sleep`: one `sleep` record holding the absolute due time, then a wait until then.
+struct SleepOperation: DurableOperation {
+    let sleepName: String
+    let deadline: Date?
+    let duration: Duration?
+    var until: Date? = nil
+
+    var kind: RecordKind { .sleep }
+    var name: String? { sleepName }
+
+    mutating func replay(_ e: JournalEntry, in ctx: WorkflowContext) async throws -> OperationStep<Void> {
+        until = e.until ?? e.at
+        // Records after it: the run went past this sleep before (whatever the clock says now).
+        if ctx.peek() != nil || ctx.clock.now() >= until! { return .done(()) }
+        return .next
+    }
+
+    mutating func execute(in ctx: WorkflowContext) async throws -> OperationStep<Void> {
+        if until == nil {
+            let u = deadline ?? ctx.clock.now().addingTimeInterval(duration?.seconds ?? 0)
+            try ctx.record(.sleep, sleepName) { $0.until = u }
+            until = u
         }
-        try beforeLive()
-        try record("patch", id)
+        if ctx.clock.now() < until! { return .wait(.timer(name: sleepName, until: until!)) }
+        return .done(())
+    }
+}
+
+/// `ctx.waitForEvent`: `event` `requested` (with the deadline), then `event` `received`
+/// (the file consumed, or `timed_out`).
+struct EventOperation<T: Decodable & Sendable>: DurableOperation {
+    let eventName: String
+    let timeout: Duration?
+    var requested: JournalEntry? = nil
+
+    var kind: RecordKind { .event }
+    var name: String? { eventName }
+
+    mutating func replay(_ e: JournalEntry, in ctx: WorkflowContext) async throws -> OperationStep<T?> {
+        if e.phase == .requested && requested == nil {
+            requested = e
+            return .next
+        }
+        if e.decision == .timedOut { return .done(nil) }
+        if let err = e.error { throw StepFailedError(step: eventName, attempts: 1, error: err) }
+        return .done(try ctx.load(e.value, as: T.self, file: "journal/" + e.fileName))
+    }
+
+    mutating func execute(in ctx: WorkflowContext) async throws -> OperationStep<T?> {
+        guard let requested else {
+            let deadline = timeout.map { ctx.clock.now().addingTimeInterval($0.seconds) }
+            self.requested = try ctx.record(.event, eventName) {
+                $0.phase = .requested
+                $0.until = deadline
+            }
+            return .next
+        }
+        if let (file, value) = try ctx.nextEventFile(eventName) {
+            // An event that does not decode is consumed with its error (so a `cairn retry`
+            // supersedes exactly this record and waits for a new event).
+            var decoded: T? = nil
+            var invalid: ErrorInfo? = nil
+            do { decoded = try value.decode(as: T.self) } catch {
+                invalid = ErrorInfo(type: "invalid_event", message: "events/\(file) does not decode as \(T.self): \(JSONValue.describe(error))", file: "events/" + file, retryable: false)
+            }
+            try ctx.record(.event, eventName) {
+                $0.phase = .received
+                $0.decision = .received
+                $0.value = try ctx.blobs.externalize(value)
+                $0.file = "events/" + file
+                $0.error = invalid
+            }
+            if let invalid { throw StepFailedError(step: eventName, attempts: 1, error: invalid) }
+            return .done(decoded!)
+        }
+        if let deadline = requested.until, ctx.clock.now() >= deadline {
+            try ctx.record(.event, eventName) {
+                $0.phase = .received
+                $0.decision = .timedOut
+            }
+            return .done(nil)
+        }
+        return .wait(.event(name: eventName, until: requested.until))
+    }
+}
+
+/// `ctx.send`: the event file written into the other run (first writer wins), then one
+/// `send` record.
+struct SendOperation: DurableOperation {
+    let event: String
+    let to: String
+    let data: JSONValue
+
+    var kind: RecordKind { .send }
+    var name: String? { event }
+
+    func replay(_ e: JournalEntry, in ctx: WorkflowContext) async throws -> OperationStep<Void> { .done(()) }
+
+    func execute(in ctx: WorkflowContext) async throws -> OperationStep<Void> {
+        guard ctx.spool.runExists(to) else {
+            throw StepFailedError(step: event, attempts: 1, error: ErrorInfo(type: "no_such_run", message: "send: no run '\(to)' to send '\(event)' to", retryable: false))
+        }
+        let seq = ctx.currentPosition()
+        // Fits NAME_MAX however long the event name and run id (both up to 128 characters).
+        let file = Names.fitting("\(event).", "\(ctx.runID)-\(seq)", ".json")
+        let target = ctx.spool.run(to).eventsDirectory.appending(file)
+        // The name can be foreseen: whatever a member put there first is set aside (kept),
+        // so that it neither stands in for this event nor stops it. Ours (a resend after a
+        // crash) stays.
+        Spool.setAsideForeign(target)
+        do {
+            try ctx.spool.durable.write(json: data, to: target, mode: .noReplace)
+        } catch let e as SpoolError where e.code == .exists {}
+        try ctx.record(.send, event) { [to] in $0.data = ["to": .string(to), "file": .string("events/" + file)] }
+        return .done(())
+    }
+}
+
+/// `ctx.child`: the child run created and `child` `started`; then, once it ended,
+/// `child` `finished` with its result or its failure.
+struct ChildOperation<W: Workflow>: DurableOperation {
+    let childName: String
+    let input: W.Input
+    var childID: String
+    var started = false
+
+    var kind: RecordKind { .child }
+    var name: String? { childName }
+
+    mutating func replay(_ e: JournalEntry, in ctx: WorkflowContext) async throws -> OperationStep<W.Output> {
+        if e.phase == .started && !started {
+            started = true
+            childID = e.data?["run"]?.stringValue ?? childID
+            return .next
+        }
+        if let err = e.error { throw StepFailedError(step: childName, attempts: 1, error: err) }
+        return .done(try ctx.load(e.value, as: W.Output.self, file: "journal/" + e.fileName))
+    }
+
+    mutating func execute(in ctx: WorkflowContext) async throws -> OperationStep<W.Output> {
+        if !started {
+            // After a run-level retry superseded this child's records, a fresh child run
+            // (`PARENT.NAME.rN`): the failed one is history, not reused.
+            let used = ctx.state.withLock { [childName] in $0.superseded.filter { $0.kind == .child && $0.phase == .started && $0.name == childName }.count }
+            if used > 0 { childID = ctx.childRunID("\(childName).r\(used + 1)") }
+            let id = childID
+            _ = try ctx.spool.createRun(.init(workflow: W.name, input: JSONValue(encoding: input), id: id, workflowVersion: W.version, parent: .init(run: ctx.runID, name: childName)), now: ctx.clock.now())
+            try ctx.record(.child, childName) {
+                $0.phase = .started
+                $0.data = ["run": .string(id), "workflow": .string(W.name)]
+            }
+            started = true
+            return .next
+        }
+        let childJournal = Journal.effective(try ctx.spool.journal(childID).load())
+        guard let last = childJournal.last, let status = last.terminalStatus else {
+            return .wait(.child(name: childName, run: childID))
+        }
+        let id = childID
+        if status == .completed {
+            let value = try ctx.spool.blobs(id).resolve(last.value ?? .null)
+            try ctx.record(.child, childName) {
+                $0.phase = .finished
+                $0.status = status
+                $0.value = try ctx.blobs.externalize(value)
+                $0.data = ["run": .string(id)]
+            }
+            return .done(try ctx.load(value, as: W.Output.self, file: "runs/\(id)/journal/" + last.fileName))
+        }
+        let info = ErrorInfo(type: "child_\(status.rawValue)", message: "child run \(id) \(status.rawValue)" + (last.error.map { ": \($0.message)" } ?? ""), retryable: false)
+        try ctx.record(.child, childName) {
+            $0.phase = .finished
+            $0.status = status
+            $0.error = info
+            $0.data = ["run": .string(id)]
+        }
+        throw StepFailedError(step: childName, attempts: 1, error: info)
+    }
+}
+
+/// `ctx.parallel`: one `step` record per branch (`group`, `index`), in completion order.
+struct ParallelOperation<Item: Sendable, Output: Codable & Sendable>: DurableOperation {
+    let group: String
+    let items: [Item]
+    let maxConcurrency: Int
+    let retry: RetryPolicy
+    /// The position of the group's first record (the branches' idempotency keys).
+    let base: Int
+    let body: @Sendable (Item, String) async throws -> Output
+    var results: [Int: Result<Output, StepFailedError>] = [:]
+
+    var kind: RecordKind { .step }
+    var name: String? { "\(group)[\(items.indices.first { results[$0] == nil } ?? 0)]" }
+    func owns(_ e: JournalEntry) -> Bool { e.kind == .step && e.group == group && (e.index.map { items.indices.contains($0) } ?? false) }
+
+    var all: [Output]? {
+        results.count == items.count ? (try? items.indices.map { try results[$0]!.get() }) : nil
+    }
+
+    func finished() throws -> OperationStep<[Output]> {
+        guard results.count == items.count else { return .next }
+        return .done(try items.indices.map { try results[$0]!.get() })
+    }
+
+    mutating func fold(_ e: JournalEntry, in ctx: WorkflowContext) throws {
+        guard let i = e.index, results[i] == nil else { return }
+        if let err = e.error {
+            results[i] = .failure(StepFailedError(step: "\(group)[\(i)]", attempts: e.attempt ?? 1, error: err))
+        } else {
+            results[i] = .success(try ctx.load(e.value, as: Output.self, file: "journal/" + e.fileName))
+        }
+    }
+
+    mutating func replay(_ e: JournalEntry, in ctx: WorkflowContext) async throws -> OperationStep<[Output]> {
+        try fold(e, in: ctx)
+        return try finished()
+    }
+
+    mutating func execute(in ctx: WorkflowContext) async throws -> OperationStep<[Output]> {
+        let missing = items.indices.filter { results[$0] == nil }
+        let clock = ctx.clock
+        let (group, items, retry, base, body) = (self.group, self.items, self.retry, self.base, self.body)
+        try await withThrowingTaskGroup(of: Void.self) { tasks in
+            var next = missing.makeIterator()
+            func launch(_ i: Int) {
+                let item = items[i]
+                let branch = "\(group)[\(i)]"
+                let key = WorkflowContext.key(run: ctx.runID, seq: base, name: branch)
+                tasks.addTask {
+                    var attempt = 1
+                    let started = clock.now()
+                    while true {
+                        do {
+                            let v = try await WorkflowContext.$enclosingStep.withValue(branch) { try await body(item, key) }
+                            let stored = try ctx.store(v)
+                            try ctx.record(.step, branch) {
+                                $0.group = group
+                                $0.index = i
+                                $0.value = stored
+                                $0.attempt = attempt
+                                $0.idempotencyKey = key
+                                $0.startedAt = started
+                                $0.durationMs = Int(clock.now().timeIntervalSince(started) * 1000)
+                            }
+                            return
+                        } catch {
+                            if Task.isCancelled { throw CancellationError() }
+                            if retry.shouldRetry(error, attempt: attempt) {
+                                try await clock.sleep(for: .milliseconds(Int64(retry.delay(afterAttempt: attempt, unit: Double.random(in: 0..<1)) * 1000)))
+                                attempt += 1
+                                continue
+                            }
+                            try ctx.record(.step, branch) {
+                                $0.group = group
+                                $0.index = i
+                                $0.error = ErrorInfo.from(error)
+                                $0.attempt = attempt
+                                $0.idempotencyKey = key
+                            }
+                            return
+                        }
+                    }
+                }
+            }
+            for _ in 0..<max(1, maxConcurrency) { if let i = next.next() { launch(i) } }
+            while try await tasks.next() != nil { if let i = next.next() { launch(i) } }
+        }
+        // What the branches recorded.
+        for e in ctx.state.withLock({ $0.entries.filter { $0.group == group && $0.seq >= base } }) { try fold(e, in: ctx) }
+        guard results.count == items.count else {
+            throw SpoolError(.malformed, "parallel '\(group)': \(items.count - results.count) branch(es) ended without a record")
+        }
+        return try finished()
+    }
+}
+
+/// A registered compensation: one `compensate` record (with its error if it failed three
+/// times). Runs after a failure or a cancel, so it makes no control-file checks.
+struct CompensateOperation: DurableOperation {
+    let compensation: WorkflowContext.Compensation
+
+    var kind: RecordKind { .compensate }
+    var name: String? { compensation.name }
+    var checksControlFiles: Bool { false }
+
+    func replay(_ e: JournalEntry, in ctx: WorkflowContext) async throws -> OperationStep<Void> { .done(()) }
+
+    func execute(in ctx: WorkflowContext) async throws -> OperationStep<Void> {
+        var attempt = 1
+        var failure: ErrorInfo? = nil
+        while true {
+            do {
+                try await compensation.body()
+                failure = nil
+                break
+            } catch {
+                failure = ErrorInfo.from(error)
+                if attempt >= 3 { break }
+                try await ctx.clock.sleep(for: .seconds(Int64(1) << (attempt - 1)))
+                attempt += 1
+            }
+        }
+        try ctx.record(.compensate, compensation.name) { [attempt, failure] in
+            $0.attempt = attempt
+            $0.error = failure
+        }
+        return .done(())
+    }
+}
+
+/// `ctx.patched`: a `patch` record for runs that reach it with the new code; false, with
+/// nothing consumed, where older code recorded something else at this position.
+struct PatchOperation: InstantOperation {
+    let id: String
+    var kind: RecordKind { .patch }
+    var name: String? { id }
+    func answer(before record: JournalEntry) -> Bool? { false }
+    func replay(_ record: JournalEntry, in ctx: WorkflowContext) throws -> Bool { true }
+    func execute(in ctx: WorkflowContext) throws -> Bool {
+        try ctx.record(.patch, id)
         return true
     }
 }

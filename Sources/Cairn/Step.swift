@@ -38,122 +38,23 @@ extension WorkflowContext {
         timeout: Duration? = nil,
         _ body: @escaping @Sendable (StepAttempt) async throws -> T
     ) async throws -> T {
-        let key = Self.key(run: runID, seq: currentPosition(), name: name)
-        var attempt = 1
-        var retryUntil: Date? = nil
-        while true {
-            // Replay: intent / retry / uncertain records for this step, then its result.
-            if let e = peek() {
-                try throwIfSuspended()
-                if e.kind == "cancel" && e.name == "requested" { _ = try replay("cancel", "requested") }
-                guard e.name == name, ["step", "retry", "intent", "uncertain"].contains(e.kind) else {
-                    throw mismatch(e, kind: "step", name: name)
-                }
-                consume()
-                let file = "journal/" + e.fileName
-                switch e.kind {
-                case "step":
-                    if let err = e.error { throw StepFailedError(step: name, attempts: e.attempt ?? attempt, error: err) }
-                    return try load(e.value, as: T.self, file: file)
-                case "retry":
-                    attempt = (e.attempt ?? attempt) + 1
-                    retryUntil = e.until
-                    continue
-                case "uncertain":
-                    // A person chose "rerun": a fresh attempt follows. (consume() moved the
-                    // decision out of approvals/ if a crash left it there.) Records written
-                    // before decisions were moved name no file to move: set a file older than
-                    // the record aside (a newer one is a new decision).
-                    if e.data?["consumed"] == nil {
-                        let gate = "uncertain-" + Names.fileSafe(name)
-                        var st = stat()
-                        if lstat(paths.approvalsDirectory.appending("\(gate).approved").string, &st) == 0,
-                           Double(st.st_mtim.tv_sec) + Double(st.st_mtim.tv_nsec) / 1e9 <= e.at.timeIntervalSince1970 + 0.001 {
-                            try setAsideDecision(gate: gate, seq: e.seq)
-                        }
-                    }
-                    attempt += 1
-                    retryUntil = nil
-                    continue
-                default:  // intent
-                    if peek() != nil { continue }  // its outcome follows
-                    if let v: T = try resolveUncertain(name, attempt: attempt, key: key) { return v }
-                    attempt += 1  // a person chose "rerun"
-                    retryUntil = nil
-                    continue
-                }
-            }
-            // Live.
-            try beforeLive()
-            if let until = retryUntil, clock.now() < until {
-                throw suspend(["kind": "retry", "step": .string(name), "attempt": .int(Int64(attempt)), "until": .string(Timestamp.format(until))])
-            }
-            if semantics == .atMostOnce {
-                try record("intent", name) {
-                    $0.attempt = attempt
-                    $0.idempotencyKey = key
-                    $0.semantics = semantics.rawValue
-                }
-            }
-            let started = clock.now()
-            // What every record of this attempt carries.
-            let attemptFields = { (e: inout JournalEntry) in
-                e.attempt = attempt
-                e.idempotencyKey = key
-                e.startedAt = started
-                e.durationMs = Int(self.clock.now().timeIntervalSince(started) * 1000)
-            }
-            let value: T
-            do {
-                let info = StepAttempt(idempotencyKey: key, number: attempt, isLast: attempt >= retry.maxAttempts)
-                value = try await runWithTimeout(name, timeout) {
-                    try await WorkflowContext.$enclosingStep.withValue(name) { try await body(info) }
-                }
-            } catch let s as Suspension {
-                throw s
-            } catch {
-                // Interrupted (the daemon is stopping): record nothing, as after a crash.
-                if Task.isCancelled { throw CancellationError() }
-                let info = ErrorInfo.from(error)
-                // An at-most-once body that timed out may have had its effect: never retried.
-                let mayHaveRun = semantics == .atMostOnce && error is StepTimeoutError
-                if !mayHaveRun && retry.shouldRetry(error, attempt: attempt) {
-                    let delay = retry.delay(afterAttempt: attempt, unit: Double.random(in: 0..<1))
-                    let until = clock.now().addingTimeInterval(delay)
-                    try record("retry", name) {
-                        attemptFields(&$0)
-                        $0.error = info
-                        $0.until = until
-                    }
-                    logger.info("step failed, will retry", metadata: ["run": "\(runID)", "step": "\(name)", "attempt": "\(attempt)", "delay_s": "\(delay)", "error": "\(info.message)"])
-                    attempt += 1
-                    retryUntil = until
-                    continue
-                }
-                try record("step", name) {
-                    attemptFields(&$0)
-                    $0.error = info
-                    $0.semantics = semantics.rawValue
-                }
-                throw StepFailedError(step: name, attempts: attempt, error: info)
-            }
-            // The body succeeded. Recording it is outside the retry logic: an error here
-            // (disk full, a value that cannot be encoded) must never run the body again.
-            CrashPoints.reached("step.after-body")
-            let stored = try store(value)
-            try record("step", name) {
-                attemptFields(&$0)
-                $0.value = stored
-                $0.semantics = semantics.rawValue
-            }
-            return value
-        }
+        try await perform(StepOperation(stepName: name, semantics: semantics, retry: retry, timeout: timeout, key: Self.key(run: runID, seq: currentPosition(), name: name), body: body))
+    }
+
+    /// A durable step with no result (recorded as `null`).
+    public func step(
+        _ name: String,
+        semantics: StepSemantics = .atLeastOnce,
+        retry: RetryPolicy = .default,
+        timeout: Duration? = nil,
+        _ body: @escaping @Sendable (_ idempotencyKey: String) async throws -> Void
+    ) async throws {
+        let _: VoidResult = try await stepWithAttempts(name, semantics: semantics, retry: retry, timeout: timeout) { try await body($0.idempotencyKey); return VoidResult() }
     }
 
     /// An at-most-once step whose intent has no outcome: it may have run. Ask a person.
     /// Returns the value a person recorded, nil when they chose to run the step again.
-    private func resolveUncertain<T: Codable & Sendable>(_ name: String, attempt: Int, key: String) throws -> T? {
-        try beforeLive()
+    func resolveUncertain<T: Codable & Sendable>(_ name: String, attempt: Int, key: String) throws -> T? {
         let gate = "uncertain-" + Names.fileSafe(name)
         switch try readDecision(gate: gate) {
         case .none:
@@ -161,7 +62,7 @@ extension WorkflowContext {
                 summary: "At-most-once step '\(name)' (attempt \(attempt)) may or may not have run before the process stopped. Check its effect (idempotency key \(key)), then: approve with {\"action\": \"rerun\"} (or empty) to run it again, approve with {\"action\": \"done\", \"value\": V} to record it as done with V, or reject to fail the step.",
                 details: ["step": .string(name), "attempt": .int(Int64(attempt)), "idempotency_key": .string(key)]
             ), deadline: nil)
-            throw suspend(["kind": "uncertain", "step": .string(name), "gate": .string(gate), "drop": .string("approvals/\(gate).approved"), "idempotency_key": .string(key)])
+            throw suspend(.uncertain(step: name, gate: gate, idempotencyKey: key))
         case .some(let d):
             // `{"action": ...}` dropped directly, or wrapped as the value by `cairn approve --value`.
             let spec = d.raw?["action"] != nil ? d.raw : (d.value?["action"] != nil ? d.value : d.raw)
@@ -188,7 +89,7 @@ extension WorkflowContext {
                     // with an error file and keep the gate open.
                     let reason = "has a \"done\" value that does not decode as \(T.self): \(JSONValue.describe(error))"
                     try Drops.refuse(paths.directory.appending(d.file), reason: reason, identity: d.identity, durable: spool.durable, now: clock.now(), setAsideIn: paths.refusedDirectory)
-                    throw suspend(["kind": "uncertain", "step": .string(name), "gate": .string(gate), "drop": .string("approvals/\(gate).approved"), "idempotency_key": .string(key), "refused": .string(reason)])
+                    throw suspend(.uncertain(step: name, gate: gate, idempotencyKey: key, refused: reason))
                 }
                 let e = try record("step", name) {
                     $0.value = try store(value)
@@ -230,6 +131,149 @@ extension WorkflowContext {
             case .timedOut: throw StepTimeoutError(step: name, timeout: timeout)
             }
         }
+    }
+}
+
+/// `ctx.step`: records `intent` (at-most-once), `retry` (a failed attempt and its backoff),
+/// `uncertain` (a person's "rerun"), and finally `step` with the value or the error.
+struct StepOperation<T: Codable & Sendable>: DurableOperation {
+    let stepName: String
+    let semantics: StepSemantics
+    let retry: RetryPolicy
+    let timeout: Duration?
+    let key: String
+    let body: @Sendable (StepAttempt) async throws -> T
+    var attempt = 1
+    var retryUntil: Date? = nil
+    /// An `intent` with no outcome after it: the step may have run.
+    var pendingIntent = false
+
+    init(stepName: String, semantics: StepSemantics, retry: RetryPolicy, timeout: Duration?, key: String, body: @escaping @Sendable (StepAttempt) async throws -> T) {
+        self.stepName = stepName
+        self.semantics = semantics
+        self.retry = retry
+        self.timeout = timeout
+        self.key = key
+        self.body = body
+    }
+
+    var kind: RecordKind { .step }
+    var name: String? { stepName }
+    func owns(_ e: JournalEntry) -> Bool { e.name == stepName && [.step, .retry, .intent, .uncertain].contains(e.kind) }
+
+    mutating func replay(_ e: JournalEntry, in ctx: WorkflowContext) async throws -> OperationStep<T> {
+        pendingIntent = false
+        switch e.kind {
+        case .step:
+            if let err = e.error { throw StepFailedError(step: stepName, attempts: e.attempt ?? attempt, error: err) }
+            return .done(try ctx.load(e.value, as: T.self, file: "journal/" + e.fileName))
+        case .retry:
+            attempt = (e.attempt ?? attempt) + 1
+            retryUntil = e.until
+        case .uncertain:
+            // A person chose "rerun": a fresh attempt follows. (consume() moved the decision
+            // out of approvals/ if a crash left it there.) Records written before decisions
+            // were moved name no file to move: set a file older than the record aside (a
+            // newer one is a new decision).
+            if e.data?["consumed"] == nil {
+                let gate = "uncertain-" + Names.fileSafe(stepName)
+                var st = stat()
+                if lstat(ctx.paths.approvalsDirectory.appending("\(gate).approved").string, &st) == 0,
+                   Double(st.st_mtim.tv_sec) + Double(st.st_mtim.tv_nsec) / 1e9 <= e.at.timeIntervalSince1970 + 0.001 {
+                    try ctx.setAsideDecision(gate: gate, seq: e.seq)
+                }
+            }
+            attempt += 1
+            retryUntil = nil
+        default:  // intent: its outcome follows, or the step may have run
+            pendingIntent = true
+        }
+        return .next
+    }
+
+    mutating func execute(in ctx: WorkflowContext) async throws -> OperationStep<T> {
+        if pendingIntent {
+            pendingIntent = false
+            if let v: T = try ctx.resolveUncertain(stepName, attempt: attempt, key: key) { return .done(v) }
+            attempt += 1  // a person chose "rerun"
+            retryUntil = nil
+            return .next
+        }
+        let clock = ctx.clock
+        if let until = retryUntil, clock.now() < until {
+            return .wait(.retry(step: stepName, attempt: attempt, until: until))
+        }
+        if semantics == .atMostOnce {
+            try ctx.record(.intent, stepName) { [attempt, key, semantics] in
+                $0.attempt = attempt
+                $0.idempotencyKey = key
+                $0.semantics = semantics.rawValue
+            }
+        }
+        let started = clock.now()
+        // What every record of this attempt carries.
+        let attemptFields = { [attempt, key] (e: inout JournalEntry) in
+            e.attempt = attempt
+            e.idempotencyKey = key
+            e.startedAt = started
+            e.durationMs = Int(clock.now().timeIntervalSince(started) * 1000)
+        }
+        let value: T
+        do {
+            let info = StepAttempt(idempotencyKey: key, number: attempt, isLast: attempt >= retry.maxAttempts)
+            let body = self.body
+            let stepName = self.stepName
+            value = try await ctx.runWithTimeout(stepName, timeout) {
+                try await WorkflowContext.$enclosingStep.withValue(stepName) { try await body(info) }
+            }
+        } catch let s as Suspension {
+            throw s
+        } catch {
+            // Interrupted (the daemon is stopping): record nothing, as after a crash.
+            if Task.isCancelled { throw CancellationError() }
+            let info = ErrorInfo.from(error)
+            // An at-most-once body that timed out may have had its effect: never retried.
+            let mayHaveRun = semantics == .atMostOnce && error is StepTimeoutError
+            if !mayHaveRun && retry.shouldRetry(error, attempt: attempt) {
+                let delay = retry.delay(afterAttempt: attempt, unit: Double.random(in: 0..<1))
+                let until = clock.now().addingTimeInterval(delay)
+                try ctx.record(.retry, stepName) {
+                    attemptFields(&$0)
+                    $0.error = info
+                    $0.until = until
+                }
+                ctx.logger.info("step failed, will retry", metadata: ["run": "\(ctx.runID)", "step": "\(stepName)", "attempt": "\(attempt)", "delay_s": "\(delay)", "error": "\(info.message)"])
+                attempt += 1
+                retryUntil = until
+                return .next
+            }
+            try ctx.record(.step, stepName) { [semantics] in
+                attemptFields(&$0)
+                $0.error = info
+                $0.semantics = semantics.rawValue
+            }
+            throw StepFailedError(step: stepName, attempts: attempt, error: info)
+        }
+        // The body succeeded. Recording it is outside the retry logic: an error here
+        // (disk full, a value that cannot be encoded) must never run the body again.
+        CrashPoints.reached("step.after-body")
+        let stored = try ctx.store(value)
+        try ctx.record(.step, stepName) { [semantics] in
+            attemptFields(&$0)
+            $0.value = stored
+            $0.semantics = semantics.rawValue
+        }
+        return .done(value)
+    }
+}
+
+/// The recorded result of a step that returns nothing: `null`.
+struct VoidResult: Codable, Sendable {
+    init() {}
+    init(from decoder: any Decoder) throws {}
+    func encode(to encoder: any Encoder) throws {
+        var c = encoder.singleValueContainer()
+        try c.encodeNil()
     }
 }
 

@@ -67,6 +67,19 @@ public struct WorkflowInputError: Error, CustomStringConvertible {
     public var description: String { "input does not match \(workflow)'s Input: \(message)" }
 }
 
+/// Why a workflow could not be registered.
+public enum WorkflowRegistryError: Error, Equatable, CustomStringConvertible {
+    case invalidName(String)
+    case duplicate(String)
+
+    public var description: String {
+        switch self {
+        case .invalidName(let n): return "invalid workflow name '\(n)': letters, digits, '.', '_' and '-', starting with a letter or digit, at most 128"
+        case .duplicate(let n): return "a workflow named '\(n)' is already registered"
+        }
+    }
+}
+
 /// The workflow types a process can run, by name.
 public struct WorkflowRegistry: Sendable {
     private var entries: [String: AnyWorkflow] = [:]
@@ -79,13 +92,15 @@ public struct WorkflowRegistry: Sendable {
         for w in workflows { entries[w.name] = w }
     }
 
-    public mutating func register<W: Workflow>(_ workflow: W) {
-        precondition(Names.isValidName(W.name), "invalid workflow name '\(W.name)'")
-        entries[W.name] = AnyWorkflow(workflow)
+    /// Adds a workflow. Throws for a name that is not `[A-Za-z0-9][A-Za-z0-9._-]{0,127}`
+    /// and for a name already registered (two workflows cannot share one).
+    public mutating func register<W: Workflow>(_ workflow: W) throws(WorkflowRegistryError) {
+        try register(AnyWorkflow(workflow))
     }
 
-    public mutating func register(_ workflow: AnyWorkflow) {
-        precondition(Names.isValidName(workflow.name), "invalid workflow name '\(workflow.name)'")
+    public mutating func register(_ workflow: AnyWorkflow) throws(WorkflowRegistryError) {
+        guard Names.isValidName(workflow.name) else { throw .invalidName(workflow.name) }
+        guard entries[workflow.name] == nil else { throw .duplicate(workflow.name) }
         entries[workflow.name] = workflow
     }
 

@@ -14,11 +14,11 @@ public final class WorkflowContext: Sendable {
     public let workflowName: String
     public let clock: any CairnClock
     public let logger: Logger
-    let spool: Spool
-    let paths: RunPaths
+    package let spool: Spool
+    package let paths: RunPaths
     let journal: Journal
-    let blobs: BlobStore
-    let config: SpoolConfig
+    package let blobs: BlobStore
+    package let config: SpoolConfig
     let state: Mutex<State>
 
     struct State: Sendable {
@@ -31,6 +31,9 @@ public final class WorkflowContext: Sendable {
         var cancelled = false
         var nondeterminism: NondeterminismError?
         var spoolFailure: SpoolError?
+        /// An error an operation that cannot throw (`now`, `uuid`, `random`) met: thrown by
+        /// the next durable operation, and the run's outcome if the workflow returns first.
+        var deferred: (any Error)?
         var compensations: [Compensation] = []
         /// Records replayed this execution (for `state.json` and the tokens-saved count).
         var replayed: [JournalEntry] = []
@@ -124,7 +127,7 @@ public final class WorkflowContext: Sendable {
 
     /// The error to throw to make the run wait on `waitingFor` (for executors that learn
     /// of a wait from outside, like the script runner).
-    public func waiting(_ waitingFor: JSONValue) -> any Error { suspend(waitingFor) }
+    public func waiting(_ waitingFor: WaitingFor) -> any Error { suspend(waitingFor) }
 
     /// Schedules a new execution of the whole workflow from the top at `until` (a script
     /// workflow's retry policy): a `retry` record named `run` that supersedes nothing
@@ -137,45 +140,18 @@ public final class WorkflowContext: Sendable {
             $0.attempt = attempt
             $0.data = ["execution_retry": true]
         }
-        return suspend(["kind": "retry", "step": "(whole run)", "attempt": .int(Int64(attempt + 1)), "until": .string(Timestamp.format(until))])
+        return suspend(.retry(step: "(whole run)", attempt: attempt + 1, until: until))
     }
 
     /// The suspension's `waiting_for`, when `error` is the engine's wait signal.
-    public static func waitingFor(_ error: any Error) -> JSONValue? { (error as? Suspension)?.waitingFor }
+    public static func waitingFor(_ error: any Error) -> WaitingFor? { (error as? Suspension)?.waitingFor }
 
     /// A durable operation defined outside the engine (the agent layer's `llm`): replays the
     /// record KIND-NAME when there is one (its value and data resolved from blobs);
     /// otherwise runs `body` and records what it returns. A recorded error is rethrown as
     /// `StepFailedError` on first execution and on replay alike.
-    public func operation(_ kind: String, _ name: String, _ body: @Sendable () async throws -> OperationRecord) async throws -> OperationRecord {
-        if let e = try replay(kind, name) {
-            let r = OperationRecord(value: try blobs.resolve(e.value ?? .null), data: try e.data.map { try blobs.resolve($0) }, error: e.error, attempts: e.attempt ?? 1, replayed: true)
-            if let err = r.error { throw StepFailedError(step: name, attempts: r.attempts, error: err) }
-            return r
-        }
-        try beforeLive()
-        let started = clock.now()
-        var r: OperationRecord
-        do {
-            r = try await body()
-        } catch let s as Suspension {
-            throw s
-        } catch {
-            if Task.isCancelled { throw CancellationError() }
-            throw error
-        }
-        let stored = r
-        try record(kind, name) {
-            $0.value = try blobs.externalize(stored.value)
-            $0.data = stored.data
-            $0.error = stored.error
-            $0.attempt = stored.attempts
-            $0.startedAt = started
-            $0.durationMs = Int(clock.now().timeIntervalSince(started) * 1000)
-        }
-        if let err = r.error { throw StepFailedError(step: name, attempts: r.attempts, error: err) }
-        r.replayed = false
-        return r
+    public func operation(_ kind: RecordKind, _ name: String, _ body: @escaping @Sendable () async throws -> OperationRecord) async throws -> OperationRecord {
+        try await perform(RecordedOperation(kind: kind, name: name, body: body))
     }
 
     /// Stores a value in the run's blobs (always, with `force`), returning what to put in a
@@ -195,12 +171,8 @@ public final class WorkflowContext: Sendable {
 
     /// A recorded value of any kind: on first execution `compute` runs and its result is
     /// journaled as KIND[-NAME]; on replay the recorded value is returned.
-    public func recorded(_ kind: String, _ name: String?, _ compute: () throws -> JSONValue) throws -> JSONValue {
-        if let e = try replay(kind, name) { return try blobs.resolve(e.value ?? .null) }
-        try beforeLive()
-        let v = try compute()
-        try record(kind, name) { $0.value = try blobs.externalize(v) }
-        return v
+    public func recorded(_ kind: RecordKind, _ name: String?, _ compute: @escaping () throws -> JSONValue) throws -> JSONValue {
+        try perform(RecordedValue(kind, name, compute))
     }
 
     /// The spool's root directory.
@@ -215,7 +187,7 @@ public final class WorkflowContext: Sendable {
     // MARK: - journal cursor
 
     /// The next unconsumed record, if replaying.
-    func peek() -> JournalEntry? {
+    package func peek() -> JournalEntry? {
         state.withLock { $0.cursor < $0.entries.count ? $0.entries[$0.cursor] : nil }
     }
 
@@ -231,32 +203,16 @@ public final class WorkflowContext: Sendable {
     }
 
     /// The position the current operation starts at (its first record's seq).
-    func currentPosition() -> Int {
+    package func currentPosition() -> Int {
         state.withLock { $0.cursor < $0.entries.count ? $0.entries[$0.cursor].seq : $0.nextSeq }
     }
 
-    /// Replays the next record if it is (kind, name); nil when live; throws on mismatch.
-    func replay(_ kind: String, _ name: String?) throws -> JournalEntry? {
-        try refuseNesting(kind, name)
-        try throwIfSuspended()
-        guard let e = peek() else { return nil }
-        if e.kind == "cancel" && e.name == "requested" {
-            consume()
-            throw cancelled()
-        }
-        guard e.kind == kind && e.name == name else {
-            throw mismatch(e, kind: kind, name: name)
-        }
-        consume()
-        return e
-    }
-
-    func mismatch(_ e: JournalEntry, kind: String, name: String?) -> NondeterminismError {
+    func mismatch(_ e: JournalEntry, kind: RecordKind, name: String?) -> NondeterminismError {
         nondeterminism(mismatchInfo(e, kind: kind, name: name))
     }
 
     /// Remembers a nondeterminism error (the run stops on it whatever the code does with it).
-    func nondeterminism(_ info: ErrorInfo) -> NondeterminismError {
+    package func nondeterminism(_ info: ErrorInfo) -> NondeterminismError {
         let e = NondeterminismError(info: info)
         state.withLock { if $0.nondeterminism == nil { $0.nondeterminism = e } }
         return e
@@ -268,17 +224,17 @@ public final class WorkflowContext: Sendable {
         return RunCancelledError()
     }
 
-    func mismatchInfo(_ e: JournalEntry, kind: String, name: String?) -> ErrorInfo {
+    func mismatchInfo(_ e: JournalEntry, kind: RecordKind, name: String?) -> ErrorInfo {
         let file = "journal/" + e.fileName
-        let expected: JSONValue = ["kind": .string(e.kind), "name": e.name.map { .string($0) } ?? .null]
-        let actual: JSONValue = ["kind": .string(kind), "name": name.map { .string($0) } ?? .null]
+        let expected: JSONValue = ["kind": .string(e.kind.rawValue), "name": e.name.map { .string($0) } ?? .null]
+        let actual: JSONValue = ["kind": .string(kind.rawValue), "name": name.map { .string($0) } ?? .null]
         let msg = "nondeterminism: \(file) recorded \(e.kind) \(e.name.map { "'\($0)'" } ?? "(unnamed)") at position \(e.seq), but the workflow code asked for \(kind) \(name.map { "'\($0)'" } ?? "(unnamed)"); the code changed under a running run (guard changes with ctx.patched, or fix the code and `cairn retry`)"
         return ErrorInfo(type: "nondeterminism", message: msg, file: file, expected: expected, actual: actual, retryable: false)
     }
 
     /// Durably appends a record at the next position.
     @discardableResult
-    func record(_ kind: String, _ name: String?, _ fill: (inout JournalEntry) throws -> Void = { _ in }) throws -> JournalEntry {
+    package func record(_ kind: RecordKind, _ name: String?, _ fill: (inout JournalEntry) throws -> Void = { _ in }) throws -> JournalEntry {
         try state.withLock { s in
             if !s.appended {
                 try beforeFirstAppend()
@@ -308,7 +264,7 @@ public final class WorkflowContext: Sendable {
     /// Durable operations cannot run inside a step's body or a parallel branch: the body is
     /// one recorded unit (it may run again as a whole), and a wait inside it could not
     /// resume the body where it was. Refused at once, saying so, rather than misbehaving.
-    func refuseNesting(_ kind: String, _ name: String?) throws {
+    func refuseNesting(_ kind: RecordKind, _ name: String?) throws {
         guard let outer = Self.enclosingStep else { return }
         throw StepError.nonRetryable("ctx.\(kind)\(name.map { "(\"\($0)\")" } ?? "") was called inside the body of step '\(outer)': durable operations (steps, waits, approvals, events, sleeps, children, now/uuid) cannot be nested in a step or a parallel branch; call them between steps", type: "nested_operation")
     }
@@ -321,16 +277,26 @@ public final class WorkflowContext: Sendable {
             throw cancelled()
         }
         if DurableFile.exists(paths.pauseFile) {
-            throw suspend(["kind": "pause", "drop": "remove pause to resume"])
+            throw suspend(.pause)
         }
     }
 
     func throwIfSuspended() throws {
-        let (s, n, c, f) = state.withLock { ($0.suspended, $0.nondeterminism, $0.cancelled, $0.spoolFailure) }
+        let (s, n, c, f, d) = state.withLock { ($0.suspended, $0.nondeterminism, $0.cancelled, $0.spoolFailure, $0.deferred) }
         if let f { throw f }
         if let n { throw n }
         if c { throw RunCancelledError() }
         if let s { throw s }
+        if let d { throw d }
+    }
+
+    /// Throws what stopped this execution, if anything did: a wait, a cancel, a changed
+    /// journal, a spool failure, or an error met by an operation that cannot throw.
+    public func throwIfStopped() throws { try throwIfSuspended() }
+
+    /// Remembers an error met where none can be thrown (see `State.deferred`).
+    func defer_(_ error: any Error) {
+        state.withLock { if $0.deferred == nil { $0.deferred = error } }
     }
 
     /// What the engine decides, whatever the workflow code returned or threw.
@@ -339,6 +305,7 @@ public final class WorkflowContext: Sendable {
         case nondeterminism(NondeterminismError)
         case cancelled
         case suspended(Suspension)
+        case deferred(any Error)
     }
 
     var control: Control? {
@@ -347,12 +314,13 @@ public final class WorkflowContext: Sendable {
             if let n = s.nondeterminism { return .nondeterminism(n) }
             if s.cancelled { return .cancelled }
             if let w = s.suspended { return .suspended(w) }
+            if let d = s.deferred { return .deferred(d) }
             return nil
         }
     }
 
     /// Marks the run as waiting and returns the error to throw.
-    func suspend(_ waitingFor: JSONValue) -> Suspension {
+    func suspend(_ waitingFor: WaitingFor) -> Suspension {
         let s = Suspension(waitingFor: waitingFor)
         state.withLock { $0.suspended = s }
         return s
@@ -362,11 +330,11 @@ public final class WorkflowContext: Sendable {
 
     // MARK: - values
 
-    func store<T: Encodable>(_ value: T, force: Bool = false) throws -> JSONValue {
+    package func store<T: Encodable>(_ value: T, force: Bool = false) throws -> JSONValue {
         try blobs.externalize(JSONValue(encoding: value), force: force)
     }
 
-    func load<T: Decodable>(_ stored: JSONValue?, as type: T.Type, file: String) throws -> T {
+    package func load<T: Decodable>(_ stored: JSONValue?, as type: T.Type, file: String) throws -> T {
         let v = try blobs.resolve(stored ?? .null)
         do {
             return try v.decode(as: T.self)
@@ -379,6 +347,52 @@ public final class WorkflowContext: Sendable {
 
     /// The idempotency key the next operation will get (`RUN:POSITION:NAME`).
     public func nextIdempotencyKey(_ name: String) -> String { Self.key(run: runID, seq: currentPosition(), name: name) }
+}
+
+/// `ctx.operation`: an operation defined by a layer above the engine (the agent layer's
+/// `llm`) as a body that returns what to record.
+public struct RecordedOperation: DurableOperation {
+    public let kind: RecordKind
+    let operationName: String
+    let body: @Sendable () async throws -> OperationRecord
+    public var name: String? { operationName }
+
+    public init(kind: RecordKind, name: String, body: @escaping @Sendable () async throws -> OperationRecord) {
+        self.kind = kind
+        self.operationName = name
+        self.body = body
+    }
+
+    public func replay(_ e: JournalEntry, in ctx: WorkflowContext) async throws -> OperationStep<OperationRecord> {
+        let r = OperationRecord(value: try ctx.blobs.resolve(e.value ?? .null), data: try e.data.map { try ctx.blobs.resolve($0) }, error: e.error, attempts: e.attempt ?? 1, replayed: true)
+        if let err = r.error { throw StepFailedError(step: operationName, attempts: r.attempts, error: err) }
+        return .done(r)
+    }
+
+    public func execute(in ctx: WorkflowContext) async throws -> OperationStep<OperationRecord> {
+        let started = ctx.clock.now()
+        var r: OperationRecord
+        do {
+            r = try await body()
+        } catch let s as Suspension {
+            throw s
+        } catch {
+            if Task.isCancelled { throw CancellationError() }
+            throw error
+        }
+        let stored = r
+        try ctx.record(kind, operationName) {
+            $0.value = try ctx.blobs.externalize(stored.value)
+            $0.data = stored.data
+            $0.error = stored.error
+            $0.attempt = stored.attempts
+            $0.startedAt = started
+            $0.durationMs = Int(ctx.clock.now().timeIntervalSince(started) * 1000)
+        }
+        if let err = r.error { throw StepFailedError(step: operationName, attempts: r.attempts, error: err) }
+        r.replayed = false
+        return .done(r)
+    }
 }
 
 /// What an externally defined operation records (see `WorkflowContext.operation`).

@@ -92,6 +92,55 @@ struct LLMCallState: Sendable {
     }
 }
 
+extension RecordKind {
+    /// An LLM call's answer (or its failure), with the request, tokens and attempts.
+    public static let llm: Self = "llm"
+    /// Where a call stood when it waited durably between attempts.
+    public static let llmRetry: Self = "llm-retry"
+    /// A person's decision on raising the run's token budget.
+    public static let llmBudget: Self = "llm-budget"
+}
+
+/// `ctx.llm` as a durable operation: `llm-retry` records (a durable wait between attempts:
+/// the next execution carries on from where it stood) and `llm-budget` records (a person's
+/// decision on the budget, replayed for position), then `llm` with the answer.
+struct LLMCall: DurableOperation {
+    let callName: String
+    let send: @Sendable (LLMCallState?) async throws -> OperationRecord
+    var resume: LLMCallState? = nil
+
+    init(callName: String, send: @escaping @Sendable (LLMCallState?) async throws -> OperationRecord) {
+        self.callName = callName
+        self.send = send
+    }
+
+    var kind: RecordKind { .llm }
+    var name: String? { callName }
+    func owns(_ e: JournalEntry) -> Bool { e.name == callName && [.llm, .llmRetry, .llmBudget].contains(e.kind) }
+
+    /// The answer's record, as any recorded operation's.
+    var answer: RecordedOperation {
+        let (send, resume) = (self.send, self.resume)
+        return RecordedOperation(kind: .llm, name: callName) { try await send(resume) }
+    }
+
+    mutating func replay(_ e: JournalEntry, in ctx: WorkflowContext) async throws -> OperationStep<OperationRecord> {
+        switch e.kind {
+        case .llmRetry:
+            resume = LLMCallState(try ctx.resolveValue(e.value ?? .null)["state"] ?? .null)
+            return .next
+        case .llmBudget:
+            return .next
+        default:
+            return try await answer.replay(e, in: ctx)
+        }
+    }
+
+    func execute(in ctx: WorkflowContext) async throws -> OperationStep<OperationRecord> {
+        try await answer.execute(in: ctx)
+    }
+}
+
 extension WorkflowContext {
     /// A recorded LLM call (SPEC §4): on first execution it sends the request along the
     /// model chain (`provider:model` names), retrying 429/5xx/timeouts/incomplete answers
@@ -100,18 +149,9 @@ extension WorkflowContext {
     /// used, tokens, latency and every attempt. On replay nothing is sent.
     public func llm(_ name: String, models: [String], messages: [ChatMessage], tools: [ToolSpec] = [], options: LLMOptions = LLMOptions(), client: LLMClient? = nil) async throws -> LLMResponse {
         precondition(!models.isEmpty, "llm needs at least one model")
-        // Records this call wrote before its answer: durable waits between attempts (carry
-        // on from where the last one stood) and budget decisions (replayed for position; the
-        // budget check reads them from the journal).
-        var resume: LLMCallState? = nil
-        while let next = nextRecord, next.name == name, next.kind == "llm-retry" || next.kind == "llm-budget" {
-            let saved = try recorded(next.kind, name) { .null }
-            if next.kind == "llm-retry" { resume = LLMCallState(saved["state"] ?? .null) }
-        }
-        let from = resume
-        let record = try await operation("llm", name) {
-            try await self.sendLLM(name, models: models, messages: messages, tools: tools, options: options, client: client, resume: from)
-        }
+        let record = try await perform(LLMCall(callName: name) { [self] resume in
+            try await self.sendLLM(name, models: models, messages: messages, tools: tools, options: options, client: client, resume: resume)
+        })
         return try record.value.decode(as: LLMResponse.self)
     }
 
@@ -127,7 +167,7 @@ extension WorkflowContext {
             return refused
         }
         if let until = s.until {
-            if self.clock.now() < until { throw self.waiting(redact.apply(Self.retryWait(name, s, models))) }
+            if self.clock.now() < until { throw self.waiting(WaitingFor(json: redact.apply(Self.retryWait(name, s, models)))) }
             s.until = nil
             stream.write(["resumed": true, "after": .string(Timestamp.format(until))])
         }
@@ -208,8 +248,8 @@ extension WorkflowContext {
                         line["retry_at"] = .string(Timestamp.format(s.until!))
                         stream.write(line)
                         let saved = s
-                        _ = try self.recorded("llm-retry", name) { ["state": redact.apply(saved.json)] }
-                        throw self.waiting(redact.apply(Self.retryWait(name, s, models)))
+                        _ = try self.recorded(.llmRetry, name) { ["state": redact.apply(saved.json)] }
+                        throw self.waiting(WaitingFor(json: redact.apply(Self.retryWait(name, s, models))))
                     }
                     stream.write(line)
                     try await self.clock.sleep(for: .milliseconds(Int64(delay * 1000)))
@@ -268,13 +308,13 @@ extension WorkflowContext {
                 }
                 if !approved {
                     let reason = f.json?["reason"]?.stringValue ?? f.json?["comment"]?.stringValue ?? "rejected"
-                    _ = try self.recorded("llm-budget", name) { ["decision": "rejected", "gate": .string(gate), "by": .string(by), "reason": .string(reason), "figures": figures] }
+                    _ = try self.recorded(.llmBudget, name) { ["decision": "rejected", "gate": .string(gate), "by": .string(by), "reason": .string(reason), "figures": figures] }
                     try consume()
                     let info = ErrorInfo(type: "llm_budget_exceeded", message: "the run's token budget: \(by) rejected raising it (\(reason)); spent \(spent) of \(budget), this call needs about \(estimate)", retryable: false)
                     return OperationRecord(value: .null, data: ["request": requestData, "budget": figures], error: info, attempts: 0)
                 }
                 let raised = (value?["tokens"]?.intValue ?? value?.intValue).map { Int($0) } ?? budget + configured
-                _ = try self.recorded("llm-budget", name) { ["decision": "approved", "gate": .string(gate), "by": .string(by), "budget": .int(Int64(raised)), "figures": figures] }
+                _ = try self.recorded(.llmBudget, name) { ["decision": "approved", "gate": .string(gate), "by": .string(by), "budget": .int(Int64(raised)), "figures": figures] }
                 try consume()
                 // Raised too little? The next gate asks again.
                 return try checkBudget(name, messages: messages, options: options, requestData: requestData)
@@ -287,8 +327,8 @@ extension WorkflowContext {
                 "details": ["kind": "budget", "call": .string(name), "spent": .int(Int64(spent)), "budget": .int(Int64(budget)), "estimate": .int(Int64(estimate))],
             ], to: request)
         }
-        throw self.waiting(["kind": "budget", "gate": .string(gate), "step": .string(name), "spent": .int(Int64(spent)), "budget": .int(Int64(budget)),
-                            "estimate": .int(Int64(estimate)), "drop": .string("approvals/\(gate).approved")])
+        throw self.waiting(WaitingFor(json: ["kind": "budget", "gate": .string(gate), "step": .string(name), "spent": .int(Int64(spent)), "budget": .int(Int64(budget)),
+                            "estimate": .int(Int64(estimate)), "drop": .string("approvals/\(gate).approved")]))
     }
 
     /// The `waiting_for` of a durable wait between attempts.

@@ -13,7 +13,7 @@ import CairnDaemon
 /// @main struct MyCairn {
 ///     static func main() async {
 ///         var workflows = WorkflowRegistry()
-///         workflows.register(TriageTicket())
+///         try workflows.register(TriageTicket())
 ///         await CairnCLI.main(workflows: workflows)
 ///     }
 /// }

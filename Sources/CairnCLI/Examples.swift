@@ -6,10 +6,7 @@ import CairnAgents
 extension CairnCLI {
     /// The workflows the stock `cairn` binary ships: the demo's Swift workflow.
     public static var exampleWorkflows: WorkflowRegistry {
-        var r = WorkflowRegistry()
-        r.register(DemoRefund())
-        r.register(TriageTicket())
-        return r
+        WorkflowRegistry([AnyWorkflow(DemoRefund()), AnyWorkflow(TriageTicket())])
     }
 }
 

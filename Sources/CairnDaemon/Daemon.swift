@@ -276,8 +276,8 @@ public actor Daemon: Service {
             // Only what the run waits on wakes it (a decision dropped early for another gate
             // counts when the run gets there): a flood of other files costs a name check each,
             // not a replay each.
-            case "approvals": relevant = arrived && wakes(id, kind: ["approval", "uncertain", "budget"], key: "gate", file: e.name, suffixes: [".approved", ".rejected"])
-            case "events": relevant = arrived && !e.name.hasSuffix(".error.json") && (e.name.hasPrefix("_child.") ? waitsOn(id, kind: "child") : wakes(id, kind: ["event"], key: "name", file: e.name, suffixes: [".json"]))
+            case "approvals": relevant = arrived && wakes(id, approvalsFile: e.name)
+            case "events": relevant = arrived && wakes(id, eventsFile: e.name)
             default: relevant = false
             }
             if relevant {
@@ -402,8 +402,8 @@ public actor Daemon: Service {
                 logger.log(level: level, "run cancelled", metadata: ["run": "\(id)"])
                 forget(id)
             case .waiting(let w):
-                logger.log(level: level, "run waiting", metadata: ["run": "\(id)", "on": "\(w["kind"]?.stringValue ?? "?")"])
-                var due = w["until"]?.stringValue.flatMap(Timestamp.parse)
+                logger.log(level: level, "run waiting", metadata: ["run": "\(id)", "on": "\(w.kind)"])
+                var due = w.until
                 if unwatchable.contains(id) {
                     // No watch: look again in 30 s (and try to watch again then).
                     let soon = Date().addingTimeInterval(30)
@@ -438,20 +438,26 @@ public actor Daemon: Service {
     }
 
     /// What each watched run waits on, from its last advance (nil: not known, or running).
-    private var waitingOn: [String: JSONValue] = [:]
+    private var waitingOn: [String: WaitingFor] = [:]
 
-    private func waitsOn(_ id: String, kind: String) -> Bool {
+    /// Whether a file landing in run `id`'s `approvals/` wakes it: when it is not known to
+    /// wait (running, queued, failed…: wake, to be safe), or it waits for that gate's decision.
+    private func wakes(_ id: String, approvalsFile file: String) -> Bool {
+        guard file.hasSuffix(".approved") || file.hasSuffix(".rejected") else { return false }
         guard let w = waitingOn[id] else { return true }
-        return w["kind"]?.stringValue == kind
+        guard case .decision(let gate) = w.wake else { return false }
+        return file.hasPrefix(gate + ".")
     }
 
-    /// Whether a file `file` landing wakes run `id`: when it is not known to wait (running,
-    /// queued, failed…: wake, to be safe), or it waits on a `kind` whose `key` names the file.
-    private func wakes(_ id: String, kind: Set<String>, key: String, file: String, suffixes: [String]) -> Bool {
-        guard suffixes.contains(where: { file.hasSuffix($0) }) else { return false }
+    /// The same for `events/`: the event it waits for, or its child's wake-up file.
+    private func wakes(_ id: String, eventsFile file: String) -> Bool {
+        guard file.hasSuffix(".json"), !file.hasSuffix(".error.json") else { return false }
         guard let w = waitingOn[id] else { return true }
-        guard let k = w["kind"]?.stringValue, kind.contains(k), let name = w[key]?.stringValue else { return false }
-        return file.hasPrefix(name + ".")
+        switch w.wake {
+        case .child: return file.hasPrefix("_child.")
+        case .event(let name): return !file.hasPrefix("_child.") && Spool.isEventFile(file, for: name)
+        default: return false
+        }
     }
 
     private func isFinished(_ o: AdvanceOutcome) -> Bool {

@@ -42,7 +42,7 @@ public enum ScriptWorkflow {
         public var cursor: Int
         /// Set by a helper that ended the execution: `waiting`, `cancelled`, `nondeterminism`.
         public var outcome: String?
-        public var waitingFor: JSONValue?
+        public var waitingFor: WaitingFor?
         public var error: ErrorInfo?
 
         enum CodingKeys: String, CodingKey {
@@ -183,7 +183,7 @@ public enum ScriptWorkflow {
         _ = unlink(statePath.string + ".lock")
         if let state, state.exec == execID {
             switch state.outcome {
-            case "waiting": throw ctx.waiting(state.waitingFor ?? ["kind": "unknown"])
+            case "waiting": throw ctx.waiting(state.waitingFor ?? WaitingFor(json: ["kind": "unknown"]))
             case "cancelled": throw RunCancelledError()
             case "nondeterminism": throw NondeterminismError(info: state.error ?? ErrorInfo(type: "nondeterminism", message: "nondeterminism in a script helper"))
             case "spool_error":
@@ -217,7 +217,7 @@ public enum ScriptWorkflow {
         let consumed = (state?.exec == execID ? state?.cursor : nil) ?? 0
         if consumed + 1 < effective.count {
             let extra = effective[consumed + 1]
-            throw NondeterminismError(info: ErrorInfo(type: "nondeterminism", message: "nondeterminism: the script exited 0, but journal/\(extra.fileName) records \(extra.kind) '\(extra.name ?? "")' that no helper asked for this time (helper calls removed or skipped?); fix the script and `cairn retry`", file: "journal/" + extra.fileName, expected: ["kind": .string(extra.kind), "name": extra.name.map { .string($0) } ?? .null], actual: ["kind": "return"], retryable: false))
+            throw NondeterminismError(info: ErrorInfo(type: "nondeterminism", message: "nondeterminism: the script exited 0, but journal/\(extra.fileName) records \(extra.kind) '\(extra.name ?? "")' that no helper asked for this time (helper calls removed or skipped?); fix the script and `cairn retry`", file: "journal/" + extra.fileName, expected: ["kind": .string(extra.kind.rawValue), "name": extra.name.map { .string($0) } ?? .null], actual: ["kind": "return"], retryable: false))
         }
         // The result is the last `cairn result` record, if any.
         if let last = Journal.effective(journal).last(where: { $0.kind == "result" }) { return try ctx.resolveValue(last.value ?? .null) }

@@ -116,7 +116,7 @@ public struct RunState: Codable, Sendable, Hashable {
     public var workflow: String
     public var status: RunStatus
     /// While waiting: `{"kind": "approval"|"timer"|"event"|"retry"|"uncertain"|"child"|"pause", ...}`.
-    public var waitingFor: JSONValue?
+    public var waitingFor: WaitingFor?
     public var counters: Counters
     public var updatedAt: Date
     public var error: ErrorInfo?
@@ -152,7 +152,7 @@ public struct RunState: Codable, Sendable, Hashable {
         case updatedAt = "updated_at"
     }
 
-    public init(run: String, workflow: String, status: RunStatus, waitingFor: JSONValue? = nil, counters: Counters = .init(), updatedAt: Date, error: ErrorInfo? = nil, tokens: JSONValue? = nil) {
+    public init(run: String, workflow: String, status: RunStatus, waitingFor: WaitingFor? = nil, counters: Counters = .init(), updatedAt: Date, error: ErrorInfo? = nil, tokens: JSONValue? = nil) {
         self.run = run
         self.workflow = workflow
         self.status = status
@@ -168,7 +168,7 @@ public struct RunState: Codable, Sendable, Hashable {
 /// on the kind; docs/spool-format.md lists them kind by kind.
 public struct JournalEntry: Codable, Sendable, Hashable {
     public var seq: Int
-    public var kind: String
+    public var kind: RecordKind
     public var name: String?
     /// When the record was written.
     public var at: Date
@@ -185,18 +185,18 @@ public struct JournalEntry: Codable, Sendable, Hashable {
     /// sleep/retry: when the wait ends; approval/event: the deadline.
     public var until: Date?
     /// approval/event: `requested` or `decided`/`received`.
-    public var phase: String?
+    public var phase: RecordPhase?
     /// parallel steps: the group name and the branch's index in it.
     public var group: String?
     public var index: Int?
     /// approval: `approved`, `rejected`, `escalated`, `rerun`, `done`; event: `received`, `timed_out`.
-    public var decision: String?
+    public var decision: Decision?
     public var decidedBy: Principal?
     /// The spool file the record consumed (approval drop, event file), relative to the run.
     public var file: String?
     public var comment: String?
     /// complete/fail/cancel: the final status.
-    public var status: String?
+    public var status: RunStatus?
     /// Run-level retry (`retry` with name `run`): records from this position on are superseded.
     public var resumeFrom: Int?
     /// Kind-specific extras (child run id, send target, LLM usage…).
@@ -211,7 +211,7 @@ public struct JournalEntry: Codable, Sendable, Hashable {
         case resumeFrom = "resume_from"
     }
 
-    public init(seq: Int, kind: String, name: String? = nil, at: Date) {
+    public init(seq: Int, kind: RecordKind, name: String? = nil, at: Date) {
         self.seq = seq
         self.kind = kind
         self.name = name
@@ -221,9 +221,9 @@ public struct JournalEntry: Codable, Sendable, Hashable {
     /// The file name this record lives under.
     public var fileName: String { JournalEntry.fileName(seq: seq, kind: kind, name: name) }
 
-    public static func fileName(seq: Int, kind: String, name: String?) -> String {
+    public static func fileName(seq: Int, kind: RecordKind, name: String?) -> String {
         let pos = String(seq)
-        var s = String(repeating: "0", count: max(0, 6 - pos.count)) + pos + "-" + kind
+        var s = String(repeating: "0", count: max(0, 6 - pos.count)) + pos + "-" + kind.rawValue
         if let name, !name.isEmpty { s += "-" + Names.fileSafe(name) }
         return s + ".json"
     }

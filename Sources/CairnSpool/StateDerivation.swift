@@ -27,19 +27,17 @@ public enum StateDerivation {
         // Waits that the records alone tell.
         switch (last.kind, last.phase) {
         case ("approval", "requested"):
-            var w: [String: JSONValue] = ["kind": "approval", "gate": .string(last.name ?? ""), "drop": .string("approvals/\(last.name ?? "").approved")]
-            if let u = last.until { w["until"] = .string(Timestamp.format(u)) }
             state.status = .waiting
-            state.waitingFor = .object(w)
+            state.waitingFor = .approval(gate: last.name ?? "", until: last.until)
         case ("event", "requested"):
             state.status = .waiting
-            state.waitingFor = ["kind": "event", "name": .string(last.name ?? "")]
+            state.waitingFor = .event(name: last.name ?? "", until: last.until)
         case ("sleep", _) where (last.until ?? now) > now:
             state.status = .waiting
-            state.waitingFor = ["kind": "timer", "until": .string(Timestamp.format(last.until!))]
+            state.waitingFor = .timer(name: last.name, until: last.until!)
         case ("retry", _) where last.name != "run" && (last.until ?? now) > now:
             state.status = .waiting
-            state.waitingFor = ["kind": "retry", "step": .string(last.name ?? ""), "until": .string(Timestamp.format(last.until!))]
+            state.waitingFor = .retry(step: last.name ?? "", attempt: nil, until: last.until!)
         default:
             state.status = .queued
         }

@@ -38,7 +38,7 @@ public final class TempSpool: Sendable {
 
     /// The run's journal as `KIND` or `KIND:NAME` strings, in position order.
     public func journalSummary(_ run: String) throws -> [String] {
-        try spool.journal(run).load().map { e in e.name.map { "\(e.kind):\($0)" } ?? e.kind }
+        try spool.journal(run).load().map { e in e.name.map { "\(e.kind):\($0)" } ?? e.kind.rawValue }
     }
 
     public func state(_ run: String) throws -> RunState {

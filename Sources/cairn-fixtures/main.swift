@@ -40,7 +40,7 @@ struct Crashy: Workflow {
                     return String(repeating: "b", count: 70_000)
                 }
                 total += big.count
-                _ = try ctx.now("midpoint")
+                _ = ctx.now("midpoint")
                 try await ctx.sleep("nap", for: .milliseconds(5))
                 let _: Bool = try await ctx.step("pay", semantics: .atMostOnce) { key in
                     try effect(input.effects, "pay", key)
@@ -117,10 +117,10 @@ struct Hold: Workflow {
 }
 
 var workflows = CairnCLI.exampleWorkflows
-workflows.register(Crashy())
-workflows.register(Gate())
-workflows.register(Nap())
-workflows.register(Listen())
-workflows.register(Hold())
-workflows.register(Saga())
+try workflows.register(Crashy())
+try workflows.register(Gate())
+try workflows.register(Nap())
+try workflows.register(Listen())
+try workflows.register(Hold())
+try workflows.register(Saga())
 await CairnCLI.main(workflows: workflows)

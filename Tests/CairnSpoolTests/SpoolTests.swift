@@ -163,7 +163,7 @@ import Testing
 }
 
 @Suite struct JournalTests {
-    func entry(_ seq: Int, _ kind: String, _ name: String? = nil) -> JournalEntry {
+    func entry(_ seq: Int, _ kind: RecordKind, _ name: String? = nil) -> JournalEntry {
         JournalEntry(seq: seq, kind: kind, name: name, at: Date(timeIntervalSince1970: 1_800_000_000))
     }
 

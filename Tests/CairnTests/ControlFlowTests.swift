@@ -47,7 +47,7 @@ import Testing
         let t = try TempSpool()
         let fx = Effects()
         var reg = WorkflowRegistry([Self.waiter(kind, shape, fx)])
-        reg.register(CompositionTests.Forever())
+        try reg.register(CompositionTests.Forever())
         let engine = Engine(spool: t.spool, registry: reg, clock: ManualClock())
         let id = try t.submit("w", input: 0)
         let outcome = try await engine.advance(id)

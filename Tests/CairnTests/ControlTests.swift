@@ -85,7 +85,7 @@ import Testing
         #expect(try await engine.drive(id) == .completed(3))
         #expect(fx.count("a") == 1 && fx.count("b") == 3)
         #expect(!DurableFile.exists(t.spool.run(id).retryFile))
-        let effective = Journal.effective(try t.spool.journal(id).load()).map { $0.name.map { "\($0)" } ?? $0.kind }
+        let effective = Journal.effective(try t.spool.journal(id).load()).map { $0.name.map { "\($0)" } ?? $0.kind.rawValue }
         #expect(effective == ["start", "a", "b", "complete"])
     }
 }

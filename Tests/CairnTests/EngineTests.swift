@@ -135,9 +135,9 @@ import Testing
     @Test func recordedValuesReplayIdentically() async throws {
         let t = try TempSpool()
         let wf = workflow("values") { ctx, _ in
-            let n = try ctx.now()
-            let u = try ctx.uuid()
-            let r = try ctx.random()
+            let n = ctx.now()
+            let u = ctx.uuid()
+            let r = ctx.random()
             try await ctx.sleep(for: .seconds(1))
             return ["now": .string(Timestamp.format(n)), "uuid": .string(u.uuidString), "r": .double(r)]
         }

@@ -29,17 +29,17 @@ import Testing
         }
     }
 
-    func childEngine(_ t: TempSpool) -> Engine {
+    func childEngine(_ t: TempSpool) throws -> Engine {
         var reg = WorkflowRegistry()
-        reg.register(Breaker())
-        reg.register(CompositionTests.Forever())
-        reg.register(ChildWatcher())
+        try reg.register(Breaker())
+        try reg.register(CompositionTests.Forever())
+        try reg.register(ChildWatcher())
         return Engine(spool: t.spool, registry: reg, clock: ManualClock(autoAdvance: true))
     }
 
     @Test func aFailedChildThrowsChildFailedInTheParent() async throws {
         let t = try TempSpool()
-        let engine = childEngine(t)
+        let engine = try childEngine(t)
         let id = try t.submit("watcher", input: "breaker")
         guard case .completed(let seen) = try await engine.drive(id) else { Issue.record("parent did not complete"); return }
         #expect(try t.state("\(id).kid").status == .failed)
@@ -55,7 +55,7 @@ import Testing
 
     @Test func aCancelledChildThrowsChildCancelledInTheParent() async throws {
         let t = try TempSpool()
-        let engine = childEngine(t)
+        let engine = try childEngine(t)
         let id = try t.submit("watcher", input: "forever")
         guard case .waiting(let w) = try await engine.drive(id) else { Issue.record("parent not waiting"); return }
         #expect(w["kind"] == "child")

@@ -28,7 +28,7 @@ import Testing
                 fx.hit("charge")
                 return "ch_\(key.hashValue & 0xffff)"
             }
-            let placedAt = try ctx.now("placed-at")
+            let placedAt = ctx.now("placed-at")
             let d = try await ctx.approval("ship", request: .init(summary: "Ship \(order.quantity) × \(order.item)?"))
             if patch, try ctx.patched("notify-warehouse") {
                 let _: Bool = try await ctx.step("notify-warehouse") { _ in fx.hit("notify"); return true }

@@ -166,7 +166,7 @@ import Testing
             }
             return "not cancelled"
         }])
-        reg.register(CompositionTests.Forever())
+        try reg.register(CompositionTests.Forever())
         let engine = Engine(spool: t.spool, registry: reg, clock: ManualClock())
         let id = try t.submit("w", input: 0)
         guard case .waiting = try await engine.advance(id) else { Issue.record("\(kind): not waiting"); return }

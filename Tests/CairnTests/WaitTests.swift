@@ -210,8 +210,8 @@ import Testing
     @Test func childWorkflowsRunAsTheirOwnRuns() async throws {
         let t = try TempSpool()
         var reg = WorkflowRegistry()
-        reg.register(Square())
-        reg.register(SumOfSquares())
+        try reg.register(Square())
+        try reg.register(SumOfSquares())
         let engine = Engine(spool: t.spool, registry: reg, clock: ManualClock(autoAdvance: true))
         let id = try t.submit("sum-of-squares", input: [1, 2, 3])
         guard case .waiting(let w) = try await engine.advance(id) else { Issue.record("not waiting"); return }
@@ -239,8 +239,8 @@ import Testing
     @Test func cancellingAParentCancelsItsChild() async throws {
         let t = try TempSpool()
         var reg = WorkflowRegistry()
-        reg.register(Forever())
-        reg.register(Parent())
+        try reg.register(Forever())
+        try reg.register(Parent())
         let engine = Engine(spool: t.spool, registry: reg, clock: ManualClock(autoAdvance: true))
         let id = try t.submit("parent", input: 1)
         guard case .waiting = try await engine.drive(id) else { Issue.record("not waiting"); return }

@@ -37,8 +37,8 @@ struct AdvanceCommand: AsyncParsableCommand {
         var outcome: AdvanceOutcome
         while true {
             outcome = try await engine.advance(runID)
-            if case .waiting(let w) = outcome, ["timer", "retry"].contains(w["kind"]?.stringValue),
-               let until = w["until"]?.stringValue.flatMap(Timestamp.parse), until.timeIntervalSinceNow <= limit {
+            if case .waiting(let w) = outcome, w.wake == .time,
+               let until = w.until, until.timeIntervalSinceNow <= limit {
                 try await SystemClock().sleep(until: until)
                 continue
             }

@@ -71,7 +71,7 @@ struct DemoCommand: AsyncParsableCommand {
         let exitWhenDone = self.exitWhenDone
         await daemon.observe { id, outcome in
             switch outcome {
-            case .waiting(let w) where id == refund && w["kind"] == "approval":
+            case .waiting(let w) where id == refund && w.kind == .approval:
                 guard told.withLock({ let t = $0; $0 = true; return !t }) else { return }
                 Output.line("""
 

@@ -3,8 +3,8 @@ import Foundation
 
 /// Human sentences about waits, records and errors, shared by show, why and ls.
 enum Describe {
-    static func waitingShort(_ w: JSONValue) -> String {
-        let kind = w["kind"]?.stringValue ?? "?"
+    static func waitingShort(_ w: WaitingFor) -> String {
+        let kind = w.kind.rawValue
         switch kind {
         case "approval": return "approval:\(w["gate"]?.stringValue ?? "?")"
         case "event": return "event:\(w["name"]?.stringValue ?? "?")"
@@ -39,9 +39,9 @@ enum Describe {
     }
 
     /// What the run waits on, and the exact command or file drop that unblocks it.
-    static func unblock(_ w: JSONValue, run: String, spool: Spool) -> [String] {
+    static func unblock(_ w: WaitingFor, run: String, spool: Spool) -> [String] {
         let dir = spool.run(run).directory.string
-        let kind = w["kind"]?.stringValue ?? "?"
+        let kind = w.kind.rawValue
         switch kind {
         case "approval":
             let gate = w["gate"]?.stringValue ?? "?"
@@ -99,7 +99,7 @@ enum Describe {
         case "pause":
             return ["paused", "  resume: rm \(dir)/pause   or: cairn resume \(run)"]
         default:
-            return ["waiting: \(w.compactText())"]
+            return ["waiting: \(w.json.compactText())"]
         }
     }
 
@@ -143,12 +143,12 @@ enum Describe {
             if e.phase == "requested" {
                 parts.append("requested" + (e.until.map { ", deadline \(Timestamp.format($0))" } ?? ""))
             } else {
-                parts.append((e.decision ?? "decided") + (e.decidedBy.map { " by \($0.user ?? String($0.uid))" } ?? ""))
+                parts.append((e.decision?.rawValue ?? "decided") + (e.decidedBy.map { " by \($0.user ?? String($0.uid))" } ?? ""))
                 if let c = e.comment { parts.append("“\(Output.printable(c))”") }
                 if let f = e.file { parts.append(Output.printable(f)) }
             }
         case "child":
-            parts.append("\(e.phase ?? "") \(e.data?["run"]?.stringValue ?? "")" + (e.status.map { " (\($0))" } ?? ""))
+            parts.append("\(e.phase?.rawValue ?? "") \(e.data?["run"]?.stringValue ?? "")" + (e.status.map { " (\($0))" } ?? ""))
         case "send":
             parts.append("to \(Output.printable(e.data?["to"]?.stringValue ?? "?"))")
         case "complete":

@@ -57,7 +57,7 @@ struct ListCommand: ParsableCommand {
             "run": .string(s.run), "status": .string(s.status.rawValue), "workflow": .string(s.workflow),
             "updated_at": .string(Timestamp.format(s.updatedAt)),
         ]
-        if let w = s.waitingFor { o["waiting_for"] = w }
+        if let w = s.waitingFor { o["waiting_for"] = w.json }
         if let e = s.error { o["error"] = (try? JSONValue(encoding: e)) ?? .null }
         return .object(o)
     }

@@ -69,6 +69,9 @@ struct HelperSession {
         let ctx = try WorkflowContext.attach(spool: spool, runID: run, cursor: state.cursor, logger: logger)
         do {
             let v = try await op(ctx)
+            // An operation that does not throw (`now`, `uuid`) may have met a wait, a cancel
+            // or a spool error: the helper reports it as if it had thrown.
+            try ctx.throwIfStopped()
             state.cursor = ctx.cursor
             try spool.durable.write(json: JSONValue(encoding: state), to: statePath)
             return v
@@ -285,7 +288,7 @@ struct NowHelper: AsyncParsableCommand {
 
     func run() async throws {
         var session = try HelperSession.open("now")
-        let t = try await session.perform { ctx in try ctx.now() }
+        let t = try await session.perform { ctx in ctx.now() }
         Output.line(Timestamp.format(t))
     }
 }
@@ -295,7 +298,7 @@ struct UUIDHelper: AsyncParsableCommand {
 
     func run() async throws {
         var session = try HelperSession.open("uuid")
-        let u = try await session.perform { ctx in try ctx.uuid() }
+        let u = try await session.perform { ctx in ctx.uuid() }
         Output.line(u.uuidString.lowercased())
     }
 }

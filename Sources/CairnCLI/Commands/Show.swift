@@ -44,7 +44,7 @@ struct ShowCommand: ParsableCommand {
         let effective = Set(Journal.effective(entries).map(\.seq))
         for e in entries {
             let pos = String(e.seq)
-            let label = Output.printable(e.name.map { "\(e.kind) \($0)" } ?? e.kind)
+            let label = Output.printable(e.name.map { "\(e.kind) \($0)" } ?? e.kind.rawValue)
             let control = e.kind == "retry" && e.name == "run"  // not an operation: never "superseded"
             let superseded = effective.contains(e.seq) || control ? "" : Output.dim(" (superseded by a run retry)")
             Output.line("  \(String(repeating: " ", count: max(0, 4 - pos.count)))\(pos)  \(Timestamp.format(e.at))  \(label.padding(toLength: max(label.count, 28), withPad: " ", startingAt: 0))  \(Describe.record(e))\(superseded)")

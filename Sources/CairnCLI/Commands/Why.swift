@@ -60,7 +60,7 @@ struct WhyCommand: ParsableCommand {
         }
         if output.json {
             var o: [String: JSONValue] = ["run": .string(runID), "status": .string(state.status.rawValue), "unblock": .array(lines.map { .string($0.trimmingCharacters(in: .whitespaces)) })]
-            if let w = state.waitingFor { o["waiting_for"] = w }
+            if let w = state.waitingFor { o["waiting_for"] = w.json }
             if let e = state.error { o["error"] = try JSONValue(encoding: e) }
             Output.json(.object(o))
         } else {

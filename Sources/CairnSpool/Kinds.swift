@@ -1,0 +1,212 @@
+import Foundation
+
+/// A string with a closed set of well-known values that other layers may extend (a record
+/// kind, a phase, a decision): typed in code, a plain JSON string on disk. A string literal
+/// is one (`e.kind == "step"`), and so is a value another version wrote that this one does
+/// not know (kept as it is).
+public protocol StringTag: RawRepresentable, ExpressibleByStringLiteral, Codable, Hashable, Sendable, CustomStringConvertible where RawValue == String {
+    init(rawValue: String)
+}
+
+extension StringTag {
+    public init(stringLiteral value: String) { self.init(rawValue: value) }
+    public init(from decoder: any Decoder) throws { self.init(rawValue: try decoder.singleValueContainer().decode(String.self)) }
+    public func encode(to encoder: any Encoder) throws {
+        var c = encoder.singleValueContainer()
+        try c.encode(rawValue)
+    }
+    public var description: String { rawValue }
+}
+
+/// A journal record's kind: `journal/NNNNNN-KIND[-NAME].json`. The engine's kinds are here;
+/// a layer above adds its own (the agent layer's `llm`, `llm-retry`, `llm-budget`).
+public struct RecordKind: StringTag {
+    public var rawValue: String
+    public init(rawValue: String) { self.rawValue = rawValue }
+
+    public static let start: Self = "start"
+    public static let step: Self = "step"
+    public static let retry: Self = "retry"
+    public static let intent: Self = "intent"
+    public static let uncertain: Self = "uncertain"
+    public static let now: Self = "now"
+    public static let uuid: Self = "uuid"
+    public static let random: Self = "random"
+    public static let sleep: Self = "sleep"
+    public static let approval: Self = "approval"
+    public static let event: Self = "event"
+    public static let send: Self = "send"
+    public static let child: Self = "child"
+    public static let compensate: Self = "compensate"
+    public static let patch: Self = "patch"
+    public static let cancel: Self = "cancel"
+    public static let fail: Self = "fail"
+    public static let complete: Self = "complete"
+}
+
+/// The phase of a two-record operation (approval, event, child).
+public struct RecordPhase: StringTag {
+    public var rawValue: String
+    public init(rawValue: String) { self.rawValue = rawValue }
+
+    public static let requested: Self = "requested"
+    public static let decided: Self = "decided"
+    public static let received: Self = "received"
+    public static let started: Self = "started"
+    public static let finished: Self = "finished"
+}
+
+/// What a decision or receipt record says happened.
+public struct Decision: StringTag {
+    public var rawValue: String
+    public init(rawValue: String) { self.rawValue = rawValue }
+
+    public static let approved: Self = "approved"
+    public static let rejected: Self = "rejected"
+    public static let escalated: Self = "escalated"
+    /// An uncertain at-most-once step: run it again.
+    public static let rerun: Self = "rerun"
+    /// An uncertain at-most-once step: recorded as done with a person's value.
+    public static let done: Self = "done"
+    public static let received: Self = "received"
+    public static let timedOut: Self = "timed_out"
+}
+
+/// What kind of thing a waiting run waits for (`waiting_for.kind`).
+public struct WaitKind: StringTag {
+    public var rawValue: String
+    public init(rawValue: String) { self.rawValue = rawValue }
+
+    public static let approval: Self = "approval"
+    public static let uncertain: Self = "uncertain"
+    public static let timer: Self = "timer"
+    public static let retry: Self = "retry"
+    public static let event: Self = "event"
+    public static let child: Self = "child"
+    public static let pause: Self = "pause"
+}
+
+/// What a waiting run waits for: `state.json`'s `waiting_for`, exactly the JSON object on
+/// disk (fields this version does not model are kept), read through typed accessors. What
+/// wakes the run is `wake`: the daemon, the engine and the CLI decide on that, never on
+/// the raw JSON.
+public struct WaitingFor: Codable, Sendable, Hashable, CustomStringConvertible {
+    /// The object as written.
+    public private(set) var json: JSONValue
+
+    /// What makes a waiting run worth advancing again (besides its `until` passing, and its
+    /// control files).
+    public enum Wake: Sendable, Hashable {
+        /// A decision file in `approvals/`: `GATE.approved` or `GATE.rejected`.
+        case decision(gate: String)
+        /// A file `events/NAME.json` or `events/NAME.*.json` that no record consumed.
+        case event(name: String)
+        /// The child run finishing.
+        case child(run: String)
+        /// Only time (`until`).
+        case time
+        /// The `pause` file going away.
+        case resume
+        /// Nothing this version knows of: look at the run on every change.
+        case unknown
+    }
+
+    public init(json: JSONValue) { self.json = json }
+
+    public init(from decoder: any Decoder) throws { json = try JSONValue(from: decoder) }
+    public func encode(to encoder: any Encoder) throws { try json.encode(to: encoder) }
+
+    public subscript(key: String) -> JSONValue? { json[key] }
+    public var kind: WaitKind { WaitKind(rawValue: json["kind"]?.stringValue ?? "unknown") }
+    /// When the wait ends by itself (a timer, a retry's backoff) or times out (a gate's, an event's deadline).
+    public var until: Date? { json["until"]?.stringValue.flatMap(Timestamp.parse) }
+    /// The gate a decision is dropped for.
+    public var gate: String? { json["gate"]?.stringValue }
+    /// The file to drop (as the run wrote it, relative to the run directory).
+    public var drop: String? { json["drop"]?.stringValue }
+    /// A drop that was refused (and why), when the run waits again because of it.
+    public var refused: String? { json["refused"]?.stringValue }
+
+    public var wake: Wake {
+        switch kind {
+        case .timer, .retry: return .time
+        case .pause: return .resume
+        case .event: return json["name"]?.stringValue.map { .event(name: $0) } ?? .unknown
+        case .child: return json["run"]?.stringValue.map { .child(run: $0) } ?? .unknown
+        default:
+            // approval, uncertain, and a layer's own gates (the agent layer's `budget`).
+            return gate.map { .decision(gate: $0) } ?? .unknown
+        }
+    }
+
+    public var description: String { json.compactText() }
+
+    // MARK: the engine's waits
+
+    /// A person's decision on `gate`.
+    public static func approval(gate: String, until: Date?) -> WaitingFor {
+        var o: [String: JSONValue] = [
+            "kind": "approval", "gate": .string(gate),
+            "drop": .string("approvals/\(gate).approved"),
+            "reject": .string("approvals/\(gate).rejected"),
+        ]
+        if let until { o["until"] = .string(Timestamp.format(until)) }
+        return WaitingFor(json: .object(o))
+    }
+
+    /// A durable sleep.
+    public static func timer(name: String?, until: Date) -> WaitingFor {
+        var o: [String: JSONValue] = ["kind": "timer", "until": .string(Timestamp.format(until))]
+        if let name { o["name"] = .string(name) }
+        return WaitingFor(json: .object(o))
+    }
+
+    /// A failed attempt's backoff; `extra` adds fields of the layer that retries.
+    public static func retry(step: String, attempt: Int?, until: Date, extra: [String: JSONValue] = [:]) -> WaitingFor {
+        var o: [String: JSONValue] = ["kind": "retry", "step": .string(step), "until": .string(Timestamp.format(until))]
+        if let attempt { o["attempt"] = .int(Int64(attempt)) }
+        o.merge(extra) { a, _ in a }
+        return WaitingFor(json: .object(o))
+    }
+
+    /// An event file.
+    public static func event(name: String, until: Date?, drop: Bool = true) -> WaitingFor {
+        var o: [String: JSONValue] = ["kind": "event", "name": .string(name)]
+        if drop { o["drop"] = .string("events/\(name).json") }
+        if let until { o["until"] = .string(Timestamp.format(until)) }
+        return WaitingFor(json: .object(o))
+    }
+
+    /// A child run.
+    public static func child(name: String, run: String) -> WaitingFor {
+        WaitingFor(json: ["kind": "child", "name": .string(name), "run": .string(run)])
+    }
+
+    /// The `pause` file.
+    public static let pause = WaitingFor(json: ["kind": "pause", "drop": "remove pause to resume"])
+
+    /// An at-most-once step that may have run: a person says what happened.
+    public static func uncertain(step: String, gate: String, idempotencyKey: String, refused: String? = nil) -> WaitingFor {
+        var o: [String: JSONValue] = [
+            "kind": "uncertain", "step": .string(step), "gate": .string(gate),
+            "drop": .string("approvals/\(gate).approved"), "idempotency_key": .string(idempotencyKey),
+        ]
+        if let refused { o["refused"] = .string(refused) }
+        return WaitingFor(json: .object(o))
+    }
+}
+
+extension Spool {
+    /// Whether `file` in a run's `events/` is an event named `name`: `NAME.json` or
+    /// `NAME.SUFFIX.json` (not an error file the runtime wrote beside a refused one).
+    public static func isEventFile(_ file: String, for name: String) -> Bool {
+        file == "\(name).json" || (file.hasPrefix("\(name).") && file.hasSuffix(".json") && !file.hasSuffix(".error.json"))
+    }
+}
+
+extension WaitingFor: ExpressibleByDictionaryLiteral {
+    /// A `waiting_for` object written out (`["kind": "event", "name": "paid"]`).
+    public init(dictionaryLiteral elements: (String, JSONValue)...) {
+        self.init(json: .object(Dictionary(elements, uniquingKeysWith: { _, last in last })))
+    }
+}
