@@ -10,6 +10,8 @@
 //   CAIRN_FAULT_NTH    N: calls N, N+1, … of that type fail (1-based)
 //   CAIRN_FAULT_ERRNO  EIO | ENOSPC
 //   CAIRN_FAULT_FLAG   the failures last while this file exists; once it is gone, never again
+//   CAIRN_FAULT_NO_RENAMEAT2=1  renameat2 answers EINVAL (not a fault: a filesystem without it,
+//                      like GlusterFS's FUSE mount), so first-writer-wins takes link + unlink
 //
 // Call types and the libc entry points behind them (what Swift, swift-system and Foundation
 // call; `syscall(SYS_renameat2)` is how CSystemShims makes first-writer-wins renames):
@@ -49,7 +51,7 @@ enum { MAX_PATHS = 16 };
 static char injected_paths[MAX_PATHS][512];  // the distinct files of injected failures
 static int path_count;
 static pthread_mutex_t path_lock = PTHREAD_MUTEX_INITIALIZER;
-static int ready;
+static int ready, no_renameat2;
 
 static ssize_t (*real_write)(int, const void *, size_t);
 static ssize_t (*real_pwrite)(int, const void *, size_t, off_t);
@@ -110,6 +112,8 @@ __attribute__((constructor)) static void faultshim_init(void) {
     fault_nth = n ? atol(n) : 0;
     const char *e = getenv("CAIRN_FAULT_ERRNO");
     if (e && strcmp(e, "ENOSPC") == 0) fault_errno = ENOSPC;
+    const char *nr = getenv("CAIRN_FAULT_NO_RENAMEAT2");
+    no_renameat2 = nr && strcmp(nr, "1") == 0;
     ready = 1;
 }
 
@@ -220,7 +224,9 @@ int fdatasync(int fd) { FAIL_IF(check_fd(T_FSYNC, fd)); return REAL(fdatasync)(f
 
 int rename(const char *a, const char *b) { FAIL_IF(check_at(T_RENAME, AT_FDCWD, b)); return REAL(rename)(a, b); }
 int renameat(int fa, const char *a, int fb, const char *b) { FAIL_IF(check_at(T_RENAME, fb, b)); return REAL(renameat)(fa, a, fb, b); }
-int renameat2(int fa, const char *a, int fb, const char *b, unsigned f) { FAIL_IF(check_at(T_RENAME, fb, b)); return REAL(renameat2)(fa, a, fb, b, f); }
+int renameat2(int fa, const char *a, int fb, const char *b, unsigned f) {
+    if (no_renameat2) { errno = EINVAL; return -1; }
+    FAIL_IF(check_at(T_RENAME, fb, b)); return REAL(renameat2)(fa, a, fb, b, f); }
 
 long syscall(long number, ...) {
     va_list ap;
@@ -228,7 +234,10 @@ long syscall(long number, ...) {
     long a1 = va_arg(ap, long), a2 = va_arg(ap, long), a3 = va_arg(ap, long);
     long a4 = va_arg(ap, long), a5 = va_arg(ap, long), a6 = va_arg(ap, long);
     va_end(ap);
-    if (number == SYS_renameat2) FAIL_IF(check_at(T_RENAME, (int)a3, (const char *)a4));
+    if (number == SYS_renameat2) {
+        if (no_renameat2) { errno = EINVAL; return -1; }
+        FAIL_IF(check_at(T_RENAME, (int)a3, (const char *)a4));
+    }
     return REAL(syscall)(number, a1, a2, a3, a4, a5, a6);
 }
 
