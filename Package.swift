@@ -117,6 +117,7 @@ let package = Package(
         .testTarget(
             name: "CairnEndToEndTests",
             dependencies: ["CairnSpool", "CairnTesting", "CairnWatch", "CSystemShims"],
+            exclude: ["Fixtures"],
             swiftSettings: strict
         ),
     ],

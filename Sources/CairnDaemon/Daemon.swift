@@ -306,25 +306,34 @@ public actor Daemon: Service {
             case .ignored: break
             }
         } catch {
-            // A spool error (a full disk): the file stays in inbox/; look at the inbox again.
-            logger.error("cannot accept or reject an inbox file now; trying again in 60s", metadata: ["file": "inbox/\(Names.printable(name))", "error": "\(Names.printable(String(describing: error)))"])
-            scheduleInboxRetry()
+            // A spool error (a full disk, EIO): the file stays in inbox/; look at the inbox
+            // again soon, then less often (1 s, 2 s, 4 s … 60 s), like a run's advance.
+            let delay = scheduleInboxRetry()
+            logger.error("cannot accept or reject an inbox file now; trying again in \(delay)s", metadata: ["file": "inbox/\(Names.printable(name))", "error": "\(Names.printable(String(describing: error)))"])
         }
     }
 
     private var inboxRetry: Task<Void, Never>?
+    private var inboxFailures = 0
+    private var inboxRetryDelay = 1
 
-    private func scheduleInboxRetry() {
-        guard inboxRetry == nil, !stopping else { return }
+    /// Arms the inbox's next look (unless one is armed); returns its delay in seconds.
+    private func scheduleInboxRetry() -> Int {
+        guard inboxRetry == nil, !stopping else { return inboxRetryDelay }
+        inboxFailures += 1
+        inboxRetryDelay = Int(min(60, pow(2, Double(min(inboxFailures - 1, 6)))))
+        let delay = inboxRetryDelay
         inboxRetry = Task {
-            try? await Task.sleep(for: .seconds(60))
+            try? await Task.sleep(for: .seconds(delay))
             self.retryInbox()
         }
+        return delay
     }
 
     private func retryInbox() {
         inboxRetry = nil
         for name in ((try? Spool.list(spool.inboxDirectory)) ?? []).sorted() { acceptInbox(name) }
+        if inboxRetry == nil { inboxFailures = 0 }  // every file went through: back to 1 s
         pump()
     }
 

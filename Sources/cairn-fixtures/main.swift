@@ -116,6 +116,30 @@ struct Hold: Workflow {
     }
 }
 
+/// The I/O fault tests' workflow (FaultTests): a small step, a step whose value is a blob, a
+/// durable sleep, an approval at gate "go", a step after it. Each step appends to `effects`.
+struct Errand: Workflow {
+    static let name = "errand"
+    struct Input: Codable, Sendable { var effects: String }
+    func run(_ ctx: WorkflowContext, input: Input) async throws -> JSONValue {
+        let a: Int = try await ctx.step("a") { key in
+            try effect(input.effects, "a", key)
+            return 1
+        }
+        let big: String = try await ctx.step("big") { key in
+            try effect(input.effects, "big", key)
+            return String(repeating: "b", count: 70_000)
+        }
+        try await ctx.sleep("nap", for: .milliseconds(5))
+        let d = try await ctx.approval("go", request: .init(summary: "Go?", details: ["a": .int(Int64(a))]))
+        let c: Int = try await ctx.step("c") { key in
+            try effect(input.effects, "c", key)
+            return a + 1
+        }
+        return ["a": .int(Int64(a)), "big": .int(Int64(big.count)), "approved": .bool(d.approved), "c": .int(Int64(c))]
+    }
+}
+
 var workflows = CairnCLI.exampleWorkflows
 try workflows.register(Crashy())
 try workflows.register(Gate())
@@ -123,4 +147,5 @@ try workflows.register(Nap())
 try workflows.register(Listen())
 try workflows.register(Hold())
 try workflows.register(Saga())
+try workflows.register(Errand())
 await CairnCLI.main(workflows: workflows)
