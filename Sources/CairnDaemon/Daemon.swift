@@ -242,22 +242,24 @@ public actor Daemon: Service {
         for name in ((try? Spool.list(spool.inboxDirectory)) ?? []).sorted() { acceptInbox(name) }
         // state.json and run.json of every listed run are read off the actor.
         let found = await Self.scanSpool(spool)
-        var n = 0
+        var wake: [String] = []
         for (id, info) in found.active where !scheduler.isRunning(id) {
             learn(id, info)
             await watchRun(id)
-            send(.wake(id))
-            n += 1
+            wake.append(id)
         }
+        let n = wake.count
         // Failed runs wait for a person: watch them for a `retry` file (and honour one that
         // was dropped while no daemon was watching).
         for (id, info) in found.failed where !scheduler.isRunning(id) {
             learn(id, info)
             await watchRun(id)
-            if DurableFile.exists(spool.run(id).retryFile) { send(.wake(id)) }
+            if DurableFile.exists(spool.run(id).retryFile) { wake.append(id) }
         }
         let ms = (ContinuousClock.now - started).seconds * 1000
         logger.log(level: reason == "overflow" ? .debug : .info, "scanned spool", metadata: ["reason": "\(reason)", "active_runs": "\(n)", "ms": "\(Int(ms))"])
+        // All queued first, then started in order (not each as soon as it is watched).
+        send(.wakeAll(wake))
         // The index is derived: a process killed between writing state.json and moving the
         // index entry leaves it behind. Reconcile it (after the active runs are on their way)
         // so that no run is ever lost to it. Interval rescans do it at most once a minute.

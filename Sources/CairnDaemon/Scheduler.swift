@@ -83,8 +83,10 @@ public struct Scheduler: Sendable {
         case watch(String)
         /// Adding the run's watches failed (inotify watch limit): look at it every 30 s instead.
         case watchFailed(String)
-        /// Something relevant happened to the run (a drop, a new run, a rescan): advance it.
+        /// Something relevant happened to the run (a drop, a new run): advance it.
         case wake(String)
+        /// A rescan found these runs: all are queued, in this order, before any starts.
+        case wakeAll([String])
         /// A file landed in workflows/: runs parked on an unknown workflow try again.
         case workflowsChanged
         /// An advance ended: with the engine's outcome, or with an error (a spool error).
@@ -206,6 +208,8 @@ public struct Scheduler: Sendable {
             setDue(id, now.addingTimeInterval(Self.unwatchableRecheck), earliest: true)
         case .wake(let id):
             markReady(id)
+        case .wakeAll(let ids):
+            for id in ids { markReady(id) }
         case .workflowsChanged:
             for id in parked.sorted() { markReady(id) }
             parked.removeAll()

@@ -102,6 +102,15 @@ func waiting(until: Date? = nil, kind: String = "timer", gate: String? = nil) ->
         #expect(h.started.last == "k2")
     }
 
+    @Test func aRescanQueuesEverythingBeforeStartingSoKeylessRunsPassHeldOnes() {
+        var h = Harness()
+        for (id, key) in [("k0", "c"), ("k1", "c"), ("k2", "c"), ("f3", nil), ("f4", nil)] {
+            h.send(.learned(id, RunInfo(workflow: "w", concurrencyKey: key)))
+        }
+        h.send(.wakeAll(["k0", "k1", "k2", "f3", "f4"]))
+        #expect(h.started == ["k0", "f3", "f4"] && h.s.readyRuns == ["k1", "k2"])
+    }
+
     @Test func limitsFromCairnJSONAndOptions() throws {
         var options = DaemonOptions()
         options.concurrency = 3

@@ -21,7 +21,7 @@ final class Firings: Sendable {
     var all: [Date] { seen.dates.withLock { $0 } }
 
     /// Waits (real time, bounded) until `n` firings were seen.
-    func wait(for n: Int, timeout: Duration = .seconds(10)) async throws {
+    func wait(for n: Int, timeout: Duration = .seconds(30)) async throws {
         let start = ContinuousClock.now
         while all.count < n {
             if ContinuousClock.now - start > timeout { throw Timeout(expected: n, seen: all.count) }
@@ -114,7 +114,7 @@ final class Firings: Sendable {
 }
 
 /// Waits (real time, bounded) until `condition` holds.
-func waitFor(timeout: Duration = .seconds(10), _ condition: () -> Bool) async throws {
+func waitFor(timeout: Duration = .seconds(30), _ condition: () -> Bool) async throws {
     let start = ContinuousClock.now
     while !condition() {
         if ContinuousClock.now - start > timeout { throw Firings.Timeout(expected: 1, seen: 0) }
