@@ -113,6 +113,8 @@ let package = Package(
             exclude: ["Fixtures"],
             swiftSettings: strict
         ),
+        // The daemon's scheduler and timer queue, driven by the manual clock (no spool, no binary).
+        .testTarget(name: "CairnDaemonTests", dependencies: ["CairnDaemon", "Cairn", "CairnTesting"], swiftSettings: strict),
         // End-to-end: the built binaries against temp spools (golden output, SIGKILL, rsync).
         .testTarget(
             name: "CairnEndToEndTests",

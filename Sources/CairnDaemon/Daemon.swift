@@ -25,37 +25,27 @@ public struct DaemonOptions: Sendable {
 
 /// `cairn daemon`: advances runs the instant a file lands, sleeps otherwise.
 ///
-/// One watcher (inotify) reports drops in `inbox/`, new runs in `runs/`, and, for every
-/// active run, its control files, `approvals/` and `events/`. One timer sleeps until the
-/// earliest due time (durable sleeps, retry backoffs, gate timeouts). Ready runs are
-/// advanced by the engine, at most `concurrency` at a time, each under its flock; a run
-/// another daemon holds is looked at again after `busyRecheck`.
+/// A thin shell around `Scheduler` (the decisions, pure) and `TimerQueue` (one sleep on the
+/// injected clock until the earliest due time): watcher events, timer firings and engine
+/// outcomes go into the scheduler; the actions it returns (advance, watch, unwatch, set the
+/// timer) are executed here. One watcher (inotify) reports drops in `inbox/`, new runs in
+/// `runs/`, and, for every active run, its control files, `approvals/` and `events/`. Ready
+/// runs are advanced by the engine, at most `concurrency` at a time, each under its flock; a
+/// run another daemon holds is looked at again after `busyRecheck`.
 public actor Daemon: Service {
     public let spool: Spool
     let engine: Engine
     let watcher: Watcher
+    let clock: any CairnClock
     var logger: Logger
     private var lastOverflowWarning: Date?
     private var overflowsSinceWarning = 0
     let options: DaemonOptions
 
-    private var ready: [String] = []
-    private var readySet: Set<String> = []
-    private var running: [String: (workflow: String, key: String?)] = [:]
-    private var dirty: Set<String> = []
-    private var watchedRuns: Set<String> = []
-    private var parked: Set<String> = []  // unknown workflow
-    private var unwatchable: Set<String> = []  // no inotify watch (limit reached): a 30 s timer instead
-    private var timers: [String: Date] = [:]
-    private var timerTask: Task<Void, Never>?
-    private var timerDeadline: Date?
-    private var stopping = false
+    private var scheduler: Scheduler
+    private let timer: TimerQueue
     private var idleWaiters: [CheckedContinuation<Void, Never>] = []
-    private var limits: [String: Int] = [:]
-    private var keyLimits: [String: Int] = [:]
-    private var defaultKeyLimit = 1
-    /// Consecutive failed advances per run (spool errors), for the back-off.
-    private var spoolFailures: [String: Int] = [:]
+    private var tasks: [String: Task<Void, Never>] = [:]
 
     /// Statistics for tests and `--stats`.
     public private(set) var advances = 0
@@ -70,8 +60,11 @@ public actor Daemon: Service {
         self.spool = spool
         self.engine = Engine(spool: spool, registry: reg, clock: clock, logger: logger)
         self.watcher = watcher
+        self.clock = clock
         self.logger = logger
         self.options = options
+        self.scheduler = Scheduler(limits: SchedulerLimits(concurrency: options.concurrency, perWorkflow: options.perWorkflow), busyRecheck: options.busyRecheck.seconds)
+        self.timer = TimerQueue(clock: clock)
     }
 
     // MARK: Service
@@ -81,10 +74,13 @@ public actor Daemon: Service {
         await withGracefulShutdownHandler {
             await withTaskGroup(of: Void.self) { group in
                 group.addTask { await self.consumeEvents() }
+                group.addTask {
+                    for await deadline in self.timer.fired { await self.send(.timerFired(deadline)) }
+                }
                 if let every = self.options.rescanInterval {
                     group.addTask {
                         while !Task.isCancelled {
-                            try? await Task.sleep(for: every)
+                            try? await self.clock.sleep(for: every)
                             if Task.isCancelled { break }
                             await self.rescan(reason: "rescan interval")
                         }
@@ -104,35 +100,113 @@ public actor Daemon: Service {
 
     private var stopWaiters: [CheckedContinuation<Void, Never>] = []
     private func waitUntilStopped() async {
-        if stopping { return }
+        if scheduler.stopping { return }
         await withCheckedContinuation { stopWaiters.append($0) }
     }
 
     /// Stop taking work; running executions continue until `drain` gives up on them.
     public func beginShutdown() {
-        guard !stopping else { return }
-        stopping = true
-        logger.info("shutting down", metadata: ["running": "\(running.count)", "grace_s": "\(options.shutdownGrace.seconds)"])
-        timerTask?.cancel()
+        guard !scheduler.stopping else { return }
+        logger.info("shutting down", metadata: ["running": "\(scheduler.runningCount)", "grace_s": "\(options.shutdownGrace.seconds)"])
+        send(.shutdown)
+        inboxRetry?.cancel()
         for w in stopWaiters { w.resume() }
         stopWaiters.removeAll()
     }
 
-    private var tasks: [String: Task<Void, Never>] = [:]
-
     private func drain() async {
-        let deadline = ContinuousClock.now + options.shutdownGrace
+        let clock = self.clock
+        let deadline = clock.now().addingTimeInterval(options.shutdownGrace.seconds)
         let watchdog = Task {
-            try? await Task.sleep(until: deadline)
-            if !Task.isCancelled { self.interruptAll() }
+            do { try await clock.sleep(until: deadline) } catch { return }
+            self.interruptAll()
         }
-        while !running.isEmpty { await withCheckedContinuation { idleWaiters.append($0) } }
+        while scheduler.runningCount > 0 { await withCheckedContinuation { idleWaiters.append($0) } }
         watchdog.cancel()
     }
 
     private func interruptAll() {
-        logger.warning("grace period over; interrupting running executions (they resume on the next start)", metadata: ["runs": "\(running.keys.sorted())"])
+        logger.warning("grace period over; interrupting running executions (they resume on the next start)", metadata: ["runs": "\(scheduler.runningRuns)"])
         for t in tasks.values { t.cancel() }
+    }
+
+    // MARK: the scheduler's actions
+
+    /// One event into the scheduler; its actions executed. Watches it asks for are added
+    /// by a task of their own (only a waiting run that had none gets them this way).
+    private func send(_ event: Scheduler.Event) {
+        for id in perform(event) { Task { await self.addWatches(id) } }
+    }
+
+    /// Executes the actions of `event` but the watches, which it returns for the caller to add.
+    private func perform(_ event: Scheduler.Event) -> [String] {
+        var watches: [String] = []
+        for a in scheduler.handle(event, now: clock.now()) {
+            switch a {
+            case .advance(let id): startAdvance(id)
+            case .watch(let id): watches.append(id)
+            case .unwatch(let id):
+                let p = spool.run(id)
+                for d in [p.directory, p.approvalsDirectory, p.eventsDirectory] { watcher.unwatch(d.string) }
+            case .setTimer(let at): timer.arm(at)
+            case .idle:
+                for w in idleWaiters { w.resume() }
+                idleWaiters.removeAll()
+            }
+        }
+        return watches
+    }
+
+    private func startAdvance(_ id: String) {
+        advances += 1
+        let engine = self.engine, spool = self.spool, clock = self.clock
+        tasks[id] = Task {
+            let outcome: Result<AdvanceOutcome, any Error>
+            var acted = true
+            do {
+                let r = try await engine.advanceReporting(id)
+                outcome = .success(r.outcome)
+                acted = r.acted
+            } catch { outcome = .failure(error) }
+            if case .success(.unknownWorkflow(let w)) = outcome { await Self.recordUnknownWorkflow(id, w, spool: spool, now: clock.now()) }
+            self.finished(id, outcome, acted: acted)
+        }
+    }
+
+    private func finished(_ id: String, _ result: Result<AdvanceOutcome, any Error>, acted: Bool) {
+        tasks[id] = nil
+        // Log what this daemon did; what it only found (another daemon's work) is debug.
+        let level: Logger.Level = acted ? .info : .debug
+        switch result {
+        case .failure(let error):
+            send(.advanced(id, .failure(Scheduler.SpoolFailure())))
+            // A spool error (a full disk, EIO) or a file the runtime will not trust: the run is
+            // not failed; look again soon, then less often (1 s, 2 s, 4 s … 60 s).
+            let delay = scheduler.spoolFailureDelay(id) ?? 1
+            logger.error("advancing failed; will look again in \(Int(delay))s", metadata: ["run": "\(id)", "error": "\(Names.printable(String(describing: error)))"])
+            return
+        case .success(let outcome):
+            observer?(id, outcome)
+            switch outcome {
+            case .completed: logger.log(level: level, "run completed", metadata: ["run": "\(id)"])
+            case .failed(let e): logger.log(level: acted ? .warning : .debug, "run failed", metadata: ["run": "\(id)", "error": "\(Names.printable(e.message))"])
+            case .cancelled: logger.log(level: level, "run cancelled", metadata: ["run": "\(id)"])
+            case .waiting(let w): logger.log(level: level, "run waiting", metadata: ["run": "\(id)", "on": "\(w.kind)"])
+            case .unknownWorkflow(let w): logger.error("no such workflow; the run waits until it is installed in workflows/", metadata: ["run": "\(id)", "workflow": "\(w)"])
+            case .busy, .interrupted: break
+            }
+            send(.advanced(id, .success(outcome)))
+        }
+    }
+
+    /// The run's state.json says why it does not start (once; off the actor, in the advance's task).
+    nonisolated private static func recordUnknownWorkflow(_ id: String, _ w: String, spool: Spool, now: Date) async {
+        guard var state = try? spool.readState(id), state.error?.type != "unknown_workflow" else { return }
+        let script = spool.workflowsDirectory.appending(w).string
+        let why = DurableFile.exists(atPath: script) ? "\(script) exists but is not an executable regular file (chmod +x it: the daemon notices)" : "no executable \(script)"
+        state.error = ErrorInfo(type: "unknown_workflow", message: "no workflow '\(w)' in this daemon and \(why); install it (the run starts then) or cancel the run")
+        state.updatedAt = now
+        try? spool.writeState(state)
     }
 
     // MARK: start and rescan
@@ -154,15 +228,7 @@ public actor Daemon: Service {
         }
         // How first writers win on this filesystem, found once (the service user owns tmp/).
         DurableFile.probeNoReplace(in: spool.tmpDirectory)
-        let cfg = try spool.config()
-        if let c = cfg.raw["concurrency"]?["workflows"]?.objectValue {
-            for (k, v) in c { if let n = v.intValue { limits[k] = Int(n) } }
-        }
-        for (k, v) in options.perWorkflow { limits[k] = v }
-        if let c = cfg.raw["concurrency"]?["keys"]?.objectValue {
-            for (k, v) in c { if let n = v.intValue { keyLimits[k] = Int(n) } }
-        }
-        if let d = cfg.raw["concurrency"]?["default_key_limit"]?.intValue { defaultKeyLimit = Int(d) }
+        scheduler = Scheduler(limits: SchedulerLimits(config: try spool.config().raw, options: options), busyRecheck: options.busyRecheck.seconds)
         try await watcher.watch(spool.inboxDirectory.string)
         try await watcher.watch(spool.runsDirectory.string)
         try await watcher.watch(spool.workflowsDirectory.string, mask: Watcher.dropAndModeMask)
@@ -172,37 +238,54 @@ public actor Daemon: Service {
     /// Inbox, then every queued, running or waiting run. Waiting runs are advanced once
     /// too: a decision may have been dropped while no daemon was watching.
     public func rescan(reason: String) async {
-        let started = Date()
+        let started = ContinuousClock.now
         for name in ((try? Spool.list(spool.inboxDirectory)) ?? []).sorted() { acceptInbox(name) }
-        var n = 0
-        for status in [RunStatus.queued, .running, .waiting] {
-            for id in (try? spool.indexedRuns(status)) ?? [] where running[id] == nil {
-                guard let state = try? spool.readState(id), !state.status.isTerminal else { continue }
-                await watchRun(id)
-                markReady(id)
-                n += 1
-            }
+        // state.json and run.json of every listed run are read off the actor.
+        let found = await Self.scanSpool(spool)
+        var wake: [String] = []
+        for (id, info) in found.active where !scheduler.isRunning(id) {
+            learn(id, info)
+            await watchRun(id)
+            wake.append(id)
         }
+        let n = wake.count
         // Failed runs wait for a person: watch them for a `retry` file (and honour one that
         // was dropped while no daemon was watching).
-        for id in (try? spool.runs(withStatus: .failed)) ?? [] where running[id] == nil {
+        for (id, info) in found.failed where !scheduler.isRunning(id) {
+            learn(id, info)
             await watchRun(id)
-            if DurableFile.exists(spool.run(id).retryFile) { markReady(id) }
+            if DurableFile.exists(spool.run(id).retryFile) { wake.append(id) }
         }
-        logger.log(level: reason == "overflow" ? .debug : .info, "scanned spool", metadata: ["reason": "\(reason)", "active_runs": "\(n)", "ms": "\(Int(Date().timeIntervalSince(started) * 1000))"])
-        pump()
+        let ms = (ContinuousClock.now - started).seconds * 1000
+        logger.log(level: reason == "overflow" ? .debug : .info, "scanned spool", metadata: ["reason": "\(reason)", "active_runs": "\(n)", "ms": "\(Int(ms))"])
+        // All queued first, then started in order (not each as soon as it is watched).
+        send(.wakeAll(wake))
         // The index is derived: a process killed between writing state.json and moving the
         // index entry leaves it behind. Reconcile it (after the active runs are on their way)
         // so that no run is ever lost to it. Interval rescans do it at most once a minute.
-        if reason != "rescan interval" || Date().timeIntervalSince(lastReconcile) >= 60 {
-            lastReconcile = Date()
-            reconcileIndex()
+        if reason != "rescan interval" || clock.now().timeIntervalSince(lastReconcile) >= 60 {
+            lastReconcile = clock.now()
+            await reconcileIndex()
         }
+    }
+
+    /// Every queued, running or waiting run (by the index) whose state.json is not terminal,
+    /// and every failed run, each with its run.json (a run whose run.json cannot be read is left out).
+    nonisolated private static func scanSpool(_ spool: Spool) async -> (active: [(String, RunInfo)], failed: [(String, RunInfo)]) {
+        var active: [(String, RunInfo)] = []
+        for status in [RunStatus.queued, .running, .waiting] {
+            for id in (try? spool.indexedRuns(status)) ?? [] {
+                guard let state = try? spool.readState(id), !state.status.isTerminal, let r = try? spool.readRun(id) else { continue }
+                active.append((id, RunInfo(r)))
+            }
+        }
+        let failed = ((try? spool.runs(withStatus: .failed)) ?? []).compactMap { id in (try? spool.readRun(id)).map { (id, RunInfo($0)) } }
+        return (active, failed)
     }
 
     private var lastReconcile = Date.distantPast
 
-    private func reconcileIndex() {
+    private func reconcileIndex() async {
         do {
             let drift = try spool.reconcileIndex()
             guard !drift.isEmpty else { return }
@@ -210,11 +293,15 @@ public actor Daemon: Service {
                 "unlisted": "\(drift.missing.map { "\($0.run) (\($0.status.rawValue))" })",
                 "stale": "\(drift.stale.map { "\($0.run) (\($0.listed.rawValue))" })",
             ])
-            for m in drift.missing where !m.status.isTerminal && running[m.run] == nil {
-                Task { await self.watchRun(m.run); self.markReady(m.run); self.pump() }
+            for m in drift.missing where !m.status.isTerminal && !scheduler.isRunning(m.run) {
+                guard knowOrRead(m.run) else { continue }
+                await watchRun(m.run)
+                send(.wake(m.run))
             }
-            for m in drift.missing where m.status == .failed && running[m.run] == nil {
-                Task { await self.watchRun(m.run); if DurableFile.exists(self.spool.run(m.run).retryFile) { self.markReady(m.run); self.pump() } }
+            for m in drift.missing where m.status == .failed && !scheduler.isRunning(m.run) {
+                guard knowOrRead(m.run) else { continue }
+                await watchRun(m.run)
+                if DurableFile.exists(spool.run(m.run).retryFile) { send(.wake(m.run)) }
             }
         } catch {
             logger.error("cannot reconcile the status index", metadata: ["error": "\(Names.printable(String(describing: error)))"])
@@ -235,9 +322,10 @@ public actor Daemon: Service {
             // A flood of file churn can overflow the queue again and again: one warning a
             // minute, with the count, not one per overflow.
             overflowsSinceWarning += 1
-            if lastOverflowWarning.map({ Date().timeIntervalSince($0) >= 60 }) ?? true {
+            let now = clock.now()
+            if lastOverflowWarning.map({ now.timeIntervalSince($0) >= 60 }) ?? true {
                 logger.warning("event queue overflowed; rescanning", metadata: ["overflows": "\(overflowsSinceWarning)"])
-                lastOverflowWarning = Date()
+                lastOverflowWarning = now
                 overflowsSinceWarning = 0
             }
             await rescan(reason: "overflow")
@@ -251,53 +339,54 @@ public actor Daemon: Service {
         case runs:
             if e.kind == .directoryLanded, Names.isValidRunID(e.name) {
                 logger.debug("new run", metadata: ["run": "\(e.name)"])
+                guard knowOrRead(e.name) else { return }
                 await watchRun(e.name)
-                markReady(e.name)
+                send(.wake(e.name))
             }
         case spool.workflowsDirectory.string:
-            if e.kind == .landed, !parked.isEmpty {
-                for id in parked { markReady(id) }
-                parked.removeAll()
-            }
+            if e.kind == .landed { send(.workflowsChanged) }
         default:
             guard e.directory.hasPrefix(runs + "/") else { return }
             let rest = e.directory.dropFirst(runs.count + 1).split(separator: "/", maxSplits: 1)
             guard let idPart = rest.first else { return }
             let id = String(idPart)
             if e.kind == .watchGone {
-                if rest.count == 1 { forget(id) }
+                if rest.count == 1 { send(.gone(id)) }
                 return
             }
             let sub = rest.count > 1 ? String(rest[1]) : ""
             let arrived = e.kind == .landed || e.kind == .directoryLanded
-            let relevant: Bool
-            switch sub {
-            case "": relevant = ["cancel", "pause", "retry"].contains(e.name)
-            // Only what the run waits on wakes it (a decision dropped early for another gate
-            // counts when the run gets there): a flood of other files costs a name check each,
-            // not a replay each.
-            case "approvals": relevant = arrived && wakes(id, approvalsFile: e.name)
-            case "events": relevant = arrived && wakes(id, eventsFile: e.name)
-            default: relevant = false
-            }
-            if relevant {
-                logger.debug("wake", metadata: ["run": "\(id)", "file": "\(sub.isEmpty ? "" : sub + "/")\(Names.printable(e.name))"])
-                markReady(id)
-                if e.name == "cancel", running[id] != nil, engine.registry[running[id]!.workflow]?.replaysOnEveryWake == false {
-                    // A script that never calls a helper would never see the cancel: stop
-                    // it (its whole group); the run is advanced again and records the cancel.
-                    logger.info("cancel requested; stopping the running script", metadata: ["run": "\(id)"])
-                    tasks[id]?.cancel()
-                }
+            // Only what the run waits on wakes it: a flood of other files costs a name check
+            // each, not a replay each.
+            guard scheduler.wakes(id, sub: sub, file: e.name, arrived: arrived) else { return }
+            logger.debug("wake", metadata: ["run": "\(id)", "file": "\(sub.isEmpty ? "" : sub + "/")\(Names.printable(e.name))"])
+            guard knowOrRead(id) else { return }
+            send(.wake(id))
+            if e.name == "cancel", let w = scheduler.workflow(ofRunning: id), engine.registry[w]?.replaysOnEveryWake == false {
+                // A script that never calls a helper would never see the cancel: stop
+                // it (its whole group); the run is advanced again and records the cancel.
+                logger.info("cancel requested; stopping the running script", metadata: ["run": "\(id)"])
+                tasks[id]?.cancel()
             }
         }
-        pump()
+    }
+
+    /// The scheduler knows the run's workflow and key, or run.json is read now (once per run).
+    private func knowOrRead(_ id: String) -> Bool {
+        if scheduler.knows(id) { return true }
+        guard let r = try? spool.readRun(id) else { return false }
+        learn(id, RunInfo(r))
+        return true
+    }
+
+    private func learn(_ id: String, _ info: RunInfo) {
+        if !scheduler.knows(id) { send(.learned(id, info)) }
     }
 
     private func acceptInbox(_ name: String) {
-        guard !stopping else { return }
+        guard !scheduler.stopping else { return }
         do {
-            let outcome = try Inbox.process(name, spool: spool, isKnownWorkflow: { self.engine.registry[$0] != nil })
+            let outcome = try Inbox.process(name, spool: spool, isKnownWorkflow: { self.engine.registry[$0] != nil }, now: clock.now())
             switch outcome {
             case .accepted(let run, let created):
                 logger.info(created ? "submission accepted" : "duplicate submission (same id or idempotency key)", metadata: ["file": "inbox/\(Names.printable(name))", "run": "\(run)"])
@@ -319,12 +408,13 @@ public actor Daemon: Service {
 
     /// Arms the inbox's next look (unless one is armed); returns its delay in seconds.
     private func scheduleInboxRetry() -> Int {
-        guard inboxRetry == nil, !stopping else { return inboxRetryDelay }
+        guard inboxRetry == nil, !scheduler.stopping else { return inboxRetryDelay }
         inboxFailures += 1
         inboxRetryDelay = Int(min(60, pow(2, Double(min(inboxFailures - 1, 6)))))
         let delay = inboxRetryDelay
+        let clock = self.clock
         inboxRetry = Task {
-            try? await Task.sleep(for: .seconds(delay))
+            do { try await clock.sleep(for: .seconds(delay)) } catch { return }
             self.retryInbox()
         }
         return delay
@@ -334,152 +424,16 @@ public actor Daemon: Service {
         inboxRetry = nil
         for name in ((try? Spool.list(spool.inboxDirectory)) ?? []).sorted() { acceptInbox(name) }
         if inboxRetry == nil { inboxFailures = 0 }  // every file went through: back to 1 s
-        pump()
-    }
-
-    // MARK: scheduling
-
-    func markReady(_ id: String) {
-        guard !stopping else { return }
-        if running[id] != nil {
-            dirty.insert(id)
-            return
-        }
-        if readySet.insert(id).inserted { ready.append(id) }
-    }
-
-    private func pump() {
-        guard !stopping else { return }
-        var deferred: [String] = []
-        while running.count < options.concurrency, !ready.isEmpty {
-            let id = ready.removeFirst()
-            readySet.remove(id)
-            guard let record = try? spool.readRun(id) else { continue }
-            if let limit = limits[record.workflow], running.values.filter({ $0.workflow == record.workflow }).count >= limit {
-                deferred.append(id)
-                continue
-            }
-            if let key = record.concurrencyKey, running.values.filter({ $0.key == key }).count >= (keyLimits[key] ?? defaultKeyLimit) {
-                deferred.append(id)
-                continue
-            }
-            running[id] = (record.workflow, record.concurrencyKey)
-            waitingOn[id] = nil  // it may reach another wait: every drop wakes it until it ends
-            advances += 1
-            let engine = self.engine
-            tasks[id] = Task {
-                let outcome: Result<AdvanceOutcome, any Error>
-                var acted = true
-                do {
-                    let r = try await engine.advanceReporting(id)
-                    outcome = .success(r.outcome)
-                    acted = r.acted
-                } catch { outcome = .failure(error) }
-                await self.finished(id, outcome, acted: acted)
-            }
-        }
-        for id in deferred where readySet.insert(id).inserted { ready.append(id) }
-    }
-
-    private func finished(_ id: String, _ result: Result<AdvanceOutcome, any Error>, acted: Bool) async {
-        if case .success(.waiting(let w)) = result { waitingOn[id] = w } else { waitingOn[id] = nil }
-        // Log what this daemon did; what it only found (another daemon's work) is debug.
-        let level: Logger.Level = acted ? .info : .debug
-        running[id] = nil
-        tasks[id] = nil
-        let wasDirty = dirty.remove(id) != nil
-        switch result {
-        case .failure(let error):
-            // A spool error (a full disk, EIO) or a file the runtime will not trust: the run is
-            // not failed; look again soon, then less often (1 s, 2 s, 4 s … 60 s).
-            let n = (spoolFailures[id] ?? 0) + 1
-            spoolFailures[id] = n
-            let delay = min(60, pow(2, Double(min(n - 1, 6))))
-            logger.error("advancing failed; will look again in \(Int(delay))s", metadata: ["run": "\(id)", "error": "\(Names.printable(String(describing: error)))"])
-            setTimer(id, Date().addingTimeInterval(delay))
-        case .success(let outcome):
-            spoolFailures[id] = nil
-            observer?(id, outcome)
-            switch outcome {
-            case .completed:
-                logger.log(level: level, "run completed", metadata: ["run": "\(id)"])
-                forget(id)
-            case .failed(let e):
-                logger.log(level: acted ? .warning : .debug, "run failed", metadata: ["run": "\(id)", "error": "\(Names.printable(e.message))"])
-                // Stay watching: a `retry` file brings it back.
-            case .cancelled:
-                logger.log(level: level, "run cancelled", metadata: ["run": "\(id)"])
-                forget(id)
-            case .waiting(let w):
-                logger.log(level: level, "run waiting", metadata: ["run": "\(id)", "on": "\(w.kind)"])
-                var due = w.until
-                if unwatchable.contains(id) {
-                    // No watch: look again in 30 s (and try to watch again then).
-                    let soon = Date().addingTimeInterval(30)
-                    due = min(due ?? soon, soon)
-                    unwatchable.remove(id)
-                    await watchRun(id)
-                }
-                if let due { setTimer(id, due) } else { clearTimer(id) }
-            case .busy:
-                setTimer(id, Date().addingTimeInterval(options.busyRecheck.seconds))
-            case .unknownWorkflow(let w):
-                logger.error("no such workflow; the run waits until it is installed in workflows/", metadata: ["run": "\(id)", "workflow": "\(w)"])
-                parked.insert(id)
-                if var state = try? spool.readState(id), state.error?.type != "unknown_workflow" {
-                    let script = spool.workflowsDirectory.appending(w).string
-                    let why = DurableFile.exists(atPath: script) ? "\(script) exists but is not an executable regular file (chmod +x it: the daemon notices)" : "no executable \(script)"
-                    state.error = ErrorInfo(type: "unknown_workflow", message: "no workflow '\(w)' in this daemon and \(why); install it (the run starts then) or cancel the run")
-                    state.updatedAt = Date()
-                    try? spool.writeState(state)
-                }
-            case .interrupted:
-                break
-            }
-        }
-        // A relevant file landed while it ran (a decision, `retry`, `cancel`…): look again.
-        if wasDirty, case .success(let o) = result, !isFinished(o) { markReady(id) }
-        if running.isEmpty {
-            for w in idleWaiters { w.resume() }
-            idleWaiters.removeAll()
-        }
-        pump()
-    }
-
-    /// What each watched run waits on, from its last advance (nil: not known, or running).
-    private var waitingOn: [String: WaitingFor] = [:]
-
-    /// Whether a file landing in run `id`'s `approvals/` wakes it: when it is not known to
-    /// wait (running, queued, failed…: wake, to be safe), or it waits for that gate's decision.
-    private func wakes(_ id: String, approvalsFile file: String) -> Bool {
-        guard file.hasSuffix(".approved") || file.hasSuffix(".rejected") else { return false }
-        guard let w = waitingOn[id] else { return true }
-        guard case .decision(let gate) = w.wake else { return false }
-        return file.hasPrefix(gate + ".")
-    }
-
-    /// The same for `events/`: the event it waits for, or its child's wake-up file.
-    private func wakes(_ id: String, eventsFile file: String) -> Bool {
-        guard file.hasSuffix(".json"), !file.hasSuffix(".error.json") else { return false }
-        guard let w = waitingOn[id] else { return true }
-        switch w.wake {
-        case .child: return file.hasPrefix("_child.")
-        case .event(let name): return !file.hasPrefix("_child.") && Spool.isEventFile(file, for: name)
-        default: return false
-        }
-    }
-
-    private func isFinished(_ o: AdvanceOutcome) -> Bool {
-        switch o {
-        case .completed, .cancelled: return true
-        default: return false
-        }
     }
 
     // MARK: watches
 
+    /// Watch first, wake second: nothing lands unseen between the two.
     private func watchRun(_ id: String) async {
-        guard watchedRuns.insert(id).inserted else { return }
+        for w in perform(.watch(id)) { await addWatches(w) }
+    }
+
+    private func addWatches(_ id: String) async {
         let p = spool.run(id)
         do {
             try await watcher.watch(p.directory.string)
@@ -487,63 +441,13 @@ public actor Daemon: Service {
             try await watcher.watch(p.eventsDirectory.string)
         } catch {
             logger.error("cannot watch run; looking at it every 30 s instead", metadata: ["run": "\(id)", "error": "\(Names.printable(String(describing: error)))"])
-            watchedRuns.remove(id)
-            unwatchable.insert(id)
-            setTimer(id, Date().addingTimeInterval(30))
+            send(.watchFailed(id))
         }
-    }
-
-    private func forget(_ id: String) {
-        unwatchable.remove(id)
-        waitingOn[id] = nil
-        if watchedRuns.remove(id) != nil {
-            let p = spool.run(id)
-            for d in [p.directory, p.approvalsDirectory, p.eventsDirectory] { watcher.unwatch(d.string) }
-        }
-        clearTimer(id)
-        parked.remove(id)
-    }
-
-    // MARK: timers (one task sleeping until the earliest due time; never a polling loop)
-
-    private func setTimer(_ id: String, _ at: Date) {
-        timers[id] = at
-        rearm()
-    }
-
-    private func clearTimer(_ id: String) {
-        if timers.removeValue(forKey: id) != nil { rearm() }
-    }
-
-    private func rearm() {
-        guard !stopping else { return }
-        let next = timers.values.min()
-        if next == timerDeadline { return }
-        timerTask?.cancel()
-        timerDeadline = next
-        guard let next else { timerTask = nil; return }
-        timerTask = Task {
-            let delay = next.timeIntervalSinceNow
-            if delay > 0 { try? await Task.sleep(for: .milliseconds(Int64((delay * 1000).rounded(.up)))) }
-            if Task.isCancelled { return }
-            self.timersFired()
-        }
-    }
-
-    private func timersFired() {
-        timerDeadline = nil
-        let now = Date()
-        for (id, at) in timers where at <= now {
-            timers[id] = nil
-            markReady(id)
-        }
-        rearm()
-        pump()
     }
 
     // MARK: introspection (tests)
 
-    public var runningCount: Int { running.count }
-    public var pendingTimers: Int { timers.count }
-    public var watchedRunCount: Int { watchedRuns.count }
+    public var runningCount: Int { scheduler.runningCount }
+    public var pendingTimers: Int { scheduler.pendingTimers }
+    public var watchedRunCount: Int { scheduler.watchedCount }
 }
