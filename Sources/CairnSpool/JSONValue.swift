@@ -379,8 +379,11 @@ extension JSONValue {
     /// would differ from what `jq` shows.
     public static func duplicateKey(in data: Data) -> String? {
         let bytes = [UInt8](data)
-        // Per open container: nil for an array, the keys seen so far for an object.
-        var stack: [Set<[UInt8]>?] = []
+        // Per open container: nil for an array, the keys seen so far for an object. Keys are
+        // compared as Swift strings: two that are canonically equivalent ("é" precomposed
+        // and decomposed) are one key to Cairn's readers (a Swift dictionary keeps one of
+        // them) and two to jq, so they are a duplicate too.
+        var stack: [Set<String>?] = []
         var expectKey = false
         var i = 0
         while i < bytes.count {
@@ -405,9 +408,9 @@ extension JSONValue {
                     j += 1
                 }
                 if expectKey, var keys = stack.last ?? nil {
-                    var key = Array(bytes[(i + 1)..<min(j, bytes.count)])
-                    if escaped, let s = try? JSONDecoder().decode(String.self, from: Data(bytes[i...min(j, bytes.count - 1)])) { key = Array(s.utf8) }
-                    if !keys.insert(key).inserted { return String(decoding: key, as: UTF8.self) }
+                    var key = String(decoding: bytes[(i + 1)..<min(j, bytes.count)], as: UTF8.self)
+                    if escaped, let s = try? JSONDecoder().decode(String.self, from: Data(bytes[i...min(j, bytes.count - 1)])) { key = s }
+                    if !keys.insert(key).inserted { return key }
                     stack[stack.count - 1] = keys
                     expectKey = false
                 }

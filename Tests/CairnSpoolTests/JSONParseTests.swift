@@ -49,6 +49,20 @@ import Testing
         #expect(try JSONValue.parse("[1.0, 1e3, 1.5, -0]") == (try JSONValue.parseUntrusted("[1.0, 1e3, 1.5, -0]")))
     }
 
+    /// "é" written precomposed and decomposed are two keys to jq and to the bytes, one key
+    /// to a Swift dictionary: the reader kept one of them silently. They are a duplicate key
+    /// (found by the `drop` fuzz target's member-count invariant).
+    @Test func canonicallyEquivalentKeysAreADuplicateKey() throws {
+        let text = "{\"caf\u{E9}\": \"approve\", \"cafe\u{301}\": \"reject\"}"
+        #expect(try JSONValue.parseUntrusted(text).objectValue?.count == 1, "the reader merges them (why they must be refused)")
+        #expect(JSONValue.duplicateKey(in: Data(text.utf8)) != nil)
+        #expect(throws: SpoolError.self) { try JSONValue.parseRejectingDuplicateKeys(Data(text.utf8)) }
+        // Escaped and raw forms of one key, too.
+        #expect(JSONValue.duplicateKey(in: Data(#"{"caf\u00e9": 1, "cafe\u0301": 2}"#.utf8)) != nil)
+        // Distinct keys stay distinct.
+        #expect(JSONValue.duplicateKey(in: Data("{\"caf\u{E9}\": 1, \"cafe\": 2, \"CAF\u{C9}\": 3}".utf8)) == nil)
+    }
+
     @Test func nestingDepthCountsOutsideStringsOnly() {
         #expect(JSONValue.nestingDepth(Data(Self.alternating(64).utf8), above: 64) == nil)
         #expect(JSONValue.nestingDepth(Data(Self.alternating(65).utf8), above: 64) == 65)
