@@ -35,7 +35,17 @@ extension JSONValue: Codable {
         if c.decodeNil() { self = .null; return }
         if let b = try? c.decode(Bool.self) { self = .bool(b); return }
         if let i = try? c.decode(Int64.self) { self = .int(i); return }
-        if let d = try? c.decode(Double.self) { self = .double(d); return }
+        if let d = try? c.decode(Double.self) {
+            // A whole number in Int64's range is `.int`, however it was written (as
+            // `parseUntrusted` reads it): "9333333333333333.3" is the double
+            // 9333333333333334, whose canonical text reads back as an integer.
+            if d == d.rounded(), d >= -9.223372036854775808e18, d < 9.223372036854775808e18 {
+                self = .int(Int64(d))
+            } else {
+                self = .double(d)
+            }
+            return
+        }
         if let s = try? c.decode(String.self) { self = .string(s); return }
         throw DecodingError.dataCorruptedError(in: c, debugDescription: "not a JSON value")
     }

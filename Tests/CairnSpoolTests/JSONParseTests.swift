@@ -63,6 +63,19 @@ import Testing
         #expect(JSONValue.duplicateKey(in: Data("{\"caf\u{E9}\": 1, \"cafe\": 2, \"CAF\u{C9}\": 3}".utf8)) == nil)
     }
 
+    /// A number written with a fraction whose nearest double is a whole number (beyond 2^53)
+    /// was `.double` when read, and its canonical text ("9.333333333333334e+15") read back as
+    /// `.int`: what the runtime wrote did not read back as the same value. Read like
+    /// `parseUntrusted` reads it, a whole number in Int64's range is `.int` (found by the
+    /// `journal` fuzz target's round-trip invariant).
+    @Test func theExactParserReadsAWholeDoubleAsAnInteger() throws {
+        let v = try JSONValue.parse("9333333333333333.333333333333333333")
+        #expect(v == .int(9_333_333_333_333_334))
+        #expect(try JSONValue.parse(v.canonicalText()) == v)
+        #expect(try JSONValue.parse("[1e300, 0.5, 9223372036854775808.5, -9.5e18]") == [.double(1e300), .double(0.5), .double(9.223372036854775808e18), .double(-9.5e18)])
+        #expect(try JSONValue.parse("[-9223372036854775808.0, 4.0]") == [.int(Int64.min), .int(4)])
+    }
+
     @Test func nestingDepthCountsOutsideStringsOnly() {
         #expect(JSONValue.nestingDepth(Data(Self.alternating(64).utf8), above: 64) == nil)
         #expect(JSONValue.nestingDepth(Data(Self.alternating(65).utf8), above: 64) == 65)
