@@ -226,6 +226,8 @@ extension JSONValue {
         if let maxDepth, let depth = nestingDepth(data, above: maxDepth) {
             throw SpoolError(.malformed, path: file, "not valid JSON here: nested \(depth) levels deep or more (at most \(maxDepth))")
         }
+        // JSONDecoder stops at a NUL byte and ignores what follows; a NUL is never JSON.
+        if data.contains(0) { throw SpoolError(.malformed, path: file, "not valid JSON: a NUL byte") }
         do {
             return try JSONDecoder().decode(JSONValue.self, from: data)
         } catch {
@@ -243,6 +245,7 @@ extension JSONValue {
         if let maxDepth, let depth = nestingDepth(data, above: maxDepth) {
             throw SpoolError(.malformed, path: file, "not valid JSON here: nested \(depth) levels deep or more (at most \(maxDepth))")
         }
+        if data.contains(0) { throw SpoolError(.malformed, path: file, "not valid JSON: a NUL byte") }
         let object: Any
         do {
             object = try JSONSerialization.jsonObject(with: data, options: [.fragmentsAllowed])

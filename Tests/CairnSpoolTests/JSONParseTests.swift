@@ -76,6 +76,19 @@ import Testing
         #expect(try JSONValue.parse("[-9223372036854775808.0, 4.0]") == [.int(Int64.min), .int(4)])
     }
 
+    /// JSONDecoder stopped at a NUL byte and ignored the rest: `9\0\0\0:` read as 9, and
+    /// `{"format": 1}\0{…}` as its first object, where jq refuses the file. A NUL is never
+    /// valid JSON (outside strings it is no token, inside them a raw control character), so
+    /// such a file is refused (found by the `journal` fuzz target's member-count invariant).
+    @Test func aNulByteIsNeverJSON() throws {
+        for text in ["9\u{0}\u{0}\u{0}:", "{\"format\": 1}\u{0}{\"approvers\": 1}", "\"a\u{0}b\"", "[1]\u{0}"] {
+            #expect(throws: SpoolError.self, "\(text.debugDescription)") { try JSONValue.parse(Data(text.utf8)) }
+            #expect(throws: SpoolError.self, "\(text.debugDescription)") { try JSONValue.parseRejectingDuplicateKeys(Data(text.utf8)) }
+            #expect(throws: SpoolError.self, "\(text.debugDescription)") { try JSONValue.parseUntrusted(Data(text.utf8)) }
+        }
+        #expect(try JSONValue.parse(#"["\u0000"]"#) == ["\u{0}"], "an escaped NUL is a character like any other")
+    }
+
     @Test func nestingDepthCountsOutsideStringsOnly() {
         #expect(JSONValue.nestingDepth(Data(Self.alternating(64).utf8), above: 64) == nil)
         #expect(JSONValue.nestingDepth(Data(Self.alternating(65).utf8), above: 64) == 65)
