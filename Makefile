@@ -5,7 +5,7 @@ SWIFT ?= swift
 SPOOL ?= ./spool
 BUILD_FLAGS ?=
 
-.PHONY: all deps build test run bench clean release-has-no-test-hooks
+.PHONY: all deps build test run bench clean release-has-no-test-hooks fuzz fuzz-build fuzz-run
 
 all: build
 
@@ -41,6 +41,37 @@ test: deps
 	$(SWIFT) build --build-tests $(BUILD_FLAGS)
 	$(SWIFT) test --skip-build $(BUILD_FLAGS)
 	$(MAKE) --no-print-directory release-has-no-test-hooks
+	$(MAKE) --no-print-directory fuzz FUZZ_TIME=$(FUZZ_TEST_TIME)
+
+# Fuzzing (docs/reliability.md, "Fuzzing"): cairn-fuzz built with libFuzzer and
+# AddressSanitizer in a build directory of its own, then each target for FUZZ_TIME seconds:
+# first over its committed seed corpus (Tests/Fuzz/corpus/TARGET) and what earlier runs
+# found (.build/fuzz/corpus/TARGET), then mutating. A broken invariant stops that target,
+# leaving the input in .build/fuzz/crash-TARGET-*, and fails the run after the others. `make test` runs each target for FUZZ_TEST_TIME.
+FUZZ_TIME ?= 600
+FUZZ_TEST_TIME ?= 3
+FUZZ_TARGETS ?= drop config journal blob sse
+FUZZ_BUILD = $(SWIFT) build --scratch-path .build/fuzz -c debug -Xswiftc -sanitize=fuzzer,address -Xswiftc -DCAIRN_FUZZ --product cairn-fuzz
+
+fuzz-build: deps
+	$(FUZZ_BUILD) $(BUILD_FLAGS)
+
+fuzz: fuzz-build
+	@$(MAKE) --no-print-directory fuzz-run
+
+# The runs alone, with the binary fuzz-build made.
+fuzz-run:
+	@bin=.build/fuzz/debug/cairn-fuzz; failed=""; \
+	for t in $(FUZZ_TARGETS); do \
+	  mkdir -p .build/fuzz/corpus/$$t; \
+	  echo "fuzz $$t: $(FUZZ_TIME) s"; \
+	  CAIRN_FUZZ_TARGET=$$t ASAN_OPTIONS=detect_leaks=0 SWIFT_BACKTRACE=enable=no $$bin -max_total_time=$(FUZZ_TIME) -max_len=4096 -timeout=10 -rss_limit_mb=2048 \
+	    -detect_leaks=0 -print_final_stats=1 -artifact_prefix=.build/fuzz/crash-$$t- \
+	    .build/fuzz/corpus/$$t Tests/Fuzz/corpus/$$t > .build/fuzz/$$t.log 2>&1; rc=$$?; \
+	  grep -E '^#[0-9]+[[:space:]]+(INITED|DONE)|^stat::number_of_executed_units|^stat::peak_rss_mb' .build/fuzz/$$t.log | sed "s/^/  /"; \
+	  if [ $$rc != 0 ]; then tail -40 .build/fuzz/$$t.log; echo "fuzz $$t: failed (input saved as .build/fuzz/crash-$$t-*; log .build/fuzz/$$t.log)" >&2; failed="$$failed $$t"; fi; \
+	done; \
+	if [ -n "$$failed" ]; then echo "fuzz: invariants broken in:$$failed" >&2; exit 1; fi
 
 # Test hooks (CAIRN_CRASH_AT, CAIRN_SIMULATE_*) exist in debug builds only: build the two
 # modules that hold them in release and check that no hook's name is in their objects.

@@ -67,11 +67,14 @@ let package = Package(
             ],
             swiftSettings: strict
         ),
+        // The LLM wire formats without I/O: messages, SSE framing, both providers' stream
+        // events and bodies (pure functions of bytes; the fuzz targets build it without NIO).
+        .target(name: "CairnLLMWire", dependencies: ["CairnSpool"], swiftSettings: strict),
         // The agent layer: LLM providers over AsyncHTTPClient, ctx.llm, tools, the agent loop.
         .target(
             name: "CairnAgents",
             dependencies: [
-                "Cairn", "CairnSpool",
+                "Cairn", "CairnSpool", "CairnLLMWire",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "Logging", package: "swift-log"),
             ],
@@ -100,6 +103,14 @@ let package = Package(
         .executableTarget(name: "cairn-bench", dependencies: ["Cairn", "CairnSpool", "CSystemShims"], swiftSettings: strict),
         // The `cairn` CLI with the test suite's workflows registered (crash and replay tests run it).
         .executableTarget(name: "cairn-fixtures", dependencies: ["CairnCLI", "Cairn", "CairnSpool"], swiftSettings: strict),
+        // The fuzz targets (make fuzz): libFuzzer's driver under -DCAIRN_FUZZ, a corpus replayer otherwise.
+        .target(name: "CFuzzDriver", path: "Tests/Fuzz/CFuzzDriver"),
+        .executableTarget(
+            name: "cairn-fuzz",
+            dependencies: ["CairnSpool", "CairnLLMWire", "CFuzzDriver", .product(name: "SystemPackage", package: "swift-system")],
+            path: "Tests/Fuzz/Sources",
+            swiftSettings: strict
+        ),
         .testTarget(name: "CairnSpoolTests", dependencies: ["CairnSpool", "CairnTesting"], swiftSettings: strict),
         .testTarget(
             name: "CairnTests",

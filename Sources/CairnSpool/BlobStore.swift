@@ -82,27 +82,52 @@ public struct BlobStore: Sendable {
 
     /// Replaces every blob reference in `v` by the value it refers to.
     public func resolve(_ v: JSONValue) throws -> JSONValue {
-        switch v {
-        case .array(let a): return .array(try a.map(resolve))
-        case .object(let o):
-            if let (name, _) = Self.reference(v) { return try load(name) }
-            return .object(try o.mapValues(resolve))
-        default: return v
-        }
+        var expanding = Set<String>()
+        return try resolve(v, expanding: &expanding)
     }
 
     /// Loads a blob by name, expanding list chains.
     public func load(_ name: String) throws -> JSONValue {
+        var expanding = Set<String>()
+        return try load(name, expanding: &expanding)
+    }
+
+    /// `expanding`: the blobs whose values are being expanded around this one. A blob is
+    /// named by the hash of its content, so an intact store has no cycle; a blob met again
+    /// inside itself, or a list chain that comes back to one of its nodes, is a damaged
+    /// directory and an error, not a value without end (a loop, or a stack overflow).
+    private func resolve(_ v: JSONValue, expanding: inout Set<String>) throws -> JSONValue {
+        switch v {
+        case .array(let a):
+            var out: [JSONValue] = []
+            out.reserveCapacity(a.count)
+            for e in a { out.append(try resolve(e, expanding: &expanding)) }
+            return .array(out)
+        case .object(let o):
+            if let (name, _) = Self.reference(v) { return try load(name, expanding: &expanding) }
+            var out: [String: JSONValue] = [:]
+            out.reserveCapacity(o.count)
+            for (k, e) in o { out[k] = try resolve(e, expanding: &expanding) }
+            return .object(out)
+        default: return v
+        }
+    }
+
+    private func load(_ name: String, expanding: inout Set<String>) throws -> JSONValue {
         var items: [JSONValue] = []
+        var chain: [String] = []
+        defer { for n in chain { expanding.remove(n) } }
         var next: String? = name
-        var first = true
         while let n = next {
+            guard expanding.insert(n).inserted else {
+                throw SpoolError(.malformed, path: directory.appending(n).string, "the blob refers back to itself (blobs are named by the hash of their content: this directory is damaged)")
+            }
+            chain.append(n)
             let v = try loadRaw(n)
             guard case .object(let o) = v, o.count == 1, let list = o["$list"], let nodeItems = list["items"]?.arrayValue else {
-                if first { return try resolve(v) }
+                if chain.count == 1 { return try resolve(v, expanding: &expanding) }
                 throw SpoolError(.malformed, path: directory.appending(n).string, "expected a list node")
             }
-            first = false
             items.append(contentsOf: nodeItems.reversed())
             switch list["prev"] {
             case .some(let p) where !p.isNull:
@@ -111,7 +136,10 @@ public struct BlobStore: Sendable {
             default: next = nil
             }
         }
-        return .array(try items.reversed().map(resolve))
+        var out: [JSONValue] = []
+        out.reserveCapacity(items.count)
+        for item in items.reversed() { out.append(try resolve(item, expanding: &expanding)) }
+        return .array(out)
     }
 
     func loadRaw(_ name: String) throws -> JSONValue {

@@ -35,7 +35,17 @@ extension JSONValue: Codable {
         if c.decodeNil() { self = .null; return }
         if let b = try? c.decode(Bool.self) { self = .bool(b); return }
         if let i = try? c.decode(Int64.self) { self = .int(i); return }
-        if let d = try? c.decode(Double.self) { self = .double(d); return }
+        if let d = try? c.decode(Double.self) {
+            // A whole number in Int64's range is `.int`, however it was written (as
+            // `parseUntrusted` reads it): "9333333333333333.3" is the double
+            // 9333333333333334, whose canonical text reads back as an integer.
+            if d == d.rounded(), d >= -9.223372036854775808e18, d < 9.223372036854775808e18 {
+                self = .int(Int64(d))
+            } else {
+                self = .double(d)
+            }
+            return
+        }
         if let s = try? c.decode(String.self) { self = .string(s); return }
         throw DecodingError.dataCorruptedError(in: c, debugDescription: "not a JSON value")
     }
@@ -216,6 +226,8 @@ extension JSONValue {
         if let maxDepth, let depth = nestingDepth(data, above: maxDepth) {
             throw SpoolError(.malformed, path: file, "not valid JSON here: nested \(depth) levels deep or more (at most \(maxDepth))")
         }
+        // JSONDecoder stops at a NUL byte and ignores what follows; a NUL is never JSON.
+        if data.contains(0) { throw SpoolError(.malformed, path: file, "not valid JSON: a NUL byte") }
         do {
             return try JSONDecoder().decode(JSONValue.self, from: data)
         } catch {
@@ -233,6 +245,7 @@ extension JSONValue {
         if let maxDepth, let depth = nestingDepth(data, above: maxDepth) {
             throw SpoolError(.malformed, path: file, "not valid JSON here: nested \(depth) levels deep or more (at most \(maxDepth))")
         }
+        if data.contains(0) { throw SpoolError(.malformed, path: file, "not valid JSON: a NUL byte") }
         let object: Any
         do {
             object = try JSONSerialization.jsonObject(with: data, options: [.fragmentsAllowed])
@@ -379,8 +392,11 @@ extension JSONValue {
     /// would differ from what `jq` shows.
     public static func duplicateKey(in data: Data) -> String? {
         let bytes = [UInt8](data)
-        // Per open container: nil for an array, the keys seen so far for an object.
-        var stack: [Set<[UInt8]>?] = []
+        // Per open container: nil for an array, the keys seen so far for an object. Keys are
+        // compared as Swift strings: two that are canonically equivalent ("é" precomposed
+        // and decomposed) are one key to Cairn's readers (a Swift dictionary keeps one of
+        // them) and two to jq, so they are a duplicate too.
+        var stack: [Set<String>?] = []
         var expectKey = false
         var i = 0
         while i < bytes.count {
@@ -405,9 +421,9 @@ extension JSONValue {
                     j += 1
                 }
                 if expectKey, var keys = stack.last ?? nil {
-                    var key = Array(bytes[(i + 1)..<min(j, bytes.count)])
-                    if escaped, let s = try? JSONDecoder().decode(String.self, from: Data(bytes[i...min(j, bytes.count - 1)])) { key = Array(s.utf8) }
-                    if !keys.insert(key).inserted { return String(decoding: key, as: UTF8.self) }
+                    var key = String(decoding: bytes[(i + 1)..<min(j, bytes.count)], as: UTF8.self)
+                    if escaped, let s = try? JSONDecoder().decode(String.self, from: Data(bytes[i...min(j, bytes.count - 1)])) { key = s }
+                    if !keys.insert(key).inserted { return key }
                     stack[stack.count - 1] = keys
                     expectKey = false
                 }

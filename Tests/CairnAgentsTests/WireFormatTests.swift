@@ -90,6 +90,16 @@ import Testing
         #expect(p.feed(Array("\n".utf8)) == [SSEEvent(name: nil, data: "{\"no\": \"blank line yet\"}")])
     }
 
+    /// The field ends at the first colon byte and one space byte is dropped, whatever
+    /// follows: a combining mark after either used to join it into one Character, so the
+    /// line lost its field (`data:\u{301}…` was ignored) or kept its space (found by the
+    /// `sse` fuzz target against a byte-level reading of the spec).
+    @Test func fieldsSplitAtTheColonByteEvenBeforeACombiningMark() {
+        var p = SSEParser()
+        let events = p.feed(Array("data:\u{301}x\n\nevent: \u{301}e\ndata: \u{301}y\n\n".utf8))
+        #expect(events == [SSEEvent(name: nil, data: "\u{301}x"), SSEEvent(name: "\u{301}e", data: "\u{301}y")])
+    }
+
     @Test func redactionReplacesEveryOccurrenceAndLeavesShortSecretsAlone() {
         let r = Redactor(["sk-0123456789", "short"])
         #expect(r.apply("key sk-0123456789 and again sk-0123456789!") == "key [redacted] and again [redacted]!")

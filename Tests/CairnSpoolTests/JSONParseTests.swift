@@ -49,6 +49,46 @@ import Testing
         #expect(try JSONValue.parse("[1.0, 1e3, 1.5, -0]") == (try JSONValue.parseUntrusted("[1.0, 1e3, 1.5, -0]")))
     }
 
+    /// "é" written precomposed and decomposed are two keys to jq and to the bytes, one key
+    /// to a Swift dictionary: the reader kept one of them silently. They are a duplicate key
+    /// (found by the `drop` fuzz target's member-count invariant).
+    @Test func canonicallyEquivalentKeysAreADuplicateKey() throws {
+        let text = "{\"caf\u{E9}\": \"approve\", \"cafe\u{301}\": \"reject\"}"
+        #expect(try JSONValue.parseUntrusted(text).objectValue?.count == 1, "the reader merges them (why they must be refused)")
+        #expect(JSONValue.duplicateKey(in: Data(text.utf8)) != nil)
+        #expect(throws: SpoolError.self) { try JSONValue.parseRejectingDuplicateKeys(Data(text.utf8)) }
+        // Escaped and raw forms of one key, too.
+        #expect(JSONValue.duplicateKey(in: Data(#"{"caf\u00e9": 1, "cafe\u0301": 2}"#.utf8)) != nil)
+        // Distinct keys stay distinct.
+        #expect(JSONValue.duplicateKey(in: Data("{\"caf\u{E9}\": 1, \"cafe\": 2, \"CAF\u{C9}\": 3}".utf8)) == nil)
+    }
+
+    /// A number written with a fraction whose nearest double is a whole number (beyond 2^53)
+    /// was `.double` when read, and its canonical text ("9.333333333333334e+15") read back as
+    /// `.int`: what the runtime wrote did not read back as the same value. Read like
+    /// `parseUntrusted` reads it, a whole number in Int64's range is `.int` (found by the
+    /// `journal` fuzz target's round-trip invariant).
+    @Test func theExactParserReadsAWholeDoubleAsAnInteger() throws {
+        let v = try JSONValue.parse("9333333333333333.333333333333333333")
+        #expect(v == .int(9_333_333_333_333_334))
+        #expect(try JSONValue.parse(v.canonicalText()) == v)
+        #expect(try JSONValue.parse("[1e300, 0.5, 9223372036854775808.5, -9.5e18]") == [.double(1e300), .double(0.5), .double(9.223372036854775808e18), .double(-9.5e18)])
+        #expect(try JSONValue.parse("[-9223372036854775808.0, 4.0]") == [.int(Int64.min), .int(4)])
+    }
+
+    /// JSONDecoder stopped at a NUL byte and ignored the rest: `9\0\0\0:` read as 9, and
+    /// `{"format": 1}\0{…}` as its first object, where jq refuses the file. A NUL is never
+    /// valid JSON (outside strings it is no token, inside them a raw control character), so
+    /// such a file is refused (found by the `journal` fuzz target's member-count invariant).
+    @Test func aNulByteIsNeverJSON() throws {
+        for text in ["9\u{0}\u{0}\u{0}:", "{\"format\": 1}\u{0}{\"approvers\": 1}", "\"a\u{0}b\"", "[1]\u{0}"] {
+            #expect(throws: SpoolError.self, "\(text.debugDescription)") { try JSONValue.parse(Data(text.utf8)) }
+            #expect(throws: SpoolError.self, "\(text.debugDescription)") { try JSONValue.parseRejectingDuplicateKeys(Data(text.utf8)) }
+            #expect(throws: SpoolError.self, "\(text.debugDescription)") { try JSONValue.parseUntrusted(Data(text.utf8)) }
+        }
+        #expect(try JSONValue.parse(#"["\u0000"]"#) == ["\u{0}"], "an escaped NUL is a character like any other")
+    }
+
     @Test func nestingDepthCountsOutsideStringsOnly() {
         #expect(JSONValue.nestingDepth(Data(Self.alternating(64).utf8), above: 64) == nil)
         #expect(JSONValue.nestingDepth(Data(Self.alternating(65).utf8), above: 64) == 65)

@@ -256,6 +256,33 @@ import Testing
         print("100-turn conversation: \(raw) bytes of messages, \(sizes[99]) bytes of blobs (turn 10: \(sizes[9]), turn 50: \(sizes[49])); copying the list into every record would take \(copied) bytes")
     }
 
+    /// A blob directory is the runtime's, but a damaged or crafted one must give an error,
+    /// never a loop or a stack overflow: a list node whose `prev` comes back to itself, and
+    /// a blob holding a reference to itself (found by the `blob` fuzz target).
+    @Test func aBlobThatComesBackToItselfIsAnErrorNotALoop() throws {
+        let t = try TempSpool()
+        let id = try t.submit("w", input: 1)
+        let blobs = t.spool.blobs(id, threshold: 64)
+        try DurableFile.makeDirectory(blobs.directory)
+        let a = "sha256-" + String(repeating: "a", count: 64), b = "sha256-" + String(repeating: "b", count: 64)
+        func put(_ name: String, _ v: JSONValue) throws { try t.spool.durable.write(v.canonicalData(), to: blobs.directory.appending(name)) }
+        func ref(_ name: String) -> JSONValue { ["$blob": .string(name), "bytes": 1] }
+        // A chain a → b → a.
+        try put(a, ["$list": ["items": [1], "prev": ref(b)]])
+        try put(b, ["$list": ["items": [2], "prev": ref(a)]])
+        #expect(throws: SpoolError.self) { try blobs.resolve(ref(a)) }
+        // A value inside a blob referring to the blob (directly, and through another one).
+        let c = "sha256-" + String(repeating: "c", count: 64), d = "sha256-" + String(repeating: "d", count: 64)
+        try put(c, ["again": ref(c)])
+        try put(d, [ref(c), "x"])
+        #expect(throws: SpoolError.self) { try blobs.resolve(ref(c)) }
+        #expect(throws: SpoolError.self) { try blobs.resolve(["v": ref(d)]) }
+        // The same blob twice side by side is no cycle.
+        let e = "sha256-" + String(repeating: "e", count: 64)
+        try put(e, ["leaf": true])
+        #expect(try blobs.resolve([ref(e), ["k": ref(e)]]) == [["leaf": true], ["k": ["leaf": true]]])
+    }
+
     func directoryBytes(_ dir: FilePath) throws -> Int {
         try Spool.list(dir).reduce(0) { total, name in
             var st = stat()

@@ -1,0 +1,2 @@
+// Declarations only (include/CFuzzDriver.h); the definitions are libFuzzer's.
+#include "CFuzzDriver.h"
