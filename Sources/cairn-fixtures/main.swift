@@ -116,6 +116,26 @@ struct Hold: Workflow {
     }
 }
 
+/// The power-loss test's run (CrashStateTests): a step, a person's approval, an
+/// at-most-once step. `effects` is relative to the working directory, so a copy of the spool
+/// materialised elsewhere logs its side effects beside itself.
+struct CrashStates: Workflow {
+    static let name = "crash-states"
+    struct Input: Codable, Sendable { var effects: String }
+    func run(_ ctx: WorkflowContext, input: Input) async throws -> JSONValue {
+        let a: Int = try await ctx.step("a") { key in
+            try effect(input.effects, "a", key)
+            return 1
+        }
+        let d = try await ctx.approval("go", request: .init(summary: "Go?"))
+        let paid: Bool = try await ctx.step("pay", semantics: .atMostOnce) { key in
+            try effect(input.effects, "pay", key)
+            return true
+        }
+        return ["a": .int(Int64(a)), "approved": .bool(d.approved), "paid": .bool(paid)]
+    }
+}
+
 var workflows = CairnCLI.exampleWorkflows
 workflows.register(Crashy())
 workflows.register(Gate())
@@ -123,4 +143,5 @@ workflows.register(Nap())
 workflows.register(Listen())
 workflows.register(Hold())
 workflows.register(Saga())
+workflows.register(CrashStates())
 await CairnCLI.main(workflows: workflows)
