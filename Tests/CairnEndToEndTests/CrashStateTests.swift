@@ -133,6 +133,7 @@ import Testing
         for s in states {
             let tree = PowerLoss.tree(rec, s)
             var h = Hasher()
+            h.combine(s.crashAfter == rec.ops.count)  // after the command returned, more is acknowledged
             for (k, v) in tree.sorted(by: { $0.key < $1.key }) {
                 h.combine(k)
                 if k.hasPrefix("spool/tmp/") && k.hasSuffix(".tmp") { h.combine(v == nil) } else { h.combine(v) }
