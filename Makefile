@@ -11,7 +11,8 @@ all: build
 
 # System packages: libinotifytools0-dev (the watcher); jq, rsync, python3 and procps
 # (the tour, and the tests' script workflows, fake LLM server and process checks); a C
-# compiler, gcc (the I/O fault tests build their LD_PRELOAD shim with `cc`); as root
+# compiler, gcc (the I/O fault tests build their LD_PRELOAD shim with `cc`); strace (the
+# power-loss crash-state test records the binary's file-system calls with it); as root
 # with FUSE, glusterfs-server and glusterfs-client (the test of a spool on GlusterFS).
 deps:
 	@command -v $(SWIFT) >/dev/null 2>&1 || { echo "error: swift not found on PATH (Swift 6.2 or later is needed: https://www.swift.org/install/linux/)" >&2; exit 1; }
@@ -22,6 +23,7 @@ deps:
 	command -v python3 >/dev/null 2>&1 || missing="$$missing python3"; \
 	command -v pgrep >/dev/null 2>&1 || missing="$$missing procps"; \
 	command -v cc >/dev/null 2>&1 || missing="$$missing gcc"; \
+	command -v strace >/dev/null 2>&1 || missing="$$missing strace"; \
 	if [ "$$(id -u)" = 0 ] && [ -e /dev/fuse ]; then \
 	  command -v glusterd >/dev/null 2>&1 || missing="$$missing glusterfs-server"; \
 	  command -v mount.glusterfs >/dev/null 2>&1 || [ -x /sbin/mount.glusterfs ] || missing="$$missing glusterfs-client"; \

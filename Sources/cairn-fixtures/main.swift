@@ -140,6 +140,26 @@ struct Errand: Workflow {
     }
 }
 
+/// The power-loss test's run (CrashStateTests): a step, a person's approval, an
+/// at-most-once step. `effects` is relative to the working directory, so a copy of the spool
+/// materialised elsewhere logs its side effects beside itself.
+struct CrashStates: Workflow {
+    static let name = "crash-states"
+    struct Input: Codable, Sendable { var effects: String }
+    func run(_ ctx: WorkflowContext, input: Input) async throws -> JSONValue {
+        let a: Int = try await ctx.step("a") { key in
+            try effect(input.effects, "a", key)
+            return 1
+        }
+        let d = try await ctx.approval("go", request: .init(summary: "Go?"))
+        let paid: Bool = try await ctx.step("pay", semantics: .atMostOnce) { key in
+            try effect(input.effects, "pay", key)
+            return true
+        }
+        return ["a": .int(Int64(a)), "approved": .bool(d.approved), "paid": .bool(paid)]
+    }
+}
+
 var workflows = CairnCLI.exampleWorkflows
 try workflows.register(Crashy())
 try workflows.register(Gate())
@@ -148,4 +168,5 @@ try workflows.register(Listen())
 try workflows.register(Hold())
 try workflows.register(Saga())
 try workflows.register(Errand())
+try workflows.register(CrashStates())
 await CairnCLI.main(workflows: workflows)
