@@ -5,7 +5,7 @@ SWIFT ?= swift
 SPOOL ?= ./spool
 BUILD_FLAGS ?=
 
-.PHONY: all deps build test run bench clean release-has-no-test-hooks
+.PHONY: all deps build test test-props-long run bench clean release-has-no-test-hooks
 
 all: build
 
@@ -39,6 +39,13 @@ test: deps
 	$(SWIFT) build --build-tests $(BUILD_FLAGS)
 	$(SWIFT) test --skip-build $(BUILD_FLAGS)
 	$(MAKE) --no-print-directory release-has-no-test-hooks
+
+# The replay engine's property tests with many more cases than `make test` runs
+# (docs/reliability.md, "Property tests"); CAIRN_PROP_CASES and CAIRN_TEST_SEED as given.
+CAIRN_PROP_CASES ?= 3000
+test-props-long: deps
+	$(SWIFT) build --build-tests $(BUILD_FLAGS)
+	CAIRN_PROP_CASES=$(CAIRN_PROP_CASES) $(SWIFT) test --skip-build $(BUILD_FLAGS) --filter ReplayPropertyTests
 
 # Test hooks (CAIRN_CRASH_AT, CAIRN_SIMULATE_*) exist in debug builds only: build the two
 # modules that hold them in release and check that no hook's name is in their objects.
