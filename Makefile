@@ -5,7 +5,7 @@ SWIFT ?= swift
 SPOOL ?= ./spool
 BUILD_FLAGS ?=
 
-.PHONY: all deps build test run bench clean release-has-no-test-hooks fuzz fuzz-build fuzz-run
+.PHONY: all deps build test test-props-long run bench clean release-has-no-test-hooks fuzz fuzz-build fuzz-run
 
 all: build
 
@@ -74,6 +74,13 @@ fuzz-run:
 	  if [ $$rc != 0 ]; then tail -40 .build/fuzz/$$t.log; echo "fuzz $$t: failed (input saved as .build/fuzz/crash-$$t-*; log .build/fuzz/$$t.log)" >&2; failed="$$failed $$t"; fi; \
 	done; \
 	if [ -n "$$failed" ]; then echo "fuzz: invariants broken in:$$failed" >&2; exit 1; fi
+
+# The replay engine's property tests with many more cases than `make test` runs
+# (docs/reliability.md, "Property tests"); CAIRN_PROP_CASES and CAIRN_TEST_SEED as given.
+CAIRN_PROP_CASES ?= 3000
+test-props-long: deps
+	$(SWIFT) build --build-tests $(BUILD_FLAGS)
+	CAIRN_PROP_CASES=$(CAIRN_PROP_CASES) $(SWIFT) test --skip-build $(BUILD_FLAGS) --filter ReplayPropertyTests
 
 # Test hooks (CAIRN_CRASH_AT, CAIRN_SIMULATE_*) exist in debug builds only: build the two
 # modules that hold them in release and check that no hook's name is in their objects.

@@ -29,6 +29,8 @@ let package = Package(
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.6.0"),
         .package(url: "https://github.com/swift-server/async-http-client", from: "1.20.0"),
         .package(url: "https://github.com/apple/swift-crypto", "3.0.0"..<"5.0.0"),
+        // Tests only: generators and shrinking for the replay engine's property tests.
+        .package(url: "https://github.com/x-sheep/swift-property-based", exact: "2.0.1"),
     ],
     targets: [
         // libinotifytools (Debian's libinotifytools0-dev ships no pkg-config file).
@@ -114,7 +116,7 @@ let package = Package(
         .testTarget(name: "CairnSpoolTests", dependencies: ["CairnSpool", "CairnTesting"], swiftSettings: strict),
         .testTarget(
             name: "CairnTests",
-            dependencies: ["Cairn", "CairnSpool", "CairnTesting"],
+            dependencies: ["Cairn", "CairnSpool", "CairnTesting", .product(name: "PropertyBased", package: "swift-property-based")],
             exclude: ["Fixtures"],
             swiftSettings: strict
         ),

@@ -60,6 +60,10 @@ public struct DurableFile: Sendable {
 
     /// write → fsync → rename → fsync(directory), with `staging` as the temp file.
     static func commit(_ data: Data, staging tmp: FilePath, to path: FilePath, mode: Mode, permissions: FilePermissions = [.ownerReadWrite, .groupRead, .otherRead]) throws {
+        #if CAIRN_TEST_HOOKS
+        let fault = WriteFault.current
+        let landsIfFailed = try fault?.beforeWrite(path)
+        #endif
         do {
             let fd = try Self.open(tmp, [.create, .exclusiveCreate, .closeOnExec], permissions: permissions)
             do {
@@ -87,6 +91,9 @@ public struct DurableFile: Sendable {
         CrashPoints.reached("write.before-dirsync")
         try fsyncDirectory(path.removingLastComponent())
         CrashPoints.reached("write.after-dirsync")
+        #if CAIRN_TEST_HOOKS
+        if landsIfFailed == true { try fault?.afterWrite(path) }
+        #endif
     }
 
     /// Writes a value in Cairn's canonical JSON text.
@@ -168,6 +175,10 @@ public struct DurableFile: Sendable {
 
     /// rename(2), or first-writer-wins for `.noReplace` (see `NoReplaceMethod`).
     public static func rename(_ from: FilePath, to: FilePath, mode: Mode) throws {
+        #if CAIRN_TEST_HOOKS
+        let fault = WriteFault.current
+        let landsIfFailed = try fault?.beforeWrite(to)
+        #endif
         var rc: Int32
         switch mode {
         case .replace: rc = Glibc.rename(from.string, to.string)
@@ -189,6 +200,9 @@ public struct DurableFile: Sendable {
             }
             throw SpoolError(.io, path: to.string, errno: e, "rename from \(from.string) failed")
         }
+        #if CAIRN_TEST_HOOKS
+        if landsIfFailed == true { try fault?.afterWrite(to) }
+        #endif
     }
 
     /// The link method of first-writer-wins (see `NoReplaceMethod`); -1 with errno set.

@@ -10,8 +10,10 @@ public final class TempSpool: Sendable {
     public let spool: Spool
     public let path: FilePath
 
-    public init(prefix: String = "cairn-test") throws {
-        let base = FileManager.default.temporaryDirectory.path
+    /// In `base` when given (a tmpfs such as /dev/shm, for tests that make thousands of
+    /// durable writes), else in the temporary directory.
+    public init(prefix: String = "cairn-test", in base: String? = nil) throws {
+        let base = base ?? FileManager.default.temporaryDirectory.path
         var template = Array("\(base)/\(prefix)-XXXXXX".utf8CString)
         guard let dir = template.withUnsafeMutableBufferPointer({ mkdtemp($0.baseAddress!) }) else {
             throw SpoolError(.io, path: base, errno: errno, "mkdtemp failed")
