@@ -409,12 +409,12 @@ enum Normalized {
         return ordered.compactMap { e -> String? in
             let isSettled = e.name.map { settled.contains($0) } ?? false
             if isSettled, ["intent", "retry", "uncertain"].contains(e.kind) { return nil }
-            var o: [String: JSONValue] = ["kind": .string(e.kind)]
+            var o: [String: JSONValue] = ["kind": .string(e.kind.rawValue)]
             o["name"] = e.name.map { .string($0) }
-            o["phase"] = e.phase.map { .string($0) }
-            o["value"] = e.value.map { recordedValues.contains(e.kind) ? "*" : mask($0) }
+            o["phase"] = e.phase.map { .string($0.rawValue) }
+            o["value"] = e.value.map { recordedValues.contains(e.kind.rawValue) ? "*" : mask($0) }
             o["error"] = e.error.map { .string(attempts("\($0.type): \($0.message)", anySettled)) }
-            o["status"] = e.status.map { .string($0) }
+            o["status"] = e.status.map { .string($0.rawValue) }
             o["group"] = e.group.map { .string($0) }
             o["index"] = e.index.map { .int(Int64($0)) }
             if var d = e.data?.objectValue {
@@ -425,7 +425,7 @@ enum Normalized {
             }
             if !isSettled {
                 o["attempt"] = e.attempt.map { .int(Int64($0)) }
-                o["decision"] = e.decision.map { .string($0) }
+                o["decision"] = e.decision.map { .string($0.rawValue) }
                 o["semantics"] = e.semantics.map { .string($0) }
                 o["comment"] = e.comment.map { .string($0) }
             }
@@ -450,7 +450,7 @@ enum Normalized {
             guard let s = v.stringValue, recordedValues.contains(where: { s.hasPrefix($0 + ":") }) else { return nil }
             return s
         }
-        let recorded = entries.filter { recordedValues.contains($0.kind) }.map { e -> String in
+        let recorded = entries.filter { recordedValues.contains($0.kind.rawValue) }.map { e -> String in
             switch e.value {
             case .string(let s)?: return "\(e.kind):\(s)"
             case .double(let d)?: return "\(e.kind):\(d)"

@@ -262,9 +262,9 @@ enum JournalTarget {
             check(c1 == c2, "canonical record is not stable: \(c1) → \(c2)")
             check(e2.seq == e.seq && e2.kind == e.kind && e2.name == e.name && e2.value == e.value && e2.data == e.data, "a round trip changed the record")
             // (Kinds are the runtime's own words: checked for those, not for any text.)
-            if e.seq >= 0, !e.kind.isEmpty, e.kind.unicodeScalars.allSatisfy({ $0.isASCII && (CharacterSet.alphanumerics.contains($0) || $0 == "_") }) {
+            if e.seq >= 0, !e.kind.rawValue.isEmpty, e.kind.rawValue.unicodeScalars.allSatisfy({ $0.isASCII && (CharacterSet.alphanumerics.contains($0) || $0 == "_") }) {
                 let parsed = JournalEntry.parseFileName(e.fileName)
-                check(parsed?.seq == e.seq && parsed?.kind == e.kind, "fileName \(e.fileName) parses to \(String(describing: parsed)), not seq \(e.seq) kind \(e.kind)")
+                check(parsed?.seq == e.seq && parsed?.kind == e.kind.rawValue, "fileName \(e.fileName) parses to \(String(describing: parsed)), not seq \(e.seq) kind \(e.kind)")
             }
             _ = Journal.effective([e])
             _ = e.terminalStatus
