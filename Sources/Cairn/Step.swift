@@ -183,7 +183,8 @@ struct StepOperation<T: Codable & Sendable>: DurableOperation {
                     try ctx.setAsideDecision(gate: gate, seq: e.seq)
                 }
             }
-            attempt += 1
+            // The attempt a person chose to rerun had no outcome recorded: it is the same
+            // attempt again (a rerun of the last one must not get an attempt past the policy).
             retryUntil = nil
         default:  // intent: its outcome follows, or the step may have run
             pendingIntent = true
@@ -195,8 +196,7 @@ struct StepOperation<T: Codable & Sendable>: DurableOperation {
         if pendingIntent {
             pendingIntent = false
             if let v: T = try ctx.resolveUncertain(stepName, attempt: attempt, key: key) { return .done(v) }
-            attempt += 1  // a person chose "rerun"
-            retryUntil = nil
+            retryUntil = nil  // a person chose "rerun": the same attempt, again
             return .next
         }
         let clock = ctx.clock
