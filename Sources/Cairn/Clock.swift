@@ -25,17 +25,20 @@ public struct SystemClock: CairnClock {
     }
 }
 
+// Helpers for Cairn's own modules, `package` so that they do not leak into every importer of
+// Cairn (a user's `Duration` gets only `.minutes/.hours/.days` below, which docs/workflows.md uses).
 extension Duration {
     /// The duration in seconds, as a Double.
-    public var seconds: Double {
+    package var seconds: Double {
         let (s, a) = components
         return Double(s) + Double(a) / 1e18
     }
 
     /// Parses `90s`, `15m`, `2h`, `7d`, `250ms` (SPEC §5); nil when malformed.
-    public static func parse(_ text: String) -> Duration? { DurationText.parse(text) }
+    package static func parse(_ text: String) -> Duration? { DurationText.parse(text) }
 }
 
+/// Durations for workflow authors: `.minutes(15)`, `.hours(2)`, `.days(7)` next to the standard `.seconds(90)`.
 extension Duration {
     public static func minutes(_ n: Int64) -> Duration { .seconds(n * 60) }
     public static func hours(_ n: Int64) -> Duration { .seconds(n * 3600) }

@@ -104,13 +104,27 @@ struct CairnCommand: AsyncParsableCommand {
             Exit codes: 0 success, 1 failure, 2 usage, 3 no such run or gate, 4 timed out.
             """,
         version: "0.1.0",
-        subcommands: [
-            InitCommand.self, DaemonCommand.self, SubmitCommand.self, ListCommand.self, ShowCommand.self,
-            WhyCommand.self, WaitCommand.self, ApproveCommand.self, RejectCommand.self, SignalCommand.self,
-            CancelCommand.self, PauseCommand.self, ResumeCommand.self, RetryCommand.self,
-            FsckCommand.self, DoctorCommand.self, GCCommand.self, DemoCommand.self, AdvanceCommand.self,
-            StepHelper.self, ApprovalHelper.self, EventHelper.self, SleepHelper.self, NowHelper.self,
-            UUIDHelper.self, ResultHelper.self, LLMHelper.self, SuperviseCommand.self,
+        // Internal: the supervisor of a script workflow (hidden from help).
+        subcommands: [SuperviseCommand.self],
+        // `cairn --help` lists the commands in these groups ("RUN SUBCOMMANDS:" …), in this order; every name works as before.
+        groupedSubcommands: [
+            CommandGroup(name: "Run", subcommands: [
+                SubmitCommand.self, ListCommand.self, ShowCommand.self, WhyCommand.self, WaitCommand.self,
+            ]),
+            CommandGroup(name: "Decision and event", subcommands: [
+                ApproveCommand.self, RejectCommand.self, SignalCommand.self,
+            ]),
+            CommandGroup(name: "Control", subcommands: [
+                CancelCommand.self, PauseCommand.self, ResumeCommand.self, RetryCommand.self,
+            ]),
+            CommandGroup(name: "Spool", subcommands: [
+                InitCommand.self, DaemonCommand.self, AdvanceCommand.self, FsckCommand.self,
+                GCCommand.self, DoctorCommand.self, DemoCommand.self,
+            ]),
+            CommandGroup(name: "Script helper", subcommands: [
+                StepHelper.self, ApprovalHelper.self, EventHelper.self, SleepHelper.self, NowHelper.self,
+                UUIDHelper.self, ResultHelper.self, LLMHelper.self,
+            ]),
         ]
     )
 }

@@ -35,6 +35,39 @@ import Testing
         #expect(root.stdout.hasPrefix("OVERVIEW: Durable execution for AI agents on a plain directory."))
     }
 
+    /// docs/cli.md: `cairn --help` groups the commands; a bad option value is refused by the
+    /// parser (exit 2) with a message naming the option (and, for a list, its values).
+    @Test func groupedHelpAndTypedOptionValues() async throws {
+        let root = try Binary.run("cairn", ["--help"])
+        for group in ["RUN SUBCOMMANDS:", "DECISION AND EVENT SUBCOMMANDS:", "CONTROL SUBCOMMANDS:", "SPOOL SUBCOMMANDS:", "SCRIPT HELPER SUBCOMMANDS:"] {
+            #expect(root.stdout.contains(group), "cairn --help has no \(group)\n\(root.stdout)")
+        }
+        #expect(!root.stdout.contains("__supervise"))
+        let t = try TempSpool()
+        let refusals: [([String], [String])] = [
+            (["wait", "r1", "--timeout", "soon"], ["'soon'", "--timeout"]),
+            (["wait", "r1", "--for", "done"], ["'done'", "--for", "'terminal'"]),
+            (["wait", "r1", "--rescan-interval", "0s"], ["--rescan-interval"]),
+            (["gc", "--older-than", "7"], ["'7'", "--older-than"]),
+            (["advance", "r1", "--max-sleep", "1x"], ["'1x'", "--max-sleep"]),
+            (["daemon", "--shutdown-grace", "1.5"], ["'1.5'", "--shutdown-grace"]),
+            (["daemon", "--log-format", "xml"], ["'xml'", "--log-format", "'json'"]),
+            (["daemon", "--log-level", "loud"], ["'loud'", "--log-level", "- critical"]),
+        ]
+        for (args, words) in refusals {
+            let r = try Binary.run("cairn", args + ["--spool", t.spool.root.string])
+            #expect(r.code == 2, "\(args): \(r.code) \(r.stderr)")
+            for w in words { #expect(r.stderr.contains(w), "\(args): \(r.stderr)") }
+        }
+        let sleep = try Binary.run("cairn", ["sleep", "forever"])
+        #expect(sleep.code == 2 && sleep.stderr.contains("'forever'"), "\(sleep.stderr)")
+        // The accepted syntax is unchanged: decimals, milliseconds, days.
+        let gc = try Binary.cairn("gc", "--older-than", "1.5d", "--dry-run", spool: t.spool)
+        #expect(gc.code == 0, "\(gc.stderr)")
+        let w = try Binary.cairn("wait", "no-such", "--timeout", "250ms", "--rescan-interval", "0.5s", spool: t.spool)
+        #expect(w.code == 3, "\(w.stderr)")
+    }
+
     @Test func submitLsShowWhyGolden() async throws {
         let t = try TempSpool()
         let sub = try Binary.cairn("submit", "gate", "--id", "golden-1", "--input", "-", spool: t.spool, stdin: #"{"who": "g"}"#)

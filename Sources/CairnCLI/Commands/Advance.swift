@@ -19,13 +19,9 @@ struct AdvanceCommand: AsyncParsableCommand {
     )
 
     @Argument(help: ArgumentHelp("The run id.", valueName: "run")) var runID: String
-    @Option(name: .customLong("max-sleep"), help: "Sleep through timers up to this long (default 1m).") var maxSleep: String = "1m"
+    @Option(name: .customLong("max-sleep"), help: "Sleep through timers up to this long.") var maxSleep = DurationArgument(argument: "1m")!
     @OptionGroup var options: SpoolOptions
     @OptionGroup var output: JSONOption
-
-    func validate() throws {
-        guard Duration.parse(maxSleep) != nil else { throw ValidationError("invalid duration '\(maxSleep)'") }
-    }
 
     func run() async throws {
         let spool = try options.open()
@@ -33,7 +29,7 @@ struct AdvanceCommand: AsyncParsableCommand {
         var logger = Logger(label: "cairn")
         logger.logLevel = .warning
         let engine = Engine(spool: spool, registry: CLIEnvironment.workflows(for: spool), logger: logger)
-        let limit = Duration.parse(maxSleep)!.seconds
+        let limit = maxSleep.duration.seconds
         var outcome: AdvanceOutcome
         while true {
             outcome = try await engine.advance(runID)

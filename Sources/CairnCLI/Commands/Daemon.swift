@@ -24,39 +24,35 @@ struct DaemonCommand: AsyncParsableCommand {
     )
 
     @Option(name: .long, help: "Runs advanced at once.") var concurrency: Int = 8
-    @Option(name: .customLong("rescan-interval"), help: "Rescan the spool this often (shared filesystems; off by default).") var rescanInterval: String?
-    @Option(name: .customLong("shutdown-grace"), help: "How long running executions get on shutdown.") var shutdownGrace: String = "30s"
-    @Option(name: .customLong("log-format"), help: "human or json.") var logFormat: String = "human"
-    @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error.") var logLevel: String = "info"
+    @Option(name: .customLong("rescan-interval"), help: "Rescan the spool this often (shared filesystems; off by default).") var rescanInterval: DurationArgument?
+    @Option(name: .customLong("shutdown-grace"), help: "How long running executions get on shutdown.") var shutdownGrace = DurationArgument(argument: "30s")!
+    @Option(name: .customLong("log-format"), help: "human or json.") var logFormat: LogFormat = .human
+    @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error, critical.") var logLevel: LogLevelArgument = .info
     @OptionGroup var options: SpoolOptions
 
     func validate() throws {
         guard concurrency >= 1 else { throw ValidationError("--concurrency must be at least 1") }
-        if let r = rescanInterval, Duration.parse(r) == nil { throw ValidationError("invalid duration '\(r)'") }
-        guard Duration.parse(shutdownGrace) != nil else { throw ValidationError("invalid duration '\(shutdownGrace)'") }
-        guard ["human", "json"].contains(logFormat) else { throw ValidationError("--log-format is human or json") }
-        guard Logger.Level(rawValue: logLevel) != nil else { throw ValidationError("unknown log level '\(logLevel)'") }
     }
 
     func run() async throws {
         // libinotifytools first, while file descriptors are few (it select()s on its fd).
         let watcher = try Watcher.start()
         let spool = try options.open()
-        let logger = makeLogger(format: logFormat, level: Logger.Level(rawValue: logLevel)!)
+        let logger = makeLogger(format: logFormat, level: logLevel.level)
         var opts = DaemonOptions()
         opts.concurrency = concurrency
-        opts.rescanInterval = rescanInterval.flatMap(Duration.parse)
+        opts.rescanInterval = rescanInterval?.duration
         // A rescan interval means other hosts write here too: a file being replaced through
         // their mount may read as ENOENT for a moment (DurableFile.read looks again).
         if opts.rescanInterval != nil { DurableFile.assumeSharedFilesystem() }
-        opts.shutdownGrace = Duration.parse(shutdownGrace)!
+        opts.shutdownGrace = shutdownGrace.duration
         let daemon = Daemon(spool: spool, registry: CLIEnvironment.workflows(for: spool), watcher: watcher, options: opts, logger: logger)
         try await runDaemon(daemon, logger: logger, spool: spool)
     }
 }
 
-func makeLogger(format: String, level: Logger.Level) -> Logger {
-    var logger = format == "json"
+func makeLogger(format: LogFormat, level: Logger.Level) -> Logger {
+    var logger = format == .json
         ? Logger(label: "cairn", factory: { JSONLogHandler(label: $0) })
         : Logger(label: "cairn", factory: { StreamLogHandler.standardError(label: $0) })
     logger.logLevel = level

@@ -51,7 +51,7 @@ struct DemoCommand: AsyncParsableCommand {
             try spool.durable.write(Data(Self.digestScript.utf8), to: script)
             chmod(script.string, 0o755)
         }
-        let logger = makeLogger(format: "human", level: .info)
+        let logger = makeLogger(format: .human, level: .info)
         let daemon = Daemon(spool: spool, registry: CLIEnvironment.workflows(for: spool), watcher: watcher, options: DaemonOptions(), logger: logger)
 
         let refund = try spool.createRun(.init(workflow: DemoRefund.name, input: ["order": "A-1042", "amount": 42.5, "reason": "arrived broken"], workflowVersion: DemoRefund.version)).id

@@ -17,17 +17,13 @@ struct GCCommand: ParsableCommand {
             """
     )
 
-    @Option(name: .customLong("older-than"), help: "e.g. 90s, 15m, 2h, 7d (by the run's last update).") var olderThan: String
+    @Option(name: .customLong("older-than"), help: "e.g. 90s, 15m, 2h, 7d (by the run's last update).") var olderThan: DurationArgument
     @Flag(name: .customLong("dry-run"), help: "List what would be removed.") var dryRun = false
     @OptionGroup var options: SpoolOptions
 
-    func validate() throws {
-        guard Duration.parse(olderThan) != nil else { throw ValidationError("invalid duration '\(olderThan)' (e.g. 90s, 15m, 2h, 7d)") }
-    }
-
     func run() throws {
         let spool = try options.open()
-        let cutoff = Date().addingTimeInterval(-Duration.parse(olderThan)!.seconds)
+        let cutoff = Date().addingTimeInterval(-olderThan.duration.seconds)
         var removed = 0
         for status in [RunStatus.completed, .failed, .cancelled] {
             for id in try spool.runs(withStatus: status) {

@@ -16,8 +16,8 @@ struct ListCommand: ParsableCommand {
             """
     )
 
-    @Option(name: .long, help: "queued, running, waiting, completed, failed or cancelled.")
-    var status: String?
+    @Option(name: .long, help: "queued, running, waiting, completed, failed or cancelled.", transform: StatusArgument.parse)
+    var status: StatusArgument?
 
     @Option(name: .long, help: "Only runs of this workflow type.")
     var workflow: String?
@@ -25,20 +25,14 @@ struct ListCommand: ParsableCommand {
     @OptionGroup var options: SpoolOptions
     @OptionGroup var output: JSONOption
 
-    func validate() throws {
-        if let status, RunStatus(rawValue: status) == nil {
-            throw ValidationError("unknown status '\(status)' (queued, running, waiting, completed, failed, cancelled)")
-        }
-    }
-
     func run() throws {
         let spool = try options.open()
         let ids: [String]
-        if let status { ids = try spool.indexedRuns(RunStatus(rawValue: status)!) } else { ids = try spool.runIDs() }
+        if let status { ids = try spool.indexedRuns(status.status) } else { ids = try spool.runIDs() }
         var rows: [JSONValue] = []
         for id in ids {
             guard let state = try? spool.readState(id) else { continue }
-            if let status, state.status.rawValue != status { continue }
+            if let status, state.status != status.status { continue }
             if let workflow, state.workflow != workflow { continue }
             if output.json {
                 rows.append(Self.row(state))

@@ -141,13 +141,12 @@ struct StepHelper: AsyncParsableCommand {
     @Argument(help: "The step's name (repeated names in loops are matched by position).") var name: String
     @Flag(name: .customLong("at-most-once"), help: "Never run twice: after a crash mid-step, ask a person.") var atMostOnce = false
     @Option(name: .long, help: "Retry a non-zero exit this many times.") var retries: Int = 0
-    @Option(name: .long, help: "Fail an attempt that runs longer (e.g. 90s, 10m).") var timeout: String?
+    @Option(name: .long, help: "Fail an attempt that runs longer (e.g. 90s, 10m).") var timeout: DurationArgument?
     @Argument(parsing: .postTerminator, help: "The command and its arguments.") var command: [String] = []
 
     func validate() throws {
         guard !command.isEmpty else { throw ValidationError("missing the command: cairn step NAME -- CMD ARGS...") }
         guard retries >= 0 else { throw ValidationError("--retries must be 0 or more") }
-        if let timeout, Duration.parse(timeout) == nil { throw ValidationError("invalid duration '\(timeout)'") }
     }
 
     func run() async throws {
@@ -157,7 +156,7 @@ struct StepHelper: AsyncParsableCommand {
         let out: StepOutput
         do {
             out = try await session.perform { ctx in
-                try await ctx.stepWithAttempts(name, semantics: atMostOnce ? .atMostOnce : .atLeastOnce, retry: policy, timeout: timeout.flatMap(Duration.parse)) { attempt in
+                try await ctx.stepWithAttempts(name, semantics: atMostOnce ? .atMostOnce : .atLeastOnce, retry: policy, timeout: timeout?.duration) { attempt in
                     // A timeout (or a stop) kills the command and everything it started.
                     let pid = ProcessTree()
                     let config = Configuration(
@@ -208,12 +207,11 @@ struct ApprovalHelper: AsyncParsableCommand {
 
     @Argument(help: "The gate name.") var gate: String
     @Option(name: .long, help: ArgumentHelp("What to show the approver (JSON or text file).", valueName: "file")) var request: String?
-    @Option(name: .long, help: "Decide by the gate's timeout outcome after this long (e.g. 24h).") var timeout: String?
+    @Option(name: .long, help: "Decide by the gate's timeout outcome after this long (e.g. 24h).") var timeout: DurationArgument?
     @Flag(name: .customLong("approve-on-timeout"), help: "The timeout approves (default: rejects).") var approveOnTimeout = false
 
     func validate() throws {
         guard Names.isValidName(gate) else { throw ValidationError("invalid gate name '\(gate)'") }
-        if let timeout, Duration.parse(timeout) == nil { throw ValidationError("invalid duration '\(timeout)'") }
     }
 
     func run() async throws {
@@ -233,7 +231,7 @@ struct ApprovalHelper: AsyncParsableCommand {
         var session = try HelperSession.open("approval")
         let r = req
         let d = try await session.perform { ctx in
-            try await ctx.approval(gate, request: r, timeout: timeout.flatMap(Duration.parse), onTimeout: approveOnTimeout ? .approve : .reject)
+            try await ctx.approval(gate, request: r, timeout: timeout?.duration, onTimeout: approveOnTimeout ? .approve : .reject)
         }
         if let v = d.value { FileHandle.standardOutput.write(Data(v.canonicalText().utf8)) }
         if !d.approved, let reason = d.reason { FileHandle.standardError.write(Data("rejected: \(reason)\n".utf8)) }
@@ -249,16 +247,15 @@ struct EventHelper: AsyncParsableCommand {
     )
 
     @Argument(help: "The event name.") var name: String
-    @Option(name: .long, help: "Give up after this long (e.g. 30m).") var timeout: String?
+    @Option(name: .long, help: "Give up after this long (e.g. 30m).") var timeout: DurationArgument?
 
     func validate() throws {
         guard Names.isValidName(name) else { throw ValidationError("invalid event name '\(name)'") }
-        if let timeout, Duration.parse(timeout) == nil { throw ValidationError("invalid duration '\(timeout)'") }
     }
 
     func run() async throws {
         var session = try HelperSession.open("event")
-        let v = try await session.perform { ctx in try await ctx.waitForEvent(name, timeout: timeout.flatMap(Duration.parse)) }
+        let v = try await session.perform { ctx in try await ctx.waitForEvent(name, timeout: timeout?.duration) }
         guard let v else { throw ExitCode(4) }
         Output.raw(Data(v.canonicalText().utf8), to: 1)
     }
@@ -271,15 +268,11 @@ struct SleepHelper: AsyncParsableCommand {
         discussion: "Example:\n  cairn sleep 2h"
     )
 
-    @Argument(help: "90s, 15m, 2h, 7d…") var duration: String
-
-    func validate() throws {
-        guard Duration.parse(duration) != nil else { throw ValidationError("invalid duration '\(duration)'") }
-    }
+    @Argument(help: "90s, 15m, 2h, 7d…") var duration: DurationArgument
 
     func run() async throws {
         var session = try HelperSession.open("sleep")
-        try await session.perform { ctx in try await ctx.sleep("sleep", for: Duration.parse(duration)!) }
+        try await session.perform { ctx in try await ctx.sleep("sleep", for: duration.duration) }
     }
 }
 

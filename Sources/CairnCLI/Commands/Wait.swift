@@ -19,16 +19,14 @@ struct WaitCommand: AsyncParsableCommand {
     )
 
     @Argument(help: ArgumentHelp("The run id.", valueName: "run")) var runID: String
-    @Option(name: .customLong("for"), help: "completed, waiting, or terminal (default).") var target: String = "terminal"
-    @Option(name: .long, help: "Give up after this long (exit 4).") var timeout: String?
-    @Option(name: .customLong("rescan-interval"), help: "Also re-read state.json this often (writes from other hosts of a shared filesystem).") var rescanInterval: String = "1s"
+    @Option(name: .customLong("for"), help: "The state to wait for (terminal: completed, failed or cancelled).") var target: WaitTarget = .terminal
+    @Option(name: .long, help: "Give up after this long (exit 4).") var timeout: DurationArgument?
+    @Option(name: .customLong("rescan-interval"), help: "Also re-read state.json this often (writes from other hosts of a shared filesystem).") var rescanInterval = DurationArgument(argument: "1s")!
     @OptionGroup var options: SpoolOptions
     @OptionGroup var output: JSONOption
 
     func validate() throws {
-        guard ["completed", "waiting", "terminal"].contains(target) else { throw ValidationError("--for is completed, waiting or terminal") }
-        if let timeout, Duration.parse(timeout) == nil { throw ValidationError("invalid duration '\(timeout)'") }
-        guard let r = Duration.parse(rescanInterval), r > .zero else { throw ValidationError("invalid duration '\(rescanInterval)'") }
+        guard rescanInterval.duration > .zero else { throw ValidationError("--rescan-interval must be longer than zero") }
     }
 
     func run() async throws {
@@ -37,9 +35,9 @@ struct WaitCommand: AsyncParsableCommand {
         _ = try requireRun(spool, runID)
         let dir = spool.run(runID).directory.string
         try await watcher.watch(dir)
-        let deadline = timeout.flatMap(Duration.parse).map { ContinuousClock.now + $0 }
+        let deadline = timeout.map { ContinuousClock.now + $0.duration }
         let id = runID, target = self.target
-        let rescan = Duration.parse(rescanInterval) ?? .seconds(1)
+        let rescan = rescanInterval.duration
         let reached: RunState? = try await withThrowingTaskGroup(of: RunState?.self) { group in
             group.addTask {
                 // Check after the watch is in place, then on every wake-up, whatever it was:
@@ -69,13 +67,13 @@ struct WaitCommand: AsyncParsableCommand {
             return first
         }
         watcher.stop()
-        guard let state = reached else { throw CLIError(.timedOut, "\(runID): timed out waiting for \(target) (status \((try? spool.readState(runID))??.status.rawValue ?? "?"))") }
+        guard let state = reached else { throw CLIError(.timedOut, "\(runID): timed out waiting for \(target.rawValue) (status \((try? spool.readState(runID))??.status.rawValue ?? "?"))") }
         if output.json { Output.json(ListCommand.row(state)) } else { Output.line("\(runID)  \(state.status.rawValue)") }
         let ok: Bool
         switch target {
-        case "completed": ok = state.status == .completed
-        case "waiting": ok = state.status == .waiting
-        default: ok = true
+        case .completed: ok = state.status == .completed
+        case .waiting: ok = state.status == .waiting
+        case .terminal: ok = true
         }
         if !ok { throw ExitCode(1) }
     }
@@ -91,11 +89,11 @@ struct WaitCommand: AsyncParsableCommand {
     }
 
     /// The state when the wait is over (the target, or a terminal state that rules it out).
-    static func settled(_ s: RunState?, _ target: String) -> RunState? {
+    static func settled(_ s: RunState?, _ target: WaitTarget) -> RunState? {
         guard let s else { return nil }
         switch target {
-        case "waiting": return s.status == .waiting || s.status.isTerminal ? s : nil
-        default: return s.status.isTerminal ? s : nil
+        case .waiting: return s.status == .waiting || s.status.isTerminal ? s : nil
+        case .completed, .terminal: return s.status.isTerminal ? s : nil
         }
     }
 }
