@@ -46,10 +46,9 @@ public struct DemoRefund: Workflow {
         guard decision.approved else { return Output(refunded: false, amount: 0, approvedBy: decision.decidedBy?.user) }
         let amount = try decision.value(as: Double.self) ?? input.amount
         let outbox = ctx.spoolRoot.appending("demo-outbox.jsonl").string
-        let _: Bool = try await ctx.step("issue-refund", semantics: .atMostOnce) { key in
+        try await ctx.step("issue-refund", semantics: .atMostOnce) { key in
             let line: JSONValue = ["order": .string(input.order), "amount": .double(amount), "idempotency_key": .string(key)]
             try DurableFile.appendLine(line.compactText(), to: outbox)
-            return true
         }
         return Output(refunded: true, amount: amount, approvedBy: decision.decidedBy?.user)
     }
