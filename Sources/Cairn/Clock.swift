@@ -10,6 +10,7 @@ public protocol CairnClock: Sendable {
 }
 
 extension CairnClock {
+    /// Sleeps for `duration` from the clock's `now()`.
     public func sleep(for duration: Duration) async throws {
         try await sleep(until: now().addingTimeInterval(duration.seconds))
     }
@@ -17,8 +18,11 @@ extension CairnClock {
 
 /// The wall clock.
 public struct SystemClock: CairnClock {
+    /// The wall clock.
     public init() {}
+    /// The current wall-clock time.
     public func now() -> Date { Date() }
+    /// Sleeps with `Task.sleep` until `deadline` (at once when it has passed).
     public func sleep(until deadline: Date) async throws {
         let d = deadline.timeIntervalSinceNow
         if d > 0 { try await Task.sleep(for: .milliseconds(Int64((d * 1000).rounded(.up)))) }
@@ -37,7 +41,10 @@ extension Duration {
 }
 
 extension Duration {
+    /// `n` minutes.
     public static func minutes(_ n: Int64) -> Duration { .seconds(n * 60) }
+    /// `n` hours.
     public static func hours(_ n: Int64) -> Duration { .seconds(n * 3600) }
+    /// `n` days of 24 hours.
     public static func days(_ n: Int64) -> Duration { .seconds(n * 86400) }
 }

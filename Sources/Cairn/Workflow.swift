@@ -23,12 +23,15 @@ public protocol Workflow: Sendable {
 }
 
 extension Workflow {
+    /// "1" unless the workflow declares its own.
     public static var version: String { "1" }
 }
 
 /// A workflow with its types erased to JSON, as the engine runs it.
 public struct AnyWorkflow: Sendable {
+    /// The workflow's name, as submissions name it.
     public let name: String
+    /// The workflow's version, recorded in each run's `start` record.
     public let version: String
     let body: @Sendable (WorkflowContext, JSONValue) async throws -> JSONValue
     /// Whether waking a run that waits on something that has not happened replays it anyway
@@ -37,6 +40,8 @@ public struct AnyWorkflow: Sendable {
     /// the script from the top, outside helpers included.
     public var replaysOnEveryWake = true
 
+    /// Erases a typed workflow: its input is decoded from JSON (a failure is a
+    /// `WorkflowInputError`) and its output encoded to JSON.
     public init<W: Workflow>(_ workflow: W) {
         name = W.name
         version = W.version
@@ -62,8 +67,11 @@ public struct AnyWorkflow: Sendable {
 
 /// The input did not decode as the workflow's Input type.
 public struct WorkflowInputError: Error, CustomStringConvertible {
+    /// The workflow's name.
     public var workflow: String
+    /// What the decoder said.
     public var message: String
+    /// The workflow and the decoder's complaint, in a sentence.
     public var description: String { "input does not match \(workflow)'s Input: \(message)" }
 }
 
@@ -72,6 +80,7 @@ public enum WorkflowRegistryError: Error, Equatable, CustomStringConvertible {
     case invalidName(String)
     case duplicate(String)
 
+    /// What is wrong with the name, in a sentence.
     public var description: String {
         switch self {
         case .invalidName(let n): return "invalid workflow name '\(n)': letters, digits, '.', '_' and '-', starting with a letter or digit, at most 128"
@@ -86,8 +95,10 @@ public struct WorkflowRegistry: Sendable {
     /// Consulted for names not registered (script workflows in SPOOL/workflows/).
     public var fallback: (@Sendable (String) -> AnyWorkflow?)?
 
+    /// An empty registry.
     public init() {}
 
+    /// A registry of `workflows` (a later one of the same name replaces an earlier one).
     public init(_ workflows: [AnyWorkflow]) {
         for w in workflows { entries[w.name] = w }
     }
@@ -98,15 +109,18 @@ public struct WorkflowRegistry: Sendable {
         try register(AnyWorkflow(workflow))
     }
 
+    /// Adds a type-erased workflow, with the same checks as `register(_:)` for a typed one.
     public mutating func register(_ workflow: AnyWorkflow) throws(WorkflowRegistryError) {
         guard Names.isValidName(workflow.name) else { throw .invalidName(workflow.name) }
         guard entries[workflow.name] == nil else { throw .duplicate(workflow.name) }
         entries[workflow.name] = workflow
     }
 
+    /// The workflow of this name: registered, or else from `fallback`.
     public subscript(name: String) -> AnyWorkflow? { entries[name] ?? fallback?(name) }
 
     /// Whether a Swift workflow of this name is registered (scripts not counted).
     public func isRegistered(_ name: String) -> Bool { entries[name] != nil }
+    /// The registered names, sorted (scripts not counted).
     public var names: [String] { entries.keys.sorted() }
 }

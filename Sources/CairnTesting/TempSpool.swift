@@ -7,9 +7,12 @@ import SystemPackage
 
 /// A fresh spool in a temporary directory, removed when the value is released.
 public final class TempSpool: Sendable {
+    /// The spool, at `path/spool`.
     public let spool: Spool
+    /// The temporary directory that holds the spool; removed on release.
     public let path: FilePath
 
+    /// Creates a fresh temporary directory (`mkdtemp`, named from `prefix`) with a spool in it.
     public init(prefix: String = "cairn-test") throws {
         let base = FileManager.default.temporaryDirectory.path
         var template = Array("\(base)/\(prefix)-XXXXXX".utf8CString)
@@ -41,6 +44,7 @@ public final class TempSpool: Sendable {
         try spool.journal(run).load().map { e in e.name.map { "\(e.kind):\($0)" } ?? e.kind.rawValue }
     }
 
+    /// The run's derived state (`state.json`).
     public func state(_ run: String) throws -> RunState {
         guard let s = try spool.readState(run) else { throw SpoolError(.notFound, "no state.json for \(run)") }
         return s
@@ -74,8 +78,10 @@ public final class TempSpool: Sendable {
 public final class LogCapture: Sendable {
     private let lines = Mutex<[String]>([])
 
+    /// An empty capture; pass it to `TempSpool.engine(_:clock:logLevel:capture:)`.
     public init() {}
 
+    /// Every captured line so far, joined by newlines.
     public var text: String { lines.withLock { $0.joined(separator: "\n") } }
 
     var handler: any LogHandler { Handler(capture: self) }
