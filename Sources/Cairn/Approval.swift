@@ -44,7 +44,9 @@ public struct ApprovalDecision: Sendable, Hashable {
 
 /// What happens when a gate's timeout passes with no decision.
 public indirect enum ApprovalTimeout: Sendable {
+    /// The gate is rejected.
     case reject
+    /// The gate is approved.
     case approve
     /// Ask another gate (with its own timeout and outcome).
     case escalate(to: String, timeout: Duration?, then: ApprovalTimeout)

@@ -4,6 +4,7 @@ import CairnSpool
 /// Time as the engine sees it. Injected, so tests run hours of timers in microseconds
 /// (CairnTesting's ManualClock).
 public protocol CairnClock: Sendable {
+    /// The current time.
     func now() -> Date
     /// Returns at or after `deadline`; throws CancellationError when the task is cancelled.
     func sleep(until deadline: Date) async throws

@@ -10,7 +10,9 @@ import Foundation
 /// and the same recorded results must lead to the same sequence of operations. Read the
 /// time, random numbers and UUIDs through `ctx.now()`, `ctx.random()`, `ctx.uuid()`.
 public protocol Workflow: Sendable {
+    /// The run's input, decoded from the submission's JSON.
     associatedtype Input: Codable & Sendable
+    /// The run's output, encoded to `result.json` and the `complete` record.
     associatedtype Output: Codable & Sendable
 
     /// The workflow type's name: what submissions name (`[A-Za-z0-9][A-Za-z0-9._-]*`).
@@ -19,6 +21,7 @@ public protocol Workflow: Sendable {
     /// that alters the sequence of operations; guard new operations with `ctx.patched`.
     static var version: String { get }
 
+    /// Does the run's work through `ctx`; runs again from the top on every execution of the run.
     func run(_ ctx: WorkflowContext, input: Input) async throws -> Output
 }
 
@@ -77,7 +80,9 @@ public struct WorkflowInputError: Error, CustomStringConvertible {
 
 /// Why a workflow could not be registered.
 public enum WorkflowRegistryError: Error, Equatable, CustomStringConvertible {
+    /// The name is not `[A-Za-z0-9][A-Za-z0-9._-]{0,127}`.
     case invalidName(String)
+    /// A workflow of this name is already registered.
     case duplicate(String)
 
     /// What is wrong with the name, in a sentence.
