@@ -8,7 +8,9 @@ import SystemPackage
 
 /// A model provider: one request, one response; `onDelta` gets streamed text as it arrives.
 public protocol LLMProvider: Sendable {
+    /// The provider's name, as in `NAME:model`.
     var name: String { get }
+    /// Sends one request; `onDelta` gets streamed text as it arrives (when streaming).
     func send(_ request: LLMRequest, onDelta: (@Sendable (String) -> Void)?) async throws -> LLMResponse
     /// Whether requests to it stream (cairn.json `"stream": false` turns streaming off).
     var streams: Bool { get }

@@ -26,8 +26,11 @@ public enum Drops {
 
     /// What reading a drop found: nothing, a valid file, or a refusal and its reason.
     public enum Result: Sendable {
+        /// No such file.
         case absent
+        /// A file that passed every check.
         case valid(File)
+        /// A file refused, why, and its identity (to tell a replacement from it).
         case refused(path: FilePath, reason: String, identity: String)
     }
 

@@ -3,12 +3,19 @@ import Foundation
 /// Any JSON value. Cairn stores every record as JSON; this is the type that crosses
 /// the journal boundary and the one the canonical writer prints.
 public enum JSONValue: Sendable, Hashable {
+    /// JSON `null`.
     case null
+    /// `true` or `false`.
     case bool(Bool)
+    /// A number read or built as a 64-bit integer.
     case int(Int64)
+    /// A number read or built as a Double.
     case double(Double)
+    /// A string.
     case string(String)
+    /// An array.
     case array([JSONValue])
+    /// An object (written with sorted keys).
     case object([String: JSONValue])
 }
 

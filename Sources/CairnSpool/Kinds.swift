@@ -5,6 +5,7 @@ import Foundation
 /// is one (`e.kind == "step"`), and so is a value another version wrote that this one does
 /// not know (kept as it is).
 public protocol StringTag: RawRepresentable, ExpressibleByStringLiteral, Codable, Hashable, Sendable, CustomStringConvertible where RawValue == String {
+    /// A tag from its string, known to this version or not.
     init(rawValue: String)
 }
 
