@@ -5,7 +5,7 @@ SWIFT ?= swift
 SPOOL ?= ./spool
 BUILD_FLAGS ?=
 
-.PHONY: all deps build test test-props-long run bench clean release-has-no-test-hooks fuzz fuzz-build fuzz-run
+.PHONY: all deps build test test-props-long run bench docs clean release-has-no-test-hooks fuzz fuzz-build fuzz-run
 
 all: build
 
@@ -105,6 +105,20 @@ bench: deps
 	$(SWIFT) build -c release --product cairn-bench
 	$(SWIFT) build -c release --product cairn-fixtures
 	$$($(SWIFT) build -c release --show-bin-path)/cairn-bench
+
+# API documentation (DocC, swift-docc-plugin) for Cairn and CairnTesting: static sites in
+# .build/docs/Cairn and .build/docs/CairnTesting (serve .build/docs and open /Cairn/documentation/cairn/).
+# Not part of `make test`: it builds, extracts symbol graphs and runs docc per target; measured
+# on 2 cores: 1 min 5 s for both after a build, 4.5 min after a change to CairnSpool. Unresolved
+# links and other warnings fail it.
+DOCS_TARGETS ?= Cairn CairnTesting
+docs: deps
+	@mkdir -p .build/docs
+	@for t in $(DOCS_TARGETS); do \
+	  $(SWIFT) package --disable-sandbox generate-documentation --target $$t $(BUILD_FLAGS) \
+	    --warnings-as-errors --transform-for-static-hosting --hosting-base-path $$t \
+	    --output-path .build/docs/$$t || exit 1; \
+	done
 
 clean:
 	rm -rf .build

@@ -31,6 +31,9 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-crypto", "3.0.0"..<"5.0.0"),
         // Tests only: generators and shrinking for the replay engine's property tests.
         .package(url: "https://github.com/x-sheep/swift-property-based", exact: "2.0.1"),
+        // `make docs`: the `generate-documentation` command for the DocC catalogs (a plugin
+        // only: nothing of it is linked into a product).
+        .package(url: "https://github.com/swiftlang/swift-docc-plugin", from: "1.5.0"),
     ],
     targets: [
         // libinotifytools (Debian's libinotifytools0-dev ships no pkg-config file).

@@ -8,6 +8,7 @@ public struct ApprovalRequest: Codable, Sendable, Hashable {
     /// Anything the approver should see (the draft, the tool call's arguments…).
     public var details: JSONValue?
 
+    /// A request with a summary and optional details.
     public init(summary: String, details: JSONValue? = nil) {
         self.summary = summary
         self.details = details
@@ -16,15 +17,20 @@ public struct ApprovalRequest: Codable, Sendable, Hashable {
 
 /// A person's decision on a gate.
 public struct ApprovalDecision: Sendable, Hashable {
+    /// The gate's name.
     public var gate: String
+    /// Whether the gate was approved (false for a rejection).
     public var approved: Bool
     /// The approval's payload: the dropped file's `"value"` (or its whole JSON when it is
     /// not `{"comment", "value"}` shaped), e.g. an edited draft.
     public var value: JSONValue?
+    /// The approver's comment, if the dropped file had one.
     public var comment: String?
     /// For rejections: the dropped `{"reason": ...}`.
     public var reason: String?
+    /// Who decided: the owner of the dropped file (nil for a timeout's outcome).
     public var decidedBy: Principal?
+    /// When the decision was recorded.
     public var decidedAt: Date
     /// True when the decision is the gate's declared timeout outcome.
     public var timedOut: Bool
@@ -38,7 +44,9 @@ public struct ApprovalDecision: Sendable, Hashable {
 
 /// What happens when a gate's timeout passes with no decision.
 public indirect enum ApprovalTimeout: Sendable {
+    /// The gate is rejected.
     case reject
+    /// The gate is approved.
     case approve
     /// Ask another gate (with its own timeout and outcome).
     case escalate(to: String, timeout: Duration?, then: ApprovalTimeout)

@@ -4,12 +4,14 @@ import CairnSpool
 /// Time as the engine sees it. Injected, so tests run hours of timers in microseconds
 /// (CairnTesting's ManualClock).
 public protocol CairnClock: Sendable {
+    /// The current time.
     func now() -> Date
     /// Returns at or after `deadline`; throws CancellationError when the task is cancelled.
     func sleep(until deadline: Date) async throws
 }
 
 extension CairnClock {
+    /// Sleeps for `duration` from the clock's `now()`.
     public func sleep(for duration: Duration) async throws {
         try await sleep(until: now().addingTimeInterval(duration.seconds))
     }
@@ -17,8 +19,11 @@ extension CairnClock {
 
 /// The wall clock.
 public struct SystemClock: CairnClock {
+    /// The wall clock.
     public init() {}
+    /// The current wall-clock time.
     public func now() -> Date { Date() }
+    /// Sleeps with `Task.sleep` until `deadline` (at once when it has passed).
     public func sleep(until deadline: Date) async throws {
         let d = deadline.timeIntervalSinceNow
         if d > 0 { try await Task.sleep(for: .milliseconds(Int64((d * 1000).rounded(.up)))) }
@@ -40,7 +45,10 @@ extension Duration {
 
 /// Durations for workflow authors: `.minutes(15)`, `.hours(2)`, `.days(7)` next to the standard `.seconds(90)`.
 extension Duration {
+    /// `n` minutes.
     public static func minutes(_ n: Int64) -> Duration { .seconds(n * 60) }
+    /// `n` hours.
     public static func hours(_ n: Int64) -> Duration { .seconds(n * 3600) }
+    /// `n` days of 24 hours.
     public static func days(_ n: Int64) -> Duration { .seconds(n * 86400) }
 }

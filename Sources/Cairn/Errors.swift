@@ -4,50 +4,68 @@ import Foundation
 /// An error a step body throws to control retries: `retryable: false` fails the step at
 /// once. Other errors are retried per the step's RetryPolicy.
 public struct StepError: Error, Sendable, CustomStringConvertible {
+    /// The error's type as recorded (`StepError` unless given).
     public var type: String
+    /// What went wrong, for people.
     public var message: String
+    /// Whether the step's retry policy may try again.
     public var retryable: Bool
 
+    /// An error with a message; retryable unless `retryable` is false.
     public init(_ message: String, type: String = "StepError", retryable: Bool = true) {
         self.message = message
         self.type = type
         self.retryable = retryable
     }
 
+    /// An error that fails the step at once, without retries.
     public static func nonRetryable(_ message: String, type: String = "StepError") -> StepError {
         StepError(message, type: type, retryable: false)
     }
 
+    /// `TYPE: MESSAGE`.
     public var description: String { "\(type): \(message)" }
 }
 
 /// A step (or LLM call, child run, compensation) failed for good; the workflow sees this,
 /// the same on first execution and on replay.
 public struct StepFailedError: Error, Sendable, CustomStringConvertible {
+    /// The step's name.
     public var step: String
+    /// How many attempts were made.
     public var attempts: Int
+    /// The last attempt's error, as recorded.
     public var error: ErrorInfo
 
+    /// The step, its attempts and the last error, in a sentence.
     public var description: String { "step '\(step)' failed after \(attempts) attempt(s): \(error.type): \(error.message)" }
 }
 
 /// The workflow's code no longer matches its journal (SPEC §1.5).
 public struct NondeterminismError: Error, Sendable, CustomStringConvertible {
+    /// The recorded error: `type` is `nondeterminism`, with the file, `expected` and `actual`.
     public var info: ErrorInfo
+    /// An error carrying `info`.
     public init(info: ErrorInfo) { self.info = info }
+    /// The message: which file recorded what, and what the code asked for.
     public var description: String { info.message }
 }
 
 /// The run was cancelled (a `cancel` file, or `cairn cancel`).
 public struct RunCancelledError: Error, Sendable, CustomStringConvertible {
+    /// The cancellation error.
     public init() {}
+    /// "the run was cancelled".
     public var description: String { "the run was cancelled" }
 }
 
 /// A durable step timed out.
 public struct StepTimeoutError: Error, Sendable, CustomStringConvertible {
+    /// The step's name.
     public var step: String
+    /// The limit each attempt had.
     public var timeout: Duration
+    /// The step and its timeout, in a sentence.
     public var description: String { "step '\(step)' timed out after \(timeout)" }
 }
 

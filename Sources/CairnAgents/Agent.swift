@@ -5,14 +5,19 @@ import Foundation
 /// A tool the model may call: a Swift closure with a name, a description and JSON-schema
 /// parameters. Each call runs as its own durable step with an idempotency key.
 public struct Tool: Sendable {
+    /// What the model is told: the tool's name, description and JSON-schema parameters.
     public var spec: ToolSpec
     /// Ask a person before running it: a gate with the proposed arguments opens; the
     /// approval's JSON value replaces the arguments (approve-with-edits); a rejection goes
     /// back to the model as the tool's result.
     public var needsApproval: Bool
+    /// At-least-once (the default) or at-most-once, as for a step: each call is a step.
     public var semantics: StepSemantics
+    /// Runs one call: the parsed arguments and the step's idempotency key in, the result
+    /// (sent back to the model as JSON) out.
     public var run: @Sendable (_ arguments: JSONValue, _ idempotencyKey: String) async throws -> JSONValue
 
+    /// A tool named `name` with a JSON-schema `parameters` object and the closure that runs it.
     public init(_ name: String, description: String, parameters: JSONValue, needsApproval: Bool = false, semantics: StepSemantics = .atLeastOnce,
                 run: @escaping @Sendable (_ arguments: JSONValue, _ idempotencyKey: String) async throws -> JSONValue) {
         self.spec = ToolSpec(name: name, description: description, parameters: parameters)
@@ -28,9 +33,11 @@ public struct AgentResult: Codable, Sendable, Hashable {
     public var content: String
     /// LLM calls made (or replayed).
     public var turns: Int
+    /// Tool calls made (or replayed).
     public var toolCalls: Int
     /// True when the step budget ran out before the model stopped calling tools.
     public var budgetExhausted: Bool
+    /// The whole conversation, the final answer included.
     public var messages: [ChatMessage]
 
     enum CodingKeys: String, CodingKey {

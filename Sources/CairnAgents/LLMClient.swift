@@ -22,9 +22,12 @@ import SystemPackage
 /// A model is named `provider:model` (`anthropic:claude-sonnet-4-5`), or just `model`
 /// for the default provider.
 public struct LLMClient: Sendable {
+    /// The providers by name.
     public var providers: [String: any LLMProvider]
+    /// The provider of a model named without `provider:`.
     public var defaultProvider: String?
 
+    /// A client over `providers`; the default provider is the first one unless named.
     public init(providers: [any LLMProvider], defaultProvider: String? = nil) {
         self.providers = Dictionary(providers.map { ($0.name, $0) }, uniquingKeysWith: { $1 })
         self.defaultProvider = defaultProvider ?? providers.first?.name

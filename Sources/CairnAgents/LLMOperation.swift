@@ -18,7 +18,9 @@ public struct LLMOptions: Sendable {
     public var onRefusal: Strategy = .nextModel
     /// What to do when a tool call's arguments are not valid JSON.
     public var onMalformedToolCall: Strategy = .nextModel
+    /// The sampling temperature passed to the provider; nil: the provider's default.
     public var temperature: Double? = nil
+    /// The most tokens the answer may have; nil: the provider's default.
     public var maxTokens: Int? = nil
     /// The run's token budget (input + output over all its LLM calls); nil: cairn.json's
     /// `"llm": {"token_budget": N}`, if any. When a call would exceed it (tokens spent so far
@@ -29,6 +31,7 @@ public struct LLMOptions: Sendable {
     /// A provider configured with `"stream": false` never streams.
     public var stream = true
 
+    /// What to do with an answer that cannot be used as it is.
     public enum Strategy: String, Sendable {
         /// Return the response as it is.
         case accept
@@ -38,6 +41,7 @@ public struct LLMOptions: Sendable {
         case fail
     }
 
+    /// The defaults described on each property.
     public init() {}
 }
 

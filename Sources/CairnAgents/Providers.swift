@@ -9,7 +9,9 @@ import SystemPackage
 
 /// A model provider: one request, one response; `onDelta` gets streamed text as it arrives.
 public protocol LLMProvider: Sendable {
+    /// The provider's name, as in `NAME:model`.
     var name: String { get }
+    /// Sends one request; `onDelta` gets streamed text as it arrives (when streaming).
     func send(_ request: LLMRequest, onDelta: (@Sendable (String) -> Void)?) async throws -> LLMResponse
     /// Whether requests to it stream (cairn.json `"stream": false` turns streaming off).
     var streams: Bool { get }
@@ -18,7 +20,9 @@ public protocol LLMProvider: Sendable {
 }
 
 extension LLMProvider {
+    /// Streams unless the provider says otherwise.
     public var streams: Bool { true }
+    /// No secrets unless the provider has some.
     public func secrets() -> [String] { [] }
 }
 
@@ -35,7 +39,9 @@ public struct APIKey: Sendable, Hashable {
 
     let source: Source
 
+    /// No key: requests are sent without one.
     public static let none = APIKey(source: .none)
+    /// The key itself (nil: no key).
     public static func literal(_ key: String?) -> APIKey { APIKey(source: key.map { .literal($0) } ?? .none) }
     /// The environment variable `variable` (of `environment`, the process's by default).
     public static func environment(_ variable: String, in environment: [String: String] = ProcessInfo.processInfo.environment) -> APIKey {
@@ -77,6 +83,7 @@ public struct APIKey: Sendable, Hashable {
 public enum AgentHTTP {
     private static let clients = Mutex<[Int64: HTTPClient]>([:])
 
+    /// The shared client with this connect timeout (made once per timeout, never shut down).
     public static func client(connectTimeout: Duration) -> HTTPClient {
         let ms = max(1, Int64(connectTimeout.seconds * 1000))
         return clients.withLock { all in
@@ -92,6 +99,7 @@ public enum AgentHTTP {
 
     /// The client with the default connect timeout.
     public static var shared: HTTPClient { client(connectTimeout: defaultConnectTimeout) }
+    /// 5 seconds.
     public static let defaultConnectTimeout: Duration = .seconds(5)
 }
 
@@ -231,17 +239,22 @@ struct HTTPTransport: Sendable {
 
 // MARK: - OpenAI-compatible Chat Completions (OpenAI, llama.cpp, vLLM, Ollama…)
 
+/// A provider speaking OpenAI's Chat Completions (OpenAI, llama.cpp, vLLM, Ollama…).
 public struct OpenAICompatibleProvider: LLMProvider {
+    /// The provider's name, as in `NAME:model`.
     public let name: String
     let baseURL: String
     let apiKey: APIKey
     let transport: HTTPTransport
+    /// Whether requests stream (server-sent events).
     public let streams: Bool
 
+    /// A provider at `baseURL` (ending before `/chat/completions`) with a literal API key.
     public init(name: String, baseURL: String, apiKey: String?, client: HTTPClient? = nil, timeout: Duration = .seconds(120), connectTimeout: Duration = AgentHTTP.defaultConnectTimeout, stream: Bool = true) {
         self.init(name: name, baseURL: baseURL, key: .literal(apiKey), client: client, timeout: timeout, connectTimeout: connectTimeout, stream: stream)
     }
 
+    /// A provider at `baseURL` whose key is read from `key` when a request is sent.
     public init(name: String, baseURL: String, key: APIKey, client: HTTPClient? = nil, timeout: Duration = .seconds(120), connectTimeout: Duration = AgentHTTP.defaultConnectTimeout, stream: Bool = true) {
         self.name = name
         self.baseURL = baseURL.hasSuffix("/") ? String(baseURL.dropLast()) : baseURL
@@ -250,6 +263,7 @@ public struct OpenAICompatibleProvider: LLMProvider {
         self.streams = stream
     }
 
+    /// The resolved API key, so that it is never recorded or logged.
     public func secrets() -> [String] { ((try? apiKey.resolve(provider: name)) ?? nil).map { [$0] } ?? [] }
 
     func body(_ r: LLMRequest) -> JSONValue {
@@ -276,6 +290,7 @@ public struct OpenAICompatibleProvider: LLMProvider {
         return .object(o)
     }
 
+    /// Sends one Chat Completions request; `onDelta` gets streamed text as it arrives.
     public func send(_ request: LLMRequest, onDelta: (@Sendable (String) -> Void)?) async throws -> LLMResponse {
         let key = try apiKey.resolve(provider: name)
         let model = "\(name):\(request.model)"
@@ -290,18 +305,23 @@ public struct OpenAICompatibleProvider: LLMProvider {
 
 // MARK: - Anthropic Messages
 
+/// A provider speaking Anthropic's Messages API.
 public struct AnthropicProvider: LLMProvider {
+    /// The provider's name, as in `NAME:model`.
     public let name: String
     let baseURL: String
     let apiKey: APIKey
     let transport: HTTPTransport
     let version: String
+    /// Whether requests stream (server-sent events).
     public let streams: Bool
 
+    /// A provider at `baseURL` with a literal API key.
     public init(name: String, baseURL: String = "https://api.anthropic.com/v1", apiKey: String?, client: HTTPClient? = nil, timeout: Duration = .seconds(120), connectTimeout: Duration = AgentHTTP.defaultConnectTimeout, version: String = "2023-06-01", stream: Bool = true) {
         self.init(name: name, baseURL: baseURL, key: .literal(apiKey), client: client, timeout: timeout, connectTimeout: connectTimeout, version: version, stream: stream)
     }
 
+    /// A provider at `baseURL` whose key is read from `key` when a request is sent.
     public init(name: String, baseURL: String = "https://api.anthropic.com/v1", key: APIKey, client: HTTPClient? = nil, timeout: Duration = .seconds(120), connectTimeout: Duration = AgentHTTP.defaultConnectTimeout, version: String = "2023-06-01", stream: Bool = true) {
         self.name = name
         self.baseURL = baseURL.hasSuffix("/") ? String(baseURL.dropLast()) : baseURL
@@ -311,6 +331,7 @@ public struct AnthropicProvider: LLMProvider {
         self.streams = stream
     }
 
+    /// The resolved API key, so that it is never recorded or logged.
     public func secrets() -> [String] { ((try? apiKey.resolve(provider: name)) ?? nil).map { [$0] } ?? [] }
 
     func body(_ r: LLMRequest) -> JSONValue {
@@ -350,6 +371,7 @@ public struct AnthropicProvider: LLMProvider {
         return .object(o)
     }
 
+    /// Sends one Messages request; `onDelta` gets streamed text as it arrives.
     public func send(_ request: LLMRequest, onDelta: (@Sendable (String) -> Void)?) async throws -> LLMResponse {
         let key = try apiKey.resolve(provider: name)
         let model = "\(name):\(request.model)"
@@ -367,14 +389,17 @@ public struct AnthropicProvider: LLMProvider {
 /// Canned responses, by the conversation's turn: the Nth response answers a request whose
 /// messages hold N-1 assistant messages. Nothing is sent anywhere.
 public struct ScriptedProvider: LLMProvider {
+    /// The provider's name (`scripted` unless given).
     public let name: String
     let responses: [JSONValue]
 
+    /// A provider answering with `responses`, one per turn (`content`, `tool_calls`, `usage`).
     public init(name: String = "scripted", responses: [JSONValue]) {
         self.name = name
         self.responses = responses
     }
 
+    /// The response for this turn; a configuration error when the script has none left.
     public func send(_ request: LLMRequest, onDelta: (@Sendable (String) -> Void)?) async throws -> LLMResponse {
         let turn = request.messages.filter { $0.role == .assistant }.count
         guard turn < responses.count else {

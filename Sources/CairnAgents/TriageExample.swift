@@ -8,23 +8,36 @@ import Foundation
 /// responses (clearly not a model); pass `"models": ["openai:gpt-4o-mini"]` (with an
 /// "llm" section in cairn.json) to run it against a real endpoint.
 public struct TriageTicket: Workflow {
+    /// The workflow's registered name.
     public static let name = "triage-ticket"
 
+    /// A support ticket.
     public struct Ticket: Codable, Sendable {
+        /// The ticket's id.
         public var id: String
+        /// The customer's email address.
         public var from: String
+        /// The ticket's subject.
         public var subject: String
+        /// The ticket's text.
         public var body: String
     }
 
+    /// The ticket, and optionally the model chain to use.
     public struct Input: Codable, Sendable {
+        /// The ticket to triage.
         public var ticket: Ticket
+        /// Models to try in order (`provider:model`); nil: the offline scripted provider.
         public var models: [String]?
     }
 
+    /// The agent's answer and what it took.
     public struct Output: Codable, Sendable {
+        /// The agent's final answer.
         public var answer: String
+        /// LLM calls made.
         public var turns: Int
+        /// Tool calls made.
         public var toolCalls: Int
 
         enum CodingKeys: String, CodingKey {
@@ -33,6 +46,7 @@ public struct TriageTicket: Workflow {
         }
     }
 
+    /// The workflow (it has no configuration).
     public init() {}
 
     /// Canned responses of the offline provider, turn by turn.
@@ -47,6 +61,7 @@ public struct TriageTicket: Workflow {
         ]
     }
 
+    /// Runs the agent loop over the ticket with its two tools.
     public func run(_ ctx: WorkflowContext, input: Input) async throws -> Output {
         var client = try LLMClient.from(config: ctx.spoolConfig)
         client.providers["triage-canned"] = ScriptedProvider(name: "triage-canned", responses: Self.cannedResponses(for: input.ticket))

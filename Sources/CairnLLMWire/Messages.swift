@@ -3,9 +3,12 @@ import Foundation
 
 /// One message of a conversation, in a provider-neutral shape.
 public struct ChatMessage: Codable, Sendable, Hashable {
+    /// Who wrote a message.
     public enum Role: String, Codable, Sendable { case system, user, assistant, tool }
 
+    /// Who wrote it.
     public var role: Role
+    /// Its text.
     public var content: String
     /// Assistant messages: the tools the model asked to call.
     public var toolCalls: [ToolCall]?
@@ -18,6 +21,7 @@ public struct ChatMessage: Codable, Sendable, Hashable {
         case toolCallID = "tool_call_id"
     }
 
+    /// A message; tool calls for assistant messages, the answered call's id for tool messages.
     public init(role: Role, content: String, toolCalls: [ToolCall]? = nil, toolCallID: String? = nil) {
         self.role = role
         self.content = content
@@ -25,18 +29,26 @@ public struct ChatMessage: Codable, Sendable, Hashable {
         self.toolCallID = toolCallID
     }
 
+    /// A system message.
     public static func system(_ s: String) -> ChatMessage { ChatMessage(role: .system, content: s) }
+    /// A user message.
     public static func user(_ s: String) -> ChatMessage { ChatMessage(role: .user, content: s) }
+    /// An assistant message, with the tool calls the model asked for.
     public static func assistant(_ s: String, toolCalls: [ToolCall]? = nil) -> ChatMessage { ChatMessage(role: .assistant, content: s, toolCalls: toolCalls) }
+    /// A tool's result `s`, answering the call `id`.
     public static func tool(_ id: String, _ s: String) -> ChatMessage { ChatMessage(role: .tool, content: s, toolCallID: id) }
 }
 
 /// A tool call the model asked for. `arguments` is the JSON text the model produced.
 public struct ToolCall: Codable, Sendable, Hashable {
+    /// The call's id, as the provider gave it (a tool message answers it).
     public var id: String
+    /// The tool's name.
     public var name: String
+    /// The arguments, as the JSON text the model produced (maybe malformed).
     public var arguments: String
 
+    /// A call of tool `name` with `arguments` (JSON text).
     public init(id: String, name: String, arguments: String) {
         self.id = id
         self.name = name
@@ -49,10 +61,14 @@ public struct ToolCall: Codable, Sendable, Hashable {
 
 /// A tool as the model sees it: name, description, JSON-schema parameters.
 public struct ToolSpec: Codable, Sendable, Hashable {
+    /// The tool's name.
     public var name: String
+    /// What the tool does, for the model.
     public var description: String
+    /// The JSON schema of its arguments.
     public var parameters: JSONValue
 
+    /// A tool description.
     public init(name: String, description: String, parameters: JSONValue) {
         self.name = name
         self.description = description
@@ -62,8 +78,11 @@ public struct ToolSpec: Codable, Sendable, Hashable {
 
 /// Token usage of one call.
 public struct TokenUsage: Codable, Sendable, Hashable {
+    /// Tokens the request used.
     public var input: Int
+    /// Tokens the answer used.
     public var output: Int
+    /// Usage of `input` and `output` tokens.
     public init(input: Int, output: Int) {
         self.input = input
         self.output = output
@@ -72,13 +91,20 @@ public struct TokenUsage: Codable, Sendable, Hashable {
 
 /// What a provider is asked.
 public struct LLMRequest: Sendable, Hashable {
+    /// The model's name at its provider (without `provider:`).
     public var model: String
+    /// The conversation so far.
     public var messages: [ChatMessage]
+    /// The tools the model may call.
     public var tools: [ToolSpec]
+    /// The sampling temperature; nil: the provider's default.
     public var temperature: Double?
+    /// The most tokens the answer may have; nil: the provider's default.
     public var maxTokens: Int?
+    /// Whether to ask the provider to stream the answer.
     public var stream: Bool
 
+    /// A request to `model`.
     public init(model: String, messages: [ChatMessage], tools: [ToolSpec] = [], temperature: Double? = nil, maxTokens: Int? = nil, stream: Bool = false) {
         self.model = model
         self.messages = messages
@@ -91,10 +117,13 @@ public struct LLMRequest: Sendable, Hashable {
 
 /// What a provider answered.
 public struct LLMResponse: Codable, Sendable, Hashable {
+    /// The answer's text.
     public var content: String
+    /// The tools the model asked to call (empty when it answered).
     public var toolCalls: [ToolCall]
     /// `stop`, `tool_calls`, `length`, `refusal`, `content_filter`…
     public var finishReason: String
+    /// Tokens used.
     public var usage: TokenUsage
     /// The model that answered, as `provider:model`.
     public var model: String
@@ -105,6 +134,7 @@ public struct LLMResponse: Codable, Sendable, Hashable {
         case finishReason = "finish_reason"
     }
 
+    /// A response (a provider builds it; tests and scripted providers too).
     public init(content: String, toolCalls: [ToolCall] = [], finishReason: String = "stop", usage: TokenUsage = .init(input: 0, output: 0), model: String) {
         self.content = content
         self.toolCalls = toolCalls
@@ -113,33 +143,49 @@ public struct LLMResponse: Codable, Sendable, Hashable {
         self.model = model
     }
 
+    /// Whether the model refused (`finish_reason` `refusal` or `content_filter`).
     public var isRefusal: Bool { finishReason == "refusal" || finishReason == "content_filter" }
 }
 
 /// A provider call that failed.
 public struct LLMError: Error, Sendable, CustomStringConvertible, Hashable {
+    /// Why a call failed, as recorded (`error.type`); retryable kinds are in `retryable`.
     public struct Kind: Hashable, Sendable, CustomStringConvertible {
+        /// The kind as recorded, e.g. `rate_limited`.
         public let rawValue: String
+        /// A kind named `r`.
         public init(_ r: String) { rawValue = r }
+        /// The recorded name.
         public var description: String { rawValue }
+        /// HTTP 429 (retryable, after `retryAfter` when given).
         public static let rateLimited = Kind("rate_limited")
+        /// HTTP 5xx (retryable).
         public static let server = Kind("server_error")
+        /// No answer within the call's timeout (retryable).
         public static let timeout = Kind("timeout")
+        /// The connection failed or dropped (retryable).
         public static let transport = Kind("transport")
+        /// An answer that does not parse as the provider's protocol (retryable).
         public static let malformed = Kind("malformed_response")
         /// The answer ended before its protocol said it was complete (a stream without
         /// `[DONE]` / `message_stop`).
         public static let incomplete = Kind("incomplete_response")
+        /// HTTP 4xx other than 429: the request is wrong (not retried).
         public static let client = Kind("client_error")
+        /// The provider or model is not configured, or its key is missing (not retried).
         public static let configuration = Kind("configuration")
     }
 
+    /// Why it failed.
     public var kind: Kind
+    /// What the provider or transport said.
     public var message: String
+    /// The HTTP status, when there was one.
     public var status: Int?
     /// Seconds the server asked us to wait (Retry-After).
     public var retryAfter: Double?
 
+    /// An error of `kind`.
     public init(_ kind: Kind, _ message: String, status: Int? = nil, retryAfter: Double? = nil) {
         self.kind = kind
         self.message = message
@@ -151,5 +197,6 @@ public struct LLMError: Error, Sendable, CustomStringConvertible, Hashable {
     /// answers, garbage).
     public var retryable: Bool { [.rateLimited, .server, .timeout, .transport, .malformed, .incomplete].contains(kind) }
 
+    /// `KIND [STATUS]: MESSAGE`.
     public var description: String { "\(kind)\(status.map { " \($0)" } ?? ""): \(message)" }
 }

@@ -10,13 +10,16 @@ import SystemPackage
 /// `{"$list": {"prev": REF|null, "items": [ITEM]}}`. A list that grows by appending (an
 /// agent's conversation) shares every earlier node, so n turns cost O(n) bytes, not O(n²).
 public struct BlobStore: Sendable {
+    /// The run's `blobs/` directory.
     public let directory: FilePath
     let durable: DurableFile
+    /// Values whose JSON is larger than this many bytes are stored as blobs.
     public let threshold: Int
     /// `directory` as a String: FilePath operations are slow in debug builds, and this is hot.
     private let directoryString: String
     private static let nodeMemo = Mutex<[String: JSONValue]>([:])
 
+    /// A store in `directory`, writing through `durable`.
     public init(directory: FilePath, durable: DurableFile, threshold: Int) {
         self.directory = directory
         self.durable = durable

@@ -4,6 +4,7 @@ import Crypto
 /// content-addressed blobs (`blobs/sha256-HEX`), idempotency-key files (`keys/HEX`) and
 /// child run ids.
 public enum ContentHash {
+    /// The SHA-256 of `bytes`, as 64 lowercase hex digits.
     public static func sha256Hex<S: Sequence>(_ bytes: S) -> String where S.Element == UInt8 {
         let digest = Crypto.SHA256.hash(data: Array(bytes))
         return digest.map { byte in

@@ -15,10 +15,11 @@ import Synchronization
 /// Compiled into debug builds only (`CAIRN_TEST_HOOKS`, see Package.swift): in a release
 /// build `reached` is empty and `CAIRN_CRASH_AT` means nothing.
 public enum CrashPoints {
-    /// Whether this build has test hooks at all (debug builds).
     #if CAIRN_TEST_HOOKS
+    /// Whether this build has test hooks at all: true, a debug build.
     public static let compiledIn = true
     #else
+    /// Whether this build has test hooks at all: false, a release build.
     public static let compiledIn = false
     #endif
 

@@ -5,9 +5,13 @@ import SystemPackage
 /// untrusted input (SPEC §1.6, §3): read without following symlinks, never blocking on a
 /// FIFO, within a size limit, as JSON when non-empty, and from an allowed owner.
 public enum Drops {
+    /// A dropped file that passed every check.
     public struct File: Sendable, Hashable {
+        /// The file's path.
         public var path: FilePath
+        /// The file's owner: who dropped it.
         public var owner: Principal
+        /// The file's modification time.
         public var modified: Date
         /// The parsed content; nil for an empty file.
         public var json: JSONValue?
@@ -20,9 +24,13 @@ public enum Drops {
         public var authorization: String?
     }
 
+    /// What reading a drop found: nothing, a valid file, or a refusal and its reason.
     public enum Result: Sendable {
+        /// No such file.
         case absent
+        /// A file that passed every check.
         case valid(File)
+        /// A file refused, why, and its identity (to tell a replacement from it).
         case refused(path: FilePath, reason: String, identity: String)
     }
 

@@ -14,10 +14,12 @@ public struct DurableFile: Sendable {
     /// The staging directory (SPOOL/tmp). Must be on the same filesystem as every target.
     public let tmpDirectory: FilePath
 
+    /// A writer staging its temporary files in `tmpDirectory` (the spool's `tmp/`).
     public init(tmpDirectory: FilePath) {
         self.tmpDirectory = tmpDirectory
     }
 
+    /// Whether a write may replace an existing file.
     public enum Mode: Sendable {
         /// Replace any existing file (state.json, request files).
         case replace
@@ -157,6 +159,7 @@ public struct DurableFile: Sendable {
     /// once per process — by `Spool.create`'s probe, or by the first EINVAL — then kept.
     public enum NoReplaceMethod: Int, Sendable { case renameat2 = 0, link = 1 }
     private static let noReplaceMethod = Atomic<Int>(NoReplaceMethod.renameat2.rawValue)
+    /// The method in use in this process.
     public static var noReplace: NoReplaceMethod { NoReplaceMethod(rawValue: noReplaceMethod.load(ordering: .relaxed)) ?? .renameat2 }
 
     /// Tries renameat2(RENAME_NOREPLACE) in `dir` (a scratch file), and switches this
@@ -266,6 +269,7 @@ public struct DurableFile: Sendable {
     /// Whether this process works on a filesystem other hosts share (set by the daemon's and
     /// `cairn wait`'s `--rescan-interval`, and by the link fallback of first-writer-wins).
     public static var sharedFilesystem: Bool { shared.load(ordering: .relaxed) || noReplace == .link }
+    /// Marks this process as working on a shared filesystem: `sharedFilesystem` is true from now on.
     public static func assumeSharedFilesystem() { shared.store(true, ordering: .relaxed) }
 
     static func readOnce(_ path: FilePath, limit: Int) throws -> Data {
@@ -330,10 +334,12 @@ public struct DurableFile: Sendable {
         guard Glibc.fsync(fd) == 0 else { throw SpoolError(.io, path: path, errno: errno, "fsync failed after append") }
     }
 
+    /// Whether anything exists at `path` (a symlink is not followed).
     public static func exists(_ path: FilePath) -> Bool {
         exists(atPath: path.string)
     }
 
+    /// Whether anything exists at `path` (a symlink is not followed).
     public static func exists(atPath path: String) -> Bool {
         var st = stat()
         return lstat(path, &st) == 0

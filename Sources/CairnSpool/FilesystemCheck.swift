@@ -7,15 +7,21 @@ import SystemPackage
 /// Cairn will run in there. Checks made from one host; what needs two hosts (whether a lock
 /// or a rename made through one client is seen by another) is named, not guessed.
 public struct FilesystemCheck: Sendable {
+    /// How one primitive fared: works, works through a fallback, works with a caveat, or fails.
     public enum Verdict: String, Sendable { case ok, fallback, warning, failed }
 
+    /// One checked primitive.
     public struct Item: Sendable {
+        /// The primitive's name.
         public var name: String
+        /// How it fared.
         public var verdict: Verdict
+        /// What was seen, for people.
         public var detail: String
         /// Cairn cannot run here without it.
         public var required: Bool
 
+        /// A checked primitive.
         public init(name: String, verdict: Verdict, detail: String, required: Bool) {
             self.name = name
             self.verdict = verdict
@@ -24,11 +30,13 @@ public struct FilesystemCheck: Sendable {
         }
     }
 
+    /// The directory checked.
     public var directory: String
     /// statfs(2)'s f_type, as a name ("ext4", "fuse", "nfs", …) or hex when unknown.
     public var filesystem: String
     /// A filesystem other hosts may share (network or FUSE): inotify does not see their writes.
     public var shared: Bool
+    /// Every primitive checked, in order.
     public var items: [Item] = []
 
     /// Every required primitive works.
@@ -155,6 +163,7 @@ public struct FilesystemCheck: Sendable {
     /// made, so that removing it never follows a swap (in a directory others can write, the
     /// path could be renamed away and replaced by a symlink to somewhere else).
     public struct Scratch: Sendable {
+        /// The scratch directory's path.
         public let path: FilePath
         let device: UInt64
         let inode: UInt64

@@ -3,12 +3,19 @@ import Foundation
 /// Any JSON value. Cairn stores every record as JSON; this is the type that crosses
 /// the journal boundary and the one the canonical writer prints.
 public enum JSONValue: Sendable, Hashable {
+    /// JSON `null`.
     case null
+    /// `true` or `false`.
     case bool(Bool)
+    /// A number read or built as a 64-bit integer.
     case int(Int64)
+    /// A number read or built as a Double.
     case double(Double)
+    /// A string.
     case string(String)
+    /// An array.
     case array([JSONValue])
+    /// An object (written with sorted keys).
     case object([String: JSONValue])
 }
 
@@ -57,6 +64,7 @@ extension JSONValue: Codable {
         init?(intValue: Int) { nil }
     }
 
+    /// Writes the value as JSON (integers as integers, doubles as doubles).
     public func encode(to encoder: any Encoder) throws {
         var c = encoder.singleValueContainer()
         switch self {
@@ -74,19 +82,28 @@ extension JSONValue: Codable {
 extension JSONValue: ExpressibleByStringLiteral, ExpressibleByIntegerLiteral, ExpressibleByBooleanLiteral,
     ExpressibleByArrayLiteral, ExpressibleByDictionaryLiteral, ExpressibleByNilLiteral, ExpressibleByFloatLiteral
 {
+    /// A JSON string.
     public init(stringLiteral value: String) { self = .string(value) }
+    /// A JSON integer.
     public init(integerLiteral value: Int64) { self = .int(value) }
+    /// A JSON boolean.
     public init(booleanLiteral value: Bool) { self = .bool(value) }
+    /// A JSON number with a fraction.
     public init(floatLiteral value: Double) { self = .double(value) }
+    /// A JSON array.
     public init(arrayLiteral elements: JSONValue...) { self = .array(elements) }
+    /// A JSON object (a later duplicate key replaces an earlier one).
     public init(dictionaryLiteral elements: (String, JSONValue)...) {
         self = .object(Dictionary(elements, uniquingKeysWith: { $1 }))
     }
+    /// JSON `null`.
     public init(nilLiteral: ()) { self = .null }
 }
 
 extension JSONValue {
+    /// The string, if this is one.
     public var stringValue: String? { if case .string(let s) = self { return s } else { return nil } }
+    /// The integer, if this is one or a double with no fraction below 2^53.
     public var intValue: Int64? {
         switch self {
         case .int(let i): return i
@@ -94,6 +111,7 @@ extension JSONValue {
         default: return nil
         }
     }
+    /// The number, if this is an integer or a double.
     public var doubleValue: Double? {
         switch self {
         case .int(let i): return Double(i)
@@ -101,11 +119,16 @@ extension JSONValue {
         default: return nil
         }
     }
+    /// The boolean, if this is one.
     public var boolValue: Bool? { if case .bool(let b) = self { return b } else { return nil } }
+    /// The elements, if this is an array.
     public var arrayValue: [JSONValue]? { if case .array(let a) = self { return a } else { return nil } }
+    /// The members, if this is an object.
     public var objectValue: [String: JSONValue]? { if case .object(let o) = self { return o } else { return nil } }
+    /// Whether this is `null`.
     public var isNull: Bool { if case .null = self { return true } else { return false } }
 
+    /// The member `key` of an object; nil for a missing key or a value that is not an object.
     public subscript(key: String) -> JSONValue? {
         if case .object(let o) = self { return o[key] }
         return nil
@@ -134,6 +157,7 @@ extension JSONValue {
         return out
     }
 
+    /// `canonicalText()` as UTF-8 bytes (what content hashes are taken of).
     public func canonicalData() -> Data { Data(canonicalText().utf8) }
 
     private static func write(_ v: JSONValue, into out: inout String, indent: Int, pretty: Bool) {
@@ -343,10 +367,14 @@ extension JSONValue {
         duplicateKey(in: data).map { "has the key \"\(Names.printable($0))\" twice in one object (tools disagree on which one counts)" }
     }
 
+    /// Parses JSON text the runtime wrote, exactly (see `parse(_:file:maxDepth:)` on `Data`);
+    /// `file` names it in errors.
     public static func parse(_ text: String, file: String? = nil) throws -> JSONValue {
         try parse(Data(text.utf8), file: file)
     }
 
+    /// Parses JSON text from outside, in linear time (see `parseUntrusted(_:file:maxDepth:)` on
+    /// `Data`); `file` names it in errors.
     public static func parseUntrusted(_ text: String, file: String? = nil) throws -> JSONValue {
         try parseUntrusted(Data(text.utf8), file: file)
     }
@@ -365,6 +393,7 @@ extension JSONValue {
         return try JSONCoding.decoder.decode(T.self, from: data)
     }
 
+    /// A decoding error in a sentence: what is missing or mistyped, and where.
     public static func describe(_ error: any Error) -> String {
         switch error {
         case DecodingError.dataCorrupted(let ctx):
@@ -439,6 +468,7 @@ extension JSONValue {
 
 /// The encoder and decoder every record goes through: ISO-8601 dates with milliseconds.
 public enum JSONCoding {
+    /// A new encoder: sorted keys, unescaped slashes, `Timestamp` dates.
     public static var encoder: JSONEncoder {
         let e = JSONEncoder()
         e.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
@@ -449,6 +479,7 @@ public enum JSONCoding {
         return e
     }
 
+    /// A new decoder reading `Timestamp` dates (with or without milliseconds).
     public static var decoder: JSONDecoder {
         let d = JSONDecoder()
         d.dateDecodingStrategy = .custom { dec in
@@ -465,6 +496,7 @@ public enum JSONCoding {
 
 /// ISO-8601 UTC timestamps with milliseconds: `2026-11-27T09:17:28.123Z`.
 public enum Timestamp {
+    /// The date as `2026-11-27T09:17:28.123Z`, rounded to the millisecond.
     public static func format(_ date: Date) -> String {
         // Rounded to the millisecond, and the milliseconds written from that integer, so that
         // parse → format gives back the same text. (Formatting the Date itself truncates its
@@ -476,6 +508,7 @@ public enum Timestamp {
         return whole.dropLast() + "." + String(millis + 1000).dropFirst() + "Z"
     }
 
+    /// An ISO-8601 time, with or without fractional seconds; nil when malformed.
     public static func parse(_ s: String) -> Date? {
         if let d = try? Date.ISO8601FormatStyle(includingFractionalSeconds: true).parse(s) { return d }
         return try? Date.ISO8601FormatStyle().parse(s)
@@ -483,5 +516,6 @@ public enum Timestamp {
 }
 
 extension JSONValue: CustomStringConvertible {
+    /// The compact JSON text.
     public var description: String { compactText() }
 }

@@ -4,9 +4,11 @@ import SystemPackage
 /// A run's append-only journal: one file per durable operation, `NNNNNN-KIND[-NAME].json`,
 /// each created by a durable no-replace rename, so a position is written at most once.
 public struct Journal: Sendable {
+    /// The run's `journal/` directory.
     public let directory: FilePath
     let durable: DurableFile
 
+    /// The journal in `directory`, appending through `durable`.
     public init(directory: FilePath, durable: DurableFile) {
         self.directory = directory
         self.durable = durable
@@ -14,8 +16,11 @@ public struct Journal: Sendable {
 
     /// A journal file that does not belong: bad name, gap, unparsable, wrong seq.
     public struct Damage: Sendable, Hashable, CustomStringConvertible {
+        /// The file at fault, relative to the journal.
         public var file: String
+        /// What is wrong with it.
         public var problem: String
+        /// `FILE: PROBLEM`.
         public var description: String { "\(file): \(problem)" }
     }
 

@@ -5,84 +5,132 @@ import Foundation
 /// is one (`e.kind == "step"`), and so is a value another version wrote that this one does
 /// not know (kept as it is).
 public protocol StringTag: RawRepresentable, ExpressibleByStringLiteral, Codable, Hashable, Sendable, CustomStringConvertible where RawValue == String {
+    /// A tag from its string, known to this version or not.
     init(rawValue: String)
 }
 
 extension StringTag {
+    /// The tag of this string.
     public init(stringLiteral value: String) { self.init(rawValue: value) }
+    /// Reads a plain JSON string.
     public init(from decoder: any Decoder) throws { self.init(rawValue: try decoder.singleValueContainer().decode(String.self)) }
+    /// Writes a plain JSON string.
     public func encode(to encoder: any Encoder) throws {
         var c = encoder.singleValueContainer()
         try c.encode(rawValue)
     }
+    /// The raw string.
     public var description: String { rawValue }
 }
 
 /// A journal record's kind: `journal/NNNNNN-KIND[-NAME].json`. The engine's kinds are here;
 /// a layer above adds its own (the agent layer's `llm`, `llm-retry`, `llm-budget`).
 public struct RecordKind: StringTag {
+    /// The kind as written in file names and records.
     public var rawValue: String
+    /// A kind, known or not.
     public init(rawValue: String) { self.rawValue = rawValue }
 
+    /// The run's first record: workflow, version, input.
     public static let start: Self = "start"
+    /// A step's result (or its final failure).
     public static let step: Self = "step"
+    /// A failed attempt and when the next one is due.
     public static let retry: Self = "retry"
+    /// An at-most-once step is about to run.
     public static let intent: Self = "intent"
+    /// An at-most-once step's intent found with no result: a person decides.
     public static let uncertain: Self = "uncertain"
+    /// A recorded `ctx.now()`.
     public static let now: Self = "now"
+    /// A recorded `ctx.uuid()`.
     public static let uuid: Self = "uuid"
+    /// A recorded `ctx.random()`.
     public static let random: Self = "random"
+    /// A durable timer and its due time.
     public static let sleep: Self = "sleep"
+    /// An approval gate (phases `requested`, `decided`).
     public static let approval: Self = "approval"
+    /// An event wait (phases `requested`, `received`).
     public static let event: Self = "event"
+    /// An event sent to another run.
     public static let send: Self = "send"
+    /// A child run (phases `started`, `finished`).
     public static let child: Self = "child"
+    /// A compensation that ran.
     public static let compensate: Self = "compensate"
+    /// A `ctx.patched` guard the run went through.
     public static let patch: Self = "patch"
+    /// A cancel request, at the position where the run saw it.
     public static let cancel: Self = "cancel"
+    /// The run failed (its error).
     public static let fail: Self = "fail"
+    /// The run completed (its output).
     public static let complete: Self = "complete"
 }
 
 /// The phase of a two-record operation (approval, event, child).
 public struct RecordPhase: StringTag {
+    /// The phase as written in the record.
     public var rawValue: String
+    /// A phase, known or not.
     public init(rawValue: String) { self.rawValue = rawValue }
 
+    /// A gate or an event wait was opened.
     public static let requested: Self = "requested"
+    /// A gate's decision was recorded.
     public static let decided: Self = "decided"
+    /// An event was consumed (or its wait timed out).
     public static let received: Self = "received"
+    /// A child run was created.
     public static let started: Self = "started"
+    /// A child run ended.
     public static let finished: Self = "finished"
 }
 
 /// What a decision or receipt record says happened.
 public struct Decision: StringTag {
+    /// The decision as written in the record.
     public var rawValue: String
+    /// A decision, known or not.
     public init(rawValue: String) { self.rawValue = rawValue }
 
+    /// A gate was approved.
     public static let approved: Self = "approved"
+    /// A gate was rejected.
     public static let rejected: Self = "rejected"
+    /// A gate's timeout handed it to another gate.
     public static let escalated: Self = "escalated"
     /// An uncertain at-most-once step: run it again.
     public static let rerun: Self = "rerun"
     /// An uncertain at-most-once step: recorded as done with a person's value.
     public static let done: Self = "done"
+    /// An event arrived.
     public static let received: Self = "received"
+    /// The wait's deadline passed first.
     public static let timedOut: Self = "timed_out"
 }
 
 /// What kind of thing a waiting run waits for (`waiting_for.kind`).
 public struct WaitKind: StringTag {
+    /// The kind as written in `waiting_for.kind`.
     public var rawValue: String
+    /// A wait kind, known or not.
     public init(rawValue: String) { self.rawValue = rawValue }
 
+    /// A person's decision on a gate.
     public static let approval: Self = "approval"
+    /// A person's decision on an uncertain at-most-once step.
     public static let uncertain: Self = "uncertain"
+    /// A durable timer.
     public static let timer: Self = "timer"
+    /// A step's backoff before its next attempt.
     public static let retry: Self = "retry"
+    /// An event file.
     public static let event: Self = "event"
+    /// A child run finishing.
     public static let child: Self = "child"
+    /// The `pause` file going away.
     public static let pause: Self = "pause"
 }
 
@@ -111,12 +159,17 @@ public struct WaitingFor: Codable, Sendable, Hashable, CustomStringConvertible {
         case unknown
     }
 
+    /// The wait described by `json` (a `waiting_for` object).
     public init(json: JSONValue) { self.json = json }
 
+    /// Reads the `waiting_for` object as it is.
     public init(from decoder: any Decoder) throws { json = try JSONValue(from: decoder) }
+    /// Writes the `waiting_for` object as it is.
     public func encode(to encoder: any Encoder) throws { try json.encode(to: encoder) }
 
+    /// A member of the `waiting_for` object.
     public subscript(key: String) -> JSONValue? { json[key] }
+    /// `waiting_for.kind` (`unknown` when missing).
     public var kind: WaitKind { WaitKind(rawValue: json["kind"]?.stringValue ?? "unknown") }
     /// When the wait ends by itself (a timer, a retry's backoff) or times out (a gate's, an event's deadline).
     public var until: Date? { json["until"]?.stringValue.flatMap(Timestamp.parse) }
@@ -127,6 +180,7 @@ public struct WaitingFor: Codable, Sendable, Hashable, CustomStringConvertible {
     /// A drop that was refused (and why), when the run waits again because of it.
     public var refused: String? { json["refused"]?.stringValue }
 
+    /// What wakes the run, from its kind and fields.
     public var wake: Wake {
         switch kind {
         case .timer, .retry: return .time
@@ -139,6 +193,7 @@ public struct WaitingFor: Codable, Sendable, Hashable, CustomStringConvertible {
         }
     }
 
+    /// The compact JSON of the `waiting_for` object.
     public var description: String { json.compactText() }
 
     // MARK: the engine's waits

@@ -2,9 +2,12 @@ import Foundation
 
 /// Who did something: the numeric uid and, when it resolves, the user name.
 public struct Principal: Codable, Sendable, Hashable {
+    /// The numeric user id.
     public var uid: UInt32
+    /// The user name, when the uid resolves on the machine that recorded it.
     public var user: String?
 
+    /// A principal with a uid and maybe its name.
     public init(uid: UInt32, user: String?) {
         self.uid = uid
         self.user = user
@@ -13,6 +16,7 @@ public struct Principal: Codable, Sendable, Hashable {
     /// The user running this process.
     public static var current: Principal { Principal(uid: getuid(), user: userName(uid: getuid())) }
 
+    /// The user name of `uid` (`getpwuid_r`); nil when it has none.
     public static func userName(uid: UInt32) -> String? {
         var pwd = passwd()
         var result: UnsafeMutablePointer<passwd>?
@@ -27,15 +31,18 @@ public struct ErrorInfo: Codable, Sendable, Hashable, Error, CustomStringConvert
     /// What kind of error: `nondeterminism`, `step_failed`, `timeout`, `cancelled`, `io`, or the
     /// Swift type name of a workflow's own error.
     public var type: String
+    /// What went wrong, for people.
     public var message: String
     /// The file at fault, relative to the run directory when it is inside it.
     public var file: String?
     /// For nondeterminism: what the journal recorded, and what the code asked for.
     public var expected: JSONValue?
+    /// For nondeterminism: what the code asked for (`{kind, name}`).
     public var actual: JSONValue?
     /// False when retrying cannot help.
     public var retryable: Bool?
 
+    /// An error of `type` with a message and the optional details above.
     public init(type: String, message: String, file: String? = nil, expected: JSONValue? = nil, actual: JSONValue? = nil, retryable: Bool? = nil) {
         self.type = type
         self.message = message
@@ -45,6 +52,7 @@ public struct ErrorInfo: Codable, Sendable, Hashable, Error, CustomStringConvert
         self.retryable = retryable
     }
 
+    /// `TYPE: MESSAGE [FILE]`.
     public var description: String {
         var s = "\(type): \(message)"
         if let file { s += " [\(file)]" }
@@ -54,16 +62,22 @@ public struct ErrorInfo: Codable, Sendable, Hashable, Error, CustomStringConvert
 
 /// `run.json`: written once when the run is created, never changed.
 public struct RunRecord: Codable, Sendable, Hashable {
+    /// The format version of `run.json` (1).
     public var format: Int = 1
+    /// The run's id.
     public var id: String
+    /// The workflow's name.
     public var workflow: String
     /// The workflow's declared version when known at submission (Swift workflows); the
     /// version that actually ran is in the journal's `start` record.
     public var workflowVersion: String?
     /// The input value, or a blob reference `{"$blob": ..., "bytes": N}`.
     public var input: JSONValue
+    /// When the run was created.
     public var submittedAt: Date
+    /// Who submitted it.
     public var submittedBy: Principal
+    /// The submission's idempotency key, if it had one.
     public var idempotencyKey: String?
     /// Set on child runs: the parent run and the name of the `child` operation.
     public var parent: ParentRef?
@@ -71,9 +85,13 @@ public struct RunRecord: Codable, Sendable, Hashable {
     /// `"concurrency": {"keys": {KEY: N}, "default_key_limit": 1}`).
     public var concurrencyKey: String?
 
+    /// A child run's parent.
     public struct ParentRef: Codable, Sendable, Hashable {
+        /// The parent run's id.
         public var run: String
+        /// The name of the parent's `child` operation.
         public var name: String
+        /// A reference to the parent run `run`'s operation `name`.
         public init(run: String, name: String) {
             self.run = run
             self.name = name
@@ -89,6 +107,7 @@ public struct RunRecord: Codable, Sendable, Hashable {
         case concurrencyKey = "concurrency_key"
     }
 
+    /// A run record with every field.
     public init(id: String, workflow: String, workflowVersion: String? = nil, input: JSONValue, submittedAt: Date, submittedBy: Principal, idempotencyKey: String? = nil, parent: ParentRef? = nil, concurrencyKey: String? = nil) {
         self.concurrencyKey = concurrencyKey
         self.id = id
@@ -106,23 +125,31 @@ public struct RunRecord: Codable, Sendable, Hashable {
 public enum RunStatus: String, Codable, Sendable, CaseIterable {
     case queued, running, waiting, completed, failed, cancelled
 
+    /// Whether the run has ended (completed, failed or cancelled).
     public var isTerminal: Bool { self == .completed || self == .failed || self == .cancelled }
 }
 
 /// `state.json`: a cache of what the journal says, rewritten on every status change.
 /// `cairn fsck --repair` rebuilds it from run.json + journal/.
 public struct RunState: Codable, Sendable, Hashable {
+    /// The run's id.
     public var run: String
+    /// The workflow's name.
     public var workflow: String
+    /// The run's status.
     public var status: RunStatus
     /// While waiting: `{"kind": "approval"|"timer"|"event"|"retry"|"uncertain"|"child"|"pause", ...}`.
     public var waitingFor: WaitingFor?
+    /// Counts derived from the journal.
     public var counters: Counters
+    /// When this state was written.
     public var updatedAt: Date
+    /// Why the run failed, when it did.
     public var error: ErrorInfo?
     /// Token accounting, filled by the agent layer: `{"input": N, "output": N, "saved": N}`.
     public var tokens: JSONValue?
 
+    /// Counts derived from the journal.
     public struct Counters: Codable, Sendable, Hashable {
         /// Journal records (effective, after any run-level retry).
         public var journalEntries: Int
@@ -133,6 +160,7 @@ public struct RunState: Codable, Sendable, Hashable {
         /// How many times the run was (re)started from the top.
         public var executions: Int
 
+        /// Counters, zero unless given.
         public init(journalEntries: Int = 0, steps: Int = 0, retries: Int = 0, executions: Int = 0) {
             self.journalEntries = journalEntries
             self.steps = steps
@@ -152,6 +180,7 @@ public struct RunState: Codable, Sendable, Hashable {
         case updatedAt = "updated_at"
     }
 
+    /// A state with every field.
     public init(run: String, workflow: String, status: RunStatus, waitingFor: WaitingFor? = nil, counters: Counters = .init(), updatedAt: Date, error: ErrorInfo? = nil, tokens: JSONValue? = nil) {
         self.run = run
         self.workflow = workflow
@@ -167,20 +196,27 @@ public struct RunState: Codable, Sendable, Hashable {
 /// One journal record: `journal/NNNNNN-KIND[-NAME].json`. Which fields are present depends
 /// on the kind; docs/spool-format.md lists them kind by kind.
 public struct JournalEntry: Codable, Sendable, Hashable {
+    /// The record's position in the journal (`NNNNNN` in its file name).
     public var seq: Int
+    /// The record's kind.
     public var kind: RecordKind
+    /// The operation's name, when it has one.
     public var name: String?
     /// When the record was written.
     public var at: Date
     /// The operation's result (possibly a blob reference).
     public var value: JSONValue?
+    /// The operation's failure (a step that failed for good, a failed run).
     public var error: ErrorInfo?
     /// step: attempts used; retry: the attempt that failed.
     public var attempt: Int?
+    /// step: the idempotency key the body was given.
     public var idempotencyKey: String?
     /// step: `at_least_once` or `at_most_once`.
     public var semantics: String?
+    /// step: when the attempt that produced the record started.
     public var startedAt: Date?
+    /// step: how long that attempt took, in milliseconds.
     public var durationMs: Int?
     /// sleep/retry: when the wait ends; approval/event: the deadline.
     public var until: Date?
@@ -188,12 +224,15 @@ public struct JournalEntry: Codable, Sendable, Hashable {
     public var phase: RecordPhase?
     /// parallel steps: the group name and the branch's index in it.
     public var group: String?
+    /// parallel steps: the branch's index in its group.
     public var index: Int?
     /// approval: `approved`, `rejected`, `escalated`, `rerun`, `done`; event: `received`, `timed_out`.
     public var decision: Decision?
+    /// approval: who decided (the owner of the dropped file).
     public var decidedBy: Principal?
     /// The spool file the record consumed (approval drop, event file), relative to the run.
     public var file: String?
+    /// approval: the approver's comment.
     public var comment: String?
     /// complete/fail/cancel: the final status.
     public var status: RunStatus?
@@ -211,6 +250,7 @@ public struct JournalEntry: Codable, Sendable, Hashable {
         case resumeFrom = "resume_from"
     }
 
+    /// A record with its position, kind, name and time; the other fields are set after.
     public init(seq: Int, kind: RecordKind, name: String? = nil, at: Date) {
         self.seq = seq
         self.kind = kind
@@ -221,6 +261,7 @@ public struct JournalEntry: Codable, Sendable, Hashable {
     /// The file name this record lives under.
     public var fileName: String { JournalEntry.fileName(seq: seq, kind: kind, name: name) }
 
+    /// `NNNNNN-KIND[-NAME].json`: the position padded to six digits, the name made file-safe.
     public static func fileName(seq: Int, kind: RecordKind, name: String?) -> String {
         let pos = String(seq)
         var s = String(repeating: "0", count: max(0, 6 - pos.count)) + pos + "-" + kind.rawValue

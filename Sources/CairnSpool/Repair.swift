@@ -6,17 +6,25 @@ import SystemPackage
 /// record or anything a person dropped: records past the longest valid prefix are moved to
 /// `runs/ID/repair/TIME/`, so nothing that might be evidence is lost.
 public enum Repair {
+    /// Something wrong that fsck found in a spool.
     public struct Finding: Sendable, Hashable, CustomStringConvertible {
+        /// The file at fault.
         public var file: String
+        /// What is wrong with it.
         public var problem: String
         /// What repair did about it (nil: nothing, or not repairing).
         public var repaired: String?
+        /// The finding (and its repair) in a line, with unprintable characters escaped.
         public var description: String { "\(Names.printable(file)): \(Names.printable(problem))" + (repaired.map { " — repaired: \(Names.printable($0))" } ?? "") }
     }
 
+    /// What a check (or repair) of a whole spool found.
     public struct Report: Sendable {
+        /// Every problem found.
         public var findings: [Finding] = []
+        /// How many runs were checked.
         public var runsChecked = 0
+        /// How many files were checked.
         public var filesChecked = 0
         /// Runs skipped because a daemon held their lock.
         public var busy: [String] = []
@@ -24,6 +32,8 @@ public enum Repair {
         public var clean: Bool { findings.allSatisfy { $0.repaired != nil } }
     }
 
+    /// Checks every run of `spool` (and the spool's own files), repairing what it can when
+    /// `repair` is true; temp files older than `staleTempAge` seconds count as stale.
     public static func run(_ spool: Spool, repair: Bool, now: Date = Date(), staleTempAge: TimeInterval = 3600) throws -> Report {
         var report = Report()
         let rel = { (p: FilePath) -> String in

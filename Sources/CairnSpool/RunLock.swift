@@ -12,6 +12,7 @@ import SystemPackage
 /// file's does.
 public final class RunLock: Sendable {
     private let fd: Int32
+    /// The run directory whose lock is held.
     public let directory: FilePath
 
     private init(fd: Int32, directory: FilePath) {
@@ -19,6 +20,7 @@ public final class RunLock: Sendable {
         self.directory = directory
     }
 
+    /// The lock file's name in a run directory.
     public static let fileName = ".lock"
 
     /// Opens (creating if missing: runs made before it existed) the run's lock file, and

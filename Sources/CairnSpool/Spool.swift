@@ -5,16 +5,25 @@ import SystemPackage
 /// A spool directory (SPEC §2): the paths, the settings, and run creation.
 /// Reading a spool never needs a daemon.
 public struct Spool: Sendable {
+    /// The spool format this code reads and writes (`cairn.json`'s `"format"`).
     public static let formatVersion = 1
 
+    /// The spool's directory.
     public let root: FilePath
+    /// The durable-write routine every runtime write to this spool goes through.
     public let durable: DurableFile
 
+    /// `cairn.json`: the spool's settings.
     public var configFile: FilePath { root.appending("cairn.json") }
+    /// `runs/`: one directory per run.
     public var runsDirectory: FilePath { root.appending("runs") }
+    /// `inbox/`: submissions dropped as files.
     public var inboxDirectory: FilePath { root.appending("inbox") }
+    /// `rejected/`: inbox files that could not be submitted, with their error.
     public var rejectedDirectory: FilePath { root.appending("rejected") }
+    /// `tmp/`: staging for writes that land by rename.
     public var tmpDirectory: FilePath { root.appending("tmp") }
+    /// `workflows/`: executables run as script workflows.
     public var workflowsDirectory: FilePath { root.appending("workflows") }
     /// Idempotency-key index: `keys/sha256(key)` → run id. Derived; fsck rebuilds it.
     public var keysDirectory: FilePath { root.appending("keys") }
@@ -75,6 +84,7 @@ public struct Spool: Sendable {
         return spool
     }
 
+    /// Reads and checks `cairn.json` (a duplicate key is refused).
     public func config() throws -> SpoolConfig {
         // A key twice (`"approvers"` twice, or a gate twice) is refused, not resolved: the
         // daemon would read one value and jq, an editor or a reviewer the other (fail closed).
@@ -84,9 +94,12 @@ public struct Spool: Sendable {
 
     // MARK: runs
 
+    /// `runs/ID`.
     public func runDirectory(_ id: String) -> FilePath { runsDirectory.appending(id) }
+    /// The paths of run `id`'s files.
     public func run(_ id: String) -> RunPaths { RunPaths(directory: runDirectory(id)) }
 
+    /// Whether `id` is a valid run id with a `run.json`.
     public func runExists(_ id: String) -> Bool {
         Names.isValidRunID(id) && DurableFile.exists(run(id).runFile)
     }
@@ -96,6 +109,7 @@ public struct Spool: Sendable {
         try Self.list(runsDirectory).filter { Names.isValidRunID($0) }.sorted()
     }
 
+    /// Reads run `id`'s `run.json`; throws for an invalid id or a missing run.
     public func readRun(_ id: String) throws -> RunRecord {
         guard Names.isValidRunID(id) else { throw SpoolError(.invalid, "invalid run id '\(id)'") }
         let p = run(id)
@@ -103,6 +117,7 @@ public struct Spool: Sendable {
         return try Self.decode(RunRecord.self, from: p.runFile)
     }
 
+    /// Reads run `id`'s `state.json`; nil when it has none yet.
     public func readState(_ id: String) throws -> RunState? {
         let p = run(id).stateFile
         guard DurableFile.exists(p) else { return nil }
@@ -123,6 +138,7 @@ public struct Spool: Sendable {
     /// entry against state.json, and `cairn fsck --repair` rebuilds it.
     public var indexDirectory: FilePath { root.appending("index") }
 
+    /// Moves the run's entry to `index/STATUS/` (best effort: the index is derived).
     public func updateIndex(_ id: String, status: RunStatus) {
         let base = indexDirectory.string
         let dir = base + "/" + status.rawValue
@@ -148,6 +164,7 @@ public struct Spool: Sendable {
         public var missing: [(run: String, status: RunStatus)] = []
         /// Entries that contradict state.json or name no run: (run, listed status).
         public var stale: [(run: String, listed: RunStatus)] = []
+        /// Whether the index agrees with every state.json.
         public var isEmpty: Bool { missing.isEmpty && stale.isEmpty }
     }
 
@@ -201,25 +218,36 @@ public struct Spool: Sendable {
         try indexedRuns(status).filter { (try? readState($0))??.status == status }
     }
 
+    /// The blob store of run `id` (values larger than `threshold` bytes go there).
     public func blobs(_ id: String, threshold: Int? = nil) -> BlobStore {
         BlobStore(directory: run(id).blobsDirectory, durable: durable, threshold: threshold ?? SpoolConfig.defaultBlobThreshold)
     }
 
+    /// The journal of run `id`.
     public func journal(_ id: String) -> Journal { Journal(directory: run(id).journalDirectory, durable: durable) }
 
     // MARK: creating runs
 
     /// What a submission asks for (SPEC §2 inbox file, `cairn submit`, child workflows).
     public struct Submission: Sendable {
+        /// The workflow's name.
         public var workflow: String
+        /// The run's input.
         public var input: JSONValue
+        /// The run id to use; nil: a generated one.
         public var id: String?
+        /// A key that makes a repeated submission return the first run.
         public var idempotencyKey: String?
+        /// The workflow's version, when the submitter knows it.
         public var workflowVersion: String?
+        /// For a child run: its parent.
         public var parent: RunRecord.ParentRef?
+        /// Who submits (the current user by default).
         public var submittedBy: Principal
+        /// Runs sharing this key are advanced a limited number at a time.
         public var concurrencyKey: String?
 
+        /// A submission of `workflow` with `input`.
         public init(workflow: String, input: JSONValue, id: String? = nil, idempotencyKey: String? = nil, workflowVersion: String? = nil, parent: RunRecord.ParentRef? = nil, submittedBy: Principal = .current, concurrencyKey: String? = nil) {
             self.concurrencyKey = concurrencyKey
             self.workflow = workflow
@@ -308,6 +336,7 @@ public struct Spool: Sendable {
         }
     }
 
+    /// The file name under which an idempotency key is claimed (its SHA-256, hex).
     public static func keyFileName(_ key: String) -> String { ContentHash.sha256Hex(Array(key.utf8)) }
 
     /// The run an idempotency key is bound to, if any.
@@ -526,15 +555,24 @@ public struct Spool: Sendable {
 
 /// Paths inside one run directory.
 public struct RunPaths: Sendable {
+    /// The run's directory, `runs/ID`.
     public let directory: FilePath
+    /// The paths under `directory`.
     public init(directory: FilePath) { self.directory = directory }
 
+    /// `run.json`: the submission, never changed.
     public var runFile: FilePath { directory.appending("run.json") }
+    /// `state.json`: the derived state.
     public var stateFile: FilePath { directory.appending("state.json") }
+    /// `result.json`: the output of a completed run.
     public var resultFile: FilePath { directory.appending("result.json") }
+    /// `journal/`: the records.
     public var journalDirectory: FilePath { directory.appending("journal") }
+    /// `approvals/`: gate requests and dropped decisions.
     public var approvalsDirectory: FilePath { directory.appending("approvals") }
+    /// `events/`: dropped events.
     public var eventsDirectory: FilePath { directory.appending("events") }
+    /// `blobs/`: large values, by content hash.
     public var blobsDirectory: FilePath { directory.appending("blobs") }
     /// Decisions the run recorded, moved out of approvals/ (only the runtime writes here).
     public var decisionsDirectory: FilePath { directory.appending("decisions") }
@@ -543,9 +581,13 @@ public struct RunPaths: Sendable {
     public var workDirectory: FilePath { directory.appending("work") }
     /// Drops that were refused, moved out of the way (only the runtime writes here).
     public var refusedDirectory: FilePath { directory.appending("refused") }
+    /// `logs/`: the run's logs (script output, LLM streams).
     public var logsDirectory: FilePath { directory.appending("logs") }
+    /// `cancel`: dropped to cancel the run.
     public var cancelFile: FilePath { directory.appending("cancel") }
+    /// `pause`: present while the run is paused.
     public var pauseFile: FilePath { directory.appending("pause") }
+    /// `retry`: dropped to retry a failed run.
     public var retryFile: FilePath { directory.appending("retry") }
     /// Where repair moves journal records past the longest valid prefix.
     public var repairDirectory: FilePath { directory.appending("repair") }
@@ -553,9 +595,12 @@ public struct RunPaths: Sendable {
 
 /// Settings from `cairn.json`.
 public struct SpoolConfig: Sendable {
+    /// 64 KiB.
     public static let defaultBlobThreshold = 64 * 1024
+    /// 64 KiB.
     public static let defaultDropSizeLimit = 64 * 1024
 
+    /// The spool format (`Spool.formatVersion`).
     public var format: Int
     /// Values whose JSON is larger than this many bytes live in blobs/.
     public var blobThreshold: Int
@@ -567,11 +612,15 @@ public struct SpoolConfig: Sendable {
     /// The whole file, for settings other modules read (providers, concurrency).
     public var raw: JSONValue
 
+    /// Who may decide a gate.
     public struct Approvers: Sendable, Hashable {
+        /// User names allowed to decide.
         public var users: [String]
+        /// Groups whose members may decide.
         public var groups: [String]
         /// Set when the rule in cairn.json is malformed: then nobody may decide (fail closed).
         public var invalid: String?
+        /// A rule; `invalid` set makes it one nobody passes.
         public init(users: [String], groups: [String], invalid: String? = nil) {
             self.users = users
             self.groups = groups
@@ -589,6 +638,7 @@ public struct SpoolConfig: Sendable {
         return approvers[gate] ?? approvers["*"]
     }
 
+    /// Reads the settings from the parsed `cairn.json` (`file` names it in errors).
     public init(_ v: JSONValue, file: String) throws {
         guard case .object(let o) = v else { throw SpoolError(.malformed, path: file, "cairn.json must be a JSON object") }
         guard let f = o["format"]?.intValue else { throw SpoolError(.malformed, path: file, "missing \"format\"") }
@@ -689,6 +739,7 @@ public struct SpoolConfig: Sendable {
 public enum RunID {
     private static let alphabet = Array("0123456789abcdefghjkmnpqrstvwxyz")
 
+    /// A new id for a run created at `now`, with six random characters.
     public static func generate(now: Date = Date()) -> String {
         let ms = Int64((now.timeIntervalSince1970 * 1000).rounded(.down))
         var t = time_t(ms / 1000)

@@ -5,8 +5,11 @@ import Foundation
 public struct SpoolError: Error, Sendable, CustomStringConvertible, Equatable {
     /// An extensible error code (a struct, so new codes do not break exhaustive switches).
     public struct Code: Hashable, Sendable, CustomStringConvertible {
+        /// The code as written in errors and `--json` output.
         public let rawValue: String
+        /// A code named `rawValue`.
         public init(_ rawValue: String) { self.rawValue = rawValue }
+        /// The code's name.
         public var description: String { rawValue }
 
         /// A syscall failed (open, write, fsync, rename…); `errno` says which error.
@@ -27,11 +30,16 @@ public struct SpoolError: Error, Sendable, CustomStringConvertible, Equatable {
         public static let tooLarge = Code("too_large")
     }
 
+    /// What kind of failure.
     public var code: Code
+    /// The file concerned, when there is one.
     public var path: String?
+    /// The system error number, for I/O failures.
     public var errno: Int32?
+    /// What went wrong, for people.
     public var message: String
 
+    /// An error of `code` about `path`.
     public init(_ code: Code, path: String? = nil, errno: Int32? = nil, _ message: String) {
         self.code = code
         self.path = path
@@ -39,6 +47,7 @@ public struct SpoolError: Error, Sendable, CustomStringConvertible, Equatable {
         self.message = message
     }
 
+    /// The message, with the path and the system error when known.
     public var description: String {
         var s = path.map { "\($0): " } ?? ""
         s += message

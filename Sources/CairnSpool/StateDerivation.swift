@@ -5,6 +5,7 @@ import Foundation
 /// it cannot know from records alone (what a runnable run will wait on next) it leaves as
 /// `queued`: the daemon runs the workflow and finds out.
 public enum StateDerivation {
+    /// The state that `record` and its journal `entries` imply at `now`.
     public static func derive(record: RunRecord, entries: [JournalEntry], now: Date) -> RunState {
         var state = RunState(run: record.id, workflow: record.workflow, status: .queued, updatedAt: now)
         state.counters.journalEntries = entries.count

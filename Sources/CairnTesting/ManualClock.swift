@@ -18,18 +18,25 @@ public final class ManualClock: CairnClock {
     }
 
     private let state: Mutex<State>
+    /// Whether every sleep jumps the clock to its deadline at once (set at creation).
     public let autoAdvance: Bool
 
+    /// A clock at `now` (a fixed instant in 2027 by default) that moves only by `advance`,
+    /// or by each sleep when `autoAdvance` is true.
     public init(now: Date = Date(timeIntervalSince1970: 1_800_000_000), autoAdvance: Bool = false) {
         self.state = Mutex(State(now: now))
         self.autoAdvance = autoAdvance
     }
 
+    /// The clock's current time.
     public func now() -> Date { state.withLock { $0.now } }
 
     /// Every deadline a sleep was asked for, in order.
     public var sleepDeadlines: [Date] { state.withLock { $0.sleeps } }
 
+    /// Returns when the clock reaches `deadline`: at once if it has (or, with `autoAdvance`,
+    /// after moving it there), else when `advance` gets there. Throws `CancellationError`
+    /// when the task is cancelled.
     public func sleep(until deadline: Date) async throws {
         let id: UInt64? = state.withLock { s in
             s.sleeps.append(deadline)
@@ -64,6 +71,7 @@ public final class ManualClock: CairnClock {
         advance(to: now().addingTimeInterval(duration.seconds))
     }
 
+    /// Moves the clock to `date` (never backwards) and wakes every sleep due by then.
     public func advance(to date: Date) {
         let due = state.withLock { s -> [Sleeper] in
             if date > s.now { s.now = date }
@@ -89,8 +97,11 @@ public final class ManualClock: CairnClock {
         }
     }
 
+    /// `waitForSleepers` gave up: fewer sleeps than expected were waiting when it timed out.
     public struct SleepersTimedOut: Error, CustomStringConvertible {
+        /// How many sleeps were awaited, how many were waiting, and how long it waited.
         public var expected: Int, found: Int, timeout: Duration
+        /// The failure, in a sentence.
         public var description: String { "timed out after \(timeout) waiting for \(expected) sleeps on the manual clock (\(found) waiting)" }
     }
 }

@@ -5,6 +5,7 @@ import Foundation
 /// its own stream from it and a label (so one seed reproduces every test of a run).
 public struct SeededRandom: RandomNumberGenerator, Sendable {
     private var state: UInt64
+    /// The seed this generator started from (print it to reproduce a failure).
     public let seed: UInt64
 
     /// The run's seed, chosen once per process.

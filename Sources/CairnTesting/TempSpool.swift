@@ -7,10 +7,13 @@ import SystemPackage
 
 /// A fresh spool in a temporary directory, removed when the value is released.
 public final class TempSpool: Sendable {
+    /// The spool, at `path/spool`.
     public let spool: Spool
+    /// The temporary directory that holds the spool; removed on release.
     public let path: FilePath
 
-    /// In `base` when given (a tmpfs such as /dev/shm, for tests that make thousands of
+    /// Creates a fresh temporary directory (`mkdtemp`, named from `prefix`) with a spool in
+    /// it: in `base` when given (a tmpfs such as /dev/shm, for tests that make thousands of
     /// durable writes), else in the temporary directory.
     public init(prefix: String = "cairn-test", in base: String? = nil) throws {
         let base = base ?? FileManager.default.temporaryDirectory.path
@@ -43,6 +46,7 @@ public final class TempSpool: Sendable {
         try spool.journal(run).load().map { e in e.name.map { "\(e.kind):\($0)" } ?? e.kind.rawValue }
     }
 
+    /// The run's derived state (`state.json`).
     public func state(_ run: String) throws -> RunState {
         guard let s = try spool.readState(run) else { throw SpoolError(.notFound, "no state.json for \(run)") }
         return s
@@ -76,8 +80,10 @@ public final class TempSpool: Sendable {
 public final class LogCapture: Sendable {
     private let lines = Mutex<[String]>([])
 
+    /// An empty capture; pass it to `TempSpool.engine(_:clock:logLevel:capture:)`.
     public init() {}
 
+    /// Every captured line so far, joined by newlines.
     public var text: String { lines.withLock { $0.joined(separator: "\n") } }
 
     var handler: any LogHandler { Handler(capture: self) }
