@@ -183,8 +183,7 @@ struct StepOperation<T: Codable & Sendable>: DurableOperation {
                     try ctx.setAsideDecision(gate: gate, seq: e.seq)
                 }
             }
-            // The attempt a person chose to rerun had no outcome recorded: it is the same
-            // attempt again (a rerun of the last one must not get an attempt past the policy).
+            attempt += 1
             retryUntil = nil
         default:  // intent: its outcome follows, or the step may have run
             pendingIntent = true
@@ -196,7 +195,8 @@ struct StepOperation<T: Codable & Sendable>: DurableOperation {
         if pendingIntent {
             pendingIntent = false
             if let v: T = try ctx.resolveUncertain(stepName, attempt: attempt, key: key) { return .done(v) }
-            retryUntil = nil  // a person chose "rerun": the same attempt, again
+            attempt += 1  // a person chose "rerun"
+            retryUntil = nil
             return .next
         }
         let clock = ctx.clock

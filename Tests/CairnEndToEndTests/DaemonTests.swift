@@ -116,7 +116,8 @@ import Testing
     @Test func timersFireAfterARestart() async throws {
         let t = try TempSpool()
         var d = try await DaemonProcess(spool: t.spool)
-        let r = try t.submit("nap", input: 2.0)
+        // 4 s: a daemon's stop and start take well over a second on a loaded machine.
+        let r = try t.submit("nap", input: 4.0)
         try await t.waitFor(r, .waiting)
         let until = try #require(try t.state(r).waitingFor?["until"]?.stringValue.flatMap(Timestamp.parse))
         #expect(await d.stop() == 0)
