@@ -50,97 +50,153 @@ public struct Engine: Sendable {
     /// The same, and whether this call did anything (appended a record or wrote state):
     /// false when it only found the run as another process left it, so that a daemon logs
     /// what it did, not what it saw.
+    ///
+    /// In phases, each a function below: take the lock and read the run (`RunSnapshot`);
+    /// settle a run that already ended (or carry out its `retry` file); find the workflow;
+    /// skip a wait where nothing happened; record `start`; execute the workflow's code from
+    /// the top; conclude (the engine's control decisions, the terminal records and
+    /// compensations); persist (state.json, or nothing when nothing changed) and wake a
+    /// parent.
     public func advanceReporting(_ runID: String) async throws -> (outcome: AdvanceOutcome, acted: Bool) {
         let paths = spool.run(runID)
         guard let lock = try RunLock.tryAcquire(paths.directory) else { return (.busy, false) }
         defer { withExtendedLifetime(lock) {} }
         try spool.verifyRuntimeFiles(runID)
-
-        let record = try spool.readRun(runID)
-        let config = try spool.config()
-        let journal = spool.journal(runID)
-        var physical = try journal.load()
-        var entries = Journal.effective(physical)
-        let previous = try? spool.readState(runID)
-
-        if let last = entries.last, let status = last.terminalStatus {
-            if status == .failed, DurableFile.exists(paths.retryFile) {
-                let point = Self.retryPoint(entries)
-                let from = point.from
-                try journal.append(modify(JournalEntry(seq: physical.count + 1, kind: "retry", name: "run", at: clock.now())) {
-                    $0.resumeFrom = point.from
-                    $0.comment = "retry file present"
-                    if let exact = point.superseded { $0.data = ["superseded": .array(exact.map { .int(Int64($0)) })] }
-                })
-                try? FileManager.default.removeItem(atPath: paths.retryFile.string)
-                try DurableFile.fsyncDirectory(paths.directory)
-                physical = try journal.load()
-                entries = Journal.effective(physical)
-                logger.info("retrying failed run", metadata: ["run": "\(runID)", "from": "\(from)"])
-            } else {
-                let outcome: AdvanceOutcome
-                switch status {
-                case .completed: outcome = .completed(try spool.blobs(runID).resolve(last.value ?? .null))
-                case .cancelled: outcome = .cancelled
-                default: outcome = .failed(last.error ?? ErrorInfo(type: "failed", message: "failed"))
-                }
-                if previous?.status != status {
-                    try writeState(record, entries: entries, executions: previous?.counters.executions ?? 0, status: status, error: last.error)
-                    return (outcome, true)
-                }
-                return (outcome, false)
-            }
-        } else if previous?.status == .failed, previous?.error?.type == "nondeterminism", !DurableFile.exists(paths.retryFile) {
-            // Stopped on a nondeterminism error: stays stopped until someone asks to retry.
-            return (.failed(previous!.error!), false)
+        var run = try RunSnapshot(runID, spool: spool)
+        if let ended = try settleEnded(&run) { return ended }
+        guard let workflow = registry[run.record.workflow] else {
+            return (.unknownWorkflow(run.record.workflow), false)
         }
-        if DurableFile.exists(paths.retryFile) { try? FileManager.default.removeItem(atPath: paths.retryFile.string) }
-
-        guard let workflow = registry[record.workflow] else {
-            return (.unknownWorkflow(record.workflow), false)
-        }
-        // Still waiting on something that has not happened (time not come, no decision or
-        // event dropped, the child not finished), and no control file to act on: nothing a
-        // replay could change. A daemon's start looks at every waiting run; a script would
-        // otherwise run again from the top only to find out.
-        if !workflow.replaysOnEveryWake, let p = previous, p.status == .waiting, let w = p.waitingFor, p.counters.journalEntries == entries.count,
-           !DurableFile.exists(paths.cancelFile), !DurableFile.exists(paths.pauseFile),
-           nothingHappened(w, paths: paths, physical: physical) {
-            return (.waiting(w), false)
-        }
-        if entries.isEmpty {
-            let e = modify(JournalEntry(seq: physical.count + 1, kind: "start", at: clock.now())) {
-                $0.data = ["workflow": .string(workflow.name), "version": .string(workflow.version), "pid": .int(Int64(getpid()))]
-            }
-            try journal.append(e)
-            physical.append(e)
-            entries.append(e)
-        } else if entries[0].kind != "start" {
-            throw SpoolError(.malformed, path: journal.directory.appending(entries[0].fileName).string, "the first journal record must be 'start'")
-        }
-        let recordedVersion = entries[0].data?["version"]?.stringValue
-        if let recordedVersion, recordedVersion != workflow.version {
-            logger.notice("run started with another workflow version; replay checks determinism", metadata: ["run": "\(runID)", "recorded": "\(recordedVersion)", "code": "\(workflow.version)"])
-        }
-
-        let executions = (previous?.counters.executions ?? 0) + 1
-        let startEntries = entries
-        let ctx = WorkflowContext(runID: runID, workflowName: record.workflow, spool: spool, config: config, entries: Array(entries.dropFirst()), physicalCount: physical.count, superseded: WorkflowContext.superseded(physical, effective: entries), clock: clock, logger: logger) { [self] in
-            if previous?.status != .running {
-                try writeState(record, entries: startEntries, executions: executions, status: .running, error: nil)
-            }
-        }
-        let input = try spool.blobs(runID).resolve(record.input)
-
-        var outcome: AdvanceOutcome
+        if let w = unchangedWait(run, workflow) { return (.waiting(w), false) }
+        try recordStart(&run, workflow)
+        let executions = (run.previous?.counters.executions ?? 0) + 1
+        let ctx = context(for: run, executions: executions)
+        let input = try spool.blobs(runID).resolve(run.record.input)
         var result: Result<JSONValue, any Error>
         do { result = .success(try await workflow.body(ctx, input)) } catch { result = .failure(error) }
         if case .failure = result, Task.isCancelled {
             logger.info("interrupted", metadata: ["run": "\(runID)"])
             return (.interrupted, true)
         }
-        // The engine decides waits, cancellation, nondeterminism and spool failures, whatever
-        // the workflow code returned, threw, wrapped or swallowed after one began.
+        let outcome = try await conclude(result, ctx, run)
+        return try persist(outcome, ctx, run, executions: executions)
+    }
+
+    /// What `advance` reads of a run before it executes anything.
+    struct RunSnapshot {
+        let id: String
+        let paths: RunPaths
+        let record: RunRecord
+        let config: SpoolConfig
+        let journal: Journal
+        /// Every record on disk, superseded ones included.
+        var physical: [JournalEntry]
+        /// The effective journal (`start` first, once recorded).
+        var entries: [JournalEntry]
+        /// state.json as the last execution left it.
+        let previous: RunState?
+
+        init(_ id: String, spool: Spool) throws {
+            self.id = id
+            paths = spool.run(id)
+            record = try spool.readRun(id)
+            config = try spool.config()
+            journal = spool.journal(id)
+            physical = try journal.load()
+            entries = Journal.effective(physical)
+            previous = try? spool.readState(id)
+        }
+
+        mutating func reload() throws {
+            physical = try journal.load()
+            entries = Journal.effective(physical)
+        }
+    }
+
+    /// A run that already ended: its outcome (and state.json brought up to date), unless a
+    /// `retry` file asks to retry a failed run, which is recorded here and the run goes on. A
+    /// run stopped on a nondeterminism error stays stopped until someone asks to retry.
+    func settleEnded(_ run: inout RunSnapshot) throws -> (outcome: AdvanceOutcome, acted: Bool)? {
+        let paths = run.paths
+        if let last = run.entries.last, let status = last.terminalStatus {
+            if status == .failed, DurableFile.exists(paths.retryFile) {
+                let point = Self.retryPoint(run.entries)
+                try run.journal.append(modify(JournalEntry(seq: run.physical.count + 1, kind: .retry, name: "run", at: clock.now())) {
+                    $0.resumeFrom = point.from
+                    $0.comment = "retry file present"
+                    if let exact = point.superseded { $0.data = ["superseded": .array(exact.map { .int(Int64($0)) })] }
+                })
+                try? FileManager.default.removeItem(atPath: paths.retryFile.string)
+                try DurableFile.fsyncDirectory(paths.directory)
+                try run.reload()
+                logger.info("retrying failed run", metadata: ["run": "\(run.id)", "from": "\(point.from)"])
+                return nil
+            }
+            let outcome: AdvanceOutcome
+            switch status {
+            case .completed: outcome = .completed(try spool.blobs(run.id).resolve(last.value ?? .null))
+            case .cancelled: outcome = .cancelled
+            default: outcome = .failed(last.error ?? ErrorInfo(type: "failed", message: "failed"))
+            }
+            if run.previous?.status != status {
+                try writeState(run.record, entries: run.entries, executions: run.previous?.counters.executions ?? 0, status: status, error: last.error)
+                return (outcome, true)
+            }
+            return (outcome, false)
+        }
+        if let p = run.previous, p.status == .failed, let e = p.error, e.type == "nondeterminism", !DurableFile.exists(paths.retryFile) {
+            return (.failed(e), false)
+        }
+        if DurableFile.exists(paths.retryFile) { try? FileManager.default.removeItem(atPath: paths.retryFile.string) }
+        return nil
+    }
+
+    /// Still waiting on something that has not happened (time not come, no decision or event
+    /// dropped, the child not finished), and no control file to act on: nothing a replay
+    /// could change. A daemon's start looks at every waiting run; a script would otherwise
+    /// run again from the top only to find out.
+    func unchangedWait(_ run: RunSnapshot, _ workflow: AnyWorkflow) -> WaitingFor? {
+        guard !workflow.replaysOnEveryWake, let p = run.previous, p.status == .waiting, let w = p.waitingFor,
+              p.counters.journalEntries == run.entries.count,
+              !DurableFile.exists(run.paths.cancelFile), !DurableFile.exists(run.paths.pauseFile),
+              nothingHappened(w, paths: run.paths, physical: run.physical) else { return nil }
+        return w
+    }
+
+    /// The `start` record, on a run's first execution (the workflow's version in it).
+    func recordStart(_ run: inout RunSnapshot, _ workflow: AnyWorkflow) throws {
+        if run.entries.isEmpty {
+            let e = modify(JournalEntry(seq: run.physical.count + 1, kind: .start, at: clock.now())) {
+                $0.data = ["workflow": .string(workflow.name), "version": .string(workflow.version), "pid": .int(Int64(getpid()))]
+            }
+            try run.journal.append(e)
+            run.physical.append(e)
+            run.entries.append(e)
+        } else if run.entries[0].kind != .start {
+            throw SpoolError(.malformed, path: run.journal.directory.appending(run.entries[0].fileName).string, "the first journal record must be 'start'")
+        }
+        if let recorded = run.entries[0].data?["version"]?.stringValue, recorded != workflow.version {
+            logger.notice("run started with another workflow version; replay checks determinism", metadata: ["run": "\(run.id)", "recorded": "\(recorded)", "code": "\(workflow.version)"])
+        }
+    }
+
+    /// The context the workflow's code runs with: positioned after `start`, marking the run
+    /// `running` just before its first record.
+    func context(for run: RunSnapshot, executions: Int) -> WorkflowContext {
+        let startEntries = run.entries
+        let previous = run.previous
+        return WorkflowContext(runID: run.id, workflowName: run.record.workflow, spool: spool, config: run.config, entries: Array(run.entries.dropFirst()), physicalCount: run.physical.count, superseded: WorkflowContext.superseded(run.physical, effective: run.entries), clock: clock, logger: logger) { [self] in
+            if previous?.status != .running {
+                try writeState(run.record, entries: startEntries, executions: executions, status: .running, error: nil)
+            }
+        }
+    }
+
+    /// The outcome, decided by the engine whatever the workflow code returned, threw, wrapped
+    /// or swallowed after a wait, cancel, nondeterminism or spool failure began; the terminal
+    /// record (`complete` with result.json, or compensations then `fail`/`cancel`).
+    func conclude(_ result: Result<JSONValue, any Error>, _ ctx: WorkflowContext, _ run: RunSnapshot) async throws -> AdvanceOutcome {
+        var result = result
         switch ctx.control {
         case .spoolFailure(let e)?:
             // The spool, not the workflow, failed (disk full, EIO): do not fail the run or
@@ -165,22 +221,22 @@ public struct Engine: Sendable {
                     throw NondeterminismError(info: ErrorInfo(type: "nondeterminism", message: "nondeterminism: the workflow returned, but journal/\(extra.fileName) records \(extra.kind) '\(extra.name ?? "")' that the code no longer asked for", file: "journal/" + extra.fileName, expected: ["kind": .string(extra.kind.rawValue), "name": extra.name.map { .string($0) } ?? .null], actual: ["kind": "return"], retryable: false))
                 }
                 let stored = try ctx.store(output)
-                Spool.setAsideForeign(paths.resultFile)
-                try spool.durable.write(json: output, to: paths.resultFile)
-                try ctx.record("complete", nil) {
+                Spool.setAsideForeign(run.paths.resultFile)
+                try spool.durable.write(json: output, to: run.paths.resultFile)
+                try ctx.record(.complete, nil) {
                     $0.value = stored
                     $0.status = .completed
                 }
-                outcome = .completed(output)
+                return .completed(output)
             } catch let e as NondeterminismError {
-                logger.error("nondeterminism", metadata: ["run": "\(runID)", "error": "\(e.info.message)"])
-                outcome = .failed(e.info)
+                logger.error("nondeterminism", metadata: ["run": "\(run.id)", "error": "\(e.info.message)"])
+                return .failed(e.info)
             }
         case .failure(let s as Suspension):
-            outcome = .waiting(s.waitingFor)
+            return .waiting(s.waitingFor)
         case .failure(let e as NondeterminismError):
-            logger.error("nondeterminism", metadata: ["run": "\(runID)", "error": "\(e.info.message)"])
-            outcome = .failed(e.info)
+            logger.error("nondeterminism", metadata: ["run": "\(run.id)", "error": "\(e.info.message)"])
+            return .failed(e.info)
         case .failure(let e as SpoolError):
             throw e
         case .failure(let error):
@@ -190,44 +246,46 @@ public struct Engine: Sendable {
             if cancelled { cancelChildren(of: ctx) }
             do {
                 try await ctx.runCompensations()
-                try ctx.record(cancelled ? "cancel" : "fail", nil) {
+                try ctx.record(cancelled ? .cancel : .fail, nil) {
                     $0.error = info
                     $0.status = cancelled ? .cancelled : .failed
                 }
-                outcome = cancelled ? .cancelled : .failed(info)
+                return cancelled ? .cancelled : .failed(info)
             } catch let e as NondeterminismError {
-                outcome = .failed(e.info)
+                return .failed(e.info)
             }
         }
+    }
 
-        let all = ctx.state.withLock { $0.entries }
-        let full = [entries[0]] + all
+    /// state.json for the outcome (nothing, when a wake replayed to the same wait and
+    /// recorded nothing), with the tokens replay saved; a finished child wakes its parent.
+    func persist(_ outcome: AdvanceOutcome, _ ctx: WorkflowContext, _ run: RunSnapshot, executions: Int) throws -> (outcome: AdvanceOutcome, acted: Bool) {
+        let full = [run.entries[0]] + ctx.state.withLock { $0.entries }
         // Records that carry token usage (`data.tokens`: the agent layer's LLM calls) that this
         // execution replayed instead of sending again.
-        let replayedLLM = ctx.state.withLock { $0.replayed.filter { $0.data?["tokens"] != nil } }
-        let replayedTokens = !replayedLLM.isEmpty
-        if case .waiting(let w) = outcome, !ctx.appendedRecords, !replayedTokens, previous?.status == .waiting, previous?.waitingFor == w,
+        let replayedUsage = ctx.state.withLock { $0.replayed.filter { $0.data?["tokens"] != nil } }
+        let previous = run.previous
+        if case .waiting(let w) = outcome, !ctx.appendedRecords, replayedUsage.isEmpty, previous?.status == .waiting, previous?.waitingFor == w,
            previous?.counters.journalEntries == full.count {
             // Woken, replayed, waiting on the same thing: nothing to write.
             return (outcome, false)
         }
-        // Tokens that replaying recorded LLM calls did not spend again.
-        let savedNow = replayedLLM.reduce(Int64(0)) { $0 + ($1.data?["tokens"]?["input"]?.intValue ?? 0) + ($1.data?["tokens"]?["output"]?.intValue ?? 0) }
+        let savedNow = replayedUsage.reduce(Int64(0)) { $0 + ($1.data?["tokens"]?["input"]?.intValue ?? 0) + ($1.data?["tokens"]?["output"]?.intValue ?? 0) }
         let saved = (previous?.tokens?["saved"]?.intValue ?? 0) + savedNow
         switch outcome {
-        case .completed: try writeState(record, entries: full, executions: executions, status: .completed, error: nil, tokensSaved: saved)
-        case .cancelled: try writeState(record, entries: full, executions: executions, status: .cancelled, error: nil, tokensSaved: saved)
-        case .failed(let info): try writeState(record, entries: full, executions: executions, status: .failed, error: info, tokensSaved: saved)
-        case .waiting(let w): try writeState(record, entries: full, executions: executions, status: .waiting, error: nil, waitingFor: w, tokensSaved: saved)
+        case .completed: try writeState(run.record, entries: full, executions: executions, status: .completed, error: nil, tokensSaved: saved)
+        case .cancelled: try writeState(run.record, entries: full, executions: executions, status: .cancelled, error: nil, tokensSaved: saved)
+        case .failed(let info): try writeState(run.record, entries: full, executions: executions, status: .failed, error: info, tokensSaved: saved)
+        case .waiting(let w): try writeState(run.record, entries: full, executions: executions, status: .waiting, error: nil, waitingFor: w, tokensSaved: saved)
         default: break
         }
-        if outcome.isTerminal, let parent = record.parent, spool.runExists(parent.run) {
+        if outcome.isTerminal, let parent = run.record.parent, spool.runExists(parent.run) {
             // Wake the parent: it reads this run's journal when it resumes.
-            let wake = spool.run(parent.run).eventsDirectory.appending("_child.\(runID).json")
+            let wake = spool.run(parent.run).eventsDirectory.appending("_child.\(run.id).json")
             Spool.setAsideForeign(wake)  // something planted at that name must not stop the wake
-            try? spool.durable.write(json: ["run": .string(runID)], to: wake)
+            try? spool.durable.write(json: ["run": .string(run.id)], to: wake)
         }
-        logger.debug("advanced", metadata: ["run": "\(runID)", "outcome": "\(outcome)"])
+        logger.debug("advanced", metadata: ["run": "\(run.id)", "outcome": "\(outcome)"])
         return (outcome, true)
     }
 
