@@ -186,11 +186,13 @@ private func stepsRecordedTwice(_ s: Spool, _ run: String) throws -> [String] {
 
         let sent = Date()
         #expect(kill(d.pid, SIGTERM) == 0)
+        // A reaches its next wait within the grace period: released at once, not after the
+        // test has seen the shutdown in the log (on a loaded machine that took most of the
+        // grace, and A was interrupted with B).
+        unlink(holdA)
         try await waitUntil("shutdown begins") { d.log.contains("shutting down") }
         // Stops taking work: a run submitted now waits for the next daemon.
         let late = try t.submit("nap", input: 0.01)
-        // A reaches its next wait within the grace period.
-        unlink(holdA)
         try await waitForExit(d, timeout: grace + 10)
         let took = Date().timeIntervalSince(sent)
         print("shutdown took \(String(format: "%.2f", took)) s with a grace of \(grace) s")
