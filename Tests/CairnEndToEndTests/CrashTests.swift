@@ -40,7 +40,9 @@ import Testing
         var rng: SeededRandom? = nil
         if case .randomly(let ms) = plan {
             rng = SeededRandom("crash plan \(plan)")
-            input["delay_ms"] = .int(Int64(ms / Self.steps + 1))
+            // Each step at least 20 ms: a loaded machine oversleeps the test's short sleep
+            // by tens of milliseconds, and a run that fit in the window finished unkilled.
+            input["delay_ms"] = .int(Int64(2 * ms / Self.steps + 20))
         }
         let seed = rng.map { ", seed \($0.seed)" } ?? ""
         let id = try t.submit("crashy", input: JSONValue.object(input))
