@@ -141,9 +141,11 @@ public actor Daemon: Service {
     /// Executes the actions of `event` but the watches, which it returns for the caller to add.
     private func perform(_ event: Scheduler.Event) -> [String] {
         var watches: [String] = []
+        var reads: [String] = []
         for a in scheduler.handle(event, now: clock.now()) {
             switch a {
             case .advance(let id): startAdvance(id)
+            case .read(let id): reads.append(id)
             case .watch(let id): watches.append(id)
             case .unwatch(let id):
                 let p = spool.run(id)
@@ -154,7 +156,20 @@ public actor Daemon: Service {
                 idleWaiters.removeAll()
             }
         }
+        for id in reads { watches += readRun(id) }
         return watches
+    }
+
+    /// The `read` action: run.json once per run. A run whose run.json cannot be read is not
+    /// dropped: the error is logged (naming the file) and it is looked at again after the
+    /// spool-failure back-off, as an advance that failed.
+    private func readRun(_ id: String) -> [String] {
+        do {
+            return perform(.learned(id, RunInfo(try spool.readRun(id))))
+        } catch {
+            logger.error("cannot read the run's run.json; will look again", metadata: ["run": "\(id)", "error": "\(Names.printable(String(describing: error)))"])
+            return perform(.unreadable(id))
+        }
     }
 
     private func startAdvance(_ id: String) {
@@ -271,15 +286,17 @@ public actor Daemon: Service {
 
     /// Every queued, running or waiting run (by the index) whose state.json is not terminal,
     /// and every failed run, each with its run.json (a run whose run.json cannot be read is left out).
-    nonisolated private static func scanSpool(_ spool: Spool) async -> (active: [(String, RunInfo)], failed: [(String, RunInfo)]) {
-        var active: [(String, RunInfo)] = []
+    /// A run whose run.json does not read comes with no info: the scheduler asks for it
+    /// again when the run is due (`read`), which logs the error and backs off.
+    nonisolated private static func scanSpool(_ spool: Spool) async -> (active: [(String, RunInfo?)], failed: [(String, RunInfo?)]) {
+        var active: [(String, RunInfo?)] = []
         for status in [RunStatus.queued, .running, .waiting] {
             for id in (try? spool.indexedRuns(status)) ?? [] {
-                guard let state = try? spool.readState(id), !state.status.isTerminal, let r = try? spool.readRun(id) else { continue }
-                active.append((id, RunInfo(r)))
+                guard let state = try? spool.readState(id), !state.status.isTerminal else { continue }
+                active.append((id, (try? spool.readRun(id)).map(RunInfo.init)))
             }
         }
-        let failed = ((try? spool.runs(withStatus: .failed)) ?? []).compactMap { id in (try? spool.readRun(id)).map { (id, RunInfo($0)) } }
+        let failed = ((try? spool.runs(withStatus: .failed)) ?? []).map { id in (id, (try? spool.readRun(id)).map(RunInfo.init)) }
         return (active, failed)
     }
 
@@ -294,12 +311,10 @@ public actor Daemon: Service {
                 "stale": "\(drift.stale.map { "\($0.run) (\($0.listed.rawValue))" })",
             ])
             for m in drift.missing where !m.status.isTerminal && !scheduler.isRunning(m.run) {
-                guard knowOrRead(m.run) else { continue }
                 await watchRun(m.run)
                 send(.wake(m.run))
             }
             for m in drift.missing where m.status == .failed && !scheduler.isRunning(m.run) {
-                guard knowOrRead(m.run) else { continue }
                 await watchRun(m.run)
                 if DurableFile.exists(spool.run(m.run).retryFile) { send(.wake(m.run)) }
             }
@@ -339,7 +354,6 @@ public actor Daemon: Service {
         case runs:
             if e.kind == .directoryLanded, Names.isValidRunID(e.name) {
                 logger.debug("new run", metadata: ["run": "\(e.name)"])
-                guard knowOrRead(e.name) else { return }
                 await watchRun(e.name)
                 send(.wake(e.name))
             }
@@ -360,7 +374,6 @@ public actor Daemon: Service {
             // each, not a replay each.
             guard scheduler.wakes(id, sub: sub, file: e.name, arrived: arrived) else { return }
             logger.debug("wake", metadata: ["run": "\(id)", "file": "\(sub.isEmpty ? "" : sub + "/")\(Names.printable(e.name))"])
-            guard knowOrRead(id) else { return }
             send(.wake(id))
             if e.name == "cancel", let w = scheduler.workflow(ofRunning: id), engine.registry[w]?.replaysOnEveryWake == false {
                 // A script that never calls a helper would never see the cancel: stop
@@ -371,16 +384,8 @@ public actor Daemon: Service {
         }
     }
 
-    /// The scheduler knows the run's workflow and key, or run.json is read now (once per run).
-    private func knowOrRead(_ id: String) -> Bool {
-        if scheduler.knows(id) { return true }
-        guard let r = try? spool.readRun(id) else { return false }
-        learn(id, RunInfo(r))
-        return true
-    }
-
-    private func learn(_ id: String, _ info: RunInfo) {
-        if !scheduler.knows(id) { send(.learned(id, info)) }
+    private func learn(_ id: String, _ info: RunInfo?) {
+        if let info, !scheduler.knows(id) { send(.learned(id, info)) }
     }
 
     private func acceptInbox(_ name: String) {
@@ -410,7 +415,7 @@ public actor Daemon: Service {
     private func scheduleInboxRetry() -> Int {
         guard inboxRetry == nil, !scheduler.stopping else { return inboxRetryDelay }
         inboxFailures += 1
-        inboxRetryDelay = Int(min(60, pow(2, Double(min(inboxFailures - 1, 6)))))
+        inboxRetryDelay = Int(Scheduler.spoolFailureBackoff(failures: inboxFailures))
         let delay = inboxRetryDelay
         let clock = self.clock
         inboxRetry = Task {

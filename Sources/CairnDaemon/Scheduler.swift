@@ -69,6 +69,9 @@ public struct Scheduler: Sendable {
     public enum Event: Sendable {
         /// run.json was read: the run's workflow and concurrency key.
         case learned(String, RunInfo)
+        /// run.json could not be read (EIO, a damaged file): try again after the
+        /// spool-failure back-off, as after a failed advance.
+        case unreadable(String)
         /// Watch this run's directory, approvals/ and events/ (a new run, a rescan).
         case watch(String)
         /// Adding the run's watches failed (inotify watch limit): look at it every 30 s instead.
@@ -97,6 +100,9 @@ public struct Scheduler: Sendable {
 
     public enum Action: Sendable, Equatable {
         case advance(String)
+        /// A ready run whose run.json the scheduler has not seen: read it, then report
+        /// `learned` (the run is queued again) or `unreadable`.
+        case read(String)
         case watch(String)
         case unwatch(String)
         /// Sleep until this time (nil: no timer); given only when the earliest due time changes.
@@ -112,6 +118,8 @@ public struct Scheduler: Sendable {
     public static let unwatchableRecheck: TimeInterval = 30
 
     private var info: [String: RunInfo] = [:]
+    /// Runs whose run.json a `read` action is fetching.
+    private var reading: Set<String> = []
     private var ready = ReadyQueue()
     private var running: [String: RunInfo] = [:]
     private var runningPerWorkflow: [String: Int] = [:]
@@ -190,6 +198,12 @@ public struct Scheduler: Sendable {
         switch event {
         case .learned(let id, let i):
             info[id] = i
+            if reading.remove(id) != nil { markReady(id) }
+        case .unreadable(let id):
+            reading.remove(id)
+            let n = (spoolFailures[id] ?? 0) + 1
+            spoolFailures[id] = n
+            setDue(id, now.addingTimeInterval(Self.spoolFailureBackoff(failures: n)))
         case .watch(let id):
             if watched.insert(id).inserted { out.append(.watch(id)) }
         case .watchFailed(let id):
@@ -241,7 +255,11 @@ public struct Scheduler: Sendable {
         guard !stopping else { return }
         var deferred: [String] = []
         while running.count < limits.concurrency, let id = ready.popFirst() {
-            guard let i = info[id] else { continue }  // run.json unreadable: nothing to advance
+            guard let i = info[id] else {
+                // run.json not read yet: read it first (the run is queued again once known).
+                if reading.insert(id).inserted { out.append(.read(id)) }
+                continue
+            }
             if let limit = limits.perWorkflow[i.workflow], runningPerWorkflow[i.workflow, default: 0] >= limit {
                 deferred.append(id)
                 continue
@@ -313,6 +331,7 @@ public struct Scheduler: Sendable {
         unwatchable.remove(id)
         waitingOn[id] = nil
         spoolFailures[id] = nil
+        reading.remove(id)
         if watched.remove(id) != nil { out.append(.unwatch(id)) }
         due[id] = nil
         parked.remove(id)

@@ -15,6 +15,8 @@ struct Harness {
     var idles = 0
     var watches: [String] = []
     var unwatches: [String] = []
+    /// Runs whose run.json the scheduler asked to read.
+    var reads: [String] = []
 
     init(_ limits: SchedulerLimits = SchedulerLimits(), busyRecheck: TimeInterval = 1) {
         s = Scheduler(limits: limits, busyRecheck: busyRecheck)
@@ -30,6 +32,7 @@ struct Harness {
             case .idle: idles += 1
             case .watch(let id): watches.append(id)
             case .unwatch(let id): unwatches.append(id)
+            case .read(let id): reads.append(id)
             }
         }
         return actions
@@ -354,5 +357,30 @@ func waiting(until: Date? = nil, kind: String = "timer", gate: String? = nil) ->
         h.finish("c", waiting(until: h.now.addingTimeInterval(1)))
         #expect(h.idles == 1 && h.s.runningCount == 0)
         #expect(h.started == ["a", "b", "c"] && h.timer == nil)
+    }
+}
+
+@Suite struct SchedulerReadTests {
+    /// A woken run whose run.json the daemon could not read (EIO, a damaged file) is neither
+    /// dropped nor advanced blind: the scheduler asks to read it, backs off while it does not
+    /// read, and advances it once it does.
+    @Test func aRunWhoseRunJsonDoesNotReadIsReadAgainWithTheBackOffNotDropped() {
+        var h = Harness()
+        h.send(.wake("r"))
+        #expect(h.reads == ["r"] && h.started.isEmpty)
+        h.send(.wake("r"))  // a second wake while the read is pending asks nothing more
+        #expect(h.reads == ["r"])
+        h.send(.unreadable("r"))
+        #expect(h.s.dueTime("r") == h.now.addingTimeInterval(1))
+        h.pass(0.5)
+        #expect(h.reads == ["r"])
+        h.pass(0.5)
+        #expect(h.reads == ["r", "r"])
+        h.send(.unreadable("r"))
+        #expect(h.s.dueTime("r") == h.now.addingTimeInterval(2))
+        h.pass(2)
+        #expect(h.reads == ["r", "r", "r"] && h.started.isEmpty)
+        h.send(.learned("r", RunInfo(workflow: "w")))
+        #expect(h.started == ["r"])
     }
 }
