@@ -129,16 +129,23 @@ extension WorkflowContext {
 
 /// A value recorded once (`now`, `uuid`, `random`, a script's `cairn now`, the agent
 /// layer's own records): computed and journaled as KIND[-NAME] on first execution, read
-/// back on replay.
-public struct RecordedValue<Value: Sendable>: InstantOperation {
+/// back on replay (a recorded value that does not decode as `Value` is a nondeterminism).
+public struct RecordedValue<Value: Decodable & Sendable>: InstantOperation {
     public var kind: RecordKind
     public var name: String?
     var compute: () throws -> Value
     var encode: (Value) throws -> JSONValue
-    var decode: (JSONValue, String) throws -> Value
+
+    /// `encode` gives the JSON recorded for a computed value.
+    public init(kind: RecordKind, name: String?, compute: @escaping () throws -> Value, encode: @escaping (Value) throws -> JSONValue) {
+        self.kind = kind
+        self.name = name
+        self.compute = compute
+        self.encode = encode
+    }
 
     public func replay(_ record: JournalEntry, in ctx: WorkflowContext) throws -> Value {
-        try decode(try ctx.blobs.resolve(record.value ?? .null), "journal/" + record.fileName)
+        try ctx.load(record.value, as: Value.self, file: "journal/" + record.fileName)
     }
 
     public func execute(in ctx: WorkflowContext) throws -> Value {
@@ -152,6 +159,6 @@ public struct RecordedValue<Value: Sendable>: InstantOperation {
 extension RecordedValue where Value == JSONValue {
     /// Any JSON value, recorded as it is.
     public init(_ kind: RecordKind, _ name: String?, _ compute: @escaping () throws -> JSONValue) {
-        self.init(kind: kind, name: name, compute: compute, encode: { $0 }, decode: { v, _ in v })
+        self.init(kind: kind, name: name, compute: compute, encode: { $0 })
     }
 }

@@ -10,29 +10,25 @@ extension WorkflowContext {
     /// there at the next durable operation or when the workflow returns.
     public func now(_ name: String? = nil) -> Date {
         instant(RecordedValue(kind: .now, name: name, compute: { [clock] in Timestamp.parse(Timestamp.format(clock.now()))! },
-                              encode: { .string(Timestamp.format($0)) }, decode: { [self] v, file in try load(v, as: Date.self, file: file) }),
+                              encode: { .string(Timestamp.format($0)) }),
                 fallback: clock.now())
     }
 
     /// A random UUID, recorded (never throws; see `now`).
     public func uuid(_ name: String? = nil) -> UUID {
-        instant(RecordedValue(kind: .uuid, name: name, compute: { UUID() }, encode: { .string($0.uuidString) },
-                              decode: { [self] v, file in try load(v, as: UUID.self, file: file) }),
-                fallback: UUID())
+        instant(RecordedValue(kind: .uuid, name: name, compute: { UUID() }, encode: { .string($0.uuidString) }), fallback: UUID())
     }
 
     /// A random number in [0, 1), recorded (never throws; see `now`).
     public func random(_ name: String? = nil) -> Double {
-        instant(RecordedValue(kind: .random, name: name, compute: { Double.random(in: 0..<1) }, encode: { .double($0) },
-                              decode: { [self] v, file in try load(v, as: Double.self, file: file) }),
-                fallback: Double.random(in: 0..<1))
+        instant(RecordedValue(kind: .random, name: name, compute: { Double.random(in: 0..<1) }, encode: { .double($0) }), fallback: Double.random(in: 0..<1))
     }
 
     /// Runs an instant operation for an API that does not throw: a failure is remembered (the
     /// engine stops the run on it, see `Control`) and `fallback` returned meanwhile.
     func instant<Op: InstantOperation>(_ op: Op, fallback: @autoclosure () -> Op.Output) -> Op.Output {
         do { return try perform(op) } catch {
-            defer_(error)
+            deferError(error)
             return fallback()
         }
     }
@@ -348,10 +344,6 @@ struct ParallelOperation<Item: Sendable, Output: Codable & Sendable>: DurableOpe
     var kind: RecordKind { .step }
     var name: String? { "\(group)[\(items.indices.first { results[$0] == nil } ?? 0)]" }
     func owns(_ e: JournalEntry) -> Bool { e.kind == .step && e.group == group && (e.index.map { items.indices.contains($0) } ?? false) }
-
-    var all: [Output]? {
-        results.count == items.count ? (try? items.indices.map { try results[$0]!.get() }) : nil
-    }
 
     func finished() throws -> OperationStep<[Output]> {
         guard results.count == items.count else { return .next }

@@ -295,7 +295,7 @@ public final class WorkflowContext: Sendable {
     public func throwIfStopped() throws { try throwIfSuspended() }
 
     /// Remembers an error met where none can be thrown (see `State.deferred`).
-    func defer_(_ error: any Error) {
+    func deferError(_ error: any Error) {
         state.withLock { if $0.deferred == nil { $0.deferred = error } }
     }
 

@@ -251,14 +251,6 @@ public struct WaitingFor: Codable, Sendable, Hashable, CustomStringConvertible {
     }
 }
 
-extension Spool {
-    /// Whether `file` in a run's `events/` is an event named `name`: `NAME.json` or
-    /// `NAME.SUFFIX.json` (not an error file the runtime wrote beside a refused one).
-    public static func isEventFile(_ file: String, for name: String) -> Bool {
-        file == "\(name).json" || (file.hasPrefix("\(name).") && file.hasSuffix(".json") && !file.hasSuffix(".error.json"))
-    }
-}
-
 extension WaitingFor: ExpressibleByDictionaryLiteral {
     /// A `waiting_for` object written out (`["kind": "event", "name": "paid"]`).
     public init(dictionaryLiteral elements: (String, JSONValue)...) {
