@@ -51,6 +51,12 @@ public struct FilesystemCheck: Sendable {
         0x0102_1997: ("9p", true), 0x0BD0_0BD0: ("lustre", true), 0x4750_4653: ("gpfs", true),
     ]
 
+    /// Whether `directory` is on a filesystem that other hosts may share (by statfs f_type).
+    public static func isShared(_ directory: FilePath) -> Bool {
+        let magic = cairn_statfs_type(directory.string)
+        return magic >= 0 && filesystems[Int(magic)]?.shared == true
+    }
+
     /// Runs every check in a fresh scratch directory under `directory`.
     public static func run(in directory: FilePath) throws -> FilesystemCheck {
         let magic = cairn_statfs_type(directory.string)

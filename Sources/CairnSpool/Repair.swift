@@ -202,7 +202,16 @@ public enum Repair {
 
         // index/: derived, but a run it does not list is invisible to `ls --status` and to a
         // daemon's recovery, so drift is a problem to report, not to fix in silence.
-        let drift = try repair ? spool.reconcileIndex(verifyFinished: true) : spool.indexDrift(verifyFinished: true)
+        var drift = try repair ? spool.reconcileIndex(verifyFinished: true) : spool.indexDrift(verifyFinished: true)
+        // A shared filesystem's client caches names (GlusterFS's FUSE mount for 1 s): an index
+        // entry another host moved a moment ago may still show at its old place. Drift that is
+        // real stays; look again past the cache before reporting it.
+        if !repair, !drift.isEmpty, FilesystemCheck.isShared(spool.root) {
+            for _ in 0..<2 where !drift.isEmpty {
+                usleep(1_100_000)
+                drift = try spool.indexDrift(verifyFinished: true)
+            }
+        }
         for m in drift.missing {
             var f = Finding(file: "index/\(m.status.rawValue)/\(m.run)", problem: "missing: state.json says \(m.status.rawValue), the index does not list the run there")
             if repair { f.repaired = "added" }
