@@ -5,7 +5,7 @@ SWIFT ?= swift
 SPOOL ?= ./spool
 BUILD_FLAGS ?=
 
-.PHONY: all deps build test test-props-long run bench docs clean release-has-no-test-hooks fuzz fuzz-build fuzz-run
+.PHONY: all deps build test test-props-long soak run bench docs clean release-has-no-test-hooks fuzz fuzz-build fuzz-run
 
 all: build
 
@@ -74,6 +74,14 @@ fuzz-run:
 	  if [ $$rc != 0 ]; then tail -40 .build/fuzz/$$t.log; echo "fuzz $$t: failed (input saved as .build/fuzz/crash-$$t-*; log .build/fuzz/$$t.log)" >&2; failed="$$failed $$t"; fi; \
 	done; \
 	if [ -n "$$failed" ]; then echo "fuzz: invariants broken in:$$failed" >&2; exit 1; fi
+
+# The soak (docs/reliability.md, "Soak"): a mixed load on one spool with three daemons, one
+# SIGKILLed every few seconds, live rsync copies restored and finished, for DURATION (90s,
+# 30m, 2h); its counters print at the end and go to .build/soak-report.txt.
+DURATION ?= 30m
+soak: deps
+	$(SWIFT) build --build-tests $(BUILD_FLAGS)
+	CAIRN_SOAK_DURATION=$(DURATION) $(SWIFT) test --skip-build $(BUILD_FLAGS) --filter SoakTests
 
 # The replay engine's property tests with many more cases than `make test` runs
 # (docs/reliability.md, "Property tests"); CAIRN_PROP_CASES and CAIRN_TEST_SEED as given.

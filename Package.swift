@@ -107,7 +107,7 @@ let package = Package(
         // Benchmarks (make bench): figures for docs/benchmarks.md, against a C floor.
         .executableTarget(name: "cairn-bench", dependencies: ["Cairn", "CairnSpool", "CSystemShims"], swiftSettings: strict),
         // The `cairn` CLI with the test suite's workflows registered (crash and replay tests run it).
-        .executableTarget(name: "cairn-fixtures", dependencies: ["CairnCLI", "Cairn", "CairnSpool"], swiftSettings: strict),
+        .executableTarget(name: "cairn-fixtures", dependencies: ["CairnCLI", "Cairn", "CairnSpool", "CairnAgents"], swiftSettings: strict),
         // The fuzz targets (make fuzz): libFuzzer's driver under -DCAIRN_FUZZ, a corpus replayer otherwise.
         .target(name: "CFuzzDriver", path: "Tests/Fuzz/CFuzzDriver"),
         .executableTarget(

@@ -10,9 +10,9 @@ final class FakeLLMProcess {
     let dir = NSTemporaryDirectory() + "fake-llm-e2e-" + UUID().uuidString
     var port = 0
 
-    init(queue: [JSONValue]) async throws {
+    init(queue: [JSONValue], defaultStep: JSONValue = ["reply": ["content": "default"]]) async throws {
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
-        try (["queue": .array(queue), "default": ["reply": ["content": "default"]]] as JSONValue).canonicalText().write(toFile: dir + "/plan.json", atomically: true, encoding: .utf8)
+        try (["queue": .array(queue), "default": defaultStep] as JSONValue).canonicalText().write(toFile: dir + "/plan.json", atomically: true, encoding: .utf8)
         let script = FilePath(#filePath).removingLastComponent().removingLastComponent().appending("CairnAgentsTests/Fixtures/fake_llm.py").string
         process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
         process.arguments = ["python3", script, dir + "/port", dir + "/plan.json", dir + "/requests.jsonl"]
