@@ -120,7 +120,7 @@ public struct Engine: Sendable {
         let paths = run.paths
         if let last = run.entries.last, let status = last.terminalStatus {
             if status == .failed, DurableFile.exists(paths.retryFile) {
-                let point = Self.retryPoint(run.entries)
+                let point = Self.retryPoint(run.entries, failedWithoutError: registry[run.record.workflow]?.failedWithoutError ?? { _ in false })
                 try run.journal.append(modify(JournalEntry(seq: run.physical.count + 1, kind: .retry, name: "run", at: clock.now())) {
                     $0.resumeFrom = point.from
                     $0.comment = "retry file present"
@@ -336,17 +336,19 @@ public struct Engine: Sendable {
     ///   group (the fail record); branches that succeeded keep their records;
     /// - an event that did not decode (`invalid_event`, recorded with its error): from its
     ///   `requested` record (the bad file stays consumed; the run waits for a new event);
-    /// - a failed step, LLM call or child (a `cairn step` whose recorded exit code is not 0
-    ///   counts): from its first record (its intent/retry/started records included);
+    /// - a failed operation — an operation outcome (a step, an LLM call: `isOperationOutcome`),
+    ///   a child or an event recorded with an error, or what the workflow's layer counts as
+    ///   failed (`AnyWorkflow.failedWithoutError`: a `cairn step` whose exit code is not 0):
+    ///   from its first record (its intent/retry/started records included);
     /// - otherwise: the terminal record.
-    static func retryPoint(_ entries: [JournalEntry]) -> (from: Int, superseded: [Int]?) {
+    static func retryPoint(_ entries: [JournalEntry], failedWithoutError: (JournalEntry) -> Bool = { _ in false }) -> (from: Int, superseded: [Int]?) {
         guard let failIndex = entries.lastIndex(where: { $0.kind == "fail" }) else { return (entries.last?.seq ?? 1, nil) }
         let failed = entries[failIndex]
         if entries[..<failIndex].contains(where: { $0.kind == "compensate" }) {
             return (entries.count > 1 ? entries[1].seq : failed.seq, nil)
         }
         let failedStep: (JournalEntry) -> Bool = { e in
-            ["step", "llm", "child", "event"].contains(e.kind) && (e.error != nil || (e.value?["exit_code"]?.intValue ?? 0) != 0)
+            (e.isOperationOutcome || e.kind == .child || e.kind == .event) && e.error != nil || failedWithoutError(e)
         }
         guard let stepIndex = entries[..<failIndex].lastIndex(where: failedStep) else {
             return (failed.seq, nil)

@@ -42,6 +42,10 @@ public struct AnyWorkflow: Sendable {
     /// as a nondeterminism stop). Script workflows set it false: replaying one means running
     /// the script from the top, outside helpers included.
     public var replaysOnEveryWake = true
+    /// What this workflow's own layer counts as a failed operation though the record carries
+    /// no error — a script's `cairn step` recorded with a non-zero exit code. A run-level
+    /// retry resumes from the last failed operation (`Engine.retryPoint`).
+    public var failedWithoutError: @Sendable (JournalEntry) -> Bool = { _ in false }
 
     /// Erases a typed workflow: its input is decoded from JSON (a failure is a
     /// `WorkflowInputError`) and its output encoded to JSON.

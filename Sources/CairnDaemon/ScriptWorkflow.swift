@@ -31,6 +31,9 @@ public enum ScriptWorkflow {
                 return try await execute(spool: spool, path: path, ctx: ctx, input: input)
             }
             wf.replaysOnEveryWake = false
+            // A `cairn step` whose command exited non-zero is recorded as a value; a retry of
+            // the run resumes from it.
+            wf.failedWithoutError = { $0.kind == .step && ($0.value?["exit_code"]?.intValue ?? 0) != 0 }
             return wf
         }
     }

@@ -112,4 +112,12 @@ extension JournalEntry {
         default: return nil
         }
     }
+
+    /// The outcome of an attempted unit of work — a step, a model call, whatever a layer above
+    /// records with the attempts it used — as opposed to the bookkeeping around attempts
+    /// (`intent`, `retry`, `uncertain`). Told by the record's shape (an `attempt` field), not by
+    /// a list of kinds: the spool knows no workflow operation by name.
+    public var isOperationOutcome: Bool {
+        attempt != nil && kind != .intent && kind != .retry && kind != .uncertain
+    }
 }

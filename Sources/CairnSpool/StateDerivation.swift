@@ -9,7 +9,9 @@ public enum StateDerivation {
     public static func derive(record: RunRecord, entries: [JournalEntry], now: Date) -> RunState {
         var state = RunState(run: record.id, workflow: record.workflow, status: .queued, updatedAt: now)
         state.counters.journalEntries = entries.count
-        state.counters.steps = entries.filter { ["step", "llm"].contains($0.kind) && $0.error == nil || ($0.kind == "child" && $0.phase == "finished") }.count
+        // Completed units of work: operation outcomes without an error, and finished children
+        // (a `finished` phase), told by the records' shape.
+        state.counters.steps = entries.filter { $0.isOperationOutcome && $0.error == nil || $0.phase == .finished }.count
         state.counters.retries = entries.filter { $0.kind == "retry" && $0.name != "run" }.count
         var input: Int64 = 0, output: Int64 = 0
         for e in entries {
