@@ -66,6 +66,37 @@ import Testing
 
     /// The `wait --for` table: terminal (default) exits 0 on any terminal status,
     /// completed exits 1 on failed, waiting exits 0 on waiting and 1 on a terminal status.
+    /// A duration too large for any clock (an outside attack: `1e308h`, `99999999999999999999d`,
+    /// `1e18s`) trapped converting to Int64 — every command, and a running daemon reading
+    /// cairn.json on a submission, died of SIGILL. Now it is refused like any bad duration:
+    /// exit 2 from an option, a named configuration error from cairn.json, and the daemon lives.
+    @Test func aDurationTooLargeIsRefusedNotATrap() async throws {
+        let t = try TempSpool()
+        let root = t.spool.root.string
+        for bad in ["1e308h", "99999999999999999999d", "1e18s", "0x10s", "+5s", "1e3s", "5.s", "inf s", "nans"] {
+            let r = try Binary.run("cairn", ["wait", "nope", "--timeout", bad, "--spool", root])
+            #expect(r.code == 2, "--timeout \(bad): \(r.code) \(r.stderr.prefix(300))")
+        }
+        // Its neighbour: a rescan interval of zero was a busy loop (95,140 scans in 3 s).
+        // (Under `timeout`: a daemon that accepts it runs until killed, and logs to a file.)
+        for bad in ["0s", "1e-9ms", "5ms"] {
+            let err = t.path.appending("daemon-\(bad).err").string
+            let r = Binary.runShell("timeout -s KILL 5 '\(Binary.path("cairn"))' daemon --rescan-interval \(bad) --spool '\(root)' > /dev/null 2> '\(err)'")
+            let stderr = (try? String(contentsOfFile: err, encoding: .utf8)) ?? ""
+            #expect(r.code == 2 && stderr.contains("rescan-interval"), "daemon --rescan-interval \(bad): \(r.code) \(stderr.prefix(300))")
+        }
+        let d = try await DaemonProcess(spool: t.spool)
+        defer { d.stopBlocking() }
+        var cfg = try DurableFile.readJSON(t.spool.configFile).objectValue!
+        cfg["script_timeout"] = ["*": "1e308h"]
+        try t.spool.durable.write(json: .object(cfg), to: t.spool.configFile)
+        let ls = try Binary.run("cairn", ["ls", "--spool", root])
+        #expect(ls.code == 1 && ls.stderr.contains("script_timeout"), "ls under a cairn.json with 1e308h: \(ls.code) \(ls.stderr.prefix(300))")
+        try DurableFile.drop(Data(#"{"workflow": "gate", "input": {}}"#.utf8), to: t.spool.root.appending("inbox/x1.json"))
+        try await waitUntil("the daemon reports the setting") { d.log.contains("script_timeout") }
+        #expect(d.process.isRunning, "the daemon died: \(d.log.suffix(800))")
+    }
+
     @Test func waitExitCodesFollowTheTable() async throws {
         let t = try TempSpool()
         let done = try t.submit("nap", input: 0.01)

@@ -32,6 +32,8 @@ struct DaemonCommand: AsyncParsableCommand {
 
     func validate() throws {
         guard concurrency >= 1 else { throw ValidationError("--concurrency must be at least 1") }
+        // Each rescan reads every run's state: a shorter interval is a busy loop.
+        if let r = rescanInterval, r.duration < .milliseconds(100) { throw ValidationError("--rescan-interval must be at least 100ms, not \(r.text)") }
     }
 
     func run() async throws {
