@@ -87,6 +87,16 @@ public struct TokenUsage: Codable, Sendable, Hashable {
         self.input = input
         self.output = output
     }
+
+    /// The most tokens one count may say (10^12): a server's count is taken only from 0 to
+    /// this, so that sums over a run's records cannot overflow.
+    package static let maximumCount: Int64 = 1_000_000_000_000
+
+    /// A count as a server reports it: a whole number from 0 to `maximumCount`, else 0.
+    package static func count(_ v: JSONValue?) -> Int {
+        guard let n = v?.intValue, n >= 0, n <= maximumCount else { return 0 }
+        return Int(n)
+    }
 }
 
 /// What a provider is asked.

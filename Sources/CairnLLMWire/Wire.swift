@@ -121,7 +121,7 @@ package enum OpenAIWire {
             guard let f = c["function"], let n = f["name"]?.stringValue else { return nil }
             return ToolCall(id: c["id"]?.stringValue ?? "call_\(n)", name: n, arguments: f["arguments"]?.stringValue ?? "{}")
         }
-        let usage = TokenUsage(input: Int(j["usage"]?["prompt_tokens"]?.intValue ?? 0), output: Int(j["usage"]?["completion_tokens"]?.intValue ?? 0))
+        let usage = TokenUsage(input: TokenUsage.count(j["usage"]?["prompt_tokens"]), output: TokenUsage.count(j["usage"]?["completion_tokens"]))
         return LLMResponse(content: content, toolCalls: calls, finishReason: finish, usage: usage, model: model)
     }
 
@@ -172,7 +172,7 @@ package final class OpenAIStream: StreamDecoder, @unchecked Sendable {
             guard let j = try? JSONValue.parse(event.data) else { throw LLMError(.malformed, "bad stream chunk: \(event.data.prefix(120))") }
             if let err = j["error"], !err.isNull { throw OpenAIWire.error(err) }
             if let u = j["usage"], case .object = u {
-                usage = TokenUsage(input: Int(u["prompt_tokens"]?.intValue ?? 0), output: Int(u["completion_tokens"]?.intValue ?? 0))
+                usage = TokenUsage(input: TokenUsage.count(u["prompt_tokens"]), output: TokenUsage.count(u["completion_tokens"]))
             }
             guard let c = j["choices"]?.arrayValue?.first(where: { ($0["index"]?.intValue ?? 0) == 0 }) else { return nil }
             var shown: String? = nil
@@ -253,7 +253,7 @@ package enum AnthropicWire {
             default: break
             }
         }
-        let usage = TokenUsage(input: Int(j["usage"]?["input_tokens"]?.intValue ?? 0), output: Int(j["usage"]?["output_tokens"]?.intValue ?? 0))
+        let usage = TokenUsage(input: TokenUsage.count(j["usage"]?["input_tokens"]), output: TokenUsage.count(j["usage"]?["output_tokens"]))
         return LLMResponse(content: text, toolCalls: calls, finishReason: stopReason(j["stop_reason"]?.stringValue), usage: usage, model: model)
     }
 }
@@ -280,8 +280,8 @@ package final class AnthropicStream: StreamDecoder, @unchecked Sendable {
             switch j["type"]?.stringValue ?? event.name ?? "" {
             case "message_start":
                 let u = j["message"]?["usage"]
-                if let i = u?["input_tokens"]?.intValue { usage.input = Int(i) }
-                if let o = u?["output_tokens"]?.intValue { usage.output = Int(o) }
+                if let i = u?["input_tokens"] { usage.input = TokenUsage.count(i) }
+                if let o = u?["output_tokens"] { usage.output = TokenUsage.count(o) }
             case "content_block_start":
                 let i = Int(j["index"]?.intValue ?? 0)
                 let block = j["content_block"]
@@ -305,8 +305,8 @@ package final class AnthropicStream: StreamDecoder, @unchecked Sendable {
                 sawDelta = true
                 if let s = j["delta"]?["stop_reason"]?.stringValue { stop = s }
                 // Cumulative counts; some compatible servers report input tokens here only.
-                if let o = j["usage"]?["output_tokens"]?.intValue { usage.output = Int(o) }
-                if let i = j["usage"]?["input_tokens"]?.intValue, i > 0 { usage.input = Int(i) }
+                if let o = j["usage"]?["output_tokens"] { usage.output = TokenUsage.count(o) }
+                if let i = j["usage"]?["input_tokens"], TokenUsage.count(i) > 0 { usage.input = TokenUsage.count(i) }
             case "message_stop":
                 done = true
             case "error":

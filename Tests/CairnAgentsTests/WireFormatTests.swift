@@ -124,6 +124,27 @@ import Testing
         }
     }
 
+    /// Token counts are the server's word: Int64.max from a broken or hostile server was
+    /// recorded as is, and the first sum over the run's records (state.json's tokens, the
+    /// budget check) overflowed and trapped — the daemon died of a model's answer. Counts
+    /// are whole numbers from 0 to 10^12; anything else counts as 0.
+    @Test func tokenCountsFromTheServerAreBounded() throws {
+        let max = "9223372036854775807"
+        let plain = try OpenAICompatibleProvider.parse(try JSONValue.parse(#"{"choices":[{"index":0,"message":{"role":"assistant","content":"x"},"finish_reason":"stop"}],"usage":{"prompt_tokens":\#(max),"completion_tokens":-5}}"#), model: "p:m")
+        #expect(plain.usage == TokenUsage(input: 0, output: 0))
+        let a = try AnthropicProvider.parse(try JSONValue.parse(#"{"type":"message","content":[{"type":"text","text":"x"}],"stop_reason":"end_turn","usage":{"input_tokens":\#(max),"output_tokens":12}}"#), model: "p:m")
+        #expect(a.usage == TokenUsage(input: 0, output: 12))
+        let openai = OpenAIStream()
+        _ = try openai.handle(SSEEvent(name: nil, data: #"{"choices":[{"index":0,"delta":{"content":"Hi"},"finish_reason":"stop"}],"usage":{"prompt_tokens":\#(max),"completion_tokens":\#(max)}}"#))
+        _ = try openai.handle(SSEEvent(name: nil, data: "[DONE]"))
+        #expect(try openai.response(model: "p:m").usage == TokenUsage(input: 0, output: 0))
+        let anthropic = AnthropicStream()
+        _ = try anthropic.handle(SSEEvent(name: "message_start", data: #"{"type":"message_start","message":{"usage":{"input_tokens":\#(max),"output_tokens":\#(max)}}}"#))
+        _ = try anthropic.handle(SSEEvent(name: "message_delta", data: #"{"type":"message_delta","delta":{"stop_reason":"end_turn"},"usage":{"output_tokens":\#(max),"input_tokens":7}}"#))
+        _ = try anthropic.handle(SSEEvent(name: "message_stop", data: #"{"type":"message_stop"}"#))
+        #expect(try anthropic.response(model: "p:m").usage == TokenUsage(input: 7, output: 0))
+    }
+
     /// An error object in a 200 JSON body is mapped like an in-stream error.
     @Test func anErrorInA200BodyIsMapped() {
         do {
