@@ -317,7 +317,17 @@ extension WorkflowContext {
                     let info = ErrorInfo(type: "llm_budget_exceeded", message: "the run's token budget: \(by) rejected raising it (\(reason)); spent \(spent) of \(budget), this call needs about \(estimate)", retryable: false)
                     return OperationRecord(value: .null, data: ["request": requestData, "budget": figures], error: info, attempts: 0)
                 }
-                let raised = (value?["tokens"]?.intValue ?? value?.intValue).map { Int($0) } ?? budget + configured
+                // No value adds another configured budget; {"tokens": N} (or N) sets it to N.
+                // Anything else is refused, not guessed at: a budget of -5 or Int64.max is no
+                // decision a person meant (and the next default raise would overflow).
+                var raised = budget + configured
+                if let v = value, !v.isNull {
+                    guard let t = (v["tokens"] ?? v).intValue, t >= 1, t <= TokenUsage.maximumCount else {
+                        _ = try Drops.refuse(path, reason: "a budget decision's value is {\"tokens\": N} with N a whole number from 1 to \(TokenUsage.maximumCount), not \(v.compactText().prefix(80))", identity: f.identity, durable: spool.durable, now: self.clock.now(), setAsideIn: self.runDirectory.appending("refused"))
+                        continue
+                    }
+                    raised = Int(t)
+                }
                 _ = try self.recorded(.llmBudget, name) { ["decision": "approved", "gate": .string(gate), "by": .string(by), "budget": .int(Int64(raised)), "figures": figures] }
                 try consume()
                 // Raised too little? The next gate asks again.

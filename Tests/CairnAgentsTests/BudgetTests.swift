@@ -43,6 +43,14 @@ import Testing
         #expect(try await engine.advance(id) == .waiting(w))
         #expect(try t.spool.journal(id).load().count == n)
 
+        // A value that is no budget (an outside attack: -5 and 0 were recorded as budgets,
+        // Int64.max set up an overflow) is refused and set aside; the gate still waits.
+        for bad in [#"{"value": {"tokens": -5}}"#, "0", #"{"tokens": 9223372036854775807}"#, #"{"tokens": "abc"}"#, "1.5"] {
+            try t.drop("approvals/budget-b-1.approved", in: id, content: bad)
+            #expect(try await engine.advance(id) == .waiting(w), "\(bad)")
+            #expect(!DurableFile.exists(t.spool.run(id).approvalsDirectory.appending("budget-b-1.approved")), "\(bad) was not set aside")
+        }
+        #expect(try t.spool.journal(id).load().count == n, "a refused value recorded nothing")
         try t.drop("approvals/budget-b-1.approved", in: id, content: #"{"value": {"tokens": 1000}}"#)
         guard case .waiting(let sleeping) = try await engine.advance(id) else { Issue.record("not at the sleep"); return }
         #expect(sleeping["kind"] == "timer")
