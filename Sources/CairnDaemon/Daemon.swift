@@ -374,10 +374,13 @@ public actor Daemon: Service {
             // each, not a replay each.
             guard scheduler.wakes(id, sub: sub, file: e.name, arrived: arrived) else { return }
             logger.debug("wake", metadata: ["run": "\(id)", "file": "\(sub.isEmpty ? "" : sub + "/")\(Names.printable(e.name))"])
+            // A script that never calls a helper would never see the cancel: stop it (its
+            // whole group); the run is advanced again and records the cancel. Only a script
+            // already running: the wake below may start an execution for this very cancel
+            // (a run that waited), and that one must not be stopped.
+            let stopScript = e.name == "cancel" && scheduler.workflow(ofRunning: id).map { engine.registry[$0]?.replaysOnEveryWake == false } == true
             send(.wake(id))
-            if e.name == "cancel", let w = scheduler.workflow(ofRunning: id), engine.registry[w]?.replaysOnEveryWake == false {
-                // A script that never calls a helper would never see the cancel: stop
-                // it (its whole group); the run is advanced again and records the cancel.
+            if stopScript {
                 logger.info("cancel requested; stopping the running script", metadata: ["run": "\(id)"])
                 tasks[id]?.cancel()
             }

@@ -174,6 +174,25 @@ import Testing
         await d.stop()
     }
 
+    /// A script waiting (its process stopped) at a sleep, an approval or an event: `cairn
+    /// cancel` must end it at once. An outside attack found it stuck at `running`: the wake
+    /// for the cancel file started an execution, and the same event then cancelled that
+    /// execution as if it were a script that never calls a helper (the run ended only when its
+    /// timer fired, its event came, or the daemon restarted).
+    @Test(arguments: ["cairn sleep 60s", "cairn approval go", "cairn event ping"])
+    func cancelEndsAWaitingScriptAtOnce(_ wait: String) async throws {
+        let t = try TempSpool()
+        try install(t, "waits", "#!/bin/sh\ncairn step first -- true\n\(wait)\ncairn step after -- true\n")
+        let d = try await DaemonProcess(spool: t.spool)
+        let r = try t.submit("waits", input: JSONValue.null)
+        try await t.waitFor(r, .waiting)
+        #expect(try Binary.cairn("cancel", r, spool: t.spool).code == 0)
+        do { try await t.waitFor(r, .cancelled, timeout: 10) } catch { Issue.record("\(wait): \(error); journal \(try t.journalSummary(r)); log \(d.log.suffix(1500))") }
+        let cancels = try t.spool.journal(r).load().filter { $0.kind == .cancel && $0.name == "requested" }
+        #expect(cancels.count <= 1, "cancel requested recorded \(cancels.count) times")
+        await d.stop()
+    }
+
     @Test func aHelperWithItsStdoutClosedDoesNotCrash() async throws {
         let t = try TempSpool()
         try install(t, "closed", "#!/bin/sh\nexec 1>&-\ncairn step b -- echo hi\necho \"step exit $?\" >&2\n")
