@@ -64,6 +64,13 @@ public enum ScriptWorkflow {
         spool.tmpDirectory.appending("exec-\(run).json")
     }
 
+    /// A file the daemon creates before the script starts and a helper removes when the spool
+    /// fails it: removing a name needs no free space, where writing the exec state to say so
+    /// does (on a full disk, it cannot). Its absence after the script exits means "the spool
+    /// failed", whatever a probe written later finds (the failed write's temp file is gone by
+    /// then, and its space with it).
+    public static func spoolWorksPath(_ statePath: FilePath) -> String { statePath.string + ".spool-works" }
+
     /// A script that failed (non-zero exit, or killed at its timeout).
     public struct ScriptFailed: Error, CustomStringConvertible {
         public var code: Int32
@@ -108,6 +115,11 @@ public enum ScriptWorkflow {
         let execID = UUID().uuidString.lowercased()
         let statePath = execStatePath(spool, run)
         try spool.durable.write(json: JSONValue(encoding: ExecState(exec: execID, run: run, cursor: ctx.cursor)), to: statePath)
+        let spoolWorks = spoolWorksPath(statePath)
+        let marker = open(spoolWorks, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+        guard marker >= 0 else { throw SpoolError(.io, path: spoolWorks, "cannot create (\(String(cString: strerror(errno))))") }
+        close(marker)
+        defer { _ = unlink(spoolWorks) }
         // A cancel or pause is honoured before the script starts: one that never calls a
         // helper would never see it.
         try ctx.checkControlFiles()
@@ -196,8 +208,12 @@ public enum ScriptWorkflow {
             }
         }
         guard code == 0 else {
-            // A helper that hit a full disk may not even have been able to say so: if the
-            // spool cannot take a write now, this exit is the spool's doing, not the script's.
+            // A helper that hit a full disk may not have been able to write that it did: it
+            // removed the marker instead. And if the spool cannot take a write now, this exit
+            // is the spool's doing, not the script's.
+            if access(spoolWorks, F_OK) != 0 {
+                throw SpoolError(.io, path: state?.error?.file, "a script helper could not write the spool (its message is in logs/stderr.log: \(tail(logs.appending("stderr.log")).suffix(300)))")
+            }
             try probeSpool(spool, run: run)
             var failure = ScriptFailed(code: code, stderrTail: tail(logs.appending("stderr.log")))
             if group.timedOut, let limit {

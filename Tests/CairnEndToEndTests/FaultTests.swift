@@ -301,6 +301,60 @@ import Testing
         #expect(!FileManager.default.fileExists(atPath: spool.run("full").retryFile.string))
     }
 
+    /// A disk that fills while a script runs: its helpers (`cairn now`, `cairn step`) cannot
+    /// write their records. scripts.md: "the run is not failed; the daemon looks again after
+    /// 1 s, 2 s … 60 s and the script runs again once the spool works". An outside attack found
+    /// the run failed (ScriptFailed, signal 9): the helper could not write the exec state that
+    /// says "spool error" (no space), and the daemon's probe written after it found space (the
+    /// failed write's temp file was gone).
+    @Test(.enabled(if: getuid() == 0, "needs root to mount a tmpfs (CI runs as root)"))
+    func fullFilesystemUnderARunningScript() async throws {
+        let t = try TempSpool(prefix: "cairn-full-script")
+        let mnt = t.spool.root.string
+        let mount = try Binary.run("/usr/bin/mount", ["-t", "tmpfs", "-o", "size=4m,mode=0755", "tmpfs", mnt])
+        guard mount.code == 0 else {
+            print("FaultTests.fullFilesystemUnderARunningScript: skipped — mount -t tmpfs failed; it needs root with CAP_SYS_ADMIN")
+            return
+        }
+        defer {
+            _ = try? Binary.run("/usr/bin/umount", ["-l", mnt])
+            withExtendedLifetime(t) {}
+        }
+        let spool = try Spool.create(at: t.spool.root)
+        let go = t.path.appending("go").string
+        let script = spool.workflowsDirectory.appending("loop").string
+        try """
+            #!/bin/sh
+            set -e
+            cairn step a -- true > /dev/null
+            while [ ! -e '\(go)' ]; do sleep 0.05; done
+            for i in 1 2 3 4 5 6 7 8; do cairn now > /dev/null; cairn uuid > /dev/null; cairn step "s$i" -- echo "$i" > /dev/null; done
+            """.write(toFile: script, atomically: true, encoding: .utf8)
+        chmod(script, 0o755)
+        let d = try await DaemonProcess(spool: spool, name: "full-script")
+        defer { d.stopBlocking() }
+        let r = try spool.createRun(.init(workflow: "loop", input: .null, id: "loop-1")).id
+        try await waitUntil("step a recorded") { (try? spool.journal(r).load())?.contains { $0.name == "a" } == true }
+
+        let filler = FilePath(mnt).appending("filler").string
+        let fd = open(filler, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+        let chunk = [UInt8](repeating: 0x66, count: 64 << 10)
+        for size in [chunk.count, 1] {
+            while chunk.withUnsafeBytes({ Glibc.write(fd, $0.baseAddress, size) }) > 0 {}
+        }
+        close(fd)
+        _ = FileManager.default.createFile(atPath: go, contents: nil)
+        try await waitUntil("a helper meets the full disk (log \(d.logPath))", timeout: 20) { d.log.contains("No space left on device") }
+        try await Task.sleep(for: .seconds(3))
+        #expect(d.process.isRunning)
+        #expect((try? spool.readState(r))??.status != .failed, "\(String(describing: (try? spool.readState(r))??.error))")
+        #expect(unlink(filler) == 0)
+        try await waitUntil("completed by itself once space is back", timeout: 90) { (try? spool.readState(r))??.status == .completed }
+        let names = Journal.effective(try spool.journal(r).load()).filter { $0.kind == .step }.compactMap(\.name)
+        #expect(names == ["a", "s1", "s2", "s3", "s4", "s5", "s6", "s7", "s8"], "\(names)")
+        #expect(!FileManager.default.fileExists(atPath: spool.run(r).retryFile.string))
+    }
+
     /// A file name with its run id, pid and counters taken out: what kind of file failed.
     static func pattern(_ relative: String) -> String {
         relative.replacing(/(runs|index\/[a-z]+)\/[0-9]{8}-[^\/]+/) { "\($0.1)/ID" }.replacing(/tmp\/[0-9]+\.[0-9]+\./, with: "tmp/PID.N.")

@@ -92,6 +92,8 @@ struct HelperSession {
                 state.outcome = "spool_error"
                 state.error = ErrorInfo(type: "spool", message: e.description, file: e.path)
                 Output.raw(Data("cairn: \(e.description)\n".utf8), to: 2)
+                // Said first by removing a name (which needs no space), then in the state.
+                _ = unlink(ScriptWorkflow.spoolWorksPath(statePath))
                 try? spool.durable.write(json: JSONValue(encoding: state), to: statePath)
                 kill(0, SIGKILL)
                 while true { pause() }
