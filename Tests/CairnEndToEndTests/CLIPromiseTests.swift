@@ -97,6 +97,27 @@ import Testing
         #expect(d.process.isRunning, "the daemon died: \(d.log.suffix(800))")
     }
 
+    /// cli.md: "Without it, every directory in runs/ is read." A run whose state.json is
+    /// garbage, missing or unreadable was left out of `ls` without a word (exit 0; an outside
+    /// attack listed 13 of 16 runs), and `show` printed no status line. Now `ls` lists it as
+    /// `unknown`, says why on stderr and exits 1; `show` says the state is missing.
+    @Test func lsAndShowSayWhatTheyCannotRead() async throws {
+        let t = try TempSpool()
+        let root = t.spool.root.string
+        let ids = try (0..<3).map { try t.submit("gate", input: JSONValue.null, id: "r\($0)") }
+        try "garbage".write(toFile: t.spool.run(ids[0]).stateFile.string, atomically: true, encoding: .utf8)
+        #expect(unlink(t.spool.run(ids[1]).stateFile.string) == 0)
+        let ls = try Binary.run("cairn", ["ls", "--spool", root])
+        #expect(ls.code == 1, "\(ls.code) \(ls.stdout) \(ls.stderr)")
+        for id in ids { #expect(ls.stdout.contains(id), "\(id) missing from: \(ls.stdout)") }
+        #expect(ls.stderr.contains("runs/r0/state.json") && ls.stderr.contains("runs/r1/state.json"), "\(ls.stderr)")
+        let json = try Binary.run("cairn", ["ls", "--json", "--spool", root])
+        let listed = try JSONValue.parse(json.stdout).arrayValue?.count
+        #expect(json.code == 1 && listed == 3, "\(json.stdout)")
+        let show = try Binary.run("cairn", ["show", ids[1], "--spool", root])
+        #expect(show.stdout.contains("state.json") && show.stdout.contains("fsck --repair"), "\(show.stdout)")
+    }
+
     @Test func waitExitCodesFollowTheTable() async throws {
         let t = try TempSpool()
         let done = try t.submit("nap", input: 0.01)

@@ -30,8 +30,24 @@ struct ListCommand: ParsableCommand {
         let ids: [String]
         if let status { ids = try spool.indexedRuns(status.status) } else { ids = try spool.runIDs() }
         var rows: [JSONValue] = []
+        var unreadable = 0
         for id in ids {
-            guard let state = try? spool.readState(id) else { continue }
+            let state: RunState
+            do {
+                guard let s = try spool.readState(id) else { throw SpoolError(.io, path: spool.run(id).stateFile.string, "missing") }
+                state = s
+            } catch {
+                // Listed, not hidden: a run whose state cannot be read is a run to look at.
+                unreadable += 1
+                Output.warn("runs/\(id)/state.json: \(Output.printable(String(describing: error))) (`cairn fsck --repair` rebuilds it from the journal)")
+                guard status == nil, workflow == nil else { continue }
+                if output.json {
+                    rows.append(["run": .string(id), "status": .null, "error": ["type": "unreadable_state", "message": .string(String(describing: error))]])
+                } else {
+                    Output.line("\(id)  \(Output.red("unknown"))  (state.json unreadable)")
+                }
+                continue
+            }
             if let status, state.status != status.status { continue }
             if let workflow, state.workflow != workflow { continue }
             if output.json {
@@ -44,6 +60,7 @@ struct ListCommand: ParsableCommand {
             }
         }
         if output.json { Output.json(.array(rows)) }
+        if unreadable > 0 { throw ExitCode(1) }
     }
 
     static func row(_ s: RunState) -> JSONValue {

@@ -22,11 +22,20 @@ struct ShowCommand: ParsableCommand {
     func run() throws {
         let spool = try options.open()
         let record = try requireRun(spool, runID)
-        let state = try spool.readState(runID)
+        let state: RunState?
+        var stateProblem: String? = nil
+        do {
+            state = try spool.readState(runID)
+            if state == nil { stateProblem = "missing" }
+        } catch {
+            state = nil
+            stateProblem = String(describing: error)
+        }
         let entries = try spool.journal(runID).load()
         if output.json {
             var o: [String: JSONValue] = ["run": try JSONValue(encoding: record), "journal": .array(try entries.map { try JSONValue(encoding: $0) })]
             if let state { o["state"] = try JSONValue(encoding: state) }
+            if let stateProblem { o["state_error"] = .string(stateProblem) }
             Output.json(.object(o))
             return
         }
@@ -34,6 +43,9 @@ struct ShowCommand: ParsableCommand {
         Output.line("  workflow   \(record.workflow)" + (entries.first?.data?["version"]?.stringValue.map { " (version \($0))" } ?? ""))
         Output.line("  submitted  \(Timestamp.format(record.submittedAt)) by \(record.submittedBy.user ?? String(record.submittedBy.uid))" + (record.idempotencyKey.map { ", idempotency key \(Output.printable($0))" } ?? ""))
         if let p = record.parent { Output.line("  parent     \(p.run) (child '\(Output.printable(p.name))')") }
+        if let stateProblem {
+            Output.line("  status     \(Output.red("unknown")): state.json \(Output.printable(stateProblem)) (`cairn fsck --repair` rebuilds it from the journal)")
+        }
         if let state {
             Output.line("  status     \(Output.status(state.status)), updated \(Timestamp.format(state.updatedAt)); \(state.counters.steps) steps, \(state.counters.retries) retries, \(state.counters.executions) executions")
             if let t = state.tokens {
