@@ -95,17 +95,13 @@ enum Output {
             guard let d = try? DurableFile.read(FilePath(arg)) else { throw CLIError(.failure, "\(arg): cannot read \(what)") }
             data = d
         }
-        let v: JSONValue
-        do { v = try JSONValue.parse(data) } catch {
-            throw CLIError(.failure, "\(arg == "-" ? "stdin" : arg): \(what) is not valid JSON")
+        // Judged as the daemon judges a drop (depth, JSON, a key twice, a blob-shaped value),
+        // so that a command refuses what the daemon would instead of saying it was done.
+        switch Drops.content(data) {
+        case .success(let v?): return v
+        case .success(nil): throw CLIError(.failure, "\(arg == "-" ? "stdin" : arg): \(what) is empty (a JSON value is expected)")
+        case .failure(let refusal): throw CLIError(.failure, "\(arg == "-" ? "stdin" : arg): \(what) \(refusal.reason)")
         }
-        // Refused as the daemon refuses such a drop: which value counts would depend on the
-        // parser, and the canonical copy sent on
-        // would silently hold only one of them.
-        if let problem = JSONValue.duplicateKeyProblem(in: data) {
-            throw CLIError(.failure, "\(arg == "-" ? "stdin" : arg): \(what) \(problem)")
-        }
-        return v
     }
 
     /// Text from the spool made safe for a terminal: control characters (escape sequences,

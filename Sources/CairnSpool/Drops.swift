@@ -85,20 +85,10 @@ public enum Drops {
         }
         guard data.count <= limit else { return .refused(path: path, reason: "grew past the size limit while being read", identity: identity) }
         let modified = Date(timeIntervalSince1970: Double(st.st_mtim.tv_sec) + Double(st.st_mtim.tv_nsec) / 1e9)
-        var json: JSONValue? = nil
-        if !data.allSatisfy({ $0 == 0x20 || $0 == 0x0A || $0 == 0x0D || $0 == 0x09 }) {
-            if let depth = JSONValue.nestingDepth(data, above: JSONValue.dropDepthLimit) {
-                return .refused(path: path, reason: "nests \(depth) levels deep or more (at most \(JSONValue.dropDepthLimit))", identity: identity)
-            }
-            do { json = try JSONValue.parseUntrusted(data) } catch {
-                return .refused(path: path, reason: "is not valid JSON (empty, or a JSON value, is expected)", identity: identity)
-            }
-            if let problem = JSONValue.duplicateKeyProblem(in: data) {
-                return .refused(path: path, reason: problem, identity: identity)
-            }
-            if requireObject, case .object = json! {} else if requireObject {
-                return .refused(path: path, reason: "must be empty or a JSON object", identity: identity)
-            }
+        let json: JSONValue?
+        switch content(data, requireObject: requireObject) {
+        case .success(let j): json = j
+        case .failure(let refusal): return .refused(path: path, reason: refusal.reason, identity: identity)
         }
         return .valid(File(path: path, owner: owner, modified: modified, json: json, identity: identity, inode: UInt64(fst.st_ino), authorization: authorization))
     }
@@ -132,6 +122,51 @@ public enum Drops {
     /// The error file beside the drop at `path`.
     public static func errorFile(for path: FilePath) -> FilePath {
         path.removingLastComponent().appending(errorFileName(path.lastComponent?.string ?? path.string))
+    }
+
+    /// Why a drop's bytes are refused.
+    public struct ContentRefusal: Error, Sendable {
+        /// A phrase that follows the file's name: "nests 65 levels deep or more (at most 64)".
+        public var reason: String
+    }
+
+    /// A drop's bytes as the daemon judges them, in this order: empty (whitespace only) is
+    /// nil; nesting deeper than `JSONValue.dropDepthLimit`, text that is not JSON, a key twice
+    /// in an object, a value shaped like the spool's own blob reference (`{"$blob": …,
+    /// "bytes": …}`, which the runtime would read as a file of the run's `blobs/`), and — with
+    /// `requireObject` — anything but an object are refused. The CLI's commands that write
+    /// drops judge their values with this too, so that they refuse what the daemon would.
+    public static func content(_ data: Data, requireObject: Bool = false) -> Swift.Result<JSONValue?, ContentRefusal> {
+        if data.allSatisfy({ $0 == 0x20 || $0 == 0x0A || $0 == 0x0D || $0 == 0x09 }) { return .success(nil) }
+        if let depth = JSONValue.nestingDepth(data, above: JSONValue.dropDepthLimit) {
+            return .failure(ContentRefusal(reason: "nests \(depth) levels deep or more (at most \(JSONValue.dropDepthLimit))"))
+        }
+        let json: JSONValue
+        do { json = try JSONValue.parseUntrusted(data) } catch {
+            return .failure(ContentRefusal(reason: "is not valid JSON (empty, or a JSON value, is expected)"))
+        }
+        if let problem = JSONValue.duplicateKeyProblem(in: data) { return .failure(ContentRefusal(reason: problem)) }
+        if let at = blobShaped(json) {
+            return .failure(ContentRefusal(reason: "holds a value shaped like a blob reference at \(at) ({\"$blob\": …, \"bytes\": …} is the spool's own; it would be read as a file of the run's blobs/)"))
+        }
+        if requireObject, case .object = json {} else if requireObject {
+            return .failure(ContentRefusal(reason: "must be empty or a JSON object"))
+        }
+        return .success(json)
+    }
+
+    /// Where in `v` an object shaped like a blob reference sits (a path like `input.items[2]`,
+    /// `(top)` for `v` itself), if anywhere. Depth is bounded by the drop depth limit.
+    static func blobShaped(_ v: JSONValue, at path: String = "") -> String? {
+        if BlobStore.reference(v) != nil { return path.isEmpty ? "(top)" : path }
+        switch v {
+        case .object(let o):
+            for k in o.keys.sorted() { if let p = blobShaped(o[k]!, at: path.isEmpty ? k : "\(path).\(k)") { return p } }
+        case .array(let a):
+            for (i, e) in a.enumerated() { if let p = blobShaped(e, at: "\(path)[\(i)]") { return p } }
+        default: break
+        }
+        return nil
     }
 
     /// Writes `NAME.error.json` beside a refused drop (once per identity of the file), and

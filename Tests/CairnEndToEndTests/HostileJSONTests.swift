@@ -55,4 +55,47 @@ import Testing
         let wideTook = Date().timeIntervalSince(wideStarted)
         print(String(format: "HostileJSONTests: ten 500-deep values in the inbox rejected with the next submission done in %.2f s; a 500-deep event refused in %.2f s; %d KB of 64-deep values accepted and at the gate in %.2f s", inboxTook, eventTook, wide.utf8.count / 1024, wideTook))
     }
+
+    /// A value shaped like the spool's own blob reference, dropped by a group member (an
+    /// outside attack: an event `{"$blob": "sha256-<a blob of another run>", "bytes": 10}`, an
+    /// inbox input `{"$blob": "sha256-000…"}`) was read as a file of the run's blobs/ — missing,
+    /// so the run stayed `running` or `queued` with a log line every 1…60 s, for good. Now such a
+    /// drop is refused where it enters, with the place in the value named; and the CLI refuses
+    /// it, and a value nested too deep, before writing anything (it used to say "sent").
+    @Test func blobShapedAndTooDeepValuesAreRefusedWhereTheyEnter() async throws {
+        let t = try TempSpool()
+        let root = t.spool.root.string
+        let d = try await DaemonProcess(spool: t.spool)
+        defer { d.stopBlocking() }
+        let ref = #"{"$blob": "sha256-\#(String(repeating: "0", count: 64))", "bytes": 3}"#
+        try DurableFile.drop(Data(#"{"workflow": "gate", "id": "x4", "input": {"who": \#(ref)}}"#.utf8), to: t.spool.inboxDirectory.appending("x4.json"))
+        try await waitUntil("x4.json rejected") { DurableFile.exists(t.spool.rejectedDirectory.appending("x4.error.json")) }
+        let why = try DurableFile.readJSON(t.spool.rejectedDirectory.appending("x4.error.json"))["error"]?.stringValue ?? ""
+        #expect(why.contains("blob reference") && why.contains("input.who"), "\(why)")
+        #expect(!t.spool.runExists("x4"))
+
+        let r = try Binary.run("cairn-fixtures", ["submit", "listen", "--id", "x1", "--input", "-", "--spool", root], stdin: "\"ev\"")
+        #expect(r.code == 0, "\(r.stderr)")
+        try await t.waitFor("x1", .waiting)
+        try DurableFile.drop(Data("[1, \(ref)]".utf8), to: t.spool.run("x1").directory.appending("events/ev.json"))
+        try await waitUntil("the blob-shaped event refused") { DurableFile.exists(t.spool.run("x1").directory.appending("events/ev.json.error.json")) }
+        #expect(t.status("x1") == .waiting)
+
+        // The CLI: refused before anything is written, exit 1, the reason named.
+        let deep = String(repeating: "[", count: 65) + String(repeating: "]", count: 65)
+        for (what, args, stdin) in [
+            ("signal", ["signal", "x1", "ev", "--data", "-"], "[1, \(ref)]"),
+            ("signal", ["signal", "x1", "ev", "--data", "-"], deep),
+            ("submit", ["submit", "gate", "--input", "-"], "{\"who\": \(ref)}"),
+            ("submit", ["submit", "gate", "--input", "-"], String(repeating: "[", count: 1000) + String(repeating: "]", count: 1000)),
+        ] {
+            let c = try Binary.run("cairn-fixtures", args + ["--spool", root], stdin: stdin)
+            #expect(c.code == 1 && (c.stderr.contains("blob reference") || c.stderr.contains("levels deep")), "\(what): \(c.code) \(c.stderr)")
+        }
+        let events = try FileManager.default.contentsOfDirectory(atPath: t.spool.run("x1").directory.appending("events").string)
+        #expect(events.allSatisfy { !$0.hasPrefix("ev.") || $0.hasPrefix("ev.json") }, "the CLI wrote an event it refused: \(events)")
+        let s = try Binary.run("cairn-fixtures", ["signal", "x1", "ev", "--data", "-", "--spool", root], stdin: "{\"ok\": true}")
+        #expect(s.code == 0, "\(s.stderr)")
+        try await t.waitFor("x1", .completed)
+    }
 }
