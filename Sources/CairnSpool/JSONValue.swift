@@ -187,7 +187,10 @@ extension JSONValue {
         case .object(let o):
             if o.isEmpty { out.append("{}"); return }
             out.append("{")
-            for (i, key) in o.keys.sorted().enumerated() {
+            // By UTF-8 bytes: a total order on the keys as written. (String's `<` follows
+            // Unicode equivalence, and over keys with combining marks it did not give one
+            // order: a value and its copy read back from this text sorted differently.)
+            for (i, key) in o.keys.sorted(by: { $0.utf8.lexicographicallyPrecedes($1.utf8) }).enumerated() {
                 if i > 0 { out.append(",") }
                 if pretty { newline(&out, indent + 1) }
                 writeString(key, into: &out)

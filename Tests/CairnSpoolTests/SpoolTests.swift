@@ -5,6 +5,19 @@ import SystemPackage
 import Testing
 
 @Suite struct CanonicalJSONTests {
+    /// Found by `make fuzz` (target config): keys "gaté)" and "gate" + U+0301 sorted one way
+    /// in a value and the other way in the value read back from its canonical text — Swift's
+    /// String ordering follows Unicode equivalence and is not a consistent order over these
+    /// keys, so the order depended on the dictionary's. Keys are sorted by their UTF-8 bytes.
+    @Test func canonicalTextIsAFixedPointWithCombiningMarksInKeys() throws {
+        let v: JSONValue = ["gat\u{e9})": 1, "gate\u{301}": 2, "gate": 4, "Z": 5]
+        let text = v.canonicalText()
+        let back = try JSONValue.parse(Data(text.utf8))
+        #expect(back == v)
+        #expect(back.canonicalText() == text)
+        #expect(v.compactText() == #"{"Z":5,"gate":4,"gate\#u{301}":2,"gat\#u{e9})":1}"#)
+    }
+
     @Test func sortedKeysOneFieldPerLineTrailingNewline() throws {
         let v: JSONValue = ["status": "waiting", "a": [1, 2], "empty": [], "obj": [:], "s": "a/b\n\"q\"\u{1}é", "d": 1.5, "n": nil, "t": true]
         let text = v.canonicalText()
