@@ -304,6 +304,13 @@ struct ChildOperation<W: Workflow>: DurableOperation {
             started = true
             return .next
         }
+        if !ctx.spool.runExists(childID) {
+            // Started, yet no run: a spool restored from a live copy (rsync listed runs/
+            // before the child was created and copied this journal after). Created again as
+            // it was (same id, same input); nothing of it had been recorded in the copy.
+            _ = try ctx.spool.createRun(.init(workflow: W.name, input: JSONValue(encoding: input), id: childID, workflowVersion: W.version, parent: .init(run: ctx.runID, name: childName)), now: ctx.clock.now())
+            ctx.logger.notice("child run was missing (a restored copy?): created again", metadata: ["child": "\(childID)"])
+        }
         let childJournal = Journal.effective(try ctx.spool.journal(childID).load())
         guard let last = childJournal.last, let status = last.terminalStatus else {
             return .wait(.child(name: childName, run: childID))

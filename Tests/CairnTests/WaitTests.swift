@@ -221,6 +221,29 @@ import Testing
         #expect(try t.state("\(id).sq-1").status == .completed)
     }
 
+    /// A live copy (`rsync -a` while runs run) can hold a parent's `child started` record
+    /// without the child's run: rsync listed runs/ before the child was created, and copied the
+    /// parent's journal after. Found by the soak: the restored parent waited for that child for
+    /// good, nothing ever creating it. The child is created again (same id, same input) when its
+    /// run is missing.
+    @Test func aChildMissingFromARestoredCopyIsCreatedAgain() async throws {
+        let t = try TempSpool()
+        var reg = WorkflowRegistry()
+        try reg.register(Square())
+        try reg.register(SumOfSquares())
+        let engine = Engine(spool: t.spool, registry: reg, clock: ManualClock(autoAdvance: true))
+        let id = try t.submit("sum-of-squares", input: [3, 4])
+        guard case .waiting = try await engine.advance(id) else { Issue.record("not waiting"); return }
+        try FileManager.default.removeItem(atPath: t.spool.run("\(id).sq-0").directory.string)
+        _ = try Repair.run(t.spool, repair: true)
+        #expect(!t.spool.runExists("\(id).sq-0"))
+        guard case .waiting(let w) = try await engine.advance(id) else { Issue.record("not waiting for the child"); return }
+        #expect(w["run"] == .string("\(id).sq-0"))
+        #expect(t.spool.runExists("\(id).sq-0"), "the missing child was not created again")
+        #expect(try await engine.drive(id) == .completed(25))
+        #expect(try t.spool.journal(id).load().filter { $0.kind == .child && $0.phase == .started }.count == 2, "one started record per child")
+    }
+
     struct Forever: Workflow {
         static let name = "forever"
         func run(_ ctx: WorkflowContext, input: Int) async throws -> Int {
