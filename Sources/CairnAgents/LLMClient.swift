@@ -34,9 +34,16 @@ public struct LLMClient: Sendable {
     }
 
     /// The provider and model name for `provider:model` or `model`.
+    /// A model with no name (`""`, `fake:`, `:`) is a configuration error, sent nowhere: an
+    /// outside attack found `fake:` sent to the provider as model `""`.
     public func resolve(_ ref: String) throws -> (any LLMProvider, String) {
         if let colon = ref.firstIndex(of: ":"), let p = providers[String(ref[..<colon])] {
-            return (p, String(ref[ref.index(after: colon)...]))
+            let model = String(ref[ref.index(after: colon)...])
+            guard !model.isEmpty else { throw LLMError(.configuration, "model '\(ref)' names provider '\(p.name)' but no model") }
+            return (p, model)
+        }
+        guard !ref.isEmpty, !ref.hasPrefix(":"), !ref.hasSuffix(":") else {
+            throw LLMError(.configuration, "model '\(ref)' has an empty provider or model name (write provider:model, or model for the default provider)")
         }
         guard let d = defaultProvider, let p = providers[d] else {
             throw LLMError(.configuration, "no provider for model '\(ref)' (configure \"llm\" in cairn.json; known providers: \(providers.keys.sorted().joined(separator: ", ")))")

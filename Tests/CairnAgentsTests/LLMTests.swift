@@ -66,6 +66,24 @@ func runLLM(_ t: TempSpool, clock: ManualClock = ManualClock(autoAdvance: true),
         }
     }
 
+    /// A model with no name is a configuration error (an outside attack: `--model fake:` was
+    /// sent to the provider as model ""); a colon inside a default provider's model name
+    /// (`qwen2.5:7b`) stays the model's.
+    @Test func aModelWithNoNameIsAConfigurationError() throws {
+        let c = LLMClient(providers: [ScriptedProvider(name: "fake", responses: [])])
+        for bad in ["fake:", ":", "", ":m", "m:"] {
+            do {
+                _ = try c.resolve(bad)
+                Issue.record("'\(bad)' resolved")
+            } catch let e as LLMError {
+                #expect(e.kind == .configuration, "\(bad): \(e)")
+            }
+        }
+        let (p, model) = try c.resolve("qwen2.5:7b")
+        #expect(p.name == "fake" && model == "qwen2.5:7b")
+        #expect(try c.resolve("fake:m").1 == "m")
+    }
+
     @Test func retryAfterIsHonouredAndCapped() async throws {
         let fake = try await FakeLLM.start(queue: [["status": 429, "retry_after": "2"], ["status": 429, "retry_after": "100000"], reply("finally")])
         let t = try TempSpool()
