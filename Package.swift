@@ -21,6 +21,14 @@ let package = Package(
         .library(name: "CairnCLI", targets: ["CairnCLI"]),
         .library(name: "CairnTesting", targets: ["CairnTesting"]),
     ],
+    // The agent layer in CairnCLI (the `cairn llm` helper, the triage example) is a trait,
+    // on by default: a package that depends on Cairn with `traits: []` gets a CairnCLI without
+    // CairnAgents, so its executable builds without AsyncHTTPClient, SwiftNIO and NIOSSL
+    // (docs/architecture.md, "The Agents trait").
+    traits: [
+        .trait(name: "Agents", description: "The agent layer in CairnCLI: `cairn llm` and the triage example (AsyncHTTPClient, SwiftNIO, NIOSSL)."),
+        .default(enabledTraits: ["Agents"]),
+    ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
         .package(url: "https://github.com/apple/swift-log", from: "1.16.0"),
@@ -89,7 +97,8 @@ let package = Package(
         .target(
             name: "CairnCLI",
             dependencies: [
-                "Cairn", "CairnSpool", "CairnDaemon", "CairnWatch", "CSystemShims", "CairnAgents",
+                "Cairn", "CairnSpool", "CairnDaemon", "CairnWatch", "CSystemShims",
+                .target(name: "CairnAgents", condition: .when(traits: ["Agents"])),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Subprocess", package: "swift-subprocess"),

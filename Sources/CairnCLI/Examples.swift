@@ -1,12 +1,19 @@
 import Cairn
 import CairnSpool
 import Foundation
+#if Agents
 import CairnAgents
+#endif
 
 extension CairnCLI {
-    /// The workflows the stock `cairn` binary ships: the demo's Swift workflow.
+    /// The workflows the stock `cairn` binary ships: the demo's Swift workflow, and with the
+    /// Agents trait (the default) the triage agent.
     public static var exampleWorkflows: WorkflowRegistry {
+        #if Agents
         WorkflowRegistry([AnyWorkflow(DemoRefund()), AnyWorkflow(TriageTicket())])
+        #else
+        WorkflowRegistry([AnyWorkflow(DemoRefund())])
+        #endif
     }
 }
 

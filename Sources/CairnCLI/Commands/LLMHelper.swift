@@ -1,9 +1,11 @@
 import ArgumentParser
 import Cairn
-import CairnAgents
 import CairnSpool
 import Foundation
 import SystemPackage
+
+#if Agents
+import CairnAgents
 
 struct LLMHelper: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -84,3 +86,17 @@ struct LLMHelper: AsyncParsableCommand {
         }
     }
 }
+#else
+/// `cairn llm` in a CairnCLI built without the Agents trait: it says so, and sends nothing.
+struct LLMHelper: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "llm",
+        abstract: "(script helper) A recorded model call — not in this build (the Agents trait is off).",
+        shouldDisplay: false
+    )
+    @Argument(parsing: .allUnrecognized) var rest: [String] = []
+    func run() throws {
+        throw CLIError(.usage, "this cairn was built without the Agents trait, so it has no `cairn llm`: build it with the package's default traits")
+    }
+}
+#endif
