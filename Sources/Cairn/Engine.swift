@@ -159,7 +159,7 @@ public struct Engine: Sendable {
         guard !workflow.replaysOnEveryWake, let p = run.previous, p.status == .waiting, let w = p.waitingFor,
               p.counters.journalEntries == run.entries.count,
               !DurableFile.exists(run.paths.cancelFile), !DurableFile.exists(run.paths.pauseFile),
-              nothingHappened(w, paths: run.paths, physical: run.physical) else { return nil }
+              nothingHappened(w, run: run) else { return nil }
         return w
     }
 
@@ -290,7 +290,14 @@ public struct Engine: Sendable {
     }
 
     /// Whether the thing `w` waits for has certainly not happened yet.
-    func nothingHappened(_ w: WaitingFor, paths: RunPaths, physical: [JournalEntry]) -> Bool {
+    ///
+    /// A decision or event file there is judged as its operation would judge it (owner,
+    /// approvers, mode, size, JSON): one the operation would refuse is refused here — set
+    /// aside with its error file, as the operation does — and counts as nothing. A script is
+    /// not run again from the top for a drop its helper would only set aside (an outside
+    /// attack re-ran a waiting script once per refused drop: 7 executions for one gate).
+    func nothingHappened(_ w: WaitingFor, run: RunSnapshot) -> Bool {
+        let paths = run.paths
         let until = w.until
         if let until, clock.now() >= until { return false }
         switch w.wake {
@@ -298,16 +305,38 @@ public struct Engine: Sendable {
             return until != nil
         case .decision(let gate):
             guard w.kind == .approval || w.kind == .uncertain else { return false }
-            return !DurableFile.exists(paths.approvalsDirectory.appending("\(gate).approved"))
-                && !DurableFile.exists(paths.approvalsDirectory.appending("\(gate).rejected"))
+            let policy = run.config.approvalPolicy(gate: gate)
+            return !["rejected", "approved"].contains { suffix in
+                wouldTake(paths.approvalsDirectory.appending("\(gate).\(suffix)"), policy: policy, run: run)
+            }
         case .event(let name):
             guard let files = try? Spool.list(paths.eventsDirectory) else { return false }
-            let consumed = Set(physical.filter { $0.kind == .event }.compactMap(\.file))
-            return !files.contains { f in Spool.isEventFile(f, for: name) && !consumed.contains("events/" + f) }
+            let consumed = Set(run.physical.filter { $0.kind == .event }.compactMap(\.file))
+            return !files.contains { f in
+                Spool.isEventFile(f, for: name) && !consumed.contains("events/" + f) && wouldTake(paths.eventsDirectory.appending(f), policy: nil, run: run)
+            }
         case .child(let child):
             guard let s = try? spool.readState(child) else { return false }
             return !s.status.isTerminal
         case .resume, .unknown:
+            return false
+        }
+    }
+
+    /// Whether the drop at `path` is there and would be taken. One that would be refused is
+    /// set aside now (as the operation would); if even that fails, it counts as there, and the
+    /// execution meets the same file and says what is wrong.
+    func wouldTake(_ path: FilePath, policy: SpoolConfig.Approvers?, run: RunSnapshot) -> Bool {
+        switch Drops.read(path, limit: run.config.dropSizeLimit, policy: policy) {
+        case .absent: return false
+        case .valid: return true
+        case .refused(let p, let reason, let identity):
+            do {
+                try Drops.refuse(p, reason: reason, identity: identity, durable: spool.durable, now: clock.now(), setAsideIn: run.paths.refusedDirectory)
+            } catch {
+                return true
+            }
+            logger.warning("refused a dropped file", metadata: ["run": "\(run.id)", "file": "\(Names.printable(p.string))", "reason": "\(Names.printable(reason))"])
             return false
         }
     }

@@ -193,6 +193,39 @@ import Testing
         await d.stop()
     }
 
+    /// A waiting script is not run again from the top for a drop its helper would only refuse:
+    /// an outside attack re-ran one once per refused drop (7 executions for one gate), so a
+    /// group member could make the script's own code run at will. Such a drop is refused and set
+    /// aside by the daemon without starting the script; a good one still wakes it.
+    @Test func aRefusedDropDoesNotRunAWaitingScriptAgain() async throws {
+        let t = try TempSpool()
+        try install(t, "gated", "#!/bin/sh\ncairn step first -- true\ncairn approval go\ncairn event ping > /dev/null\n")
+        let d = try await DaemonProcess(spool: t.spool)
+        defer { d.stopBlocking() }
+        let r = try t.submit("gated", input: JSONValue.null)
+        try await t.waitFor(r, .waiting)
+        let executions = { (try? t.state(r).counters.executions) ?? -1 }
+        let before = executions()
+        let approvals = t.spool.run(r).approvalsDirectory
+        for (i, content) in ["not json", "[" + String(repeating: "[", count: 70) + String(repeating: "]", count: 71)].enumerated() {
+            try t.drop("approvals/go.approved", in: r, content: content)
+            try await waitUntil("refused drop \(i) set aside") { !DurableFile.exists(approvals.appending("go.approved")) }
+        }
+        try await Task.sleep(for: .milliseconds(300))
+        #expect(executions() == before, "the script ran again for refused drops: \(before) → \(executions()) executions")
+        #expect(t.status(r) == .waiting)
+        try t.drop("approvals/go.approved", in: r)
+        try await waitUntil("at the event") { (try? t.state(r).waitingFor?["kind"]) == "event" }
+        let atEvent = executions()
+        try t.drop("events/ping.json", in: r, content: "{")  // not JSON: refused too
+        try await waitUntil("refused event set aside") { !DurableFile.exists(t.spool.run(r).directory.appending("events/ping.json")) }
+        try await Task.sleep(for: .milliseconds(300))
+        #expect(executions() == atEvent, "the script ran again for a refused event")
+        try t.drop("events/ping.json", in: r, content: "1")
+        try await t.waitFor(r, .completed)
+        #expect(executions() == atEvent + 1)
+    }
+
     @Test func aHelperWithItsStdoutClosedDoesNotCrash() async throws {
         let t = try TempSpool()
         try install(t, "closed", "#!/bin/sh\nexec 1>&-\ncairn step b -- echo hi\necho \"step exit $?\" >&2\n")
