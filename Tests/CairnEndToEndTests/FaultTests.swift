@@ -231,21 +231,9 @@ import Testing
     /// damaged — then finish by itself once the filler is removed.
     @Test(.enabled(if: getuid() == 0, "needs root to mount a tmpfs (CI runs as root)"))
     func fullFilesystem() async throws {
-        // The tmpfs is mounted over the temp spool's directory, and a spool made on it (the
-        // daemon's log stays outside, beside it). mode=0755: the daemon refuses a spool root that
-        // others can write (a tmpfs is 1777 by default).
-        let t = try TempSpool(prefix: "cairn-full")
-        let mnt = t.spool.root.string
-        let mount = try Binary.run("/usr/bin/mount", ["-t", "tmpfs", "-o", "size=4m,mode=0755", "tmpfs", mnt])
-        guard mount.code == 0 else {
-            print("FaultTests.fullFilesystem: skipped — mount -t tmpfs failed (\(mount.stderr.trimmingCharacters(in: .whitespacesAndNewlines))); it needs root with CAP_SYS_ADMIN")
-            return
-        }
-        defer {
-            _ = try? Binary.run("/usr/bin/umount", ["-l", mnt])
-            withExtendedLifetime(t) {}
-        }
-        let spool = try Spool.create(at: t.spool.root)
+        guard let fs = try SmallTmpfs("fullFilesystem") else { return }
+        defer { withExtendedLifetime(fs) {} }  // unmounted when released: after the daemon stops
+        let (t, spool, mnt) = (fs.temp, fs.spool, fs.mountPoint)
         let d = try await DaemonProcess(spool: spool, name: "full")
         defer { d.stopBlocking() }
         let effects = t.path.appending("effects").string
@@ -255,20 +243,8 @@ import Testing
         try await waitUntil("run waiting at its gate") { (try? spool.readState("full"))??.waitingFor?["gate"]?.stringValue == "go" }
         let before = try t.journalSummary("full")
 
-        // Fill it: 64 KiB writes, then single bytes, until ENOSPC.
         let filler = FilePath(mnt).appending("filler").string
-        let fd = open(filler, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
-        #expect(fd >= 0)
-        let chunk = [UInt8](repeating: 0x66, count: 64 << 10)
-        var filled = 0
-        for size in [chunk.count, 1] {
-            while true {
-                let n = chunk.withUnsafeBytes { Glibc.write(fd, $0.baseAddress, size) }
-                if n <= 0 { #expect(errno == ENOSPC); break }
-                filled += n
-            }
-        }
-        close(fd)
+        let filled = SmallTmpfs.fill(filler)
         print("FaultTests.fullFilesystem: filled the 4 MiB tmpfs with \(filled) bytes")
         // The person's approval: an empty file (an inode, no data).
         let approval = spool.run("full").approvalsDirectory.appending("go.approved").string
@@ -309,18 +285,9 @@ import Testing
     /// failed write's temp file was gone).
     @Test(.enabled(if: getuid() == 0, "needs root to mount a tmpfs (CI runs as root)"))
     func fullFilesystemUnderARunningScript() async throws {
-        let t = try TempSpool(prefix: "cairn-full-script")
-        let mnt = t.spool.root.string
-        let mount = try Binary.run("/usr/bin/mount", ["-t", "tmpfs", "-o", "size=4m,mode=0755", "tmpfs", mnt])
-        guard mount.code == 0 else {
-            print("FaultTests.fullFilesystemUnderARunningScript: skipped — mount -t tmpfs failed; it needs root with CAP_SYS_ADMIN")
-            return
-        }
-        defer {
-            _ = try? Binary.run("/usr/bin/umount", ["-l", mnt])
-            withExtendedLifetime(t) {}
-        }
-        let spool = try Spool.create(at: t.spool.root)
+        guard let fs = try SmallTmpfs("fullFilesystemUnderARunningScript") else { return }
+        defer { withExtendedLifetime(fs) {} }  // unmounted when released: after the daemon stops
+        let (t, spool, mnt) = (fs.temp, fs.spool, fs.mountPoint)
         let go = t.path.appending("go").string
         let script = spool.workflowsDirectory.appending("loop").string
         try """
@@ -337,12 +304,7 @@ import Testing
         try await waitUntil("step a recorded") { (try? spool.journal(r).load())?.contains { $0.name == "a" } == true }
 
         let filler = FilePath(mnt).appending("filler").string
-        let fd = open(filler, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
-        let chunk = [UInt8](repeating: 0x66, count: 64 << 10)
-        for size in [chunk.count, 1] {
-            while chunk.withUnsafeBytes({ Glibc.write(fd, $0.baseAddress, size) }) > 0 {}
-        }
-        close(fd)
+        _ = SmallTmpfs.fill(filler)
         _ = FileManager.default.createFile(atPath: go, contents: nil)
         try await waitUntil("a helper meets the full disk (log \(d.logPath))", timeout: 20) { d.log.contains("No space left on device") }
         try await Task.sleep(for: .seconds(3))
@@ -358,5 +320,45 @@ import Testing
     /// A file name with its run id, pid and counters taken out: what kind of file failed.
     static func pattern(_ relative: String) -> String {
         relative.replacing(/(runs|index\/[a-z]+)\/[0-9]{8}-[^\/]+/) { "\($0.1)/ID" }.replacing(/tmp\/[0-9]+\.[0-9]+\./, with: "tmp/PID.N.")
+    }
+}
+
+/// A 4 MiB tmpfs mounted over a temp spool's directory, with a spool made on it (a daemon's
+/// log stays outside, beside it), unmounted when released. mode=0755: the daemon refuses a
+/// spool root that others can write (a tmpfs is 1777 by default). nil, with a line saying the
+/// test is skipped, when the mount fails (it needs root with CAP_SYS_ADMIN).
+final class SmallTmpfs {
+    let temp: TempSpool
+    let spool: Spool
+    var mountPoint: String { temp.spool.root.string }
+
+    init?(_ test: String) throws {
+        temp = try TempSpool(prefix: "cairn-full")
+        let mount = try Binary.run("/usr/bin/mount", ["-t", "tmpfs", "-o", "size=4m,mode=0755", "tmpfs", temp.spool.root.string])
+        guard mount.code == 0 else {
+            print("FaultTests.\(test): skipped — mount -t tmpfs failed (\(mount.stderr.trimmingCharacters(in: .whitespacesAndNewlines))); it needs root with CAP_SYS_ADMIN")
+            return nil
+        }
+        spool = try Spool.create(at: temp.spool.root)
+    }
+
+    deinit { _ = try? Binary.run("/usr/bin/umount", ["-l", mountPoint]) }
+
+    /// Fills the filesystem holding `path` with one file: 64 KiB writes, then single bytes,
+    /// until ENOSPC. Returns the bytes written.
+    static func fill(_ path: String) -> Int {
+        let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+        #expect(fd >= 0)
+        defer { close(fd) }
+        let chunk = [UInt8](repeating: 0x66, count: 64 << 10)
+        var filled = 0
+        for size in [chunk.count, 1] {
+            while true {
+                let n = chunk.withUnsafeBytes { Glibc.write(fd, $0.baseAddress, size) }
+                if n <= 0 { #expect(errno == ENOSPC); break }
+                filled += n
+            }
+        }
+        return filled
     }
 }
