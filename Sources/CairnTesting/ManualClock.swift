@@ -86,8 +86,12 @@ public final class ManualClock: CairnClock {
     public var pendingSleepers: Int { state.withLock { $0.sleepers.count } }
 
     /// Waits (without blocking a thread) until `count` sleeps are waiting; throws after
-    /// `timeout` of real time, so that a test fails with a message instead of hanging.
-    public func waitForSleepers(_ count: Int, timeout: Duration = .seconds(30)) async throws {
+    /// `timeout` of real time, so that a test fails with a message instead of hanging. The
+    /// default is long (120 s) because it only matters when something is wrong: a test suite
+    /// whose other tests hold Swift Testing's few cooperative threads (2 on a 2-core machine)
+    /// in blocking waits can delay the task under test for tens of seconds — 30 s was missed
+    /// twice in a full run beside a fuzz run and a soak, with nothing wrong.
+    public func waitForSleepers(_ count: Int, timeout: Duration = .seconds(120)) async throws {
         let start = ContinuousClock.now
         while pendingSleepers < count {
             if ContinuousClock.now - start > timeout {
