@@ -48,8 +48,10 @@ public enum Repair {
             let age = now.timeIntervalSince1970 - Double(st.st_mtim.tv_sec)
             guard age > staleTempAge, name != "inbox.lock" else { continue }
             // A script execution's state lives as long as its run is held, however long.
-            if name.hasPrefix("exec-") {
-                let run = name.hasSuffix(".json.lock") ? name.dropFirst(5).dropLast(10) : name.dropFirst(5).dropLast(5)
+            // Its files are `exec-RUN.json` and that name + `.lock` / `.spool-works` (the
+            // script layer's full-disk marker).
+            if name.hasPrefix("exec-"), let suffix = [".json.spool-works", ".json.lock", ".json"].first(where: { name.hasSuffix($0) }) {
+                let run = name.dropFirst(5).dropLast(suffix.count)
                 if RunLock.isHeld(spool.runDirectory(String(run))) != false { continue }
             }
             var f = Finding(file: rel(p), problem: "stale temporary file (\(Int(age))s old)")

@@ -365,3 +365,29 @@ import Testing
         #expect(try RunLock.tryAcquire(dir) != nil)
     }
 }
+
+/// A script execution's files in tmp/ live as long as its run is held, however old: fsck
+/// --repair removed `exec-RUN.json.spool-works` (the full-disk marker) of a script running
+/// for over an hour, because the run id was read off the name as if it ended in `.json`.
+@Suite struct ExecTempFileTests {
+    @Test func repairKeepsEveryExecFileOfAHeldRunAndRemovesAFreeOnes() throws {
+        let t = try TempSpool()
+        let run = try t.submit("w", input: 0)
+        let names = ["exec-\(run).json", "exec-\(run).json.lock", "exec-\(run).json.spool-works"]
+        let hourAgo = Date().addingTimeInterval(-7200)
+        for n in names {
+            let p = t.spool.tmpDirectory.appending(n).string
+            _ = FileManager.default.createFile(atPath: p, contents: Data())
+            try FileManager.default.setAttributes([.modificationDate: hourAgo], ofItemAtPath: p)
+        }
+        do {
+            let lock = try RunLock.tryAcquire(t.spool.runDirectory(run))
+            _ = try Repair.run(t.spool, repair: true)
+            withExtendedLifetime(lock) {}
+            for n in names { #expect(FileManager.default.fileExists(atPath: t.spool.tmpDirectory.appending(n).string), "\(n) removed while its run was held") }
+        }
+        _ = try Repair.run(t.spool, repair: true)
+        for n in names { #expect(!FileManager.default.fileExists(atPath: t.spool.tmpDirectory.appending(n).string), "\(n) kept after its run was free") }
+    }
+}
+
