@@ -5,7 +5,7 @@ SWIFT ?= swift
 SPOOL ?= ./spool
 BUILD_FLAGS ?=
 
-.PHONY: all deps build test test-props-long soak run bench docs clean release-has-no-test-hooks fuzz fuzz-build fuzz-run
+.PHONY: all deps build test test-props-long soak run bench bench-long docs clean release-has-no-test-hooks fuzz fuzz-build fuzz-run
 
 all: build
 
@@ -113,6 +113,12 @@ bench: deps
 	$(SWIFT) build -c release --product cairn-bench
 	$(SWIFT) build -c release --product cairn-fixtures
 	$$($(SWIFT) build -c release --show-bin-path)/cairn-bench
+
+# Only the long-run figures (a 100,000-step run; CAIRN_BENCH_LONG_STEPS=N for another size).
+bench-long: deps
+	$(SWIFT) build -c release --product cairn-bench
+	$(SWIFT) build -c release --product cairn-fixtures
+	$$($(SWIFT) build -c release --show-bin-path)/cairn-bench long
 
 # API documentation (DocC, swift-docc-plugin) for Cairn and CairnTesting: static sites in
 # .build/docs/Cairn and .build/docs/CairnTesting (serve .build/docs and open /Cairn/documentation/cairn/).

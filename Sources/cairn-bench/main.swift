@@ -22,6 +22,15 @@ func percentile(_ xs: [Double], _ p: Double) -> Double {
 func now() -> Double { Double(DispatchTime.now().uptimeNanoseconds) / 1e9 }
 
 print("cairn-bench — \(ProcessInfo.processInfo.processorCount) cores, spool in \(benchRoot)")
+let fixtures = binDir + "/cairn-fixtures"
+let longSteps = Int(ProcessInfo.processInfo.environment["CAIRN_BENCH_LONG_STEPS"] ?? "100000")!
+
+// `cairn-bench long`: only the long-run figures.
+if CommandLine.arguments.dropFirst().first == "long" {
+    try benchLongRun(fixtures: fixtures, root: benchRoot + "/long", steps: longSteps)
+    try? FileManager.default.removeItem(atPath: benchRoot)
+    exit(0)
+}
 
 // 1. The floor: plain C write + fsync + rename + directory fsync.
 let floorDir = benchRoot + "/floor"
@@ -68,7 +77,6 @@ let replayTotal = now() - t0
 print("replay of \(steps) recorded steps (+1 live record):    \(ms(replayTotal)) total, \(String(format: "%.1f", replayTotal / Double(steps) * 1e6)) µs per step")
 
 // 4. Drop-to-resume latency with a real daemon (inotify).
-let fixtures = binDir + "/cairn-fixtures"
 func startDaemon(_ root: String) throws -> Process {
     let p = Process()
     p.executableURL = URL(fileURLWithPath: fixtures)
@@ -136,6 +144,9 @@ if FileManager.default.isExecutableFile(atPath: fixtures) {
     _ = restarted
     d3.terminate()
     d3.waitUntilExit()
+
+    // 6. A long run.
+    if longSteps > 0 { try benchLongRun(fixtures: fixtures, root: benchRoot + "/long", steps: longSteps) }
 } else {
     print("(no \(fixtures): daemon figures skipped)")
 }

@@ -1,0 +1,101 @@
+import Cairn
+import CairnSpool
+import Foundation
+import SystemPackage
+
+/// The long-run figures (issue: a 100,000-step agent): a run of `steps` no-op steps (~200-byte
+/// values) under a real daemon — time to finish, the journal's bytes and blocks on disk,
+/// SIGKILL at step 50,000 and at step 99,999 → restart → the next step's body, and `cairn show
+/// --tail 20` of the finished run.
+func benchLongRun(fixtures: String, root: String, steps: Int) throws {
+    let spool = try Spool.create(at: FilePath(root))
+    func start() throws -> (Process, Int64) {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: fixtures)
+        p.arguments = ["daemon", "--spool", root, "--log-level", "warning"]
+        p.standardOutput = FileHandle.nullDevice
+        p.standardError = FileHandle.nullDevice
+        let t = wallNanoseconds()
+        try p.run()
+        return (p, t)
+    }
+    func state(_ id: String) -> RunState? { (try? spool.readState(id)) ?? nil }
+    func waitFor(_ what: String, timeout: Double = 3600, _ done: () -> Bool) throws {
+        let deadline = now() + timeout
+        while !done() {
+            guard now() < deadline else { throw SpoolError(.invalid, "timed out waiting for \(what)") }
+            usleep(2000)
+        }
+    }
+
+    // 1. A whole run: time to finish, bytes on disk.
+    var (daemon, _) = try start()
+    let t0 = now()
+    let run = try spool.createRun(.init(workflow: "long", input: ["steps": .int(Int64(steps))])).id
+    try waitFor("the long run to complete") { state(run)?.status == .completed }
+    let finish = now() - t0
+    let disk = diskUsage(spool.run(run).journalDirectory.string)
+    print("long run: \(steps) steps finished in \(String(format: "%.1f", finish)) s (\(ms(finish / Double(steps))) per step, submit to state.json completed)")
+    print("    journal: \(disk.files) files, \(disk.bytes) bytes of content, \(disk.blocks) bytes of blocks: \(disk.blocks / steps) bytes on disk per step (\(disk.bytes / steps) of content)")
+
+    // 2. `cairn show --tail 20` of it (warm cache; the page cache cannot be dropped here).
+    for args in [["show", run, "--tail", "20"], ["show", run]] {
+        var times: [Double] = []
+        var status: Int32 = 0
+        for _ in 0..<3 {
+            let p = Process()
+            p.executableURL = URL(fileURLWithPath: fixtures)
+            p.arguments = args + ["--spool", root]
+            p.standardOutput = FileHandle.nullDevice
+            p.standardError = FileHandle.nullDevice
+            let s = now()
+            try p.run()
+            p.waitUntilExit()
+            times.append(now() - s)
+            status = p.terminationStatus
+        }
+        print("    cairn \(args.joined(separator: " ").replacingOccurrences(of: run, with: "RUN")): \(status == 0 ? ms(times.min()!) : "not supported (exit \(status))") (best of 3, warm, process start included)")
+    }
+
+    // 3. SIGKILL while step 50,000's body runs (50,000 recorded), restart, time to that body
+    //    running again; then the same at step 99,999.
+    let markers = root + "/markers"
+    try FileManager.default.createDirectory(atPath: markers, withIntermediateDirectories: true)
+    let holds = [steps / 2, steps - 1]
+    for k in holds { _ = FileManager.default.createFile(atPath: markers + "/hold-\(k)", contents: nil) }
+    let held = try spool.createRun(.init(workflow: "long", input: ["steps": .int(Int64(steps)), "hold_at": .array(holds.map { .int(Int64($0)) }), "markers": .string(markers)])).id
+    for k in holds {
+        try waitFor("step \(k) to be reached") { FileManager.default.fileExists(atPath: markers + "/reached-\(k)") }
+        kill(daemon.processIdentifier, SIGKILL)
+        daemon.waitUntilExit()
+        try FileManager.default.removeItem(atPath: markers + "/hold-\(k)")
+        let (d, started) = try start()
+        daemon = d
+        try waitFor("step \(k) to resume", timeout: 600) { FileManager.default.fileExists(atPath: markers + "/resumed-\(k)") }
+        let resumed = Int64(try String(contentsOfFile: markers + "/resumed-\(k)", encoding: .utf8).split(separator: "\n").last!)!
+        print("    SIGKILL at step \(k) (\(k) recorded) → restart → step \(k)'s body runs: \(ms(Double(resumed - started) / 1e9)) (daemon process start included)")
+    }
+    try waitFor("the held run to complete") { state(held)?.status == .completed }
+    daemon.terminate()
+    daemon.waitUntilExit()
+}
+
+func wallNanoseconds() -> Int64 {
+    var ts = timespec()
+    clock_gettime(CLOCK_REALTIME, &ts)
+    return Int64(ts.tv_sec) * 1_000_000_000 + Int64(ts.tv_nsec)
+}
+
+/// Files, content bytes and allocated bytes (st_blocks × 512) of a directory tree.
+func diskUsage(_ dir: String) -> (files: Int, bytes: Int, blocks: Int) {
+    var files = 0, bytes = 0, blocks = 0
+    let e = FileManager.default.enumerator(atPath: dir)
+    while let rel = e?.nextObject() as? String {
+        var st = stat()
+        guard lstat(dir + "/" + rel, &st) == 0, (st.st_mode & S_IFMT) == S_IFREG else { continue }
+        files += 1
+        bytes += Int(st.st_size)
+        blocks += Int(st.st_blocks) * 512
+    }
+    return (files, bytes, blocks)
+}
