@@ -67,7 +67,10 @@ public struct Engine: Sendable {
         guard let workflow = registry[run.record.workflow] else {
             return (.unknownWorkflow(run.record.workflow), false)
         }
-        if let w = unchangedWait(run, workflow) { return (.waiting(w), false) }
+        if let w = unchangedWait(run, workflow) {
+            spool.updateIndex(runID, status: .waiting)  // (as above: derived, after state.json)
+            return (.waiting(w), false)
+        }
         try recordStart(&run, workflow)
         let executions = (run.previous?.counters.executions ?? 0) + 1
         let ctx = context(for: run, executions: executions)
@@ -79,7 +82,22 @@ public struct Engine: Sendable {
             return (.interrupted, true)
         }
         let outcome = try await conclude(result, ctx, run)
-        return try persist(outcome, ctx, run, executions: executions)
+        let persisted = try persist(outcome, ctx, run, executions: executions)
+        compactJournal(run, tailCount: ctx.tailCount)
+        return persisted
+    }
+
+    /// Between executions (the lock held, no script helper running): the journal's tail moved
+    /// into a segment when it is long enough, and what an interrupted compaction left behind
+    /// removed. Never fails the advance: the records are durable either way.
+    func compactJournal(_ run: RunSnapshot, tailCount: Int) {
+        let every = run.config.journalSegmentRecords
+        guard every > 0, tailCount >= every else { return }
+        do {
+            try run.journal.compact(threshold: every)
+        } catch {
+            logger.warning("cannot move journal records into a segment; they stay single files", metadata: ["run": "\(run.id)", "error": "\(error)"])
+        }
     }
 
     /// What `advance` reads of a run before it executes anything.
@@ -102,13 +120,22 @@ public struct Engine: Sendable {
             record = try spool.readRun(id)
             config = try spool.config()
             journal = spool.journal(id)
-            physical = try journal.load()
+            let contents = try journal.read()
+            physical = contents.entries
+            tailCount = contents.tailCount
             entries = Journal.effective(physical)
             previous = try? spool.readState(id)
+            // A compaction stopped after writing its segment: finish it (the lock is held).
+            if !contents.redundant.isEmpty { try journal.removeRedundant(contents.redundant) }
         }
 
+        /// Single record files after the journal's last segment.
+        var tailCount: Int
+
         mutating func reload() throws {
-            physical = try journal.load()
+            let contents = try journal.read()
+            physical = contents.entries
+            tailCount = contents.tailCount
             entries = Journal.effective(physical)
         }
     }
@@ -142,6 +169,9 @@ public struct Engine: Sendable {
                 try writeState(run.record, entries: run.entries, executions: run.previous?.counters.executions ?? 0, status: status, error: last.error)
                 return (outcome, true)
             }
+            // state.json is right; the index (derived, written after it) may not be, if a
+            // process died between the two.
+            spool.updateIndex(run.id, status: status)
             return (outcome, false)
         }
         if let p = run.previous, p.status == .failed, let e = p.error, e.type == "nondeterminism", !DurableFile.exists(paths.retryFile) {
@@ -171,6 +201,7 @@ public struct Engine: Sendable {
             }
             try run.journal.append(e)
             run.physical.append(e)
+            run.tailCount += 1
             run.entries.append(e)
         } else if run.entries[0].kind != .start {
             throw SpoolError(.malformed, path: run.journal.directory.appending(run.entries[0].fileName).string, "the first journal record must be 'start'")
@@ -185,7 +216,8 @@ public struct Engine: Sendable {
     func context(for run: RunSnapshot, executions: Int) -> WorkflowContext {
         let startEntries = run.entries
         let previous = run.previous
-        return WorkflowContext(runID: run.id, workflowName: run.record.workflow, spool: spool, config: run.config, entries: Array(run.entries.dropFirst()), physicalCount: run.physical.count, superseded: WorkflowContext.superseded(run.physical, effective: run.entries), clock: clock, logger: logger) { [self] in
+        let inline = registry[run.record.workflow]?.recordsFromOtherProcesses == false
+        return WorkflowContext(runID: run.id, workflowName: run.record.workflow, spool: spool, config: run.config, entries: Array(run.entries.dropFirst()), physicalCount: run.physical.count, superseded: WorkflowContext.superseded(run.physical, effective: run.entries), clock: clock, logger: logger, tailCount: run.tailCount, compactEvery: inline ? run.config.journalSegmentRecords : 0) { [self] in
             if previous?.status != .running {
                 try writeState(run.record, entries: startEntries, executions: executions, status: .running, error: nil)
             }
@@ -206,6 +238,9 @@ public struct Engine: Sendable {
             result = .failure(e)
         case .cancelled?:
             result = .failure(RunCancelledError())
+        case .continued(let id)?:
+            // `continueAsNew`: the run completes, its value naming the run that goes on.
+            result = .success(["continued_as": .string(id)])
         case .suspended(let s)?:
             result = .failure(s)
         case .deferred(let e)?:
@@ -267,7 +302,8 @@ public struct Engine: Sendable {
         let previous = run.previous
         if case .waiting(let w) = outcome, !ctx.appendedRecords, replayedUsage.isEmpty, previous?.status == .waiting, previous?.waitingFor == w,
            previous?.counters.journalEntries == full.count {
-            // Woken, replayed, waiting on the same thing: nothing to write.
+            // Woken, replayed, waiting on the same thing: nothing to write (but the index).
+            spool.updateIndex(run.id, status: .waiting)
             return (outcome, false)
         }
         let savedNow = replayedUsage.reduce(Int64(0)) { $0 + ($1.data?["tokens"]?["input"]?.intValue ?? 0) + ($1.data?["tokens"]?["output"]?.intValue ?? 0) }

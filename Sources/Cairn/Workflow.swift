@@ -46,6 +46,10 @@ public struct AnyWorkflow: Sendable {
     /// no error — a script's `cairn step` recorded with a non-zero exit code. A run-level
     /// retry resumes from the last failed operation (`Engine.retryPoint`).
     public var failedWithoutError: @Sendable (JournalEntry) -> Bool = { _ in false }
+    /// Whether other processes append to the run's journal while this workflow's code runs
+    /// (a script's helpers). Then the journal's tail is moved into segments only between
+    /// executions, never in the middle of one.
+    public var recordsFromOtherProcesses = false
 
     /// Erases a typed workflow: its input is decoded from JSON (a failure is a
     /// `WorkflowInputError`) and its output encoded to JSON.

@@ -42,6 +42,12 @@ public final class WorkflowContext: Sendable {
         /// Records a run-level retry superseded (they still say which event files were
         /// consumed and which child runs were used).
         var superseded: [JournalEntry] = []
+        /// Set once the run continued as a new run (`continueAsNew`): it ends here.
+        var continuedAs: String?
+        /// Single record files after the journal's last segment.
+        var tailCount = 0
+        /// Move the tail into a segment once it is this long (0: not in this execution).
+        var compactEvery = 0
     }
 
     static func superseded(_ physical: [JournalEntry], effective: [JournalEntry]) -> [JournalEntry] {
@@ -58,7 +64,7 @@ public final class WorkflowContext: Sendable {
         var body: @Sendable () async throws -> Void
     }
 
-    init(runID: String, workflowName: String, spool: Spool, config: SpoolConfig, entries: [JournalEntry], physicalCount: Int, superseded: [JournalEntry] = [], clock: any CairnClock, logger: Logger, cursor: Int = 0, beforeFirstAppend: @escaping @Sendable () throws -> Void = {}) {
+    init(runID: String, workflowName: String, spool: Spool, config: SpoolConfig, entries: [JournalEntry], physicalCount: Int, superseded: [JournalEntry] = [], clock: any CairnClock, logger: Logger, cursor: Int = 0, tailCount: Int = 0, compactEvery: Int = 0, beforeFirstAppend: @escaping @Sendable () throws -> Void = {}) {
         self.beforeFirstAppend = beforeFirstAppend
         self.runID = runID
         self.workflowName = workflowName
@@ -69,7 +75,7 @@ public final class WorkflowContext: Sendable {
         self.journal = spool.journal(runID)
         self.blobs = spool.blobs(runID, threshold: config.blobThreshold)
         self.config = config
-        self.state = Mutex(State(entries: entries, cursor: cursor, nextSeq: physicalCount + 1, superseded: superseded))
+        self.state = Mutex(State(entries: entries, cursor: cursor, nextSeq: physicalCount + 1, superseded: superseded, tailCount: tailCount, compactEvery: compactEvery))
     }
 
     /// A context over a run's journal for a process that is not the engine (a script
@@ -83,7 +89,10 @@ public final class WorkflowContext: Sendable {
         guard effective.first?.kind == "start" else { throw SpoolError(.malformed, path: spool.journal(runID).directory.string, "the run has no start record") }
         let entries = Array(effective.dropFirst())
         guard cursor <= entries.count else { throw SpoolError(.invalid, "cursor \(cursor) is past the journal's \(entries.count) records") }
-        return WorkflowContext(runID: runID, workflowName: record.workflow, spool: spool, config: try spool.config(), entries: entries, physicalCount: physical.count, superseded: superseded(physical, effective: effective), clock: clock, logger: logger, cursor: cursor)
+        let ctx = WorkflowContext(runID: runID, workflowName: record.workflow, spool: spool, config: try spool.config(), entries: entries, physicalCount: physical.count, superseded: superseded(physical, effective: effective), clock: clock, logger: logger, cursor: cursor)
+        // A helper after `cairn continue-as-new` in the same execution: the run has ended.
+        if let c = entries[..<cursor].last(where: { $0.kind == .continueAsNew }), let id = c.data?["run"]?.stringValue { _ = ctx.continued(as: id) }
+        return ctx
     }
 
     /// Records consumed so far in this execution (not counting `start`).
@@ -115,15 +124,20 @@ public final class WorkflowContext: Sendable {
     /// keeping the cursor at the end. Returns every record, superseded ones included.
     @discardableResult
     public func reloadJournal() throws -> [JournalEntry] {
-        let physical = try journal.load()
+        let contents = try journal.read()
+        let physical = contents.entries
         let effective = Array(Journal.effective(physical).dropFirst())
         state.withLock { s in
             s.entries = effective
             s.nextSeq = physical.count + 1
             s.cursor = effective.count
+            s.tailCount = contents.tailCount
         }
         return physical
     }
+
+    /// Single record files after the journal's last segment.
+    var tailCount: Int { state.withLock { $0.tailCount } }
 
     /// The error to throw to make the run wait on `waitingFor` (for executors that learn
     /// of a wait from outside, like the script runner).
@@ -253,7 +267,21 @@ public final class WorkflowContext: Sendable {
             s.nextSeq += 1
             s.entries.append(e)
             s.cursor = s.entries.count
+            s.tailCount += 1
+            if s.compactEvery > 0, s.tailCount >= s.compactEvery { compactJournal(&s) }
             return e
+        }
+    }
+
+    /// Moves the journal's tail into a segment (the record just appended is durable either
+    /// way). A failure stops compaction for this execution and is logged: it is never the
+    /// run's failure, and a crash in the middle leaves a journal that reads the same.
+    func compactJournal(_ s: inout State) {
+        do {
+            s.tailCount = try journal.compact(threshold: s.compactEvery)
+        } catch {
+            logger.warning("cannot move journal records into a segment; they stay single files", metadata: ["run": "\(runID)", "error": "\(error)"])
+            s.compactEvery = 0
         }
     }
 
@@ -282,10 +310,11 @@ public final class WorkflowContext: Sendable {
     }
 
     func throwIfSuspended() throws {
-        let (s, n, c, f, d) = state.withLock { ($0.suspended, $0.nondeterminism, $0.cancelled, $0.spoolFailure, $0.deferred) }
+        let (s, n, c, f, d, a) = state.withLock { ($0.suspended, $0.nondeterminism, $0.cancelled, $0.spoolFailure, $0.deferred, $0.continuedAs) }
         if let f { throw f }
         if let n { throw n }
         if c { throw RunCancelledError() }
+        if let a { throw ContinuedAsNewSignal(run: a) }
         if let s { throw s }
         if let d { throw d }
     }
@@ -304,6 +333,7 @@ public final class WorkflowContext: Sendable {
         case spoolFailure(SpoolError)
         case nondeterminism(NondeterminismError)
         case cancelled
+        case continued(String)
         case suspended(Suspension)
         case deferred(any Error)
     }
@@ -313,6 +343,7 @@ public final class WorkflowContext: Sendable {
             if let f = s.spoolFailure { return .spoolFailure(f) }
             if let n = s.nondeterminism { return .nondeterminism(n) }
             if s.cancelled { return .cancelled }
+            if let a = s.continuedAs { return .continued(a) }
             if let w = s.suspended { return .suspended(w) }
             if let d = s.deferred { return .deferred(d) }
             return nil

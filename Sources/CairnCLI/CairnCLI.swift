@@ -123,7 +123,7 @@ struct CairnCommand: AsyncParsableCommand {
             ]),
             CommandGroup(name: "Script helper", subcommands: [
                 StepHelper.self, ApprovalHelper.self, EventHelper.self, SleepHelper.self, NowHelper.self,
-                UUIDHelper.self, ResultHelper.self, LLMHelper.self,
+                UUIDHelper.self, ResultHelper.self, ContinueAsNewHelper.self, LLMHelper.self,
             ]),
         ]
     )

@@ -31,6 +31,7 @@ public enum ScriptWorkflow {
                 return try await execute(spool: spool, path: path, ctx: ctx, input: input)
             }
             wf.replaysOnEveryWake = false
+            wf.recordsFromOtherProcesses = true
             // A `cairn step` whose command exited non-zero is recorded as a value; a retry of
             // the run resumes from it.
             wf.failedWithoutError = { $0.kind == .step && ($0.value?["exit_code"]?.intValue ?? 0) != 0 }
@@ -206,6 +207,10 @@ public enum ScriptWorkflow {
                 throw SpoolError(.io, path: state.error?.file, state.error?.message ?? "a script helper could not write the spool")
             default: break
             }
+        }
+        // `cairn continue-as-new` ran: the run ended there (it started the run that goes on).
+        if let c = Journal.effective(journal).last(where: { $0.kind == .continueAsNew }), let id = c.data?["run"]?.stringValue {
+            throw ctx.continued(as: id)
         }
         guard code == 0 else {
             // A helper that hit a full disk may not have been able to write that it did: it

@@ -27,29 +27,110 @@ public struct Journal: Sendable {
     /// Every record, in position order. Throws on the first damaged file, naming it; use
     /// `loadPrefix()` to read up to the damage instead.
     public func load() throws -> [JournalEntry] {
-        let (entries, damage) = try loadPrefix()
-        if let d = damage.first {
+        try read().entries
+    }
+
+    /// `load()`, with what else the reading found: where the segments end and the single
+    /// files a segment already holds (left by a compaction that stopped before removing them).
+    public func read() throws -> Contents {
+        let contents = try readPrefix()
+        if let d = contents.damage.first {
             throw SpoolError(.malformed, path: directory.appending(d.file).string, d.problem + " (run `cairn fsck --repair`)")
         }
-        return entries
+        return contents
     }
 
     /// The longest valid prefix (positions 1, 2, 3… each parsing as a record whose seq
     /// matches its name), and the files after it.
     public func loadPrefix(blobs: BlobStore? = nil) throws -> (entries: [JournalEntry], damage: [Damage]) {
+        let c = try readPrefix(blobs: blobs)
+        return (c.entries, c.damage)
+    }
+
+    /// What a journal directory holds.
+    public struct Contents: Sendable {
+        /// The valid prefix, in position order.
+        public var entries: [JournalEntry]
+        /// The files that do not belong (after the prefix, or beside it).
+        public var damage: [Damage]
+        /// The last position held by a segment file (0: none).
+        public var segmentEnd: Int
+        /// Single files whose record a segment also holds, identically: a compaction stopped
+        /// before removing them. Harmless; the next compaction or `fsck --repair` removes them.
+        public var redundant: [String]
+        /// The single files after the segments (the live tail), in position order.
+        public var tailFiles: [String]
+        /// How many records are in single files after the segments.
+        public var tailCount: Int { tailFiles.count }
+    }
+
+    /// The valid prefix: segment files (`FIRST-LAST.jsonl`, one record a line) then single
+    /// files, positions 1, 2, 3… without a gap; a single file that repeats a segment's
+    /// record exactly is `redundant`, one that differs is damage.
+    ///
+    /// A reader beside the run's owner may list the journal just before a compaction moves
+    /// the tail into a segment: a file that vanished between the listing and its reading is
+    /// no damage, and the directory is read again.
+    public func readPrefix(blobs: BlobStore? = nil) throws -> Contents {
+        var attempt = 0
+        while true {
+            let c = try readOnce(blobs: blobs)
+            attempt += 1
+            if c.damage.isEmpty || attempt == 5 || !c.damage.contains(where: { !DurableFile.exists(directory.appending($0.file)) }) { return c }
+        }
+    }
+
+    func readOnce(blobs: BlobStore?) throws -> Contents {
         var files: [(Int, String)] = []
+        var segments: [(first: Int, last: Int, name: String)] = []
         var damage: [Damage] = []
         for name in try Spool.list(directory) {
             if let (seq, _) = JournalEntry.parseFileName(name) {
                 files.append((seq, name))
+            } else if let (first, last) = Self.parseSegmentName(name) {
+                segments.append((first, last, name))
             } else {
-                damage.append(Damage(file: name, problem: "not a journal file name (NNNNNN-KIND[-NAME].json)"))
+                damage.append(Damage(file: name, problem: "not a journal file name (NNNNNN-KIND[-NAME].json, or FIRST-LAST.jsonl for a segment)"))
             }
         }
+        segments.sort { $0.first < $1.first || ($0.first == $1.first && $0.name < $1.name) }
         files.sort { $0.0 < $1.0 || ($0.0 == $1.0 && $0.1 < $1.1) }
         var entries: [JournalEntry] = []
         var broken = false
+        for seg in segments {
+            if broken {
+                damage.append(Damage(file: seg.name, problem: "after a damaged or missing record"))
+                continue
+            }
+            let expected = entries.count + 1
+            guard seg.first == expected else {
+                damage.append(Damage(file: seg.name, problem: seg.first < expected ? "overlaps positions \(seg.first)–\(expected - 1), already read" : "starts at position \(seg.first) but \(expected) is missing"))
+                broken = true
+                continue
+            }
+            do {
+                let records = try Self.decodeSegment(DurableFile.read(directory.appending(seg.name), limit: Self.segmentReadLimit), first: seg.first, last: seg.last)
+                if let blobs { for e in records { try blobs.verifyReferences(in: e) } }
+                entries.append(contentsOf: records)
+            } catch let e as SpoolError {
+                damage.append(Damage(file: seg.name, problem: e.message))
+                broken = true
+            }
+        }
+        let segmentEnd = entries.count
+        var redundant: [String] = []
+        var tailFiles: [String] = []
         for (seq, name) in files {
+            if seq <= segmentEnd && !broken {
+                // A segment holds this position: the file is left from a compaction, unless it differs.
+                let held = entries[seq - 1]
+                if let e = try? Self.decodeFile(directory.appending(name), seq: seq), e == held, name == held.fileName {
+                    redundant.append(name)
+                } else {
+                    damage.append(Damage(file: name, problem: "position \(seq) is already in a segment, with other content"))
+                }
+                continue
+            }
             if broken {
                 damage.append(Damage(file: name, problem: "after a damaged or missing record"))
                 continue
@@ -61,17 +142,173 @@ public struct Journal: Sendable {
                 continue
             }
             do {
-                let path = directory.appending(name)
-                let entry = try Spool.decode(JournalEntry.self, from: path)
-                guard entry.seq == seq else { throw SpoolError(.malformed, "\"seq\" is \(entry.seq), the file name says \(seq)") }
+                let entry = try Self.decodeFile(directory.appending(name), seq: seq)
                 if let blobs { try blobs.verifyReferences(in: entry) }
                 entries.append(entry)
+                tailFiles.append(name)
             } catch let e as SpoolError {
                 damage.append(Damage(file: name, problem: e.message))
                 broken = true
             }
         }
-        return (entries, damage)
+        return Contents(entries: entries, damage: damage, segmentEnd: segmentEnd, redundant: redundant, tailFiles: tailFiles)
+    }
+
+    /// The last position, from the file names alone (0: an empty journal).
+    public func lastPosition() throws -> Int {
+        var last = 0
+        for name in try Spool.list(directory) {
+            if let (seq, _) = JournalEntry.parseFileName(name) { last = max(last, seq) } else if let (_, l) = Self.parseSegmentName(name) { last = max(last, l) }
+        }
+        return last
+    }
+
+    /// The records at the positions in `range` that exist, in order, reading only the files
+    /// that hold them (a long run's `cairn show --tail`): a segment's lines outside the range
+    /// are not decoded. No check of the rest of the journal; `load()` does that.
+    public func records(in range: ClosedRange<Int>) throws -> [JournalEntry] {
+        try records(in: range, attempt: 1)
+    }
+
+    func records(in range: ClosedRange<Int>, attempt: Int) throws -> [JournalEntry] {
+        var byPosition: [Int: JournalEntry] = [:]
+        var singles: [(Int, String)] = []
+        for name in try Spool.list(directory) {
+            if let (seq, _) = JournalEntry.parseFileName(name) {
+                if range.contains(seq) { singles.append((seq, name)) }
+            } else if let (first, last) = Self.parseSegmentName(name), first <= range.upperBound, last >= range.lowerBound {
+                let data = try DurableFile.read(directory.appending(name), limit: Self.segmentReadLimit)
+                var start = data.startIndex
+                var seq = first
+                while start < data.endIndex, seq <= min(last, range.upperBound) {
+                    let end = data[start...].firstIndex(of: UInt8(ascii: "\n")) ?? data.endIndex
+                    if seq >= range.lowerBound {
+                        do {
+                            byPosition[seq] = try JournalEntry.decode(data[start..<end], file: nil)
+                        } catch let e as SpoolError {
+                            throw SpoolError(.malformed, path: directory.appending(name).string, "line \(seq - first + 1): \(e.message) (run `cairn fsck`)")
+                        }
+                    }
+                    start = end + 1
+                    seq += 1
+                }
+            }
+        }
+        for (seq, name) in singles where byPosition[seq] == nil {
+            do {
+                byPosition[seq] = try Self.decodeFile(directory.appending(name), seq: seq)
+            } catch let e as SpoolError where (e.code == .notFound || e.errno == ENOENT) && attempt < 5 {
+                // Moved into a segment since the listing: read again.
+                return try records(in: range, attempt: attempt + 1)
+            }
+        }
+        return byPosition.keys.sorted().map { byPosition[$0]! }
+    }
+
+    /// A segment is read whole; records above the blob threshold live in blobs/, so this is
+    /// far above what `segment_records` records take.
+    static let segmentReadLimit = 1 << 30
+
+    /// One record file, its seq checked against its name.
+    static func decodeFile(_ path: FilePath, seq: Int) throws -> JournalEntry {
+        let entry = try JournalEntry.decode(DurableFile.read(path, limit: 16 << 20), file: path.string)
+        guard entry.seq == seq else { throw SpoolError(.malformed, "\"seq\" is \(entry.seq), the file name says \(seq)") }
+        return entry
+    }
+
+    /// The records of a segment: one a line, positions FIRST…LAST in order.
+    public static func decodeSegment(_ data: Data, first: Int, last: Int) throws -> [JournalEntry] {
+        var out: [JournalEntry] = []
+        out.reserveCapacity(last - first + 1)
+        guard data.last == UInt8(ascii: "\n") else { throw SpoolError(.malformed, "does not end with a newline (cut short?)") }
+        var start = data.startIndex
+        var line = 1
+        while start < data.endIndex {
+            let end = data[start...].firstIndex(of: UInt8(ascii: "\n"))!
+            let seq = first + out.count
+            guard seq <= last else { throw SpoolError(.malformed, "more than the \(last - first + 1) records its name says") }
+            let entry: JournalEntry
+            do {
+                entry = try JournalEntry.decode(data[start..<end], file: nil)
+            } catch let e as SpoolError {
+                throw SpoolError(.malformed, "line \(line): \(e.message)")
+            }
+            guard entry.seq == seq else { throw SpoolError(.malformed, "line \(line): \"seq\" is \(entry.seq), expected \(seq)") }
+            out.append(entry)
+            start = end + 1
+            line += 1
+        }
+        guard out.count == last - first + 1 else { throw SpoolError(.malformed, "\(out.count) records, its name says \(last - first + 1)") }
+        return out
+    }
+
+    /// `FIRST-LAST.jsonl`, both padded to six digits.
+    public static func segmentName(first: Int, last: Int) -> String {
+        func pad(_ n: Int) -> String { let s = String(n); return String(repeating: "0", count: max(0, 6 - s.count)) + s }
+        return pad(first) + "-" + pad(last) + ".jsonl"
+    }
+
+    /// Parses `FIRST-LAST.jsonl` (FIRST ≤ LAST); nil for other names.
+    public static func parseSegmentName(_ name: String) -> (first: Int, last: Int)? {
+        guard name.hasSuffix(".jsonl") else { return nil }
+        let parts = name.dropLast(6).split(separator: "-", omittingEmptySubsequences: false)
+        guard parts.count == 2, parts.allSatisfy({ $0.count >= 6 && $0.allSatisfy { $0.isASCII && $0.isNumber } }),
+              let first = Int(parts[0]), let last = Int(parts[1]), first >= 1, first <= last,
+              name == segmentName(first: first, last: last) else { return nil }
+        return (first, last)
+    }
+
+    /// Moves the single files after the segments into a new segment, when there are at least
+    /// `threshold` of them: the segment is written with the durable routine (tmp/, fsync,
+    /// no-replace rename, directory fsync), then the single files it holds are removed, then
+    /// the directory is fsync'd. A crash at any point leaves a journal that reads the same:
+    /// before the rename, the single files; after it, the segment (and the files it repeats,
+    /// `redundant`, removed by the next execution or `fsck --repair`). The records are read
+    /// back from their files, so the segment holds what the disk held; the segments already
+    /// there are not read again (the cost is the tail's). Only the run's owner — the holder
+    /// of its lock, with no script helper appending — may call this.
+    /// Returns how many single files are left after the segments.
+    @discardableResult
+    public func compact(threshold: Int) throws -> Int {
+        var segmentEnd = 0
+        var tail: [(Int, String)] = []
+        let names = try Spool.list(directory)
+        for name in names {
+            if let (_, last) = Self.parseSegmentName(name) { segmentEnd = max(segmentEnd, last) }
+        }
+        for name in names {
+            if let (seq, _) = JournalEntry.parseFileName(name), seq > segmentEnd { tail.append((seq, name)) }
+        }
+        tail.sort { $0.0 < $1.0 }
+        guard threshold > 0, tail.count >= threshold else { return tail.count }
+        // Only a whole, gap-free tail is moved; anything else is for `fsck` to look at.
+        guard tail.enumerated().allSatisfy({ $0.element.0 == segmentEnd + 1 + $0.offset }) else {
+            throw SpoolError(.malformed, path: directory.string, "the records after position \(segmentEnd) are not positions \(segmentEnd + 1)… without a gap; not compacted (run `cairn fsck`)")
+        }
+        var text = ""
+        text.reserveCapacity(tail.count * 512)
+        for (seq, name) in tail {
+            text += try Self.decodeFile(directory.appending(name), seq: seq).canonicalJSON().compactText()
+            text += "\n"
+        }
+        CrashPoints.reached("compact.before-segment")
+        try durable.write(Data(text.utf8), to: directory.appending(Self.segmentName(first: segmentEnd + 1, last: tail.last!.0)), mode: .noReplace)
+        CrashPoints.reached("compact.after-segment")
+        try removeRedundant(tail.map(\.1))
+        return 0
+    }
+
+    /// Removes single files a segment holds (`Contents.redundant`, or the tail just moved
+    /// into a segment), then fsyncs the directory. Only the run's owner may call this.
+    public func removeRedundant(_ names: [String]) throws {
+        guard !names.isEmpty else { return }
+        for name in names {
+            guard unlink(directory.appending(name).string) == 0 || errno == ENOENT else {
+                throw SpoolError(.io, path: directory.appending(name).string, errno: errno, "cannot remove a record a segment holds")
+            }
+            CrashPoints.reached("compact.after-unlink")
+        }
+        try DurableFile.fsyncDirectory(directory)
     }
 
     /// Durably appends `entry` at its position. Fails with `.exists` if the position is

@@ -67,6 +67,8 @@ public struct RecordKind: StringTag {
     public static let fail: Self = "fail"
     /// The run completed (its output).
     public static let complete: Self = "complete"
+    /// `ctx.continueAsNew`: the run ends and a new run of its workflow starts (`data.run`).
+    public static let continueAsNew: Self = "continue"
 }
 
 /// The phase of a two-record operation (approval, event, child).

@@ -84,6 +84,8 @@ public struct RunRecord: Codable, Sendable, Hashable {
     /// Runs sharing a concurrency key are advanced at most N at a time (cairn.json
     /// `"concurrency": {"keys": {KEY: N}, "default_key_limit": 1}`).
     public var concurrencyKey: String?
+    /// Set on a run started by `ctx.continueAsNew`: the run it continues.
+    public var continuedFrom: String?
 
     /// A child run's parent.
     public struct ParentRef: Codable, Sendable, Hashable {
@@ -105,11 +107,13 @@ public struct RunRecord: Codable, Sendable, Hashable {
         case submittedBy = "submitted_by"
         case idempotencyKey = "idempotency_key"
         case concurrencyKey = "concurrency_key"
+        case continuedFrom = "continued_from"
     }
 
     /// A run record with every field.
-    public init(id: String, workflow: String, workflowVersion: String? = nil, input: JSONValue, submittedAt: Date, submittedBy: Principal, idempotencyKey: String? = nil, parent: ParentRef? = nil, concurrencyKey: String? = nil) {
+    public init(id: String, workflow: String, workflowVersion: String? = nil, input: JSONValue, submittedAt: Date, submittedBy: Principal, idempotencyKey: String? = nil, parent: ParentRef? = nil, concurrencyKey: String? = nil, continuedFrom: String? = nil) {
         self.concurrencyKey = concurrencyKey
+        self.continuedFrom = continuedFrom
         self.id = id
         self.workflow = workflow
         self.workflowVersion = workflowVersion
@@ -256,6 +260,17 @@ public struct JournalEntry: Codable, Sendable, Hashable {
         self.kind = kind
         self.name = name
         self.at = at
+    }
+
+    /// A record from its JSON text (a record file, or a segment's line): decoded in one pass.
+    public static func decode(_ data: Data, file: String?) throws -> JournalEntry {
+        // JSONDecoder stops at a NUL byte and ignores what follows; a NUL is never JSON.
+        if data.contains(0) { throw SpoolError(.malformed, path: file, "not valid JSON: a NUL byte") }
+        do {
+            return try JSONCoding.decoder.decode(JournalEntry.self, from: data)
+        } catch {
+            throw SpoolError(.malformed, path: file, JSONValue.describe(error))
+        }
     }
 
     /// The file name this record lives under.

@@ -108,8 +108,18 @@ public enum Repair {
             }
             // Journal: the longest valid prefix is the truth.
             let journal = spool.journal(id)
-            let (entries, damage) = try journal.loadPrefix(blobs: blobs)
+            let contents = try journal.readPrefix(blobs: blobs)
+            let (entries, damage) = (contents.entries, contents.damage)
             report.filesChecked += entries.count + damage.count
+            if !contents.redundant.isEmpty {
+                // A compaction stopped after writing its segment: the single files it moved repeat it.
+                var f = Finding(file: rel(journal.directory), problem: "\(contents.redundant.count) record file(s) repeat what a segment holds (a compaction was interrupted): \(contents.redundant.prefix(3).joined(separator: ", "))\(contents.redundant.count > 3 ? ", …" : "")")
+                if repair {
+                    try journal.removeRedundant(contents.redundant)
+                    f.repaired = "removed (the segment holds the same records)"
+                }
+                report.findings.append(f)
+            }
             if !damage.isEmpty {
                 let stamp = RunID.generate(now: now)
                 let dest = paths.repairDirectory.appending(stamp)

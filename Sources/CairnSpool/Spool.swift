@@ -246,10 +246,13 @@ public struct Spool: Sendable {
         public var submittedBy: Principal
         /// Runs sharing this key are advanced a limited number at a time.
         public var concurrencyKey: String?
+        /// For a run started by `ctx.continueAsNew`: the run it continues.
+        public var continuedFrom: String?
 
         /// A submission of `workflow` with `input`.
-        public init(workflow: String, input: JSONValue, id: String? = nil, idempotencyKey: String? = nil, workflowVersion: String? = nil, parent: RunRecord.ParentRef? = nil, submittedBy: Principal = .current, concurrencyKey: String? = nil) {
+        public init(workflow: String, input: JSONValue, id: String? = nil, idempotencyKey: String? = nil, workflowVersion: String? = nil, parent: RunRecord.ParentRef? = nil, submittedBy: Principal = .current, concurrencyKey: String? = nil, continuedFrom: String? = nil) {
             self.concurrencyKey = concurrencyKey
+            self.continuedFrom = continuedFrom
             self.workflow = workflow
             self.input = input
             self.id = id
@@ -293,7 +296,7 @@ public struct Spool: Sendable {
             try Self.makeDropDirectories([staging, paths.approvalsDirectory, paths.eventsDirectory], group: groupOf(runsDirectory))
             let blobs = BlobStore(directory: paths.blobsDirectory, durable: durable, threshold: config.blobThreshold)
             let input = try blobs.externalize(s.input, staged: true)
-            let record = RunRecord(id: id, workflow: s.workflow, workflowVersion: s.workflowVersion, input: input, submittedAt: now, submittedBy: s.submittedBy, idempotencyKey: s.idempotencyKey, parent: s.parent, concurrencyKey: s.concurrencyKey)
+            let record = RunRecord(id: id, workflow: s.workflow, workflowVersion: s.workflowVersion, input: input, submittedAt: now, submittedBy: s.submittedBy, idempotencyKey: s.idempotencyKey, parent: s.parent, concurrencyKey: s.concurrencyKey, continuedFrom: s.continuedFrom)
             try DurableFile.writeStaged(record.canonicalJSON().canonicalData(), to: paths.runFile)
             let state = RunState(run: id, workflow: s.workflow, status: .queued, updatedAt: now)
             try DurableFile.writeStaged(state.canonicalJSON().canonicalData(), to: paths.stateFile)
@@ -599,6 +602,9 @@ public struct SpoolConfig: Sendable {
     public static let defaultBlobThreshold = 64 * 1024
     /// 64 KiB.
     public static let defaultDropSizeLimit = 64 * 1024
+    /// 1,000 records: a segment of ~400 KB for steps with small values, and at most ~1,000
+    /// single files (one block each) in a journal.
+    public static let defaultJournalSegmentRecords = 1000
 
     /// The spool format (`Spool.formatVersion`).
     public var format: Int
@@ -606,6 +612,9 @@ public struct SpoolConfig: Sendable {
     public var blobThreshold: Int
     /// Approval and event drops larger than this are refused.
     public var dropSizeLimit: Int
+    /// A run's journal moves its single record files into a segment file once this many
+    /// have piled up after the last segment (`journal_segment_records`; 0: never).
+    public var journalSegmentRecords: Int
     /// Gate name (or "*") → who may decide. A gate not listed (and no "*") is open to
     /// anyone who can write the approvals directory (Unix permissions).
     public var approvers: [String: Approvers]
@@ -650,6 +659,7 @@ public struct SpoolConfig: Sendable {
         blobThreshold = Int(o["blob_threshold"]?.intValue ?? Int64(Self.defaultBlobThreshold))
         dropSizeLimit = Int(o["drop_size_limit"]?.intValue ?? Int64(Self.defaultDropSizeLimit))
         guard blobThreshold >= 64 else { throw SpoolError(.malformed, path: file, "\"blob_threshold\" must be at least 64") }
+        journalSegmentRecords = Int(o["journal_segment_records"]?.intValue ?? Int64(Self.defaultJournalSegmentRecords))
         (approvers, approversProblem) = Self.parseApprovers(o["approvers"])
         if let problem = Self.settingsProblems(o).first {
             throw SpoolError(.malformed, path: file, "\(problem) (a setting of the wrong shape is refused rather than ignored)")
@@ -659,7 +669,7 @@ public struct SpoolConfig: Sendable {
     /// The settings Cairn reads, and what each must look like.
     public static let knownSettings: Set<String> = [
         "format", "created_at", "blob_threshold", "drop_size_limit", "approvers", "concurrency",
-        "script_retries", "script_timeout", "script_log_limit", "llm",
+        "script_retries", "script_timeout", "script_log_limit", "llm", "journal_segment_records",
     ]
 
     /// Settings of the wrong shape (a string where a number belongs, a misspelled inner
@@ -685,6 +695,9 @@ public struct SpoolConfig: Sendable {
         positiveInt("blob_threshold", o["blob_threshold"], at: "\"blob_threshold\"")
         positiveInt("drop_size_limit", o["drop_size_limit"], at: "\"drop_size_limit\"")
         positiveInt("script_log_limit", o["script_log_limit"], at: "\"script_log_limit\"")
+        if let v = o["journal_segment_records"], v.intValue.map({ $0 == 0 || $0 >= 2 }) != true || v.doubleValue.map({ $0.rounded() != $0 }) == true {
+            out.append("\"journal_segment_records\" must be 0 (never compact) or a whole number of at least 2, not \(v.compactText())")
+        }
         object(o["concurrency"], at: "\"concurrency\"", keys: ["workflows", "keys", "default_key_limit"]) { k, v in
             switch k {
             case "default_key_limit": positiveInt(k, v, at: "concurrency.default_key_limit")

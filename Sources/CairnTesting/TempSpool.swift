@@ -67,11 +67,24 @@ public final class TempSpool: Sendable {
         var bad: [String] = []
         let e = FileManager.default.enumerator(atPath: spool.root.string)
         while let rel = e?.nextObject() as? String {
-            guard rel.hasSuffix(".json"), !rel.hasPrefix("tmp/") else { continue }
+            guard !rel.hasPrefix("tmp/") else { continue }
             let p = spool.root.appending(rel)
-            if (try? DurableFile.readJSON(p)) == nil { bad.append(rel) }
+            if rel.hasSuffix(".json") {
+                if (try? DurableFile.readJSON(p)) == nil { bad.append(rel) }
+            } else if rel.contains("/journal/"), let name = p.lastComponent?.string, let (first, last) = Journal.parseSegmentName(name) {
+                // A journal segment: one record a line, every line whole.
+                if (try? Journal.decodeSegment(DurableFile.read(p, limit: 1 << 30), first: first, last: last)) == nil { bad.append(rel) }
+            }
         }
         return bad
+    }
+
+    /// Sets one setting in the spool's `cairn.json` (written as a person would edit it).
+    public func setConfig(_ key: String, _ value: JSONValue) throws {
+        let file = spool.root.appending("cairn.json")
+        guard case .object(var o) = try DurableFile.readJSON(file) else { throw SpoolError(.malformed, path: file.string, "not an object") }
+        o[key] = value
+        try Data(JSONValue.object(o).canonicalText().utf8).write(to: URL(fileURLWithPath: file.string))
     }
 }
 

@@ -44,3 +44,23 @@ struct Long: Workflow {
         return total
     }
 }
+
+/// Does one step, then continues as a new run with `left - 1` until `left` is 0 (the
+/// continueAsNew tests): `{"left": N, "effects": FILE}`.
+struct Relay: Workflow {
+    static let name = "relay"
+
+    struct Input: Codable, Sendable {
+        var left: Int
+        var effects: String
+    }
+
+    func run(_ ctx: WorkflowContext, input: Input) async throws -> String {
+        let _: Int = try await ctx.step("work") { key in
+            try effect(input.effects, "work-\(input.left)", key)
+            return input.left
+        }
+        if input.left > 0 { try await ctx.continueAsNew(Input(left: input.left - 1, effects: input.effects)) }
+        return "done"
+    }
+}

@@ -42,6 +42,9 @@ import Testing
         let scratch = work.path.string
         let root = URL(fileURLWithPath: t.path.string).resolvingSymlinksInPath().path
         let spool = root + "/spool"
+        // Compaction inside the operations: the journal's tail moves into a segment every 3
+        // records (the run has 7), so the states include every point of it.
+        try t.setConfig("journal_segment_records", 3)
         _ = FileManager.default.createFile(atPath: root + "/effects.log", contents: nil)
         let submission = #"{"workflow": "crash-states", "input": {"effects": "effects.log"}, "id": "cs"}"#
         try Data(submission.utf8).write(to: URL(fileURLWithPath: spool + "/inbox/cs.json"))
@@ -56,6 +59,7 @@ import Testing
             (try? Spool.open(at: FilePath(spool)).readState(Self.run))?.status == .waiting
         }
         try rec.read(trace: scratch + "/trace-submit")
+        #expect(try Spool.list(FilePath(spool + "/runs/cs/journal")).contains("000001-000003.jsonl"), "the operation compacted the journal")
         all.append(try await Self.attack(scratch: scratch, "submit via inbox/ + step a + approval requested", rec, root: root))
 
         // 2. cairn approve: the decision is acknowledged when the command returns.
@@ -206,7 +210,9 @@ import Testing
             if (try? JSONValue.parse(Data(bytes), file: path)) == nil { problems.append("\(path) does not parse after the loss (\(bytes.count) bytes)") }
         }
         let effectsBefore = CrashTests.effectCounts(dir + "/effects.log")
-        let recordedBefore = Set(tree.keys.filter { $0.hasPrefix("spool/runs/cs/journal/") })
+        // Records, not files: a compaction moves single record files into a segment.
+        let recordedBefore = Self.records(tree.filter { $0.key.hasPrefix("spool/runs/cs/journal/") }).values
+        let acknowledgedRecords = Self.records(tree.filter { acknowledged.contains($0.key) })
 
         // Recovery: fsck --repair, then a daemon until the run ends.
         guard let repair = try? await Binary.finish(Binary.start("cairn-fixtures", ["fsck", "--repair", "--spool", spool], cwd: dir)) else { return ["cannot start fsck"] }
@@ -260,25 +266,27 @@ import Testing
         } else {
             problems.append("no result.json that parses")
         }
-        let journal = (try? FileManager.default.contentsOfDirectory(atPath: spool + "/runs/cs/journal")) ?? []
+        let journal: [JournalEntry]
+        do {
+            journal = try Spool.open(at: FilePath(spool)).journal(run).load()
+        } catch {
+            return problems + ["the journal does not load after recovery: \(error)"]
+        }
         var kinds: [String: Int] = [:]
-        for f in journal where f.hasSuffix(".json") {
+        for record in journal {
             // KIND-NAME, and the phase of two-record operations (an approval's requested/decided).
             // An at-most-once step writes an intent per attempt (a person may choose "rerun").
-            let record = try? DurableFile.readJSON(FilePath(spool + "/runs/cs/journal/" + f))
-            let phase = record?["phase"]?.stringValue ?? ""
-            let attempt = f.contains("-intent-") ? record?["attempt"].map { " attempt \($0)" } ?? "" : ""
-            kinds[String(f.drop { $0 != "-" }) + (phase.isEmpty ? "" : " (\(phase))") + attempt, default: 0] += 1
+            let attempt = record.kind == .intent ? record.attempt.map { " attempt \($0)" } ?? "" : ""
+            kinds[String(record.fileName.drop { $0 != "-" }) + (record.phase.map { " (\($0.rawValue))" } ?? "") + attempt, default: 0] += 1
         }
         for (k, n) in kinds where n > 1 { problems.append("recorded \(n) times: \(k)") }
-        for path in acknowledged {
-            let now = FileManager.default.contents(atPath: dir + "/" + path)
-            if now == nil { problems.append("acknowledged \(path) lost") } else if let was = tree[path] ?? nil, now != Data(was) { problems.append("acknowledged \(path) changed") }
+        for (seq, was) in acknowledgedRecords {
+            if seq > journal.count { problems.append("acknowledged record \(seq) (\(was.fileName)) lost") } else if journal[seq - 1] != was { problems.append("acknowledged record \(seq) (\(was.fileName)) changed") }
         }
         let effects = CrashTests.effectCounts(dir + "/effects.log")
         if effects["pay", default: 0] != 1 { problems.append("the at-most-once step ran \(effects["pay", default: 0]) times") }
         if effects["a", default: 0] < 1 { problems.append("step a never ran") }
-        if recordedBefore.contains(where: { $0.hasSuffix("-step-a.json") }), effects["a", default: 0] != effectsBefore["a", default: 0] {
+        if recordedBefore.contains(where: { $0.kind == .step && $0.name == "a" }), effects["a", default: 0] != effectsBefore["a", default: 0] {
             problems.append("step a ran again after its record was on disk")
         }
         for (path, bytes) in Self.files(under: spool) where path.hasSuffix(".json") && !path.hasPrefix("tmp/") && !(path.split(separator: "/").last ?? "").hasPrefix(".") {
@@ -289,6 +297,21 @@ import Testing
             problems.append("fsck after recovery: \(v.stdout)\(v.stderr)")
         }
         return problems
+    }
+
+    /// The journal records in `files` (paths → bytes at the crash): single record files and
+    /// segments; what does not decode is left out (the checks above say what parses).
+    static func records(_ files: [String: [UInt8]?]) -> [Int: JournalEntry] {
+        var out: [Int: JournalEntry] = [:]
+        for (path, bytes) in files {
+            guard let bytes, let name = path.split(separator: "/").last.map(String.init) else { continue }
+            if JournalEntry.parseFileName(name) != nil, let e = try? JournalEntry.decode(Data(bytes), file: path) {
+                out[e.seq] = e
+            } else if let (first, last) = Journal.parseSegmentName(name), let es = try? Journal.decodeSegment(Data(bytes), first: first, last: last) {
+                for e in es { out[e.seq] = e }
+            }
+        }
+        return out
     }
 
     static func files(under root: String) -> [(String, Data)] {

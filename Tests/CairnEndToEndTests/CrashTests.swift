@@ -28,11 +28,17 @@ import Testing
         .at("write.before-fsync", 9), .at("write.before-rename", 11), .at("write.before-dirsync", 12), .at("write.after-dirsync", 13),
         .at("step.after-body", 1), .at("step.after-body", 4), .at("step.after-body", 5), .at("step.after-body", 6),
         .randomly(maxMs: 15), .randomly(maxMs: 30), .randomly(maxMs: 60), .randomly(maxMs: 120),
+        // Compaction (every 4 records here): before the segment, after it, between the
+        // removals of the single files it holds.
+        .at("compact.before-segment", 1), .at("compact.after-segment", 1), .at("compact.after-segment", 2),
+        .at("compact.after-unlink", 1), .at("compact.after-unlink", 3), .at("compact.after-unlink", 6),
     ]
 
     @Test(arguments: plans)
     func killedAndResumedUntilDone(_ plan: Kill) async throws {
         let t = try TempSpool()
+        // The journal's tail moves into a segment every 4 records: every plan crosses compactions.
+        try t.setConfig("journal_segment_records", 4)
         let effects = t.path.appending("effects.log").string
         var input: [String: JSONValue] = ["steps": .int(Int64(Self.steps)), "effects": .string(effects)]
         // Random kills: a seeded moment (printed; CAIRN_TEST_SEED reproduces it), and steps
@@ -97,7 +103,13 @@ import Testing
         #expect(counts["pay"] == 1)
         let result = try DurableFile.readJSON(t.spool.run(id).resultFile)
         #expect(result == .int(Int64((0..<Self.steps).reduce(0, +) + 70_000)))
-        #expect(try Repair.run(t.spool, repair: false).findings.filter { !$0.file.hasPrefix("tmp/") }.isEmpty)
+        // A kill between state.json and the index (derived, written after it) may leave the
+        // run listed as running; the next look at the run — a daemon's start lists
+        // index/running/ — puts it right.
+        let again = try Binary.run("cairn-fixtures", ["advance", id, "--spool", t.spool.root.string])
+        #expect(again.code == 0, "\(again.stderr)")
+        let findings = try Repair.run(t.spool, repair: false).findings.filter { !$0.file.hasPrefix("tmp/") }
+        #expect(findings.isEmpty, "\(plan): \(findings)")
     }
 
     static func effectCounts(_ path: String) -> [String: Int] {

@@ -332,6 +332,39 @@ struct ResultHelper: AsyncParsableCommand {
     }
 }
 
+struct ContinueAsNewHelper: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "continue-as-new",
+        abstract: "(script helper) End this run and start a new run of the same workflow with a JSON input from FILE or stdin.",
+        discussion: """
+            The run completes with {"continued_as": NEW_RUN}; the new run's run.json says
+            "continued_from". Nothing after it may call a helper: end the script with it.
+            Examples:
+              echo '{"cursor": 5000}' | exec cairn continue-as-new -
+              exec cairn continue-as-new next-input.json
+            """
+    )
+
+    @Argument(help: "A file, or - for stdin (default).") var file: String = "-"
+
+    func run() async throws {
+        let data: Data
+        if file == "-" {
+            data = FileHandle.standardInput.readDataToEndOfFile()
+        } else {
+            do { data = try DurableFile.read(FilePath(file), limit: 64 << 20) } catch let e as SpoolError {
+                throw CLIError(e.code == .notFound ? .usage : .failure, "\(file): cannot read the input (\(e.message))")
+            }
+        }
+        let where_ = file == "-" ? "stdin" : file
+        guard let value = try? JSONValue.parse(data) else { throw CLIError(.failure, "\(where_): the input is not valid JSON") }
+        if let problem = JSONValue.duplicateKeyProblem(in: data) { throw CLIError(.failure, "\(where_): the input \(problem)") }
+        var session = try HelperSession.open("continue-as-new")
+        let id = try await session.perform { ctx in try await ctx.continueAsNewRecording(value) }
+        Output.line(id)
+    }
+}
+
 /// Internal: runs a script workflow under the supervisor that kills its process group
 /// when the daemon dies (see cairn_supervise_exec in CSystemShims).
 struct SuperviseCommand: ParsableCommand {
