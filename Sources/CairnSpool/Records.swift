@@ -264,6 +264,13 @@ public struct JournalEntry: Codable, Sendable, Hashable {
 
     /// A record from its JSON text (a record file, or a segment's line): decoded in one pass.
     public static func decode(_ data: Data, file: String?) throws -> JournalEntry {
+        // The runtime's own JSON, read fast (RecordDecoding.swift); anything else below.
+        if let v = RecordJSON.parse(data), let e = JournalEntry(record: v) { return e }
+        return try decodeWithFoundation(data, file: file)
+    }
+
+    /// The same with JSONDecoder alone (what `decode` falls back to; tests compare the two).
+    package static func decodeWithFoundation(_ data: Data, file: String?) throws -> JournalEntry {
         // JSONDecoder stops at a NUL byte and ignores what follows; a NUL is never JSON.
         if data.contains(0) { throw SpoolError(.malformed, path: file, "not valid JSON: a NUL byte") }
         do {

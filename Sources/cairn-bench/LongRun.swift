@@ -9,6 +9,14 @@ import SystemPackage
 /// --tail 20` of the finished run.
 func benchLongRun(fixtures: String, root: String, steps: Int) throws {
     let spool = try Spool.create(at: FilePath(root))
+    // CAIRN_BENCH_SEGMENT_RECORDS=N: cairn.json's journal_segment_records (0: no segments).
+    if let n = ProcessInfo.processInfo.environment["CAIRN_BENCH_SEGMENT_RECORDS"].flatMap(Int64.init) {
+        let file = spool.root.appending("cairn.json")
+        guard case .object(var o) = try DurableFile.readJSON(file) else { fatalError("cairn.json") }
+        o["journal_segment_records"] = .int(n)
+        try spool.durable.write(json: .object(o), to: file)
+    }
+    print("long run: journal_segment_records \(try spool.config().journalSegmentRecords)")
     func start() throws -> (Process, Int64) {
         let p = Process()
         p.executableURL = URL(fileURLWithPath: fixtures)

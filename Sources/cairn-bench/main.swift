@@ -25,6 +25,12 @@ print("cairn-bench — \(ProcessInfo.processInfo.processorCount) cores, spool in
 let fixtures = binDir + "/cairn-fixtures"
 let longSteps = Int(ProcessInfo.processInfo.environment["CAIRN_BENCH_LONG_STEPS"] ?? "100000")!
 
+// `cairn-bench decode JOURNAL_DIR`: the cost of reading a journal, in parts.
+if CommandLine.arguments.dropFirst().first == "decode", CommandLine.arguments.count > 2 {
+    try benchDecode(CommandLine.arguments[2])
+    exit(0)
+}
+
 // `cairn-bench long`: only the long-run figures.
 if CommandLine.arguments.dropFirst().first == "long" {
     try benchLongRun(fixtures: fixtures, root: benchRoot + "/long", steps: longSteps)
