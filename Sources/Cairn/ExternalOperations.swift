@@ -11,7 +11,7 @@ extension WorkflowContext {
         state.withLock { s in
             let end = min(cursor, s.entries.count)
             guard s.cursor < end else { return }
-            s.replayed.append(contentsOf: s.entries[s.cursor..<end])
+            s.replayed.append(contentsOf: s.entries[s.cursor..<end].filter { $0.data?["tokens"] != nil })
         }
     }
 }

@@ -35,7 +35,8 @@ public final class WorkflowContext: Sendable {
         /// the next durable operation, and the run's outcome if the workflow returns first.
         var deferred: (any Error)?
         var compensations: [Compensation] = []
-        /// Records replayed this execution (for `state.json` and the tokens-saved count).
+        /// Records replayed this execution that carry token usage (`data.tokens`): the
+        /// tokens-saved count. (Only those: a long run replays 100,000 records.)
         var replayed: [JournalEntry] = []
         /// Set once this execution appended its first record.
         var appended = false
@@ -51,6 +52,7 @@ public final class WorkflowContext: Sendable {
     }
 
     static func superseded(_ physical: [JournalEntry], effective: [JournalEntry]) -> [JournalEntry] {
+        if physical.count == effective.count { return [] }  // no run-level retry
         let kept = Set(effective.map(\.seq))
         return physical.filter { !kept.contains($0.seq) }
     }
@@ -208,7 +210,7 @@ public final class WorkflowContext: Sendable {
     func consume() {
         let e = state.withLock { s in
             let e = s.entries[s.cursor]
-            s.replayed.append(e)
+            if e.data?["tokens"] != nil { s.replayed.append(e) }
             s.cursor += 1
             return e
         }
@@ -365,11 +367,12 @@ public final class WorkflowContext: Sendable {
         try blobs.externalize(JSONValue(encoding: value), force: force)
     }
 
-    package func load<T: Decodable>(_ stored: JSONValue?, as type: T.Type, file: String) throws -> T {
+    package func load<T: Decodable>(_ stored: JSONValue?, as type: T.Type, file: @autoclosure () -> String) throws -> T {
         let v = try blobs.resolve(stored ?? .null)
         do {
             return try v.decode(as: T.self)
         } catch {
+            let file = file()
             throw nondeterminism(ErrorInfo(type: "nondeterminism", message: "nondeterminism: \(file) holds a value that does not decode as \(T.self): \(JSONValue.describe(error))", file: file, retryable: false))
         }
     }

@@ -336,6 +336,8 @@ public struct Journal: Sendable {
     /// when it lists `data.superseded: [SEQ…]` (all ≥ P), exactly those records (the failed
     /// branches of a `parallel`, whose successful siblings keep their records).
     public static func effective(_ entries: [JournalEntry]) -> [JournalEntry] {
+        // Most journals have no run-level retry: the same array, not a copy of 100,000 records.
+        guard entries.contains(where: { $0.kind == .retry && $0.name == "run" && $0.resumeFrom != nil }) else { return entries }
         var out: [JournalEntry] = []
         for e in entries {
             if e.kind == "retry", e.name == "run", let from = e.resumeFrom {
