@@ -96,6 +96,8 @@ public struct Journal: Sendable {
         segments.sort { $0.first < $1.first || ($0.first == $1.first && $0.name < $1.name) }
         files.sort { $0.0 < $1.0 || ($0.0 == $1.0 && $0.1 < $1.1) }
         var entries: [JournalEntry] = []
+        // Room for what the names promise (within reason: a name is not a promise to trust).
+        entries.reserveCapacity(min(max(segments.last?.last ?? 0, files.last?.0 ?? 0), 4_000_000))
         var broken = false
         for seg in segments {
             if broken {
@@ -108,11 +110,12 @@ public struct Journal: Sendable {
                 broken = true
                 continue
             }
+            let before = entries.count
             do {
-                let records = try Self.decodeSegment(DurableFile.read(directory.appending(seg.name), limit: Self.segmentReadLimit), first: seg.first, last: seg.last)
-                if let blobs { for e in records { try blobs.verifyReferences(in: e) } }
-                entries.append(contentsOf: records)
+                try Self.decodeSegment(DurableFile.read(directory.appending(seg.name), limit: Self.segmentReadLimit), first: seg.first, last: seg.last, appendingTo: &entries)
+                if let blobs { for e in entries[before...] { try blobs.verifyReferences(in: e) } }
             } catch let e as SpoolError {
+                entries.removeSubrange(before...)
                 damage.append(Damage(file: seg.name, problem: e.message))
                 broken = true
             }
@@ -219,12 +222,19 @@ public struct Journal: Sendable {
     public static func decodeSegment(_ data: Data, first: Int, last: Int) throws -> [JournalEntry] {
         var out: [JournalEntry] = []
         out.reserveCapacity(last - first + 1)
+        try decodeSegment(data, first: first, last: last, appendingTo: &out)
+        return out
+    }
+
+    /// The same, appended to `out` (a long journal's records go straight into one array).
+    static func decodeSegment(_ data: Data, first: Int, last: Int, appendingTo out: inout [JournalEntry]) throws {
+        let base = out.count
         guard data.last == UInt8(ascii: "\n") else { throw SpoolError(.malformed, "does not end with a newline (cut short?)") }
         let newlines = Self.lineEnds(data)
         var start = data.startIndex
         var line = 1
         for end in newlines {
-            let seq = first + out.count
+            let seq = first + out.count - base
             guard seq <= last else { throw SpoolError(.malformed, "more than the \(last - first + 1) records its name says") }
             let entry: JournalEntry
             do {
@@ -237,8 +247,7 @@ public struct Journal: Sendable {
             start = end + 1
             line += 1
         }
-        guard out.count == last - first + 1 else { throw SpoolError(.malformed, "\(out.count) records, its name says \(last - first + 1)") }
-        return out
+        guard out.count - base == last - first + 1 else { throw SpoolError(.malformed, "\(out.count - base) records, its name says \(last - first + 1)") }
     }
 
     /// The indices of the newlines in `data` (memchr: a long run's journal has 100,000 lines).

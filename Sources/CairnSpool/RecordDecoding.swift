@@ -5,24 +5,26 @@ import Foundation
 // Linux (measured with `cairn-bench decode`: JSONDecoder 22–28 µs, JSONSerialization 10 µs
 // before any conversion, JSONValue.parse 60 µs), three times the whole budget of a resume
 // in under a second. No faster JSON package is available to this project. So records the
-// runtime wrote take a narrow, strict path: `RecordJSON.parse` reads the JSON subset the
-// runtime writes, and `JournalEntry(record:)` takes the fields from it. Anything outside
-// that subset — a number with a fraction or an exponent, an escape it does not know, bytes
-// that are not UTF-8, a duplicate key, a field of an unexpected type — makes either return
-// nil, and the record is decoded by JSONDecoder as before (which also writes the errors).
+// runtime wrote take a narrow, strict path: `RecordJSON.record` reads the JSON subset the
+// runtime writes, straight into the record's fields. Anything outside that subset — a number
+// with a fraction or an exponent, an escape it does not know, bytes that are not UTF-8, a
+// duplicate key, a field of an unexpected type — makes it return nil, and the record is
+// decoded by JSONDecoder as before (which also says what is wrong).
 // `RecordDecodingTests` checks the two paths agree, record by record.
 
 /// A strict reader of the JSON subset the runtime writes: objects, arrays, strings, `true`,
 /// `false`, `null` and integers that fit in an Int64, with any JSON whitespace between
 /// tokens. Nil for anything else (the caller falls back to JSONDecoder).
 package enum RecordJSON {
-    package static func parse(_ data: Data) -> JSONValue? {
-        data.withUnsafeBytes { raw -> JSONValue? in
+    /// A journal record read straight into its fields (no dictionary in between); nil when
+    /// anything is outside the subset or of an unexpected type.
+    package static func record(_ data: Data) -> JournalEntry? {
+        data.withUnsafeBytes { raw -> JournalEntry? in
             let b = raw.bindMemory(to: UInt8.self)
             var r = Reader(b: b, i: 0)
-            guard let v = r.value(depth: 0) else { return nil }
+            guard let e = r.record() else { return nil }
             r.skipSpace()
-            return r.i == b.count ? v : nil
+            return r.i == b.count ? e : nil
         }
     }
 
@@ -179,6 +181,92 @@ package enum RecordJSON {
             }
         }
 
+        /// A record's top-level object, each known key into its field, typed as JSONDecoder
+        /// would take it (`RecordDecodingTests` checks the two agree).
+        mutating func record() -> JournalEntry? {
+            skipSpace()
+            guard i < b.count, b[i] == UInt8(ascii: "{") else { return nil }
+            i += 1
+            var seq: Int?, kind: String?, at: Date?
+            var e = JournalEntry(seq: 0, kind: "", at: Date(timeIntervalSince1970: 0))
+            var seen: Set<String> = []
+            var status: String?
+            skipSpace()
+            if i < b.count, b[i] == UInt8(ascii: "}") { return nil }
+            while true {
+                skipSpace()
+                guard i < b.count, b[i] == UInt8(ascii: "\""), let key = string() else { return nil }
+                skipSpace()
+                guard i < b.count, b[i] == UInt8(ascii: ":") else { return nil }
+                i += 1
+                guard seen.insert(key).inserted, let v = value(depth: 1) else { return nil }
+                func str() -> String?? {
+                    switch v {
+                    case .null: return .some(nil)
+                    case .string(let s): return .some(s)
+                    default: return nil
+                    }
+                }
+                func int() -> Int?? {
+                    switch v {
+                    case .null: return .some(nil)
+                    case .int(let n): return Int(exactly: n).map { .some($0) } ?? nil
+                    default: return nil
+                    }
+                }
+                func date() -> Date?? {
+                    switch v {
+                    case .null: return .some(nil)
+                    case .string(let s): return Timestamp.parse(s).map { .some($0) } ?? nil
+                    default: return nil
+                    }
+                }
+                func decoded<T: Decodable>(_: T.Type) -> T?? {
+                    if case .null = v { return .some(nil) }
+                    return (try? v.decode(as: T.self)).map { .some($0) } ?? nil
+                }
+                switch key {
+                case "seq": guard case .int(let n) = v, let x = Int(exactly: n) else { return nil }; seq = x
+                case "kind": guard case .string(let x) = v else { return nil }; kind = x
+                case "at": guard case .string(let x) = v, let d = Timestamp.parse(x) else { return nil }; at = d
+                case "name": guard let x = str() else { return nil }; e.name = x
+                case "value": if case .null = v { e.value = nil } else { e.value = v }
+                case "data": if case .null = v { e.data = nil } else { e.data = v }
+                case "attempt": guard let x = int() else { return nil }; e.attempt = x
+                case "idempotency_key": guard let x = str() else { return nil }; e.idempotencyKey = x
+                case "semantics": guard let x = str() else { return nil }; e.semantics = x
+                case "started_at": guard let x = date() else { return nil }; e.startedAt = x
+                case "duration_ms": guard let x = int() else { return nil }; e.durationMs = x
+                case "until": guard let x = date() else { return nil }; e.until = x
+                case "phase": guard let x = str() else { return nil }; e.phase = x.map(RecordPhase.init(rawValue:))
+                case "group": guard let x = str() else { return nil }; e.group = x
+                case "index": guard let x = int() else { return nil }; e.index = x
+                case "decision": guard let x = str() else { return nil }; e.decision = x.map(Decision.init(rawValue:))
+                case "decided_by": guard let x = decoded(Principal.self) else { return nil }; e.decidedBy = x
+                case "file": guard let x = str() else { return nil }; e.file = x
+                case "comment": guard let x = str() else { return nil }; e.comment = x
+                case "status": guard let x = str() else { return nil }; status = x
+                case "resume_from": guard let x = int() else { return nil }; e.resumeFrom = x
+                case "error": guard let x = decoded(ErrorInfo.self) else { return nil }; e.error = x
+                default: break  // a field this version does not know: ignored, as JSONDecoder ignores it
+                }
+                skipSpace()
+                guard i < b.count else { return nil }
+                if b[i] == UInt8(ascii: ",") { i += 1; continue }
+                if b[i] == UInt8(ascii: "}") { i += 1; break }
+                return nil
+            }
+            guard let seq, let kind, let at else { return nil }
+            if let status {
+                guard let s = RunStatus(rawValue: status) else { return nil }
+                e.status = s
+            }
+            e.seq = seq
+            e.kind = RecordKind(rawValue: kind)
+            e.at = at
+            return e
+        }
+
         mutating func object(depth: Int) -> JSONValue? {
             i += 1
             var out: [String: JSONValue] = [:]
@@ -203,76 +291,5 @@ package enum RecordJSON {
                 return nil
             }
         }
-    }
-}
-
-extension JournalEntry {
-    /// The record in a parsed object, with the fields JSONDecoder would give it; nil when a
-    /// field has a type this path does not take (JSONDecoder then decodes it, or says why not).
-    package init?(record v: JSONValue) {
-        guard case .object(let o) = v,
-              case .int(let seq)? = o["seq"], let seqInt = Int(exactly: seq),
-              case .string(let kind)? = o["kind"],
-              case .string(let atText)? = o["at"], let at = Timestamp.parse(atText) else { return nil }
-        self.init(seq: seqInt, kind: RecordKind(rawValue: kind), at: at)
-        func string(_ k: String) -> String?? {
-            switch o[k] {
-            case nil, .null?: return .some(nil)
-            case .string(let s)?: return .some(s)
-            default: return nil
-            }
-        }
-        func int(_ k: String) -> Int?? {
-            switch o[k] {
-            case nil, .null?: return .some(nil)
-            case .int(let n)?: return Int(exactly: n).map { .some($0) } ?? nil
-            default: return nil
-            }
-        }
-        func date(_ k: String) -> Date?? {
-            switch o[k] {
-            case nil, .null?: return .some(nil)
-            case .string(let s)?: return Timestamp.parse(s).map { .some($0) } ?? nil
-            default: return nil
-            }
-        }
-        func decoded<T: Decodable>(_ k: String, _: T.Type) -> T?? {
-            switch o[k] {
-            case nil, .null?: return .some(nil)
-            case let x?: return (try? x.decode(as: T.self)).map { .some($0) } ?? nil
-            }
-        }
-        guard let name = string("name"), let idempotencyKey = string("idempotency_key"), let semantics = string("semantics"),
-              let group = string("group"), let file = string("file"), let comment = string("comment"),
-              let phase = string("phase"), let decision = string("decision"), let status = string("status"),
-              let attempt = int("attempt"), let durationMs = int("duration_ms"), let index = int("index"), let resumeFrom = int("resume_from"),
-              let startedAt = date("started_at"), let until = date("until"),
-              let error = decoded("error", ErrorInfo.self), let decidedBy = decoded("decided_by", Principal.self) else { return nil }
-        let runStatus: RunStatus?
-        if let status {
-            guard let s = RunStatus(rawValue: status) else { return nil }
-            runStatus = s
-        } else {
-            runStatus = nil
-        }
-        self.name = name
-        self.idempotencyKey = idempotencyKey
-        self.semantics = semantics
-        self.group = group
-        self.file = file
-        self.comment = comment
-        self.phase = phase.map(RecordPhase.init(rawValue:))
-        self.decision = decision.map(Decision.init(rawValue:))
-        self.status = runStatus
-        self.attempt = attempt
-        self.durationMs = durationMs
-        self.index = index
-        self.resumeFrom = resumeFrom
-        self.startedAt = startedAt
-        self.until = until
-        self.error = error
-        self.decidedBy = decidedBy
-        if case .null? = o["value"] { self.value = nil } else { self.value = o["value"] }
-        if case .null? = o["data"] { self.data = nil } else { self.data = o["data"] }
     }
 }

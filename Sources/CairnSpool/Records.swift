@@ -265,7 +265,7 @@ public struct JournalEntry: Codable, Sendable, Hashable {
     /// A record from its JSON text (a record file, or a segment's line): decoded in one pass.
     public static func decode(_ data: Data, file: String?) throws -> JournalEntry {
         // The runtime's own JSON, read fast (RecordDecoding.swift); anything else below.
-        if let v = RecordJSON.parse(data), let e = JournalEntry(record: v) { return e }
+        if let e = RecordJSON.record(data) { return e }
         return try decodeWithFoundation(data, file: file)
     }
 
