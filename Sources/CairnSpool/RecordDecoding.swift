@@ -189,7 +189,10 @@ package enum RecordJSON {
             i += 1
             var seq: Int?, kind: String?, at: Date?
             var e = JournalEntry(seq: 0, kind: "", at: Date(timeIntervalSince1970: 0))
-            var seen: Set<String> = []
+            // Duplicate keys: JSONDecoder's answer for them, whatever it is (a bit per known
+            // key; the unknown ones, rare, in a list).
+            var seen: UInt32 = 0
+            var unknown: [String] = []
             var status: String?
             skipSpace()
             if i < b.count, b[i] == UInt8(ascii: "}") { return nil }
@@ -199,7 +202,37 @@ package enum RecordJSON {
                 skipSpace()
                 guard i < b.count, b[i] == UInt8(ascii: ":") else { return nil }
                 i += 1
-                guard seen.insert(key).inserted, let v = value(depth: 1) else { return nil }
+                let bit: UInt32
+                switch key {
+                case "seq": bit = 1 << 0
+                case "kind": bit = 1 << 1
+                case "at": bit = 1 << 2
+                case "name": bit = 1 << 3
+                case "value": bit = 1 << 4
+                case "data": bit = 1 << 5
+                case "attempt": bit = 1 << 6
+                case "idempotency_key": bit = 1 << 7
+                case "semantics": bit = 1 << 8
+                case "started_at": bit = 1 << 9
+                case "duration_ms": bit = 1 << 10
+                case "until": bit = 1 << 11
+                case "phase": bit = 1 << 12
+                case "group": bit = 1 << 13
+                case "index": bit = 1 << 14
+                case "decision": bit = 1 << 15
+                case "decided_by": bit = 1 << 16
+                case "file": bit = 1 << 17
+                case "comment": bit = 1 << 18
+                case "status": bit = 1 << 19
+                case "resume_from": bit = 1 << 20
+                case "error": bit = 1 << 21
+                default:
+                    guard !unknown.contains(key) else { return nil }
+                    unknown.append(key)
+                    bit = 0
+                }
+                guard seen & bit == 0, let v = value(depth: 1) else { return nil }
+                seen |= bit
                 func str() -> String?? {
                     switch v {
                     case .null: return .some(nil)
