@@ -73,6 +73,21 @@ import Testing
         #expect(fastTaken > 2000)
     }
 
+    /// Records are written from `JournalEntry.canonicalJSON()`, built field by field: the same
+    /// JSON as the Codable round trip (JSONEncoder, then parsed back).
+    @Test func recordsEncodeAsTheirCodableRoundTrip() throws {
+        var g = Gen(rng: SeededRandom("record encoding"))
+        for _ in 0..<3000 {
+            var e = Self.entry(&g)
+            if Bool.random(using: &g) { e.value = [.double(2.0), .double(-0.0), .double(1e300), .double(0.1), .object(["x": .double(3.0)])] }
+            #expect(try e.canonicalJSON() == JSONValue(encoding: e), "\(e)")
+        }
+        var bad = JournalEntry(seq: 1, kind: .step, at: Date())
+        bad.value = .double(.nan)
+        #expect(throws: (any Error).self) { try bad.canonicalJSON() }
+        #expect(throws: (any Error).self) { try JSONValue(encoding: bad) }
+    }
+
     @Test func oddTextsDecodeAlikeOrAreRefusedAlike() {
         let base = #""at":"2026-11-28T12:00:00.000Z","kind":"step","seq":7"#
         let odd = [
