@@ -197,11 +197,7 @@ package enum RecordJSON {
             skipSpace()
             if i < b.count, b[i] == UInt8(ascii: "}") { return nil }
             while true {
-                skipSpace()
-                guard i < b.count, b[i] == UInt8(ascii: "\""), let key = string() else { return nil }
-                skipSpace()
-                guard i < b.count, b[i] == UInt8(ascii: ":") else { return nil }
-                i += 1
+                guard let key = key() else { return nil }
                 let bit: UInt32
                 switch key {
                 case "seq": bit = 1 << 0
@@ -300,6 +296,16 @@ package enum RecordJSON {
             return e
         }
 
+        /// An object's `"KEY":`, whitespace around it skipped.
+        mutating func key() -> String? {
+            skipSpace()
+            guard i < b.count, b[i] == UInt8(ascii: "\""), let key = string() else { return nil }
+            skipSpace()
+            guard i < b.count, b[i] == UInt8(ascii: ":") else { return nil }
+            i += 1
+            return key
+        }
+
         mutating func object(depth: Int) -> JSONValue? {
             i += 1
             var out: [String: JSONValue] = [:]
@@ -309,12 +315,7 @@ package enum RecordJSON {
                 return .object(out)
             }
             while true {
-                skipSpace()
-                guard i < b.count, b[i] == UInt8(ascii: "\""), let key = string() else { return nil }
-                skipSpace()
-                guard i < b.count, b[i] == UInt8(ascii: ":") else { return nil }
-                i += 1
-                guard let v = value(depth: depth + 1) else { return nil }
+                guard let key = key(), let v = value(depth: depth + 1) else { return nil }
                 // Parsers disagree on duplicate keys: JSONDecoder's answer, whatever it is.
                 guard out.updateValue(v, forKey: key) == nil else { return nil }
                 skipSpace()

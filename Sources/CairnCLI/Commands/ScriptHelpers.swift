@@ -298,6 +298,16 @@ struct UUIDHelper: AsyncParsableCommand {
     }
 }
 
+/// A helper's input: FILE, or stdin for `-` (up to 64 MiB from a file).
+func readFileOrStdin(_ file: String, what: String) throws -> Data {
+    if file == "-" { return FileHandle.standardInput.readDataToEndOfFile() }
+    do {
+        return try DurableFile.read(FilePath(file), limit: 64 << 20)
+    } catch let e as SpoolError {
+        throw CLIError(e.code == .notFound ? .usage : .failure, "\(file): cannot read \(what) (\(e.message))")
+    }
+}
+
 struct ResultHelper: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "result",
@@ -309,14 +319,7 @@ struct ResultHelper: AsyncParsableCommand {
     @Flag(name: .long, help: "The input is plain text (stored as a JSON string).") var text = false
 
     func run() async throws {
-        let data: Data
-        if file == "-" {
-            data = FileHandle.standardInput.readDataToEndOfFile()
-        } else {
-            do { data = try DurableFile.read(FilePath(file), limit: 64 << 20) } catch let e as SpoolError {
-                throw CLIError(e.code == .notFound ? .usage : .failure, "\(file): cannot read the result (\(e.message))")
-            }
-        }
+        let data = try readFileOrStdin(file, what: "the result")
         let value: JSONValue
         if text {
             value = .string(String(decoding: data, as: UTF8.self))
@@ -348,14 +351,7 @@ struct ContinueAsNewHelper: AsyncParsableCommand {
     @Argument(help: "A file, or - for stdin (default).") var file: String = "-"
 
     func run() async throws {
-        let data: Data
-        if file == "-" {
-            data = FileHandle.standardInput.readDataToEndOfFile()
-        } else {
-            do { data = try DurableFile.read(FilePath(file), limit: 64 << 20) } catch let e as SpoolError {
-                throw CLIError(e.code == .notFound ? .usage : .failure, "\(file): cannot read the input (\(e.message))")
-            }
-        }
+        let data = try readFileOrStdin(file, what: "the input")
         let where_ = file == "-" ? "stdin" : file
         guard let value = try? JSONValue.parse(data) else { throw CLIError(.failure, "\(where_): the input is not valid JSON") }
         if let problem = JSONValue.duplicateKeyProblem(in: data) { throw CLIError(.failure, "\(where_): the input \(problem)") }
