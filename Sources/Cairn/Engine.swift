@@ -253,7 +253,8 @@ public struct Engine: Sendable {
         case .success(let output):
             do {
                 if let extra = ctx.peek() {
-                    throw NondeterminismError(info: ErrorInfo(type: "nondeterminism", message: "nondeterminism: the workflow returned, but journal/\(extra.fileName) records \(extra.kind) '\(extra.name ?? "")' that the code no longer asked for", file: "journal/" + extra.fileName, expected: ["kind": .string(extra.kind.rawValue), "name": extra.name.map { .string($0) } ?? .null], actual: ["kind": "return"], retryable: false))
+                    let (file, where_) = run.journal.locate(fileName: extra.fileName)
+                    throw NondeterminismError(info: ErrorInfo(type: "nondeterminism", message: "nondeterminism: the workflow returned, but \(where_) records \(extra.kind) '\(extra.name ?? "")' that the code no longer asked for", file: file, expected: ["kind": .string(extra.kind.rawValue), "name": extra.name.map { .string($0) } ?? .null], actual: ["kind": "return"], retryable: false))
                 }
                 let stored = try ctx.store(output)
                 Spool.setAsideForeign(run.paths.resultFile)

@@ -241,10 +241,10 @@ public final class WorkflowContext: Sendable {
     }
 
     func mismatchInfo(_ e: JournalEntry, kind: RecordKind, name: String?) -> ErrorInfo {
-        let file = "journal/" + e.fileName
+        let (file, where_) = journal.locate(fileName: e.fileName)
         let expected: JSONValue = ["kind": .string(e.kind.rawValue), "name": e.name.map { .string($0) } ?? .null]
         let actual: JSONValue = ["kind": .string(kind.rawValue), "name": name.map { .string($0) } ?? .null]
-        let msg = "nondeterminism: \(file) recorded \(e.kind) \(e.name.map { "'\($0)'" } ?? "(unnamed)") at position \(e.seq), but the workflow code asked for \(kind) \(name.map { "'\($0)'" } ?? "(unnamed)"); the code changed under a running run (guard changes with ctx.patched, or fix the code and `cairn retry`)"
+        let msg = "nondeterminism: \(where_) recorded \(e.kind) \(e.name.map { "'\($0)'" } ?? "(unnamed)") at position \(e.seq), but the workflow code asked for \(kind) \(name.map { "'\($0)'" } ?? "(unnamed)"); the code changed under a running run (guard changes with ctx.patched, or fix the code and `cairn retry`)"
         return ErrorInfo(type: "nondeterminism", message: msg, file: file, expected: expected, actual: actual, retryable: false)
     }
 
@@ -372,8 +372,9 @@ public final class WorkflowContext: Sendable {
         do {
             return try v.decode(as: T.self)
         } catch {
-            let file = file()
-            throw nondeterminism(ErrorInfo(type: "nondeterminism", message: "nondeterminism: \(file) holds a value that does not decode as \(T.self): \(JSONValue.describe(error))", file: file, retryable: false))
+            var (file, where_) = (file(), file())
+            if file.hasPrefix("journal/") { (file, where_) = journal.locate(fileName: String(file.dropFirst(8))) }
+            throw nondeterminism(ErrorInfo(type: "nondeterminism", message: "nondeterminism: \(where_) holds a value that does not decode as \(T.self): \(JSONValue.describe(error))", file: file, retryable: false))
         }
     }
 

@@ -241,7 +241,8 @@ public enum ScriptWorkflow {
         let consumed = (state?.exec == execID ? state?.cursor : nil) ?? 0
         if consumed + 1 < effective.count {
             let extra = effective[consumed + 1]
-            throw NondeterminismError(info: ErrorInfo(type: "nondeterminism", message: "nondeterminism: the script exited 0, but journal/\(extra.fileName) records \(extra.kind) '\(extra.name ?? "")' that no helper asked for this time (helper calls removed or skipped?); fix the script and `cairn retry`", file: "journal/" + extra.fileName, expected: ["kind": .string(extra.kind.rawValue), "name": extra.name.map { .string($0) } ?? .null], actual: ["kind": "return"], retryable: false))
+            let (file, where_) = spool.journal(ctx.runID).locate(fileName: extra.fileName)
+            throw NondeterminismError(info: ErrorInfo(type: "nondeterminism", message: "nondeterminism: the script exited 0, but \(where_) records \(extra.kind) '\(extra.name ?? "")' that no helper asked for this time (helper calls removed or skipped?); fix the script and `cairn retry`", file: file, expected: ["kind": .string(extra.kind.rawValue), "name": extra.name.map { .string($0) } ?? .null], actual: ["kind": "return"], retryable: false))
         }
         // The result is the last `cairn result` record, if any.
         if let last = Journal.effective(journal).last(where: { $0.kind == "result" }) { return try ctx.resolveValue(last.value ?? .null) }

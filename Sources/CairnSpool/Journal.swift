@@ -20,6 +20,10 @@ public struct Journal: Sendable {
         public var file: String
         /// What is wrong with it.
         public var problem: String
+        /// A segment damaged after its first line: the last position of it that is still
+        /// in the valid prefix (its lines before the damage). `fsck --repair` keeps those as
+        /// a segment of their own, so records before the damage are not lost.
+        public var keptThrough: Int?
         /// `FILE: PROBLEM`.
         public var description: String { "\(file): \(problem)" }
     }
@@ -106,17 +110,37 @@ public struct Journal: Sendable {
             }
             let expected = entries.count + 1
             guard seg.first == expected else {
-                damage.append(Damage(file: seg.name, problem: seg.first < expected ? "overlaps positions \(seg.first)–\(expected - 1), already read" : "starts at position \(seg.first) but \(expected) is missing"))
-                broken = true
+                if seg.first < expected {
+                    // Positions already read: this file does not belong (a stray copy, a bad
+                    // name). It is set aside; the journal goes on with the segments after it.
+                    damage.append(Damage(file: seg.name, problem: "overlaps positions \(seg.first)–\(min(seg.last, expected - 1)), already read from another file"))
+                } else {
+                    damage.append(Damage(file: seg.name, problem: "starts at position \(seg.first) but \(expected) is missing"))
+                    broken = true
+                }
                 continue
             }
             let before = entries.count
+            var problem: String? = nil
             do {
                 try Self.decodeSegment(DurableFile.read(directory.appending(seg.name), limit: Self.segmentReadLimit), first: seg.first, last: seg.last, appendingTo: &entries)
-                if let blobs { for e in entries[before...] { try blobs.verifyReferences(in: e) } }
             } catch let e as SpoolError {
-                entries.removeSubrange(before...)
-                damage.append(Damage(file: seg.name, problem: e.message))
+                // The lines before the bad one were read and stay in the prefix.
+                problem = e.message
+            }
+            if let blobs {
+                for k in before..<entries.count {
+                    do {
+                        try blobs.verifyReferences(in: entries[k])
+                    } catch let e as SpoolError {
+                        problem = "line \(k - before + 1): \(e.message)"
+                        entries.removeSubrange(k...)
+                        break
+                    }
+                }
+            }
+            if let problem {
+                damage.append(Damage(file: seg.name, problem: problem, keptThrough: entries.count > before ? entries.count : nil))
                 broken = true
             }
         }
@@ -155,6 +179,22 @@ public struct Journal: Sendable {
             }
         }
         return Contents(entries: entries, damage: damage, segmentEnd: segmentEnd, redundant: redundant, tailFiles: tailFiles)
+    }
+
+    /// Where the record that was written as `fileName` (`NNNNNN-KIND[-NAME].json`) lives now,
+    /// for messages: `journal/NAME` while it is a file of its own, else the segment that holds
+    /// it and its line (`journal/FIRST-LAST.jsonl`, "line N"). Lists the directory: for error
+    /// paths only.
+    public func locate(fileName: String) -> (file: String, text: String) {
+        let own = "journal/" + fileName
+        guard !DurableFile.exists(directory.appending(fileName)), let (seq, _) = JournalEntry.parseFileName(fileName),
+              let names = try? Spool.list(directory) else { return (own, own) }
+        for name in names {
+            if let (first, last) = Self.parseSegmentName(name), first <= seq, seq <= last {
+                return ("journal/" + name, "journal/\(name) line \(seq - first + 1) (written as \(fileName))")
+            }
+        }
+        return (own, own)
     }
 
     /// The last position, from the file names alone (0: an empty journal).
@@ -319,6 +359,30 @@ public struct Journal: Sendable {
         CrashPoints.reached("compact.after-segment")
         try removeRedundant(tail.map(\.1))
         return 0
+    }
+
+    /// For `fsck --repair` of a segment damaged after its first line (`Damage.keptThrough`):
+    /// its valid lines are kept as a segment of their own and the damaged file goes to
+    /// `copyTo` (a copy first, then the file leaves the journal), so that the records before
+    /// the damage stay in the journal. Every step is durable and a crash between them leaves
+    /// a journal that reads the valid lines (the kept segment sorts before the damaged file,
+    /// which then only overlaps). Returns the kept segment's name; nil when there is nothing
+    /// to keep (the caller moves the file).
+    public func keepValidPart(of d: Damage, entries: [JournalEntry], copyTo: FilePath) throws -> String? {
+        guard let kept = d.keptThrough, let (first, _) = Self.parseSegmentName(d.file), kept >= first, kept <= entries.count else { return nil }
+        var text = ""
+        for e in entries[(first - 1)..<kept] { text += try e.canonicalJSON().compactText() + "\n" }
+        let damaged = directory.appending(d.file)
+        try durable.write(DurableFile.read(damaged, limit: Self.segmentReadLimit), to: copyTo, mode: .noReplace)
+        let name = Self.segmentName(first: first, last: kept)
+        if name == d.file {
+            try durable.write(Data(text.utf8), to: damaged, mode: .replace)
+        } else {
+            try durable.write(Data(text.utf8), to: directory.appending(name), mode: .noReplace)
+            guard unlink(damaged.string) == 0 || errno == ENOENT else { throw SpoolError(.io, path: damaged.string, errno: errno, "cannot remove a damaged segment") }
+            try DurableFile.fsyncDirectory(directory)
+        }
+        return name
     }
 
     /// Removes single files a segment holds (`Contents.redundant`, or the tail just moved

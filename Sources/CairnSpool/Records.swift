@@ -273,6 +273,9 @@ public struct JournalEntry: Codable, Sendable, Hashable {
     package static func decodeWithFoundation(_ data: Data, file: String?) throws -> JournalEntry {
         // JSONDecoder stops at a NUL byte and ignores what follows; a NUL is never JSON.
         if data.contains(0) { throw SpoolError(.malformed, path: file, "not valid JSON: a NUL byte") }
+        // Parsers disagree on duplicate keys (`cairn show` read one "seq", jq the other): a
+        // record with one is damaged, as a cairn.json or a drop with one is refused.
+        if let problem = JSONValue.duplicateKeyProblem(in: data) { throw SpoolError(.malformed, path: file, problem) }
         do {
             return try JSONCoding.decoder.decode(JournalEntry.self, from: data)
         } catch {

@@ -140,8 +140,9 @@ public enum Repair {
                     if let unusable {
                         f.problem += "; not moved: \(unusable)"
                     } else if repair {
-                        try DurableFile.rename(journal.directory.appending(d.file), to: dest.appending(d.file), mode: .noReplace)
-                        f.repaired = "moved to \(rel(dest))/ (the journal now ends at position \(entries.count))"
+                        let kept = try journal.keepValidPart(of: d, entries: entries, copyTo: dest.appending(d.file))
+                        if kept == nil { try DurableFile.rename(journal.directory.appending(d.file), to: dest.appending(d.file), mode: .noReplace) }
+                        f.repaired = "moved to \(rel(dest))/" + (kept.map { ", its records before the damage kept as journal/\($0)" } ?? "") + " (the journal now ends at position \(entries.count))"
                     }
                     report.findings.append(f)
                 }

@@ -88,12 +88,79 @@ import Testing
         lines[4] = String(lines[4].prefix(20))
         try Data((lines.joined(separator: "\n") + "\n").utf8).write(to: URL(fileURLWithPath: seg))
         let c = try j.readPrefix()
-        #expect(c.entries.isEmpty)
+        #expect(c.entries.map(\.seq) == [1, 2, 3, 4])  // the lines before the damage
         #expect(c.damage.first?.problem.hasPrefix("line 5:") == true)
+        #expect(c.damage.first?.keptThrough == 4)
         // Cut short (no final newline), a line too many, a wrong seq: each named.
         #expect(throws: SpoolError.self) { try Journal.decodeSegment(Data(#"{"at":"2026-01-01T00:00:00.000Z","kind":"start","seq":1}"#.utf8), first: 1, last: 1) }
         #expect(throws: SpoolError.self) { try Journal.decodeSegment(Data("{\"at\":\"2026-01-01T00:00:00.000Z\",\"kind\":\"start\",\"seq\":2}\n".utf8), first: 1, last: 1) }
         withExtendedLifetime(t) {}
+    }
+
+    /// Found by an outside attack: one bad line made `fsck --repair` set the whole segment
+    /// aside, and the steps recorded on the good lines before it ran again (at-most-once ones
+    /// too). The lines before the damage stay in the journal.
+    @Test func repairKeepsTheRecordsBeforeADamagedLine() throws {
+        let (t, j) = try Self.filled(10)
+        let before = try j.load()
+        try j.compact(threshold: 2)
+        let seg = j.directory.appending("000001-000010.jsonl").string
+        var lines = try String(contentsOfFile: seg, encoding: .utf8).split(separator: "\n").map(String.init)
+        lines[7] = lines[7].replacingOccurrences(of: #""seq":8"#, with: #""seq":80"#)
+        try Data((lines.joined(separator: "\n") + "\n").utf8).write(to: URL(fileURLWithPath: seg))
+        let c = try j.readPrefix()
+        #expect(c.entries == Array(before[0..<7]))
+        #expect(c.damage.first?.keptThrough == 7)
+        let report = try Repair.run(t.spool, repair: true)
+        #expect(report.findings.contains { $0.repaired?.contains("kept as journal/000001-000007.jsonl") == true }, "\(report.findings)")
+        #expect(try Self.names(j) == ["000001-000007.jsonl"])
+        #expect(try j.load() == Array(before[0..<7]))
+        // The damaged file is kept in repair/, whole.
+        let run = try Spool.list(t.spool.runsDirectory)[0]
+        let repaired = try FileManager.default.subpathsOfDirectory(atPath: t.spool.run(run).repairDirectory.string)
+        #expect(repaired.contains { $0.hasSuffix("000001-000010.jsonl") })
+    }
+
+    /// A line too many after a whole segment: the segment keeps its name and its records.
+    @Test func repairKeepsAWholeSegmentWithALineTooMany() throws {
+        let (t, j) = try Self.filled(6)
+        let before = try j.load()
+        try j.compact(threshold: 2)
+        let seg = j.directory.appending("000001-000006.jsonl").string
+        let text = try String(contentsOfFile: seg, encoding: .utf8)
+        try Data((text + text.split(separator: "\n")[5] + "\n").utf8).write(to: URL(fileURLWithPath: seg))
+        #expect(throws: SpoolError.self) { try j.load() }
+        _ = try Repair.run(t.spool, repair: true)
+        #expect(try Self.names(j) == ["000001-000006.jsonl"])
+        #expect(try j.load() == before)
+    }
+
+    /// Found by an outside attack: a stray copy of a segment under an overlapping name made
+    /// every record after it damage (18 steps ran again). It alone is set aside.
+    @Test func aStraySegmentOverlappingOthersIsSetAsideAlone() throws {
+        let (t, j) = try Self.filled(12)
+        try j.compact(threshold: 5)
+        for i in 13...14 { try j.append(JournalEntry(seq: i, kind: .step, name: "s\(i)", at: Date(timeIntervalSince1970: 1_800_000_100))) }
+        try j.compact(threshold: 2)
+        let before = try j.load()
+        try FileManager.default.copyItem(atPath: j.directory.appending("000001-000012.jsonl").string, toPath: j.directory.appending("000001-000999.jsonl").string)
+        let c = try j.readPrefix()
+        #expect(c.entries == before)
+        #expect(c.damage.map(\.file) == ["000001-000999.jsonl"])
+        _ = try Repair.run(t.spool, repair: true)
+        #expect(try j.load() == before)
+        #expect(try Self.names(j) == ["000001-000012.jsonl", "000013-000014.jsonl"])
+    }
+
+    /// Found by an outside attack: a record with a key twice read one way in `cairn show`
+    /// and another in jq. It is damage.
+    @Test func aRecordWithADuplicateKeyIsDamage() throws {
+        let (t, j) = try Self.filled(3)
+        let file = j.directory.appending(try j.load()[1].fileName).string
+        let text = try String(contentsOfFile: file, encoding: .utf8)
+        try Data(text.replacingOccurrences(of: #""seq": 2"#, with: #""seq": 2, "seq": 9"#).utf8).write(to: URL(fileURLWithPath: file))
+        #expect(throws: SpoolError.self) { try j.load() }
+        #expect(try Repair.run(t.spool, repair: false).findings.contains { $0.problem.contains("duplicate") || $0.problem.contains("twice") })
     }
 
     @Test func segmentNamesAreStrict() {
@@ -141,7 +208,7 @@ import Testing
         }
         for _ in 0..<3000 { same(Timestamp.format(Date(timeIntervalSince1970: Double.random(in: -2_000_000_000...5_000_000_000, using: &rng)))) }
         for _ in 0..<1000 { same(Timestamp.format(Date(timeIntervalSince1970: Double.random(in: 975_000_000...982_000_000, using: &rng)))) }
-        for s in ["2024-02-29T23:59:59.999Z", "2000-02-29T00:00:00.000Z", "1970-01-01T00:00:00.000Z", "1969-12-31T23:59:59.999Z", "2001-01-01T00:00:00.001Z"] { same(s) }
+        for s in ["2024-02-29T23:59:59.999Z", "2000-02-29T00:00:00.000Z", "1970-01-01T00:00:00.000Z", "1969-12-31T23:59:59.999Z", "2001-01-01T00:00:00.001Z", "0020-11-27T09:17:28.000Z", "1582-10-04T00:00:00.000Z", "1582-10-15T00:00:00.000Z", "1583-01-01T00:00:00.000Z"] { same(s) }
         // What the hand-written parser declines, the format style reads as it always did.
         for odd in ["2023-02-29T00:00:00.000Z", "2026-13-01T00:00:00.000Z", "2026-01-01T24:00:00.000Z", "2026-01-01T00:00:00.00xZ", "2026-01-01T00:00:00Z"] {
             let slow = (try? Date.ISO8601FormatStyle(includingFractionalSeconds: true).parse(odd)) ?? (try? Date.ISO8601FormatStyle().parse(odd))

@@ -52,6 +52,29 @@ import Testing
         #expect(names == ["000001-000011.jsonl"])
     }
 
+    /// Found by an outside attack: a nondeterminism error named `journal/000003-step-s1.json`,
+    /// a file that no longer existed (the record was in a segment).
+    @Test func aNondeterminismErrorNamesTheSegmentAndLine() async throws {
+        let t = try TempSpool()
+        try t.setConfig("journal_segment_records", 5)
+        let before = workflow("drift") { ctx, _ in
+            for i in 0..<8 { let _: Int = try await ctx.step("s\(i)") { _ in i } }
+            _ = try await ctx.approval("go", request: .init(summary: "go?"))
+            return .null
+        }
+        let id = try t.submit("drift", input: JSONValue.null)
+        guard case .waiting = try await t.engine([before]).advance(id) else { Issue.record("not waiting"); return }
+        let after = workflow("drift") { ctx, _ in
+            let _: Int = try await ctx.step("s0") { _ in 0 }
+            let _: Int = try await ctx.step("renamed") { _ in 1 }
+            return .null
+        }
+        guard case .failed(let e) = try await t.engine([after]).advance(id) else { Issue.record("not failed"); return }
+        #expect(e.type == "nondeterminism")
+        #expect(e.file == "journal/000001-000005.jsonl")
+        #expect(e.message.contains("journal/000001-000005.jsonl line 3 (written as 000003-step-s1.json)"), "\(e.message)")
+    }
+
     @Test func continueAsNewEndsTheRunIntoALinkedNewOne() async throws {
         let t = try TempSpool()
         let effects = Effects()
