@@ -18,6 +18,17 @@ public enum AdvanceOutcome: Sendable, Equatable {
     /// interrupted operation; the run resumes like after a crash.
     case interrupted
 
+    /// The status state.json holds for this outcome (nil: busy, unknown workflow, interrupted).
+    var settledStatus: RunStatus? {
+        switch self {
+        case .completed: return .completed
+        case .failed: return .failed
+        case .cancelled: return .cancelled
+        case .waiting: return .waiting
+        case .busy, .unknownWorkflow, .interrupted: return nil
+        }
+    }
+
     public var isTerminal: Bool {
         switch self {
         case .completed, .failed, .cancelled: return true
@@ -57,7 +68,17 @@ public struct Engine: Sendable {
     /// the top; conclude (the engine's control decisions, the terminal records and
     /// compensations); persist (state.json, or nothing when nothing changed) and wake a
     /// parent.
+    ///
+    /// When it wrote nothing (state.json was already right), it still puts the run's status
+    /// index right: the index is derived and written after state.json, so a process killed
+    /// between the two left it behind for good otherwise (a completed run listed as running).
     public func advanceReporting(_ runID: String) async throws -> (outcome: AdvanceOutcome, acted: Bool) {
+        let r = try await advanceOnce(runID)
+        if !r.acted, let status = r.outcome.settledStatus { spool.updateIndex(runID, status: status) }
+        return r
+    }
+
+    func advanceOnce(_ runID: String) async throws -> (outcome: AdvanceOutcome, acted: Bool) {
         let paths = spool.run(runID)
         guard let lock = try RunLock.tryAcquire(paths.directory) else { return (.busy, false) }
         defer { withExtendedLifetime(lock) {} }
@@ -67,10 +88,7 @@ public struct Engine: Sendable {
         guard let workflow = registry[run.record.workflow] else {
             return (.unknownWorkflow(run.record.workflow), false)
         }
-        if let w = unchangedWait(run, workflow) {
-            spool.updateIndex(runID, status: .waiting)  // (as above: derived, after state.json)
-            return (.waiting(w), false)
-        }
+        if let w = unchangedWait(run, workflow) { return (.waiting(w), false) }
         try recordStart(&run, workflow)
         let executions = (run.previous?.counters.executions ?? 0) + 1
         let ctx = context(for: run, executions: executions)
@@ -169,9 +187,6 @@ public struct Engine: Sendable {
                 try writeState(run.record, entries: run.entries, executions: run.previous?.counters.executions ?? 0, status: status, error: last.error)
                 return (outcome, true)
             }
-            // state.json is right; the index (derived, written after it) may not be, if a
-            // process died between the two.
-            spool.updateIndex(run.id, status: status)
             return (outcome, false)
         }
         if let p = run.previous, p.status == .failed, let e = p.error, e.type == "nondeterminism", !DurableFile.exists(paths.retryFile) {
@@ -303,8 +318,7 @@ public struct Engine: Sendable {
         let previous = run.previous
         if case .waiting(let w) = outcome, !ctx.appendedRecords, replayedUsage.isEmpty, previous?.status == .waiting, previous?.waitingFor == w,
            previous?.counters.journalEntries == full.count {
-            // Woken, replayed, waiting on the same thing: nothing to write (but the index).
-            spool.updateIndex(run.id, status: .waiting)
+            // Woken, replayed, waiting on the same thing: nothing to write.
             return (outcome, false)
         }
         let savedNow = replayedUsage.reduce(Int64(0)) { $0 + ($1.data?["tokens"]?["input"]?.intValue ?? 0) + ($1.data?["tokens"]?["output"]?.intValue ?? 0) }

@@ -351,10 +351,8 @@ struct ContinueAsNewHelper: AsyncParsableCommand {
     @Argument(help: "A file, or - for stdin (default).") var file: String = "-"
 
     func run() async throws {
-        let data = try readFileOrStdin(file, what: "the input")
-        let where_ = file == "-" ? "stdin" : file
-        guard let value = try? JSONValue.parse(data) else { throw CLIError(.failure, "\(where_): the input is not valid JSON") }
-        if let problem = JSONValue.duplicateKeyProblem(in: data) { throw CLIError(.failure, "\(where_): the input \(problem)") }
+        // Judged as every --input is (empty, depth, JSON, a key twice, a blob-shaped value).
+        let value = try Output.readJSONArgument(file, what: "the input")
         var session = try HelperSession.open("continue-as-new")
         let id = try await session.perform { ctx in try await ctx.continueAsNewRecording(value) }
         Output.line(id)
