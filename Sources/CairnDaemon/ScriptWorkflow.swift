@@ -115,7 +115,7 @@ public enum ScriptWorkflow {
         let run = ctx.runID
         let execID = UUID().uuidString.lowercased()
         let statePath = execStatePath(spool, run)
-        try spool.durable.write(json: JSONValue(encoding: ExecState(exec: execID, run: run, cursor: ctx.cursor)), to: statePath)
+        try spool.durable.write(json: JSONValue(encoding: ExecState(exec: execID, run: run, cursor: ctx.cursor)), to: statePath, durability: .atomicOnly)
         let spoolWorks = spoolWorksPath(statePath)
         let marker = open(spoolWorks, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
         guard marker >= 0 else { throw SpoolError(.io, path: spoolWorks, "cannot create (\(String(cString: strerror(errno))))") }

@@ -27,6 +27,16 @@ public struct DurableFile: Sendable {
         case noReplace
     }
 
+    /// Whether the write must survive a power loss.
+    public enum Durability: Sendable {
+        /// fsync the file before the rename and its directory after (every spool file).
+        case durable
+        /// Atomic (readers see the old file or the new one, whole) but not fsync'd: only for
+        /// the coordination files of one script execution in tmp/ (its exec state), which
+        /// nothing reads after a restart (a new execution writes its own).
+        case atomicOnly
+    }
+
     private static let counter = Atomic<UInt64>(0)
 
     /// A unique temp path in tmp/: `PID.COUNTER.HINT.tmp`.
@@ -37,8 +47,8 @@ public struct DurableFile: Sendable {
     }
 
     /// Durably writes `data` to `path`.
-    public func write(_ data: Data, to path: FilePath, mode: Mode = .replace) throws {
-        try Self.commit(data, staging: tempPath(hint: path.lastComponent?.string ?? "file"), to: path, mode: mode)
+    public func write(_ data: Data, to path: FilePath, mode: Mode = .replace, durability: Durability = .durable) throws {
+        try Self.commit(data, staging: tempPath(hint: path.lastComponent?.string ?? "file"), to: path, mode: mode, durability: durability)
     }
 
     /// The same durable write for a person's drop (`cairn approve`, `signal`, `cancel`…):
@@ -61,7 +71,7 @@ public struct DurableFile: Sendable {
     }
 
     /// write → fsync → rename → fsync(directory), with `staging` as the temp file.
-    static func commit(_ data: Data, staging tmp: FilePath, to path: FilePath, mode: Mode, permissions: FilePermissions = [.ownerReadWrite, .groupRead, .otherRead]) throws {
+    static func commit(_ data: Data, staging tmp: FilePath, to path: FilePath, mode: Mode, durability: Durability = .durable, permissions: FilePermissions = [.ownerReadWrite, .groupRead, .otherRead]) throws {
         #if CAIRN_TEST_HOOKS
         let fault = WriteFault.current
         let landsIfFailed = try fault?.beforeWrite(path)
@@ -77,7 +87,7 @@ public struct DurableFile: Sendable {
                 throw SpoolError(.io, path: tmp.string, errno: (error as? Errno)?.rawValue, "cannot write temp file")
             }
             CrashPoints.reached("write.before-fsync")
-            try fsync(fd, path: tmp)
+            if durability == .durable { try fsync(fd, path: tmp) }
             try close(fd, path: tmp)
         } catch {
             _ = unlink(tmp.string)
@@ -91,7 +101,7 @@ public struct DurableFile: Sendable {
             throw error
         }
         CrashPoints.reached("write.before-dirsync")
-        try fsyncDirectory(path.removingLastComponent())
+        if durability == .durable { try fsyncDirectory(path.removingLastComponent()) }
         CrashPoints.reached("write.after-dirsync")
         #if CAIRN_TEST_HOOKS
         if landsIfFailed == true { try fault?.afterWrite(path) }
@@ -99,8 +109,8 @@ public struct DurableFile: Sendable {
     }
 
     /// Writes a value in Cairn's canonical JSON text.
-    public func write(json: JSONValue, to path: FilePath, mode: Mode = .replace) throws {
-        try write(json.canonicalData(), to: path, mode: mode)
+    public func write(json: JSONValue, to path: FilePath, mode: Mode = .replace, durability: Durability = .durable) throws {
+        try write(json.canonicalData(), to: path, mode: mode, durability: durability)
     }
 
     /// Makes a fresh, empty staging directory under tmp/ for building a directory tree

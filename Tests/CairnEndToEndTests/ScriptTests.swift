@@ -208,3 +208,39 @@ import Testing
         #expect(try t.journalSummary(r2).filter { $0 == "retry:run" }.isEmpty)
     }
 }
+
+/// What a script's helper call costs in processes (issue: script steps cost 31 ms each).
+@Suite(.serialized) struct ScriptHelperCostTests {
+    /// `cairn step NAME -- CMD` starts CMD once: the helper finds it on PATH itself instead of
+    /// forking a child to try execve in each directory before the right one (each fork of the
+    /// large helper process cost about a millisecond, and PATH often has a dozen entries).
+    @Test func aStepsCommandIsStartedOnceNotTriedInEachPathDirectory() async throws {
+        let t = try TempSpool()
+        let p = t.spool.workflowsDirectory.appending("one").string
+        try """
+            #!/bin/sh
+            cairn step s -- true
+            echo '"ok"' | cairn result -
+            """.write(toFile: p, atomically: true, encoding: .utf8)
+        chmod(p, 0o755)
+        let trace = t.path.appending("trace").string
+        let missing = (1...6).map { t.path.appending("nothing-\($0)").string }
+        let daemon = try Binary.start("/usr/bin/strace", ["-f", "-e", "trace=execve", "-o", trace, "--", Binary.path("cairn-fixtures"), "daemon", "--spool", t.spool.root.string, "--log-level", "warning"],
+                                      env: ["PATH": (missing + ["/usr/bin", "/bin"]).joined(separator: ":")])
+        let r = try t.submit("one", input: 0)
+        do {
+            try await t.waitFor(r, .completed, timeout: 30)
+        } catch {
+            kill(daemon.0.processIdentifier, SIGTERM)
+            _ = await Binary.finish(daemon)
+            throw error
+        }
+        let children = (try? String(contentsOfFile: "/proc/\(daemon.0.processIdentifier)/task/\(daemon.0.processIdentifier)/children", encoding: .utf8)) ?? ""
+        for c in children.split(separator: " ").compactMap({ Int32($0) }) { kill(c, SIGTERM) }
+        _ = await Binary.finish(daemon)
+        let lines = try String(contentsOfFile: trace, encoding: .utf8).split(separator: "\n")
+        let tries = lines.filter { $0.contains("execve(\"") && $0.contains("/nothing-") && $0.contains("/true\"") }
+        #expect(tries.isEmpty, "the step's command was tried in \(tries.count) PATH directories where it is not:\n\(tries.prefix(3).joined(separator: "\n"))")
+        #expect(lines.contains { $0.contains("execve(\"/usr/bin/true\"") }, "the command ran")
+    }
+}

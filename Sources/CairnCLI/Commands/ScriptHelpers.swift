@@ -40,6 +40,12 @@ struct HelperSession {
         return HelperSession(helper: helper, spool: spool, run: run, state: state, statePath: path)
     }
 
+    /// The exec state for the daemon and the next helper: atomic, not fsync'd (nothing reads
+    /// it after a restart; the journal record before it is what must survive).
+    func writeState() throws {
+        try spool.durable.write(json: JSONValue(encoding: state), to: statePath, durability: .atomicOnly)
+    }
+
     /// Runs one durable operation; on a wait, cancellation or nondeterminism, records the
     /// outcome for the daemon and stops the whole script (its process group).
     mutating func perform<T>(_ op: (WorkflowContext) async throws -> T) async throws -> T {
@@ -73,7 +79,7 @@ struct HelperSession {
             // or a spool error: the helper reports it as if it had thrown.
             try ctx.throwIfStopped()
             state.cursor = ctx.cursor
-            try spool.durable.write(json: JSONValue(encoding: state), to: statePath)
+            try writeState()
             return v
         } catch {
             if let w = WorkflowContext.waitingFor(error) {
@@ -94,15 +100,15 @@ struct HelperSession {
                 Output.raw(Data("cairn: \(e.description)\n".utf8), to: 2)
                 // Said first by removing a name (which needs no space), then in the state.
                 _ = unlink(ScriptWorkflow.spoolWorksPath(statePath))
-                try? spool.durable.write(json: JSONValue(encoding: state), to: statePath)
+                try? writeState()
                 kill(0, SIGKILL)
                 while true { pause() }
             } else {
                 state.cursor = ctx.cursor
-                try? spool.durable.write(json: JSONValue(encoding: state), to: statePath)
+                try? writeState()
                 throw error
             }
-            try spool.durable.write(json: JSONValue(encoding: state), to: statePath)
+            try writeState()
             kill(0, SIGKILL)  // this script's process group; the daemon takes it from here
             while true { pause() }
         }
@@ -161,8 +167,11 @@ struct StepHelper: AsyncParsableCommand {
                 try await ctx.stepWithAttempts(name, semantics: atMostOnce ? .atMostOnce : .atLeastOnce, retry: policy, timeout: timeout?.duration) { attempt in
                     // A timeout (or a stop) kills the command and everything it started.
                     let pid = ProcessTree()
+                    // Found on PATH here, not by Subprocess: it forks a child to try execve in
+                    // each PATH directory in turn (a fork of this large process each).
+                    let executable: Executable = cmd[0].contains("/") ? .path(FilePath(cmd[0])) : .path(try await Executable.name(cmd[0]).resolveExecutablePath(in: .inherit))
                     let config = Configuration(
-                        executable: cmd[0].contains("/") ? .path(FilePath(cmd[0])) : .name(cmd[0]),
+                        executable: executable,
                         arguments: Arguments(Array(cmd.dropFirst())),
                         environment: .inherit.updating(["CAIRN_IDEMPOTENCY_KEY": attempt.idempotencyKey, "CAIRN_STEP_ATTEMPT": String(attempt.number), "CAIRN_IN_STEP": name]))
                     let r = try await withTaskCancellationHandler {
