@@ -40,6 +40,8 @@ public actor Daemon: Service {
     var logger: Logger
     private var lastOverflowWarning: Date?
     private var overflowsSinceWarning = 0
+    /// The watcher's epoch when the last rescan began.
+    private var lastRescanEpoch: UInt64 = 0
     let options: DaemonOptions
 
     private var scheduler: Scheduler
@@ -254,6 +256,7 @@ public actor Daemon: Service {
     /// too: a decision may have been dropped while no daemon was watching.
     public func rescan(reason: String) async {
         let started = ContinuousClock.now
+        lastRescanEpoch = watcher.epoch
         for name in ((try? Spool.list(spool.inboxDirectory)) ?? []).sorted() { acceptInbox(name) }
         // state.json and run.json of every listed run are read off the actor.
         let found = await Self.scanSpool(spool)
@@ -334,6 +337,10 @@ public actor Daemon: Service {
 
     func handle(_ e: WatchEvent) async {
         if e.kind == .overflow {
+            // Reported before the last rescan began: that rescan found what was lost. (While
+            // a rescan runs, the queue may fill and take one overflow each time a slot frees:
+            // a rescan each would be a loop of rescans.)
+            if e.epoch <= lastRescanEpoch { return }
             // A flood of file churn can overflow the queue again and again: one warning a
             // minute, with the count, not one per overflow.
             overflowsSinceWarning += 1

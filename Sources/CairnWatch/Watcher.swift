@@ -23,6 +23,9 @@ public struct WatchEvent: Sendable, Hashable, CustomStringConvertible {
     public var directory: String
     /// The file's name inside it; empty for events on the directory itself.
     public var name: String
+    /// For `.overflow`: the watcher's `epoch` when it was reported. Every event lost to it
+    /// happened before then, so a rescan that began at that epoch or later has found them.
+    public var epoch: UInt64 = 0
 
     public var description: String { "\(kind) \(directory)/\(name)" }
 }
@@ -65,8 +68,19 @@ public final class Watcher: Sendable {
     /// in the group can create and delete names in a drop directory) costs a rescan, not
     /// unbounded memory and a daemon minutes behind.
     public let events: AsyncStream<WatchEvent>
-    public static let queueLimit = 1024
+    public static let queueLimit = queueLimitHook ?? 1024
+    #if CAIRN_TEST_HOOKS
+    /// `CAIRN_SIMULATE_QUEUE_LIMIT=N` (debug builds only): a smaller queue, so that a test can
+    /// overflow it with a hundred runs instead of thousands.
+    static let queueLimitHook: Int? = ProcessInfo.processInfo.environment["CAIRN_SIMULATE_QUEUE_LIMIT"].flatMap(Int.init).flatMap { $0 > 0 ? $0 : nil }
+    #else
+    static let queueLimitHook: Int? = nil
+    #endif
     nonisolated(unsafe) private var overflowPending = false  // touched only by the watcher thread
+    private let delivered = Atomic<UInt64>(0)
+    /// Events the kernel has reported so far (a clock for `.overflow`'s `epoch`): a rescan
+    /// that reads it first covers every overflow reported with an epoch up to it.
+    public var epoch: UInt64 { delivered.load(ordering: .acquiring) }
     /// The inotify fd (for tests of close-on-exec).
     public let inotifyFD: Int32
 
@@ -206,6 +220,7 @@ public final class Watcher: Sendable {
         // `CAIRN_SIMULATE_REMOTE_WRITES=1` (debug builds only): see nothing, as a daemon on another
         // host of a shared filesystem would; only --rescan-interval finds the work.
         if Self.blind { return }
+        delivered.add(1, ordering: .releasing)
         let mask = ev.pointee.mask
         if mask & UInt32(IN_Q_OVERFLOW) != 0 {
             overflowPending = true
@@ -221,6 +236,11 @@ public final class Watcher: Sendable {
             let p = UnsafeRawPointer(ev).advanced(by: MemoryLayout<inotify_event>.size).assumingMemoryBound(to: CChar.self)
             name = String(cString: p)
         }
+        // Names starting with "." are never events: the runtime's own lock files (each
+        // advance opens and closes runs/ID/.lock) and the staging files of drops, which land
+        // by a rename to their real name. Counted toward the queue, a rescan's own lock
+        // files overflowed it and caused the next rescan, for ever.
+        if name.hasPrefix(".") { return }
         let kind: WatchEvent.Kind
         if mask & UInt32(IN_IGNORED | IN_DELETE_SELF | IN_UNMOUNT) != 0 {
             if shared.withLock({ $0.watched.remove(dir) }) != nil, mask & UInt32(IN_IGNORED) == 0 {
@@ -263,7 +283,7 @@ public final class Watcher: Sendable {
 
     /// Puts the pending overflow in the queue if there is room; whether it went in.
     private func reportOverflowIfRoom() -> Bool {
-        if case .dropped = continuation.yield(WatchEvent(kind: .overflow, directory: "", name: "")) { return false }
+        if case .dropped = continuation.yield(WatchEvent(kind: .overflow, directory: "", name: "", epoch: epoch)) { return false }
         overflowPending = false
         return true
     }

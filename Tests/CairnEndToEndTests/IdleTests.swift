@@ -77,4 +77,26 @@ import Testing
         try await t.waitFor(runs[0], .completed, timeout: 5)
         await d.stop()
     }
+
+    /// A rescan advances every waiting run; each advance opens and closes the run's lock file
+    /// in a watched directory. With more waiting runs than the watcher's queue holds (1,024;
+    /// here 32, through a test hook) those events overflowed the queue, the overflow caused a
+    /// rescan, the rescan made as many events again: a daemon with 1,000 waiting runs burned
+    /// 1.6 cores for ever (`cairn bench`, idle CPU). The runtime's own dot-files are no events.
+    @Test func aRescanOfMoreWaitingRunsThanTheQueueHoldsEndsIdle() async throws {
+        let t = try TempSpool()
+        var runs: [String] = []
+        for i in 0..<100 { runs.append(try t.submit("gate", input: ["who": .string("w\(i)")] as JSONValue)) }
+        let d = try await DaemonProcess(spool: t.spool, env: ["CAIRN_SIMULATE_QUEUE_LIMIT": "32"])
+        for r in runs { try await t.waitFor(r, .waiting, timeout: 60) }
+        try await Task.sleep(for: .microseconds(1_000_000))
+        let ticks0 = try Self.cpuTicks(d.pid)
+        try await Task.sleep(for: .microseconds(3_000_000))
+        let ticks1 = try Self.cpuTicks(d.pid)
+        print("daemon with 100 waiting runs and a watcher queue of 32, 3 s after they all wait: \(ticks1 - ticks0) CPU ticks")
+        #expect(ticks1 - ticks0 <= 5, "the daemon keeps working with every run waiting (a rescan loop?)")
+        try t.drop("approvals/go.approved", in: runs[0])
+        try await t.waitFor(runs[0], .completed, timeout: 10)
+        await d.stop()
+    }
 }
