@@ -105,7 +105,7 @@ struct CairnCommand: AsyncParsableCommand {
             """,
         version: "0.1.0",
         // Internal: the supervisor of a script workflow (hidden from help).
-        subcommands: [SuperviseCommand.self],
+        subcommands: [SuperviseCommand.self, BenchDaemonCommand.self],
         // `cairn --help` lists the commands in these groups ("RUN SUBCOMMANDS:" …), in this order; every name works as before.
         groupedSubcommands: [
             CommandGroup(name: "Run", subcommands: [
@@ -119,7 +119,7 @@ struct CairnCommand: AsyncParsableCommand {
             ]),
             CommandGroup(name: "Spool", subcommands: [
                 InitCommand.self, DaemonCommand.self, AdvanceCommand.self, FsckCommand.self,
-                GCCommand.self, DoctorCommand.self, DemoCommand.self,
+                GCCommand.self, DoctorCommand.self, DemoCommand.self, BenchCommand.self,
             ]),
             CommandGroup(name: "Script helper", subcommands: [
                 StepHelper.self, ApprovalHelper.self, EventHelper.self, SleepHelper.self, NowHelper.self,

@@ -57,15 +57,21 @@ public struct FilesystemCheck: Sendable {
         return magic >= 0 && filesystems[Int(magic)]?.shared == true
     }
 
+    /// The name of the filesystem `directory` is on ("ext2/3/4", "nfs", …; hex when unknown).
+    public static func filesystemName(_ directory: FilePath) -> String {
+        let magic = cairn_statfs_type(directory.string)
+        guard magic >= 0 else { return "unknown" }
+        return filesystems[Int(magic)]?.name ?? "0x" + String(Int(magic), radix: 16)
+    }
+
     /// Runs every check in a fresh scratch directory under `directory`.
     public static func run(in directory: FilePath) throws -> FilesystemCheck {
         let magic = cairn_statfs_type(directory.string)
         guard magic >= 0 else {
             throw SpoolError(.io, path: directory.string, errno: errno, "cannot statfs")
         }
-        let type = Int(magic)
-        let known = filesystems[type]
-        var report = FilesystemCheck(directory: directory.string, filesystem: known?.name ?? "0x" + String(type, radix: 16), shared: known?.shared ?? false)
+        let known = filesystems[Int(magic)]
+        var report = FilesystemCheck(directory: directory.string, filesystem: filesystemName(directory), shared: known?.shared ?? false)
         let scratch = try makeScratch(in: directory)
         defer { removeTree(scratch) }
         report.items = checks(in: scratch.path)

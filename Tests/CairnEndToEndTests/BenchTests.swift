@@ -1,0 +1,39 @@
+import CairnSpool
+import CairnTesting
+import Foundation
+import Testing
+
+/// `cairn bench`, the real binary, as a user runs it on their own disk: every workload runs
+/// and reports a figure next to the floor, JSON for machines, the directory left as found.
+@Suite(.serialized) struct BenchTests {
+    @Test func quickBenchReportsEveryFigureAndCleansUp() async throws {
+        let t = try TempSpool(prefix: "cairn-bench-test")
+        let dir = t.path.appending("bench").string
+        let r = try await Binary.finish(Binary.start("cairn", ["bench", "--quick", "--json", "--dir", dir]))
+        #expect(r.code == 0, "\(r.stderr)")
+        let report = try JSONValue.parse(Data(r.stdout.utf8))
+        let figures = report["figures"]?.arrayValue ?? []
+        var byKey: [String: JSONValue] = [:]
+        for f in figures { if let k = f["key"]?.stringValue { byKey[k] = f } }
+        let expected = ["floor", "floor_parallel", "sequential_step", "bytes_per_step", "throughput", "approval_median", "approval_p99", "restart", "script_step_live", "script_step_replay", "idle_cpu"]
+        #expect(Set(byKey.keys) == Set(expected), "\(byKey.keys.sorted())")
+        for k in expected where k != "idle_cpu" {
+            let v = byKey[k]?["value"]?.doubleValue ?? -1
+            #expect(v > 0, "\(k): \(v)")
+        }
+        // Each time figure is compared with the floor measured in the same run.
+        for k in ["sequential_step", "throughput", "approval_median", "restart", "script_step_live"] {
+            #expect((byKey[k]?["vs_floor"]?.doubleValue ?? 0) > 0, "\(k) has no ratio to the floor")
+        }
+        #expect(report["filesystem"]?.stringValue?.isEmpty == false)
+        #expect(!FileManager.default.fileExists(atPath: dir), "the bench directory is removed afterwards")
+
+        // A directory that exists is refused (never written into, never removed).
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        _ = FileManager.default.createFile(atPath: dir + "/mine", contents: Data("keep".utf8))
+        let again = try Binary.run("cairn", ["bench", "--quick", "--dir", dir])
+        #expect(again.code == 2, "\(again.stderr)")
+        #expect(again.stderr.contains("exists"), "\(again.stderr)")
+        #expect(FileManager.default.fileExists(atPath: dir + "/mine"))
+    }
+}
