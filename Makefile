@@ -108,10 +108,14 @@ release-has-no-test-hooks:
 run: build
 	$$($(SWIFT) build $(BUILD_FLAGS) --show-bin-path)/cairn demo --spool $(SPOOL)
 
-# Figures for docs/benchmarks.md (release build; the daemon figures use cairn-fixtures).
+# Figures for docs/benchmarks.md (release build): `cairn bench` (what users run on their own
+# disks: the floor and the workloads, each with its ratio to the floor), then cairn-bench's
+# figures (the durable-write routine, replay, daemon start and ls over 100,000 runs, the long run).
 bench: deps
+	$(SWIFT) build -c release --product cairn
 	$(SWIFT) build -c release --product cairn-bench
 	$(SWIFT) build -c release --product cairn-fixtures
+	$$($(SWIFT) build -c release --show-bin-path)/cairn bench
 	$$($(SWIFT) build -c release --show-bin-path)/cairn-bench
 
 # Only the long-run figures (a 100,000-step run; CAIRN_BENCH_LONG_STEPS=N for another size).

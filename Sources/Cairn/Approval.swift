@@ -145,6 +145,9 @@ extension WorkflowContext {
 
     /// Moves a recorded decision's file out of approvals/ (see `consumption`). Also called
     /// on replay: a process that died between the record and the move finishes it then.
+    /// Not fsync'd: the decision record is durable first, and a move a power loss undid is
+    /// made again by the next replay (the record names the file by inode), so the next
+    /// step does not wait for two directory fsyncs.
     func consumeDecision(_ e: JournalEntry) throws {
         guard let dest = e.data?["consumed"]?.stringValue, let file = e.file, let inode = e.data?["inode"]?.intValue else { return }
         let from = paths.directory.appending(file)
@@ -154,8 +157,6 @@ extension WorkflowContext {
         guard !DurableFile.exists(to) else { return }
         try spool.ensureRuntimeDirectory(paths.decisionsDirectory)
         try DurableFile.rename(from, to: to, mode: .noReplace)
-        try DurableFile.fsyncDirectory(paths.decisionsDirectory)
-        try DurableFile.fsyncDirectory(from.removingLastComponent())
     }
 
     /// Moves a decision recorded by older versions (no `consumed` in its record) out of

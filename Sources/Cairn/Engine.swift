@@ -233,8 +233,9 @@ public struct Engine: Sendable {
         let previous = run.previous
         let inline = registry[run.record.workflow]?.recordsFromOtherProcesses == false
         return WorkflowContext(runID: run.id, workflowName: run.record.workflow, spool: spool, config: run.config, entries: Array(run.entries.dropFirst()), physicalCount: run.physical.count, superseded: WorkflowContext.superseded(run.physical, effective: run.entries), clock: clock, logger: logger, tailCount: run.tailCount, compactEvery: inline ? run.config.journalSegmentRecords : 0) { [self] in
+            // Not fsync'd (see Spool.writeState): the next step does not wait for it.
             if previous?.status != .running {
-                try writeState(run.record, entries: startEntries, executions: executions, status: .running, error: nil)
+                try writeState(run.record, entries: startEntries, executions: executions, status: .running, error: nil, durability: .atomicOnly)
             }
         }
     }
@@ -446,7 +447,7 @@ public struct Engine: Sendable {
         return (entries[i].seq, nil)
     }
 
-    func writeState(_ record: RunRecord, entries: [JournalEntry], executions: Int, status: RunStatus, error: ErrorInfo?, waitingFor: WaitingFor? = nil, tokensSaved: Int64? = nil) throws {
+    func writeState(_ record: RunRecord, entries: [JournalEntry], executions: Int, status: RunStatus, error: ErrorInfo?, waitingFor: WaitingFor? = nil, tokensSaved: Int64? = nil, durability: DurableFile.Durability = .durable) throws {
         var state = StateDerivation.derive(record: record, entries: entries, now: clock.now())
         if let saved = tokensSaved, saved > 0 {
             var t = state.tokens?.objectValue ?? ["input": 0, "output": 0, "total": 0]
@@ -457,7 +458,7 @@ public struct Engine: Sendable {
         state.error = error
         state.waitingFor = waitingFor
         state.counters.executions = executions
-        try spool.writeState(state)
+        try spool.writeState(state, durability: durability)
     }
 
     // MARK: in-process driving

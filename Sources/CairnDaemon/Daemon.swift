@@ -295,7 +295,9 @@ public actor Daemon: Service {
         var active: [(String, RunInfo?)] = []
         for status in [RunStatus.queued, .running, .waiting] {
             for id in (try? spool.indexedRuns(status)) ?? [] {
-                guard let state = try? spool.readState(id), !state.status.isTerminal else { continue }
+                // A state.json that does not read (a `running` mark a power loss tore: it is
+                // not fsync'd) is active too: the advance writes it again from the journal.
+                if let state = try? spool.readState(id), state.status.isTerminal { continue }
                 active.append((id, (try? spool.readRun(id)).map(RunInfo.init)))
             }
         }

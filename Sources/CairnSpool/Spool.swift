@@ -124,9 +124,13 @@ public struct Spool: Sendable {
         return try Self.decode(RunState.self, from: p)
     }
 
-    /// Writes state.json, then moves the run's entry in the status index.
-    public func writeState(_ state: RunState) throws {
-        try durable.write(json: state.canonicalJSON(), to: run(state.run).stateFile)
+    /// Writes state.json (derived from the journal), then moves the run's entry in the status
+    /// index. `.atomicOnly` for the
+    /// `running` mark an execution writes before its first record: a durable state follows
+    /// before the execution ends, and after a power loss that lost or tore it the daemon's
+    /// start advances the run (listed as running or waiting), which writes it again.
+    public func writeState(_ state: RunState, durability: DurableFile.Durability = .durable) throws {
+        try durable.write(json: state.canonicalJSON(), to: run(state.run).stateFile, durability: durability)
         updateIndex(state.run, status: state.status)
     }
 

@@ -33,6 +33,13 @@ struct BenchCommand: AsyncParsableCommand {
     @Flag(name: .long, help: "Print the figures as JSON.") var json = false
     @Flag(name: .long, help: "Smaller counts: a quick look, not figures to record.") var quick = false
     @Flag(name: .long, help: "Keep the directory afterwards.") var keep = false
+    @Option(name: .long, parsing: .upToNextOption, help: ArgumentHelp("Only these workloads (the floor is always measured): \(Bench.workloads.joined(separator: ", ")).", valueName: "workload")) var only: [String] = []
+
+    func validate() throws {
+        for w in only where !Bench.workloads.contains(w) {
+            throw ValidationError("no workload '\(w)'; there are: \(Bench.workloads.joined(separator: ", "))")
+        }
+    }
 
     func run() async throws {
         let given = dir ?? "cairn-bench-\(getpid())"
@@ -45,7 +52,7 @@ struct BenchCommand: AsyncParsableCommand {
         }
         defer { if !keep { try? FileManager.default.removeItem(atPath: root) } }
         var bench = try Bench(root: root, quick: quick, progress: !json)
-        try await bench.runAll()
+        try await bench.runAll(only: only.isEmpty ? Bench.workloads : only)
         if json {
             Output.raw(Data((bench.report.json.canonicalText() + "\n").utf8), to: 1)
         } else {
@@ -146,14 +153,16 @@ struct Bench {
         report.figures.append(BenchFigure(key: key, what: what, value: value, unit: unit, ratio: ratio, note: note))
     }
 
-    mutating func runAll() async throws {
+    static let workloads = ["sequential", "throughput", "approvals", "restart", "scripts", "idle"]
+
+    mutating func runAll(only: [String]) async throws {
         try measureFloor()
-        try await sequential()
-        try throughput()
-        try approvals()
-        try restart()
-        try scripts()
-        try idle()
+        if only.contains("sequential") { try await sequential() }
+        if only.contains("throughput") { try throughput() }
+        if only.contains("approvals") { try approvals() }
+        if only.contains("restart") { try restart() }
+        if only.contains("scripts") { try scripts() }
+        if only.contains("idle") { try idle() }
     }
 
     // MARK: the floor
