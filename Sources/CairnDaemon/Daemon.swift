@@ -67,6 +67,21 @@ public actor Daemon: Service {
         self.options = options
         self.scheduler = Scheduler(limits: SchedulerLimits(concurrency: options.concurrency, perWorkflow: options.perWorkflow), busyRecheck: options.busyRecheck.seconds)
         self.timer = TimerQueue(clock: clock)
+        watcher.ignore(Self.ownWrites(runs: spool.runsDirectory.string))
+    }
+
+    /// The daemon's own writes in the run directories it watches for people's drops: a
+    /// run's state.json, result.json and run.json, and an approval's request file. Never a
+    /// wake; under load (each advance writes state.json) they overflowed the watcher's queue,
+    /// and each overflow costs a rescan of every active run.
+    static func ownWrites(runs: String) -> @Sendable (String, String) -> Bool {
+        let prefix = runs + "/"
+        return { dir, name in
+            guard dir.hasPrefix(prefix) else { return false }
+            let rest = dir.dropFirst(prefix.count)
+            guard let slash = rest.firstIndex(of: "/") else { return name == "state.json" || name == "result.json" || name == "run.json" }
+            return rest[rest.index(after: slash)...] == "approvals" && name.hasSuffix(".request.json")
+        }
     }
 
     // MARK: Service

@@ -57,6 +57,14 @@ public final class Watcher: Sendable {
     private struct Shared {
         var requests: [Request] = []
         var watched: Set<String> = []
+        var ignore: (@Sendable (String, String) -> Bool)? = nil
+    }
+
+    /// Events its owner never acts on, by directory and name (its own writes in a directory
+    /// it watches for others' drops): dropped on the watcher thread, before they take a place
+    /// in the queue, so that they cannot overflow it. Never applied to a watch that is gone.
+    public func ignore(_ predicate: @escaping @Sendable (_ directory: String, _ name: String) -> Bool) {
+        shared.withLock { $0.ignore = predicate }
     }
 
     private let shared = Mutex(Shared())
@@ -264,6 +272,7 @@ public final class Watcher: Sendable {
         } else {
             return
         }
+        if kind != .watchGone, let ignore = shared.withLock({ $0.ignore }), ignore(dir, name) { return }
         if let every = Self.simulatedOverflowEvery {
             simulatedCount += 1
             if simulatedCount % every == 0 {

@@ -39,4 +39,34 @@ import Testing
         #expect(events.map(\.name) == ["written.json", "moved.json", "link", "written.json"])
         Self.watcher.unwatch(dir)
     }
+
+    /// What the owner never acts on takes no place in the queue: names starting with "." (the
+    /// runtime's lock files, drops' staging names) and what its `ignore` predicate names (a
+    /// daemon's own state.json in a run directory). Before, a rescan's own lock files filled the
+    /// queue past its limit and the overflow caused the next rescan, for ever.
+    @Test func hiddenAndIgnoredNamesAreNoEvents() async throws {
+        let t = try TempSpool()
+        let dir = t.spool.inboxDirectory.string
+        Self.watcher.ignore { d, name in d == dir && name == "own.json" }
+        defer { Self.watcher.ignore { _, _ in false } }
+        try await Self.watcher.watch(dir)
+        let collector = Task {
+            var out: [WatchEvent] = []
+            for await e in Self.watcher.events where e.directory == dir {
+                out.append(e)
+                if e.name == "drop.json" { break }
+            }
+            return out
+        }
+        let fd = open(dir + "/.lock", O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
+        close(fd)
+        try "x".write(toFile: dir + "/own.json", atomically: false, encoding: .utf8)
+        try "y".write(toFile: dir + "/.drop.json.tmp", atomically: false, encoding: .utf8)
+        #expect(rename(dir + "/.drop.json.tmp", dir + "/drop.json") == 0)
+        let timeout = Task { try await Task.sleep(for: .seconds(5)); collector.cancel() }
+        let events = await collector.value
+        timeout.cancel()
+        #expect(events.map(\.name) == ["drop.json"], "\(events)")
+        Self.watcher.unwatch(dir)
+    }
 }
