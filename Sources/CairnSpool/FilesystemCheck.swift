@@ -57,6 +57,20 @@ public struct FilesystemCheck: Sendable {
         return magic >= 0 && filesystems[Int(magic)]?.shared == true
     }
 
+    /// Files, content bytes and allocated bytes (st_blocks × 512) of a directory tree.
+    public static func diskUsage(_ dir: String) -> (files: Int, bytes: Int, blocks: Int) {
+        var files = 0, bytes = 0, blocks = 0
+        let e = FileManager.default.enumerator(atPath: dir)
+        while let rel = e?.nextObject() as? String {
+            var st = stat()
+            guard lstat(dir + "/" + rel, &st) == 0, (st.st_mode & S_IFMT) == S_IFREG else { continue }
+            files += 1
+            bytes += Int(st.st_size)
+            blocks += Int(st.st_blocks) * 512
+        }
+        return (files, bytes, blocks)
+    }
+
     /// The name of the filesystem `directory` is on ("ext2/3/4", "nfs", …; hex when unknown).
     public static func filesystemName(_ directory: FilePath) -> String {
         let magic = cairn_statfs_type(directory.string)

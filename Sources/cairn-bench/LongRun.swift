@@ -42,7 +42,7 @@ func benchLongRun(fixtures: String, root: String, steps: Int) throws {
     let run = try spool.createRun(.init(workflow: "long", input: ["steps": .int(Int64(steps))])).id
     try waitFor("the long run to complete") { state(run)?.status == .completed }
     let finish = now() - t0
-    let disk = diskUsage(spool.run(run).journalDirectory.string)
+    let disk = FilesystemCheck.diskUsage(spool.run(run).journalDirectory.string)
     print("long run: \(steps) steps finished in \(String(format: "%.1f", finish)) s (\(ms(finish / Double(steps))) per step, submit to state.json completed)")
     print("    journal: \(disk.files) files, \(disk.bytes) bytes of content, \(disk.blocks) bytes of blocks: \(disk.blocks / steps) bytes on disk per step (\(disk.bytes / steps) of content)")
 
@@ -107,18 +107,4 @@ func wallNanoseconds() -> Int64 {
     var ts = timespec()
     clock_gettime(CLOCK_REALTIME, &ts)
     return Int64(ts.tv_sec) * 1_000_000_000 + Int64(ts.tv_nsec)
-}
-
-/// Files, content bytes and allocated bytes (st_blocks × 512) of a directory tree.
-func diskUsage(_ dir: String) -> (files: Int, bytes: Int, blocks: Int) {
-    var files = 0, bytes = 0, blocks = 0
-    let e = FileManager.default.enumerator(atPath: dir)
-    while let rel = e?.nextObject() as? String {
-        var st = stat()
-        guard lstat(dir + "/" + rel, &st) == 0, (st.st_mode & S_IFMT) == S_IFREG else { continue }
-        files += 1
-        bytes += Int(st.st_size)
-        blocks += Int(st.st_blocks) * 512
-    }
-    return (files, bytes, blocks)
 }

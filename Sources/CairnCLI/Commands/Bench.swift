@@ -200,7 +200,7 @@ struct Bench {
         let per = (Self.now() - t0) / Double(steps)
         add("sequential_step", "one run, \(steps) sequential steps", per * 1000, "ms/step", ratio: per / floor,
             note: "start, \(steps) step records, complete, result.json and state.json, in-process Engine.advance")
-        let disk = Self.diskUsage(spool.run(run).journalDirectory.string)
+        let disk = FilesystemCheck.diskUsage(spool.run(run).journalDirectory.string)
         add("bytes_per_step", "disk per step (journal st_blocks)", Double(disk.blocks) / Double(steps), "bytes",
             note: "\(disk.files) files, \(disk.bytes / steps) bytes of JSON per step; journal_segment_records \(try spool.config().journalSegmentRecords)")
     }
@@ -385,20 +385,6 @@ struct Bench {
         let f = stat[stat.index(after: close)...].split(separator: " ")
         guard f.count > 13, let u = Double(f[11]), let s = Double(f[12]) else { return 0 }
         return (u + s) / Double(sysconf(Int32(_SC_CLK_TCK)))
-    }
-
-    /// Files, content bytes and allocated bytes (st_blocks × 512) of a directory tree.
-    static func diskUsage(_ dir: String) -> (files: Int, bytes: Int, blocks: Int) {
-        var files = 0, bytes = 0, blocks = 0
-        let e = FileManager.default.enumerator(atPath: dir)
-        while let rel = e?.nextObject() as? String {
-            var st = stat()
-            guard lstat(dir + "/" + rel, &st) == 0, (st.st_mode & S_IFMT) == S_IFREG else { continue }
-            files += 1
-            bytes += Int(st.st_size)
-            blocks += Int(st.st_blocks) * 512
-        }
-        return (files, bytes, blocks)
     }
 
     static func filesystemName(_ path: String) -> String {
