@@ -5,7 +5,7 @@ SWIFT ?= swift
 SPOOL ?= ./spool
 BUILD_FLAGS ?=
 
-.PHONY: all deps build test test-props-long soak run bench bench-long docs clean release-has-no-test-hooks fuzz fuzz-build fuzz-run
+.PHONY: all deps build test test-props-long soak run bench bench-long bench-peers docs clean release-has-no-test-hooks fuzz fuzz-build fuzz-run
 
 all: build
 
@@ -117,6 +117,12 @@ bench: deps
 	$(SWIFT) build -c release --product cairn-fixtures
 	$$($(SWIFT) build -c release --show-bin-path)/cairn bench
 	$$($(SWIFT) build -c release --show-bin-path)/cairn-bench
+
+# Cairn and its peers (LangGraph + SqliteSaver, DBOS + SQLite, from PyPI into
+# bench/peers/.venv) on the same four workloads, one session, one table (bench/peers/run).
+bench-peers: deps
+	$(SWIFT) build -c release --product cairn
+	bench/peers/run
 
 # Only the long-run figures (a 100,000-step run; CAIRN_BENCH_LONG_STEPS=N for another size).
 bench-long: deps
