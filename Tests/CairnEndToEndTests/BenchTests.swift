@@ -36,4 +36,19 @@ import Testing
         #expect(again.stderr.contains("exists"), "\(again.stderr)")
         #expect(FileManager.default.fileExists(atPath: dir + "/mine"))
     }
+
+    /// The long workloads (--long; here named with --only and quick counts): a long run and its
+    /// resume after SIGKILL at the last step, and a daemon's start and `ls` over fabricated runs.
+    @Test func longWorkloadsReportTheirFigures() async throws {
+        let t = try TempSpool(prefix: "cairn-bench-long")
+        let dir = t.path.appending("bench").string
+        let r = try await Binary.finish(Binary.start("cairn", ["bench", "--quick", "--json", "--only", "long", "million", "--dir", dir]))
+        #expect(r.code == 0, "\(r.stderr)")
+        let figures = (try JSONValue.parse(Data(r.stdout.utf8)))["figures"]?.arrayValue ?? []
+        let keys = Set(figures.compactMap { $0["key"]?.stringValue })
+        #expect(keys == ["floor", "floor_parallel", "long_finish", "long_resume", "million_start", "million_ls"], "\(keys.sorted())")
+        for f in figures { #expect((f["value"]?.doubleValue ?? 0) > 0, "\(f)") }
+        let unknown = try Binary.run("cairn", ["bench", "--only", "nosuch", "--dir", dir])
+        #expect(unknown.code == 2 && unknown.stderr.contains("no workload 'nosuch'"), "\(unknown.stderr)")
+    }
 }

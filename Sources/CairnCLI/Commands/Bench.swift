@@ -32,12 +32,14 @@ struct BenchCommand: AsyncParsableCommand {
     @Option(name: .long, help: ArgumentHelp("Where to run (must not exist; default ./cairn-bench-PID).", valueName: "dir")) var dir: String?
     @Flag(name: .long, help: "Print the figures as JSON.") var json = false
     @Flag(name: .long, help: "Smaller counts: a quick look, not figures to record.") var quick = false
+    @Flag(name: .long, help: "Also the long workloads: a 100,000-step run, and daemon start and `ls` with 1,000,000 finished runs (minutes, and ~10 GB).") var long = false
     @Flag(name: .long, help: "Keep the directory afterwards.") var keep = false
     @Option(name: .long, parsing: .upToNextOption, help: ArgumentHelp("Only these workloads (the floor is always measured): \(Bench.workloads.joined(separator: ", ")).", valueName: "workload")) var only: [String] = []
 
     func validate() throws {
-        for w in only where !Bench.workloads.contains(w) {
-            throw ValidationError("no workload '\(w)'; there are: \(Bench.workloads.joined(separator: ", "))")
+        let all = Bench.workloads + Bench.longWorkloads
+        for w in only where !all.contains(w) {
+            throw ValidationError("no workload '\(w)'; there are: \(all.joined(separator: ", "))")
         }
     }
 
@@ -52,7 +54,7 @@ struct BenchCommand: AsyncParsableCommand {
         }
         defer { if !keep { try? FileManager.default.removeItem(atPath: root) } }
         var bench = try Bench(root: root, quick: quick, progress: !json)
-        try await bench.runAll(only: only.isEmpty ? Bench.workloads : only)
+        try await bench.runAll(only: only.isEmpty ? Bench.workloads + (long ? Bench.longWorkloads : []) : only)
         if json {
             Output.raw(Data((bench.report.json.canonicalText() + "\n").utf8), to: 1)
         } else {
@@ -158,13 +160,15 @@ struct Bench {
     }
 
     static let workloads = ["sequential", "throughput", "approvals", "restart", "scripts", "idle"]
+    /// With --long (or named in --only).
+    static let longWorkloads = ["long", "million"]
 
     mutating func runAll(only: [String]) async throws {
         try measureFloor()
         let headline = floor
         // A disk's floor drifts (a virtual disk's by 2× within a minute here): each time
         // figure is compared with the floor measured right before and right after it.
-        for w in Self.workloads where only.contains(w) {
+        for w in Self.workloads + Self.longWorkloads where only.contains(w) {
             let first = report.figures.count
             let before = try adjacentFloor()
             floor = before
@@ -174,6 +178,8 @@ struct Bench {
             case "approvals": try approvals()
             case "restart": try restart()
             case "scripts": try scripts()
+            case "long": try longRun()
+            case "million": try millionRuns()
             default: try idle()
             }
             let after = try adjacentFloor()
@@ -379,6 +385,91 @@ struct Bench {
         let perReplay = (Self.now() - t1) / Double(steps)
         add("script_step_replay", "bash workflow, one replayed `cairn step`", perReplay * 1000, "ms/step", ratio: perReplay / floor,
             note: "from the approval's drop to completed, over the \(steps) recorded steps the script replays (its start and the approval's helper spread over them)")
+    }
+
+    /// A run of 100,000 steps under a daemon: submit to completed, bytes per step, and a
+    /// SIGKILL while its last step runs (99,999 recorded) → restart → that step's body.
+    mutating func longRun() throws {
+        let steps = quick ? 2000 : 100_000
+        say("a run of \(steps) steps, then SIGKILL at its last step and a restart")
+        let path = root + "/long"
+        let spool = try Spool.create(at: FilePath(path))
+        let d = try startDaemon(path)
+        let t0 = Self.now()
+        let run = try spool.createRun(.init(workflow: BenchWorkflows.Steps.name, input: ["steps": .int(Int64(steps))])).id
+        try waitFor("the \(steps)-step run", timeout: 7200) { Self.count(path + "/index/completed") >= 1 }
+        let finish = Self.now() - t0
+        let disk = FilesystemCheck.diskUsage(spool.run(run).journalDirectory.string)
+        add("long_finish", "a run of \(steps) steps, submit to completed", finish, "s", note: String(format: "%.3f ms per step; %d bytes on disk per step", finish / Double(steps) * 1000, disk.blocks / steps))
+        let marks = root + "/long-marks"
+        try FileManager.default.createDirectory(atPath: marks, withIntermediateDirectories: true)
+        _ = FileManager.default.createFile(atPath: marks + "/hold", contents: nil)
+        _ = try spool.createRun(.init(workflow: BenchWorkflows.Steps.name, input: ["steps": .int(Int64(steps)), "hold_at": .int(Int64(steps - 1)), "markers": .string(marks)]))
+        try waitFor("the last step to be reached", timeout: 7200) { FileManager.default.fileExists(atPath: marks + "/reached") }
+        stopDaemon(d.pid, signal: SIGKILL)
+        try FileManager.default.removeItem(atPath: marks + "/hold")
+        let again = try startDaemon(path)
+        defer { stopDaemon(again.pid) }
+        try waitFor("the last step to run again") { (try? String(contentsOfFile: marks + "/resumed", encoding: .utf8)).flatMap { Int64($0) } != nil }
+        let t1 = Int64(try String(contentsOfFile: marks + "/resumed", encoding: .utf8))!
+        add("long_resume", "SIGKILL at step \(steps - 1) (\(steps - 1) recorded) → restart → its body", Double(t1 - again.started) / 1e6, "ms", note: "the whole journal read and replayed; process start included")
+    }
+
+    /// 1,000,000 finished runs (fabricated with plain writes: a run directory, state.json
+    /// and the index entry each) and 20 queued ones: a daemon's start to all 20 waiting, and
+    /// `cairn ls --status waiting`.
+    mutating func millionRuns() throws {
+        let n = quick ? 2000 : 1_000_000
+        let path = root + "/million"
+        let spool = try Spool.create(at: FilePath(path))
+        var fs = statvfs()
+        if statvfs(path, &fs) == 0 {
+            let free = Double(fs.f_bavail) * Double(fs.f_frsize), need = Double(n) * 12_288
+            guard free > need * 1.2, Double(fs.f_favail) > Double(n) * 3.5 else {
+                throw CLIError(.failure, "cairn bench: \(n) fabricated runs need about \(Int(need / 1e9)) GB and \(n * 3) inodes; \(path) has \(Int(free / 1e9)) GB and \(fs.f_favail) free")
+            }
+        }
+        say("fabricating \(n) finished runs (plain writes), then a daemon's start and `ls --status waiting`")
+        let t0 = Self.now()
+        let state = Data(try RunState(run: "x", workflow: BenchWorkflows.Steps.name, status: .completed, counters: .init(journalEntries: 3, steps: 1), updatedAt: Date()).canonicalJSON().canonicalText().utf8)
+        for i in 0..<n {
+            let id = String(format: "20260101-000000-000-%07d", i)
+            let dir = path + "/runs/" + id
+            guard mkdir(dir, 0o755) == 0 else { throw CLIError(.failure, "\(dir): cannot create (\(String(cString: strerror(errno))))") }
+            let fd = open(dir + "/state.json", O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+            guard fd >= 0 else { throw CLIError(.failure, "\(dir)/state.json: cannot create") }
+            _ = state.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+            close(fd)
+            spool.updateIndex(id, status: .completed)
+        }
+        let made = Self.now() - t0
+        var waiting: [String] = []
+        for _ in 0..<20 { waiting.append(try spool.createRun(.init(workflow: BenchWorkflows.Gate.name, input: [:])).id) }
+        let d = try startDaemon(path)
+        defer { stopDaemon(d.pid) }
+        try waitFor("20 runs to wait", timeout: 600) { Self.count(path + "/index/waiting") >= 20 }
+        let started = Double(BenchWorkflows.monotonic() - d.started) / 1e9
+        add("million_start", "daemon start with \(n) finished + 20 queued runs → all 20 waiting", started * 1000, "ms", note: String(format: "fabricated finished runs (%.0f s to make); process start included", made))
+        var times: [Double] = []
+        for _ in 0..<3 { times.append(try Self.timedRun(exe, ["ls", "--status", "waiting", "--spool", path])) }
+        add("million_ls", "`cairn ls --status waiting` with \(n) finished runs", (times.min() ?? 0) * 1000, "ms", note: "best of 3; process start included")
+    }
+
+    /// Runs PATH ARGS with output to /dev/null: seconds from spawn to exit.
+    static func timedRun(_ path: String, _ args: [String]) throws -> Double {
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0)
+        posix_spawn_file_actions_addopen(&actions, 2, "/dev/null", O_WRONLY, 0)
+        let argv: [UnsafeMutablePointer<CChar>?] = ([path] + args).map { strdup($0) } + [nil]
+        defer { for a in argv { free(a) } }
+        var pid: pid_t = 0
+        let start = now()
+        guard posix_spawn(&pid, path, &actions, nil, argv, environ) == 0 else { throw CLIError(.failure, "\(path): cannot start") }
+        var status: Int32 = 0
+        while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+        return now() - start
     }
 
     mutating func idle() throws {
