@@ -324,7 +324,9 @@ public actor Daemon: Service {
 
     private func reconcileIndex() async {
         do {
-            let drift = try spool.reconcileIndex()
+            // Off the actor: two listings of every run (seconds, in a spool of a million
+            // runs) must not keep the advances just started from running.
+            let drift = try await Self.reconcileOffActor(spool)
             guard !drift.isEmpty else { return }
             logger.warning("index disagreed with state.json; reconciled", metadata: [
                 "unlisted": "\(drift.missing.map { "\($0.run) (\($0.status.rawValue))" })",
@@ -341,6 +343,10 @@ public actor Daemon: Service {
         } catch {
             logger.error("cannot reconcile the status index", metadata: ["error": "\(Names.printable(String(describing: error)))"])
         }
+    }
+
+    nonisolated private static func reconcileOffActor(_ spool: Spool) async throws -> Spool.IndexDrift {
+        try spool.reconcileIndex()
     }
 
     // MARK: events

@@ -202,6 +202,11 @@ public struct Spool: Sendable {
     /// Makes the index agree with state.json (see `indexDrift`). Returns what it changed.
     @discardableResult
     public func reconcileIndex(verifyFinished: Bool = false) throws -> IndexDrift {
+        #if CAIRN_TEST_HOOKS
+        // `CAIRN_SIMULATE_SLOW_RECONCILE=MS` (debug builds only): the reconcile takes that long
+        // more, as it does over a million runs (two listings of a million names).
+        if let ms = ProcessInfo.processInfo.environment["CAIRN_SIMULATE_SLOW_RECONCILE"].flatMap(UInt32.init) { usleep(ms * 1000) }
+        #endif
         let drift = try indexDrift(verifyFinished: verifyFinished)
         for m in drift.missing { updateIndex(m.run, status: m.status) }
         for s in drift.stale {
