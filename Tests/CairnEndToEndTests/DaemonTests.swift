@@ -328,12 +328,12 @@ import Testing
         var runs: [String] = []
         for i in 0..<5 { runs.append(try t.submit("gate", input: ["who": .string("q\(i)")] as JSONValue)) }
         let started = ContinuousClock.now
-        let d = try DaemonProcess(starting: t.spool, env: ["CAIRN_SIMULATE_SLOW_RECONCILE": "4000"])
-        for r in runs { try await t.waitFor(r, .waiting, timeout: 20) }
-        let elapsed = ContinuousClock.now - started
-        print("5 queued runs waiting \(elapsed) after a daemon's start whose index reconcile takes 4 s more")
-        #expect(elapsed < .seconds(3), "the runs waited for the index reconcile: \(elapsed)")
-        await d.stop()
+        // The reconcile takes 60 s more: runs that wait for it are not waiting within 30 s,
+        // however loaded the machine (under a loaded suite the start took up to 27 s).
+        let d = try DaemonProcess(starting: t.spool, env: ["CAIRN_SIMULATE_SLOW_RECONCILE": "60000"])
+        for r in runs { try await t.waitFor(r, .waiting, timeout: 30) }
+        print("5 queued runs waiting \(ContinuousClock.now - started) after a daemon's start whose index reconcile takes 60 s more")
+        await d.kill9()  // not a graceful stop: it would wait for the reconcile
     }
 }
 
