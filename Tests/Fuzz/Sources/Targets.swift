@@ -282,7 +282,10 @@ enum JournalTarget {
                 // own reading above has one, so compare only when it read the record.
                 if let e = entry { check(first == e, "loadPrefix read another record than the decoder") }
                 check(entry == nil || entry?.seq == 1, "loadPrefix accepted a record whose seq is not its position")
-            } else if let e = entry, e.seq == 1, JSONValue.nestingDepth(data, above: 64) == nil {
+            } else if let e = entry, e.seq == 1, JSONValue.nestingDepth(data, above: 64) == nil,
+                      (try? JournalEntry.decode(data, file: "000001-step-x.json")) != nil {
+                // (JSONValue.parse keeps the last of a key given twice; a journal record with a
+                // key twice is damage, as the runtime's own record decoder says.)
                 fail("loadPrefix refused a record that decodes: \(damage)")
             }
         } catch {
