@@ -51,4 +51,27 @@ import Testing
         let unknown = try Binary.run("cairn", ["bench", "--only", "nosuch", "--dir", dir])
         #expect(unknown.code == 2 && unknown.stderr.contains("no workload 'nosuch'"), "\(unknown.stderr)")
     }
+
+    /// Ctrl-C while one of its daemons runs: the daemon is stopped, the directory removed, and
+    /// it says so (before: SIGINT was ignored to the end of the run; SIGTERM left the directory
+    /// and an orphaned daemon).
+    @Test func anInterruptedBenchStopsItsDaemonsAndRemovesItsDirectory() async throws {
+        let t = try TempSpool(prefix: "cairn-bench-int")
+        let dir = t.path.appending("bench").string
+        let p = try Binary.start("cairn", ["bench", "--quick", "--only", "throughput", "--dir", dir])
+        try await waitUntil("the bench's daemon to start", timeout: 60) { FileManager.default.fileExists(atPath: dir + "/throughput.daemon.log") }
+        let daemons = try Binary.run("/usr/bin/pgrep", ["-f", "__bench-daemon --spool \(dir)/throughput"])
+        #expect(daemons.code == 0, "no daemon found: \(daemons)")
+        kill(p.0.processIdentifier, SIGINT)
+        try await waitUntil("the bench to exit", timeout: 60) { !p.0.isRunning }
+        // A daemon left behind holds the bench's output pipes open: kill it before reading
+        // them, so that a regression fails here instead of hanging the suite.
+        let left = try Binary.run("/usr/bin/pgrep", ["-f", "__bench-daemon --spool \(dir)/throughput"])
+        #expect(left.code == 1, "a daemon is left: \(left.stdout)")
+        for pid in left.stdout.split(separator: "\n").compactMap({ Int32($0) }) { kill(pid, SIGKILL) }
+        let r = await Binary.finish(p)
+        #expect(r.code == 130, "\(r.code): \(r.stderr)")
+        #expect(r.stderr.contains("interrupted; removed \(dir)"), "\(r.stderr)")
+        #expect(!FileManager.default.fileExists(atPath: dir))
+    }
 }

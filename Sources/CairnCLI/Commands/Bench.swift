@@ -5,6 +5,7 @@ import CairnDaemon
 import CairnSpool
 import Foundation
 import Logging
+import Synchronization
 import SystemPackage
 
 struct BenchCommand: AsyncParsableCommand {
@@ -32,9 +33,9 @@ struct BenchCommand: AsyncParsableCommand {
     @Option(name: .long, help: ArgumentHelp("Where to run (must not exist; default ./cairn-bench-PID).", valueName: "dir")) var dir: String?
     @Flag(name: .long, help: "Print the figures as JSON.") var json = false
     @Flag(name: .long, help: "Smaller counts: a quick look, not figures to record.") var quick = false
-    @Flag(name: .long, help: "Also the long workloads: a 100,000-step run, and daemon start and `ls` with 1,000,000 finished runs (minutes, and ~10 GB).") var long = false
+    @Flag(name: .long, help: "Also the long workloads: a 100,000-step run, and daemon start and `ls` with 1,000,000 finished runs (minutes, and about 12 GB).") var long = false
     @Flag(name: .long, help: "Keep the directory afterwards.") var keep = false
-    @Option(name: .long, parsing: .upToNextOption, help: ArgumentHelp("Only these workloads (the floor is always measured): \(Bench.workloads.joined(separator: ", ")).", valueName: "workload")) var only: [String] = []
+    @Option(name: .long, parsing: .upToNextOption, help: ArgumentHelp("Only these workloads (the floor is always measured): \((Bench.workloads + Bench.longWorkloads).joined(separator: ", ")).", valueName: "workload")) var only: [String] = []
 
     func validate() throws {
         let all = Bench.workloads + Bench.longWorkloads
@@ -47,11 +48,12 @@ struct BenchCommand: AsyncParsableCommand {
         let given = dir ?? "cairn-bench-\(getpid())"
         let root = given.hasPrefix("/") ? given : FileManager.default.currentDirectoryPath + "/" + given
         if FileManager.default.fileExists(atPath: root) { throw CLIError(.usage, "\(root) exists: give --dir a path that does not exist yet") }
-        do {
-            try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true)
-        } catch {
-            throw CLIError(.failure, "\(root): cannot create (\(error.localizedDescription))")
+        // Only the last component is created (and removed afterwards): a missing parent is
+        // the user's to make.
+        guard mkdir(root, 0o755) == 0 else {
+            throw CLIError(.failure, "\(root): cannot create (\(String(cString: strerror(errno))))")
         }
+        BenchInterruption.install(root: root, keep: keep)
         defer { if !keep { try? FileManager.default.removeItem(atPath: root) } }
         var bench = try Bench(root: root, quick: quick, progress: !json)
         try await bench.runAll(only: only.isEmpty ? Bench.workloads + (long ? Bench.longWorkloads : []) : only)
@@ -75,6 +77,38 @@ struct BenchDaemonCommand: AsyncParsableCommand {
         CLIEnvironment.set(workflows: registry)
         let daemon = try DaemonCommand.parse(["--spool", options.spool ?? "", "--log-level", "warning"])
         try await daemon.run()
+    }
+}
+
+/// Ctrl-C or SIGTERM during `cairn bench`: the daemons it started are killed, its directory
+/// removed (unless --keep), and it says so — instead of a run to the end, or a directory and
+/// an orphaned daemon left behind.
+enum BenchInterruption {
+    static let daemons = Mutex<Set<pid_t>>([])
+    nonisolated(unsafe) private static var sources: [any DispatchSourceSignal] = []
+
+    static func install(root: String, keep: Bool) {
+        for sig in [SIGINT, SIGTERM] {
+            signal(sig, SIG_IGN)
+            let source = DispatchSource.makeSignalSource(signal: sig, queue: .global())
+            source.setEventHandler {
+                let pids = daemons.withLock { $0 }
+                for pid in pids {
+                    kill(pid, SIGKILL)
+                    var status: Int32 = 0
+                    while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+                }
+                if keep {
+                    Output.raw(Data("cairn: interrupted; kept \(root)\n".utf8), to: 2)
+                } else {
+                    try? FileManager.default.removeItem(atPath: root)
+                    Output.raw(Data("cairn: interrupted; removed \(root)\n".utf8), to: 2)
+                }
+                exit(128 + sig)
+            }
+            source.resume()
+            sources.append(source)
+        }
     }
 }
 
@@ -237,8 +271,10 @@ struct Bench {
         add("sequential_step", "one run, \(steps) sequential steps", per * 1000, "ms/step", ratio: per / floor,
             note: "start, \(steps) step records, complete, result.json and state.json, in-process Engine.advance")
         let disk = FilesystemCheck.diskUsage(spool.run(run).journalDirectory.string)
+        let every = try spool.config().journalSegmentRecords
         add("bytes_per_step", "disk per step (journal st_blocks)", Double(disk.blocks) / Double(steps), "bytes",
-            note: "\(disk.files) files, \(disk.bytes / steps) bytes of JSON per step; journal_segment_records \(try spool.config().journalSegmentRecords)")
+            note: "\(disk.files) files, \(disk.bytes / steps) bytes of JSON per step; journal_segment_records \(every)"
+                + (every > 0 && steps < every ? " (fewer steps than a segment: each record is still a file of its own, a block each; not the figure to record)" : ""))
     }
 
     // MARK: under a daemon
@@ -258,10 +294,12 @@ struct Bench {
         let started = BenchWorkflows.monotonic()
         let rc = posix_spawn(&pid, exe, &actions, nil, argv, environ)
         guard rc == 0 else { throw CLIError(.failure, "\(exe): cannot start a daemon (\(String(cString: strerror(rc))))") }
+        BenchInterruption.daemons.withLock { _ = $0.insert(pid) }
         return (pid, started)
     }
 
     func stopDaemon(_ pid: pid_t, signal: Int32 = SIGTERM) {
+        BenchInterruption.daemons.withLock { _ = $0.remove(pid) }
         kill(pid, signal)
         var status: Int32 = 0
         while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
