@@ -290,9 +290,20 @@ struct Bench {
         let args = [exe, "__bench-daemon", "--spool", spool]
         let argv: [UnsafeMutablePointer<CChar>?] = args.map { strdup($0) } + [nil]
         defer { for a in argv { free(a) } }
+        // The bench ignores SIGINT and SIGTERM (BenchInterruption handles them); an ignored
+        // signal stays ignored across exec, so the daemon gets their default back.
+        var attr = posix_spawnattr_t()
+        posix_spawnattr_init(&attr)
+        defer { posix_spawnattr_destroy(&attr) }
+        var defaults = sigset_t()
+        sigemptyset(&defaults)
+        sigaddset(&defaults, SIGINT)
+        sigaddset(&defaults, SIGTERM)
+        posix_spawnattr_setsigdefault(&attr, &defaults)
+        posix_spawnattr_setflags(&attr, Int16(POSIX_SPAWN_SETSIGDEF))
         var pid: pid_t = 0
         let started = BenchWorkflows.monotonic()
-        let rc = posix_spawn(&pid, exe, &actions, nil, argv, environ)
+        let rc = posix_spawn(&pid, exe, &actions, &attr, argv, environ)
         guard rc == 0 else { throw CLIError(.failure, "\(exe): cannot start a daemon (\(String(cString: strerror(rc))))") }
         BenchInterruption.daemons.withLock { _ = $0.insert(pid) }
         return (pid, started)
