@@ -36,11 +36,21 @@ deps:
 
 build: deps
 	$(SWIFT) build $(BUILD_FLAGS)
+	$(call helper-client,$(BUILD_FLAGS))
+
+# The scripts' helper client (Sources/cairn-helper, docs/scripts.md "How helpers reach the
+# daemon"): plain C built with the system's compiler beside the build's `cairn`, which
+# finds it there. (SwiftPM would link a C executable against the Swift runtime, doubling
+# its start.) Without it, the scripts' helpers run the whole binary.
+CC ?= cc
+HELPER_CFLAGS ?= -O2 -std=gnu11 -Wall -Wextra -Werror
+helper-client = $(CC) $(HELPER_CFLAGS) -o "$$($(SWIFT) build $(1) --show-bin-path)/cairn-helper" Sources/cairn-helper/cairn-helper.c
 
 # Every test: unit, replay fixtures, crash (SIGKILL) and end-to-end tests of the binary;
 # then proof that a release build carries no test hook.
 test: deps
 	$(SWIFT) build --build-tests $(BUILD_FLAGS)
+	$(call helper-client,$(BUILD_FLAGS))
 	$(SWIFT) test --skip-build $(BUILD_FLAGS)
 	$(MAKE) --no-print-directory release-has-no-test-hooks
 	$(MAKE) --no-print-directory fuzz FUZZ_TIME=$(FUZZ_TEST_TIME)
@@ -81,6 +91,7 @@ fuzz-run:
 DURATION ?= 30m
 soak: deps
 	$(SWIFT) build --build-tests $(BUILD_FLAGS)
+	$(call helper-client,$(BUILD_FLAGS))
 	CAIRN_SOAK_DURATION=$(DURATION) $(SWIFT) test --skip-build $(BUILD_FLAGS) --filter SoakTests
 
 # The replay engine's property tests with many more cases than `make test` runs
@@ -113,6 +124,7 @@ run: build
 # figures (the durable-write routine, replay, daemon start and ls over 100,000 runs, the long run).
 bench: deps
 	$(SWIFT) build -c release --product cairn
+	$(call helper-client,-c release)
 	$(SWIFT) build -c release --product cairn-bench
 	$(SWIFT) build -c release --product cairn-fixtures
 	$$($(SWIFT) build -c release --show-bin-path)/cairn bench
@@ -122,6 +134,7 @@ bench: deps
 # bench/peers/.venv) on the same four workloads, one session, one table (bench/peers/run).
 bench-peers: deps
 	$(SWIFT) build -c release --product cairn
+	$(call helper-client,-c release)
 	bench/peers/run
 
 # Only the long-run figures (a 100,000-step run; CAIRN_BENCH_LONG_STEPS=N for another size).

@@ -15,6 +15,7 @@
 #include <string.h>
 #include <stdlib.h>
 #include <sys/vfs.h>
+#include <sys/socket.h>
 
 #ifndef RENAME_NOREPLACE
 #define RENAME_NOREPLACE (1 << 0)
@@ -130,4 +131,16 @@ long long cairn_statfs_type(const char *path) {
     struct statfs fs;
     if (statfs(path, &fs) != 0) return -1;
     return (long long)(unsigned int)fs.f_type;
+}
+
+int cairn_accept_cloexec(int fd) {
+    return accept4(fd, NULL, NULL, SOCK_CLOEXEC);
+}
+
+int cairn_peer_uid(int fd, unsigned int *uid) {
+    struct ucred cred;
+    socklen_t len = sizeof cred;
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0) return -1;
+    *uid = cred.uid;
+    return 0;
 }

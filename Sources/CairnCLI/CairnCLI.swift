@@ -63,10 +63,11 @@ public enum CLIEnvironment {
     public static func set(workflows: WorkflowRegistry) { state.withLock { $0 = workflows } }
     public static var workflows: WorkflowRegistry { state.withLock { $0 } }
 
-    /// The registered Swift workflows plus the spool's script workflows.
-    static func workflows(for spool: Spool) -> WorkflowRegistry {
+    /// The registered Swift workflows plus the spool's script workflows (whose helpers
+    /// `helpers` serves, when given).
+    static func workflows(for spool: Spool, helpers: HelperServer? = nil) -> WorkflowRegistry {
         var r = workflows
-        r.fallback = ScriptWorkflow.resolver(spool: spool)
+        r.fallback = ScriptWorkflow.resolver(spool: spool, helpers: helpers)
         return r
     }
 }

@@ -12,9 +12,23 @@ import Synchronization
 /// `SPOOL/tmp/exec-RUN.json`. A helper that must wait records the wait there and kills the
 /// script's process group; the execution then ends as a wait, and the script runs again
 /// from the top when the wait is over.
+/// Answers the helper calls of the scripts a daemon runs (`cairn step`, `cairn now` …) in
+/// the daemon itself, so that a helper call costs a small client's start instead of the whole
+/// binary's (CairnCLI's `HelperServer`; docs/scripts.md, "How helpers reach the daemon").
+public protocol ScriptHelperService: Sendable {
+    /// A private directory (0700, this user's) whose `cairn` is the small client.
+    var clientDirectory: String { get }
+    /// The Unix socket the client connects to, in that directory.
+    var socketPath: String { get }
+    /// The execution's helpers may be served from now on.
+    func register(exec: String, run: String, spool: Spool)
+    func unregister(exec: String)
+}
+
 public enum ScriptWorkflow {
-    /// The resolver to install as `WorkflowRegistry.fallback`.
-    public static func resolver(spool: Spool) -> @Sendable (String) -> AnyWorkflow? {
+    /// The resolver to install as `WorkflowRegistry.fallback`. With `helpers`, the scripts'
+    /// `cairn` is the small client that asks it; without, the whole binary.
+    public static func resolver(spool: Spool, helpers: (any ScriptHelperService)? = nil) -> @Sendable (String) -> AnyWorkflow? {
         { name in
             guard Names.isValidName(name) else { return nil }
             let path = spool.workflowsDirectory.appending(name).string
@@ -28,7 +42,7 @@ public enum ScriptWorkflow {
                         throw StepError.nonRetryable("\(p) \(problem): the daemon will not execute it (\(Spool.trustFixAdvice); then `cairn retry`)", type: "untrusted_workflow")
                     }
                 }
-                return try await execute(spool: spool, path: path, ctx: ctx, input: input)
+                return try await execute(spool: spool, path: path, ctx: ctx, input: input, helpers: helpers)
             }
             wf.replaysOnEveryWake = false
             wf.recordsFromOtherProcesses = true
@@ -111,7 +125,7 @@ public enum ScriptWorkflow {
         _ = unlink(probe.string)
     }
 
-    static func execute(spool: Spool, path: String, ctx: WorkflowContext, input: JSONValue) async throws -> JSONValue {
+    static func execute(spool: Spool, path: String, ctx: WorkflowContext, input: JSONValue, helpers: (any ScriptHelperService)?) async throws -> JSONValue {
         let run = ctx.runID
         let execID = UUID().uuidString.lowercased()
         let statePath = execStatePath(spool, run)
@@ -135,16 +149,28 @@ public enum ScriptWorkflow {
         _ = banner.withCString { write(err.rawValue, $0, strlen($0)) }
 
         let selfExe = executablePath()
-        let helperDir = try helperPath(selfExe)
+        let helperDir = try helpers?.clientDirectory ?? helperPath(selfExe)
         var options = PlatformOptions()
         options.processGroupID = 0  // its own process group, so the whole script can be stopped
-        let env: [Environment.Key: String?] = [
+        var env: [Environment.Key: String?] = [
             "CAIRN_SPOOL": absolute(spool.root.string),
             "CAIRN_RUN_ID": run,
             "CAIRN_RUN_DIR": absolute(spool.run(run).directory.string),
             "CAIRN_EXEC": execID,
             "PATH": helperDir + ":" + (ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin"),
+            // Cleared unless this daemon serves helpers (a daemon started from a script's
+            // environment must not hand on its parent's).
+            "CAIRN_HELPER_SOCKET": nil,
+            "CAIRN_HELPER_EXE": nil,
         ]
+        if let helpers {
+            // The client asks the daemon over this socket and runs the whole binary for
+            // anything the daemon does not serve.
+            env["CAIRN_HELPER_SOCKET"] = helpers.socketPath
+            env["CAIRN_HELPER_EXE"] = selfExe
+            helpers.register(exec: execID, run: run, spool: spool)
+        }
+        defer { helpers?.unregister(exec: execID) }
         let config = Configuration(
             executable: .path(FilePath(selfExe)),
             arguments: Arguments(["__supervise", "--parent", String(getpid()), "--", path]),

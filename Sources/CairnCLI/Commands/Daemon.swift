@@ -48,7 +48,10 @@ struct DaemonCommand: AsyncParsableCommand {
         // their mount may read as ENOENT for a moment (DurableFile.read looks again).
         if opts.rescanInterval != nil { DurableFile.assumeSharedFilesystem() }
         opts.shutdownGrace = shutdownGrace.duration
-        let daemon = Daemon(spool: spool, registry: CLIEnvironment.workflows(for: spool), watcher: watcher, options: opts, logger: logger)
+        // The scripts' `cairn` helpers answered here (the small client), when it is installed.
+        let helpers = HelperServer.start(logger: logger)
+        defer { helpers?.stop() }
+        let daemon = Daemon(spool: spool, registry: CLIEnvironment.workflows(for: spool, helpers: helpers), watcher: watcher, options: opts, logger: logger)
         try await runDaemon(daemon, logger: logger, spool: spool)
     }
 }

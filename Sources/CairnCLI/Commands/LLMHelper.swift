@@ -72,7 +72,7 @@ struct LLMHelper: AsyncParsableCommand {
         options.stream = !noStream
         options.tokenBudget = tokenBudget
         let opts = options
-        var session = try HelperSession.open("llm")
+        let session = try HelperSession.open("llm")
         let response: LLMResponse
         do {
             response = try await session.perform { ctx in try await ctx.llm(name, models: model, messages: messages, options: opts) }

@@ -10,15 +10,25 @@ import Subprocess
 import Synchronization
 import SystemPackage
 
-/// The journal session of a script workflow's helper call (`cairn step`, `cairn approval`…).
+/// The journal session of a script workflow's helper call (`cairn step`, `cairn approval`…),
+/// in the helper process or in the daemon that serves the small client (`HelperServer`).
 /// The daemon started the script with CAIRN_SPOOL, CAIRN_RUN_ID and CAIRN_EXEC; the
 /// cursor of this execution lives in SPOOL/tmp/exec-RUN.json.
-struct HelperSession {
+final class HelperSession {
     let helper: String
     let spool: Spool
     let run: String
     var state: ScriptWorkflow.ExecState
     let statePath: FilePath
+    /// Where the engine's warnings go: the script's stderr in a helper process.
+    var logger: Logger
+
+    /// An operation ended the execution (a wait, a cancel, nondeterminism, a spool error):
+    /// the exec state says so for the daemon; the script must be stopped, after `message`
+    /// is printed on its stderr.
+    struct Stop: Error {
+        var message: String?
+    }
 
     static func open(_ helper: String) throws -> HelperSession {
         let env = ProcessInfo.processInfo.environment
@@ -28,7 +38,12 @@ struct HelperSession {
         if let outer = env["CAIRN_IN_STEP"], !outer.isEmpty {
             throw CLIError(.usage, "`cairn \(helper)` was called inside the command of `cairn step \(outer)`: helpers cannot be nested in a step (the step is one recorded unit); call it from the script itself, before or after the step")
         }
-        let spool = try Spool.open(at: FilePath(root))
+        var logger = Logger(label: "cairn")
+        logger.logLevel = .warning  // the script's stderr is the run's log; keep it for the script
+        return try HelperSession(helper: helper, spool: try Spool.open(at: FilePath(root)), run: run, exec: exec, logger: logger)
+    }
+
+    init(helper: String, spool: Spool, run: String, exec: String, logger: Logger) throws {
         let path = ScriptWorkflow.execStatePath(spool, run)
         let state: ScriptWorkflow.ExecState
         do {
@@ -37,7 +52,12 @@ struct HelperSession {
             throw CLIError(.failure, "\(path.string): no execution state for run \(run); is the script still running under its daemon?")
         }
         guard state.exec == exec else { throw CLIError(.failure, "\(path.string): execution \(exec) is over (the run moved on); this process should have been stopped") }
-        return HelperSession(helper: helper, spool: spool, run: run, state: state, statePath: path)
+        self.helper = helper
+        self.spool = spool
+        self.run = run
+        self.state = state
+        self.statePath = path
+        self.logger = logger
     }
 
     /// The exec state for the daemon and the next helper: atomic, not fsync'd (nothing reads
@@ -46,9 +66,26 @@ struct HelperSession {
         try spool.durable.write(json: JSONValue(encoding: state), to: statePath, durability: .atomicOnly)
     }
 
-    /// Runs one durable operation; on a wait, cancellation or nondeterminism, records the
-    /// outcome for the daemon and stops the whole script (its process group).
-    mutating func perform<T>(_ op: (WorkflowContext) async throws -> T) async throws -> T {
+    /// `performStoppable` in a helper process: a stop kills this script's process group
+    /// (this process's too); the daemon takes it from there.
+    func perform<T>(_ op: (WorkflowContext) async throws -> T) async throws -> T {
+        try await stoppingHere { try await performStoppable(op) }
+    }
+
+    /// In a helper process: `body`'s `Stop` kills this script's process group.
+    func stoppingHere<T>(_ body: () async throws -> T) async throws -> T {
+        do {
+            return try await body()
+        } catch let stop as Stop {
+            if let m = stop.message { Output.raw(Data(m.utf8), to: 2) }
+            kill(0, SIGKILL)
+            while true { pause() }
+        }
+    }
+
+    /// Runs one durable operation; on a wait, cancellation, nondeterminism or a spool error,
+    /// records the outcome for the daemon and throws `Stop`.
+    func performStoppable<T>(_ op: (WorkflowContext) async throws -> T) async throws -> T {
         // Helpers of one execution run one at a time (a script may call them from a pipeline
         // or in the background): each takes the exec state's flock, then re-reads the cursor.
         // A lock file of its own: the state file is replaced by rename, so it cannot carry a lock.
@@ -70,8 +107,6 @@ struct HelperSession {
             throw CLIError(.failure, "\(statePath.string): execution \(state.exec) is over (the run moved on)")
         }
         state = fresh
-        var logger = Logger(label: "cairn")
-        logger.logLevel = .warning  // the script's stderr is the run's log; keep it for the script
         let ctx = try WorkflowContext.attach(spool: spool, runID: run, cursor: state.cursor, logger: logger)
         do {
             let v = try await op(ctx)
@@ -82,6 +117,7 @@ struct HelperSession {
             try writeState()
             return v
         } catch {
+            var message: String?
             if let w = WorkflowContext.waitingFor(error) {
                 state.outcome = "waiting"
                 state.waitingFor = w
@@ -90,28 +126,40 @@ struct HelperSession {
             } else if let e = error as? NondeterminismError {
                 state.outcome = "nondeterminism"
                 state.error = e.info
-                Output.raw(Data("cairn: \(e.info.message)\n".utf8), to: 2)
+                message = "cairn: \(e.info.message)\n"
             } else if let e = error as? SpoolError {
                 // The spool failed (a full disk, EIO): not the script's failure. Tell the
                 // daemon if the exec state can still be written (it probes the spool
                 // itself if not) and stop the script; the run resumes once the spool works.
                 state.outcome = "spool_error"
                 state.error = ErrorInfo(type: "spool", message: e.description, file: e.path)
-                Output.raw(Data("cairn: \(e.description)\n".utf8), to: 2)
                 // Said first by removing a name (which needs no space), then in the state.
                 _ = unlink(ScriptWorkflow.spoolWorksPath(statePath))
                 try? writeState()
-                kill(0, SIGKILL)
-                while true { pause() }
+                throw Stop(message: "cairn: \(e.description)\n")
             } else {
                 state.cursor = ctx.cursor
                 try? writeState()
                 throw error
             }
             try writeState()
-            kill(0, SIGKILL)  // this script's process group; the daemon takes it from here
-            while true { pause() }
+            throw Stop(message: message)
         }
+    }
+}
+
+/// What a helper call prints and exits with: the same whether the helper process or the
+/// daemon (for the small client) did the work.
+struct HelperReply: Sendable {
+    var stdout = Data()
+    var stderr = ""
+    var code: Int32 = 0
+
+    /// In the helper process: print, and exit with the code.
+    func emit() throws {
+        if !stdout.isEmpty { Output.raw(stdout, to: 1) }
+        if !stderr.isEmpty { Output.raw(Data(stderr.utf8), to: 2) }
+        if code != 0 { throw ExitCode(code) }
     }
 }
 
@@ -158,49 +206,64 @@ struct StepHelper: AsyncParsableCommand {
     }
 
     func run() async throws {
-        var session = try HelperSession.open("step")
-        let cmd = command
-        let policy = RetryPolicy(maxAttempts: retries + 1, initialDelay: .seconds(2), maxDelay: .seconds(600))
-        let out: StepOutput
-        do {
-            out = try await session.perform { ctx in
-                try await ctx.stepWithAttempts(name, semantics: atMostOnce ? .atMostOnce : .atLeastOnce, retry: policy, timeout: timeout?.duration) { attempt in
-                    // A timeout (or a stop) kills the command and everything it started.
-                    let pid = ProcessTree()
-                    // Found on PATH here, not by Subprocess: it forks a child to try execve in
-                    // each PATH directory in turn (a fork of this large process each).
-                    let executable: Executable = cmd[0].contains("/") ? .path(FilePath(cmd[0])) : .path(try await Executable.name(cmd[0]).resolveExecutablePath(in: .inherit))
-                    let config = Configuration(
-                        executable: executable,
-                        arguments: Arguments(Array(cmd.dropFirst())),
-                        environment: .inherit.updating(["CAIRN_IDEMPOTENCY_KEY": attempt.idempotencyKey, "CAIRN_STEP_ATTEMPT": String(attempt.number), "CAIRN_IN_STEP": name]))
-                    let r = try await withTaskCancellationHandler {
-                        try await Subprocess.run(config, input: .none, output: .bytes(limit: 64 << 20), error: .currentStandardError) { execution in
-                            pid.started(execution.processIdentifier.value)
-                        }
-                    } onCancel: {
-                        pid.killTree()
-                    }
-                    let code: Int32
-                    switch r.terminationStatus {
-                    case .exited(let c): code = c
-                    case .signaled(let s): code = 128 + s
-                    }
-                    if code != 0 && !attempt.isLast {
-                        Output.raw(Data("cairn: step \(name) attempt \(attempt.number): \(cmd[0]) exited with \(code); step failed, will retry\n".utf8), to: 2)
-                        throw StepError("\(cmd[0]) exited with \(code)")
-                    }
-                    let data = Data(r.standardOutput)
-                    if let s = String(data: data, encoding: .utf8) { return StepOutput(stdout: s, exitCode: code) }
-                    return StepOutput(stdoutBase64: data.base64EncodedString(), exitCode: code)
+        let session = try HelperSession.open("step")
+        let cmd = command, name = name
+        try await session.stoppingHere { try await reply(session) { attempt in
+            // A timeout (or a stop) kills the command and everything it started.
+            let pid = ProcessTree()
+            // Found on PATH here, not by Subprocess: it forks a child to try execve in
+            // each PATH directory in turn (a fork of this large process each).
+            let executable: Executable = cmd[0].contains("/") ? .path(FilePath(cmd[0])) : .path(try await Executable.name(cmd[0]).resolveExecutablePath(in: .inherit))
+            let config = Configuration(
+                executable: executable,
+                arguments: Arguments(Array(cmd.dropFirst())),
+                environment: .inherit.updating(["CAIRN_IDEMPOTENCY_KEY": attempt.idempotencyKey, "CAIRN_STEP_ATTEMPT": String(attempt.number), "CAIRN_IN_STEP": name]))
+            let r = try await withTaskCancellationHandler {
+                try await Subprocess.run(config, input: .none, output: .bytes(limit: Self.outputLimit), error: .currentStandardError) { execution in
+                    pid.started(execution.processIdentifier.value)
                 }
+            } onCancel: {
+                pid.killTree()
             }
+            let code: Int32
+            switch r.terminationStatus {
+            case .exited(let c): code = c
+            case .signaled(let s): code = 128 + s
+            }
+            if code != 0 && !attempt.isLast {
+                Output.raw(Data(Self.willRetry(name, attempt: attempt.number, cmd[0], code).utf8), to: 2)
+            }
+            return try Self.output(Data(r.standardOutput), code: code, attempt: attempt, command: cmd[0])
+        } }.emit()
+    }
+
+    /// The most of CMD's stdout a step records.
+    static let outputLimit = 64 << 20
+
+    static func willRetry(_ name: String, attempt: Int, _ command: String, _ code: Int32) -> String {
+        "cairn: step \(name) attempt \(attempt): \(command) exited with \(code); step failed, will retry\n"
+    }
+
+    /// An attempt's outcome: a failure while attempts remain, else the recorded output.
+    static func output(_ data: Data, code: Int32, attempt: StepAttempt, command: String) throws -> StepOutput {
+        if code != 0 && !attempt.isLast { throw StepError("\(command) exited with \(code)") }
+        if let s = String(data: data, encoding: .utf8) { return StepOutput(stdout: s, exitCode: code) }
+        return StepOutput(stdoutBase64: data.base64EncodedString(), exitCode: code)
+    }
+
+    /// The step through `session`; `attempt` runs CMD once (in this process, or in the
+    /// small client for the daemon).
+    func reply(_ session: HelperSession, attempt body: @escaping @Sendable (StepAttempt) async throws -> StepOutput) async throws -> HelperReply {
+        let policy = RetryPolicy(maxAttempts: retries + 1, initialDelay: .seconds(2), maxDelay: .seconds(600))
+        let name = name, semantics: StepSemantics = atMostOnce ? .atMostOnce : .atLeastOnce, timeout = timeout?.duration
+        do {
+            let out = try await session.performStoppable { ctx in
+                try await ctx.stepWithAttempts(name, semantics: semantics, retry: policy, timeout: timeout, body)
+            }
+            return HelperReply(stdout: out.bytes, code: out.exitCode)
         } catch let e as StepFailedError {
-            Output.raw(Data("cairn: \(e.description)\n".utf8), to: 2)
-            throw ExitCode(e.error.type == "timeout" ? 124 : 1)
+            return HelperReply(stderr: "cairn: \(e.description)\n", code: e.error.type == "timeout" ? 124 : 1)
         }
-        Output.raw(out.bytes, to: 1)
-        throw ExitCode(out.exitCode)
     }
 }
 
@@ -239,7 +302,7 @@ struct ApprovalHelper: AsyncParsableCommand {
                 req.summary = String(decoding: data, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
             }
         }
-        var session = try HelperSession.open("approval")
+        let session = try HelperSession.open("approval")
         let r = req
         let d = try await session.perform { ctx in
             try await ctx.approval(gate, request: r, timeout: timeout?.duration, onTimeout: approveOnTimeout ? .approve : .reject)
@@ -265,10 +328,14 @@ struct EventHelper: AsyncParsableCommand {
     }
 
     func run() async throws {
-        var session = try HelperSession.open("event")
-        let v = try await session.perform { ctx in try await ctx.waitForEvent(name, timeout: timeout?.duration) }
-        guard let v else { throw ExitCode(4) }
-        Output.raw(Data(v.canonicalText().utf8), to: 1)
+        let session = try HelperSession.open("event")
+        try await session.stoppingHere { try await reply(session) }.emit()
+    }
+
+    func reply(_ session: HelperSession) async throws -> HelperReply {
+        let name = name, timeout = timeout?.duration
+        guard let v = try await session.performStoppable({ ctx in try await ctx.waitForEvent(name, timeout: timeout) }) else { return HelperReply(code: 4) }
+        return HelperReply(stdout: Data(v.canonicalText().utf8))
     }
 }
 
@@ -282,8 +349,14 @@ struct SleepHelper: AsyncParsableCommand {
     @Argument(help: "90s, 15m, 2h, 7d…") var duration: DurationArgument
 
     func run() async throws {
-        var session = try HelperSession.open("sleep")
-        try await session.perform { ctx in try await ctx.sleep("sleep", for: duration.duration) }
+        let session = try HelperSession.open("sleep")
+        try await session.stoppingHere { try await reply(session) }.emit()
+    }
+
+    func reply(_ session: HelperSession) async throws -> HelperReply {
+        let d = duration.duration
+        try await session.performStoppable { ctx in try await ctx.sleep("sleep", for: d) }
+        return HelperReply()
     }
 }
 
@@ -291,9 +364,13 @@ struct NowHelper: AsyncParsableCommand {
     static let configuration = CommandConfiguration(commandName: "now", abstract: "(script helper) The current time (ISO-8601), recorded: the same on replay.")
 
     func run() async throws {
-        var session = try HelperSession.open("now")
-        let t = try await session.perform { ctx in ctx.now() }
-        Output.line(Timestamp.format(t))
+        let session = try HelperSession.open("now")
+        try await session.stoppingHere { try await reply(session) }.emit()
+    }
+
+    func reply(_ session: HelperSession) async throws -> HelperReply {
+        let t = try await session.performStoppable { ctx in ctx.now() }
+        return HelperReply(stdout: Data((Timestamp.format(t) + "\n").utf8))
     }
 }
 
@@ -301,9 +378,13 @@ struct UUIDHelper: AsyncParsableCommand {
     static let configuration = CommandConfiguration(commandName: "uuid", abstract: "(script helper) A random UUID, recorded: the same on replay.")
 
     func run() async throws {
-        var session = try HelperSession.open("uuid")
-        let u = try await session.perform { ctx in ctx.uuid() }
-        Output.line(u.uuidString.lowercased())
+        let session = try HelperSession.open("uuid")
+        try await session.stoppingHere { try await reply(session) }.emit()
+    }
+
+    func reply(_ session: HelperSession) async throws -> HelperReply {
+        let u = try await session.performStoppable { ctx in ctx.uuid() }
+        return HelperReply(stdout: Data((u.uuidString.lowercased() + "\n").utf8))
     }
 }
 
@@ -339,7 +420,7 @@ struct ResultHelper: AsyncParsableCommand {
             }
             value = v
         }
-        var session = try HelperSession.open("result")
+        let session = try HelperSession.open("result")
         _ = try await session.perform { ctx in try ctx.recorded("result", nil) { value } }
     }
 }
@@ -362,7 +443,7 @@ struct ContinueAsNewHelper: AsyncParsableCommand {
     func run() async throws {
         // Judged as every --input is (empty, depth, JSON, a key twice, a blob-shaped value).
         let value = try Output.readJSONArgument(file, what: "the input")
-        var session = try HelperSession.open("continue-as-new")
+        let session = try HelperSession.open("continue-as-new")
         let id = try await session.perform { ctx in try await ctx.continueAsNewRecording(value) }
         Output.line(id)
     }

@@ -1,0 +1,379 @@
+import ArgumentParser
+import CSystemShims
+import Cairn
+import CairnDaemon
+import CairnSpool
+import Foundation
+import Glibc
+import Logging
+import Synchronization
+
+/// Answers the helper calls of the scripts a daemon runs, for the small C client
+/// `cairn-helper` (Sources/cairn-helper/cairn-helper.c) that the scripts find on their PATH
+/// as `cairn`: a helper call then costs a small program's start and a round trip instead
+/// of the whole binary's start. The work is the helper's own code (`HelperSession` under the
+/// execution's flock, the same records and messages); a step's command runs in the client,
+/// in the script's process group and environment. Anything not served here (`approval`,
+/// `llm`, `result`, usage errors…) the client hands to the whole binary.
+///
+/// The socket lives in a private directory (mkdtemp, 0700) with the client's link; a
+/// connection from another user is closed unread (SO_PEERCRED), and a request must name an
+/// execution this daemon is running (its random id, known to the script's processes only).
+///
+/// Wire: frames of a 4-byte little-endian length, a type byte and a payload.
+///   client → daemon  Q  "cairn-helper 1", exec id, run id, then argv[1…] (NUL-terminated strings)
+///                    D  i32 status (exit code, 128+signal), u8 kind (0 ran, 1 could not start,
+///                       2 output over the limit), CMD's stdout or the reason
+///   daemon → client  F  run the whole binary with the same arguments
+///                    O  i32 exit code, u32 stderr length, stderr, stdout: print, exit
+///                    R  i32 attempt, u8 is-last, u32 index of CMD in argv, key, name (strings):
+///                       run CMD once, answer D
+///                    K  kill CMD and what it started (a timeout), then answer D
+///                    X  stderr text: print it and kill the script's process group (a wait)
+final class HelperServer: ScriptHelperService {
+    static let version = "cairn-helper 1"
+
+    let clientDirectory: String
+    let socketPath: String
+    private let listenFD: Int32
+    private let logger: Logger
+    private let executions = Mutex<[String: Execution]>([:])
+    private let stopping = Atomic<Bool>(false)
+
+    private struct Execution: Sendable {
+        let run: String
+        let spool: Spool
+    }
+
+    private init(clientDirectory: String, socketPath: String, listenFD: Int32, logger: Logger) {
+        self.clientDirectory = clientDirectory
+        self.socketPath = socketPath
+        self.listenFD = listenFD
+        self.logger = logger
+    }
+
+    /// The client beside this executable, if there is one the daemon may trust.
+    static func client(logger: Logger) -> String? {
+        let exe = ScriptWorkflow.executablePath()
+        let client = (exe as NSString).deletingLastPathComponent + "/cairn-helper"
+        guard access(client, X_OK) == 0 else {
+            logger.debug("no cairn-helper beside the executable: the scripts' helpers run the whole binary", metadata: ["path": "\(client)"])
+            return nil
+        }
+        // Nothing the daemon has scripts execute may come from a place another user can write.
+        if let problem = Spool.trustedFileProblem(client) {
+            logger.warning("cairn-helper \(problem): not used; the scripts' helpers run the whole binary", metadata: ["path": "\(client)"])
+            return nil
+        }
+        return client
+    }
+
+    /// Starts serving, or nil (logged) when there is no client to use or no socket can be made:
+    /// the scripts' helpers then run the whole binary, as before.
+    static func start(logger: Logger) -> HelperServer? {
+        guard let client = client(logger: logger) else { return nil }
+        let base = ProcessInfo.processInfo.environment["TMPDIR"].flatMap { $0.isEmpty ? nil : $0 } ?? "/tmp"
+        var template = Array((base + "/cairn-helpers-XXXXXX").utf8CString)
+        guard let made = template.withUnsafeMutableBufferPointer({ mkdtemp($0.baseAddress!) }) else {
+            logger.warning("cannot create a private directory for the helper socket: the scripts' helpers run the whole binary", metadata: ["dir": "\(base)", "error": "\(String(cString: strerror(errno)))"])
+            return nil
+        }
+        let dir = String(cString: made)
+        let socketPath = dir + "/helper.sock"
+        func giveUp(_ what: String) -> HelperServer? {
+            logger.warning("\(what): the scripts' helpers run the whole binary", metadata: ["dir": "\(dir)", "error": "\(String(cString: strerror(errno)))"])
+            _ = unlink(socketPath)
+            _ = unlink(dir + "/cairn")
+            _ = rmdir(dir)
+            return nil
+        }
+        guard symlink(client, dir + "/cairn") == 0 else { return giveUp("cannot link the helper client") }
+        var addr = sockaddr_un()
+        addr.sun_family = sa_family_t(AF_UNIX)
+        let capacity = MemoryLayout.size(ofValue: addr.sun_path)
+        guard socketPath.utf8.count < capacity else { errno = ENAMETOOLONG; return giveUp("the helper socket's path is too long") }
+        withUnsafeMutableBytes(of: &addr.sun_path) { raw in
+            raw.copyBytes(from: socketPath.utf8)
+            raw[socketPath.utf8.count] = 0
+        }
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard fd >= 0 else { return giveUp("cannot create the helper socket") }
+        let bound = withUnsafePointer(to: &addr) { p in
+            p.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        }
+        guard bound == 0, listen(fd, 128) == 0 else {
+            close(fd)
+            return giveUp("cannot listen on the helper socket")
+        }
+        let server = HelperServer(clientDirectory: dir, socketPath: socketPath, listenFD: fd, logger: logger)
+        Thread.detachNewThread { server.acceptLoop() }
+        logger.debug("serving the scripts' helpers", metadata: ["socket": "\(socketPath)"])
+        return server
+    }
+
+    /// Stops accepting and removes the directory (served connections end with their scripts).
+    func stop() {
+        guard !stopping.exchange(true, ordering: .sequentiallyConsistent) else { return }
+        _ = shutdown(listenFD, Int32(SHUT_RDWR))
+        _ = unlink(socketPath)
+        _ = unlink(clientDirectory + "/cairn")
+        _ = rmdir(clientDirectory)
+    }
+
+    func register(exec: String, run: String, spool: Spool) {
+        executions.withLock { $0[exec] = Execution(run: run, spool: spool) }
+    }
+
+    func unregister(exec: String) {
+        _ = executions.withLock { $0.removeValue(forKey: exec) }
+    }
+
+    private func acceptLoop() {
+        while true {
+            let c = cairn_accept_cloexec(listenFD)
+            if c < 0 {
+                if stopping.load(ordering: .sequentiallyConsistent) { break }
+                if errno == EINTR || errno == ECONNABORTED { continue }
+                // Out of descriptors: the client falls back to the whole binary meanwhile.
+                logger.warning("helper socket: accept failed", metadata: ["error": "\(String(cString: strerror(errno)))"])
+                usleep(50_000)
+                continue
+            }
+            // Only this user's processes: the directory is private, and this says it again.
+            var uid: UInt32 = 0
+            guard cairn_peer_uid(c, &uid) == 0, uid == geteuid() else {
+                close(c)
+                continue
+            }
+            let conn = HelperConnection(fd: c)
+            Thread.detachNewThread { self.serve(conn) }
+        }
+        close(listenFD)
+    }
+
+    /// On the connection's own thread: reads the request, starts its work as a task, then
+    /// delivers the client's frames to it until the client closes.
+    private func serve(_ conn: HelperConnection) {
+        guard let q = conn.readFrame(), q.type == UInt8(ascii: "Q") else {
+            conn.closed(cancelling: nil)
+            return
+        }
+        let parts = q.payload.split(separator: 0, omittingEmptySubsequences: false).dropLast().map { String(decoding: $0, as: UTF8.self) }
+        let task: Task<Void, Never>?
+        if parts.count >= 4, parts[0] == Self.version, let e = executions.withLock({ $0[parts[1]] }), e.run == parts[2] {
+            let exec = parts[1], args = Array(parts[3...])
+            task = Task { await self.handle(conn, e, exec: exec, args: args) }
+        } else {
+            // Not an execution of this daemon's (over, or another's): the whole binary says why.
+            conn.send(UInt8(ascii: "F"))
+            conn.finish()
+            task = nil
+        }
+        while let f = conn.readFrame() { conn.deliver(f) }
+        conn.closed(cancelling: task)
+    }
+
+    private func handle(_ conn: HelperConnection, _ e: Execution, exec: String, args: [String]) async {
+        defer { conn.finish() }
+        let logger = logger
+        func session(_ helper: String) throws -> HelperSession {
+            try HelperSession(helper: helper, spool: e.spool, run: e.run, exec: exec, logger: logger)
+        }
+        let rest = Array(args.dropFirst())
+        do {
+            let reply: HelperReply
+            switch args.first {
+            case "step":
+                // Its own parser, so that anything it refuses is refused by the whole binary
+                // with the usual message.
+                guard let cmd = try? StepHelper.parse(rest) else { return conn.send(UInt8(ascii: "F")) }
+                let index = 1 + args.count - cmd.command.count
+                let command = cmd.command[0]
+                reply = try await cmd.reply(try session("step")) { attempt in
+                    let done = try await conn.runAttempt(attempt, name: cmd.name, commandIndex: index)
+                    switch done.kind {
+                    case 1: throw StepError("\(command): cannot run: \(String(decoding: done.data, as: UTF8.self))")
+                    case 2: throw StepError("\(command): its output is over the \(StepHelper.outputLimit >> 20) MiB a step records")
+                    default: return try StepHelper.output(done.data, code: done.status, attempt: attempt, command: command)
+                    }
+                }
+            case "now":
+                guard (try? NowHelper.parse(rest)) != nil else { return conn.send(UInt8(ascii: "F")) }
+                reply = try await NowHelper().reply(try session("now"))
+            case "uuid":
+                guard (try? UUIDHelper.parse(rest)) != nil else { return conn.send(UInt8(ascii: "F")) }
+                reply = try await UUIDHelper().reply(try session("uuid"))
+            case "sleep":
+                guard let h = try? SleepHelper.parse(rest) else { return conn.send(UInt8(ascii: "F")) }
+                reply = try await h.reply(try session("sleep"))
+            case "event":
+                guard let h = try? EventHelper.parse(rest) else { return conn.send(UInt8(ascii: "F")) }
+                reply = try await h.reply(try session("event"))
+            default:
+                return conn.send(UInt8(ascii: "F"))
+            }
+            conn.sendOutput(reply)
+        } catch let stop as HelperSession.Stop {
+            conn.send(UInt8(ascii: "X"), Data((stop.message ?? "").utf8))
+        } catch is CancellationError {
+            // The client is gone (its script was stopped): nothing recorded, nobody to tell.
+        } catch let e as CLIError {
+            conn.sendOutput(HelperReply(stderr: "cairn: \(Names.printable(e.message))\n", code: e.code.rawValue))
+        } catch let e as SpoolError {
+            conn.sendOutput(HelperReply(stderr: "cairn: \(Names.printable(e.description))\n", code: e.code == .notFound ? CLIError.Code.notFound.rawValue : CLIError.Code.failure.rawValue))
+        } catch {
+            conn.sendOutput(HelperReply(stderr: "cairn: \(Names.printable(String(describing: error)))\n", code: CLIError.Code.failure.rawValue))
+        }
+    }
+}
+
+/// One client's connection: its thread reads frames, its task writes replies.
+final class HelperConnection: Sendable {
+    struct Frame {
+        var type: UInt8
+        var payload: Data
+    }
+
+    /// What the client says of one run of CMD.
+    struct Done: Sendable {
+        var status: Int32
+        var kind: UInt8
+        var data: Data
+    }
+
+    private struct State {
+        var closed = false
+        var pending: CheckedContinuation<Done, any Error>?
+    }
+
+    private let fd: Int32
+    private let state = Mutex(State())
+
+    /// The largest frame a client may send: a step's output and a little.
+    static let frameLimit = StepHelper.outputLimit + 4096
+
+    init(fd: Int32) { self.fd = fd }
+
+    /// The next frame, or nil at the end (or a frame that breaks the protocol).
+    func readFrame() -> Frame? {
+        var header = [UInt8](repeating: 0, count: 5)
+        guard readAll(&header, 5) else { return nil }
+        let length = Int(header[0]) | Int(header[1]) << 8 | Int(header[2]) << 16 | Int(header[3]) << 24
+        guard length >= 1, length <= Self.frameLimit else { return nil }
+        var payload = [UInt8](repeating: 0, count: length - 1)
+        guard readAll(&payload, length - 1) else { return nil }
+        return Frame(type: header[4], payload: Data(payload))
+    }
+
+    private func readAll(_ buf: inout [UInt8], _ n: Int) -> Bool {
+        var got = 0
+        while got < n {
+            let r = buf.withUnsafeMutableBytes { read(fd, $0.baseAddress! + got, n - got) }
+            if r > 0 { got += r } else if r < 0 && errno == EINTR { continue } else { return false }
+        }
+        return true
+    }
+
+    func send(_ type: UInt8, _ payload: Data = Data()) {
+        var frame = Data(capacity: payload.count + 5)
+        let length = UInt32(payload.count + 1)
+        frame.append(contentsOf: [UInt8(length & 0xff), UInt8(length >> 8 & 0xff), UInt8(length >> 16 & 0xff), UInt8(length >> 24 & 0xff), type])
+        frame.append(payload)
+        state.withLock { s in
+            guard !s.closed else { return }
+            frame.withUnsafeBytes { raw in
+                var sent = 0
+                while sent < raw.count {
+                    let w = Glibc.send(fd, raw.baseAddress! + sent, raw.count - sent, Int32(MSG_NOSIGNAL))
+                    if w > 0 { sent += w } else if w < 0 && errno == EINTR { continue } else { return }
+                }
+            }
+        }
+    }
+
+    func sendOutput(_ r: HelperReply) {
+        var p = Data()
+        p.appendLE(UInt32(bitPattern: r.code))
+        let err = Data(r.stderr.utf8)
+        p.appendLE(UInt32(err.count))
+        p.append(err)
+        p.append(r.stdout)
+        send(UInt8(ascii: "O"), p)
+    }
+
+    /// Asks the client to run CMD once; returns what it says. A cancelled attempt (the
+    /// step's timeout) asks the client to kill CMD and returns at once.
+    func runAttempt(_ attempt: StepAttempt, name: String, commandIndex: Int) async throws -> Done {
+        var p = Data()
+        p.appendLE(UInt32(bitPattern: Int32(attempt.number)))
+        p.append(attempt.isLast ? 1 : 0)
+        p.appendLE(UInt32(commandIndex))
+        p.append(Data(attempt.idempotencyKey.utf8))
+        p.append(0)
+        p.append(Data(name.utf8))
+        p.append(0)
+        let request = p
+        return try await withTaskCancellationHandler {
+            try await withCheckedThrowingContinuation { (c: CheckedContinuation<Done, any Error>) in
+                let refused: (any Error)? = state.withLock { s in
+                    if s.closed { return CancellationError() }
+                    if Task.isCancelled { return CancellationError() }
+                    s.pending = c
+                    return nil
+                }
+                if let refused { return c.resume(throwing: refused) }
+                send(UInt8(ascii: "R"), request)
+            }
+        } onCancel: {
+            let p = state.withLock { s in
+                let p = s.pending
+                s.pending = nil
+                return p
+            }
+            send(UInt8(ascii: "K"))
+            p?.resume(throwing: CancellationError())
+        }
+    }
+
+    /// A frame from the client: a D answers the attempt waiting for it (one that arrives
+    /// after a kill answers nobody).
+    func deliver(_ f: Frame) {
+        guard f.type == UInt8(ascii: "D"), f.payload.count >= 5 else { return }
+        let b = [UInt8](f.payload.prefix(5))
+        let status = Int32(bitPattern: UInt32(b[0]) | UInt32(b[1]) << 8 | UInt32(b[2]) << 16 | UInt32(b[3]) << 24)
+        let done = Done(status: status, kind: b[4], data: f.payload.dropFirst(5))
+        let p = state.withLock { s in
+            let p = s.pending
+            s.pending = nil
+            return p
+        }
+        p?.resume(returning: done)
+    }
+
+    /// The client is gone: its work is cancelled before the attempt hears of it, so that
+    /// nothing is recorded (as when a helper process is killed).
+    func closed(cancelling task: Task<Void, Never>?) {
+        task?.cancel()
+        let p = state.withLock { s in
+            s.closed = true
+            close(fd)
+            let p = s.pending
+            s.pending = nil
+            return p
+        }
+        p?.resume(throwing: CancellationError())
+    }
+
+    /// No more replies: the client sees the end after the last one.
+    func finish() {
+        state.withLock { s in
+            if !s.closed { _ = shutdown(fd, Int32(SHUT_WR)) }
+        }
+    }
+}
+
+extension Data {
+    fileprivate mutating func appendLE(_ v: UInt32) {
+        append(contentsOf: [UInt8(v & 0xff), UInt8(v >> 8 & 0xff), UInt8(v >> 16 & 0xff), UInt8(v >> 24 & 0xff)])
+    }
+}
