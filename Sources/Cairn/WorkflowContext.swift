@@ -100,6 +100,9 @@ public final class WorkflowContext: Sendable {
     /// Records consumed so far in this execution (not counting `start`).
     public var cursor: Int { state.withLock { $0.cursor } }
 
+    /// The journal position the next record appended here takes.
+    public var nextPosition: Int { state.withLock { $0.nextSeq } }
+
     /// Whether this execution appended any record (or announced that it is running).
     public var appendedRecords: Bool { state.withLock { $0.appended } }
 

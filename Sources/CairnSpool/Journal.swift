@@ -305,6 +305,17 @@ public struct Journal: Sendable {
         return out
     }
 
+    /// Whether a record at `position` or later is on disk (a file, or a segment reaching it):
+    /// a listing, no reading. A process that keeps a loaded journal asks it before going on
+    /// from where it left off, to learn whether another process appended meanwhile.
+    public func holdsPosition(atLeast position: Int) throws -> Bool {
+        for name in try Spool.list(directory) {
+            if let (seq, _) = JournalEntry.parseFileName(name), seq >= position { return true }
+            if let (_, last) = Self.parseSegmentName(name), last >= position { return true }
+        }
+        return false
+    }
+
     /// `FIRST-LAST.jsonl`, both padded to six digits.
     public static func segmentName(first: Int, last: Int) -> String {
         func pad(_ n: Int) -> String { let s = String(n); return String(repeating: "0", count: max(0, 6 - s.count)) + s }

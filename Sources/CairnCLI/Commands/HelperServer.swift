@@ -43,6 +43,7 @@ final class HelperServer: ScriptHelperService {
     private struct Execution: Sendable {
         let run: String
         let spool: Spool
+        let contexts = HelperContexts()
     }
 
     private init(clientDirectory: String, socketPath: String, listenFD: Int32, logger: Logger) {
@@ -177,7 +178,7 @@ final class HelperServer: ScriptHelperService {
         defer { conn.finish() }
         let logger = logger
         func session(_ helper: String) throws -> HelperSession {
-            try HelperSession(helper: helper, spool: e.spool, run: e.run, exec: exec, logger: logger)
+            try HelperSession(helper: helper, spool: e.spool, run: e.run, exec: exec, logger: logger, contexts: e.contexts)
         }
         let rest = Array(args.dropFirst())
         do {

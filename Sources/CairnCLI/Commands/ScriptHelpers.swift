@@ -22,6 +22,8 @@ final class HelperSession {
     let statePath: FilePath
     /// Where the engine's warnings go: the script's stderr in a helper process.
     var logger: Logger
+    /// The daemon's context of this execution, kept from one served helper call to the next.
+    var contexts: HelperContexts?
 
     /// An operation ended the execution (a wait, a cancel, nondeterminism, a spool error):
     /// the exec state says so for the daemon; the script must be stopped, after `message`
@@ -43,7 +45,7 @@ final class HelperSession {
         return try HelperSession(helper: helper, spool: try Spool.open(at: FilePath(root)), run: run, exec: exec, logger: logger)
     }
 
-    init(helper: String, spool: Spool, run: String, exec: String, logger: Logger) throws {
+    init(helper: String, spool: Spool, run: String, exec: String, logger: Logger, contexts: HelperContexts? = nil) throws {
         let path = ScriptWorkflow.execStatePath(spool, run)
         let state: ScriptWorkflow.ExecState
         do {
@@ -58,6 +60,7 @@ final class HelperSession {
         self.state = state
         self.statePath = path
         self.logger = logger
+        self.contexts = contexts
     }
 
     /// The exec state for the daemon and the next helper: atomic, not fsync'd (nothing reads
@@ -107,7 +110,7 @@ final class HelperSession {
             throw CLIError(.failure, "\(statePath.string): execution \(state.exec) is over (the run moved on)")
         }
         state = fresh
-        let ctx = try WorkflowContext.attach(spool: spool, runID: run, cursor: state.cursor, logger: logger)
+        let ctx = try contexts?.take(cursor: state.cursor) ?? WorkflowContext.attach(spool: spool, runID: run, cursor: state.cursor, logger: logger)
         do {
             let v = try await op(ctx)
             // An operation that does not throw (`now`, `uuid`) may have met a wait, a cancel
@@ -115,6 +118,7 @@ final class HelperSession {
             try ctx.throwIfStopped()
             state.cursor = ctx.cursor
             try writeState()
+            contexts?.keep(ctx)
             return v
         } catch {
             var message: String?
@@ -140,12 +144,32 @@ final class HelperSession {
             } else {
                 state.cursor = ctx.cursor
                 try? writeState()
+                // A step that failed for good is recorded like any outcome: the context goes on.
+                if error is StepFailedError { contexts?.keep(ctx) }
                 throw error
             }
             try writeState()
             throw Stop(message: message)
         }
     }
+}
+
+/// The daemon's loaded context of one script execution, kept between the helper calls it
+/// serves: a replayed call then costs no journal reading. Taken only while it is current:
+/// the cursor is where it left it, and no other process (a helper the whole binary ran)
+/// appended a record since.
+final class HelperContexts: Sendable {
+    private let kept = Mutex<WorkflowContext?>(nil)
+
+    init() {}
+
+    func take(cursor: Int) throws -> WorkflowContext? {
+        guard let ctx = kept.withLock({ k in defer { k = nil }; return k }), ctx.cursor == cursor else { return nil }
+        guard try !ctx.spool.journal(ctx.runID).holdsPosition(atLeast: ctx.nextPosition) else { return nil }
+        return ctx
+    }
+
+    func keep(_ ctx: WorkflowContext) { kept.withLock { $0 = ctx } }
 }
 
 /// What a helper call prints and exits with: the same whether the helper process or the
