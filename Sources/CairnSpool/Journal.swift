@@ -309,9 +309,25 @@ public struct Journal: Sendable {
     /// a listing, no reading. A process that keeps a loaded journal asks it before going on
     /// from where it left off, to learn whether another process appended meanwhile.
     public func holdsPosition(atLeast position: Int) throws -> Bool {
-        for name in try Spool.list(directory) {
-            if let (seq, _) = JournalEntry.parseFileName(name), seq >= position { return true }
-            if let (_, last) = Self.parseSegmentName(name), last >= position { return true }
+        // Asked before every helper call a daemon serves: the names' leading digits are read
+        // in place, without making strings (`NNNNNN-…` files; `FIRST-LAST.jsonl` segments).
+        guard let d = opendir(directory.string) else {
+            if errno == ENOENT { return false }
+            throw SpoolError(.io, path: directory.string, errno: errno, "cannot list directory")
+        }
+        defer { closedir(d) }
+        while let ent = readdir(d) {
+            let held = withUnsafeBytes(of: ent.pointee.d_name) { raw -> Int in
+                var first = 0, last = 0, i = 0
+                while i < raw.count, raw[i] >= 48, raw[i] <= 57 { first = first * 10 + Int(raw[i] - 48); i += 1 }
+                guard i > 0, i < raw.count, raw[i] == 45 else { return 0 }  // digits, then "-"
+                i += 1
+                var j = i
+                while j < raw.count, raw[j] >= 48, raw[j] <= 57 { last = last * 10 + Int(raw[j] - 48); j += 1 }
+                // FIRST-LAST.jsonl: a segment reaches LAST.
+                return j > i && j < raw.count && raw[j] == 46 ? max(first, last) : first
+            }
+            if held >= position { return true }
         }
         return false
     }

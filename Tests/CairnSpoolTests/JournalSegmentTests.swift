@@ -22,6 +22,20 @@ import Testing
 
     static func names(_ j: Journal) throws -> [String] { try Spool.list(j.directory).sorted() }
 
+    /// What a daemon serving a script's helpers asks before reusing its loaded journal:
+    /// whether any record at a position or later is on disk, in a file or a segment.
+    @Test func holdsPositionSeesFilesAndSegments() throws {
+        let (_, j) = try Self.filled(12)
+        #expect(try j.holdsPosition(atLeast: 12))
+        #expect(try !j.holdsPosition(atLeast: 13))
+        #expect(try j.compact(threshold: 5) == 0)  // 000001-000012.jsonl
+        #expect(try j.holdsPosition(atLeast: 12))
+        #expect(try !j.holdsPosition(atLeast: 13))
+        try j.append(JournalEntry(seq: 13, kind: .step, name: "1234", at: Date(timeIntervalSince1970: 1_800_000_100)))
+        #expect(try j.holdsPosition(atLeast: 13))
+        #expect(try !j.holdsPosition(atLeast: 14))
+    }
+
     @Test func compactionMovesTheTailIntoASegmentAndReadsTheSame() throws {
         let (t, j) = try Self.filled(25)
         let before = try j.load()

@@ -178,7 +178,7 @@ final class HelperServer: ScriptHelperService {
         defer { conn.finish() }
         let logger = logger
         func session(_ helper: String) throws -> HelperSession {
-            try HelperSession(helper: helper, spool: e.spool, run: e.run, exec: exec, logger: logger, contexts: e.contexts)
+            try HelperSession(helper: helper, spool: e.spool, run: e.run, exec: exec, logger: logger, contexts: e.contexts, served: true)
         }
         let rest = Array(args.dropFirst())
         do {

@@ -45,11 +45,12 @@ final class HelperSession {
         return try HelperSession(helper: helper, spool: try Spool.open(at: FilePath(root)), run: run, exec: exec, logger: logger)
     }
 
-    init(helper: String, spool: Spool, run: String, exec: String, logger: Logger, contexts: HelperContexts? = nil) throws {
+    /// `served`: the daemon knows the execution runs; the state is read once, under the lock.
+    init(helper: String, spool: Spool, run: String, exec: String, logger: Logger, contexts: HelperContexts? = nil, served: Bool = false) throws {
         let path = ScriptWorkflow.execStatePath(spool, run)
         let state: ScriptWorkflow.ExecState
         do {
-            state = try DurableFile.readJSON(path).decode(as: ScriptWorkflow.ExecState.self)
+            state = served ? ScriptWorkflow.ExecState(exec: exec, run: run, cursor: 0) : try DurableFile.readJSON(path).decode(as: ScriptWorkflow.ExecState.self)
         } catch {
             throw CLIError(.failure, "\(path.string): no execution state for run \(run); is the script still running under its daemon?")
         }
