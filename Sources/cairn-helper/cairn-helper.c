@@ -36,6 +36,13 @@
 
 static int g_argc;
 static char **g_argv;
+/* A frame that arrived while CMD ran (the daemon's answer after a kill): the main loop's next. */
+static struct frame_slot {
+    int full;
+    char type;
+    unsigned char *data;
+    size_t len;
+} g_next;
 
 static void fallback(void) {
     const char *exe = getenv("CAIRN_HELPER_EXE");
@@ -256,7 +263,8 @@ static void run_attempt(int sock, const struct frame *r) {
     if (!buf) exit(1);
     int too_large = 0, open_out = 1;
     while (open_out) {
-        struct pollfd p[2] = {{.fd = out[0], .events = POLLIN}, {.fd = sock, .events = POLLIN}};
+        /* Once the daemon has answered, only the pipe is read (to its end). */
+        struct pollfd p[2] = {{.fd = out[0], .events = POLLIN}, {.fd = g_next.full ? -1 : sock, .events = POLLIN}};
         if (poll(p, 2, -1) < 0) {
             if (errno == EINTR) continue;
             break;
@@ -269,8 +277,17 @@ static void run_attempt(int sock, const struct frame *r) {
                 fprintf(stderr, "cairn: the daemon closed the helper connection during step %s\n", name);
                 exit(1);
             }
-            if (k.type == 'K') kill_tree(pid);
-            free(k.data);
+            kill_tree(pid);
+            if (k.type == 'K') {
+                free(k.data);
+            } else {
+                /* The daemon moved on (its answer after a timeout's kill can overtake the
+                 * kill's effect here): kept for the main loop, never dropped. */
+                g_next.full = 1;
+                g_next.type = k.type;
+                g_next.data = k.data;
+                g_next.len = k.len;
+            }
         }
         if (p[0].revents) {
             if (len == cap) {
@@ -332,7 +349,12 @@ int main(int argc, char **argv) {
 
     for (;;) {
         struct frame f;
-        if (read_frame(sock, &f) < 0) {
+        if (g_next.full) {
+            f.type = g_next.type;
+            f.data = g_next.data;
+            f.len = g_next.len;
+            g_next.full = 0;
+        } else if (read_frame(sock, &f) < 0) {
             fprintf(stderr, "cairn: the daemon closed the helper connection without an answer (did it stop?)\n");
             return 1;
         }

@@ -15,7 +15,7 @@ import Testing
         let figures = report["figures"]?.arrayValue ?? []
         var byKey: [String: JSONValue] = [:]
         for f in figures { if let k = f["key"]?.stringValue { byKey[k] = f } }
-        let expected = ["floor", "floor_parallel", "sequential_step", "bytes_per_step", "throughput", "approval_median", "approval_p99", "restart", "script_step_live", "script_step_replay", "idle_cpu"]
+        let expected = ["floor", "floor_parallel", "sequential_step", "bytes_per_step", "throughput", "approval_median", "approval_p99", "restart", "script_process_start", "script_step_live", "script_step_replay", "idle_cpu"]
         #expect(Set(byKey.keys) == Set(expected), "\(byKey.keys.sorted())")
         for k in expected where k != "idle_cpu" {
             let v = byKey[k]?["value"]?.doubleValue ?? -1

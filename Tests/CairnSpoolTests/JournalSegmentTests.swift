@@ -25,7 +25,8 @@ import Testing
     /// What a daemon serving a script's helpers asks before reusing its loaded journal:
     /// whether any record at a position or later is on disk, in a file or a segment.
     @Test func holdsPositionSeesFilesAndSegments() throws {
-        let (_, j) = try Self.filled(12)
+        let (t, j) = try Self.filled(12)
+        defer { withExtendedLifetime(t) {} }
         #expect(try j.holdsPosition(atLeast: 12))
         #expect(try !j.holdsPosition(atLeast: 13))
         #expect(try j.compact(threshold: 5) == 0)  // 000001-000012.jsonl

@@ -408,6 +408,11 @@ struct Bench {
             say("no bash: script figures skipped")
             return
         }
+        // The floor of a helper call from a script: bash starting a small program.
+        let bash = FileManager.default.isExecutableFile(atPath: "/bin/bash") ? "/bin/bash" : "/usr/bin/bash"
+        let loop = try Self.timedRun(bash, ["-c", "for i in $(seq \(steps * 4)); do /bin/true; done"]) / Double(steps * 4)
+        add("script_process_start", "bash starting /bin/true (a helper call's floor)", loop * 1000, "ms",
+            note: "a loop of \(steps * 4) in one bash: the fork and exec every helper call pays before it can ask anything")
         let path = root + "/scripts"
         let spool = try Spool.create(at: FilePath(path))
         let live = spool.workflowsDirectory.appending("live").string
@@ -425,7 +430,7 @@ struct Bench {
         let perLive = (Self.now() - t0) / Double(steps)
         guard Self.status(spool, a) == .completed else { throw CLIError(.failure, "cairn bench: the script run \(a) ended \(Self.status(spool, a)?.rawValue ?? "?") (see \(path)/runs/\(a)/logs/stderr.log)") }
         add("script_step_live", "bash workflow, one live `cairn step -- true`", perLive * 1000, "ms/step", ratio: perLive / floor,
-            note: "submit to completed over \(steps) steps: each a helper process, the command, one journal record (the script's start is spread over them)")
+            note: "submit to completed over \(steps) steps: each a helper call (the small client asking the daemon, when cairn-helper is installed beside cairn; else the whole binary), the command, one journal record (the script's start is spread over them)")
         let b = try spool.createRun(.init(workflow: "replay", input: nil)).id
         try waitFor("the replay script to wait") { Self.status(spool, b) == .waiting }
         let t1 = Self.now()
