@@ -39,6 +39,10 @@ int cairn_flock(int fd, int operation) {
     return rc;
 }
 
+int cairn_set_child_subreaper(void) {
+    return prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
+}
+
 int cairn_set_parent_death_signal(int sig) {
     return prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0);
 }

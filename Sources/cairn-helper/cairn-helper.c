@@ -24,6 +24,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -121,12 +122,19 @@ static int read_frame(int fd, struct frame *f) {
     return 0;
 }
 
-/* The children of each process, from /proc (as ProcessTree in the Swift helper does). */
-static void kill_tree(pid_t root) {
-    for (int pass = 0; pass < 2; pass++) { /* a process forking meanwhile is caught next pass */
+/* CMD's status when kill_tree reaped it. */
+static int g_cmd_reaped, g_cmd_status;
+
+/* Kills everything CMD started, and CMD: this process is a child subreaper (run_attempt), so
+ * a process whose parent dies is reparented here instead of escaping to init; the
+ * descendants of this process (from /proc) are killed and reaped until none is left. A
+ * process forking meanwhile is caught by the next round. */
+static void kill_tree(pid_t cmd) {
+    pid_t self = getpid();
+    for (int round = 0; round < 200; round++) {
         pid_t found[4096];
-        int n = 0;
-        found[n++] = root;
+        int n = 0, alive = 0;
+        found[n++] = self;
         for (int grew = 1; grew && n < 4096;) {
             grew = 0;
             DIR *d = opendir("/proc");
@@ -157,11 +165,22 @@ static void kill_tree(pid_t root) {
                 if (parent_found && !known) {
                     found[n++] = (pid_t)pid;
                     grew = 1;
+                    if (state != 'Z') alive++;
                 }
             }
             closedir(d);
         }
-        for (int i = n - 1; i >= 0; i--) kill(found[i], SIGKILL);
+        for (int i = n - 1; i >= 1; i--) kill(found[i], SIGKILL);
+        int status;
+        pid_t reaped;
+        while ((reaped = waitpid(-1, &status, WNOHANG)) > 0) {
+            if (reaped == cmd) {
+                g_cmd_reaped = 1;
+                g_cmd_status = status;
+            }
+        }
+        if (n == 1 || (alive == 0 && round > 0)) break;
+        usleep(1000);
     }
 }
 
@@ -222,6 +241,8 @@ static void run_attempt(int sock, const struct frame *r) {
         send_frame(sock, 'D', d, 5, why, strlen(why));
         return;
     }
+    /* Orphans of CMD's tree come to this process, so a timeout's kill reaches them all. */
+    prctl(PR_SET_CHILD_SUBREAPER, 1);
     int out[2], status_pipe[2];
     if (pipe2(out, O_CLOEXEC) < 0 || pipe2(status_pipe, O_CLOEXEC) < 0) {
         fprintf(stderr, "cairn: cannot make a pipe: %s\n", strerror(errno));
@@ -311,8 +332,10 @@ static void run_attempt(int sock, const struct frame *r) {
         }
     }
     close(out[0]);
-    int status = 0;
-    while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {}
+    int status = g_cmd_status;
+    if (!g_cmd_reaped)
+        while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {}
+    g_cmd_reaped = 0;
     int code = WIFEXITED(status) ? WEXITSTATUS(status) : WIFSIGNALED(status) ? 128 + WTERMSIG(status) : 1;
     if (code != 0 && !is_last && !too_large)
         fprintf(stderr, "cairn: step %s attempt %d: %s exited with %d; step failed, will retry\n", name, attempt, cmd[0], code);

@@ -123,6 +123,29 @@ import Testing
         #expect(access(socket, F_OK) != 0, "the socket is removed when the daemon stops")
     }
 
+    /// A step's timeout kills everything its command started, also what was orphaned on
+    /// purpose (a double fork: the grandchild's parent is gone before the timeout, so it is
+    /// no longer anyone's descendant — unless the client is its subreaper).
+    /// Both ways: through the client, and the whole binary (`env -u CAIRN_HELPER_SOCKET`).
+    @Test(arguments: ["", "env -u CAIRN_HELPER_SOCKET "])
+    func aTimedOutStepLeavesNothingBehindEvenADoubleFork(_ prefix: String) async throws {
+        let t = try TempSpool()
+        let late = t.path.appending("late").string
+        try install(t, "helper-orphan", """
+            #!/bin/sh
+            \(prefix)cairn step slow --timeout 1s -- sh -c '(sh -c "sleep 2; touch \(late)" &); sleep 30'
+            echo "step exit $?" >&2
+            sleep 3
+            """)
+        let d = try await DaemonProcess(spool: t.spool)
+        let r = try t.submit("helper-orphan", input: 0)
+        try await t.waitFor(r, .completed, timeout: 30)
+        await d.stop()
+        let err = try String(contentsOfFile: t.spool.run(r).logsDirectory.appending("stderr.log").string, encoding: .utf8)
+        #expect(err.contains("step exit 124"), "\(err)")
+        #expect(!FileManager.default.fileExists(atPath: late), "an orphaned grandchild of the timed-out command ran on")
+    }
+
     @Test func aCommandThatCannotStartAndAHelperOutsideItsExecutionSayWhy() async throws {
         let t = try TempSpool()
         try install(t, "helper-bad", """

@@ -40,6 +40,8 @@ int cairn_supervise_exec(const char *path, char *const argv[], int expected_pare
 double cairn_fsync_rename_floor(const char *dir, int n, int len);
 /// statfs(path).f_type: the filesystem's magic number (linux/magic.h), or -1 with errno set.
 long long cairn_statfs_type(const char *path);
+/// prctl(PR_SET_CHILD_SUBREAPER, 1): orphans of this process's descendants come to it.
+int cairn_set_child_subreaper(void);
 /// accept4(fd, NULL, NULL, SOCK_CLOEXEC): a connection, or -1 with errno set.
 int cairn_accept_cloexec(int fd);
 /// The uid of a Unix socket's peer (SO_PEERCRED): 0 and *uid set, or -1 with errno set.

@@ -496,25 +496,37 @@ struct SuperviseCommand: ParsableCommand {
 final class ProcessTree: Sendable {
     private let pid = Mutex<pid_t>(0)
 
+    /// This process becomes a child subreaper: a process of the command's tree whose parent
+    /// dies (a double fork) is reparented here instead of escaping to init, so `killTree`
+    /// still reaches it.
+    init() { _ = cairn_set_child_subreaper() }
+
     func started(_ p: pid_t) { pid.withLock { $0 = p } }
 
+    /// Kills every descendant of this process (the command and all it started), round after
+    /// round until none is left alive: a process forking meanwhile is caught by the next.
     func killTree() {
-        let root = pid.withLock { $0 }
-        guard root > 0 else { return }
-        // Twice: a process forking while the first pass runs is caught by the second.
-        for _ in 0..<2 {
-            for p in Self.descendants(of: root) { kill(p, SIGKILL) }
-            kill(root, SIGKILL)
+        guard pid.withLock({ $0 }) > 0 else { return }
+        let me = getpid()
+        for round in 0..<200 {
+            let all = Self.descendants(of: me, alive: true)
+            if all.isEmpty && round > 0 { break }
+            for p in all.reversed() { kill(p, SIGKILL) }
+            if all.isEmpty { break }
+            usleep(1000)
         }
     }
 
-    static func descendants(of root: pid_t) -> [pid_t] {
+    /// `alive`: not counting zombies (killed, not yet reaped) — their children are still listed.
+    static func descendants(of root: pid_t, alive: Bool = false) -> [pid_t] {
         var children: [pid_t: [pid_t]] = [:]
+        var zombies: Set<pid_t> = []
         for name in (try? Spool.list(FilePath("/proc"))) ?? [] {
             guard let p = pid_t(name), let stat = try? String(contentsOfFile: "/proc/\(name)/stat", encoding: .utf8),
                   let close = stat.lastIndex(of: ")") else { continue }
             let fields = stat[stat.index(after: close)...].split(separator: " ")
             if fields.count > 1, let ppid = pid_t(fields[1]) { children[ppid, default: []].append(p) }
+            if fields.first == "Z" { zombies.insert(p) }
         }
         var out: [pid_t] = []
         var queue = [root]
@@ -524,6 +536,6 @@ final class ProcessTree: Sendable {
                 queue.append(c)
             }
         }
-        return out
+        return alive ? out.filter { !zombies.contains($0) } : out
     }
 }
