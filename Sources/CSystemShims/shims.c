@@ -75,8 +75,14 @@ int cairn_supervise_exec(const char *path, char *const argv[], int expected_pare
     if (child < 0) return -1;
     if (child == 0) {
         close(parentfd);
-        /* The daemon ignores SIGPIPE; a script gets the default disposition back. */
-        signal(SIGPIPE, SIG_DFL);
+        /* The daemon ignores SIGPIPE, and the thread that forked may block signals (a
+           Dispatch or cooperative-pool thread blocks most): a script gets every signal's
+           default disposition and an empty mask, as docs/scripts.md says. */
+        for (int s = 1; s < NSIG; s++)
+            if (s != SIGKILL && s != SIGSTOP) signal(s, SIG_DFL);
+        sigset_t none;
+        sigemptyset(&none);
+        sigprocmask(SIG_SETMASK, &none, NULL);
         execv(path, argv);
         {
             int e = errno;

@@ -149,7 +149,12 @@ public enum ScriptWorkflow {
         _ = banner.withCString { write(err.rawValue, $0, strlen($0)) }
 
         let selfExe = executablePath()
-        let helperDir = try helpers?.clientDirectory ?? helperPath(selfExe)
+        // The client first when the daemon serves helpers, the whole binary after it: a
+        // client directory that disappears (a /tmp cleaner) leaves `cairn` working. One that
+        // is already gone is not used at all.
+        let helpers = helpers.flatMap { access($0.clientDirectory + "/cairn", X_OK) == 0 ? $0 : nil }
+        let wholeBinary = try helperPath(selfExe)
+        let helperDir = helpers.map { $0.clientDirectory + ":" + wholeBinary } ?? wholeBinary
         var options = PlatformOptions()
         options.processGroupID = 0  // its own process group, so the whole script can be stopped
         var env: [Environment.Key: String?] = [
@@ -364,9 +369,17 @@ public enum ScriptWorkflow {
 }
 
 /// The private `cairn` link for host binaries with another name.
-enum HelperLink {
+public enum HelperLink {
+    /// Where private directories are made: $TMPDIR when it is an absolute path that can
+    /// stand in PATH (no `:`), else /tmp — a relative one would be resolved against the
+    /// script's working directory, and a `:` would split PATH into directories nobody chose.
+    public static func privateBase() -> String {
+        guard let t = ProcessInfo.processInfo.environment["TMPDIR"], t.hasPrefix("/"), !t.contains(":") else { return "/tmp" }
+        return t
+    }
+
     static func make(_ exe: String) throws -> String {
-        let base = ProcessInfo.processInfo.environment["TMPDIR"].flatMap { $0.isEmpty ? nil : $0 } ?? "/tmp"
+        let base = privateBase()
         var template = Array((base + "/cairn-bin-XXXXXX").utf8CString)
         guard let made = template.withUnsafeMutableBufferPointer({ mkdtemp($0.baseAddress!) }) else {
             throw SpoolError(.io, path: base, errno: errno, "cannot create a private directory for the scripts' cairn helper")

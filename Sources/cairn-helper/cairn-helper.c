@@ -27,6 +27,7 @@
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -257,9 +258,20 @@ static void run_attempt(int sock, const struct frame *r) {
         int null = open("/dev/null", O_RDONLY);
         if (null >= 0) dup2(null, STDIN_FILENO);
         dup2(out[1], STDOUT_FILENO);
+        /* As the whole binary starts it (posix_spawn): default dispositions, an empty
+         * signal mask, and only stdin, stdout and stderr open. */
+        for (int sig = 1; sig < NSIG; sig++)
+            if (sig != SIGKILL && sig != SIGSTOP) signal(sig, SIG_DFL);
+        sigset_t none;
+        sigemptyset(&none);
+        sigprocmask(SIG_SETMASK, &none, NULL);
+        int keep = status_pipe[1];
+        if (dup2(keep, 3) == 3) keep = 3;
+        fcntl(keep, F_SETFD, FD_CLOEXEC);
+        syscall(SYS_close_range, 4, ~0U, 0);
         execv(exe, cmd);
         int e = errno;
-        ssize_t ignored = write(status_pipe[1], &e, sizeof e);
+        ssize_t ignored = write(keep, &e, sizeof e);
         (void)ignored;
         _exit(127);
     }
@@ -299,6 +311,9 @@ static void run_attempt(int sock, const struct frame *r) {
                 exit(1);
             }
             kill_tree(pid);
+            /* Killed: what CMD printed is not recorded, and a process that got away with
+             * the pipe must not hold this helper (or the script) up. */
+            open_out = 0;
             if (k.type == 'K') {
                 free(k.data);
             } else {
@@ -370,7 +385,7 @@ int main(int argc, char **argv) {
     if (send_frame(sock, 'Q', q, n, NULL, 0) < 0) fallback();
     free(q);
 
-    for (;;) {
+    for (int answered = 0;; answered = 1) {
         struct frame f;
         if (g_next.full) {
             f.type = g_next.type;
@@ -378,6 +393,12 @@ int main(int argc, char **argv) {
             f.len = g_next.len;
             g_next.full = 0;
         } else if (read_frame(sock, &f) < 0) {
+            /* Turned away before any answer (a daemon at its connection limit): nothing was
+             * done, so the whole binary does it. */
+            if (!answered) {
+                close(sock);
+                fallback();
+            }
             fprintf(stderr, "cairn: the daemon closed the helper connection without an answer (did it stop?)\n");
             return 1;
         }

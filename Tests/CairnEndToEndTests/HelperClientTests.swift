@@ -103,10 +103,22 @@ import Testing
             assert conn(frame(b"Q", b"cairn-helper 0\0x\0y\0now\0"))[4:5] == b"F"
             assert conn(frame(b"Q", b"cairn-helper 1\0not-an-exec\0" + sys.argv[2].encode() + b"\0now\0"))[4:5] == b"F"
             s = socket.socket(socket.AF_UNIX); s.connect(path); s.sendall(frame(b"Q", b"cairn-helper 1")[:7]); s.close()
+            # Many connections held open, each claiming a step's whole output: the daemon takes
+            # a bounded number and its memory follows the bytes sent, not the lengths claimed.
+            held = []
+            for i in range(200):
+                s = socket.socket(socket.AF_UNIX); s.connect(path)
+                s.sendall(struct.pack("<I", (64 << 20) + 4096) + b"D")
+                held.append(s)
+            rss = int([l for l in open("/proc/%s/status" % sys.argv[3]) if l.startswith("VmRSS")][0].split()[1])
+            print("rss", rss)
+            for s in held: s.close()
             print("ok")
             """#
-        let g = try Binary.run("/usr/bin/python3", ["-c", garbage, socket, r])
+        let g = try Binary.run("/usr/bin/python3", ["-c", garbage, socket, r, String(d.pid)])
         #expect(g.code == 0 && g.stdout.contains("ok"), "\(g.stdout)\(g.stderr)")
+        let rss = g.stdout.split(separator: "\n").first { $0.hasPrefix("rss ") }.flatMap { Int($0.dropFirst(4)) } ?? Int.max
+        #expect(rss < 400_000, "the daemon's RSS with 200 connections claiming 64 MiB each: \(rss) kB")
 
         // Another user cannot even reach it.
         if geteuid() == 0 {
@@ -133,9 +145,9 @@ import Testing
         let late = t.path.appending("late").string
         try install(t, "helper-orphan", """
             #!/bin/sh
-            \(prefix)cairn step slow --timeout 1s -- sh -c '(sh -c "sleep 2; touch \(late)" &); sleep 30'
+            \(prefix)cairn step slow --timeout 1s -- sh -c '(sh -c "sleep 5; touch \(late)" &); sleep 30'
             echo "step exit $?" >&2
-            sleep 3
+            sleep 6
             """)
         let d = try await DaemonProcess(spool: t.spool)
         let r = try t.submit("helper-orphan", input: 0)
@@ -144,6 +156,65 @@ import Testing
         let err = try String(contentsOfFile: t.spool.run(r).logsDirectory.appending("stderr.log").string, encoding: .utf8)
         #expect(err.contains("step exit 124"), "\(err)")
         #expect(!FileManager.default.fileExists(atPath: late), "an orphaned grandchild of the timed-out command ran on")
+    }
+
+    /// What a new user's trial of the client found (each checked through the client and
+    /// through the whole binary): a step's command starts with default signals and only
+    /// stdin, stdout and stderr, as the script itself does; output full of NULs replays; a
+    /// client directory that disappears leaves `cairn` working.
+    @Test(arguments: ["", "env -u CAIRN_HELPER_SOCKET "])
+    func aStepsCommandStartsCleanAndOddOutputReplays(_ prefix: String) async throws {
+        let t = try TempSpool()
+        try install(t, "helper-clean", """
+            #!/bin/bash
+            grep SigBlk /proc/$$/status > script-mask.txt
+            exec 7> seven.txt
+            \(prefix)cairn step sig -- sh -c 'kill -TERM $$; echo survived'
+            echo "sig exit $?" >&2
+            \(prefix)cairn step fds -- sh -c 'ls /proc/$$/fd | tr "\\n" " "' > fds.txt
+            \(prefix)cairn step zeros -- head -c 2000 /dev/zero | wc -c > zeros.txt
+            \(prefix)cairn sleep 1s
+            """)
+        let d = try await DaemonProcess(spool: t.spool)
+        let r = try t.submit("helper-clean", input: 0)
+        try await t.waitFor(r, .completed, timeout: 30)
+        await d.stop()
+        let work = t.spool.run(r).workDirectory
+        func read(_ name: String) -> String { (try? String(contentsOfFile: work.appending(name).string, encoding: .utf8)) ?? "" }
+        // bash itself blocks SIGCHLD while it waits for `grep`; nothing else may be blocked.
+        let mask = read("script-mask.txt").split(separator: "\t").last.flatMap { UInt64($0.trimmingCharacters(in: .whitespacesAndNewlines), radix: 16) }
+        #expect(mask.map { $0 & ~(UInt64(1) << (SIGCHLD - 1)) } == 0, "the script starts with no signal blocked: \(read("script-mask.txt"))")
+        let err = try String(contentsOfFile: t.spool.run(r).logsDirectory.appending("stderr.log").string, encoding: .utf8)
+        #expect(err.components(separatedBy: "sig exit 143").count == 3, "SIGTERM ends the command, both executions: \(err)")
+        #expect(read("fds.txt").trimmingCharacters(in: .whitespaces) == "0 1 2", "the command's descriptors: \(read("fds.txt"))")
+        #expect(read("zeros.txt").trimmingCharacters(in: .whitespacesAndNewlines) == "2000", "replayed after the sleep: \(read("zeros.txt"))")
+        let zeros = try #require(try t.spool.journal(r).load().first { $0.name == "zeros" })
+        #expect(zeros.value?["stdout_base64"] != nil, "control bytes are recorded as base64")
+    }
+
+    @Test func aClientDirectoryThatDisappearsLeavesCairnWorking() async throws {
+        let t = try TempSpool()
+        try install(t, "helper-gone", """
+            #!/bin/sh
+            set -e
+            cairn now > /dev/null
+            if [ -n "$CAIRN_HELPER_SOCKET" ]; then rm -rf "$(dirname "$CAIRN_HELPER_SOCKET")"; else echo unserved > unserved.txt; fi
+            cairn now > /dev/null
+            cairn step s -- echo hi
+            """)
+        let d = try await DaemonProcess(spool: t.spool, env: ["PATH": "/usr/bin:/bin"])
+        do {
+            let r = try t.submit("helper-gone", input: 0)
+            try await t.waitFor(r, .completed, timeout: 30)
+            // And the next run, with the directory gone for good.
+            let r2 = try t.submit("helper-gone", input: 0)
+            try await t.waitFor(r2, .completed, timeout: 30)
+            #expect(FileManager.default.fileExists(atPath: t.spool.run(r2).workDirectory.appending("unserved.txt").string), "not served once the directory is gone")
+        } catch {
+            Issue.record("daemon log:\n\(d.log)")
+            throw error
+        }
+        await d.stop()
     }
 
     @Test func aCommandThatCannotStartAndAHelperOutsideItsExecutionSayWhy() async throws {

@@ -39,6 +39,11 @@ final class HelperServer: ScriptHelperService {
     private let logger: Logger
     private let executions = Mutex<[String: Execution]>([:])
     private let stopping = Atomic<Bool>(false)
+    /// Connections being served; past `connectionLimit` a new one is closed at once and its
+    /// client runs the whole binary (a script cannot make the daemon spend a thread, a
+    /// descriptor and memory per connection without bound).
+    private let connections = Atomic<Int>(0)
+    static let connectionLimit = 64
 
     private struct Execution: Sendable {
         let run: String
@@ -73,7 +78,7 @@ final class HelperServer: ScriptHelperService {
     /// the scripts' helpers then run the whole binary, as before.
     static func start(logger: Logger) -> HelperServer? {
         guard let client = client(logger: logger) else { return nil }
-        let base = ProcessInfo.processInfo.environment["TMPDIR"].flatMap { $0.isEmpty ? nil : $0 } ?? "/tmp"
+        let base = HelperLink.privateBase()
         var template = Array((base + "/cairn-helpers-XXXXXX").utf8CString)
         guard let made = template.withUnsafeMutableBufferPointer({ mkdtemp($0.baseAddress!) }) else {
             logger.warning("cannot create a private directory for the helper socket: the scripts' helpers run the whole binary", metadata: ["dir": "\(base)", "error": "\(String(cString: strerror(errno)))"])
@@ -146,8 +151,16 @@ final class HelperServer: ScriptHelperService {
                 close(c)
                 continue
             }
+            guard connections.wrappingAdd(1, ordering: .sequentiallyConsistent).newValue <= Self.connectionLimit else {
+                connections.wrappingSubtract(1, ordering: .sequentiallyConsistent)
+                close(c)
+                continue
+            }
             let conn = HelperConnection(fd: c)
-            Thread.detachNewThread { self.serve(conn) }
+            Thread.detachNewThread {
+                self.serve(conn)
+                self.connections.wrappingSubtract(1, ordering: .sequentiallyConsistent)
+            }
         }
         close(listenFD)
     }
@@ -155,10 +168,12 @@ final class HelperServer: ScriptHelperService {
     /// On the connection's own thread: reads the request, starts its work as a task, then
     /// delivers the client's frames to it until the client closes.
     private func serve(_ conn: HelperConnection) {
+        conn.limitWait(seconds: 10)
         guard let q = conn.readFrame(), q.type == UInt8(ascii: "Q") else {
             conn.closed(cancelling: nil)
             return
         }
+        conn.limitWait(seconds: 0)  // a step's command may run for hours
         let parts = q.payload.split(separator: 0, omittingEmptySubsequences: false).dropLast().map { String(decoding: $0, as: UTF8.self) }
         let task: Task<Void, Never>?
         if parts.count >= 4, parts[0] == Self.version, let e = executions.withLock({ $0[parts[1]] }), e.run == parts[2] {
@@ -193,8 +208,8 @@ final class HelperServer: ScriptHelperService {
                 reply = try await cmd.reply(try session("step")) { attempt in
                     let done = try await conn.runAttempt(attempt, name: cmd.name, commandIndex: index)
                     switch done.kind {
-                    case 1: throw StepError("\(command): cannot run: \(String(decoding: done.data, as: UTF8.self))")
-                    case 2: throw StepError("\(command): its output is over the \(StepHelper.outputLimit >> 20) MiB a step records")
+                    case 1: throw StepError(StepHelper.cannotRun(command, String(decoding: done.data, as: UTF8.self)))
+                    case 2: throw StepError(StepHelper.tooMuchOutput(command))
                     default: return try StepHelper.output(done.data, code: done.status, attempt: attempt, command: command)
                     }
                 }
@@ -255,15 +270,39 @@ final class HelperConnection: Sendable {
 
     init(fd: Int32) { self.fd = fd }
 
-    /// The next frame, or nil at the end (or a frame that breaks the protocol).
+    /// The next frame, or nil at the end (or a frame that breaks the protocol). Only the
+    /// client's two kinds are taken, each up to its own limit (a request's arguments, a
+    /// step's output), and memory grows with the bytes that arrive, not with the length a
+    /// frame claims.
     func readFrame() -> Frame? {
         var header = [UInt8](repeating: 0, count: 5)
         guard readAll(&header, 5) else { return nil }
         let length = Int(header[0]) | Int(header[1]) << 8 | Int(header[2]) << 16 | Int(header[3]) << 24
-        guard length >= 1, length <= Self.frameLimit else { return nil }
-        var payload = [UInt8](repeating: 0, count: length - 1)
-        guard readAll(&payload, length - 1) else { return nil }
-        return Frame(type: header[4], payload: Data(payload))
+        let limit: Int
+        switch header[4] {
+        case UInt8(ascii: "Q"): limit = Self.requestLimit
+        case UInt8(ascii: "D"): limit = Self.frameLimit
+        default: return nil
+        }
+        guard length >= 1, length <= limit else { return nil }
+        var payload = Data()
+        var chunk = [UInt8](repeating: 0, count: min(length - 1, 1 << 20))
+        while payload.count < length - 1 {
+            let n = min(chunk.count, length - 1 - payload.count)
+            guard readAll(&chunk, n) else { return nil }
+            payload.append(contentsOf: chunk[0..<n])
+        }
+        return Frame(type: header[4], payload: payload)
+    }
+
+    /// A request's arguments: far above what a command line holds (ARG_MAX is 2 MiB with
+    /// the environment), far below what would hurt the daemon.
+    static let requestLimit = 4 << 20
+
+    /// How long a new connection may take to send its request.
+    func limitWait(seconds: Int) {
+        var tv = timeval(tv_sec: seconds, tv_usec: 0)
+        _ = setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
     }
 
     private func readAll(_ buf: inout [UInt8], _ n: Int) -> Bool {
@@ -303,7 +342,7 @@ final class HelperConnection: Sendable {
     }
 
     /// Asks the client to run CMD once; returns what it says. A cancelled attempt (the
-    /// step's timeout) asks the client to kill CMD and returns at once.
+    /// step's timeout) asks the client to kill CMD, and returns when it has.
     func runAttempt(_ attempt: StepAttempt, name: String, commandIndex: Int) async throws -> Done {
         var p = Data()
         p.appendLE(UInt32(bitPattern: Int32(attempt.number)))
@@ -326,13 +365,10 @@ final class HelperConnection: Sendable {
                 send(UInt8(ascii: "R"), request)
             }
         } onCancel: {
-            let p = state.withLock { s in
-                let p = s.pending
-                s.pending = nil
-                return p
-            }
+            // The attempt ends when the client says CMD is dead (its D), not before: a
+            // timeout is recorded only after the kill, as in a helper process (a client that
+            // is stopped meanwhile holds the record back, never the other way round).
             send(UInt8(ascii: "K"))
-            p?.resume(throwing: CancellationError())
         }
     }
 

@@ -238,27 +238,45 @@ struct StepHelper: AsyncParsableCommand {
             let pid = ProcessTree()
             // Found on PATH here, not by Subprocess: it forks a child to try execve in
             // each PATH directory in turn (a fork of this large process each).
-            let executable: Executable = cmd[0].contains("/") ? .path(FilePath(cmd[0])) : .path(try await Executable.name(cmd[0]).resolveExecutablePath(in: .inherit))
+            let executable: Executable
+            if cmd[0].contains("/") {
+                executable = .path(FilePath(cmd[0]))
+            } else {
+                do {
+                    executable = .path(try await Executable.name(cmd[0]).resolveExecutablePath(in: .inherit))
+                } catch {
+                    throw StepError(Self.cannotRun(cmd[0], "not found on PATH"))
+                }
+            }
             let config = Configuration(
                 executable: executable,
                 arguments: Arguments(Array(cmd.dropFirst())),
                 environment: .inherit.updating(["CAIRN_IDEMPOTENCY_KEY": attempt.idempotencyKey, "CAIRN_STEP_ATTEMPT": String(attempt.number), "CAIRN_IN_STEP": name]))
-            let r = try await withTaskCancellationHandler {
-                try await Subprocess.run(config, input: .none, output: .bytes(limit: Self.outputLimit), error: .currentStandardError) { execution in
-                    pid.started(execution.processIdentifier.value)
+            let status: TerminationStatus, stdout: [UInt8]
+            do {
+                let r = try await withTaskCancellationHandler {
+                    try await Subprocess.run(config, input: .none, output: .bytes(limit: Self.outputLimit), error: .currentStandardError) { execution in
+                        pid.started(execution.processIdentifier.value)
+                    }
+                } onCancel: {
+                    pid.killTree()
                 }
-            } onCancel: {
-                pid.killTree()
+                status = r.terminationStatus
+                stdout = r.standardOutput
+            } catch let e as SubprocessError where e.code == .outputLimitExceeded {
+                throw StepError(Self.tooMuchOutput(cmd[0]))
+            } catch let e as SubprocessError where e.code == .executableNotFound || e.code == .spawnFailed {
+                throw StepError(Self.cannotRun(cmd[0], e.underlyingError.map { String(cString: strerror($0.rawValue)) } ?? "\(e)"))
             }
             let code: Int32
-            switch r.terminationStatus {
+            switch status {
             case .exited(let c): code = c
             case .signaled(let s): code = 128 + s
             }
             if code != 0 && !attempt.isLast {
                 Output.raw(Data(Self.willRetry(name, attempt: attempt.number, cmd[0], code).utf8), to: 2)
             }
-            return try Self.output(Data(r.standardOutput), code: code, attempt: attempt, command: cmd[0])
+            return try Self.output(Data(stdout), code: code, attempt: attempt, command: cmd[0])
         } }.emit()
     }
 
@@ -269,10 +287,18 @@ struct StepHelper: AsyncParsableCommand {
         "cairn: step \(name) attempt \(attempt): \(command) exited with \(code); step failed, will retry\n"
     }
 
+    /// The same words whichever process ran the command (this one, or the small client).
+    static func cannotRun(_ command: String, _ reason: String) -> String { "\(command): cannot run: \(reason)" }
+    static func tooMuchOutput(_ command: String) -> String { "\(command): its output is over the \(outputLimit >> 20) MiB a step records" }
+
     /// An attempt's outcome: a failure while attempts remain, else the recorded output.
+    /// Text is recorded as text; bytes that are not UTF-8, or control characters JSON
+    /// escapes six bytes each (64 MiB of NULs would make a 384 MiB record no replay can
+    /// read), as base64.
     static func output(_ data: Data, code: Int32, attempt: StepAttempt, command: String) throws -> StepOutput {
         if code != 0 && !attempt.isLast { throw StepError("\(command) exited with \(code)") }
-        if let s = String(data: data, encoding: .utf8) { return StepOutput(stdout: s, exitCode: code) }
+        let control = data.contains { $0 < 0x20 && $0 != 0x09 && $0 != 0x0a && $0 != 0x0d || $0 == 0x7f }
+        if !control, let s = String(data: data, encoding: .utf8) { return StepOutput(stdout: s, exitCode: code) }
         return StepOutput(stdoutBase64: data.base64EncodedString(), exitCode: code)
     }
 
