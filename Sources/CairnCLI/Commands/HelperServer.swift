@@ -7,6 +7,7 @@ import Foundation
 import Glibc
 import Logging
 import Synchronization
+import SystemPackage
 
 /// Answers the helper calls of the scripts a daemon runs, for the small C client
 /// `cairn-helper` (Sources/cairn-helper/cairn-helper.c) that the scripts find on their PATH
@@ -79,6 +80,7 @@ final class HelperServer: ScriptHelperService {
     static func start(logger: Logger) -> HelperServer? {
         guard let client = client(logger: logger) else { return nil }
         let base = HelperLink.privateBase()
+        removeAbandoned(in: base)
         var template = Array((base + "/cairn-helpers-XXXXXX").utf8CString)
         guard let made = template.withUnsafeMutableBufferPointer({ mkdtemp($0.baseAddress!) }) else {
             logger.warning("cannot create a private directory for the helper socket: the scripts' helpers run the whole binary", metadata: ["dir": "\(base)", "error": "\(String(cString: strerror(errno)))"])
@@ -115,6 +117,35 @@ final class HelperServer: ScriptHelperService {
         Thread.detachNewThread { server.acceptLoop() }
         logger.debug("serving the scripts' helpers", metadata: ["socket": "\(socketPath)"])
         return server
+    }
+
+    /// The directories of this user's daemons that died without removing theirs (SIGKILL):
+    /// private (0700, this user's), and nothing listens on their socket any more.
+    static func removeAbandoned(in base: String) {
+        for name in (try? Spool.list(FilePath(base))) ?? [] where name.hasPrefix("cairn-helpers-") {
+            let dir = base + "/" + name
+            var st = stat()
+            guard lstat(dir, &st) == 0, (st.st_mode & S_IFMT) == S_IFDIR, st.st_uid == geteuid(), st.st_mode & 0o077 == 0 else { continue }
+            let path = dir + "/helper.sock"
+            guard path.utf8.count < 108 else { continue }
+            var addr = sockaddr_un()
+            addr.sun_family = sa_family_t(AF_UNIX)
+            withUnsafeMutableBytes(of: &addr.sun_path) { raw in
+                raw.copyBytes(from: path.utf8)
+                raw[path.utf8.count] = 0
+            }
+            let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+            guard fd >= 0 else { return }
+            let r = withUnsafePointer(to: &addr) { p in
+                p.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+            }
+            let e = errno
+            close(fd)
+            guard r != 0, e == ECONNREFUSED || e == ENOENT else { continue }
+            _ = unlink(path)
+            _ = unlink(dir + "/cairn")
+            _ = rmdir(dir)
+        }
     }
 
     /// Stops accepting and removes the directory (served connections end with their scripts).
