@@ -80,7 +80,6 @@ final class HelperServer: ScriptHelperService {
     static func start(logger: Logger) -> HelperServer? {
         guard let client = client(logger: logger) else { return nil }
         let base = HelperLink.privateBase()
-        removeAbandoned(in: base)
         var template = Array((base + "/cairn-helpers-XXXXXX").utf8CString)
         guard let made = template.withUnsafeMutableBufferPointer({ mkdtemp($0.baseAddress!) }) else {
             logger.warning("cannot create a private directory for the helper socket: the scripts' helpers run the whole binary", metadata: ["dir": "\(base)", "error": "\(String(cString: strerror(errno)))"])
@@ -115,6 +114,9 @@ final class HelperServer: ScriptHelperService {
         }
         let server = HelperServer(clientDirectory: dir, socketPath: socketPath, listenFD: fd, logger: logger)
         Thread.detachNewThread { server.acceptLoop() }
+        // Off the start's path (a /tmp of thousands of names takes milliseconds to list, and a
+        // restart's first step waits for nothing), and after this one listens.
+        Thread.detachNewThread { removeAbandoned(in: base) }
         logger.debug("serving the scripts' helpers", metadata: ["socket": "\(socketPath)"])
         return server
     }
