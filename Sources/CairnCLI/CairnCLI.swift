@@ -65,7 +65,7 @@ public enum CLIEnvironment {
 
     /// The registered Swift workflows plus the spool's script workflows (whose helpers
     /// `helpers` serves, when given).
-    static func workflows(for spool: Spool, helpers: HelperServer? = nil) -> WorkflowRegistry {
+    static func workflows(for spool: Spool, helpers: HelperService? = nil) -> WorkflowRegistry {
         var r = workflows
         r.fallback = ScriptWorkflow.resolver(spool: spool, helpers: helpers)
         return r

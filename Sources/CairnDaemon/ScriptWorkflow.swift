@@ -16,10 +16,10 @@ import Synchronization
 /// the daemon itself, so that a helper call costs a small client's start instead of the whole
 /// binary's (CairnCLI's `HelperServer`; docs/scripts.md, "How helpers reach the daemon").
 public protocol ScriptHelperService: Sendable {
-    /// A private directory (0700, this user's) whose `cairn` is the small client.
-    var clientDirectory: String { get }
-    /// The Unix socket the client connects to, in that directory.
-    var socketPath: String { get }
+    /// A private directory (0700, this user's) whose `cairn` is the small client, and the
+    /// Unix socket it connects to there — the service starts on the first call (a daemon
+    /// that runs no script never pays for it); nil: not available, helpers run the whole binary.
+    func endpoint() -> (clientDirectory: String, socketPath: String)?
     /// The execution's helpers may be served from now on.
     func register(exec: String, run: String, spool: Spool)
     func unregister(exec: String)
@@ -152,9 +152,10 @@ public enum ScriptWorkflow {
         // The client first when the daemon serves helpers, the whole binary after it: a
         // client directory that disappears (a /tmp cleaner) leaves `cairn` working. One that
         // is already gone is not used at all.
-        let helpers = helpers.flatMap { access($0.clientDirectory + "/cairn", X_OK) == 0 ? $0 : nil }
+        let endpoint = helpers?.endpoint().flatMap { access($0.clientDirectory + "/cairn", X_OK) == 0 ? $0 : nil }
+        let helpers = endpoint == nil ? nil : helpers
         let wholeBinary = try helperPath(selfExe)
-        let helperDir = helpers.map { $0.clientDirectory + ":" + wholeBinary } ?? wholeBinary
+        let helperDir = endpoint.map { $0.clientDirectory + ":" + wholeBinary } ?? wholeBinary
         var options = PlatformOptions()
         options.processGroupID = 0  // its own process group, so the whole script can be stopped
         var env: [Environment.Key: String?] = [
@@ -168,10 +169,10 @@ public enum ScriptWorkflow {
             "CAIRN_HELPER_SOCKET": nil,
             "CAIRN_HELPER_EXE": nil,
         ]
-        if let helpers {
+        if let helpers, let endpoint {
             // The client asks the daemon over this socket and runs the whole binary for
             // anything the daemon does not serve.
-            env["CAIRN_HELPER_SOCKET"] = helpers.socketPath
+            env["CAIRN_HELPER_SOCKET"] = endpoint.socketPath
             env["CAIRN_HELPER_EXE"] = selfExe
             helpers.register(exec: execID, run: run, spool: spool)
         }

@@ -49,8 +49,8 @@ struct DaemonCommand: AsyncParsableCommand {
         if opts.rescanInterval != nil { DurableFile.assumeSharedFilesystem() }
         opts.shutdownGrace = shutdownGrace.duration
         // The scripts' `cairn` helpers answered here (the small client), when it is installed.
-        let helpers = HelperServer.start(logger: logger)
-        defer { helpers?.stop() }
+        let helpers = HelperService(logger: logger)
+        defer { helpers.stop() }
         let daemon = Daemon(spool: spool, registry: CLIEnvironment.workflows(for: spool, helpers: helpers), watcher: watcher, options: opts, logger: logger)
         try await runDaemon(daemon, logger: logger, spool: spool)
     }

@@ -52,8 +52,8 @@ struct DemoCommand: AsyncParsableCommand {
             chmod(script.string, 0o755)
         }
         let logger = makeLogger(format: .human, level: .info)
-        let helpers = HelperServer.start(logger: logger)
-        defer { helpers?.stop() }
+        let helpers = HelperService(logger: logger)
+        defer { helpers.stop() }
         let daemon = Daemon(spool: spool, registry: CLIEnvironment.workflows(for: spool, helpers: helpers), watcher: watcher, options: DaemonOptions(), logger: logger)
 
         let refund = try spool.createRun(.init(workflow: DemoRefund.name, input: ["order": "A-1042", "amount": 42.5, "reason": "arrived broken"], workflowVersion: DemoRefund.version)).id

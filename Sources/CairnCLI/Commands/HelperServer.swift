@@ -31,7 +31,7 @@ import SystemPackage
 ///                       run CMD once, answer D
 ///                    K  kill CMD and what it started (a timeout), then answer D
 ///                    X  stderr text: print it and kill the script's process group (a wait)
-final class HelperServer: ScriptHelperService {
+final class HelperServer: Sendable {
     static let version = "cairn-helper 1"
 
     let clientDirectory: String
@@ -272,6 +272,52 @@ final class HelperServer: ScriptHelperService {
             conn.sendOutput(HelperReply(stderr: "cairn: \(Names.printable(e.description))\n", code: e.code == .notFound ? CLIError.Code.notFound.rawValue : CLIError.Code.failure.rawValue))
         } catch {
             conn.sendOutput(HelperReply(stderr: "cairn: \(Names.printable(String(describing: error)))\n", code: CLIError.Code.failure.rawValue))
+        }
+    }
+}
+
+/// The helper server of one daemon, started when its first script runs.
+final class HelperService: ScriptHelperService {
+    private enum State {
+        case idle
+        case serving(HelperServer)
+        case unavailable
+        case stopped
+    }
+
+    private let state = Mutex<State>(.idle)
+    private let logger: Logger
+
+    init(logger: Logger) { self.logger = logger }
+
+    func endpoint() -> (clientDirectory: String, socketPath: String)? {
+        server.map { ($0.clientDirectory, $0.socketPath) }
+    }
+
+    private var server: HelperServer? {
+        state.withLock { s in
+            switch s {
+            case .serving(let server): return server
+            case .unavailable, .stopped: return nil
+            case .idle:
+                guard let server = HelperServer.start(logger: logger) else {
+                    s = .unavailable
+                    return nil
+                }
+                s = .serving(server)
+                return server
+            }
+        }
+    }
+
+    func register(exec: String, run: String, spool: Spool) { server?.register(exec: exec, run: run, spool: spool) }
+
+    func unregister(exec: String) { server?.unregister(exec: exec) }
+
+    func stop() {
+        state.withLock { s in
+            if case .serving(let server) = s { server.stop() }
+            s = .stopped
         }
     }
 }
