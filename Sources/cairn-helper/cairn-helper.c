@@ -291,14 +291,19 @@ static void run_attempt(int sock, const struct frame *r) {
     }
     close(status_pipe[0]);
 
+    /* CMD's end is the attempt's end, as for the whole binary: what a background process
+     * it left writes to the pipe afterwards is neither waited for nor recorded. */
+    int pidfd = (int)syscall(SYS_pidfd_open, pid, 0), draining = 0;
     size_t cap = 65536, len = 0;
     unsigned char *buf = malloc(cap);
     if (!buf) exit(1);
     int too_large = 0, open_out = 1;
     while (open_out) {
         /* Once the daemon has answered, only the pipe is read (to its end). */
-        struct pollfd p[2] = {{.fd = out[0], .events = POLLIN}, {.fd = g_next.full ? -1 : sock, .events = POLLIN}};
-        if (poll(p, 2, -1) < 0) {
+        struct pollfd p[3] = {{.fd = out[0], .events = POLLIN}, {.fd = g_next.full ? -1 : sock, .events = POLLIN}, {.fd = pidfd, .events = POLLIN}};
+        if (draining) {
+            p[0].revents = p[1].revents = p[2].revents = 0; /* read on until the pipe is empty */
+        } else if (poll(p, 3, -1) < 0) {
             if (errno == EINTR) continue;
             break;
         }
@@ -325,7 +330,14 @@ static void run_attempt(int sock, const struct frame *r) {
                 g_next.len = k.len;
             }
         }
-        if (p[0].revents) {
+        if (pidfd >= 0 && p[2].revents) {
+            /* What CMD wrote before it ended is in the pipe: read it without waiting. */
+            fcntl(out[0], F_SETFL, fcntl(out[0], F_GETFL) | O_NONBLOCK);
+            close(pidfd);
+            pidfd = -1;
+            draining = 1;
+        }
+        if (p[0].revents || draining) {
             if (len == cap) {
                 cap *= 2;
                 unsigned char *bigger = realloc(buf, cap);
@@ -334,7 +346,9 @@ static void run_attempt(int sock, const struct frame *r) {
             }
             ssize_t n = read(out[0], buf + len, too_large ? cap : cap - len);
             if (n < 0 && errno == EINTR) continue;
-            if (n <= 0) {
+            if (n < 0 && errno == EAGAIN) {
+                open_out = 0; /* CMD ended and the pipe is drained */
+            } else if (n <= 0) {
                 open_out = 0;
             } else if (!too_large) {
                 len += (size_t)n;
@@ -347,6 +361,7 @@ static void run_attempt(int sock, const struct frame *r) {
         }
     }
     close(out[0]);
+    if (pidfd >= 0) close(pidfd);
     int status = g_cmd_status;
     if (!g_cmd_reaped)
         while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {}

@@ -173,6 +173,7 @@ import Testing
             echo "sig exit $?" >&2
             \(prefix)cairn step fds -- sh -c 'ls /proc/$$/fd' > fds.txt
             \(prefix)cairn step zeros -- head -c 2000 /dev/zero | wc -c > zeros.txt
+            \(prefix)cairn step bg -- sh -c '(sleep 3; echo late) & echo early' > bg.txt
             \(prefix)cairn sleep 1s
             """)
         let d = try await DaemonProcess(spool: t.spool)
@@ -188,6 +189,8 @@ import Testing
         #expect(err.components(separatedBy: "sig exit 143").count == 3, "SIGTERM ends the command, both executions: \(err)")
         #expect(read("fds.txt").split(separator: "\n").sorted() == ["0", "1", "2"], "the command's descriptors: \(read("fds.txt"))")
         #expect(read("zeros.txt").trimmingCharacters(in: .whitespacesAndNewlines) == "2000", "replayed after the sleep: \(read("zeros.txt"))")
+        // The command's end is the step's end: a background child's later output is not waited for.
+        #expect(read("bg.txt") == "early\n", "\(read("bg.txt"))")
         let zeros = try #require(try t.spool.journal(r).load().first { $0.name == "zeros" })
         #expect(zeros.value?["stdout_base64"] != nil, "control bytes are recorded as base64")
     }
