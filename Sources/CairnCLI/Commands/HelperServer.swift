@@ -297,7 +297,19 @@ final class HelperService: ScriptHelperService {
     private var server: HelperServer? {
         state.withLock { s in
             switch s {
-            case .serving(let server): return server
+            case .serving(let server) where access(server.clientDirectory + "/cairn", X_OK) == 0:
+                return server
+            case .serving(let server):
+                // Its directory was removed under it (a /tmp cleaner): a new one, so that the
+                // scripts from now on are served again (those running use the whole binary).
+                logger.warning("the helper directory is gone; serving from a new one", metadata: ["dir": "\(server.clientDirectory)"])
+                server.stop()
+                guard let fresh = HelperServer.start(logger: logger) else {
+                    s = .unavailable
+                    return nil
+                }
+                s = .serving(fresh)
+                return fresh
             case .unavailable, .stopped: return nil
             case .idle:
                 guard let server = HelperServer.start(logger: logger) else {
