@@ -76,13 +76,13 @@ import Testing
         let late = t.path.appending("late").string
         try install(t, "slowstep", """
             #!/bin/sh
-            cairn step slow --timeout 1s -- sh -c 'sh -c "sleep 3; touch \(late)" & wait'
+            cairn step slow --timeout 1s -- sh -c 'sh -c "sleep 5; touch \(late)" & wait'
             echo "step exit $?" >&2
-            sleep 4
+            sleep 6
             """)
         let d = try await DaemonProcess(spool: t.spool)
         let r = try t.submit("slowstep", input: JSONValue.null)
-        // The script goes on for 4 s after the step (so its process group lives on): only
+        // The script goes on for 6 s after the step (so its process group lives on): only
         // killing the command's whole tree stops the child.
         try await waitUntil("finished", timeout: 15) { t.status(r)?.isTerminal == true }
         #expect(t.status(r) == .completed, "the script exits 0 whatever its helpers said: \(String(describing: try? t.state(r).error))")

@@ -406,18 +406,28 @@ final class HelperConnection: Sendable {
     }
 
     func send(_ type: UInt8, _ payload: Data = Data()) {
+        let frame = Self.frame(type, payload)
+        state.withLock { s in
+            guard !s.closed else { return }
+            Self.write(fd, frame: frame)
+        }
+    }
+
+    static func frame(_ type: UInt8, _ payload: Data) -> Data {
         var frame = Data(capacity: payload.count + 5)
         let length = UInt32(payload.count + 1)
         frame.append(contentsOf: [UInt8(length & 0xff), UInt8(length >> 8 & 0xff), UInt8(length >> 16 & 0xff), UInt8(length >> 24 & 0xff), type])
         frame.append(payload)
-        state.withLock { s in
-            guard !s.closed else { return }
-            frame.withUnsafeBytes { raw in
-                var sent = 0
-                while sent < raw.count {
-                    let w = Glibc.send(fd, raw.baseAddress! + sent, raw.count - sent, Int32(MSG_NOSIGNAL))
-                    if w > 0 { sent += w } else if w < 0 && errno == EINTR { continue } else { return }
-                }
+        return frame
+    }
+
+    /// All of `frame`, or as much as the peer takes before it goes (callers hold the lock).
+    static func write(_ fd: Int32, frame: Data) {
+        frame.withUnsafeBytes { raw in
+            var sent = 0
+            while sent < raw.count {
+                let w = Glibc.send(fd, raw.baseAddress! + sent, raw.count - sent, Int32(MSG_NOSIGNAL))
+                if w > 0 { sent += w } else if w < 0 && errno == EINTR { continue } else { return }
             }
         }
     }
@@ -446,14 +456,17 @@ final class HelperConnection: Sendable {
         let request = p
         return try await withTaskCancellationHandler {
             try await withCheckedThrowingContinuation { (c: CheckedContinuation<Done, any Error>) in
+                // R is written under the lock that registers the attempt: a cancellation's K
+                // (sent under the same lock) then comes after it, or the attempt is refused —
+                // never a K the client ignores followed by an R nobody will stop.
                 let refused: (any Error)? = state.withLock { s in
                     if s.closed { return CancellationError() }
                     if Task.isCancelled { return CancellationError() }
                     s.pending = c
+                    Self.write(fd, frame: Self.frame(UInt8(ascii: "R"), request))
                     return nil
                 }
                 if let refused { return c.resume(throwing: refused) }
-                send(UInt8(ascii: "R"), request)
             }
         } onCancel: {
             // The attempt ends when the client says CMD is dead (its D), not before: a
