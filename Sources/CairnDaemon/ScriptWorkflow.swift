@@ -6,12 +6,6 @@ import Subprocess
 import SystemPackage
 import Synchronization
 
-/// Script workflows (SPEC §4): an executable `SPOOL/workflows/NAME` is the workflow type
-/// NAME. Each execution runs it from the top with the input on stdin; its durable
-/// operations are `cairn` helper calls that consult the journal through a shared cursor in
-/// `SPOOL/tmp/exec-RUN.json`. A helper that must wait records the wait there and kills the
-/// script's process group; the execution then ends as a wait, and the script runs again
-/// from the top when the wait is over.
 /// Answers the helper calls of the scripts a daemon runs (`cairn step`, `cairn now` …) in
 /// the daemon itself, so that a helper call costs a small client's start instead of the whole
 /// binary's (CairnCLI's `HelperServer`; docs/scripts.md, "How helpers reach the daemon").
@@ -25,6 +19,12 @@ public protocol ScriptHelperService: Sendable {
     func unregister(exec: String)
 }
 
+/// Script workflows (SPEC §4): an executable `SPOOL/workflows/NAME` is the workflow type
+/// NAME. Each execution runs it from the top with the input on stdin; its durable
+/// operations are `cairn` helper calls that consult the journal through a shared cursor in
+/// `SPOOL/tmp/exec-RUN.json`. A helper that must wait records the wait there and kills the
+/// script's process group; the execution then ends as a wait, and the script runs again
+/// from the top when the wait is over.
 public enum ScriptWorkflow {
     /// The resolver to install as `WorkflowRegistry.fallback`. With `helpers`, the scripts'
     /// `cairn` is the small client that asks it; without, the whole binary.
@@ -150,9 +150,9 @@ public enum ScriptWorkflow {
 
         let selfExe = executablePath()
         // The client first when the daemon serves helpers, the whole binary after it: a
-        // client directory that disappears (a /tmp cleaner) leaves `cairn` working. One that
-        // is already gone is not used at all.
-        let endpoint = helpers?.endpoint().flatMap { access($0.clientDirectory + "/cairn", X_OK) == 0 ? $0 : nil }
+        // client directory that disappears (a /tmp cleaner) leaves `cairn` working. (The
+        // service makes a new one when it finds its own gone.)
+        let endpoint = helpers?.endpoint()
         let helpers = endpoint == nil ? nil : helpers
         let wholeBinary = try helperPath(selfExe)
         let helperDir = endpoint.map { $0.clientDirectory + ":" + wholeBinary } ?? wholeBinary
@@ -379,9 +379,12 @@ public enum HelperLink {
         return t
     }
 
-    static func make(_ exe: String) throws -> String {
+    /// A private directory (mkdtemp under `privateBase()`, checked 0700 and this user's)
+    /// whose `cairn` links to `exe`: the whole binary (`cairn-bin-`), or the small helper
+    /// client (`cairn-helpers-`, where the daemon's helper socket also lives).
+    public static func make(_ exe: String, prefix: String = "cairn-bin") throws -> String {
         let base = privateBase()
-        var template = Array((base + "/cairn-bin-XXXXXX").utf8CString)
+        var template = Array((base + "/\(prefix)-XXXXXX").utf8CString)
         guard let made = template.withUnsafeMutableBufferPointer({ mkdtemp($0.baseAddress!) }) else {
             throw SpoolError(.io, path: base, errno: errno, "cannot create a private directory for the scripts' cairn helper")
         }

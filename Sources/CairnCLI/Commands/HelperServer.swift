@@ -80,12 +80,13 @@ final class HelperServer: Sendable {
     static func start(logger: Logger) -> HelperServer? {
         guard let client = client(logger: logger) else { return nil }
         let base = HelperLink.privateBase()
-        var template = Array((base + "/cairn-helpers-XXXXXX").utf8CString)
-        guard let made = template.withUnsafeMutableBufferPointer({ mkdtemp($0.baseAddress!) }) else {
-            logger.warning("cannot create a private directory for the helper socket: the scripts' helpers run the whole binary", metadata: ["dir": "\(base)", "error": "\(String(cString: strerror(errno)))"])
+        let dir: String
+        do {
+            dir = try HelperLink.make(client, prefix: "cairn-helpers")
+        } catch {
+            logger.warning("\(error): the scripts' helpers run the whole binary")
             return nil
         }
-        let dir = String(cString: made)
         let socketPath = dir + "/helper.sock"
         func giveUp(_ what: String) -> HelperServer? {
             logger.warning("\(what): the scripts' helpers run the whole binary", metadata: ["dir": "\(dir)", "error": "\(String(cString: strerror(errno)))"])
@@ -94,15 +95,7 @@ final class HelperServer: Sendable {
             _ = rmdir(dir)
             return nil
         }
-        guard symlink(client, dir + "/cairn") == 0 else { return giveUp("cannot link the helper client") }
-        var addr = sockaddr_un()
-        addr.sun_family = sa_family_t(AF_UNIX)
-        let capacity = MemoryLayout.size(ofValue: addr.sun_path)
-        guard socketPath.utf8.count < capacity else { errno = ENAMETOOLONG; return giveUp("the helper socket's path is too long") }
-        withUnsafeMutableBytes(of: &addr.sun_path) { raw in
-            raw.copyBytes(from: socketPath.utf8)
-            raw[socketPath.utf8.count] = 0
-        }
+        guard var addr = unixAddress(socketPath) else { errno = ENAMETOOLONG; return giveUp("the helper socket's path is too long") }
         let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard fd >= 0 else { return giveUp("cannot create the helper socket") }
         let bound = withUnsafePointer(to: &addr) { p in
@@ -121,6 +114,18 @@ final class HelperServer: Sendable {
         return server
     }
 
+    /// `path` as a Unix socket address; nil when it does not fit (108 bytes on Linux).
+    static func unixAddress(_ path: String) -> sockaddr_un? {
+        var addr = sockaddr_un()
+        addr.sun_family = sa_family_t(AF_UNIX)
+        guard path.utf8.count < MemoryLayout.size(ofValue: addr.sun_path) else { return nil }
+        withUnsafeMutableBytes(of: &addr.sun_path) { raw in
+            raw.copyBytes(from: path.utf8)
+            raw[path.utf8.count] = 0
+        }
+        return addr
+    }
+
     /// The directories of this user's daemons that died without removing theirs (SIGKILL):
     /// private (0700, this user's), and nothing listens on their socket any more.
     static func removeAbandoned(in base: String) {
@@ -129,13 +134,7 @@ final class HelperServer: Sendable {
             var st = stat()
             guard lstat(dir, &st) == 0, (st.st_mode & S_IFMT) == S_IFDIR, st.st_uid == geteuid(), st.st_mode & 0o077 == 0 else { continue }
             let path = dir + "/helper.sock"
-            guard path.utf8.count < 108 else { continue }
-            var addr = sockaddr_un()
-            addr.sun_family = sa_family_t(AF_UNIX)
-            withUnsafeMutableBytes(of: &addr.sun_path) { raw in
-                raw.copyBytes(from: path.utf8)
-                raw[path.utf8.count] = 0
-            }
+            guard var addr = unixAddress(path) else { continue }
             let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
             guard fd >= 0 else { return }
             let r = withUnsafePointer(to: &addr) { p in
