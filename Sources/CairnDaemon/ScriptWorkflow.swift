@@ -209,6 +209,7 @@ public enum ScriptWorkflow {
                 output: .fileDescriptor(out, closeAfterSpawningProcess: true),
                 error: .fileDescriptor(err, closeAfterSpawningProcess: true)
             ) { execution in
+                CrashPoints.slowAt("script.spawned")
                 group.started(execution.processIdentifier.value)
             }
         } onCancel: {
@@ -409,19 +410,36 @@ public enum HelperLink {
 /// The script's process group (its supervisor leads it), shared with the timeout watchdog
 /// and the cancellation handler.
 final class ScriptProcess: Sendable {
-    private let state = Mutex<(pid: pid_t, timedOut: Bool)>((0, false))
+    private struct State {
+        var pid: pid_t = 0
+        /// A kill asked for before the pid was known (a cancel or a shutdown in the moment
+        /// between the spawn and `started`): done by `started`.
+        var killRequested = false
+        var timedOut = false
+    }
+    private let state = Mutex(State())
 
-    func started(_ pid: pid_t) { state.withLock { $0.pid = pid } }
+    func started(_ pid: pid_t) {
+        let kill = state.withLock { s in
+            s.pid = pid
+            return s.killRequested
+        }
+        if kill { Glibc.kill(-pid, SIGKILL) }
+    }
 
-    /// SIGKILL to the whole group.
+    /// SIGKILL to the whole group (now, or as soon as it is known).
     func kill() {
-        let pid = state.withLock { $0.pid }
+        let pid = state.withLock { s in
+            s.killRequested = true
+            return s.pid
+        }
         if pid > 0 { Glibc.kill(-pid, SIGKILL) }
     }
 
     func timeOut() {
         let pid = state.withLock { s -> pid_t in
-            if s.pid > 0 { s.timedOut = true }
+            s.timedOut = true
+            s.killRequested = true
             return s.pid
         }
         if pid > 0 { Glibc.kill(-pid, SIGKILL) }

@@ -12,6 +12,10 @@ import Synchronization
 /// yet renamed into `runs/`) and `inbox.before-unlink` (an inbox file was made a run but
 /// not yet removed).
 ///
+/// `CAIRN_SIMULATE_SLOW=POINT:MS` makes `slowAt(POINT)` wait MS milliseconds instead: the
+/// whole binary's `step.spawned` (a step's command started, not yet known to its killer), the
+/// daemon's `script.spawned` (a script started, not yet known to its cancellation).
+///
 /// Compiled into debug builds only (`CAIRN_TEST_HOOKS`, see Package.swift): in a release
 /// build `reached` is empty and `CAIRN_CRASH_AT` means nothing.
 public enum CrashPoints {
@@ -34,7 +38,7 @@ public enum CrashPoints {
 
     /// The test hooks set in this process's environment (for the daemon's warning).
     public static var activeHooks: [String] {
-        ["CAIRN_CRASH_AT", "CAIRN_SIMULATE_REMOTE_WRITES", "CAIRN_SIMULATE_OVERFLOW_EVERY"].filter { testHook($0).map { !$0.isEmpty } ?? false }
+        ["CAIRN_CRASH_AT", "CAIRN_SIMULATE_REMOTE_WRITES", "CAIRN_SIMULATE_OVERFLOW_EVERY", "CAIRN_SIMULATE_SLOW"].filter { testHook($0).map { !$0.isEmpty } ?? false }
     }
 
     #if CAIRN_TEST_HOOKS
@@ -66,9 +70,26 @@ public enum CrashPoints {
             while true { pause() }
         }
     }
+    private static let slow: Plan? = {
+        guard let spec = testHook("CAIRN_SIMULATE_SLOW"), !spec.isEmpty else { return nil }
+        let parts = spec.split(separator: ":", maxSplits: 1)
+        return Plan(point: String(parts[0]), nth: parts.count > 1 ? Int(parts[1]) ?? 0 : 0)
+    }()
+
+    /// Reached `point`: waits there when `CAIRN_SIMULATE_SLOW=POINT:MS` says so (a machine
+    /// so loaded that a timeout fires inside a window that is normally microseconds wide).
+    @inline(__always)
+    public static func slowAt(_ point: String) {
+        guard let slow, slow.point == point, slow.nth > 0 else { return }
+        usleep(UInt32(slow.nth) * 1000)
+    }
     #else
     /// Release build: no crash points.
     @inline(__always)
     public static func reached(_ point: String) {}
+
+    /// Release build: no delays.
+    @inline(__always)
+    public static func slowAt(_ point: String) {}
     #endif
 }

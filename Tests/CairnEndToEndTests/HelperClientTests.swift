@@ -162,6 +162,27 @@ import Testing
         #expect(!FileManager.default.fileExists(atPath: late), "an orphaned grandchild of the timed-out command ran on")
     }
 
+    /// A timeout that fires between the command's start and the moment its killer learns
+    /// its pid (a window of microseconds, wide on a loaded machine: CI once saw it) still
+    /// kills it: the whole binary's kill is remembered and done when the pid arrives.
+    @Test func aTimeoutBeforeTheCommandIsKnownStillKillsIt() async throws {
+        let t = try TempSpool()
+        let late = t.path.appending("late").string
+        try install(t, "helper-early-timeout", """
+            #!/bin/sh
+            env -u CAIRN_HELPER_SOCKET cairn step slow --timeout 1s -- sh -c 'sh -c "sleep 4; touch \(late)" & wait'
+            echo "step exit $?" >&2
+            sleep 6
+            """)
+        let d = try await DaemonProcess(spool: t.spool, env: ["CAIRN_SIMULATE_SLOW": "step.spawned:2000"])
+        let r = try t.submit("helper-early-timeout", input: 0)
+        try await t.waitFor(r, .completed, timeout: 30)
+        await d.stop()
+        let err = try String(contentsOfFile: t.spool.run(r).logsDirectory.appending("stderr.log").string, encoding: .utf8)
+        #expect(err.contains("step exit 124"), "\(err)")
+        #expect(!FileManager.default.fileExists(atPath: late), "the command ran on after its timeout")
+    }
+
     /// What a new user's trial of the client found (each checked through the client and
     /// through the whole binary): a step's command starts with default signals and only
     /// stdin, stdout and stderr, as the script itself does; output full of NULs replays; a

@@ -174,6 +174,22 @@ import Testing
         await d.stop()
     }
 
+    /// A cancel that comes between the script's start and the moment the daemon learns its
+    /// pid (microseconds, wide on a loaded machine) still ends it: the kill is remembered.
+    @Test func cancelStopsAScriptWhosePidIsNotKnownYet() async throws {
+        let t = try TempSpool()
+        let pidFile = t.path.appending("pid").string
+        try install(t, "busy-early", "#!/bin/sh\necho $$ > \(pidFile)\nexec sleep 300\n")
+        let d = try await DaemonProcess(spool: t.spool, env: ["CAIRN_SIMULATE_SLOW": "script.spawned:3000"])
+        let r = try t.submit("busy-early", input: JSONValue.null)
+        try await waitUntil("started") { FileManager.default.fileExists(atPath: pidFile) }
+        #expect(try Binary.cairn("cancel", r, spool: t.spool).code == 0)
+        try await t.waitFor(r, .cancelled, timeout: 15)
+        let pid = Int32((try String(contentsOfFile: pidFile, encoding: .utf8)).trimmingCharacters(in: .whitespacesAndNewlines))!
+        try await waitUntil("the script is gone", timeout: 5) { kill(pid, 0) != 0 }
+        await d.stop()
+    }
+
     /// A script waiting (its process stopped) at a sleep, an approval or an event: `cairn
     /// cancel` must end it at once. An outside attack found it stuck at `running`: the wake
     /// for the cancel file started an execution, and the same event then cancelled that

@@ -256,6 +256,7 @@ struct StepHelper: AsyncParsableCommand {
             do {
                 let r = try await withTaskCancellationHandler {
                     try await Subprocess.run(config, input: .none, output: .bytes(limit: Self.outputLimit), error: .currentStandardError) { execution in
+                        CrashPoints.slowAt("step.spawned")
                         pid.started(execution.processIdentifier.value)
                     }
                 } onCancel: {
@@ -520,19 +521,36 @@ struct SuperviseCommand: ParsableCommand {
 /// A step command's process and its descendants (found through /proc), so that a timeout
 /// kills everything the command started, not only the command.
 final class ProcessTree: Sendable {
-    private let pid = Mutex<pid_t>(0)
+    private struct State {
+        var pid: pid_t = 0
+        var killRequested = false
+    }
+    private let state = Mutex(State())
 
     /// This process becomes a child subreaper: a process of the command's tree whose parent
     /// dies (a double fork) is reparented here instead of escaping to init, so `killTree`
     /// still reaches it.
     init() { _ = cairn_set_child_subreaper() }
 
-    func started(_ p: pid_t) { pid.withLock { $0 = p } }
+    /// The command's pid is known: a kill asked for before (a timeout that fired between the
+    /// spawn and now) is done at once.
+    func started(_ p: pid_t) {
+        let kill = state.withLock { s in
+            s.pid = p
+            return s.killRequested
+        }
+        if kill { killTree() }
+    }
 
     /// Kills every descendant of this process (the command and all it started), round after
     /// round until none is left alive: a process forking meanwhile is caught by the next.
+    /// Before the command's pid is known, the kill is remembered for `started`.
     func killTree() {
-        guard pid.withLock({ $0 }) > 0 else { return }
+        let known = state.withLock { s in
+            s.killRequested = true
+            return s.pid > 0
+        }
+        guard known else { return }
         let me = getpid()
         for round in 0..<200 {
             let all = Self.descendants(of: me, alive: true)
