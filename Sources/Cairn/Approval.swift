@@ -71,12 +71,37 @@ extension WorkflowContext {
     /// Waits for a person to approve or reject (SPEC §3). Writes `approvals/GATE.request.json`
     /// and waits until `GATE.approved` or `GATE.rejected` is dropped (one dropped before the
     /// run got here counts too). The decision, who made it and when are journaled.
-    public func approval(_ gate: String, request: ApprovalRequest, timeout: Duration? = nil, onTimeout: ApprovalTimeout = .reject) async throws -> ApprovalDecision {
+    ///
+    /// `checkValue` looks at an approval's value (when it has one) before it is recorded and
+    /// returns why it is refused, or nil: a refused decision is a bad drop — an error file
+    /// beside it, the file set aside in `refused/`, the gate still open, the reason in
+    /// `waiting_for.refused` — never a failed run. `expectedValue` is what the request file
+    /// tells the person (`value_expected`). See also `approval(_:request:expecting:…)`.
+    public func approval(
+        _ gate: String, request: ApprovalRequest, timeout: Duration? = nil, onTimeout: ApprovalTimeout = .reject,
+        expectedValue: String? = nil, checkValue: (@Sendable (JSONValue) -> String?)? = nil
+    ) async throws -> ApprovalDecision {
         guard Names.isValidName(gate) else { throw StepError.nonRetryable("invalid gate name '\(gate)' (letters, digits, '.', '_', '-')") }
-        return try await perform(ApprovalOperation(gate: gate, request: request, timeout: timeout, onTimeout: onTimeout))
+        return try await perform(ApprovalOperation(gate: gate, request: request, timeout: timeout, onTimeout: onTimeout, expectedValue: expectedValue, checkValue: checkValue))
     }
 
-    func writeRequest(gate: String, request: ApprovalRequest, deadline: Date?) throws {
+    /// An approval whose value, when a person gives one, must decode as `V`: one that does
+    /// not is refused before anything is recorded (the gate stays open and the person is told
+    /// why), so `decision.value(as: V.self)` cannot fail. Rejections are not checked.
+    public func approval<V: Decodable & Sendable>(
+        _ gate: String, request: ApprovalRequest, expecting: V.Type, timeout: Duration? = nil, onTimeout: ApprovalTimeout = .reject
+    ) async throws -> ApprovalDecision {
+        try await approval(gate, request: request, timeout: timeout, onTimeout: onTimeout, expectedValue: "\(V.self)") { value in
+            do {
+                _ = try value.decode(as: V.self)
+                return nil
+            } catch {
+                return "does not decode as \(V.self): \(JSONValue.describe(error))"
+            }
+        }
+    }
+
+    func writeRequest(gate: String, request: ApprovalRequest, deadline: Date?, expectedValue: String? = nil) throws {
         var o: [String: JSONValue] = [
             "gate": .string(gate),
             "run": .string(runID),
@@ -87,6 +112,7 @@ extension WorkflowContext {
             "reject": .string("touch \(paths.approvalsDirectory.appending("\(gate).rejected").string)   (or: cairn reject \(runID) \(gate))"),
         ]
         if let d = request.details { o["details"] = d }
+        if let expectedValue { o["value_expected"] = .string(expectedValue) }
         if let deadline { o["expires_at"] = .string(Timestamp.format(deadline)) }
         if let policy = config.approvalPolicy(gate: gate) {
             var a: [String: JSONValue] = ["users": .array(policy.users.map { .string($0) }), "groups": .array(policy.groups.map { .string($0) })]
@@ -183,6 +209,8 @@ struct ApprovalOperation: DurableOperation {
     let request: ApprovalRequest
     var timeout: Duration?
     var onTimeout: ApprovalTimeout
+    var expectedValue: String? = nil
+    var checkValue: (@Sendable (JSONValue) -> String?)? = nil
     var requested: JournalEntry? = nil
 
     var kind: RecordKind { .approval }
@@ -214,7 +242,7 @@ struct ApprovalOperation: DurableOperation {
     mutating func execute(in ctx: WorkflowContext) async throws -> OperationStep<ApprovalDecision> {
         guard let requested else {
             let deadline = timeout.map { ctx.clock.now().addingTimeInterval($0.seconds) }
-            try ctx.writeRequest(gate: gate, request: request, deadline: deadline)
+            try ctx.writeRequest(gate: gate, request: request, deadline: deadline, expectedValue: expectedValue)
             let request = self.request
             self.requested = try ctx.record(.approval, gate) {
                 $0.phase = .requested
@@ -223,7 +251,14 @@ struct ApprovalOperation: DurableOperation {
             }
             return .next
         }
-        if let d = try ctx.readDecision(gate: gate) {
+        var refused: String? = nil
+        if let d = try ctx.readDecision(gate: gate), d.approved, let checkValue, let v = d.value, !v.isNull, let problem = checkValue(v) {
+            // A bad drop, not the run's failure: set aside with an error file; the gate stays open.
+            let reason = "has a value that \(problem)"
+            try Drops.refuse(ctx.paths.directory.appending(d.file), reason: reason, identity: d.identity, durable: ctx.spool.durable, now: ctx.clock.now(), setAsideIn: ctx.paths.refusedDirectory)
+            ctx.logger.warning("refused a decision file", metadata: ["run": "\(ctx.runID)", "file": "\(d.file)", "reason": "\(Names.printable(reason))"])
+            refused = "\(d.file) \(reason)"
+        } else if let d = try ctx.readDecision(gate: gate) {
             let e = try ctx.record(.approval, gate) {
                 $0.phase = .decided
                 $0.decision = d.approved ? .approved : .rejected
@@ -260,8 +295,8 @@ struct ApprovalOperation: DurableOperation {
             }
         }
         if !DurableFile.exists(ctx.paths.approvalsDirectory.appending("\(gate).request.json")) {
-            try ctx.writeRequest(gate: gate, request: request, deadline: requested.until)
+            try ctx.writeRequest(gate: gate, request: request, deadline: requested.until, expectedValue: expectedValue)
         }
-        return .wait(.approval(gate: gate, until: requested.until))
+        return .wait(.approval(gate: gate, until: requested.until, refused: refused))
     }
 }

@@ -57,11 +57,11 @@ extension WorkflowContext {
     }
 
     /// The oldest event file for `name` that no record consumed yet.
-    func nextEventFile(_ name: String) throws -> (String, JSONValue)? {
+    func nextEventFile(_ name: String) throws -> (file: String, data: JSONValue, identity: String)? {
         // Files consumed by any record, superseded ones included: an event a retry skipped
         // (one that did not decode) is not taken again.
         let consumed = Set(state.withLock { ($0.entries + $0.superseded).filter { $0.kind == .event }.compactMap(\.file) })
-        var candidates: [(Date, String, JSONValue)] = []
+        var candidates: [(Date, String, JSONValue, String)] = []
         for file in try Spool.list(paths.eventsDirectory) {
             guard Spool.isEventFile(file, for: name) else { continue }
             guard !consumed.contains("events/" + file) else { continue }
@@ -71,11 +71,11 @@ extension WorkflowContext {
             case .refused(let p, let reason, let identity):
                 try Drops.refuse(p, reason: reason, identity: identity, durable: spool.durable, now: clock.now(), setAsideIn: paths.refusedDirectory)
             case .valid(let f):
-                candidates.append((f.modified, file, f.json ?? .null))
+                candidates.append((f.modified, file, f.json ?? .null, f.identity))
             }
         }
         guard let first = candidates.min(by: { ($0.0, $0.1) < ($1.0, $1.1) }) else { return nil }
-        return (first.1, first.2)
+        return (first.1, first.2, first.3)
     }
 
     /// Sends an event to another run, exactly once: the file name
@@ -207,23 +207,27 @@ struct EventOperation<T: Decodable & Sendable>: DurableOperation {
             }
             return .next
         }
-        if let (file, value) = try ctx.nextEventFile(eventName) {
-            // An event that does not decode is consumed with its error (so a `cairn retry`
-            // supersedes exactly this record and waits for a new event).
-            var decoded: T? = nil
-            var invalid: ErrorInfo? = nil
+        var refused: String? = nil
+        while let (file, value, identity) = try ctx.nextEventFile(eventName) {
+            let decoded: T
             do { decoded = try value.decode(as: T.self) } catch {
-                invalid = ErrorInfo(type: "invalid_event", message: "events/\(file) does not decode as \(T.self): \(JSONValue.describe(error))", file: "events/" + file, retryable: false)
+                // Data that does not decode is a bad drop, not the run's failure: set aside
+                // with an error file, and the run waits on for a good one.
+                let reason = "has data that does not decode as \(T.self): \(JSONValue.describe(error))"
+                let path = ctx.paths.eventsDirectory.appending(file)
+                try Drops.refuse(path, reason: reason, identity: identity, durable: ctx.spool.durable, now: ctx.clock.now(), setAsideIn: ctx.paths.refusedDirectory)
+                ctx.logger.warning("refused an event file", metadata: ["run": "\(ctx.runID)", "file": "events/\(file)", "reason": "\(Names.printable(reason))"])
+                refused = "events/\(file) \(reason)"
+                if DurableFile.exists(path) { break }  // could not be set aside: wait, never spin
+                continue
             }
             try ctx.record(.event, eventName) {
                 $0.phase = .received
                 $0.decision = .received
                 $0.value = try ctx.blobs.externalize(value)
                 $0.file = "events/" + file
-                $0.error = invalid
             }
-            if let invalid { throw StepFailedError(step: eventName, attempts: 1, error: invalid) }
-            return .done(decoded!)
+            return .done(decoded)
         }
         if let deadline = requested.until, ctx.clock.now() >= deadline {
             try ctx.record(.event, eventName) {
@@ -232,7 +236,7 @@ struct EventOperation<T: Decodable & Sendable>: DurableOperation {
             }
             return .done(nil)
         }
-        return .wait(.event(name: eventName, until: requested.until))
+        return .wait(.event(name: eventName, until: requested.until, refused: refused))
     }
 }
 

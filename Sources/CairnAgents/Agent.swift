@@ -74,7 +74,12 @@ extension WorkflowContext {
                     let gate = Names.fileSafe("\(name)-\(turn)-\(i + 1)-\(call.name)")
                     let d = try await approval(gate, request: ApprovalRequest(
                         summary: "The agent wants to call \(call.name). Approve to run it (your JSON value, if any, replaces the arguments); reject to tell the agent no.",
-                        details: ["tool": .string(call.name), "arguments": args]))
+                        details: ["tool": .string(call.name), "arguments": args]),
+                        expectedValue: "a JSON object: the tool's arguments",
+                        checkValue: { v in
+                            if case .object = v { return nil }
+                            return "replaces the tool's arguments, so it must be a JSON object, not \(v.compactText().prefix(80))"
+                        })
                     guard d.approved else {
                         messages.append(.tool(call.id, "rejected by \(d.decidedBy?.user ?? "a person"): \(d.reason ?? "no reason given")"))
                         continue

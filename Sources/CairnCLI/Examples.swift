@@ -49,7 +49,9 @@ public struct DemoRefund: Workflow {
         let note: String = try await ctx.step("draft-note") { _ in
             "Refund \(input.amount) to \(customer) for order \(input.order): \(input.reason)"
         }
-        let decision = try await ctx.approval("issue-refund", request: .init(summary: note, details: ["order": .string(input.order), "amount": .double(input.amount)]))
+        // `expecting:` refuses a value that is not a number (an error file, the gate still
+        // open) before it is recorded, so `value(as:)` below cannot fail the run.
+        let decision = try await ctx.approval("issue-refund", request: .init(summary: note, details: ["order": .string(input.order), "amount": .double(input.amount)]), expecting: Double.self)
         guard decision.approved else { return Output(refunded: false, amount: 0, approvedBy: decision.decidedBy?.user) }
         let amount = try decision.value(as: Double.self) ?? input.amount
         let outbox = ctx.spoolRoot.appending("demo-outbox.jsonl").string

@@ -201,13 +201,15 @@ public struct WaitingFor: Codable, Sendable, Hashable, CustomStringConvertible {
     // MARK: the engine's waits
 
     /// A person's decision on `gate`.
-    public static func approval(gate: String, until: Date?) -> WaitingFor {
+    /// `refused`: why the last decision dropped was refused (the gate is still open).
+    public static func approval(gate: String, until: Date?, refused: String? = nil) -> WaitingFor {
         var o: [String: JSONValue] = [
             "kind": "approval", "gate": .string(gate),
             "drop": .string("approvals/\(gate).approved"),
             "reject": .string("approvals/\(gate).rejected"),
         ]
         if let until { o["until"] = .string(Timestamp.format(until)) }
+        if let refused { o["refused"] = .string(refused) }
         return WaitingFor(json: .object(o))
     }
 
@@ -227,10 +229,12 @@ public struct WaitingFor: Codable, Sendable, Hashable, CustomStringConvertible {
     }
 
     /// An event file.
-    public static func event(name: String, until: Date?, drop: Bool = true) -> WaitingFor {
+    /// `refused`: why the last event file was refused (its data did not decode).
+    public static func event(name: String, until: Date?, drop: Bool = true, refused: String? = nil) -> WaitingFor {
         var o: [String: JSONValue] = ["kind": "event", "name": .string(name)]
         if drop { o["drop"] = .string("events/\(name).json") }
         if let until { o["until"] = .string(Timestamp.format(until)) }
+        if let refused { o["refused"] = .string(refused) }
         return WaitingFor(json: .object(o))
     }
 

@@ -52,6 +52,57 @@ import Testing
         #expect(decided?.comment == "shorter")
     }
 
+    /// A decision whose value does not decode as what the workflow expects is a bad drop,
+    /// not a failed run (a failed run could never get past it: every retry decoded the same
+    /// recorded value): refused with an error file, the gate still open, and the reason in
+    /// `waiting_for`; a good value then goes through. (Issue 20, found by a newcomer's
+    /// `cairn approve --value` of `{"amount": 3}` where the refund expects a number.)
+    @Test func aValueOfTheWrongShapeIsRefusedAndTheGateStaysOpen() async throws {
+        let t = try TempSpool()
+        let typed = workflow("typed") { ctx, _ in
+            let d = try await ctx.approval("refund", request: .init(summary: "Refund?"), expecting: Double.self)
+            guard d.approved else { return .string("rejected: \(d.reason ?? "")") }
+            return .double(try d.value(as: Double.self) ?? 10)
+        }
+        let engine = t.engine([typed])
+        let id = try t.submit("typed", input: 0)
+        guard case .waiting = try await engine.advance(id) else { Issue.record("not waiting"); return }
+        let req = try DurableFile.readJSON(t.spool.run(id).approvalsDirectory.appending("refund.request.json"))
+        #expect(req["value_expected"] == "Double", "the request says what value the run takes: \(req)")
+        try t.drop("approvals/refund.approved", in: id, content: #"{"value": {"amount": 3}}"#)
+        guard case .waiting(let w) = try await engine.advance(id) else { Issue.record("a bad value must not end the run: \(try t.state(id))"); return }
+        #expect(w["gate"] == "refund" && w.refused?.contains("does not decode as Double") == true, "\(w)")
+        let approvals = t.spool.run(id).approvalsDirectory
+        let error = try DurableFile.readJSON(Drops.errorFile(for: approvals.appending("refund.approved")))
+        #expect(error["error"]?.stringValue?.contains("does not decode as Double") == true, "\(error)")
+        #expect(!DurableFile.exists(approvals.appending("refund.approved")), "the refused file is set aside, so a good one can be dropped")
+        #expect(try t.spool.journal(id).load().allSatisfy { $0.phase != "decided" }, "nothing is recorded for a refused value")
+        try t.drop("approvals/refund.approved", in: id, content: #"{"value": 3}"#)
+        #expect(try await engine.advance(id) == .completed(.double(3)))
+        // A rejection's value is not the workflow's to decode: it is never refused for it.
+        let id2 = try t.submit("typed", input: 0)
+        try t.drop("approvals/refund.rejected", in: id2, content: #"{"value": {"amount": 3}, "reason": "no"}"#)
+        #expect(try await engine.advance(id2) == .completed("rejected: no"))
+    }
+
+    /// The same for an event: data that does not decode is refused like a bad drop (error
+    /// file, set aside), and the run waits on for a good one.
+    @Test func anEventThatDoesNotDecodeIsRefusedAndTheRunWaitsOn() async throws {
+        let t = try TempSpool()
+        let w = workflow("numbers") { ctx, _ in .int(Int64(try await ctx.waitForEvent("n", as: Int.self) ?? -1)) }
+        let engine = t.engine([w])
+        let id = try t.submit("numbers", input: 0)
+        guard case .waiting = try await engine.advance(id) else { Issue.record("not waiting"); return }
+        try t.drop("events/n.json", in: id, content: #""not a number""#)
+        guard case .waiting(let wait) = try await engine.advance(id) else { Issue.record("bad event data must not end the run: \(try t.state(id))"); return }
+        #expect(wait["name"] == "n" && wait.refused?.contains("does not decode as Int") == true, "\(wait)")
+        let events = t.spool.run(id).directory.appending("events")
+        #expect(DurableFile.exists(Drops.errorFile(for: events.appending("n.json"))))
+        #expect(!DurableFile.exists(events.appending("n.json")))
+        try t.drop("events/n.json", in: id, content: "5")
+        #expect(try await engine.advance(id) == .completed(5))
+    }
+
     @Test func rejectionWithReason() async throws {
         let t = try TempSpool()
         let fx = Effects()
