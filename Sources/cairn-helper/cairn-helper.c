@@ -126,52 +126,69 @@ static int read_frame(int fd, struct frame *f) {
 /* CMD's status when kill_tree reaped it. */
 static int g_cmd_reaped, g_cmd_status;
 
+/* The descendants of this process (from /proc) into found[1..], found[0] being this
+ * process, parents before their children; *alive counts those not yet zombies. */
+static int scan_tree(pid_t *found, int cap, int *alive) {
+    int n = 0;
+    *alive = 0;
+    found[n++] = getpid();
+    for (int grew = 1; grew && n < cap;) {
+        grew = 0;
+        DIR *d = opendir("/proc");
+        if (!d) break;
+        struct dirent *e;
+        while ((e = readdir(d)) && n < cap) {
+            char *end;
+            long pid = strtol(e->d_name, &end, 10);
+            if (*end || pid <= 0) continue;
+            char path[64], buf[512];
+            snprintf(path, sizeof path, "/proc/%ld/stat", pid);
+            int fd = open(path, O_RDONLY | O_CLOEXEC);
+            if (fd < 0) continue;
+            ssize_t r = read(fd, buf, sizeof buf - 1);
+            close(fd);
+            if (r <= 0) continue;
+            buf[r] = 0;
+            char *close_paren = strrchr(buf, ')');
+            if (!close_paren) continue;
+            char state;
+            long ppid;
+            if (sscanf(close_paren + 1, " %c %ld", &state, &ppid) != 2) continue;
+            int parent_found = 0, known = 0;
+            for (int i = 0; i < n; i++) {
+                if (found[i] == (pid_t)ppid) parent_found = 1;
+                if (found[i] == (pid_t)pid) known = 1;
+            }
+            if (parent_found && !known) {
+                found[n++] = (pid_t)pid;
+                grew = 1;
+                if (state != 'Z') (*alive)++;
+            }
+        }
+        closedir(d);
+    }
+    return n;
+}
+
 /* Kills everything CMD started, and CMD: this process is a child subreaper (run_attempt), so
- * a process whose parent dies is reparented here instead of escaping to init; the
- * descendants of this process (from /proc) are killed and reaped until none is left. A
- * process forking meanwhile is caught by the next round. */
+ * a process whose parent dies is reparented here instead of escaping to init. Each round
+ * first freezes the tree (SIGSTOP, parents first, until a scan finds no process it has not
+ * stopped), then kills it: killed one by one while running, a shell whose `sleep` died
+ * before it did ran its next command (`sleep 5; touch late` touched). A process forking
+ * meanwhile is caught by the next round. */
 static void kill_tree(pid_t cmd) {
-    pid_t self = getpid();
     for (int round = 0; round < 200; round++) {
         pid_t found[4096];
-        int n = 0, alive = 0;
-        found[n++] = self;
-        for (int grew = 1; grew && n < 4096;) {
-            grew = 0;
-            DIR *d = opendir("/proc");
-            if (!d) break;
-            struct dirent *e;
-            while ((e = readdir(d)) && n < 4096) {
-                char *end;
-                long pid = strtol(e->d_name, &end, 10);
-                if (*end || pid <= 0) continue;
-                char path[64], buf[512];
-                snprintf(path, sizeof path, "/proc/%ld/stat", pid);
-                int fd = open(path, O_RDONLY | O_CLOEXEC);
-                if (fd < 0) continue;
-                ssize_t r = read(fd, buf, sizeof buf - 1);
-                close(fd);
-                if (r <= 0) continue;
-                buf[r] = 0;
-                char *close_paren = strrchr(buf, ')');
-                if (!close_paren) continue;
-                char state;
-                long ppid;
-                if (sscanf(close_paren + 1, " %c %ld", &state, &ppid) != 2) continue;
-                int parent_found = 0, known = 0;
-                for (int i = 0; i < n; i++) {
-                    if (found[i] == (pid_t)ppid) parent_found = 1;
-                    if (found[i] == (pid_t)pid) known = 1;
-                }
-                if (parent_found && !known) {
-                    found[n++] = (pid_t)pid;
-                    grew = 1;
-                    if (state != 'Z') alive++;
-                }
-            }
-            closedir(d);
+        int alive, n = scan_tree(found, 4096, &alive);
+        for (int pass = 0; pass < 100 && n > 1; pass++) {
+            for (int i = 1; i < n; i++) kill(found[i], SIGSTOP);
+            int again_alive, again = scan_tree(found, 4096, &again_alive);
+            int same = again == n;
+            n = again;
+            alive = again_alive;
+            if (same) break;
         }
-        for (int i = n - 1; i >= 1; i--) kill(found[i], SIGKILL);
+        for (int i = 1; i < n; i++) kill(found[i], SIGKILL);
         int status;
         pid_t reaped;
         while ((reaped = waitpid(-1, &status, WNOHANG)) > 0) {

@@ -553,10 +553,20 @@ final class ProcessTree: Sendable {
         guard known else { return }
         let me = getpid()
         for round in 0..<200 {
-            let all = Self.descendants(of: me, alive: true)
-            if all.isEmpty && round > 0 { break }
-            for p in all.reversed() { kill(p, SIGKILL) }
-            if all.isEmpty { break }
+            // Frozen first (SIGSTOP, parents first, until a scan finds no process not yet
+            // stopped), then killed: killed one by one while running, a shell whose `sleep`
+            // died before it did ran its next command (found by CI: `sleep 5; touch late`
+            // touched). A process forking meanwhile is caught by the next round.
+            var all = Self.descendants(of: me)
+            for _ in 0..<100 where !all.isEmpty {
+                for p in all { kill(p, SIGSTOP) }
+                let again = Self.descendants(of: me)
+                defer { all = again }
+                if again.count == all.count { break }
+            }
+            for p in all { kill(p, SIGKILL) }
+            let alive = Self.descendants(of: me, alive: true)
+            if alive.isEmpty && round > 0 || all.isEmpty { break }
             usleep(1000)
         }
     }
@@ -572,9 +582,12 @@ final class ProcessTree: Sendable {
             if fields.count > 1, let ppid = pid_t(fields[1]) { children[ppid, default: []].append(p) }
             if fields.first == "Z" { zombies.insert(p) }
         }
+        // Breadth first: parents before their children.
         var out: [pid_t] = []
-        var queue = [root]
-        while let p = queue.popLast() {
+        var queue = [root], next = 0
+        while next < queue.count {
+            let p = queue[next]
+            next += 1
             for c in children[p] ?? [] where !out.contains(c) {
                 out.append(c)
                 queue.append(c)
