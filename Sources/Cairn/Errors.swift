@@ -39,6 +39,14 @@ public struct StepFailedError: Error, Sendable, CustomStringConvertible {
 
     /// The step, its attempts and the last error, in a sentence.
     public var description: String { "step '\(step)' failed after \(attempts) attempt(s): \(error.type): \(error.message)" }
+
+    /// Operation `step` failed for good after `attempts` with `error` (for layers such as
+    /// the agent layer that fail an operation of their own).
+    public init(step: String, attempts: Int, error: ErrorInfo) {
+        self.step = step
+        self.attempts = attempts
+        self.error = error
+    }
 }
 
 /// The workflow's code no longer matches its journal (SPEC §1.5).

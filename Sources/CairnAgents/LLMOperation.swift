@@ -30,6 +30,19 @@ public struct LLMOptions: Sendable {
     /// Ask providers to stream (logged to `logs/NAME.stream.jsonl` as the answer arrives).
     /// A provider configured with `"stream": false` never streams.
     public var stream = true
+    /// The JSON the answer must be (structured output, see `ResponseSchema`); an answer that
+    /// is not JSON is rejected like one the validator rejects.
+    public var responseSchema: ResponseSchema? = nil
+    /// Looks at an answer before it is recorded: returns why it is wrong (it is then repaired,
+    /// or the next model asked), or nil to accept it. Runs on first execution only: a
+    /// replayed call returns the recorded (validated) answer without calling it.
+    public var validator: (@Sendable (LLMResponse) async throws -> String?)? = nil
+    /// Repairs per model: a rejected answer goes back to the model with the reason, up to
+    /// this many times, before the next model of the chain is asked.
+    public var repairs = 2
+    /// When every model's answers were rejected: fail the call (`llm_invalid_answer`, not
+    /// retried by a run retry's resend of the same answers), or accept the last answer.
+    public var onInvalidAnswer: Strategy = .fail
 
     /// What to do with an answer that cannot be used as it is.
     public enum Strategy: String, Sendable {
@@ -59,6 +72,14 @@ struct LLMCallState: Sendable {
     var started: Date
     /// When the next attempt is due (a durable wait).
     var until: Date? = nil
+    /// The current model's rejected answers and why, sent back with the next request (a
+    /// repair): `{"answer", "reason"}` each.
+    var repair: [JSONValue] = []
+    /// Repair requests sent in all, and tokens rejected answers cost.
+    var repairs = 0
+    var rejectedInput: Int64 = 0, rejectedOutput: Int64 = 0
+    /// The last rejected answer (what `onInvalidAnswer: .accept` returns).
+    var lastRejected: JSONValue? = nil
 
     init(started: Date) { self.started = started }
 
@@ -78,6 +99,10 @@ struct LLMCallState: Sendable {
             o["until"] = .string(Timestamp.format(until))
         }
         if let e = lastError { o["last_error"] = ["kind": .string(e.kind.rawValue), "message": .string(e.message), "status": e.status.map { .int(Int64($0)) } ?? .null] }
+        if !repair.isEmpty { o["repair"] = .array(repair) }
+        if repairs > 0 { o["repairs"] = .int(Int64(repairs)) }
+        if rejectedInput + rejectedOutput > 0 { o["tokens_rejected"] = ["input": .int(rejectedInput), "output": .int(rejectedOutput)] }
+        if let lastRejected { o["last_rejected"] = lastRejected }
         return .object(o)
     }
 
@@ -92,6 +117,20 @@ struct LLMCallState: Sendable {
         until = j["until_ms"]?.intValue.map { Self.date(ms: $0) } ?? j["until"]?.stringValue.flatMap(Timestamp.parse)
         if let e = j["last_error"], let k = e["kind"]?.stringValue {
             lastError = LLMError(LLMError.Kind(k), e["message"]?.stringValue ?? "", status: e["status"]?.intValue.map { Int($0) })
+        }
+        repair = j["repair"]?.arrayValue ?? []
+        repairs = Int(j["repairs"]?.intValue ?? 0)
+        rejectedInput = j["tokens_rejected"]?["input"]?.intValue ?? 0
+        rejectedOutput = j["tokens_rejected"]?["output"]?.intValue ?? 0
+        lastRejected = j["last_rejected"]
+    }
+
+    /// The messages a repair adds: each rejected answer (as text: tool calls written out,
+    /// since a provider wants every tool call answered) and why it was rejected.
+    var repairMessages: [ChatMessage] {
+        repair.flatMap { r -> [ChatMessage] in
+            [.assistant(r["answer"]?.stringValue ?? ""),
+             .user("Your answer was rejected: \(r["reason"]?.stringValue ?? "it is not valid"). Answer again, correcting that; reply with the corrected answer only.")]
         }
     }
 }
@@ -189,8 +228,9 @@ extension WorkflowContext {
                 s.attempt = 0
                 continue
             }
-            let request = LLMRequest(model: model, messages: messages, tools: tools, temperature: options.temperature, maxTokens: options.maxTokens, stream: options.stream && provider.streams)
+            var request = LLMRequest(model: model, messages: messages, tools: tools, temperature: options.temperature, maxTokens: options.maxTokens, stream: options.stream && provider.streams, responseSchema: options.responseSchema)
             while s.attempt < max(1, options.retry.maxAttempts) {
+                request.messages = messages + s.repairMessages
                 s.attempt += 1
                 s.sent += 1
                 let t0 = Date()
@@ -217,16 +257,44 @@ extension WorkflowContext {
                         stopChain = options.onMalformedToolCall == .fail
                         break
                     }
+                    if let reason = try await Self.judge(response, options) {
+                        // A wrong answer: recorded (durably, before the repair is sent, so a
+                        // crash re-sends only the repair), then repaired or the next model.
+                        let answer = Self.rendered(response)
+                        entry["status"] = "invalid_answer"
+                        entry["reason"] = .string(reason)
+                        entry["answer"] = .string(String(answer.prefix(4000)))
+                        entry["tokens"] = ["input": .int(Int64(response.usage.input)), "output": .int(Int64(response.usage.output))]
+                        s.attempts.append(.object(entry))
+                        s.rejectedInput += Int64(response.usage.input)
+                        s.rejectedOutput += Int64(response.usage.output)
+                        s.lastError = LLMError(.invalidAnswer, "\(label) answered wrongly: \(reason)")
+                        s.lastRejected = try JSONValue(encoding: response)
+                        stream.write(["attempt": .int(Int64(s.sent)), "status": "invalid_answer", "error": .string(reason)])
+                        let repairing = s.repair.count < options.repairs
+                        // What a resumed execution carries on with: the repair, or the next model.
+                        var next = s
+                        next.attempt = 0
+                        if repairing {
+                            next.repair.append(["answer": .string(answer), "reason": .string(reason)])
+                            next.repairs += 1
+                        } else {
+                            next.repair = []
+                            next.model += 1
+                        }
+                        let saved = next
+                        _ = try self.recorded(.llmRetry, name) { ["state": redact.apply(saved.json)] }
+                        CrashPoints.reached("llm.after-rejected")
+                        if repairing {
+                            s = next
+                            continue
+                        }
+                        s.repair = []
+                        break  // the next model (below)
+                    }
                     s.attempts.append(.object(entry))
                     stream.write(["done": true, "tokens": ["input": .int(Int64(response.usage.input)), "output": .int(Int64(response.usage.output))]])
-                    let data: JSONValue = [
-                        "request": requestData,
-                        "model": .string(response.model),
-                        "tokens": ["input": .int(Int64(response.usage.input)), "output": .int(Int64(response.usage.output))],
-                        "latency_ms": .int(Int64(Date().timeIntervalSince(s.started) * 1000)),
-                        "attempts": .array(s.attempts),
-                    ]
-                    return OperationRecord(value: redact.apply(try JSONValue(encoding: response)), data: redact.apply(data), attempts: s.sent)
+                    return try Self.answerRecord(response, s, requestData: requestData, redact: redact)
                 } catch let e as LLMError {
                     var entry: [String: JSONValue] = ["model": .string(label), "status": .string(e.kind.rawValue), "error": .string(redact.apply(String(e.message.prefix(300)))), "latency_ms": .int(Int64(Date().timeIntervalSince(t0) * 1000))]
                     if let st = e.status { entry["http_status"] = .int(Int64(st)) }
@@ -263,9 +331,51 @@ extension WorkflowContext {
             s.attempt = 0
         }
         let e = s.lastError ?? LLMError(.configuration, "no model answered")
-        let data: JSONValue = ["request": requestData, "attempts": .array(s.attempts)]
-        let message = redact.apply("every model failed; last: \(e.description)")
-        return OperationRecord(value: .null, data: redact.apply(data), error: ErrorInfo(type: "llm_\(e.kind.rawValue)", message: message, retryable: false), attempts: s.sent)
+        if e.kind == .invalidAnswer, options.onInvalidAnswer == .accept, let last = s.lastRejected, var response = try? last.decode(as: LLMResponse.self) {
+            // Declared: the last answer is taken as it is (its tokens are not "rejected").
+            response.usage = TokenUsage(input: 0, output: 0)
+            return try Self.answerRecord(response, s, requestData: requestData, redact: redact, acceptedInvalid: true)
+        }
+        var data: [String: JSONValue] = ["request": requestData, "attempts": .array(s.attempts)]
+        if s.rejectedInput + s.rejectedOutput > 0 {
+            // What the rejected answers cost: counted in the run's tokens.
+            data["tokens"] = ["input": .int(s.rejectedInput), "output": .int(s.rejectedOutput)]
+            data["tokens_rejected"] = data["tokens"]
+        }
+        if s.repairs > 0 { data["repairs"] = .int(Int64(s.repairs)) }
+        let message = redact.apply(e.kind == .invalidAnswer ? "every model's answer was rejected; last: \(e.message)" : "every model failed; last: \(e.description)")
+        return OperationRecord(value: .null, data: redact.apply(.object(data)), error: ErrorInfo(type: "llm_\(e.kind.rawValue)", message: message, retryable: false), attempts: s.sent)
+    }
+
+    /// The `llm` record of an accepted answer: its tokens and those of the answers rejected
+    /// before it (`tokens` is the whole call's; `tokens_rejected` their part), the repairs.
+    private static func answerRecord(_ response: LLMResponse, _ s: LLMCallState, requestData: JSONValue, redact: Redactor, acceptedInvalid: Bool = false) throws -> OperationRecord {
+        var data: [String: JSONValue] = [
+            "request": requestData,
+            "model": .string(response.model),
+            "tokens": ["input": .int(Int64(response.usage.input) + s.rejectedInput), "output": .int(Int64(response.usage.output) + s.rejectedOutput)],
+            "latency_ms": .int(Int64(Date().timeIntervalSince(s.started) * 1000)),
+            "attempts": .array(s.attempts),
+        ]
+        if s.rejectedInput + s.rejectedOutput > 0 { data["tokens_rejected"] = ["input": .int(s.rejectedInput), "output": .int(s.rejectedOutput)] }
+        if s.repairs > 0 { data["repairs"] = .int(Int64(s.repairs)) }
+        if acceptedInvalid { data["accepted_invalid"] = true }
+        return OperationRecord(value: redact.apply(try JSONValue(encoding: response)), data: redact.apply(.object(data)), attempts: s.sent)
+    }
+
+    /// Why an answer is wrong, or nil: not JSON when a schema was asked for, then the
+    /// validator's verdict.
+    static func judge(_ response: LLMResponse, _ options: LLMOptions) async throws -> String? {
+        if options.responseSchema != nil, (try? JSONValue.parse(response.content)) == nil {
+            return "the answer is not JSON (a JSON value matching the schema was asked for)"
+        }
+        return try await options.validator?(response)
+    }
+
+    /// An answer as text: its content, and its tool calls written out.
+    static func rendered(_ r: LLMResponse) -> String {
+        let calls = r.toolCalls.map { "[tool call \($0.name)(\($0.arguments))]" }
+        return ([r.content].filter { !$0.isEmpty } + calls).joined(separator: "\n")
     }
 
     /// The run's token budget before a call is sent: nil to go ahead; a failed record when a
@@ -359,6 +469,38 @@ extension WorkflowContext {
     /// One model.
     public func llm(_ name: String, model: String, messages: [ChatMessage], tools: [ToolSpec] = [], options: LLMOptions = LLMOptions(), client: LLMClient? = nil) async throws -> LLMResponse {
         try await llm(name, models: [model], messages: messages, tools: tools, options: options, client: client)
+    }
+
+    /// A call whose answer is JSON matching `schema` (structured output: OpenAI's
+    /// `response_format`, Anthropic's forced tool), decoded as `T`. An answer that is not
+    /// JSON, does not decode as `T`, or that `validate` rejects (return why, or nil) is sent
+    /// back to the model with the reason (`options.repairs` times), then the next model is
+    /// asked; when every model's answers were rejected the call fails (`llm_invalid_answer`).
+    /// Only a validated answer is recorded; replay decodes it and sends and validates nothing.
+    public func llm<T: Decodable & Sendable>(
+        _ name: String, models: [String], messages: [ChatMessage], output: T.Type, schema: JSONValue,
+        options: LLMOptions = LLMOptions(), client: LLMClient? = nil, validate: (@Sendable (T) -> String?)? = nil
+    ) async throws -> T {
+        var o = options
+        o.responseSchema = ResponseSchema(name: "answer", schema: schema)
+        let outer = options.validator
+        o.validator = { response in
+            let value: T
+            do {
+                value = try JSONValue.parse(response.content).decode(as: T.self)
+            } catch {
+                return "the answer does not match the schema: \(JSONValue.describe(error))"
+            }
+            if let reason = validate?(value) { return reason }
+            return try await outer?(response)
+        }
+        let response = try await llm(name, models: models, messages: messages, options: o, client: client)
+        do {
+            return try JSONValue.parse(response.content).decode(as: T.self)
+        } catch {
+            // Only when onInvalidAnswer accepted an answer that does not decode.
+            throw StepFailedError(step: name, attempts: 1, error: ErrorInfo(type: "llm_invalid_answer", message: "the answer does not decode as \(T.self): \(JSONValue.describe(error))", retryable: false))
+        }
     }
 }
 

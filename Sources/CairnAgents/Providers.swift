@@ -287,6 +287,9 @@ public struct OpenAICompatibleProvider: LLMProvider {
             o["stream"] = true
             o["stream_options"] = ["include_usage": true]
         }
+        if let shape = r.responseSchema {
+            o["response_format"] = ["type": "json_schema", "json_schema": ["name": .string(shape.name), "schema": shape.schema, "strict": true]]
+        }
         return .object(o)
     }
 
@@ -363,9 +366,13 @@ public struct AnthropicProvider: LLMProvider {
         }
         var o: [String: JSONValue] = ["model": .string(r.model), "messages": .array(messages), "max_tokens": .int(Int64(r.maxTokens ?? 1024))]
         if !system.isEmpty { o["system"] = .string(system.joined(separator: "\n\n")) }
-        if !r.tools.isEmpty {
-            o["tools"] = .array(r.tools.map { ["name": .string($0.name), "description": .string($0.description), "input_schema": $0.parameters] })
+        var tools: [JSONValue] = r.tools.map { ["name": .string($0.name), "description": .string($0.description), "input_schema": $0.parameters] }
+        if let shape = r.responseSchema {
+            // Structured output: a tool the model must call, whose input is the answer.
+            tools.append(["name": .string(shape.name), "description": "Give your answer as this tool's input.", "input_schema": shape.schema])
+            o["tool_choice"] = ["type": "tool", "name": .string(shape.name)]
         }
+        if !tools.isEmpty { o["tools"] = .array(tools) }
         if let t = r.temperature { o["temperature"] = .double(t) }
         if r.stream { o["stream"] = true }
         return .object(o)
@@ -375,8 +382,19 @@ public struct AnthropicProvider: LLMProvider {
     public func send(_ request: LLMRequest, onDelta: (@Sendable (String) -> Void)?) async throws -> LLMResponse {
         let key = try apiKey.resolve(provider: name)
         let model = "\(name):\(request.model)"
-        return try await transport.exchange(baseURL + "/messages", headers: [("anthropic-version", version)] + (key.map { [("x-api-key", $0)] } ?? []), key: key,
-                                            body: body(request), stream: request.stream, decoder: AnthropicStream(), model: model, onDelta: onDelta) { try Self.parse($0, model: model) }
+        let response = try await transport.exchange(baseURL + "/messages", headers: [("anthropic-version", version)] + (key.map { [("x-api-key", $0)] } ?? []), key: key,
+                                                    body: body(request), stream: request.stream, decoder: AnthropicStream(), model: model, onDelta: onDelta) { try Self.parse($0, model: model) }
+        return Self.structured(response, request.responseSchema)
+    }
+
+    /// With a response schema the answer is the forced tool's input: it becomes the content
+    /// (JSON text), as OpenAI's structured output gives it, and is no tool call.
+    static func structured(_ response: LLMResponse, _ shape: ResponseSchema?) -> LLMResponse {
+        guard let shape, let i = response.toolCalls.firstIndex(where: { $0.name == shape.name }) else { return response }
+        var r = response
+        r.content = r.toolCalls[i].arguments
+        r.toolCalls.remove(at: i)
+        return r
     }
 
     static func parse(_ j: JSONValue, model: String) throws -> LLMResponse { try AnthropicWire.parse(j, model: model) }

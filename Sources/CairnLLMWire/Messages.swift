@@ -113,15 +113,34 @@ public struct LLMRequest: Sendable, Hashable {
     public var maxTokens: Int?
     /// Whether to ask the provider to stream the answer.
     public var stream: Bool
+    /// The JSON the answer must be (structured output): OpenAI's `response_format` with a
+    /// JSON schema; Anthropic's forced tool whose input is the answer. Nil: free text.
+    public var responseSchema: ResponseSchema?
 
     /// A request to `model`.
-    public init(model: String, messages: [ChatMessage], tools: [ToolSpec] = [], temperature: Double? = nil, maxTokens: Int? = nil, stream: Bool = false) {
+    public init(model: String, messages: [ChatMessage], tools: [ToolSpec] = [], temperature: Double? = nil, maxTokens: Int? = nil, stream: Bool = false, responseSchema: ResponseSchema? = nil) {
         self.model = model
         self.messages = messages
         self.tools = tools
         self.temperature = temperature
         self.maxTokens = maxTokens
         self.stream = stream
+        self.responseSchema = responseSchema
+    }
+}
+
+/// The shape a structured answer must have: a name (letters, digits, `_`, `-`) and a JSON
+/// schema (an object schema for Anthropic's forced tool).
+public struct ResponseSchema: Codable, Sendable, Hashable {
+    /// The schema's name, as the provider sees it.
+    public var name: String
+    /// The JSON schema.
+    public var schema: JSONValue
+
+    /// A schema named `name`.
+    public init(name: String, schema: JSONValue) {
+        self.name = name
+        self.schema = schema
     }
 }
 
@@ -184,6 +203,8 @@ public struct LLMError: Error, Sendable, CustomStringConvertible, Hashable {
         public static let client = Kind("client_error")
         /// The provider or model is not configured, or its key is missing (not retried).
         public static let configuration = Kind("configuration")
+        /// An answer the call's schema or validator rejected (repaired, then the next model).
+        public static let invalidAnswer = Kind("invalid_answer")
     }
 
     /// Why it failed.

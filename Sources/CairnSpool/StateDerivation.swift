@@ -12,16 +12,22 @@ public enum StateDerivation {
         // Completed units of work: operation outcomes without an error, and finished children
         // (a `finished` phase), told by the records' shape.
         // One pass, no copies: a long run has 100,000 records.
-        var input: Int64 = 0, output: Int64 = 0
+        var input: Int64 = 0, output: Int64 = 0, rejected: Int64 = 0
         for e in entries {
             if e.isOperationOutcome && e.error == nil || e.phase == .finished { state.counters.steps += 1 }
             if e.kind == .retry && e.name != "run" { state.counters.retries += 1 }
             if let t = e.data?["tokens"] {
                 input += t["input"]?.intValue ?? 0
                 output += t["output"]?.intValue ?? 0
+                if let r = e.data?["tokens_rejected"] { rejected += (r["input"]?.intValue ?? 0) + (r["output"]?.intValue ?? 0) }
             }
         }
-        if input + output > 0 { state.tokens = ["input": .int(input), "output": .int(output), "total": .int(input + output)] }
+        if input + output > 0 {
+            var t: [String: JSONValue] = ["input": .int(input), "output": .int(output), "total": .int(input + output)]
+            // Of the total, what answers that failed validation cost (their repairs' prompts included).
+            if rejected > 0 { t["rejected"] = .int(rejected) }
+            state.tokens = .object(t)
+        }
         guard let last = entries.last else { return state }
         if let status = last.terminalStatus {
             state.status = status
