@@ -130,9 +130,12 @@ struct LLMCallState: Sendable {
     var repairMessages: [ChatMessage] {
         repair.flatMap { r -> [ChatMessage] in
             [.assistant(r["answer"]?.stringValue ?? ""),
-             .user("Your answer was rejected: \(r["reason"]?.stringValue ?? "it is not valid"). Answer again, correcting that; reply with the corrected answer only.")]
+             .user("\(Self.repairPrefix)\(r["reason"]?.stringValue ?? "it is not valid"). Answer again, correcting that; reply with the corrected answer only.")]
         }
     }
+
+    /// How a repair's message starts.
+    static let repairPrefix = "Your answer was rejected: "
 }
 
 extension RecordKind {

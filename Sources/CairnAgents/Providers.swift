@@ -419,11 +419,19 @@ public struct ScriptedProvider: LLMProvider {
 
     /// The response for this turn; a configuration error when the script has none left.
     public func send(_ request: LLMRequest, onDelta: (@Sendable (String) -> Void)?) async throws -> LLMResponse {
-        let turn = request.messages.filter { $0.role == .assistant }.count
+        // A repair (rejected answers and their reasons at the end) is the same turn: answered
+        // by that turn's `repaired` response.
+        var repairs = 0
+        var tail = request.messages[...]
+        while tail.count >= 2, tail.last?.role == .user, tail.last?.content.hasPrefix(LLMCallState.repairPrefix) == true, tail.dropLast().last?.role == .assistant {
+            repairs += 1
+            tail = tail.dropLast(2)
+        }
+        let turn = request.messages.filter { $0.role == .assistant }.count - repairs
         guard turn < responses.count else {
             throw LLMError(.configuration, "scripted provider '\(name)' has \(responses.count) canned responses; turn \(turn + 1) asked for another")
         }
-        let r = responses[turn]
+        let r = repairs > 0 ? responses[turn]["repaired"] ?? responses[turn] : responses[turn]
         let content = r["content"]?.stringValue ?? ""
         for word in content.split(separator: " ", omittingEmptySubsequences: false) { onDelta?(String(word) + " ") }
         let calls = (r["tool_calls"]?.arrayValue ?? []).enumerated().map { i, c in

@@ -53,12 +53,38 @@ public struct TriageTicket: Workflow {
     public static func cannedResponses(for t: Ticket) -> [JSONValue] {
         [
             ["content": "Let me look up the customer first.", "tool_calls": [["name": "lookup_customer", "arguments": ["email": .string(t.from)]]], "usage": ["input": 210, "output": 24]],
+            // The first draft forgets the ticket's id: the validator rejects it, and the
+            // repaired draft (the answer to the repair request) names it.
             ["content": "Drafting a reply.", "tool_calls": [["name": "send_reply", "arguments": [
                 "to": .string(t.from), "subject": .string("Re: \(t.subject)"),
                 "body": .string("Hello, thank you for writing about \"\(t.subject)\". We have issued a replacement; it ships today. — Support"),
-            ]]], "usage": ["input": 320, "output": 71]],
+            ]]], "usage": ["input": 320, "output": 71],
+             "repaired": ["content": "Drafting a reply that names the ticket.", "tool_calls": [["name": "send_reply", "arguments": [
+                "to": .string(t.from), "subject": .string("Re: \(t.subject) [\(t.id)]"),
+                "body": .string("Hello, thank you for writing about \"\(t.subject)\" (ticket \(t.id)). We have issued a replacement; it ships today. — Support"),
+             ]]], "usage": ["input": 402, "output": 78]]],
             ["content": .string("Replied to \(t.from) (category: shipping). The ticket can be closed."), "usage": ["input": 410, "output": 19]],
         ]
+    }
+
+    /// The longest reply the validator lets through.
+    public static let replyLimit = 1200
+
+    /// The model's answers are checked before they are recorded: a reply must name the
+    /// ticket's id and stay under `replyLimit` characters; a draft that does not is sent back
+    /// with the reason (a repair), then the next model is asked.
+    public static func options(for t: Ticket) -> LLMOptions {
+        var o = LLMOptions()
+        let id = t.id
+        o.validator = { response in
+            for call in response.toolCalls where call.name == "send_reply" {
+                let body = call.parsedArguments?["body"]?.stringValue ?? ""
+                if !body.contains(id) { return "the reply must name the ticket's id (\(id)) so the customer can refer to it" }
+                if body.count > replyLimit { return "the reply is \(body.count) characters; keep it under \(replyLimit)" }
+            }
+            return nil
+        }
+        return o
     }
 
     /// Runs the agent loop over the ticket with its two tools.
@@ -86,7 +112,7 @@ public struct TriageTicket: Workflow {
         let result = try await ctx.agent("triage", models: input.models ?? ["triage-canned:offline"], messages: [
             .system("You triage support tickets. Look the customer up, then send one short, kind reply with send_reply, then summarise in one line."),
             .user("Ticket \(input.ticket.id) from \(input.ticket.from)\nSubject: \(input.ticket.subject)\n\n\(input.ticket.body)"),
-        ], tools: tools, maxTurns: 6, client: client)
+        ], tools: tools, maxTurns: 6, options: Self.options(for: input.ticket), client: client)
         return Output(answer: result.content, turns: result.turns, toolCalls: result.toolCalls)
     }
 }

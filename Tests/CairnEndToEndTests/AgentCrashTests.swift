@@ -45,7 +45,7 @@ final class FakeLLMProcess {
     }
 
     @Test func killedMidAgentResendsNothingAnsweredAndRunsNoToolTwice() async throws {
-        let send: JSONValue = ["to": "ann@example.com", "subject": "Re: lamp", "body": "Sorry!"]
+        let send: JSONValue = ["to": "ann@example.com", "subject": "Re: lamp", "body": "Sorry! (ticket T-9)"]
         let fake = try await FakeLLMProcess(queue: [
             turn("looking up", "lookup_customer", ["email": "ann@example.com"]),
             turn("drafting", "send_reply", send, delay: 60),  // in flight when the daemon dies (killed as soon as it is seen)
@@ -90,6 +90,45 @@ final class FakeLLMProcess {
         // Nor the daemons' logs (at debug level).
         #expect(firstLog.contains(r) && d.log.contains(r), "the daemons logged nothing about the run")
         #expect(!firstLog.contains("sk-e2e-secret") && !d.log.contains("sk-e2e-secret"))
+    }
+
+    /// Issue 16: the daemon dies between a rejected answer (the triage's validator: a reply
+    /// must name the ticket) and its repair. After the restart only the repair is sent — the
+    /// rejected request is not sent again — and the journal tells the story.
+    @Test func killedBetweenARejectedAnswerAndItsRepairResendsOnlyTheRepair() async throws {
+        let fake = try await FakeLLMProcess(queue: [
+            turn("looking up", "lookup_customer", ["email": "ann@example.com"]),
+            turn("drafting", "send_reply", ["to": "ann@example.com", "subject": "Re: lamp", "body": "Sorry!"]),
+            turn("drafting again", "send_reply", ["to": "ann@example.com", "subject": "Re: lamp", "body": "Sorry! (ticket T-9)"]),
+            turn("done: replied"),
+        ])
+        let t = try TempSpool()
+        var cfg = try DurableFile.readJSON(t.spool.configFile).objectValue!
+        cfg["llm"] = ["providers": ["fake": ["type": "openai", "base_url": .string("http://127.0.0.1:\(fake.port)/v1"), "api_key_env": "FAKE_KEY"]]]
+        try t.spool.durable.write(json: .object(cfg), to: t.spool.configFile)
+        let env = ["FAKE_KEY": "sk-e2e-secret"]
+        let d1 = try await DaemonProcess(spool: t.spool, env: env.merging(["CAIRN_CRASH_AT": "llm.after-rejected"]) { a, _ in a })
+        let r = try t.submit("triage-ticket", input: ["ticket": ["id": "T-9", "from": "ann@example.com", "subject": "lamp", "body": "broken"], "models": ["fake:m"]] as JSONValue)
+        try await waitUntil("the daemon died after recording the rejection", timeout: 30) { !d1.process.isRunning || DaemonProcess.isZombie(d1.pid) }
+        await d1.exited()
+        #expect(fake.requests.count == 2, "the repair was not sent before the crash")
+        let d = try await DaemonProcess(spool: t.spool, env: env)
+        try await t.waitFor(r, .waiting, timeout: 20)
+        let gate = try #require(try t.state(r).waitingFor?["gate"]?.stringValue)
+        try t.drop("approvals/\(gate).approved", in: r)
+        try await t.waitFor(r, .completed, timeout: 20)
+        await d.stop()
+
+        let reqs = fake.requests
+        let turns = reqs.map { $0["body"]?["messages"]?.arrayValue?.count ?? 0 }
+        #expect(turns == [2, 4, 6, 6], "requests by conversation length: \(turns)")  // the rejected turn was not re-sent
+        let repair = reqs[2]["body"]?["messages"]?.arrayValue ?? []
+        #expect(repair.last?["content"]?.stringValue?.contains("must name the ticket's id (T-9)") == true, "\(repair)")
+        let outbox = ((try? String(contentsOfFile: t.spool.root.appending("outbox.jsonl").string, encoding: .utf8)) ?? "").split(separator: "\n")
+        #expect(outbox.count == 1 && outbox[0].contains("T-9"), "only the repaired reply was sent: \(outbox)")
+        let turn1 = try #require(try t.spool.journal(r).load().last { $0.kind == "llm" && $0.name == "triage.turn-2" })
+        #expect(turn1.data?["repairs"] == 1 && turn1.data?["attempts"]?.arrayValue?.first?["status"] == "invalid_answer", "\(String(describing: turn1.data))")
+        #expect(try t.state(r).tokens?["rejected"] == 110)
     }
 
     @Test func demoReachesTheApprovalAndCompletesAfterATouch() async throws {

@@ -122,6 +122,12 @@ enum Describe {
             if let d = e.durationMs { parts.append("\(d)ms") }
             if let g = e.group { parts.append("group \(g)") }
             if e.kind == "llm", let m = e.data?["model"]?.stringValue { parts.append(m) }
+            if e.kind == "llm", let n = e.data?["repairs"]?.intValue, n > 0 {
+                // Answers its validator rejected, sent back with the reason (issue 16).
+                let rejected = e.data?["attempts"]?.arrayValue?.filter { $0["status"] == "invalid_answer" }.count ?? 0
+                parts.append(Output.yellow("repaired: \(rejected) answer\(rejected == 1 ? "" : "s") rejected, \(n) repair\(n == 1 ? "" : "s")"))
+            }
+            if e.kind == "llm", e.data?["accepted_invalid"] == true { parts.append(Output.yellow("accepted although rejected")) }
             if let dec = e.decision { parts.append("decided \(dec) by \(e.decidedBy?.user ?? "?")") }
         case "retry":
             if e.name == "run", e.data?["execution_retry"] == true {
@@ -147,6 +153,18 @@ enum Describe {
                 if let c = e.comment { parts.append("“\(Output.printable(c))”") }
                 if let f = e.file { parts.append(Output.printable(f)) }
             }
+        case "llm-retry":
+            // Where an LLM call stood: after a rejected answer (then a repair or the next
+            // model), or waiting out a long Retry-After.
+            let state = e.value?["state"]
+            if let last = state?["attempts"]?.arrayValue?.last, last["status"] == "invalid_answer" {
+                let next = (state?["repair"]?.arrayValue?.isEmpty ?? true) ? "the next model is asked" : "sent back to repair"
+                parts.append(Output.yellow("answer rejected: \(Output.printable(last["reason"]?.stringValue ?? "?")); \(next)"))
+            } else if let u = state?["until"]?.stringValue {
+                parts.append("next attempt at \(u)")
+            } else if let v = e.value {
+                parts.append(String(v.compactText().prefix(60)))
+            }
         case "child":
             parts.append("\(e.phase?.rawValue ?? "") \(e.data?["run"]?.stringValue ?? "")" + (e.status.map { " (\($0))" } ?? ""))
         case "send":
@@ -161,7 +179,8 @@ enum Describe {
             if let v = e.value { parts.append(String(v.compactText().prefix(60))) }
         }
         if let t = e.data?["tokens"] {
-            parts.append("tokens \(t["input"]?.intValue ?? 0) in / \(t["output"]?.intValue ?? 0) out")
+            let r = e.data?["tokens_rejected"].map { ($0["input"]?.intValue ?? 0) + ($0["output"]?.intValue ?? 0) } ?? 0
+            parts.append("tokens \(t["input"]?.intValue ?? 0) in / \(t["output"]?.intValue ?? 0) out" + (r > 0 ? " (\(r) on rejected answers)" : ""))
         }
         return parts.joined(separator: "  ")
     }
