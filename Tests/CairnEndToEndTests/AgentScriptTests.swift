@@ -39,6 +39,38 @@ import Testing
         #expect(fake.requests.isEmpty, "nothing was sent: \(fake.requests)")
     }
 
+    /// Issue 16 for scripts: `--schema` asks for structured output and `--validate CMD`
+    /// rejects an answer with a reason; the model gets it back and the repaired answer is the
+    /// one recorded and printed; a rerun of the script sends and validates nothing.
+    @Test func aScriptsValidatorRejectsAnAnswerAndTheRepairIsRecorded() async throws {
+        let fake = try await FakeLLMProcess(queue: [["reply": ["content": #"{"ticket": "T-2"}"#]], ["reply": ["content": #"{"ticket": "T-1"}"#]]])
+        let t = try TempSpool()
+        try configure(t, port: fake.port)
+        try #"{"type": "object", "properties": {"ticket": {"type": "string"}}, "required": ["ticket"]}"#.write(toFile: t.spool.root.appending("ticket.schema.json").string, atomically: true, encoding: .utf8)
+        let counter = t.path.appending("validations").string
+        try install(t, "classify", """
+            #!/usr/bin/env bash
+            set -euo pipefail
+            answer=$(echo "Which ticket is this? T-1" | cairn llm classify --model fake:m --schema "$CAIRN_SPOOL/ticket.schema.json" \\
+                --validate 'echo x >> \(counter); jq -e ".ticket == \\"T-1\\"" >/dev/null || { echo "the ticket is T-1" >&2; exit 1; }')
+            cairn sleep 1s
+            printf '%s' "$answer" | cairn result -
+            """)
+        let d = try await DaemonProcess(spool: t.spool)
+        let r = try t.submit("classify", input: [:] as JSONValue)
+        try await t.waitFor(r, .completed, timeout: 30)
+        await d.stop()
+        #expect(try t.result(r) == ["ticket": "T-1"])
+        let reqs = fake.requests
+        #expect(reqs.count == 2, "\(reqs.count) requests")
+        #expect(reqs.first?["body"]?["response_format"]?["json_schema"]?["schema"]?["required"] == ["ticket"], "\(String(describing: reqs.first))")
+        #expect(reqs.last?["body"]?["messages"]?.compactText().contains("the ticket is T-1") == true)
+        let validations = ((try? String(contentsOfFile: counter, encoding: .utf8)) ?? "").split(separator: "\n").count
+        #expect(validations == 2, "the script ran again after its sleep: the recorded answer was not validated again (\(validations))")
+        let show = try Binary.cairn("show", r, spool: t.spool)
+        #expect(show.stdout.contains("repaired: 1 answer rejected"), "\(show.stdout)")
+    }
+
     static let ask = """
         #!/usr/bin/env bash
         set -euo pipefail

@@ -2,6 +2,7 @@ import ArgumentParser
 import Cairn
 import CairnSpool
 import Foundation
+import Subprocess
 import SystemPackage
 
 #if Agents
@@ -24,9 +25,20 @@ struct LLMHelper: AsyncParsableCommand {
             When the call must wait (a long Retry-After, or a token budget it would exceed),
             the script is stopped and run again from the top when the wait is over.
 
+            Wrong answers: --schema FILE asks for JSON matching that JSON schema (OpenAI's
+            response_format, Anthropic's forced tool) and rejects an answer that is not JSON;
+            --validate CMD runs `sh -c CMD` with the answer on stdin, and a non-zero exit
+            rejects it (the first line of its stderr, else stdout, is the reason). A rejected
+            answer goes back to the model with the reason (--repairs times, default 2), then
+            the next --model is asked; when every answer was rejected the call fails
+            (llm_invalid_answer), or with --on-invalid accept the last answer is taken. Only
+            an accepted answer is recorded; a rerun neither sends nor validates.
+
             Examples (inside SPOOL/workflows/NAME):
               summary=$(cairn llm summarize --model openai:gpt-4o-mini --prompt ticket.txt)
               echo "Classify: $text" | cairn llm classify --model local:qwen --model openai:gpt-4o-mini --json
+              cairn llm triage --model openai:gpt-4o-mini --schema triage.schema.json \\
+                --validate 'jq -e ".priority == \\"low\\" or .priority == \\"high\\"" >/dev/null' < ticket.txt
             """
     )
 
@@ -38,9 +50,40 @@ struct LLMHelper: AsyncParsableCommand {
     @Flag(name: .customLong("no-stream"), help: "Do not ask the provider to stream.") var noStream = false
     @Option(name: .customLong("token-budget"), help: ArgumentHelp("The run's token budget (input + output over all its calls); over it, the run waits at a gate (default: cairn.json \"llm\": {\"token_budget\": N}).", valueName: "n")) var tokenBudget: Int?
 
+    @Option(name: .long, help: ArgumentHelp("A JSON schema the answer must match (structured output).", valueName: "file")) var schema: String?
+    @Option(name: .customLong("validate"), help: ArgumentHelp("A shell command that gets the answer on stdin; a non-zero exit rejects it.", valueName: "cmd")) var validateCommand: String?
+    @Option(name: .long, help: "Repairs per model of a rejected answer.") var repairs: Int = 2
+    @Option(name: .customLong("on-invalid"), help: ArgumentHelp("When every answer was rejected: fail, or accept the last.", valueName: "fail|accept")) var onInvalid: String = "fail"
+
     func validate() throws {
         guard !model.isEmpty else { throw ValidationError("at least one --model is needed") }
         if let tokenBudget, tokenBudget <= 0 { throw ValidationError("--token-budget must be positive") }
+        guard repairs >= 0 else { throw ValidationError("--repairs must be 0 or more") }
+        guard ["fail", "accept"].contains(onInvalid) else { throw ValidationError("--on-invalid is fail or accept, not '\(onInvalid)'") }
+    }
+
+    /// The schema file, read and parsed before anything is sent.
+    func readSchema() throws -> ResponseSchema? {
+        guard let schema else { return nil }
+        do {
+            let value = try JSONValue.parse(String(decoding: try DurableFile.read(FilePath(schema), limit: 1 << 20), as: UTF8.self))
+            guard case .object = value else { throw CLIError(.usage, "\(schema): a JSON schema is an object; nothing was sent") }
+            return ResponseSchema(name: "answer", schema: value)
+        } catch let e as CLIError {
+            throw e
+        } catch {
+            throw CLIError(.usage, "\(schema): cannot read the schema (\(JSONValue.describe(error))); nothing was sent")
+        }
+    }
+
+    /// `sh -c CMD` with the answer on stdin: nil when it exits 0, else why it rejected it.
+    static func runValidator(_ command: String, answer: String) async throws -> String? {
+        let r = try await Subprocess.run(.path("/bin/sh"), arguments: ["-c", command], input: .string(answer),
+                                         output: .string(limit: 64 << 10), error: .string(limit: 64 << 10))
+        if r.terminationStatus.isSuccess { return nil }
+        let said = [r.standardError, r.standardOutput].compactMap { $0?.trimmingCharacters(in: .whitespacesAndNewlines) }.first { !$0.isEmpty }
+        let line = said.map { String($0.split(separator: "\n").first ?? "").prefix(500) }.map(String.init)
+        return line ?? "the validator (\(command)) exited with \(r.terminationStatus)"
     }
 
     /// The prompt, read before anything else happens: a missing or unreadable file, or an
@@ -71,6 +114,12 @@ struct LLMHelper: AsyncParsableCommand {
         var options = LLMOptions()
         options.stream = !noStream
         options.tokenBudget = tokenBudget
+        options.responseSchema = try readSchema()
+        options.repairs = repairs
+        options.onInvalidAnswer = onInvalid == "accept" ? .accept : .fail
+        if let command = validateCommand {
+            options.validator = { response in try await Self.runValidator(command, answer: response.content) }
+        }
         let opts = options
         let session = try HelperSession.open("llm")
         let response: LLMResponse
