@@ -40,9 +40,22 @@ public struct LLMOptions: Sendable {
     /// Repairs per model: a rejected answer goes back to the model with the reason, up to
     /// this many times, before the next model of the chain is asked.
     public var repairs = 2
-    /// When every model's answers were rejected: fail the call (`llm_invalid_answer`, not
-    /// retried by a run retry's resend of the same answers), or accept the last answer.
-    public var onInvalidAnswer: Strategy = .fail
+    /// When every model's answers were rejected: fail the call (`llm_invalid_answer`),
+    /// accept the last answer, or ask a person at the gate `answer-NAME`.
+    public var onInvalidAnswer: InvalidAnswerEnd = .fail
+
+    /// How a call ends when every model's answers were rejected.
+    public enum InvalidAnswerEnd: String, Sendable {
+        /// The call fails with `llm_invalid_answer` (not retryable).
+        case fail
+        /// The last answer is recorded as it is (marked `accepted_invalid`).
+        case accept
+        /// The run waits at the gate `answer-NAME` (`waiting_for` kind `answer`; the request
+        /// file holds the last answer and every reason): approving accepts the last answer,
+        /// or the approval's value (the answer's text, checked like an answer) replaces it;
+        /// rejecting fails the call.
+        case askPerson = "ask_person"
+    }
 
     /// What to do with an answer that cannot be used as it is.
     public enum Strategy: String, Sendable {
@@ -80,6 +93,11 @@ struct LLMCallState: Sendable {
     var rejectedInput: Int64 = 0, rejectedOutput: Int64 = 0
     /// The last rejected answer (what `onInvalidAnswer: .accept` returns).
     var lastRejected: JSONValue? = nil
+    /// Every model's answers were rejected and a person is asked (`.askPerson`).
+    var askingPerson = false
+    /// The person's decision, recorded before its file leaves approvals/ (a crash between
+    /// the two finds it here): `{"approved", "by", "text"?, "reason"?, "file"}`.
+    var personDecision: JSONValue? = nil
 
     init(started: Date) { self.started = started }
 
@@ -103,6 +121,8 @@ struct LLMCallState: Sendable {
         if repairs > 0 { o["repairs"] = .int(Int64(repairs)) }
         if rejectedInput + rejectedOutput > 0 { o["tokens_rejected"] = ["input": .int(rejectedInput), "output": .int(rejectedOutput)] }
         if let lastRejected { o["last_rejected"] = lastRejected }
+        if askingPerson { o["asking_person"] = true }
+        if let personDecision { o["person_decision"] = personDecision }
         return .object(o)
     }
 
@@ -123,6 +143,8 @@ struct LLMCallState: Sendable {
         rejectedInput = j["tokens_rejected"]?["input"]?.intValue ?? 0
         rejectedOutput = j["tokens_rejected"]?["output"]?.intValue ?? 0
         lastRejected = j["last_rejected"]
+        askingPerson = j["asking_person"] == true
+        personDecision = j["person_decision"]
     }
 
     /// The messages a repair adds: each rejected answer (as text: tool calls written out,
@@ -209,6 +231,7 @@ extension WorkflowContext {
         let stream = StreamLog(path: self.logsDirectory.appending(Names.fileSafe(name) + ".stream.jsonl").string, redactor: redact)
         let requestData: JSONValue = ["messages": storedMessages, "tools": .array(tools.map { .string($0.name) }), "models": .array(models.map { .string($0) })]
         var s = resume ?? LLMCallState(started: self.clock.now())
+        if s.askingPerson { return try await askPerson(name, s, options: options, requestData: requestData, redact: redact) }
         if s.sent == 0, let refused = try self.checkBudget(name, messages: messages, options: options, requestData: requestData) {
             return refused
         }
@@ -334,6 +357,12 @@ extension WorkflowContext {
             s.attempt = 0
         }
         let e = s.lastError ?? LLMError(.configuration, "no model answered")
+        if e.kind == .invalidAnswer, options.onInvalidAnswer == .askPerson, s.lastRejected != nil {
+            s.askingPerson = true
+            let saved = s
+            _ = try self.recorded(.llmRetry, name) { ["state": redact.apply(saved.json)] }
+            return try await askPerson(name, s, options: options, requestData: requestData, redact: redact)
+        }
         if e.kind == .invalidAnswer, options.onInvalidAnswer == .accept, let last = s.lastRejected, var response = try? last.decode(as: LLMResponse.self) {
             // Declared: the last answer is taken as it is (its tokens are not "rejected").
             response.usage = TokenUsage(input: 0, output: 0)
@@ -379,6 +408,120 @@ extension WorkflowContext {
     static func rendered(_ r: LLMResponse) -> String {
         let calls = r.toolCalls.map { "[tool call \($0.name)(\($0.arguments))]" }
         return ([r.content].filter { !$0.isEmpty } + calls).joined(separator: "\n")
+    }
+
+    /// Every model's answers were rejected: the gate `answer-NAME` decides. Approved: the
+    /// last answer, or the approval's value (the answer's text) — checked like an answer and
+    /// refused like a bad drop when wrong; rejected: the call fails; otherwise the run waits.
+    private func askPerson(_ name: String, _ s: LLMCallState, options: LLMOptions, requestData: JSONValue, redact: Redactor) async throws -> OperationRecord {
+        let gate = Names.fileSafe("answer-\(name)")
+        let approvals = self.runDirectory.appending("approvals")
+        let config = self.spoolConfig
+        let policy = config.approvalPolicy(gate: gate)
+        let spool = try Spool.open(at: self.spoolRoot)
+        guard let last = s.lastRejected, let response = try? last.decode(as: LLMResponse.self) else {
+            throw SpoolError(.malformed, "llm call '\(name)': no rejected answer recorded to ask about")
+        }
+        if s.personDecision != nil { return try personsAnswer(name, s, response, requestData: requestData, redact: redact) }
+        let reasons = s.attempts.filter { $0["status"] == "invalid_answer" }.map { a -> JSONValue in
+            ["model": a["model"] ?? .null, "answer": a["answer"] ?? .null, "reason": a["reason"] ?? .null]
+        }
+        var refusedWhy: String? = nil
+        for (suffix, approved) in [("rejected", false), ("approved", true)] {
+            let path = approvals.appending("\(gate).\(suffix)")
+            switch Drops.read(path, limit: config.dropSizeLimit, policy: policy) {
+            case .absent:
+                continue
+            case .refused(let p, let reason, let identity):
+                _ = try Drops.refuse(p, reason: reason, identity: identity, durable: spool.durable, now: self.clock.now(), setAsideIn: self.runDirectory.appending("refused"))
+                continue
+            case .valid(let f):
+                var value = f.json
+                if case .object(let o)? = f.json, Set(o.keys).isSubset(of: ["comment", "value", "reason"]) { value = o["value"] }
+                let by = f.owner.user ?? String(f.owner.uid)
+                var decision: [String: JSONValue] = ["approved": .bool(approved), "by": .string(by), "file": .string("\(gate).\(suffix)")]
+                if !approved { decision["reason"] = .string(f.json?["reason"]?.stringValue ?? f.json?["comment"]?.stringValue ?? "rejected") }
+                if approved, let v = value, !v.isNull {
+                    // The person's own answer: its text, checked as the model's answers were.
+                    guard let text = v.stringValue else {
+                        _ = try Drops.refuse(path, reason: "the value is the answer's text (a JSON string), not \(v.compactText().prefix(80))", identity: f.identity, durable: spool.durable, now: self.clock.now(), setAsideIn: self.runDirectory.appending("refused"))
+                        refusedWhy = "the value is the answer's text (a JSON string)"
+                        continue
+                    }
+                    var edited = response
+                    edited.content = text
+                    edited.toolCalls = []
+                    if let why = try await Self.judge(edited, options) {
+                        _ = try Drops.refuse(path, reason: "the edited answer is rejected too: \(why)", identity: f.identity, durable: spool.durable, now: self.clock.now(), setAsideIn: self.runDirectory.appending("refused"))
+                        refusedWhy = "the edited answer is rejected too: \(why)"
+                        continue
+                    }
+                    decision["text"] = .string(text)
+                }
+                // Recorded first, then the file leaves approvals/ for decisions/.
+                var decided = s
+                decided.personDecision = .object(decision)
+                let saved = decided
+                _ = try self.recorded(.llmRetry, name) { ["state": redact.apply(saved.json)] }
+                return try personsAnswer(name, decided, response, requestData: requestData, redact: redact)
+            }
+        }
+        let request = approvals.appending("\(gate).request.json")
+        if !DurableFile.exists(request) {
+            try spool.durable.write(json: redact.apply([
+                "gate": .string(gate), "run": .string(self.runID), "step": .string(name),
+                "summary": .string("Every model's answer to '\(name)' was rejected. Approve to accept the last answer, approve with {\"value\": \"TEXT\"} to answer TEXT instead, or reject to fail the call."),
+                "answer": .string(Self.rendered(response)), "rejected": .array(reasons),
+                "approve": .string("touch \(approvals.appending("\(gate).approved").string)   (or: cairn approve \(self.runID) \(gate) [--value answer.json])"),
+                "reject": .string("touch \(approvals.appending("\(gate).rejected").string)   (or: cairn reject \(self.runID) \(gate))"),
+            ]), to: request)
+        }
+        var w: [String: JSONValue] = ["kind": "answer", "gate": .string(gate), "step": .string(name),
+                                      "drop": .string("approvals/\(gate).approved"), "reject": .string("approvals/\(gate).rejected")]
+        if let refusedWhy { w["refused"] = .string(refusedWhy) }
+        throw self.waiting(WaitingFor(json: .object(w)))
+    }
+
+    /// The call's record from the person's recorded decision; moves the decision's file to
+    /// decisions/ (again, after a crash that came between the decision's record and the move).
+    private func personsAnswer(_ name: String, _ s: LLMCallState, _ last: LLMResponse, requestData: JSONValue, redact: Redactor) throws -> OperationRecord {
+        let d = s.personDecision ?? .null
+        let gate = Names.fileSafe("answer-\(name)")
+        if let file = d["file"]?.stringValue {
+            let from = self.runDirectory.appending("approvals").appending(file)
+            if DurableFile.exists(from) {
+                let decisions = self.runDirectory.appending("decisions")
+                let spool = try Spool.open(at: self.spoolRoot)
+                try spool.ensureRuntimeDirectory(decisions)
+                try DurableFile.rename(from, to: decisions.appending(file), mode: .replace)
+                try DurableFile.fsyncDirectory(decisions)
+                try DurableFile.fsyncDirectory(self.runDirectory.appending("approvals"))
+            }
+        }
+        let by = d["by"]?.stringValue ?? "?"
+        if d["approved"] != true {
+            var data: [String: JSONValue] = ["request": requestData, "attempts": .array(s.attempts), "decided_by": .string(by), "gate": .string(gate)]
+            if s.rejectedInput + s.rejectedOutput > 0 {
+                data["tokens"] = ["input": .int(s.rejectedInput), "output": .int(s.rejectedOutput)]
+                data["tokens_rejected"] = data["tokens"]
+            }
+            let info = ErrorInfo(type: "llm_invalid_answer", message: redact.apply("every model's answer was rejected, and \(by) rejected the last one too: \(d["reason"]?.stringValue ?? "rejected")"), retryable: false)
+            return OperationRecord(value: .null, data: redact.apply(.object(data)), error: info, attempts: s.sent)
+        }
+        var response = last
+        response.usage = TokenUsage(input: 0, output: 0)
+        if let text = d["text"]?.stringValue {
+            response.content = text
+            response.toolCalls = []
+        }
+        var record = try Self.answerRecord(response, s, requestData: requestData, redact: redact)
+        if case .object(var data) = record.data {
+            data["decided_by"] = .string(by)
+            data["gate"] = .string(gate)
+            data[d["text"] != nil ? "edited_by_person" : "accepted_by_person"] = true
+            record.data = .object(data)
+        }
+        return record
     }
 
     /// The run's token budget before a call is sent: nil to go ahead; a failed record when a

@@ -129,6 +129,47 @@ import Testing
         #expect(try t2.spool.journal(id2).load().last { $0.kind == "llm" }?.data?["accepted_invalid"] == true)
     }
 
+    /// Declared `.askPerson`: when every model's answers were rejected, a person decides at
+    /// the gate `answer-NAME` — a wrong edited value is refused like a bad drop, a good one
+    /// is the answer; a rejection fails the call. Nothing is sent again meanwhile.
+    @Test func anAnswerRejectedEverywhereWaitsForAPersonWhenDeclared() async throws {
+        let fake = try await FakeLLM.start(default: reply("never JSON"))
+        let t = try TempSpool()
+        let c = client(fake)
+        var o = LLMOptions()
+        o.repairs = 0
+        o.onInvalidAnswer = .askPerson
+        let options = o
+        let wf = AnyWorkflow(name: "w") { ctx, _ in
+            try JSONValue(encoding: try await ctx.llm("classify", models: ["oa:m"], messages: [.user("Classify T-1")], output: Triage.self, schema: Self.schema, options: options, client: c))
+        }
+        let engine = t.engine([wf])
+        let id = try t.submit("w", input: 0)
+        guard case .waiting(let w) = try await engine.advance(id) else { Issue.record("not waiting: \(try t.state(id))"); return }
+        #expect(w["kind"] == "answer" && w.gate == "answer-classify", "\(w)")
+        let approvals = t.spool.run(id).approvalsDirectory
+        let req = try DurableFile.readJSON(approvals.appending("answer-classify.request.json"))
+        #expect(req["answer"] == "never JSON" && req["rejected"]?.arrayValue?.first?["reason"]?.stringValue?.contains("not JSON") == true, "\(req)")
+        // A value that is wrong too is refused; the gate stays open; nothing is sent.
+        try t.drop("approvals/answer-classify.approved", in: id, content: #"{"value": "{\"priority\": \"urgent\"}"}"#)
+        guard case .waiting(let w2) = try await engine.advance(id) else { Issue.record("a wrong edit must not end the run"); return }
+        #expect(w2.refused?.contains("rejected too") == true, "\(w2)")
+        #expect(DurableFile.exists(Drops.errorFile(for: approvals.appending("answer-classify.approved"))))
+        try t.drop("approvals/answer-classify.approved", in: id, content: #"{"value": "{\"priority\": \"low\", \"ticket\": \"T-1\"}"}"#)
+        #expect(try await engine.advance(id) == .completed(["priority": "low", "ticket": "T-1"]))
+        #expect(fake.requests.count == 1, "asking a person sent nothing more")
+        let rec = try #require(try t.spool.journal(id).load().last { $0.kind == "llm" })
+        #expect(rec.data?["edited_by_person"] == true && rec.data?["decided_by"] != nil)
+        #expect(DurableFile.exists(t.spool.run(id).directory.appending("decisions/answer-classify.approved")))
+
+        // Rejected: the call fails.
+        let id2 = try t.submit("w", input: 0)
+        _ = try await engine.advance(id2)
+        try t.drop("approvals/answer-classify.rejected", in: id2, content: #"{"reason": "no good"}"#)
+        guard case .failed(let info) = try await engine.advance(id2) else { Issue.record("not failed"); return }
+        #expect(info.message.contains("no good"), "\(info)")
+    }
+
     /// Replay returns the recorded answer: nothing is sent, the validator is not called.
     @Test func replaySendsNothingAndDoesNotCallTheValidator() async throws {
         let fake = try await FakeLLM.start(queue: [reply("bad"), reply(#"{"priority": "high", "ticket": "T-1"}"#)])

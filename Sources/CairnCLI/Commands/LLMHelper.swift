@@ -31,7 +31,8 @@ struct LLMHelper: AsyncParsableCommand {
             rejects it (the first line of its stderr, else stdout, is the reason). A rejected
             answer goes back to the model with the reason (--repairs times, default 2), then
             the next --model is asked; when every answer was rejected the call fails
-            (llm_invalid_answer), or with --on-invalid accept the last answer is taken. Only
+            (llm_invalid_answer); --on-invalid accept takes the last answer, --on-invalid ask
+            waits for a person at the gate answer-NAME. Only
             an accepted answer is recorded; a rerun neither sends nor validates.
 
             Examples (inside SPOOL/workflows/NAME):
@@ -53,13 +54,13 @@ struct LLMHelper: AsyncParsableCommand {
     @Option(name: .long, help: ArgumentHelp("A JSON schema the answer must match (structured output).", valueName: "file")) var schema: String?
     @Option(name: .customLong("validate"), help: ArgumentHelp("A shell command that gets the answer on stdin; a non-zero exit rejects it.", valueName: "cmd")) var validateCommand: String?
     @Option(name: .long, help: "Repairs per model of a rejected answer.") var repairs: Int = 2
-    @Option(name: .customLong("on-invalid"), help: ArgumentHelp("When every answer was rejected: fail, or accept the last.", valueName: "fail|accept")) var onInvalid: String = "fail"
+    @Option(name: .customLong("on-invalid"), help: ArgumentHelp("When every answer was rejected: fail, accept the last, or ask a person (the gate answer-NAME).", valueName: "fail|accept|ask")) var onInvalid: String = "fail"
 
     func validate() throws {
         guard !model.isEmpty else { throw ValidationError("at least one --model is needed") }
         if let tokenBudget, tokenBudget <= 0 { throw ValidationError("--token-budget must be positive") }
         guard repairs >= 0 else { throw ValidationError("--repairs must be 0 or more") }
-        guard ["fail", "accept"].contains(onInvalid) else { throw ValidationError("--on-invalid is fail or accept, not '\(onInvalid)'") }
+        guard ["fail", "accept", "ask"].contains(onInvalid) else { throw ValidationError("--on-invalid is fail, accept or ask, not '\(onInvalid)'") }
     }
 
     /// The schema file, read and parsed before anything is sent.
@@ -116,7 +117,7 @@ struct LLMHelper: AsyncParsableCommand {
         options.tokenBudget = tokenBudget
         options.responseSchema = try readSchema()
         options.repairs = repairs
-        options.onInvalidAnswer = onInvalid == "accept" ? .accept : .fail
+        options.onInvalidAnswer = onInvalid == "accept" ? .accept : onInvalid == "ask" ? .askPerson : .fail
         if let command = validateCommand {
             options.validator = { response in try await Self.runValidator(command, answer: response.content) }
         }
