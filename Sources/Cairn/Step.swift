@@ -61,12 +61,27 @@ extension WorkflowContext {
             try writeRequest(gate: gate, request: ApprovalRequest(
                 summary: "At-most-once step '\(name)' (attempt \(attempt)) may or may not have run before the process stopped. Check its effect (idempotency key \(key)), then: approve with {\"action\": \"rerun\"} (or empty) to run it again, approve with {\"action\": \"done\", \"value\": V} to record it as done with V, or reject to fail the step.",
                 details: ["step": .string(name), "attempt": .int(Int64(attempt)), "idempotency_key": .string(key)]
-            ), deadline: nil)
+            ), deadline: nil, expectedValue: "for \"done\": {\"action\": \"done\", \"value\": \((T.self as? any ValueShape.Type)?.shape ?? "a JSON value that decodes as \(T.self)")}")
             throw suspend(.uncertain(step: name, gate: gate, idempotencyKey: key))
         case .some(let d):
             // `{"action": ...}` dropped directly, or wrapped as the value by `cairn approve --value`.
             let spec = d.raw?["action"] != nil ? d.raw : (d.value?["action"] != nil ? d.value : d.raw)
-            let action = spec?["action"]?.stringValue ?? "rerun"
+            let action: String
+            if d.approved {
+                // Only an empty decision, {"action": "rerun"} or {"action": "done", …} says
+                // what to do; anything else (a typo like "Done", a bare "done", a value with no
+                // action) is refused, never read as "run it again": a rerun of an at-most-once
+                // step can pay twice.
+                switch Self.uncertainAction(raw: d.raw, spec: spec) {
+                case .success(let a):
+                    action = a
+                case .failure(let why):
+                    try Drops.refuse(paths.directory.appending(d.file), reason: why.reason, identity: d.identity, durable: spool.durable, now: clock.now(), setAsideIn: paths.refusedDirectory)
+                    throw suspend(.uncertain(step: name, gate: gate, idempotencyKey: key, refused: why.reason))
+                }
+            } else {
+                action = "reject"
+            }
             if !d.approved {
                 let info = ErrorInfo(type: "uncertain_rejected", message: "at-most-once step '\(name)' was uncertain and \(d.decidedBy?.user ?? "a person") rejected it" + (d.reason.map { ": \($0)" } ?? ""), retryable: false)
                 let e = try record("step", name) {
@@ -114,6 +129,31 @@ extension WorkflowContext {
             try consumeDecision(e)
             return nil
         }
+    }
+
+    struct UncertainRefusal: Error { let reason: String }
+
+
+    /// What an approval of an uncertain gate asks: "rerun" (an empty decision, a comment
+    /// only, or {"action": "rerun"}) or "done" ({"action": "done", "value": V}); anything
+    /// else is refused with the reason.
+    static func uncertainAction(raw: JSONValue?, spec: JSONValue?) -> Result<String, UncertainRefusal> {
+        let allowed = "approve empty (or {\"action\": \"rerun\"}) to run the step again, or {\"action\": \"done\", \"value\": V} to record it as done"
+        guard let raw, !raw.isNull else { return .success("rerun") }
+        guard case .object(let o) = raw else {
+            return .failure(UncertainRefusal(reason: "is \(raw.compactText().prefix(60)), not a decision this gate understands: \(allowed)"))
+        }
+        if let a = spec?["action"] {
+            switch a.stringValue {
+            case "rerun"?, "done"?: return .success(a.stringValue!)
+            default: return .failure(UncertainRefusal(reason: "has action \(a.compactText().prefix(40)): \(allowed)"))
+            }
+        }
+        // No action: a comment alone reruns; a value with no action is refused (done or rerun?).
+        if o["value"].map({ !$0.isNull }) == true || !Set(o.keys).isSubset(of: ["comment", "value"]) {
+            return .failure(UncertainRefusal(reason: "says no action: \(allowed)"))
+        }
+        return .success("rerun")
     }
 
     func runWithTimeout<T: Sendable>(_ name: String, _ timeout: Duration?, _ body: @escaping @Sendable () async throws -> T) async throws -> T {
@@ -242,7 +282,7 @@ struct StepOperation<T: Codable & Sendable>: DurableOperation {
                     $0.error = info
                     $0.until = until
                 }
-                ctx.logger.info("step failed, will retry", metadata: ["run": "\(ctx.runID)", "step": "\(stepName)", "attempt": "\(attempt)", "delay_s": "\(delay)", "error": "\(info.message)"])
+                ctx.logger.info("step failed, will retry", metadata: ["run": "\(ctx.runID)", "step": "\(stepName)", "attempt": .stringConvertible(attempt), "delay_s": .stringConvertible(delay), "error": "\(info.message)"])
                 attempt += 1
                 retryUntil = until
                 return .next
@@ -290,4 +330,11 @@ public struct StepAttempt: Sendable {
 enum TimeoutRace<T: Sendable>: Sendable {
     case value(T)
     case timedOut
+}
+
+/// A step result type that can say, for a person, what its JSON looks like (the uncertain
+/// gate's `value_expected`: what a "done" value must be).
+public protocol ValueShape {
+    /// The JSON shape, e.g. `{"stdout": "…", "exit_code": 0}`.
+    static var shape: String { get }
 }

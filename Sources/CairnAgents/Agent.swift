@@ -76,9 +76,12 @@ extension WorkflowContext {
                         summary: "The agent wants to call \(call.name). Approve to run it (your JSON value, if any, replaces the arguments); reject to tell the agent no.",
                         details: ["tool": .string(call.name), "arguments": args]),
                         expectedValue: "a JSON object: the tool's arguments",
-                        checkValue: { v in
-                            if case .object = v { return nil }
-                            return "replaces the tool's arguments, so it must be a JSON object, not \(v.compactText().prefix(80))"
+                        checkValue: { [required = tool.spec.parameters["required"]?.arrayValue?.compactMap(\.stringValue) ?? []] v in
+                            guard case .object(let o) = v else {
+                                return "replaces the tool's arguments, so it must be a JSON object, not \(v.compactText().prefix(80))"
+                            }
+                            let missing = required.filter { o[$0] == nil }
+                            return missing.isEmpty ? nil : "replaces the tool's arguments and lacks what the tool requires: \(missing.joined(separator: ", "))"
                         })
                     guard d.approved else {
                         messages.append(.tool(call.id, "rejected by \(d.decidedBy?.user ?? "a person"): \(d.reason ?? "no reason given")"))

@@ -227,6 +227,28 @@ import Synchronization
         #expect(try t.journalSummary(id) == ["start", "intent:send-email", "uncertain:send-email", "intent:send-email", "step:send-email", "complete"])
     }
 
+    /// An attack found an approval the gate did not understand (a typo `"Done"`, a bare
+    /// `"done"`, a value with no action) read as "run it again": the email went out twice.
+    /// Each is refused now (error file, gate open), and nothing runs.
+    @Test(arguments: [#"{"action": "Done", "value": "sent"}"#, #""done""#, #"{"action": 1}"#, #"{"value": "sent"}"#, #"{"action": "bogus"}"#, "[1]", #"{"act": "done"}"#])
+    func anUncertainDecisionTheGateDoesNotUnderstandIsRefusedNotRerun(_ content: String) async throws {
+        let t = try TempSpool()
+        let fx = Effects()
+        let wf = amo(fx)
+        let id = try await crashedAfterIntent(t, wf)
+        let engine = t.engine([wf])
+        _ = try await engine.advance(id)
+        try t.drop("approvals/uncertain-send-email.approved", in: id, content: content)
+        guard case .waiting(let w) = try await engine.advance(id) else { Issue.record("\(content): not waiting; sent \(fx.count("send")) time(s)"); return }
+        #expect(w["kind"] == "uncertain" && w.refused != nil, "\(content): \(w)")
+        #expect(fx.count("send") == 0, "\(content): the step ran again")
+        #expect(DurableFile.exists(Drops.errorFile(for: t.spool.run(id).approvalsDirectory.appending("uncertain-send-email.approved"))))
+        // A decision it understands then goes through.
+        try t.drop("approvals/uncertain-send-email.approved", in: id, content: #"{"comment": "checked: not sent"}"#)
+        #expect(try await engine.advance(id) == .completed("sent"))
+        #expect(fx.count("send") == 1)
+    }
+
     @Test func uncertainRejectFailsTheStep() async throws {
         let t = try TempSpool()
         let fx = Effects()

@@ -188,6 +188,10 @@ struct HelperReply: Sendable {
     }
 }
 
+extension StepOutput: ValueShape {
+    static var shape: String { #"{"stdout": "…", "exit_code": 0}"# }
+}
+
 /// What `cairn step` records.
 struct StepOutput: Codable, Sendable {
     var stdout: String?
