@@ -38,8 +38,11 @@ public struct LLMOptions: Sendable {
     /// replayed call returns the recorded (validated) answer without calling it.
     public var validator: (@Sendable (LLMResponse) async throws -> String?)? = nil
     /// Repairs per model: a rejected answer goes back to the model with the reason, up to
-    /// this many times, before the next model of the chain is asked.
+    /// this many times (at most `maximumRepairs`), before the next model is asked.
     public var repairs = 2
+    /// The most repairs per model: each one resends the conversation with every rejected
+    /// answer so far, and is recorded with them.
+    public static let maximumRepairs = 10
     /// When every model's answers were rejected: fail the call (`llm_invalid_answer`),
     /// accept the last answer, or ask a person at the gate `answer-NAME`.
     public var onInvalidAnswer: InvalidAnswerEnd = .fail
@@ -257,6 +260,10 @@ extension WorkflowContext {
             var request = LLMRequest(model: model, messages: messages, tools: tools, temperature: options.temperature, maxTokens: options.maxTokens, stream: options.stream && provider.streams, responseSchema: options.responseSchema)
             while s.attempt < max(1, options.retry.maxAttempts) {
                 request.messages = messages + s.repairMessages
+                // A repair is a send like any other: within the run's token budget.
+                if !s.repair.isEmpty, let refused = try self.checkBudget(name, messages: request.messages, options: options, requestData: requestData, pending: Int(s.rejectedInput + s.rejectedOutput)) {
+                    return refused
+                }
                 s.attempt += 1
                 s.sent += 1
                 let t0 = Date()
@@ -297,7 +304,7 @@ extension WorkflowContext {
                         s.lastError = LLMError(.invalidAnswer, "\(label) answered wrongly: \(reason)")
                         s.lastRejected = try JSONValue(encoding: response)
                         stream.write(["attempt": .int(Int64(s.sent)), "status": "invalid_answer", "error": .string(reason)])
-                        let repairing = s.repair.count < options.repairs
+                        let repairing = s.repair.count < min(max(options.repairs, 0), LLMOptions.maximumRepairs)
                         // What a resumed execution carries on with: the repair, or the next model.
                         var next = s
                         next.attempt = 0
@@ -326,6 +333,8 @@ extension WorkflowContext {
                     if let st = e.status { entry["http_status"] = .int(Int64(st)) }
                     s.lastError = e
                     var line: [String: JSONValue] = ["attempt": .int(Int64(s.sent)), "status": .string(e.kind.rawValue), "error": .string(e.description)]
+                    // A broken validator would meet every answer of every model: stop here.
+                    if e.kind == .validatorFailed { stopChain = true }
                     guard e.retryable, s.attempt < options.retry.maxAttempts else {
                         s.attempts.append(.object(entry))
                         stream.write(line)
@@ -443,16 +452,19 @@ extension WorkflowContext {
                 if !approved { decision["reason"] = .string(f.json?["reason"]?.stringValue ?? f.json?["comment"]?.stringValue ?? "rejected") }
                 if approved, let v = value, !v.isNull {
                     // The person's own answer: its text, checked as the model's answers were.
-                    guard let text = v.stringValue else {
-                        _ = try Drops.refuse(path, reason: "the value is the answer's text (a JSON string), not \(v.compactText().prefix(80))", identity: f.identity, durable: spool.durable, now: self.clock.now(), setAsideIn: self.runDirectory.appending("refused"))
-                        refusedWhy = "the value is the answer's text (a JSON string)"
+                    // The answer's text; for a structured call, its JSON as it is too.
+                    let structured: String? = { if options.responseSchema != nil, case .object = v { return v.compactText() } else { return nil } }()
+                    guard let text = v.stringValue ?? structured else {
+                        let want = options.responseSchema != nil ? "the answer's JSON object, or its text as a JSON string" : "the answer's text as a JSON string"
+                        _ = try Drops.refuse(path, reason: "has a value that is not \(want): \(v.compactText().prefix(80))", identity: f.identity, durable: spool.durable, now: self.clock.now(), setAsideIn: self.runDirectory.appending("refused"))
+                        refusedWhy = "the value must be \(want)"
                         continue
                     }
                     var edited = response
                     edited.content = text
                     edited.toolCalls = []
                     if let why = try await Self.judge(edited, options) {
-                        _ = try Drops.refuse(path, reason: "the edited answer is rejected too: \(why)", identity: f.identity, durable: spool.durable, now: self.clock.now(), setAsideIn: self.runDirectory.appending("refused"))
+                        _ = try Drops.refuse(path, reason: "has an answer that is rejected too: \(why)", identity: f.identity, durable: spool.durable, now: self.clock.now(), setAsideIn: self.runDirectory.appending("refused"))
                         refusedWhy = "the edited answer is rejected too: \(why)"
                         continue
                     }
@@ -470,9 +482,9 @@ extension WorkflowContext {
         if !DurableFile.exists(request) {
             try spool.durable.write(json: redact.apply([
                 "gate": .string(gate), "run": .string(self.runID), "step": .string(name),
-                "summary": .string("Every model's answer to '\(name)' was rejected. Approve to accept the last answer, approve with {\"value\": \"TEXT\"} to answer TEXT instead, or reject to fail the call."),
+                "summary": .string("Every model's answer to '\(name)' was rejected. Approve to accept the last answer; approve with a value to answer that instead (the answer's text as a JSON string\(options.responseSchema != nil ? ", or its JSON object" : ""); it is checked like the models' answers); or reject to fail the call."),
                 "answer": .string(Self.rendered(response)), "rejected": .array(reasons),
-                "approve": .string("touch \(approvals.appending("\(gate).approved").string)   (or: cairn approve \(self.runID) \(gate) [--value answer.json])"),
+                "approve": .string("touch \(approvals.appending("\(gate).approved").string)   (or: cairn approve \(self.runID) \(gate) [--value answer.json], answer.json holding e.g. \"TEXT\"\(options.responseSchema != nil ? " or {…}" : ""))"),
                 "reject": .string("touch \(approvals.appending("\(gate).rejected").string)   (or: cairn reject \(self.runID) \(gate))"),
             ]), to: request)
         }
@@ -526,12 +538,13 @@ extension WorkflowContext {
 
     /// The run's token budget before a call is sent: nil to go ahead; a failed record when a
     /// person rejected raising it; otherwise the run waits at the gate `budget-NAME-N`.
-    private func checkBudget(_ name: String, messages: [ChatMessage], options: LLMOptions, requestData: JSONValue) throws -> OperationRecord? {
+    private func checkBudget(_ name: String, messages: [ChatMessage], options: LLMOptions, requestData: JSONValue, pending: Int = 0) throws -> OperationRecord? {
         let config = self.spoolConfig
         guard let configured = options.tokenBudget ?? config.raw["llm"]?["token_budget"]?.intValue.map({ Int($0) }) else { return nil }
         let spool = try Spool.open(at: self.spoolRoot)
         let entries = Journal.effective(try spool.journal(self.runID).load())
-        let spent = entries.filter { $0.kind == "llm" }.reduce(0) { total, e in
+        // Recorded calls, and this call's rejected answers (`pending`: paid, not yet recorded).
+        let spent = pending + entries.filter { $0.kind == "llm" }.reduce(0) { total, e in
             total + Int((e.data?["tokens"]?["input"]?.intValue ?? 0) + (e.data?["tokens"]?["output"]?.intValue ?? 0))
         }
         let decisions = entries.filter { $0.kind == "llm-budget" }

@@ -294,7 +294,7 @@ public enum ScriptWorkflow {
     }
 
     /// An unlinked file in the spool's tmp/ holding `text`, positioned at its start.
-    static func inputFile(spool: Spool, run: String, text: String) throws -> FileDescriptor {
+    public static func inputFile(spool: Spool, run: String, text: String) throws -> FileDescriptor {
         let path = spool.durable.tempPath(hint: "input-\(run)")
         let fd: FileDescriptor
         do {

@@ -205,6 +205,9 @@ public struct LLMError: Error, Sendable, CustomStringConvertible, Hashable {
         public static let configuration = Kind("configuration")
         /// An answer the call's schema or validator rejected (repaired, then the next model).
         public static let invalidAnswer = Kind("invalid_answer")
+        /// The validator itself failed (could not run, crashed, timed out): the call fails
+        /// at once, since every answer would meet the same validator.
+        public static let validatorFailed = Kind("validator_failed")
     }
 
     /// Why it failed.

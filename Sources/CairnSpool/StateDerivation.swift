@@ -13,7 +13,15 @@ public enum StateDerivation {
         // (a `finished` phase), told by the records' shape.
         // One pass, no copies: a long run has 100,000 records.
         var input: Int64 = 0, output: Int64 = 0, rejected: Int64 = 0
+        // An LLM call still under way (its rejected answers paid for, in its last `llm-retry`
+        // record's state) until its `llm` record, which counts them itself.
+        var underWay: [String: (Int64, Int64)] = [:]
         for e in entries {
+            if e.kind == "llm-retry", let r = e.value?["state"]?["tokens_rejected"] {
+                underWay[e.name ?? ""] = (r["input"]?.intValue ?? 0, r["output"]?.intValue ?? 0)
+            } else if e.kind == "llm" {
+                underWay[e.name ?? ""] = nil
+            }
             if e.isOperationOutcome && e.error == nil || e.phase == .finished { state.counters.steps += 1 }
             if e.kind == .retry && e.name != "run" { state.counters.retries += 1 }
             if let t = e.data?["tokens"] {
@@ -21,6 +29,11 @@ public enum StateDerivation {
                 output += t["output"]?.intValue ?? 0
                 if let r = e.data?["tokens_rejected"] { rejected += (r["input"]?.intValue ?? 0) + (r["output"]?.intValue ?? 0) }
             }
+        }
+        for (i, o) in underWay.values {
+            input += i
+            output += o
+            rejected += i + o
         }
         if input + output > 0 {
             var t: [String: JSONValue] = ["input": .int(input), "output": .int(output), "total": .int(input + output)]

@@ -170,6 +170,27 @@ import Testing
         #expect(info.message.contains("no good"), "\(info)")
     }
 
+    /// An attack found repairs sent past the run's token budget (21 requests against a
+    /// budget of 50): a repair is a send like any other, checked with what the rejected
+    /// answers cost; and state.json counts those before the call ends.
+    @Test func repairsStayWithinTheTokenBudget() async throws {
+        let fake = try await FakeLLM.start(default: reply("never JSON", usage: (30, 10)))
+        let t = try TempSpool()
+        let c = client(fake)
+        var o = LLMOptions()
+        o.repairs = 10
+        o.tokenBudget = 100
+        let options = o
+        let (id, out) = try await runLLM(t) { ctx in
+            try JSONValue(encoding: try await ctx.llm("classify", models: ["oa:m"], messages: [.user("Classify T-1")], output: Triage.self, schema: Self.schema, options: options, client: c))
+        }
+        guard case .waiting(let w) = out else { Issue.record("\(out)"); return }
+        #expect(w["kind"] == "budget", "\(w)")
+        #expect(fake.requests.count <= 3, "\(fake.requests.count) requests against a budget of 100 at 40 each")
+        let tokens = try t.state(id).tokens
+        #expect((tokens?["rejected"]?.intValue ?? 0) == Int64(fake.requests.count * 40), "\(String(describing: tokens))")
+    }
+
     /// Replay returns the recorded answer: nothing is sent, the validator is not called.
     @Test func replaySendsNothingAndDoesNotCallTheValidator() async throws {
         let fake = try await FakeLLM.start(queue: [reply("bad"), reply(#"{"priority": "high", "ticket": "T-1"}"#)])

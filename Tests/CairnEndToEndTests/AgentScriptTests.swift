@@ -71,6 +71,40 @@ import Testing
         #expect(show.stdout.contains("repaired: 1 answer rejected"), "\(show.stdout)")
     }
 
+    /// What an attack on `--validate` found: a validator that reads none of the answer
+    /// crashed `cairn llm` (SIGILL, nothing recorded) about half the time; one that printed
+    /// over 64 KiB failed the call unrecorded; one that cannot run was sent to the model as
+    /// the reason. Now: stdin and outputs are files, only the first line is the reason, and
+    /// a validator that cannot run fails the call at once (recorded, one request).
+    @Test func aValidatorThatIgnoresItsInputOrCannotRunIsHandled() async throws {
+        let fake = try await FakeLLMProcess(queue: [], defaultStep: ["reply": ["content": .string(String(repeating: "x", count: 200_000))]])
+        let t = try TempSpool()
+        try configure(t, port: fake.port)
+        try install(t, "validators", """
+            #!/usr/bin/env bash
+            for i in 1 2 3 4; do
+              echo hi | cairn llm quiet-$i --model fake:m --repairs 0 --validate 'exit 0' > /dev/null; echo "quiet $?" >> codes.txt
+            done
+            echo hi | cairn llm loud --model fake:m --repairs 1 --validate 'seq 1 100000; exit 1' > /dev/null 2> loud.txt; echo "loud $?" >> codes.txt
+            echo hi | cairn llm broken --model fake:m --model fake:n --validate 'jqq -e .x' > /dev/null 2> broken.txt; echo "broken $?" >> codes.txt
+            """)
+        let d = try await DaemonProcess(spool: t.spool)
+        let r = try t.submit("validators", input: [:] as JSONValue)
+        try await t.waitFor(r, .completed, timeout: 60)
+        await d.stop()
+        let work = t.spool.run(r).workDirectory
+        let codes = try String(contentsOfFile: work.appending("codes.txt").string, encoding: .utf8)
+        #expect(codes == "quiet 0\nquiet 0\nquiet 0\nquiet 0\nloud 1\nbroken 1\n", "\(codes)")
+        let journal = try t.spool.journal(r).load()
+        let loud = try #require(journal.last { $0.kind == "llm" && $0.name == "loud" })
+        #expect(loud.error?.type == "llm_invalid_answer" && loud.data?["attempts"]?.arrayValue?.first?["reason"] == "1", "the first line is the reason: \(String(describing: loud.data?["attempts"]))")
+        let broken = try #require(journal.last { $0.kind == "llm" && $0.name == "broken" })
+        #expect(broken.error?.type == "llm_validator_failed" && broken.error?.message.contains("cannot run") == true, "\(String(describing: broken.error))")
+        let brokenRequests = fake.requests.filter { ($0["body"]?["model"]?.stringValue ?? "") == "n" }
+        #expect(brokenRequests.isEmpty, "a validator that cannot run is not the next model's problem")
+        #expect(try String(contentsOfFile: work.appending("broken.txt").string, encoding: .utf8).contains("cannot run"))
+    }
+
     static let ask = """
         #!/usr/bin/env bash
         set -euo pipefail

@@ -2,6 +2,7 @@ import ArgumentParser
 import Cairn
 import CairnSpool
 import Foundation
+import CairnDaemon
 import Subprocess
 import SystemPackage
 
@@ -53,13 +54,15 @@ struct LLMHelper: AsyncParsableCommand {
 
     @Option(name: .long, help: ArgumentHelp("A JSON schema the answer must match (structured output).", valueName: "file")) var schema: String?
     @Option(name: .customLong("validate"), help: ArgumentHelp("A shell command that gets the answer on stdin; a non-zero exit rejects it.", valueName: "cmd")) var validateCommand: String?
-    @Option(name: .long, help: "Repairs per model of a rejected answer.") var repairs: Int = 2
+    @Option(name: .long, help: "Repairs per model of a rejected answer (0 to 10).") var repairs: Int = 2
+    @Option(name: .customLong("validate-timeout"), help: "How long the validator may run (the call fails after it).") var validateTimeout = DurationArgument(argument: "60s")!
     @Option(name: .customLong("on-invalid"), help: ArgumentHelp("When every answer was rejected: fail, accept the last, or ask a person (the gate answer-NAME).", valueName: "fail|accept|ask")) var onInvalid: String = "fail"
 
     func validate() throws {
         guard !model.isEmpty else { throw ValidationError("at least one --model is needed") }
         if let tokenBudget, tokenBudget <= 0 { throw ValidationError("--token-budget must be positive") }
-        guard repairs >= 0 else { throw ValidationError("--repairs must be 0 or more") }
+        guard (0...LLMOptions.maximumRepairs).contains(repairs) else { throw ValidationError("--repairs must be from 0 to \(LLMOptions.maximumRepairs)") }
+        guard validateTimeout.duration > .zero else { throw ValidationError("--validate-timeout must be longer than zero") }
         guard ["fail", "accept", "ask"].contains(onInvalid) else { throw ValidationError("--on-invalid is fail, accept or ask, not '\(onInvalid)'") }
     }
 
@@ -77,14 +80,53 @@ struct LLMHelper: AsyncParsableCommand {
         }
     }
 
-    /// `sh -c CMD` with the answer on stdin: nil when it exits 0, else why it rejected it.
-    static func runValidator(_ command: String, answer: String) async throws -> String? {
-        let r = try await Subprocess.run(.path("/bin/sh"), arguments: ["-c", command], input: .string(answer),
-                                         output: .string(limit: 64 << 10), error: .string(limit: 64 << 10))
-        if r.terminationStatus.isSuccess { return nil }
-        let said = [r.standardError, r.standardOutput].compactMap { $0?.trimmingCharacters(in: .whitespacesAndNewlines) }.first { !$0.isEmpty }
-        let line = said.map { String($0.split(separator: "\n").first ?? "").prefix(500) }.map(String.init)
-        return line ?? "the validator (\(command)) exited with \(r.terminationStatus)"
+    /// `sh -c CMD` with the answer on stdin: nil when it exits 0, else why it rejected it
+    /// (the first line it wrote to stderr, else stdout). Its input and outputs are unlinked
+    /// files, not pipes: a validator that reads none of the answer, or writes megabytes,
+    /// changes nothing. One that cannot run (126, 127), dies of a signal or outlives
+    /// `timeout` is no verdict on the answer: the call fails (`llm_validator_failed`).
+    static func runValidator(_ command: String, answer: String, spool: Spool, run: String, timeout: Duration) async throws -> String? {
+        let input = try ScriptWorkflow.inputFile(spool: spool, run: run, text: answer)
+        let out = try ScriptWorkflow.inputFile(spool: spool, run: run, text: "")
+        let err = try ScriptWorkflow.inputFile(spool: spool, run: run, text: "")
+        defer {
+            try? out.close()
+            try? err.close()
+        }
+        let status: TerminationStatus? = try await withThrowingTaskGroup(of: TerminationStatus?.self) { group in
+            group.addTask {
+                try await Subprocess.run(.path("/bin/sh"), arguments: ["-c", command],
+                                         input: .fileDescriptor(input, closeAfterSpawningProcess: true),
+                                         output: .fileDescriptor(out, closeAfterSpawningProcess: false),
+                                         error: .fileDescriptor(err, closeAfterSpawningProcess: false)).terminationStatus
+            }
+            group.addTask {
+                try await Task.sleep(for: timeout)
+                return nil
+            }
+            let first = try await group.next() ?? nil
+            group.cancelAll()
+            return first
+        }
+        func firstLine(_ fd: FileDescriptor) -> String? {
+            var buf = [UInt8](repeating: 0, count: 4096)
+            let n = buf.withUnsafeMutableBytes { (try? fd.read(fromAbsoluteOffset: 0, into: $0)) ?? 0 }
+            let text = String(decoding: buf[0..<n], as: UTF8.self)
+            return text.split(separator: "\n").map { $0.trimmingCharacters(in: .whitespaces) }.first { !$0.isEmpty }.map { String($0.prefix(500)) }
+        }
+        guard let status else {
+            throw LLMError(.validatorFailed, "the validator did not finish within \(timeout) (--validate-timeout): \(command)")
+        }
+        switch status {
+        case .exited(0):
+            return nil
+        case .exited(let code) where code == 126 || code == 127:
+            throw LLMError(.validatorFailed, "the validator cannot run (exit \(code)): \(firstLine(err) ?? command)")
+        case .exited(let code):
+            return firstLine(err) ?? firstLine(out) ?? "rejected by the validator (exit \(code))"
+        case .signaled(let sig):
+            throw LLMError(.validatorFailed, "the validator was killed by signal \(sig): \(command)")
+        }
     }
 
     /// The prompt, read before anything else happens: a missing or unreadable file, or an
@@ -118,11 +160,13 @@ struct LLMHelper: AsyncParsableCommand {
         options.responseSchema = try readSchema()
         options.repairs = repairs
         options.onInvalidAnswer = onInvalid == "accept" ? .accept : onInvalid == "ask" ? .askPerson : .fail
+        let session = try HelperSession.open("llm")
         if let command = validateCommand {
-            options.validator = { response in try await Self.runValidator(command, answer: response.content) }
+            let spool = session.spool, run = session.run
+            let limit = validateTimeout.duration
+            options.validator = { response in try await Self.runValidator(command, answer: response.content, spool: spool, run: run, timeout: limit) }
         }
         let opts = options
-        let session = try HelperSession.open("llm")
         let response: LLMResponse
         do {
             response = try await session.perform { ctx in try await ctx.llm(name, models: model, messages: messages, options: opts) }
