@@ -23,6 +23,13 @@ public enum CairnCLI {
     public static func main(workflows: WorkflowRegistry = WorkflowRegistry(), arguments: [String]? = nil) async -> Never {
         CLIEnvironment.set(workflows: workflows)
         let args = arguments ?? Array(CommandLine.arguments.dropFirst())
+        // A command that does not exist (also after `help`): one line, with the nearest name.
+        let named = args.first == "help" ? args.dropFirst().first : args.first
+        if let name = named, !name.hasPrefix("-"), !CairnCommand.commandNames.contains(name) {
+            let hint = CairnCommand.nearest(name).map { "; did you mean '\($0)'?" } ?? ""
+            FileHandle.standardError.write(Data("cairn: unknown command '\(Names.printable(name))'\(hint) (cairn --help lists them)\n".utf8))
+            exit(CLIError.Code.usage.rawValue)
+        }
         do {
             var command = try CairnCommand.parseAsRoot(args)
             if var async = command as? AsyncParsableCommand {
@@ -47,12 +54,42 @@ public enum CairnCLI {
             }
             let message = CairnCommand.fullMessage(for: error)
             if code == .validationFailure {
-                FileHandle.standardError.write(Data((message.hasSuffix("\n") ? message : message + "\n").utf8))
+                // One line (docs/cli.md): the parser's message and where the usage is.
+                let short = CairnCommand.message(for: error).split(separator: "\n").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }.joined(separator: " ")
+                let command = args.first.map { CairnCommand.commandNames.contains($0) ? "cairn \($0) --help" : "cairn --help" } ?? "cairn --help"
+                FileHandle.standardError.write(Data("cairn: \(short.trimmingCharacters(in: .whitespaces)) (see \(command))\n".utf8))
                 exit(CLIError.Code.usage.rawValue)
             }
             FileHandle.standardError.write(Data("cairn: \(message)\n".utf8))
             exit(CLIError.Code.failure.rawValue)
         }
+    }
+}
+
+extension CairnCommand {
+    /// Every command's name (the hidden ones too), and `help`.
+    static var commandNames: Set<String> {
+        let all = configuration.subcommands + configuration.groupedSubcommands.flatMap(\.subcommands)
+        return Set(all.map { $0._commandName } + ["help"])
+    }
+
+    /// The command nearest to a mistyped `name` (at most two edits away), if any.
+    static func nearest(_ name: String) -> String? {
+        func distance(_ a: [Character], _ b: [Character]) -> Int {
+            var row = Array(0...b.count)
+            for i in 1...max(a.count, 1) where !a.isEmpty {
+                var prev = row[0]
+                row[0] = i
+                for j in 1...max(b.count, 1) where !b.isEmpty {
+                    let cur = row[j]
+                    row[j] = min(row[j] + 1, row[j - 1] + 1, prev + (a[i - 1] == b[j - 1] ? 0 : 1))
+                    prev = cur
+                }
+            }
+            return row[b.count]
+        }
+        let visible = commandNames.filter { !$0.hasPrefix("_") }
+        return visible.map { ($0, distance(Array(name), Array($0))) }.filter { $0.1 <= 2 }.min { ($0.1, $0.0) < ($1.1, $1.0) }?.0
     }
 }
 

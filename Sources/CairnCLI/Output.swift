@@ -11,6 +11,21 @@ enum Output {
         raw(Data((terminalSafe(s) + "\n").utf8), to: 1)
     }
 
+    /// "1 step", "3 steps".
+    static func count(_ n: Int, _ singular: String, _ plural: String? = nil) -> String {
+        "\(n) \(n == 1 ? singular : plural ?? singular + "s")"
+    }
+
+    /// A duration for people: 840ms, 20.0s, 3m20s, 2h05m, 3d4h.
+    static func duration(ms: Int) -> String {
+        if ms < 1000 { return "\(ms)ms" }
+        let s = ms / 1000
+        if s < 60 { return String(format: "%.1fs", Double(ms) / 1000) }
+        if s < 3600 { return "\(s / 60)m\(String(format: "%02d", s % 60))s" }
+        if s < 86400 { return "\(s / 3600)h\(String(format: "%02d", s % 3600 / 60))m" }
+        return "\(s / 86400)d\(s % 86400 / 3600)h"
+    }
+
     static func warn(_ s: String) {
         raw(Data("cairn: \(terminalSafe(s))\n".utf8), to: 2)
     }

@@ -124,7 +124,12 @@ public actor Daemon: Service {
     /// Stop taking work; running executions continue until `drain` gives up on them.
     public func beginShutdown() {
         guard !scheduler.stopping else { return }
-        logger.info("shutting down", metadata: ["running": "\(scheduler.runningCount)", "grace_s": "\(options.shutdownGrace.seconds)"])
+        if scheduler.runningCount > 0 {
+            // Say what it waits for, and how not to (docs/operations.md, "Stopping").
+            logger.notice("shutting down: waiting up to \(Int(options.shutdownGrace.seconds))s for running runs to reach a durable point; Ctrl-C again (SIGINT) interrupts them now, and they resume on the next start", metadata: ["runs": "\(scheduler.runningRuns.joined(separator: ","))"])
+        } else {
+            logger.info("shutting down", metadata: ["running": "0"])
+        }
         send(.shutdown)
         inboxRetry?.cancel()
         for w in stopWaiters { w.resume() }
@@ -140,6 +145,13 @@ public actor Daemon: Service {
         }
         while scheduler.runningCount > 0 { await withCheckedContinuation { idleWaiters.append($0) } }
         watchdog.cancel()
+    }
+
+    /// A second Ctrl-C during a graceful shutdown: interrupt the running executions now
+    /// (as when the grace period is over; they resume on the next start).
+    public func interruptNow() {
+        guard scheduler.stopping, scheduler.runningCount > 0 else { return }
+        interruptAll()
     }
 
     private func interruptAll() {
@@ -290,7 +302,7 @@ public actor Daemon: Service {
             if DurableFile.exists(spool.run(id).retryFile) { wake.append(id) }
         }
         let ms = (ContinuousClock.now - started).seconds * 1000
-        logger.log(level: reason == "overflow" ? .debug : .info, "scanned spool", metadata: ["reason": "\(reason)", "active_runs": "\(n)", "ms": "\(Int(ms))"])
+        logger.log(level: reason == "overflow" ? .debug : .info, "scanned spool", metadata: ["reason": "\(reason)", "active_runs": .stringConvertible(n), "ms": .stringConvertible(Int(ms))])
         // All queued first, then started in order (not each as soon as it is watched).
         send(.wakeAll(wake))
         // The index is derived: a process killed between writing state.json and moving the

@@ -23,8 +23,20 @@ public struct JSONLogHandler: LogHandler {
             "at": .string(Timestamp.format(Date())), "level": .string(event.level.rawValue),
             "message": .string("\(event.message)"), "label": .string(label),
         ]
-        for (k, v) in metadata.merging(event.metadata ?? [:], uniquingKeysWith: { $1 }) { o[k] = .string("\(v)") }
+        for (k, v) in metadata.merging(event.metadata ?? [:], uniquingKeysWith: { $1 }) { o[k] = Self.json(v) }
         let line = JSONValue.object(o).compactText() + "\n"
         Self.lock.withLock { _ in FileHandle.standardError.write(Data(line.utf8)) }
+    }
+
+    /// A metadata value as JSON: numbers logged as numbers (`.stringConvertible(n)`), the
+    /// rest as text.
+    static func json(_ v: Logger.Metadata.Value) -> JSONValue {
+        switch v {
+        case .stringConvertible(let x as any BinaryInteger): return .int(Int64(x))
+        case .stringConvertible(let x as Double) where x.isFinite: return .double(x)
+        case .array(let a): return .array(a.map(json))
+        case .dictionary(let d): return .object(d.mapValues(json))
+        default: return .string("\(v)")
+        }
     }
 }

@@ -24,6 +24,72 @@ import Testing
         #expect(gate.code == 3 && gate.stderr.contains("has not requested gate 'nope'"))
     }
 
+    /// Issue 20, what a newcomer tripped over: a mistyped command is one line with the
+    /// nearest name (and `help nosuch` is an error, not the root help with exit 0); a usage
+    /// error is one line; `wait` on a run already there answers even with --timeout 0s, and
+    /// does not return the old failure of a run whose retry is pending; a signal nobody will
+    /// read says so.
+    @Test func mistypesAndWaitsSayWhatIsTrue() async throws {
+        let t = try TempSpool()
+        let typo = try Binary.cairn("sbumit", spool: t.spool)
+        #expect(typo.code == 2 && typo.stderr == "cairn: unknown command 'sbumit'; did you mean 'submit'? (cairn --help lists them)\n", "\(typo.stderr)")
+        let help = try Binary.run("cairn", ["help", "nosuch"])
+        #expect(help.code == 2 && help.stderr.hasPrefix("cairn: unknown command 'nosuch'") && help.stdout.isEmpty, "\(help.code) \(help.stderr)")
+        #expect(try Binary.run("cairn", ["help", "submit"]).code == 0)
+        let usage = try Binary.cairn("submit", spool: t.spool)
+        #expect(usage.code == 2 && usage.stderr.split(separator: "\n").count == 1 && usage.stderr.hasPrefix("cairn: "), "\(usage.stderr)")
+        #expect(usage.stderr.contains("cairn submit --help"), "\(usage.stderr)")
+
+        let r = try t.submit("demo-refund", input: ["order": "A", "amount": 1, "reason": "x"] as JSONValue)
+        _ = try Binary.cairn("advance", r, spool: t.spool)
+        #expect(try Binary.cairn("reject", r, "issue-refund", spool: t.spool).code == 0)
+        _ = try Binary.cairn("advance", r, spool: t.spool)
+        let done = try Binary.cairn("wait", r, "--timeout", "0s", spool: t.spool)
+        #expect(done.code == 0 && done.stdout == "\(r)  completed\n", "a run already there is no timeout: \(done.code) \(done.stderr)")
+        let late = try Binary.cairn("signal", r, "go", spool: t.spool)
+        #expect(late.code == 0 && late.stderr.contains("warning: run \(r) is completed: nothing will read this event"), "\(late.stderr)")
+
+        // A failed run whose retry is pending (no daemon takes it): not the old failure.
+        let f = try t.submit("demo-refund", input: ["order": "A"] as JSONValue)
+        _ = try Binary.cairn("advance", f, spool: t.spool)
+        #expect(try t.state(f).status == .failed)
+        #expect(try Binary.cairn("retry", f, spool: t.spool).code == 0)
+        let pending = try Binary.cairn("wait", f, "--timeout", "1s", spool: t.spool)
+        #expect(pending.code == 4 && pending.stderr.contains("a retry is pending"), "\(pending.code) \(pending.stdout) \(pending.stderr)")
+    }
+
+    /// Issue 20: `ls` as people who live in kubectl expect it — a header and aligned columns
+    /// with ages on a terminal (a real pty, through script(1)), plain lines when piped,
+    /// several --status, --since, --limit, -o wide.
+    @Test func lsIsATableOnATerminalAndPlainLinesWhenPiped() async throws {
+        let t = try TempSpool()
+        let a = try t.submit("demo-refund", input: ["order": "A", "amount": 1, "reason": "x"] as JSONValue)
+        _ = try Binary.cairn("advance", a, spool: t.spool)
+        let f = try t.submit("demo-refund", input: ["order": "B"] as JSONValue)
+        _ = try Binary.cairn("advance", f, spool: t.spool)
+        let q = try t.submit("demo-refund", input: ["order": "C", "amount": 2, "reason": "y"] as JSONValue)
+        let piped = try Binary.cairn("ls", spool: t.spool)
+        #expect(piped.stdout.split(separator: "\n").count == 3 && !piped.stdout.contains("STATUS"), "\(piped.stdout)")
+        let tty = try Binary.run("/usr/bin/script", ["-qec", "\(Binary.path("cairn")) ls --spool \(t.spool.root.string)", "/dev/null"], env: ["NO_COLOR": "1"])
+        let lines = tty.stdout.replacingOccurrences(of: "\r", with: "").split(separator: "\n").map(String.init)
+        #expect(lines.first?.hasPrefix("RUN") == true && lines.first?.contains("STATUS") == true && lines.count == 4, "\(tty.stdout)")
+        let col = lines.first.flatMap { $0.range(of: "STATUS")?.lowerBound.utf16Offset(in: $0) } ?? 0
+        #expect(col > 2 && lines.allSatisfy { l in
+            let u = Array(l.utf16)
+            return u.count > col && u[col - 1] == 32 && u[col - 2] == 32 && u[col] != 32
+        }, "the columns line up: \(lines)")
+        #expect(lines.dropFirst().allSatisfy { $0.contains("just now") || $0.contains("s ago") }, "ages: \(lines)")
+        let two = try Binary.cairn("ls", "--status", "waiting", "--status", "failed", spool: t.spool)
+        #expect(two.stdout.contains(a) && two.stdout.contains(f) && !two.stdout.contains(q), "\(two.stdout)")
+        let newest = try Binary.cairn("ls", "--limit", "1", spool: t.spool)
+        #expect(newest.stdout.split(separator: "\n").count == 1, "\(newest.stdout)")
+        #expect(try Binary.cairn("ls", "--since", "1h", spool: t.spool).stdout.split(separator: "\n").count == 3)
+        let wide = try Binary.cairn("ls", "-o", "wide", spool: t.spool)
+        #expect(wide.stdout.hasPrefix("RUN") && wide.stdout.contains("TOKENS") && wide.stdout.contains("SUBMITTED"), "\(wide.stdout)")
+        let json = try JSONValue.parse(try Binary.cairn("ls", "-o", "json", spool: t.spool).stdout)
+        #expect(json.arrayValue?.count == 3)
+    }
+
     @Test func helpHasExamples() async throws {
         for cmd in ["submit", "ls", "show", "why", "wait", "approve", "reject", "signal", "cancel", "fsck", "gc", "daemon", "demo", "step", "approval", "llm"] {
             let r = try Binary.run("cairn", [cmd, "--help"])
@@ -89,9 +155,9 @@ import Testing
             golden-1: waiting for approval 'go'
               request: Go?
               approve: touch \(dir)/approvals/go.approved
-                   or: cairn approve golden-1 go [--comment C] [--value FILE]
+                   or: cairn approve golden-1 go --spool \(t.spool.root.string) [--comment C] [--value FILE]
                reject: touch \(dir)/approvals/go.rejected
-                   or: cairn reject golden-1 go [--reason R]
+                   or: cairn reject golden-1 go --spool \(t.spool.root.string) [--reason R]
 
             """)
         let show = try Binary.cairn("show", "golden-1", spool: t.spool)

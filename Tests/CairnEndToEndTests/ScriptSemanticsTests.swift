@@ -174,6 +174,27 @@ import Testing
         await d.stop()
     }
 
+    /// Issue 20: Ctrl-C of a daemon with work running says which runs it waits for; a
+    /// second Ctrl-C interrupts them at once instead of waiting out the grace period, and
+    /// the interrupted step runs again on the next start (nothing recorded for it).
+    @Test func aSecondCtrlCStopsTheDaemonAtOnce() async throws {
+        let t = try TempSpool()
+        let started = t.path.appending("started").string
+        try install(t, "long-step", "#!/bin/sh\ncairn step long -- sh -c 'echo x >> \(started); sleep 60'\n")
+        let d = try await DaemonProcess(spool: t.spool, args: ["--shutdown-grace", "60s"])
+        let r = try t.submit("long-step", input: JSONValue.null)
+        try await waitUntil("the step runs") { FileManager.default.fileExists(atPath: started) }
+        kill(d.pid, SIGINT)
+        try await waitUntil("it says what it waits for") { d.log.contains("shutting down: waiting up to 60s") && d.log.contains(r) }
+        let t0 = Date()
+        kill(d.pid, SIGINT)
+        await d.exited()
+        #expect(Date().timeIntervalSince(t0) < 15, "the second Ctrl-C did not stop it at once")
+        #expect(d.log.contains("interrupting running executions"), "\(d.log)")
+        #expect(try t.state(r).status != .completed)
+        #expect(!(try t.journalSummary(r)).contains("step:long"), "nothing recorded for the interrupted step")
+    }
+
     /// A cancel that comes between the script's start and the moment the daemon learns its
     /// pid (microseconds, wide on a loaded machine) still ends it: the kill is remembered.
     @Test func cancelStopsAScriptWhosePidIsNotKnownYet() async throws {

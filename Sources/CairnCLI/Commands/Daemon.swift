@@ -6,6 +6,7 @@ import CairnWatch
 import Foundation
 import Logging
 import ServiceLifecycle
+import UnixSignals
 
 struct DaemonCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -65,11 +66,22 @@ func makeLogger(format: LogFormat, level: Logger.Level) -> Logger {
 }
 
 func runDaemon(_ daemon: Daemon, logger: Logger, spool: Spool) async throws {
-    logger.info("daemon starting", metadata: ["spool": "\(spool.root.string)", "pid": "\(getpid())"])
+    logger.info("daemon starting", metadata: ["spool": "\(spool.root.string)", "pid": .stringConvertible(Int(getpid()))])
     let group = ServiceGroup(configuration: .init(
         services: [.init(service: daemon, successTerminationBehavior: .gracefullyShutdownGroup)],
         gracefulShutdownSignals: [.sigterm, .sigint],
         logger: logger
     ))
+    // A second Ctrl-C stops at once: SIGINT is counted here too (the group's own handler
+    // takes the first and begins the graceful shutdown, whose grace period a person at a
+    // terminal may not want to wait out).
+    let interrupter = Task {
+        var count = 0
+        for await _ in await UnixSignalsSequence(trapping: .sigint) {
+            count += 1
+            if count >= 2 { await daemon.interruptNow() }
+        }
+    }
+    defer { interrupter.cancel() }
     try await group.run()
 }

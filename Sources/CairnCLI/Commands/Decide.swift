@@ -20,6 +20,14 @@ func dropDecision(spool: Spool, run runID: String, gate: String, suffix: String,
             throw CLIError(.notFound, "\(request.string) \(problem): it is not the run's request, so run \(runID) has not asked yet; pass --early to decide anyway")
         }
     }
+    if let state = try? spool.readState(runID) {
+        if state.status == .completed || state.status == .cancelled {
+            throw CLIError(.failure, "run \(runID) is \(state.status.rawValue): nothing will read a decision on gate '\(gate)'")
+        }
+        if state.status == .failed && !early {
+            throw CLIError(.failure, "run \(runID) is failed: nothing reads a decision until it is retried (cairn retry \(runID)); pass --early to leave one for when it gets there")
+        }
+    }
     let target = dir.appending("\(gate).\(suffix)")
     let other = dir.appending("\(gate).\(suffix == "approved" ? "rejected" : "approved")")
     if DurableFile.exists(other) { throw CLIError(.failure, "\(other.string) already exists: the gate has another decision") }

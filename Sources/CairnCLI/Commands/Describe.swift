@@ -11,6 +11,7 @@ enum Describe {
         case "timer", "retry": return "\(kind):\(w["until"]?.stringValue ?? "?")"
         case "uncertain": return "uncertain:\(w["step"]?.stringValue ?? "?")"
         case "child": return "child:\(w["run"]?.stringValue ?? "?")"
+        case "answer": return "answer:\(w["step"]?.stringValue ?? "?")"
         default: return kind
         }
     }
@@ -38,9 +39,18 @@ enum Describe {
         return lines
     }
 
-    /// What the run waits on, and the exact command or file drop that unblocks it.
+    /// `s` quoted for a POSIX shell when it needs it (a path with spaces or quotes), so that
+    /// a printed command can be pasted as it is.
+    static func shellQuoted(_ s: String) -> String {
+        let plain = s.unicodeScalars.allSatisfy { CharacterSet.alphanumerics.contains($0) || "/._-+:,@=%".unicodeScalars.contains($0) }
+        return plain && !s.isEmpty ? s : "'" + s.replacingOccurrences(of: "'", with: "'\\''") + "'"
+    }
+
+    /// What the run waits on, and the exact command or file drop that unblocks it. Every
+    /// command names the spool (`--spool`), so that it works pasted anywhere.
     static func unblock(_ w: WaitingFor, run: String, spool: Spool) -> [String] {
-        let dir = spool.run(run).directory.string
+        let dir = shellQuoted(spool.run(run).directory.string)
+        let sp = " --spool \(shellQuoted(spool.root.string))"
         let kind = w.kind.rawValue
         switch kind {
         case "approval":
@@ -61,43 +71,64 @@ enum Describe {
                 && !DurableFile.exists(spool.run(run).approvalsDirectory.appending("\(gate).\(suffix).error.json")) {
                 lines.append("  a decision is already there (approvals/\(gate).\(suffix)) and not yet recorded: is a daemon serving \(spool.root.string)? (cairn daemon --spool \(spool.root.string))")
             }
+            let pending = ["approved", "rejected"].contains { DurableFile.exists(spool.run(run).approvalsDirectory.appending("\(gate).\($0)")) }
+            if pending { return lines }  // a decision is there: the commands below would only fail
             lines.append("  approve: touch \(dir)/approvals/\(gate).approved")
-            lines.append("       or: cairn approve \(run) \(gate) [--comment C] [--value FILE]")
+            if let expected = (try? DurableFile.readJSON(requestPath))?["value_expected"]?.stringValue {
+                lines.append("  value: optional; when given it must be \(Output.printable(expected))")
+            }
+            lines.append("       or: cairn approve \(run) \(gate)\(sp) [--comment C] [--value FILE]")
             lines.append("   reject: touch \(dir)/approvals/\(gate).rejected")
-            lines.append("       or: cairn reject \(run) \(gate) [--reason R]")
+            lines.append("       or: cairn reject \(run) \(gate)\(sp) [--reason R]")
             return lines
         case "event":
             let name = w["name"]?.stringValue ?? "?"
-            return ["waiting for event '\(name)'" + (w["until"]?.stringValue.map { " (until \($0))" } ?? ""),
+            return ["waiting for event '\(name)'" + (w["until"]?.stringValue.map { " (until \($0))" } ?? "")]
+                + (w.refused.map { ["  refused: \(Output.printable($0))"] } ?? []) + [
                     "  drop: write the JSON elsewhere, then mv it to \(dir)/events/\(name).json",
-                    "    or: cairn signal \(run) \(name) --data FILE"]
+                    "    or: cairn signal \(run) \(name)\(sp) --data FILE"]
         case "timer":
             return ["sleeping until \(w["until"]?.stringValue ?? "?"); a running daemon wakes it then (nothing to do)"]
         case "budget":
             let gate = w["gate"]?.stringValue ?? "?"
             return ["LLM call '\(w["step"]?.stringValue ?? "?")' would exceed the run's token budget: \(w["spent"]?.intValue.map(String.init) ?? "?") of \(w["budget"]?.intValue.map(String.init) ?? "?") tokens spent, the call needs about \(w["estimate"]?.intValue.map(String.init) ?? "?")",
-                    "  raise it: echo '{\"tokens\": N}' > v.json && cairn approve \(run) \(gate) --value v.json",
+                    "  raise it: echo '{\"tokens\": N}' > v.json && cairn approve \(run) \(gate)\(sp) --value v.json",
                     "        or: touch \(dir)/approvals/\(gate).approved   (adds the configured budget again)",
-                    "    reject: cairn reject \(run) \(gate) [--reason R]   (the call fails)"]
+                    "    reject: cairn reject \(run) \(gate)\(sp) [--reason R]   (the call fails)"]
         case "retry" where w["operation"] == "llm":
             return ["LLM call '\(w["step"]?.stringValue ?? "?")' waits before attempt \(w["attempt"]?.intValue.map(String.init) ?? "?") (\(w["model"]?.stringValue ?? "?")), due at \(w["until"]?.stringValue ?? "?"); a running daemon resumes it then",
                     "  last error: \(Output.printable(w["reason"]?.stringValue ?? "?"))"]
         case "retry":
-            return ["step '\(w["step"]?.stringValue ?? "?")' failed; the next attempt is due at \(w["until"]?.stringValue ?? "?") (cairn show \(run) has the error)"]
+            return ["step '\(w["step"]?.stringValue ?? "?")' failed; the next attempt is due at \(w["until"]?.stringValue ?? "?") (cairn show \(run)\(sp) has the error)"]
         case "uncertain":
             let gate = w["gate"]?.stringValue ?? "?"
             return ["at-most-once step '\(w["step"]?.stringValue ?? "?")' may or may not have run before a crash (idempotency key \(w["idempotency_key"]?.stringValue ?? "?"))"]
                 + refusals(gate: gate, run: run, spool: spool) + [
                     "  check its effect, then one of:",
-                    "  run it again:    cairn approve \(run) \(gate)",
-                    "  record it done:  echo '{\"action\": \"done\", \"value\": V}' > v.json && cairn approve \(run) \(gate) --value v.json",
-                    "  fail the step:   cairn reject \(run) \(gate) --reason R"]
+                    "  run it again:    cairn approve \(run) \(gate)\(sp)",
+                    "  record it done:  echo '{\"action\": \"done\", \"value\": null}' > v.json && cairn approve \(run) \(gate)\(sp) --value v.json",
+                    "                   (null: the step's result as JSON; a script step's is {\"stdout\": \"…\", \"exit_code\": 0})",
+                    "  fail the step:   cairn reject \(run) \(gate)\(sp) --reason R"]
         case "child":
             let child = w["run"]?.stringValue ?? "?"
             let status = (try? spool.readState(child))??.status.rawValue ?? "unknown"
-            return ["waiting for child run \(child) (\(status)); cairn why \(child)"]
+            return ["waiting for child run \(child) (\(status)); cairn why \(child)\(sp)"]
         case "pause":
-            return ["paused", "  resume: rm \(dir)/pause   or: cairn resume \(run)"]
+            return ["paused", "  resume: rm \(dir)/pause   or: cairn resume \(run)\(sp)"]
+        case "answer":
+            // Every model's answer to an LLM call was rejected (issue 16): a person decides.
+            let gate = w["gate"]?.stringValue ?? "?"
+            var lines = ["every model's answer to LLM call '\(w["step"]?.stringValue ?? "?")' was rejected; a person decides"]
+            if let req = try? DurableFile.readJSON(spool.run(run).approvalsDirectory.appending("\(gate).request.json")) {
+                lines.append("  last answer: \(Output.printable(String((req["answer"]?.stringValue ?? "?").prefix(300))))")
+                for r in req["rejected"]?.arrayValue ?? [] { lines.append("  rejected (\(r["model"]?.stringValue ?? "?")): \(Output.printable(r["reason"]?.stringValue ?? "?"))") }
+            }
+            if let why = w.refused { lines.append("  refused drop: \(Output.printable(why))") }
+            lines += [
+                "  accept it:  cairn approve \(run) \(gate)\(sp)",
+                "  answer:     jq -n --arg v \"TEXT\" '$v' > v.json && cairn approve \(run) \(gate)\(sp) --value v.json",
+                "  fail it:    cairn reject \(run) \(gate)\(sp) --reason R"]
+            return lines
         default:
             return ["waiting: \(w.json.compactText())"]
         }
@@ -108,7 +139,7 @@ enum Describe {
         var parts: [String] = []
         switch e.kind {
         case "start":
-            parts.append("version \(e.data?["version"]?.stringValue ?? "?")")
+            parts.append(ShowCommand.version(e.data?["version"]?.stringValue ?? "?"))
         case "step", "llm", "compensate":
             if let err = e.error {
                 parts.append(Output.red("failed: \(Output.printable(err.type)): \(Output.printable(err.message))"))
@@ -119,7 +150,7 @@ enum Describe {
                 parts.append(Output.green("ok"))
             }
             if let a = e.attempt { parts.append("attempt \(a)") }
-            if let d = e.durationMs { parts.append("\(d)ms") }
+            if let d = e.durationMs { parts.append(Output.duration(ms: d)) }
             if let g = e.group { parts.append("group \(g)") }
             if e.kind == "llm", let m = e.data?["model"]?.stringValue { parts.append(m) }
             if e.kind == "llm", let n = e.data?["repairs"]?.intValue, n > 0 {
@@ -128,6 +159,9 @@ enum Describe {
                 parts.append(Output.yellow("repaired: \(rejected) answer\(rejected == 1 ? "" : "s") rejected, \(n) repair\(n == 1 ? "" : "s")"))
             }
             if e.kind == "llm", e.data?["accepted_invalid"] == true { parts.append(Output.yellow("accepted although rejected")) }
+            if e.kind == "llm", let by = e.data?["decided_by"]?.stringValue {
+                parts.append(Output.yellow(e.data?["edited_by_person"] == true ? "answer written by \(Output.printable(by))" : e.error == nil ? "accepted by \(Output.printable(by)) although rejected" : "rejected by \(Output.printable(by)) too"))
+            }
             if let dec = e.decision { parts.append("decided \(dec) by \(e.decidedBy?.user ?? "?")") }
         case "retry":
             if e.name == "run", e.data?["execution_retry"] == true {
@@ -157,8 +191,15 @@ enum Describe {
             // Where an LLM call stood: after a rejected answer (then a repair or the next
             // model), or waiting out a long Retry-After.
             let state = e.value?["state"]
-            if let last = state?["attempts"]?.arrayValue?.last, last["status"] == "invalid_answer" {
-                let next = (state?["repair"]?.arrayValue?.isEmpty ?? true) ? "the next model is asked" : "sent back to repair"
+            if e.value?["$blob"] != nil {
+                parts.append("where the call stands (large: kept in blobs/)")
+            } else if let d = state?["person_decision"] {
+                let by = Output.printable(d["by"]?.stringValue ?? "?")
+                parts.append(d["approved"] == true ? (d["text"] != nil ? "\(by) wrote the answer" : "\(by) accepted the last answer") : Output.red("\(by) rejected the last answer"))
+            } else if state?["asking_person"] == true {
+                parts.append(Output.yellow("every answer rejected: a person decides (gate answer-\(Names.fileSafe(e.name ?? "")))"))
+            } else if let last = state?["attempts"]?.arrayValue?.last, last["status"] == "invalid_answer" {
+                let next = (state?["repair"]?.arrayValue?.isEmpty ?? true) ? "no repairs left with this model" : "sent back to repair"
                 parts.append(Output.yellow("answer rejected: \(Output.printable(last["reason"]?.stringValue ?? "?")); \(next)"))
             } else if let u = state?["until"]?.stringValue {
                 parts.append("next attempt at \(u)")

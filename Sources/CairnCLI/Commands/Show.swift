@@ -68,7 +68,7 @@ struct ShowCommand: ParsableCommand {
             return
         }
         Output.line("\(Output.bold("run")) \(record.id)")
-        Output.line("  workflow   \(record.workflow)" + (start?.data?["version"]?.stringValue.map { " (version \($0))" } ?? ""))
+        Output.line("  workflow   \(record.workflow)" + (start?.data?["version"]?.stringValue.map { " (\(Self.version($0)))" } ?? ""))
         Output.line("  submitted  \(Timestamp.format(record.submittedAt)) by \(record.submittedBy.user ?? String(record.submittedBy.uid))" + (record.idempotencyKey.map { ", idempotency key \(Output.printable($0))" } ?? ""))
         if let p = record.parent { Output.line("  parent     \(p.run) (child '\(Output.printable(p.name))')") }
         if let from = record.continuedFrom { Output.line("  continues  \(from) (it ended with continueAsNew)") }
@@ -77,7 +77,7 @@ struct ShowCommand: ParsableCommand {
             Output.line("  status     \(Output.red("unknown")): state.json \(Output.printable(stateProblem)) (`cairn fsck --repair` rebuilds it from the journal)")
         }
         if let state {
-            Output.line("  status     \(Output.status(state.status)), updated \(Timestamp.format(state.updatedAt)); \(state.counters.steps) steps, \(state.counters.retries) retries, \(state.counters.executions) executions")
+            Output.line("  status     \(Output.status(state.status)), updated \(Timestamp.format(state.updatedAt)); \(Output.count(state.counters.steps, "step")), \(Output.count(state.counters.retries, "retry", "retries")), \(Output.count(state.counters.executions, "execution"))")
             if let t = state.tokens {
                 Output.line("  tokens     \(t["input"]?.intValue ?? 0) in, \(t["output"]?.intValue ?? 0) out" + ((t["saved"]?.intValue ?? 0) > 0 ? "; \(t["saved"]!.intValue!) saved by replay" : ""))
             }
@@ -107,5 +107,14 @@ struct ShowCommand: ParsableCommand {
                 Output.line("result: \(spool.run(runID).resultFile.string)")
             }
         }
+    }
+
+    /// A workflow version for people: a script's (`script:MTIME`) is the script file's
+    /// modification time.
+    static func version(_ v: String) -> String {
+        if v.hasPrefix("script:"), let t = Double(v.dropFirst(7)) {
+            return "script modified \(Timestamp.format(Date(timeIntervalSince1970: t)))"
+        }
+        return "version \(v)"
     }
 }

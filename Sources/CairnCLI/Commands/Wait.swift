@@ -37,14 +37,19 @@ struct WaitCommand: AsyncParsableCommand {
         try await watcher.watch(dir)
         let deadline = timeout.map { ContinuousClock.now + $0.duration }
         let id = runID, target = self.target
+        // Already there: said before any timeout (even --timeout 0s) can pass.
+        if let now = Self.settled(try Self.read(spool, id), target, retryPending: Self.retryPending(spool, id)) {
+            watcher.stop()
+            return try report(now)
+        }
         let rescan = rescanInterval.duration
         let reached: RunState? = try await withThrowingTaskGroup(of: RunState?.self) { group in
             group.addTask {
                 // Check after the watch is in place, then on every wake-up, whatever it was:
                 // an event on state.json, an overflow, or any other event of the directory.
-                if let s = Self.settled(try Self.read(spool, id), target) { return s }
+                if let s = Self.settled(try Self.read(spool, id), target, retryPending: Self.retryPending(spool, id)) { return s }
                 for await _ in watcher.events {
-                    if let s = Self.settled(try Self.read(spool, id), target) { return s }
+                    if let s = Self.settled(try Self.read(spool, id), target, retryPending: Self.retryPending(spool, id)) { return s }
                 }
                 return nil
             }
@@ -53,7 +58,7 @@ struct WaitCommand: AsyncParsableCommand {
             group.addTask {
                 while true {
                     try await Task.sleep(for: rescan)
-                    if let s = Self.settled(try Self.read(spool, id), target) { return s }
+                    if let s = Self.settled(try Self.read(spool, id), target, retryPending: Self.retryPending(spool, id)) { return s }
                 }
             }
             if let deadline {
@@ -67,7 +72,15 @@ struct WaitCommand: AsyncParsableCommand {
             return first
         }
         watcher.stop()
-        guard let state = reached else { throw CLIError(.timedOut, "\(runID): timed out waiting for \(target.rawValue) (status \((try? spool.readState(runID))??.status.rawValue ?? "?"))") }
+        guard let state = reached else {
+            let now = (try? spool.readState(runID))??.status.rawValue ?? "?"
+            let pending = Self.retryPending(spool, runID) ? "; a retry is pending: is a daemon serving \(spool.root.string)?" : ""
+            throw CLIError(.timedOut, "\(runID): timed out waiting for \(target.rawValue) (status \(now)\(pending))")
+        }
+        try report(state)
+    }
+
+    func report(_ state: RunState) throws {
         if output.json { Output.json(ListCommand.row(state)) } else { Output.line("\(runID)  \(state.status.rawValue)") }
         let ok: Bool
         switch target {
@@ -88,9 +101,17 @@ struct WaitCommand: AsyncParsableCommand {
         }
     }
 
+    /// Whether `runs/ID/retry` was dropped and not yet taken: the run's failure is about to
+    /// be retried, so it is no answer (`cairn retry RUN && cairn wait RUN` must not return the
+    /// old failure).
+    static func retryPending(_ spool: Spool, _ id: String) -> Bool {
+        DurableFile.exists(spool.run(id).directory.appending("retry"))
+    }
+
     /// The state when the wait is over (the target, or a terminal state that rules it out).
-    static func settled(_ s: RunState?, _ target: WaitTarget) -> RunState? {
+    static func settled(_ s: RunState?, _ target: WaitTarget, retryPending: Bool = false) -> RunState? {
         guard let s else { return nil }
+        if s.status == .failed && retryPending { return nil }
         switch target {
         case .waiting: return s.status == .waiting || s.status.isTerminal ? s : nil
         case .completed, .terminal: return s.status.isTerminal ? s : nil
