@@ -154,7 +154,9 @@ import Testing
                 continue
             }
             for k in ["at", "level", "message", "label"] { #expect(o[k]?.stringValue != nil, "\(k) missing in \(line)") }
-            #expect(o.values.allSatisfy { $0.stringValue != nil }, "a value that is not a string: \(line)")
+            // Text as strings, numbers as numbers (issue 20: pid, ms and counts were quoted).
+            #expect(o.values.allSatisfy { $0.stringValue != nil || $0.intValue != nil || $0.doubleValue != nil }, "a value that is neither text nor a number: \(line)")
+            if let pid = o["pid"] { #expect(pid.intValue != nil, "pid is a number: \(line)") }
         }
         #expect(logLines.contains { $0.contains(#""message":"daemon stopped""#) })
     }

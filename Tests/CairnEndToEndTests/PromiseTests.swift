@@ -280,7 +280,7 @@ private func stepsRecordedTwice(_ s: Spool, _ run: String) throws -> [String] {
         // cli.md: `why` suggests `cairn approve … --value v.json`; a "done" value that does
         // not decode as the step's type is refused with an error file, the gate stays open.
         let why = try Binary.cairn("why", r, spool: t.spool)
-        #expect(why.stdout.contains("cairn approve \(r) uncertain-pay --value v.json"), "\(why.stdout)")
+        #expect(why.stdout.contains("cairn approve \(r) uncertain-pay --spool \(t.spool.root.string) --value v.json"), "\(why.stdout)")
         let bad = t.path.appending("bad.json").string
         try #"{"action": "done", "value": "paid"}"#.write(toFile: bad, atomically: true, encoding: .utf8)
         #expect(try Binary.cairn("approve", r, "uncertain-pay", "--value", bad, spool: t.spool).code == 0)
