@@ -91,7 +91,8 @@ extension WorkflowContext {
     public func approval<V: Decodable & Sendable>(
         _ gate: String, request: ApprovalRequest, expecting: V.Type, timeout: Duration? = nil, onTimeout: ApprovalTimeout = .reject
     ) async throws -> ApprovalDecision {
-        try await approval(gate, request: request, timeout: timeout, onTimeout: onTimeout, expectedValue: "\(V.self)") { value in
+        guard Names.isValidName(gate) else { throw StepError.nonRetryable("invalid gate name '\(gate)' (letters, digits, '.', '_', '-')") }
+        let check: @Sendable (JSONValue) -> String? = { value in
             do {
                 _ = try value.decode(as: V.self)
                 return nil
@@ -99,9 +100,20 @@ extension WorkflowContext {
                 return "does not decode as \(V.self): \(JSONValue.describe(error))"
             }
         }
+        return try await perform(ApprovalOperation(gate: gate, request: request, timeout: timeout, onTimeout: onTimeout, expectedValue: "\(V.self)", valueKinds: Self.jsonKinds(of: V.self), checkValue: check))
     }
 
-    func writeRequest(gate: String, request: ApprovalRequest, deadline: Date?, expectedValue: String? = nil) throws {
+    /// The JSON kinds (`number`, `string`, `boolean`, `array`, `object`) a value of `V` may
+    /// be, by trying one of each; nil when every kind or none decodes (nothing to tell). The
+    /// request file lists them (`value_kinds`), so that `cairn approve --value` refuses a
+    /// value of the wrong kind before it is dropped.
+    static func jsonKinds<V: Decodable>(of: V.Type) -> [String]? {
+        let probes: [(String, [JSONValue])] = [("number", [.int(0), .double(0.5)]), ("string", [.string("")]), ("boolean", [.bool(true)]), ("array", [.array([])]), ("object", [.object([:])])]
+        let kinds = probes.filter { _, values in values.contains { (try? $0.decode(as: V.self)) != nil } }.map(\.0)
+        return kinds.isEmpty || kinds.count == probes.count ? nil : kinds
+    }
+
+    func writeRequest(gate: String, request: ApprovalRequest, deadline: Date?, expectedValue: String? = nil, valueKinds: [String]? = nil) throws {
         var o: [String: JSONValue] = [
             "gate": .string(gate),
             "run": .string(runID),
@@ -113,6 +125,7 @@ extension WorkflowContext {
         ]
         if let d = request.details { o["details"] = d }
         if let expectedValue { o["value_expected"] = .string(expectedValue) }
+        if let valueKinds { o["value_kinds"] = .array(valueKinds.map { .string($0) }) }
         if let deadline { o["expires_at"] = .string(Timestamp.format(deadline)) }
         if let policy = config.approvalPolicy(gate: gate) {
             var a: [String: JSONValue] = ["users": .array(policy.users.map { .string($0) }), "groups": .array(policy.groups.map { .string($0) })]
@@ -210,6 +223,7 @@ struct ApprovalOperation: DurableOperation {
     var timeout: Duration?
     var onTimeout: ApprovalTimeout
     var expectedValue: String? = nil
+    var valueKinds: [String]? = nil
     var checkValue: (@Sendable (JSONValue) -> String?)? = nil
     var requested: JournalEntry? = nil
 
@@ -242,7 +256,7 @@ struct ApprovalOperation: DurableOperation {
     mutating func execute(in ctx: WorkflowContext) async throws -> OperationStep<ApprovalDecision> {
         guard let requested else {
             let deadline = timeout.map { ctx.clock.now().addingTimeInterval($0.seconds) }
-            try ctx.writeRequest(gate: gate, request: request, deadline: deadline, expectedValue: expectedValue)
+            try ctx.writeRequest(gate: gate, request: request, deadline: deadline, expectedValue: expectedValue, valueKinds: valueKinds)
             let request = self.request
             self.requested = try ctx.record(.approval, gate) {
                 $0.phase = .requested
@@ -295,7 +309,7 @@ struct ApprovalOperation: DurableOperation {
             }
         }
         if !DurableFile.exists(ctx.paths.approvalsDirectory.appending("\(gate).request.json")) {
-            try ctx.writeRequest(gate: gate, request: request, deadline: requested.until, expectedValue: expectedValue)
+            try ctx.writeRequest(gate: gate, request: request, deadline: requested.until, expectedValue: expectedValue, valueKinds: valueKinds)
         }
         return .wait(.approval(gate: gate, until: requested.until, refused: refused))
     }

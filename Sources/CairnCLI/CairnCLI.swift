@@ -178,7 +178,12 @@ struct SpoolOptions: ParsableArguments {
         do {
             return try Spool.open(at: Spool.resolveRoot(spool))
         } catch let e as SpoolError where e.code == .notASpool {
-            throw CLIError(.failure, e.description)
+            // Say where it looked and how it chose: a forgotten --spool must not read as
+            // "make a spool here".
+            let root = Spool.resolveRoot(spool).string
+            let absolute = root.hasPrefix("/") ? root : FileManager.default.currentDirectoryPath + "/" + root
+            let how = spool != nil ? "--spool" : ProcessInfo.processInfo.environment["CAIRN_SPOOL"].map { _ in "$CAIRN_SPOOL" } ?? "the default ./spool (no --spool, no $CAIRN_SPOOL)"
+            throw CLIError(.failure, "\(absolute) (from \(how)) is not a Cairn spool (no cairn.json): pass --spool DIR or set CAIRN_SPOOL; `cairn init DIR` makes a new one")
         }
     }
 }

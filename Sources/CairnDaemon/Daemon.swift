@@ -151,11 +151,11 @@ public actor Daemon: Service {
     /// (as when the grace period is over; they resume on the next start).
     public func interruptNow() {
         guard scheduler.stopping, scheduler.runningCount > 0 else { return }
-        interruptAll()
+        interruptAll(because: "Ctrl-C again")
     }
 
-    private func interruptAll() {
-        logger.warning("grace period over; interrupting running executions (they resume on the next start)", metadata: ["runs": "\(scheduler.runningRuns)"])
+    private func interruptAll(because reason: String = "grace period over") {
+        logger.warning("\(reason); interrupting running executions (they resume on the next start)", metadata: ["runs": "\(scheduler.runningRuns.joined(separator: ","))"])
         for t in tasks.values { t.cancel() }
     }
 

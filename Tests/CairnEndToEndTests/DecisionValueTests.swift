@@ -17,9 +17,15 @@ import Testing
         let request = try DurableFile.readJSON(t.spool.run(r).approvalsDirectory.appending("issue-refund.request.json"))
         #expect(request["value_expected"] == "Double", "\(request)")
 
+        #expect(request["value_kinds"] == ["number"], "\(request)")
+        // cairn approve refuses a value of the wrong kind itself: nothing is written.
         let bad = t.path.appending("bad.json").string
         try Data(#"{"amount": 3}"#.utf8).write(to: URL(fileURLWithPath: bad))
-        #expect(try Binary.cairn("approve", r, "issue-refund", "--value", bad, spool: t.spool).code == 0)
+        let refused = try Binary.cairn("approve", r, "issue-refund", "--value", bad, spool: t.spool)
+        #expect(refused.code == 1 && refused.stderr.contains("takes a value that is a number (Double), not an object"), "\(refused.stderr)")
+        #expect(!DurableFile.exists(t.spool.run(r).approvalsDirectory.appending("issue-refund.approved")))
+        // The same value dropped by hand (as a person with mv would) is refused by the run.
+        try t.drop("approvals/issue-refund.approved", in: r, content: #"{"value": {"amount": 3}}"#)
         let second = try Binary.cairn("advance", r, spool: t.spool)
         #expect(second.stdout.contains("waiting"), "a wrong-shaped value must not end the run: \(second.stdout)\(second.stderr)")
         #expect(try t.state(r).status == .waiting)

@@ -47,7 +47,8 @@ import Testing
         let done = try Binary.cairn("wait", r, "--timeout", "0s", spool: t.spool)
         #expect(done.code == 0 && done.stdout == "\(r)  completed\n", "a run already there is no timeout: \(done.code) \(done.stderr)")
         let late = try Binary.cairn("signal", r, "go", spool: t.spool)
-        #expect(late.code == 0 && late.stderr.contains("warning: run \(r) is completed: nothing will read this event"), "\(late.stderr)")
+        #expect(late.code == 1 && late.stderr.contains("run \(r) is completed: nothing will read an event; nothing was written"), "\(late.stderr)")
+        #expect(try Binary.cairn("approve", r, "issue-refund", spool: t.spool).code == 1, "a decision on a finished run is refused")
 
         // A failed run whose retry is pending (no daemon takes it): not the old failure.
         let f = try t.submit("demo-refund", input: ["order": "A"] as JSONValue)
@@ -155,9 +156,10 @@ import Testing
             golden-1: waiting for approval 'go'
               request: Go?
               approve: touch \(dir)/approvals/go.approved
-                   or: cairn approve golden-1 go --spool \(t.spool.root.string) [--comment C] [--value FILE]
+                   or: cairn approve golden-1 go --spool \(t.spool.root.string)
                reject: touch \(dir)/approvals/go.rejected
-                   or: cairn reject golden-1 go --spool \(t.spool.root.string) [--reason R]
+                   or: cairn reject golden-1 go --spool \(t.spool.root.string)
+              (approve takes --comment C and --value FILE; reject takes --reason R)
 
             """)
         let show = try Binary.cairn("show", "golden-1", spool: t.spool)

@@ -9,6 +9,14 @@ import SystemPackage
 func dropDecision(spool: Spool, run runID: String, gate: String, suffix: String, content: JSONValue?, early: Bool) throws {
     _ = try requireRun(spool, runID)
     guard Names.isValidName(gate) else { throw CLIError(.usage, "invalid gate name '\(gate)'") }
+    if let state = try? spool.readState(runID) {
+        if state.status == .completed || state.status == .cancelled {
+            throw CLIError(.failure, "run \(runID) is \(state.status.rawValue): nothing will read a decision on gate '\(gate)'")
+        }
+        if state.status == .failed && !early {
+            throw CLIError(.failure, "run \(runID) is failed: nothing reads a decision until it is retried (cairn retry \(runID)); pass --early to leave one for when it gets there")
+        }
+    }
     let dir = spool.run(runID).approvalsDirectory
     let request = dir.appending("\(gate).request.json")
     if !early {
@@ -20,12 +28,21 @@ func dropDecision(spool: Spool, run runID: String, gate: String, suffix: String,
             throw CLIError(.notFound, "\(request.string) \(problem): it is not the run's request, so run \(runID) has not asked yet; pass --early to decide anyway")
         }
     }
-    if let state = try? spool.readState(runID) {
-        if state.status == .completed || state.status == .cancelled {
-            throw CLIError(.failure, "run \(runID) is \(state.status.rawValue): nothing will read a decision on gate '\(gate)'")
+    // A value of a kind the run refuses is refused here, not reported as "approved".
+    if suffix == "approved", let value = content?["value"], !value.isNull,
+       let req = try? DurableFile.readJSON(request), let kinds = req["value_kinds"]?.arrayValue?.compactMap(\.stringValue), !kinds.isEmpty {
+        let kind: String
+        switch value {
+        case .int, .double: kind = "number"
+        case .string: kind = "string"
+        case .bool: kind = "boolean"
+        case .array: kind = "array"
+        case .object: kind = "object"
+        default: kind = "null"
         }
-        if state.status == .failed && !early {
-            throw CLIError(.failure, "run \(runID) is failed: nothing reads a decision until it is retried (cairn retry \(runID)); pass --early to leave one for when it gets there")
+        guard kinds.contains(kind) else {
+            let wants = req["value_expected"]?.stringValue.map { " (\($0))" } ?? ""
+            throw CLIError(.failure, "gate '\(gate)' takes a value that is \(kinds.map { "a \($0)" }.joined(separator: " or "))\(wants), not \(kind == "array" || kind == "object" ? "an" : "a") \(kind): the run would refuse it; nothing was written")
         }
     }
     let target = dir.appending("\(gate).\(suffix)")

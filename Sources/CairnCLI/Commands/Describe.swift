@@ -74,19 +74,18 @@ enum Describe {
             let pending = ["approved", "rejected"].contains { DurableFile.exists(spool.run(run).approvalsDirectory.appending("\(gate).\($0)")) }
             if pending { return lines }  // a decision is there: the commands below would only fail
             lines.append("  approve: touch \(dir)/approvals/\(gate).approved")
-            if let expected = (try? DurableFile.readJSON(requestPath))?["value_expected"]?.stringValue {
-                lines.append("  value: optional; when given it must be \(Output.printable(expected))")
-            }
-            lines.append("       or: cairn approve \(run) \(gate)\(sp) [--comment C] [--value FILE]")
+            lines.append("       or: cairn approve \(run) \(gate)\(sp)")
             lines.append("   reject: touch \(dir)/approvals/\(gate).rejected")
-            lines.append("       or: cairn reject \(run) \(gate)\(sp) [--reason R]")
+            lines.append("       or: cairn reject \(run) \(gate)\(sp)")
+            let expected = (try? DurableFile.readJSON(requestPath))?["value_expected"]?.stringValue
+            lines.append("  (approve takes --comment C and --value FILE" + (expected.map { ": a value must be \(Output.printable($0))" } ?? "") + "; reject takes --reason R)")
             return lines
         case "event":
             let name = w["name"]?.stringValue ?? "?"
             return ["waiting for event '\(name)'" + (w["until"]?.stringValue.map { " (until \($0))" } ?? "")]
                 + (w.refused.map { ["  refused: \(Output.printable($0))"] } ?? []) + [
                     "  drop: write the JSON elsewhere, then mv it to \(dir)/events/\(name).json",
-                    "    or: cairn signal \(run) \(name)\(sp) --data FILE"]
+                    "    or: cairn signal \(run) \(name)\(sp)   (with --data FILE for the event's JSON)"]
         case "timer":
             return ["sleeping until \(w["until"]?.stringValue ?? "?"); a running daemon wakes it then (nothing to do)"]
         case "budget":

@@ -24,8 +24,11 @@ struct ListCommand: ParsableCommand {
         case plain, wide, json
     }
 
-    @Option(name: .long, help: "queued, running, waiting, completed, failed or cancelled (repeat for several).", transform: StatusArgument.parse)
-    var status: [StatusArgument] = []
+    @Option(name: .long, help: "queued, running, waiting, completed, failed or cancelled (repeat, or comma-separate, for several).")
+    var status: [String] = []
+
+    /// --status's values, comma lists split.
+    var statuses: [RunStatus] { status.flatMap { $0.split(separator: ",") }.compactMap { RunStatus(rawValue: String($0).trimmingCharacters(in: .whitespaces)) } }
 
     @Option(name: .long, help: "Only runs of this workflow type.")
     var workflow: String?
@@ -44,14 +47,17 @@ struct ListCommand: ParsableCommand {
 
     func validate() throws {
         if let limit, limit < 1 { throw ValidationError("--limit must be 1 or more") }
+        for v in status.flatMap({ $0.split(separator: ",") }) where RunStatus(rawValue: String(v).trimmingCharacters(in: .whitespaces)) == nil {
+            throw ValidationError(StatusArgument.Unknown(value: String(v)).description)
+        }
     }
 
     func run() throws {
         let spool = try options.open()
         let json = output.json || format == .json
         var ids: [String] = []
-        if status.isEmpty { ids = try spool.runIDs() } else { for s in Set(status.map(\.status)) { ids += try spool.indexedRuns(s) } }
-        let wanted = Set(status.map(\.status))
+        if status.isEmpty { ids = try spool.runIDs() } else { for s in Set(statuses) { ids += try spool.indexedRuns(s) } }
+        let wanted = Set(statuses)
         let cutoff = since.map { Date().addingTimeInterval(-$0.duration.seconds) }
         var states: [RunState] = []
         var unreadable = 0

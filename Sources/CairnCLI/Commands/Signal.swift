@@ -25,6 +25,9 @@ struct SignalCommand: ParsableCommand {
     func run() throws {
         let spool = try options.open()
         _ = try requireRun(spool, runID)
+        if let state = try? spool.readState(runID), state.status.isTerminal {
+            throw CLIError(.failure, "run \(runID) is \(state.status.rawValue): nothing will read an event; nothing was written")
+        }
         let value = try data.map { try Output.readJSONArgument($0, what: "event data") } ?? .null
         let name = "\(event).\(RunID.generate()).json"
         let data = value.canonicalData()
@@ -36,9 +39,7 @@ struct SignalCommand: ParsableCommand {
         Output.line("events/\(name)")
         // Delivered, but maybe to nobody: say so rather than exit 0 in silence.
         if let state = try? spool.readState(runID) {
-            if state.status.isTerminal {
-                Output.warn("warning: run \(runID) is \(state.status.rawValue): nothing will read this event")
-            } else if state.status == .waiting, let w = state.waitingFor, !(w.kind == .event && w["name"]?.stringValue == event) {
+            if state.status == .waiting, let w = state.waitingFor, !(w.kind == .event && w["name"]?.stringValue == event) {
                 Output.warn("warning: run \(runID) is waiting for \(Self.describe(w)), not event '\(event)'; the event is kept for when the run asks for it")
             }
         }

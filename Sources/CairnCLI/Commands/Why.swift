@@ -42,9 +42,13 @@ struct WhyCommand: ParsableCommand {
             let e = state.error
             lines = ["failed: \(Output.printable(e?.message ?? "unknown error"))" + (e?.file.map { " [\(Output.printable($0))]" } ?? "")]
             if e?.type == "nondeterminism" {
-                lines.append("  the workflow's code no longer matches the journal; fix the code (or guard the change with ctx.patched), then: cairn retry \(runID)")
+                lines.append("  the workflow's code no longer matches the journal; fix the code (or guard the change with ctx.patched), then: cairn retry \(runID) --spool \(Describe.shellQuoted(spool.root.string))")
             } else {
-                lines.append("  retry from the failed step: cairn retry \(runID)   (or: touch \(spool.run(runID).retryFile.string))")
+                if DurableFile.exists(spool.run(runID).retryFile) {
+                    lines.append("  a retry is pending (\(spool.run(runID).retryFile.string)): a daemon serving \(spool.root.string) takes it (cairn daemon --spool \(Describe.shellQuoted(spool.root.string)))")
+                } else {
+                    lines.append("  retry from the failed step: cairn retry \(runID) --spool \(Describe.shellQuoted(spool.root.string))   (or: touch \(spool.run(runID).retryFile.string))")
+                }
             }
         case .completed:
             lines = ["completed at \(Timestamp.format(state.updatedAt)); result: \(spool.run(runID).resultFile.string)"]
@@ -54,6 +58,7 @@ struct WhyCommand: ParsableCommand {
         if !state.status.isTerminal {
             if state.status == .waiting, let e = state.error, e.type == "unknown_workflow" {
                 lines.append("  but: \(Output.printable(e.message))")
+                lines.append("  cancel it: cairn cancel \(runID) --spool \(Describe.shellQuoted(spool.root.string))")
             } else if let problem = Self.workflowProblem(spool, state.workflow) {
                 lines.append("  but: \(problem)")
             }
