@@ -135,12 +135,12 @@ struct CairnCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "cairn",
         abstract: "Durable execution for AI agents on a plain directory.",
-        discussion: """
+        discussion: prose("""
             Every run is a directory in the spool (--spool DIR, else $CAIRN_SPOOL, else ./spool);
             every completed step is a JSON file in its journal. Approve by dropping a file.
 
             Exit codes: 0 success, 1 failure, 2 usage, 3 no such run or gate, 4 timed out.
-            """,
+            """),
         version: "0.1.0",
         // Internal: the supervisor of a script workflow (hidden from help).
         subcommands: [SuperviseCommand.self, BenchDaemonCommand.self],

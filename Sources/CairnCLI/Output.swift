@@ -143,3 +143,20 @@ func requireRun(_ spool: Spool, _ id: String) throws -> RunRecord {
     guard spool.runExists(id) else { throw CLIError(.notFound, "no such run '\(id)' in \(spool.root.string)/runs") }
     return try spool.readRun(id)
 }
+
+/// A command's discussion, its paragraphs unwrapped: argument-parser wraps every line to the
+/// terminal's width (80 when piped), so text wrapped by hand at another width broke twice,
+/// leaving single words on lines of their own. A line that starts with a space (an example,
+/// a list item) or follows a blank line starts a new line; the rest join their paragraph.
+func prose(_ text: String) -> String {
+    var out: [String] = []
+    for line in text.split(separator: "\n", omittingEmptySubsequences: false).map(String.init) {
+        let starts = line.isEmpty || line.hasPrefix(" ") || line.hasPrefix("-") || line.hasSuffix(":") && line.count < 40
+        if !starts, let last = out.last, !last.isEmpty, !last.hasPrefix(" "), !last.hasSuffix(":") {
+            out[out.count - 1] = last + " " + line
+        } else {
+            out.append(line)
+        }
+    }
+    return out.joined(separator: "\n")
+}

@@ -91,6 +91,25 @@ import Testing
         #expect(json.arrayValue?.count == 3)
     }
 
+    /// Issue 20: help at 80 columns (what a pipe gets) broke hand-wrapped paragraphs twice,
+    /// leaving single words on lines of their own ("for", "cancelled"). No line but USAGE
+    /// may be over 80 columns, and no line of a paragraph may be one word.
+    @Test func helpReadsWellAt80Columns() async throws {
+        for cmd in ["", "submit", "ls", "show", "why", "wait", "approve", "signal", "fsck", "gc", "daemon", "doctor", "advance", "demo", "bench", "step", "approval", "llm", "result"] {
+            let r = try Binary.run("cairn", cmd.isEmpty ? ["--help"] : [cmd, "--help"], env: ["COLUMNS": "80"])
+            let lines = r.stdout.split(separator: "\n", omittingEmptySubsequences: false).map(String.init)
+            for (i, l) in lines.enumerated() where !l.hasPrefix("USAGE") && !(i > 0 && lines[i - 1].hasPrefix("USAGE")) {
+                #expect(l.count <= 80, "cairn \(cmd) --help: a line of \(l.count) columns: \(l)")
+                // A lone word in the middle of a paragraph (the text goes on after it), or
+                // the tail of an example (an indented line) wrapped onto its own line.
+                let lone = !l.isEmpty && !l.hasPrefix(" ") && !l.contains(" ") && i > 0 && !lines[i - 1].isEmpty && !l.hasSuffix(":")
+                let next = i + 1 < lines.count ? lines[i + 1] : ""
+                let orphan = lone && ((!next.isEmpty && !next.hasPrefix(" ")) || lines[i - 1].hasPrefix("  "))
+                #expect(!orphan, "cairn \(cmd) --help: a word alone on its line: '\(l)' after '\(lines[i - 1])'")
+            }
+        }
+    }
+
     @Test func helpHasExamples() async throws {
         for cmd in ["submit", "ls", "show", "why", "wait", "approve", "reject", "signal", "cancel", "fsck", "gc", "daemon", "demo", "step", "approval", "llm"] {
             let r = try Binary.run("cairn", [cmd, "--help"])

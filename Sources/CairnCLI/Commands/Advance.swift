@@ -8,14 +8,14 @@ struct AdvanceCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "advance",
         abstract: "Advance one run in the foreground, without a daemon, until it finishes or waits.",
-        discussion: """
+        discussion: prose("""
             Sleeps through durable timers and retry backoffs shorter than --max-sleep. Useful for
             debugging a workflow and in scripts; `cairn daemon` does this for every run.
 
             Examples:
               cairn advance RUN
               cairn advance RUN --max-sleep 0s     # return at the first wait
-            """
+            """)
     )
 
     @Argument(help: ArgumentHelp("The run id.", valueName: "run")) var runID: String

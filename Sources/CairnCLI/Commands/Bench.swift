@@ -12,7 +12,7 @@ struct BenchCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "bench",
         abstract: "Measure Cairn on this disk, next to the disk's own floor.",
-        discussion: """
+        discussion: prose("""
             Runs in a new directory (--dir; default ./cairn-bench-PID, on the disk you run it
             from) and removes it afterwards. First the floor: write + fsync + rename +
             directory fsync with raw syscalls, alone and from 8 writers at once. Then, in the
@@ -27,7 +27,7 @@ struct BenchCommand: AsyncParsableCommand {
             Examples:
               cairn bench
               cairn bench --dir /srv/cairn-disk/bench --json > bench.json
-            """
+            """)
     )
 
     @Option(name: .long, help: ArgumentHelp("Where to run (must not exist; default ./cairn-bench-PID).", valueName: "dir")) var dir: String?

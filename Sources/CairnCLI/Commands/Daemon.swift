@@ -12,7 +12,7 @@ struct DaemonCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "daemon",
         abstract: "Watch the spool and advance runs the instant a file lands (foreground).",
-        discussion: """
+        discussion: prose("""
             SIGTERM or SIGINT: stop taking work, let running executions reach their next wait
             (up to --shutdown-grace), release every lock, exit 0. Several daemons may serve one
             spool; a run is advanced by whoever holds its lock.
@@ -21,7 +21,7 @@ struct DaemonCommand: AsyncParsableCommand {
               cairn daemon
               cairn daemon --spool /srv/cairn --concurrency 16 --log-format json
               cairn daemon --rescan-interval 5s     # spool on NFS/CephFS shared by hosts
-            """
+            """)
     )
 
     @Option(name: .long, help: "Runs advanced at once.") var concurrency: Int = 8

@@ -72,14 +72,14 @@ struct ApproveCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "approve",
         abstract: "Approve a gate (writes approvals/GATE.approved atomically).",
-        discussion: """
+        discussion: prose("""
             The same as `touch runs/RUN/approvals/GATE.approved`, with an optional comment and
             JSON value (an edited draft, new tool arguments) that the run receives.
 
             Examples:
               cairn approve RUN send-reply
               cairn approve RUN send-reply --comment "shorter" --value edited.json
-            """
+            """)
     )
 
     @Argument(help: ArgumentHelp("The run id.", valueName: "run")) var runID: String
@@ -103,10 +103,10 @@ struct RejectCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "reject",
         abstract: "Reject a gate (writes approvals/GATE.rejected atomically).",
-        discussion: """
+        discussion: prose("""
             Examples:
               cairn reject RUN send-reply --reason "wrong customer"
-            """
+            """)
     )
 
     @Argument(help: ArgumentHelp("The run id.", valueName: "run")) var runID: String

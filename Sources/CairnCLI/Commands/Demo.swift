@@ -11,7 +11,7 @@ struct DemoCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "demo",
         abstract: "The guided demo: a spool, two example workflows, the daemon, and a run waiting for you.",
-        discussion: """
+        discussion: prose("""
             Creates the spool if missing (default ./spool), installs the script workflow
             workflows/demo-digest, submits a run of it and one of the Swift workflow
             demo-refund, and runs the daemon in the foreground. demo-refund stops at an
@@ -21,7 +21,7 @@ struct DemoCommand: AsyncParsableCommand {
             Examples:
               cairn demo
               cairn demo --spool /tmp/demo --exit-when-done
-            """
+            """)
     )
 
     @Flag(name: .customLong("exit-when-done"), help: "Stop the daemon once both demo runs have finished.") var exitWhenDone = false

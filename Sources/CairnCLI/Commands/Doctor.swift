@@ -8,7 +8,7 @@ struct DoctorCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "doctor",
         abstract: "Check that a filesystem has what a spool needs, and say how Cairn will run there.",
-        discussion: """
+        discussion: prose("""
             Tries each primitive for real in a scratch directory (removed afterwards): a
             durable write, an atomic replacing rename, first-writer-wins (RENAME_NOREPLACE, or
             the link+unlink fallback), fsync of a directory, flock on a regular file, long
@@ -20,9 +20,9 @@ struct DoctorCommand: AsyncParsableCommand {
             Exit 0 when a spool can live here, 1 when a required primitive is missing.
 
             Examples:
-              cairn doctor                       # the spool (--spool, $CAIRN_SPOOL, ./spool)
+              cairn doctor                 # the spool (--spool, $CAIRN_SPOOL, ./spool)
               cairn doctor /mnt/gluster/cairn    # a directory before `cairn init`
-            """
+            """)
     )
 
     @Argument(help: "The directory to check (default: the spool; a missing one: its nearest existing parent).")

@@ -6,7 +6,7 @@ struct FsckCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "fsck",
         abstract: "Verify every file in the spool; --repair rebuilds derived state.",
-        discussion: """
+        discussion: prose("""
             Exits 1 and lists the problems when anything is wrong. --repair rebuilds state.json,
             result.json and the indexes from run.json + journal/ + blobs/, removes stale
             temporary files, and moves journal records after the longest valid prefix to
@@ -15,7 +15,7 @@ struct FsckCommand: ParsableCommand {
             Examples:
               cairn fsck
               cairn fsck --repair
-            """
+            """)
     )
 
     @Flag(name: .long, help: "Repair what can be rebuilt.") var repair = false

@@ -7,14 +7,14 @@ struct GCCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "gc",
         abstract: "Remove finished runs (completed, failed, cancelled) older than a duration.",
-        discussion: """
+        discussion: prose("""
             A run is removed by renaming it into tmp/ first (so it disappears from runs/ at once
             and whole), then deleting it. Runs some process holds are skipped.
 
             Examples:
               cairn gc --older-than 30d
               cairn gc --older-than 7d --dry-run
-            """
+            """)
     )
 
     @Option(name: .customLong("older-than"), help: "e.g. 90s, 15m, 2h, 7d (by the run's last update).") var olderThan: DurationArgument

@@ -6,11 +6,11 @@ struct InitCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "init",
         abstract: "Create a spool (an existing one is left as it is).",
-        discussion: """
+        discussion: prose("""
             Examples:
               cairn init                 # ./spool (or $CAIRN_SPOOL)
               cairn init /srv/cairn      # a spool for a service
-            """
+            """)
     )
 
     @Argument(help: "The spool directory (default: --spool, $CAIRN_SPOOL, ./spool).")

@@ -13,7 +13,7 @@ struct LLMHelper: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "llm",
         abstract: "(script helper) A recorded model call: on replay the recorded answer is printed and nothing is sent.",
-        discussion: """
+        discussion: prose("""
             The prompt comes from --prompt FILE or stdin; a prompt file that cannot be read, or
             an empty prompt, is an error before anything is sent. Models are `provider:model`
             names from cairn.json's "llm" section; several --model options form a fallback
@@ -27,8 +27,8 @@ struct LLMHelper: AsyncParsableCommand {
             the script is stopped and run again from the top when the wait is over.
 
             Wrong answers: --schema FILE asks for JSON matching that JSON schema (OpenAI's
-            response_format, Anthropic's forced tool) and rejects an answer that is not JSON;
-            --validate CMD runs `sh -c CMD` with the answer on stdin, and a non-zero exit
+            response_format, Anthropic's forced tool) and rejects an answer that is not JSON.
+            With --validate CMD, `sh -c CMD` runs with the answer on stdin, and a non-zero exit
             rejects it (the first line of its stderr, else stdout, is the reason). A rejected
             answer goes back to the model with the reason (--repairs times, default 2), then
             the next --model is asked; when every answer was rejected the call fails
@@ -37,11 +37,12 @@ struct LLMHelper: AsyncParsableCommand {
             an accepted answer is recorded; a rerun neither sends nor validates.
 
             Examples (inside SPOOL/workflows/NAME):
-              summary=$(cairn llm summarize --model openai:gpt-4o-mini --prompt ticket.txt)
-              echo "Classify: $text" | cairn llm classify --model local:qwen --model openai:gpt-4o-mini --json
+              summary=$(cairn llm summarize --model openai:gpt-4o-mini --prompt t.txt)
+              echo "Classify: $text" | cairn llm classify --json \\
+                --model local:qwen --model openai:gpt-4o-mini
               cairn llm triage --model openai:gpt-4o-mini --schema triage.schema.json \\
-                --validate 'jq -e ".priority == \\"low\\" or .priority == \\"high\\"" >/dev/null' < ticket.txt
-            """
+                --validate 'jq -e ".priority | IN(\\"low\\", \\"high\\")" >/dev/null' < t.txt
+            """)
     )
 
     @Argument(help: "The call's name (repeated names in loops are matched by position).") var name: String

@@ -6,7 +6,7 @@ struct ListCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "ls",
         abstract: "List runs, one line each: id, status, workflow, last change, what it waits for.",
-        discussion: """
+        discussion: prose("""
             On a terminal: a header, aligned columns, ages ("3m ago"), newest first. Piped:
             one plain line per run, the run id first, no header (for grep, awk and cut).
             With --status, only the runs the status index lists are read (the cost follows the
@@ -17,7 +17,7 @@ struct ListCommand: ParsableCommand {
               cairn ls --since 1h --limit 20
               cairn ls -o wide
               cairn ls --workflow triage-ticket --json | jq -r '.[].run'
-            """
+            """)
     )
 
     enum Format: String, ExpressibleByArgument, CaseIterable {

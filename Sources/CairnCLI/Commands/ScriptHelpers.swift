@@ -211,7 +211,7 @@ struct StepHelper: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "step",
         abstract: "(script helper) Run CMD once as a durable step; on replay print its recorded stdout and exit with its recorded code.",
-        discussion: """
+        discussion: prose("""
             CMD gets CAIRN_IDEMPOTENCY_KEY (stable across retries and crashes) and
             CAIRN_STEP_ATTEMPT. With --retries N a non-zero exit is retried with backoff (the run
             waits durably between attempts); the last attempt's exit code is recorded.
@@ -220,7 +220,7 @@ struct StepHelper: AsyncParsableCommand {
               cairn step fetch -- curl -fsS https://example.com/ticket/42
               cairn step send-email --at-most-once -- ./send.sh "$to"
               cairn step build --retries 3 --timeout 10m -- make
-            """
+            """)
     )
 
     @Argument(help: "The step's name (repeated names in loops are matched by position).") var name: String
@@ -327,12 +327,14 @@ struct ApprovalHelper: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "approval",
         abstract: "(script helper) Wait for a person's decision; print its value; exit 0 approved, 1 rejected.",
-        discussion: """
+        discussion: prose("""
             The request file may be JSON {"summary": ..., "details": ...} or plain text.
 
             Example:
-              if cairn approval send-reply --request draft.json > decision.json; then ./send.sh; fi
-            """
+              if cairn approval send-reply --request draft.json > d.json; then
+                ./send.sh
+              fi
+            """)
     )
 
     @Argument(help: "The gate name.") var gate: String
@@ -485,13 +487,13 @@ struct ContinueAsNewHelper: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "continue-as-new",
         abstract: "(script helper) End this run and start a new run of the same workflow with a JSON input from FILE or stdin.",
-        discussion: """
+        discussion: prose("""
             The run completes with {"continued_as": NEW_RUN}; the new run's run.json says
             "continued_from". Nothing after it may call a helper: end the script with it.
             Examples:
               echo '{"cursor": 5000}' | exec cairn continue-as-new -
               exec cairn continue-as-new next-input.json
-            """
+            """)
     )
 
     @Argument(help: "A file, or - for stdin (default).") var file: String = "-"

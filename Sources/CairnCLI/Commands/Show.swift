@@ -6,13 +6,13 @@ struct ShowCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "show",
         abstract: "A run's timeline: every journal record with time, duration, attempts, tokens and errors.",
-        discussion: """
+        discussion: prose("""
             Examples:
               cairn show 20261127-091700-123-k3f9qz
               cairn show RUN --json | jq '.journal[] | select(.kind == "step")'
-              cairn show RUN --tail 20        # the last 20 records (a long run: reads only those)
+              cairn show RUN --tail 20   # the last 20 records (only those are read)
               cairn show RUN --since 5000     # records from position 5000 on
-            """
+            """)
     )
 
     @Argument(help: ArgumentHelp("The run id.", valueName: "run"))

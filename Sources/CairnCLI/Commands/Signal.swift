@@ -6,11 +6,11 @@ struct SignalCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "signal",
         abstract: "Send an event to a run (writes events/EVENT.TIME.json atomically).",
-        discussion: """
+        discussion: prose("""
             Examples:
               cairn signal RUN payment-received --data payment.json
               echo '{"ok": true}' | cairn signal RUN go --data -
-            """
+            """)
     )
 
     @Argument(help: ArgumentHelp("The run id.", valueName: "run")) var runID: String

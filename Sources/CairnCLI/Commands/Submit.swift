@@ -7,15 +7,16 @@ struct SubmitCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "submit",
         abstract: "Create a run; prints its id. Needs no daemon.",
-        discussion: """
-            The run directory appears whole (built in tmp/, then renamed). The same --id or
-            --idempotency-key submitted twice yields one run: the second prints the first's id.
+        discussion: prose("""
+            The run directory appears whole (built in tmp/, then renamed). The same --id
+            or the same --idempotency-key submitted twice yields one run: the second prints
+            the first's id.
 
             Examples:
               cairn submit triage-ticket --input ticket.json
               echo '{"n": 3}' | cairn submit count --input -
               cairn submit order --input o.json --idempotency-key order-4711
-            """
+            """)
     )
 
     @Argument(help: "The workflow type (a Swift workflow, or an executable in SPOOL/workflows/).")

@@ -8,14 +8,14 @@ struct WaitCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "wait",
         abstract: "Block until a run reaches a state (inotify on its state.json, no polling).",
-        discussion: """
+        discussion: prose("""
             Exit 0 when reached, 1 when the run ended otherwise (e.g. failed while waiting for
             completed), 4 on --timeout.
 
             Examples:
-              cairn wait RUN                          # until completed, failed or cancelled
+              cairn wait RUN                 # until completed, failed or cancelled
               cairn wait RUN --for waiting --timeout 30s
-            """
+            """)
     )
 
     @Argument(help: ArgumentHelp("The run id.", valueName: "run")) var runID: String

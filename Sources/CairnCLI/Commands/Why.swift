@@ -6,11 +6,11 @@ struct WhyCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "why",
         abstract: "What the run is waiting for, and the exact command or file drop that unblocks it.",
-        discussion: """
+        discussion: prose("""
             Examples:
               cairn why RUN
               cairn why RUN --json | jq -r .unblock[]
-            """
+            """)
     )
 
     @Argument(help: ArgumentHelp("The run id.", valueName: "run"))
