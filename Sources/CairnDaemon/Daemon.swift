@@ -88,6 +88,15 @@ public actor Daemon: Service {
 
     public func run() async throws {
         try await start()
+        // `cairn status` (and why, approve) tell whether a daemon serves the spool by this.
+        let presence: Int32?
+        do {
+            presence = try DaemonPresence.announce(spool, concurrency: options.concurrency)
+        } catch {
+            logger.warning("cannot announce this daemon in daemons/ (cairn status will not see it)", metadata: ["error": "\(Names.printable(String(describing: error)))"])
+            presence = nil
+        }
+        defer { if let presence { DaemonPresence.withdraw(spool, fd: presence) } }
         await withGracefulShutdownHandler {
             await withTaskGroup(of: Void.self) { group in
                 group.addTask { await self.consumeEvents() }

@@ -110,6 +110,35 @@ import Testing
         }
     }
 
+    /// Issue 20: `cairn status` says whether a daemon serves the spool (pid, since,
+    /// concurrency), runs by status and the oldest wait for a person; why and approve warn
+    /// when no daemon serves it; a daemon killed -9 shows as dead until the next one starts.
+    @Test func statusTellsWhetherADaemonServesTheSpool() async throws {
+        let t = try TempSpool()
+        let r = try t.submit("demo-refund", input: ["order": "A", "amount": 1, "reason": "x"] as JSONValue)
+        _ = try Binary.cairn("advance", r, spool: t.spool)
+        let none = try Binary.cairn("status", spool: t.spool)
+        #expect(none.code == 1 && none.stdout.contains("daemon   none") && none.stdout.contains("1 waiting"), "\(none.stdout)")
+        #expect(none.stdout.contains("oldest wait for a person: \(r) approval:issue-refund"), "\(none.stdout)")
+        let approve = try Binary.cairn("approve", r, "issue-refund", "--early", spool: t.spool)
+        #expect(approve.stderr.contains("no daemon serves"), "\(approve.stderr)")
+
+        var d = try await DaemonProcess(spool: t.spool, args: ["--concurrency", "3"])
+        try await t.waitFor(r, .completed, timeout: 15)
+        let serving = try Binary.cairn("status", "--json", spool: t.spool)
+        #expect(serving.code == 0, "\(serving.stdout) \(serving.stderr)")
+        let daemons = try JSONValue.parse(serving.stdout)["daemons"]?.arrayValue ?? []
+        #expect(daemons.count == 1 && daemons.first?["pid"] == .int(Int64(d.pid)) && daemons.first?["alive"] == true && daemons.first?["concurrency"] == 3, "\(daemons)")
+        await d.kill9()
+        let dead = try Binary.cairn("status", spool: t.spool)
+        #expect(dead.code == 1 && dead.stdout.contains("dead"), "\(dead.stdout)")
+        d = try await DaemonProcess(spool: t.spool)
+        let again = try JSONValue.parse(try Binary.cairn("status", "--json", spool: t.spool).stdout)["daemons"]?.arrayValue ?? []
+        #expect(again.count == 1 && again.first?["pid"] == .int(Int64(d.pid)), "the dead daemon's announcement is gone: \(again)")
+        await d.stop()
+        #expect((try JSONValue.parse(try Binary.cairn("status", "--json", spool: t.spool).stdout)["daemons"]?.arrayValue ?? [1]).isEmpty, "a daemon that stops withdraws")
+    }
+
     @Test func helpHasExamples() async throws {
         for cmd in ["submit", "ls", "show", "why", "wait", "approve", "reject", "signal", "cancel", "fsck", "gc", "daemon", "demo", "step", "approval", "llm"] {
             let r = try Binary.run("cairn", [cmd, "--help"])
@@ -179,6 +208,7 @@ import Testing
                reject: touch \(dir)/approvals/go.rejected
                    or: cairn reject golden-1 go --spool \(t.spool.root.string)
               (approve takes --comment C and --value FILE; reject takes --reason R)
+              no daemon serves \(t.spool.root.string) now (cairn status): what you drop is taken when one starts (cairn daemon --spool \(t.spool.root.string)) or with cairn advance golden-1 --spool \(t.spool.root.string)
 
             """)
         let show = try Binary.cairn("show", "golden-1", spool: t.spool)

@@ -66,6 +66,9 @@ func dropDecision(spool: Spool, run runID: String, gate: String, suffix: String,
     } catch let e as SpoolError where e.code == .exists {
         throw CLIError(.failure, "\(target.string) already exists: the gate has a decision waiting to be recorded")
     }
+    if DaemonPresence.served(spool) == false {
+        Output.warn("note: no daemon serves \(spool.root.string) now (cairn status): the decision is taken when one starts, or with cairn advance \(runID) --spool \(Describe.shellQuoted(spool.root.string))")
+    }
 }
 
 struct ApproveCommand: ParsableCommand {

@@ -27,6 +27,10 @@ struct WhyCommand: ParsableCommand {
         switch state.status {
         case .waiting:
             lines = state.waitingFor.map { Describe.unblock($0, run: runID, spool: spool) } ?? ["waiting (state.json does not say on what; cairn fsck)"]
+            if DaemonPresence.served(spool) == false {
+                // A drop counts only when a daemon (or cairn advance) looks at the run.
+                lines.append("  no daemon serves \(spool.root.string) now (cairn status): what you drop is taken when one starts (cairn daemon --spool \(Describe.shellQuoted(spool.root.string))) or with cairn advance \(runID) --spool \(Describe.shellQuoted(spool.root.string))")
+            }
         case .queued, .running:
             let probe = RunLock.isHeld(spool.runDirectory(runID))
             let held = probe == true
