@@ -425,8 +425,6 @@ extension WorkflowContext {
     private func askPerson(_ name: String, _ s: LLMCallState, options: LLMOptions, requestData: JSONValue, redact: Redactor) async throws -> OperationRecord {
         let gate = Names.fileSafe("answer-\(name)")
         let approvals = self.runDirectory.appending("approvals")
-        let config = self.spoolConfig
-        let policy = config.approvalPolicy(gate: gate)
         let spool = try Spool.open(at: self.spoolRoot)
         guard let last = s.lastRejected, let response = try? last.decode(as: LLMResponse.self) else {
             throw SpoolError(.malformed, "llm call '\(name)': no rejected answer recorded to ask about")
@@ -436,40 +434,34 @@ extension WorkflowContext {
             ["model": a["model"] ?? .null, "answer": a["answer"] ?? .null, "reason": a["reason"] ?? .null]
         }
         var refusedWhy: String? = nil
-        for (suffix, approved) in [("rejected", false), ("approved", true)] {
-            let path = approvals.appending("\(gate).\(suffix)")
-            switch Drops.read(path, limit: config.dropSizeLimit, policy: policy) {
-            case .absent:
-                continue
-            case .refused(let p, let reason, let identity):
-                _ = try Drops.refuse(p, reason: reason, identity: identity, durable: spool.durable, now: self.clock.now(), setAsideIn: self.runDirectory.appending("refused"))
-                continue
-            case .valid(let f):
-                var value = f.json
-                if case .object(let o)? = f.json, Set(o.keys).isSubset(of: ["comment", "value", "reason"]) { value = o["value"] }
-                let by = f.owner.user ?? String(f.owner.uid)
-                var decision: [String: JSONValue] = ["approved": .bool(approved), "by": .string(by), "file": .string("\(gate).\(suffix)")]
-                if !approved { decision["reason"] = .string(f.json?["reason"]?.stringValue ?? f.json?["comment"]?.stringValue ?? "rejected") }
-                if approved, let v = value, !v.isNull {
-                    // The person's own answer: its text, checked as the model's answers were.
-                    // The answer's text; for a structured call, its JSON as it is too.
-                    let structured: String? = { if options.responseSchema != nil, case .object = v { return v.compactText() } else { return nil } }()
-                    guard let text = v.stringValue ?? structured else {
-                        let want = options.responseSchema != nil ? "the answer's JSON object, or its text as a JSON string" : "the answer's text as a JSON string"
-                        _ = try Drops.refuse(path, reason: "has a value that is not \(want): \(v.compactText().prefix(80))", identity: f.identity, durable: spool.durable, now: self.clock.now(), setAsideIn: self.runDirectory.appending("refused"))
-                        refusedWhy = "the value must be \(want)"
-                        continue
-                    }
+        if let f = try gateDrop(gate, spool: spool) {
+            let approved = f.approved, value = f.value, by = f.by
+            var decision: [String: JSONValue] = ["approved": .bool(approved), "by": .string(by), "file": .string("\(gate).\(f.suffix)")]
+            if !approved { decision["reason"] = .string(f.json?["reason"]?.stringValue ?? f.json?["comment"]?.stringValue ?? "rejected") }
+            var acceptable = true
+            if approved, let v = value, !v.isNull {
+                // The person's own answer: its text, checked as the model's answers were;
+                // for a structured call, its JSON as it is too.
+                let structured: String? = { if options.responseSchema != nil, case .object = v { return v.compactText() } else { return nil } }()
+                if let text = v.stringValue ?? structured {
                     var edited = response
                     edited.content = text
                     edited.toolCalls = []
                     if let why = try await Self.judge(edited, options) {
-                        _ = try Drops.refuse(path, reason: "has an answer that is rejected too: \(why)", identity: f.identity, durable: spool.durable, now: self.clock.now(), setAsideIn: self.runDirectory.appending("refused"))
+                        try refuseGateDrop(f, "has an answer that is rejected too: \(why)", spool: spool)
                         refusedWhy = "the edited answer is rejected too: \(why)"
-                        continue
+                        acceptable = false
+                    } else {
+                        decision["text"] = .string(text)
                     }
-                    decision["text"] = .string(text)
+                } else {
+                    let want = options.responseSchema != nil ? "the answer's JSON object, or its text as a JSON string" : "the answer's text as a JSON string"
+                    try refuseGateDrop(f, "has a value that is not \(want): \(v.compactText().prefix(80))", spool: spool)
+                    refusedWhy = "the value must be \(want)"
+                    acceptable = false
                 }
+            }
+            if acceptable {
                 // Recorded first, then the file leaves approvals/ for decisions/.
                 var decided = s
                 decided.personDecision = .object(decision)
@@ -499,16 +491,8 @@ extension WorkflowContext {
     private func personsAnswer(_ name: String, _ s: LLMCallState, _ last: LLMResponse, requestData: JSONValue, redact: Redactor) throws -> OperationRecord {
         let d = s.personDecision ?? .null
         let gate = Names.fileSafe("answer-\(name)")
-        if let file = d["file"]?.stringValue {
-            let from = self.runDirectory.appending("approvals").appending(file)
-            if DurableFile.exists(from) {
-                let decisions = self.runDirectory.appending("decisions")
-                let spool = try Spool.open(at: self.spoolRoot)
-                try spool.ensureRuntimeDirectory(decisions)
-                try DurableFile.rename(from, to: decisions.appending(file), mode: .replace)
-                try DurableFile.fsyncDirectory(decisions)
-                try DurableFile.fsyncDirectory(self.runDirectory.appending("approvals"))
-            }
+        if let file = d["file"]?.stringValue, DurableFile.exists(self.runDirectory.appending("approvals").appending(file)) {
+            try consumeGateDrop(file, spool: try Spool.open(at: self.spoolRoot))
         }
         let by = d["by"]?.stringValue ?? "?"
         if d["approved"] != true {
@@ -536,6 +520,56 @@ extension WorkflowContext {
         return record
     }
 
+    /// A person's drop on one of this layer's own gates (the budget's, a wrong answer's):
+    /// a rejection first; a drop the spool's rules refuse is set aside with an error file.
+    struct GateDrop {
+        let approved: Bool
+        let json: JSONValue?
+        /// The `value` of `{"comment", "value", "reason"}`, else the whole JSON.
+        let value: JSONValue?
+        let by: String
+        let identity: String
+        let path: FilePath
+        let suffix: String
+    }
+
+    func gateDrop(_ gate: String, spool: Spool) throws -> GateDrop? {
+        let config = self.spoolConfig
+        let policy = config.approvalPolicy(gate: gate)  // fails closed when cairn.json's approvers are invalid
+        for (suffix, approved) in [("rejected", false), ("approved", true)] {
+            let path = self.runDirectory.appending("approvals").appending("\(gate).\(suffix)")
+            switch Drops.read(path, limit: config.dropSizeLimit, policy: policy) {
+            case .absent:
+                continue
+            case .refused(let p, let reason, let identity):
+                // Moved out of the way (as the engine's gates do), so it cannot hold the name.
+                _ = try Drops.refuse(p, reason: reason, identity: identity, durable: spool.durable, now: self.clock.now(), setAsideIn: self.runDirectory.appending("refused"))
+                continue
+            case .valid(let f):
+                var value = f.json
+                if case .object(let o)? = f.json, Set(o.keys).isSubset(of: ["comment", "value", "reason"]) { value = o["value"] }
+                return GateDrop(approved: approved, json: f.json, value: value, by: f.owner.user ?? String(f.owner.uid), identity: f.identity, path: path, suffix: suffix)
+            }
+        }
+        return nil
+    }
+
+    /// Refuses a gate's drop for what its value says: an error file, set aside, gate open.
+    func refuseGateDrop(_ d: GateDrop, _ reason: String, spool: Spool) throws {
+        _ = try Drops.refuse(d.path, reason: reason, identity: d.identity, durable: spool.durable, now: self.clock.now(), setAsideIn: self.runDirectory.appending("refused"))
+    }
+
+    /// Once its decision is recorded, a drop moves out of approvals/ into decisions/ (as the
+    /// engine does with its gates' decisions), so that the gate name is never asked again.
+    func consumeGateDrop(_ file: String, spool: Spool) throws {
+        let approvals = self.runDirectory.appending("approvals")
+        let decisions = self.runDirectory.appending("decisions")
+        try spool.ensureRuntimeDirectory(decisions)
+        try DurableFile.rename(approvals.appending(file), to: decisions.appending(file), mode: .replace)
+        try DurableFile.fsyncDirectory(decisions)
+        try DurableFile.fsyncDirectory(approvals)
+    }
+
     /// The run's token budget before a call is sent: nil to go ahead; a failed record when a
     /// person rejected raising it; otherwise the run waits at the gate `budget-NAME-N`.
     private func checkBudget(_ name: String, messages: [ChatMessage], options: LLMOptions, requestData: JSONValue, pending: Int = 0) throws -> OperationRecord? {
@@ -555,52 +589,33 @@ extension WorkflowContext {
 
         let gate = Names.fileSafe("budget-\(name)-\(decisions.count + 1)")
         let approvals = self.runDirectory.appending("approvals")
-        let policy = config.approvalPolicy(gate: gate)  // fails closed when cairn.json's approvers are invalid
         let figures: JSONValue = ["spent": .int(Int64(spent)), "budget": .int(Int64(budget)), "estimate": .int(Int64(estimate))]
-        for (suffix, approved) in [("rejected", false), ("approved", true)] {
-            let path = approvals.appending("\(gate).\(suffix)")
-            switch Drops.read(path, limit: config.dropSizeLimit, policy: policy) {
-            case .absent:
-                continue
-            case .refused(let p, let reason, let identity):
-                // Moved out of the way (as the engine's gates do), so it cannot hold the name.
-                _ = try Drops.refuse(p, reason: reason, identity: identity, durable: spool.durable, now: self.clock.now(), setAsideIn: self.runDirectory.appending("refused"))
-                continue
-            case .valid(let f):
-                var value = f.json
-                if case .object(let o)? = f.json, Set(o.keys).isSubset(of: ["comment", "value", "reason"]) { value = o["value"] }
-                let by = f.owner.user ?? String(f.owner.uid)
-                // Once recorded, the drop moves out of approvals/ into decisions/ (as the
-                // engine does with its gates' decisions); the gate name is never asked again.
-                let consume = {
-                    let decisions = self.runDirectory.appending("decisions")
-                    try spool.ensureRuntimeDirectory(decisions)
-                    try DurableFile.rename(path, to: decisions.appending("\(gate).\(suffix)"), mode: .replace)
-                    try DurableFile.fsyncDirectory(decisions)
-                    try DurableFile.fsyncDirectory(approvals)
-                }
-                if !approved {
-                    let reason = f.json?["reason"]?.stringValue ?? f.json?["comment"]?.stringValue ?? "rejected"
-                    _ = try self.recorded(.llmBudget, name) { ["decision": "rejected", "gate": .string(gate), "by": .string(by), "reason": .string(reason), "figures": figures] }
-                    try consume()
-                    let info = ErrorInfo(type: "llm_budget_exceeded", message: "the run's token budget: \(by) rejected raising it (\(reason)); spent \(spent) of \(budget), this call needs about \(estimate)", retryable: false)
-                    return OperationRecord(value: .null, data: ["request": requestData, "budget": figures], error: info, attempts: 0)
-                }
-                // No value adds another configured budget; {"tokens": N} (or N) sets it to N.
-                // Anything else is refused, not guessed at: a budget of -5 or Int64.max is no
-                // decision a person meant (and the next default raise would overflow).
-                var raised = budget + configured
-                if let v = value, !v.isNull {
-                    guard let t = (v["tokens"] ?? v).intValue, t >= 1, t <= TokenUsage.maximumCount else {
-                        _ = try Drops.refuse(path, reason: "a budget decision's value is {\"tokens\": N} with N a whole number from 1 to \(TokenUsage.maximumCount), not \(v.compactText().prefix(80))", identity: f.identity, durable: spool.durable, now: self.clock.now(), setAsideIn: self.runDirectory.appending("refused"))
-                        continue
-                    }
+        if let f = try gateDrop(gate, spool: spool) {
+            let by = f.by
+            if !f.approved {
+                let reason = f.json?["reason"]?.stringValue ?? f.json?["comment"]?.stringValue ?? "rejected"
+                _ = try self.recorded(.llmBudget, name) { ["decision": "rejected", "gate": .string(gate), "by": .string(by), "reason": .string(reason), "figures": figures] }
+                try consumeGateDrop("\(gate).\(f.suffix)", spool: spool)
+                let info = ErrorInfo(type: "llm_budget_exceeded", message: "the run's token budget: \(by) rejected raising it (\(reason)); spent \(spent) of \(budget), this call needs about \(estimate)", retryable: false)
+                return OperationRecord(value: .null, data: ["request": requestData, "budget": figures], error: info, attempts: 0)
+            }
+            // No value adds another configured budget; {"tokens": N} (or N) sets it to N.
+            // Anything else is refused, not guessed at: a budget of -5 or Int64.max is no
+            // decision a person meant (and the next default raise would overflow).
+            var raised: Int? = budget + configured
+            if let v = f.value, !v.isNull {
+                if let t = (v["tokens"] ?? v).intValue, t >= 1, t <= TokenUsage.maximumCount {
                     raised = Int(t)
+                } else {
+                    try refuseGateDrop(f, "a budget decision's value is {\"tokens\": N} with N a whole number from 1 to \(TokenUsage.maximumCount), not \(v.compactText().prefix(80))", spool: spool)
+                    raised = nil
                 }
+            }
+            if let raised {
                 _ = try self.recorded(.llmBudget, name) { ["decision": "approved", "gate": .string(gate), "by": .string(by), "budget": .int(Int64(raised)), "figures": figures] }
-                try consume()
+                try consumeGateDrop("\(gate).\(f.suffix)", spool: spool)
                 // Raised too little? The next gate asks again.
-                return try checkBudget(name, messages: messages, options: options, requestData: requestData)
+                return try checkBudget(name, messages: messages, options: options, requestData: requestData, pending: pending)
             }
         }
         let request = approvals.appending("\(gate).request.json")

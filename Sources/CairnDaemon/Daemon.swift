@@ -88,15 +88,10 @@ public actor Daemon: Service {
 
     public func run() async throws {
         try await start()
-        // `cairn status` (and why, approve) tell whether a daemon serves the spool by this.
-        let presence: Int32?
-        do {
-            presence = try DaemonPresence.announce(spool, concurrency: options.concurrency)
-        } catch {
-            logger.warning("cannot announce this daemon in daemons/ (cairn status will not see it)", metadata: ["error": "\(Names.printable(String(describing: error)))"])
+        defer {
+            if let presence { DaemonPresence.withdraw(spool, fd: presence) }
             presence = nil
         }
-        defer { if let presence { DaemonPresence.withdraw(spool, fd: presence) } }
         await withGracefulShutdownHandler {
             await withTaskGroup(of: Void.self) { group in
                 group.addTask { await self.consumeEvents() }
@@ -123,6 +118,9 @@ public actor Daemon: Service {
         ScriptWorkflow.removeHelperDirectory()
         logger.info("daemon stopped")
     }
+
+    /// The announcement's descriptor (its lock says this daemon runs), from start to stop.
+    private var presence: Int32? = nil
 
     private var stopWaiters: [CheckedContinuation<Void, Never>] = []
     private func waitUntilStopped() async {
@@ -275,6 +273,16 @@ public actor Daemon: Service {
             throw SpoolError(.invalid, path: spool.runsDirectory.string, "belongs to \(owner), the spool's service user; run the daemon as \(owner) (e.g. sudo -u \(owner) cairn daemon), so that nobody else writes the runtime's files")
         }
         try spool.checkConfigurationFiles()
+        // `cairn status` (and why, approve) tell whether a daemon serves the spool by this:
+        // announced first, before any run is looked at, so that it is done by the time the
+        // daemon acts (and a test stopping it then finds it complete).
+        if presence == nil {
+            do {
+                presence = try DaemonPresence.announce(spool, concurrency: options.concurrency)
+            } catch {
+                logger.warning("cannot announce this daemon in daemons/ (cairn status will not see it)", metadata: ["error": "\(Names.printable(String(describing: error)))"])
+            }
+        }
         let hooks = CrashPoints.activeHooks
         if !hooks.isEmpty {
             logger.warning("test hooks active (a debug build; never in a release build)", metadata: ["hooks": "\(hooks.joined(separator: ","))"])
