@@ -245,7 +245,7 @@ func streamLog(_ t: TempSpool, _ id: String, _ name: String) -> [JSONValue] {
         try #require(ok)
         let port = Int(UInt16(bigEndian: addr.sin_port))
         let t = try TempSpool()
-        let c = LLMClient(providers: [OpenAICompatibleProvider(name: "slow", baseURL: "http://127.0.0.1:\(port)/v1", apiKey: nil, timeout: .seconds(120), connectTimeout: .seconds(1))])
+        let c = LLMClient(providers: [OpenAICompatibleProvider(name: "slow", baseURL: "http://127.0.0.1:\(port)/v1", apiKey: nil, timeout: .seconds(600), connectTimeout: .seconds(1))])
         var o = LLMOptions()
         o.retry = RetryPolicy(maxAttempts: 1)
         let options = o
@@ -256,7 +256,9 @@ func streamLog(_ t: TempSpool, _ id: String, _ name: String) -> [JSONValue] {
         let attempt = try #require(try t.spool.journal(id).load().first { $0.kind == "llm" }?.data?["attempts"]?.arrayValue?.first)
         #expect(attempt["status"] == "timeout", "\(attempt)")
         let ms = attempt["latency_ms"]?.intValue ?? -1
-        print("a connection never established: failed after \(ms) ms (connect timeout 1 s, response timeout 120 s)")
-        #expect(ms >= 900 && ms < 60_000, "\(attempt)")
+        print("a connection never established: failed after \(ms) ms (connect timeout 1 s, response timeout 600 s)")
+        // Far below the response timeout, with room for a loaded suite: the latency includes
+        // the time the test's task waits for a thread (61.8 s seen once in make test).
+        #expect(ms >= 900 && ms < 300_000, "\(attempt)")
     }
 }
