@@ -41,7 +41,9 @@ public enum DaemonPresence {
         ]
         if let concurrency { info["concurrency"] = .int(Int64(concurrency)) }
         let path = dir.appending("\(getpid()).json")
-        try spool.durable.write(json: .object(info), to: path)
+        // Not fsync'd: it says a process runs, which no power loss outlives (and a file left by
+        // a crash is told by its lock); the restart path pays no fsync for it.
+        try spool.durable.write(json: .object(info), to: path, durability: .atomicOnly)
         let fd = open(path.string, O_RDONLY | O_CLOEXEC)
         guard fd >= 0 else { throw SpoolError(.io, path: path.string, errno: errno, "cannot open the daemon's announcement") }
         guard flock(fd, LOCK_SH | LOCK_NB) == 0 else {
