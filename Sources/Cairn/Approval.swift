@@ -53,18 +53,23 @@ public indirect enum ApprovalTimeout: Sendable {
 }
 
 /// A decision file as read from approvals/.
-struct DroppedDecision {
-    var approved: Bool
-    var raw: JSONValue?
-    var value: JSONValue?
-    var comment: String?
-    var reason: String?
-    var decidedBy: Principal?
-    var decidedAt: Date
-    var file: String
-    var inode: UInt64
-    var identity: String
-    var authorization: String?
+package struct DroppedDecision {
+    package var approved: Bool
+    package var raw: JSONValue?
+    package var value: JSONValue?
+    package var comment: String?
+    package var reason: String?
+    package var decidedBy: Principal?
+    package var decidedAt: Date
+    package var file: String
+    package var inode: UInt64
+    package var identity: String
+    package var authorization: String?
+
+    /// Who decided, as the agent layer records it: the user's name, else the uid.
+    package var by: String { decidedBy.map { $0.user ?? String($0.uid) } ?? "?" }
+    /// `GATE.approved` or `GATE.rejected`.
+    package var fileName: String { (file as NSString).lastPathComponent }
 }
 
 extension WorkflowContext {
@@ -108,9 +113,10 @@ extension WorkflowContext {
     /// request file lists them (`value_kinds`), so that `cairn approve --value` refuses a
     /// value of the wrong kind before it is dropped.
     static func jsonKinds<V: Decodable>(of: V.Type) -> [String]? {
-        let probes: [(String, [JSONValue])] = [("number", [.int(0), .double(0.5)]), ("string", [.string("")]), ("boolean", [.bool(true)]), ("array", [.array([])]), ("object", [.object([:])])]
-        let kinds = probes.filter { _, values in values.contains { (try? $0.decode(as: V.self)) != nil } }.map(\.0)
-        return kinds.isEmpty || kinds.count == probes.count ? nil : kinds
+        let probes: [JSONValue] = [.int(0), .double(0.5), .string(""), .bool(true), .array([]), .object([:])]
+        var kinds: [String] = []
+        for p in probes where !kinds.contains(p.kindName) && (try? p.decode(as: V.self)) != nil { kinds.append(p.kindName) }
+        return kinds.isEmpty || kinds.count == 5 ? nil : kinds
     }
 
     func writeRequest(gate: String, request: ApprovalRequest, deadline: Date?, expectedValue: String? = nil, valueKinds: [String]? = nil) throws {
@@ -139,7 +145,7 @@ extension WorkflowContext {
 
     /// Reads `GATE.rejected` / `GATE.approved` (rejection wins when both exist). Refused
     /// drops get an error file beside them and count as no decision.
-    func readDecision(gate: String) throws -> DroppedDecision? {
+    package func readDecision(gate: String) throws -> DroppedDecision? {
         let policy = config.approvalPolicy(gate: gate)
         for (suffix, approved) in [("rejected", false), ("approved", true)] {
             let path = paths.approvalsDirectory.appending("\(gate).\(suffix)")

@@ -434,10 +434,11 @@ extension WorkflowContext {
             ["model": a["model"] ?? .null, "answer": a["answer"] ?? .null, "reason": a["reason"] ?? .null]
         }
         var refusedWhy: String? = nil
-        if let f = try gateDrop(gate, spool: spool) {
+        // The engine's reading of a gate's drops (the approvers' rule, refusals set aside).
+        if let f = try readDecision(gate: gate) {
             let approved = f.approved, value = f.value, by = f.by
-            var decision: [String: JSONValue] = ["approved": .bool(approved), "by": .string(by), "file": .string("\(gate).\(f.suffix)")]
-            if !approved { decision["reason"] = .string(f.json?["reason"]?.stringValue ?? f.json?["comment"]?.stringValue ?? "rejected") }
+            var decision: [String: JSONValue] = ["approved": .bool(approved), "by": .string(by), "file": .string(f.fileName)]
+            if !approved { decision["reason"] = .string(f.reason ?? "rejected") }
             var acceptable = true
             if approved, let v = value, !v.isNull {
                 // The person's own answer: its text, checked as the model's answers were;
@@ -476,6 +477,7 @@ extension WorkflowContext {
                 "gate": .string(gate), "run": .string(self.runID), "step": .string(name),
                 "summary": .string("Every model's answer to '\(name)' was rejected. Approve to accept the last answer; approve with a value to answer that instead (the answer's text as a JSON string\(options.responseSchema != nil ? ", or its JSON object" : ""); it is checked like the models' answers); or reject to fail the call."),
                 "answer": .string(Self.rendered(response)), "rejected": .array(reasons),
+                "value_kinds": .array((options.responseSchema != nil ? ["string", "object"] : ["string"]).map { .string($0) }),
                 "approve": .string("touch \(approvals.appending("\(gate).approved").string)   (or: cairn approve \(self.runID) \(gate) [--value answer.json], answer.json holding e.g. \"TEXT\"\(options.responseSchema != nil ? " or {…}" : ""))"),
                 "reject": .string("touch \(approvals.appending("\(gate).rejected").string)   (or: cairn reject \(self.runID) \(gate))"),
             ]), to: request)
@@ -520,43 +522,9 @@ extension WorkflowContext {
         return record
     }
 
-    /// A person's drop on one of this layer's own gates (the budget's, a wrong answer's):
-    /// a rejection first; a drop the spool's rules refuse is set aside with an error file.
-    struct GateDrop {
-        let approved: Bool
-        let json: JSONValue?
-        /// The `value` of `{"comment", "value", "reason"}`, else the whole JSON.
-        let value: JSONValue?
-        let by: String
-        let identity: String
-        let path: FilePath
-        let suffix: String
-    }
-
-    func gateDrop(_ gate: String, spool: Spool) throws -> GateDrop? {
-        let config = self.spoolConfig
-        let policy = config.approvalPolicy(gate: gate)  // fails closed when cairn.json's approvers are invalid
-        for (suffix, approved) in [("rejected", false), ("approved", true)] {
-            let path = self.runDirectory.appending("approvals").appending("\(gate).\(suffix)")
-            switch Drops.read(path, limit: config.dropSizeLimit, policy: policy) {
-            case .absent:
-                continue
-            case .refused(let p, let reason, let identity):
-                // Moved out of the way (as the engine's gates do), so it cannot hold the name.
-                _ = try Drops.refuse(p, reason: reason, identity: identity, durable: spool.durable, now: self.clock.now(), setAsideIn: self.runDirectory.appending("refused"))
-                continue
-            case .valid(let f):
-                var value = f.json
-                if case .object(let o)? = f.json, Set(o.keys).isSubset(of: ["comment", "value", "reason"]) { value = o["value"] }
-                return GateDrop(approved: approved, json: f.json, value: value, by: f.owner.user ?? String(f.owner.uid), identity: f.identity, path: path, suffix: suffix)
-            }
-        }
-        return nil
-    }
-
     /// Refuses a gate's drop for what its value says: an error file, set aside, gate open.
-    func refuseGateDrop(_ d: GateDrop, _ reason: String, spool: Spool) throws {
-        _ = try Drops.refuse(d.path, reason: reason, identity: d.identity, durable: spool.durable, now: self.clock.now(), setAsideIn: self.runDirectory.appending("refused"))
+    func refuseGateDrop(_ d: DroppedDecision, _ reason: String, spool: Spool) throws {
+        _ = try Drops.refuse(self.runDirectory.appending(d.file), reason: reason, identity: d.identity, durable: spool.durable, now: self.clock.now(), setAsideIn: self.runDirectory.appending("refused"))
     }
 
     /// Once its decision is recorded, a drop moves out of approvals/ into decisions/ (as the
@@ -590,12 +558,12 @@ extension WorkflowContext {
         let gate = Names.fileSafe("budget-\(name)-\(decisions.count + 1)")
         let approvals = self.runDirectory.appending("approvals")
         let figures: JSONValue = ["spent": .int(Int64(spent)), "budget": .int(Int64(budget)), "estimate": .int(Int64(estimate))]
-        if let f = try gateDrop(gate, spool: spool) {
+        if let f = try readDecision(gate: gate) {
             let by = f.by
             if !f.approved {
-                let reason = f.json?["reason"]?.stringValue ?? f.json?["comment"]?.stringValue ?? "rejected"
+                let reason = f.reason ?? "rejected"
                 _ = try self.recorded(.llmBudget, name) { ["decision": "rejected", "gate": .string(gate), "by": .string(by), "reason": .string(reason), "figures": figures] }
-                try consumeGateDrop("\(gate).\(f.suffix)", spool: spool)
+                try consumeGateDrop(f.fileName, spool: spool)
                 let info = ErrorInfo(type: "llm_budget_exceeded", message: "the run's token budget: \(by) rejected raising it (\(reason)); spent \(spent) of \(budget), this call needs about \(estimate)", retryable: false)
                 return OperationRecord(value: .null, data: ["request": requestData, "budget": figures], error: info, attempts: 0)
             }
@@ -613,7 +581,7 @@ extension WorkflowContext {
             }
             if let raised {
                 _ = try self.recorded(.llmBudget, name) { ["decision": "approved", "gate": .string(gate), "by": .string(by), "budget": .int(Int64(raised)), "figures": figures] }
-                try consumeGateDrop("\(gate).\(f.suffix)", spool: spool)
+                try consumeGateDrop(f.fileName, spool: spool)
                 // Raised too little? The next gate asks again.
                 return try checkBudget(name, messages: messages, options: options, requestData: requestData, pending: pending)
             }
@@ -623,6 +591,7 @@ extension WorkflowContext {
             try spool.durable.write(json: [
                 "summary": .string("LLM call '\(name)' would exceed the run's token budget: \(spent) of \(budget) tokens spent, this call needs about \(estimate). Approve to raise the budget (value {\"tokens\": N} sets it to N; no value adds another \(configured)); reject to fail the call."),
                 "details": ["kind": "budget", "call": .string(name), "spent": .int(Int64(spent)), "budget": .int(Int64(budget)), "estimate": .int(Int64(estimate))],
+                "value_expected": "{\"tokens\": N}, N a whole number", "value_kinds": ["number", "object"],
             ], to: request)
         }
         throw self.waiting(WaitingFor(json: ["kind": "budget", "gate": .string(gate), "step": .string(name), "spent": .int(Int64(spent)), "budget": .int(Int64(budget)),

@@ -41,9 +41,9 @@ public enum DaemonPresence {
         ]
         if let concurrency { info["concurrency"] = .int(Int64(concurrency)) }
         let path = dir.appending("\(getpid()).json")
-        // Not fsync'd: it says a process runs, which no power loss outlives (and a file left by
-        // a crash is told by its lock); the restart path pays no fsync for it.
-        try spool.durable.write(json: .object(info), to: path, durability: .atomicOnly)
+        // fsync'd like every file of the spool, so that every JSON file parses after a power
+        // loss (CrashStateTests checks it); about one floor on the start path.
+        try spool.durable.write(json: .object(info), to: path)
         let fd = open(path.string, O_RDONLY | O_CLOEXEC)
         guard fd >= 0 else { throw SpoolError(.io, path: path.string, errno: errno, "cannot open the daemon's announcement") }
         guard flock(fd, LOCK_SH | LOCK_NB) == 0 else {
@@ -66,20 +66,31 @@ public enum DaemonPresence {
         guard let names = try? Spool.list(dir) else { return [] }
         var out: [Entry] = []
         for name in names where name.hasSuffix(".json") {
-            guard let pid = Int32(name.dropLast(5)) else { continue }
+            guard let pid = Int32(name.dropLast(5)), pid > 0 else { continue }
             let path = dir.appending(name)
-            let info = (try? DurableFile.readJSON(path, limit: 1 << 16)) ?? .object([:])
+            // Only a regular file is an announcement (a FIFO would block the read, a
+            // directory or a symlink is nobody's); one that does not read as one is ignored.
+            var st = stat()
+            guard lstat(path.string, &st) == 0, (st.st_mode & S_IFMT) == S_IFREG else { continue }
+            let fd = open(path.string, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK)
+            guard fd >= 0 else {
+                // Not readable by this user: a daemon may or may not run.
+                out.append(Entry(info: .object([:]), alive: nil, pid: pid))
+                continue
+            }
+            defer { close(fd) }
+            guard let info = try? DurableFile.readJSON(path, limit: 1 << 16), let host = info["host"]?.stringValue,
+                  info["pid"]?.intValue == Int64(pid) else { continue }
             var alive: Bool? = nil
-            if info["host"]?.stringValue == hostName {
-                let fd = open(path.string, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK)
-                if fd >= 0 {
-                    if flock(fd, LOCK_EX | LOCK_NB) == 0 {
-                        alive = false
-                        flock(fd, LOCK_UN)
-                    } else if errno == EWOULDBLOCK {
-                        alive = true
-                    }
-                    close(fd)
+            if host == hostName {
+                // Held by the daemon, and that process is there: anyone who may read the file
+                // can hold a shared lock on it too, so the lock alone could be a forgery.
+                let exists = kill(pid, 0) == 0 || errno == EPERM
+                if flock(fd, LOCK_EX | LOCK_NB) == 0 {
+                    alive = false
+                    flock(fd, LOCK_UN)
+                } else {
+                    alive = errno == EWOULDBLOCK && exists
                 }
             }
             out.append(Entry(info: info, alive: alive, pid: pid))

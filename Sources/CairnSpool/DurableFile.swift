@@ -33,8 +33,7 @@ public struct DurableFile: Sendable {
         case durable
         /// Atomic (readers see the old file or the new one, whole) but not fsync'd: only for
         /// the coordination files of one script execution in tmp/ (its exec state), which
-        /// nothing reads after a restart (a new execution writes its own), and a daemon's
-        /// announcement in daemons/ (no power loss outlives the process it names).
+        /// nothing reads after a restart (a new execution writes its own).
         case atomicOnly
     }
 

@@ -125,6 +125,18 @@ extension JSONValue {
     public var arrayValue: [JSONValue]? { if case .array(let a) = self { return a } else { return nil } }
     /// The members, if this is an object.
     public var objectValue: [String: JSONValue]? { if case .object(let o) = self { return o } else { return nil } }
+    /// The JSON kind, as people say it: `null`, `boolean`, `number`, `string`, `array`, `object`.
+    public var kindName: String {
+        switch self {
+        case .null: return "null"
+        case .bool: return "boolean"
+        case .int, .double: return "number"
+        case .string: return "string"
+        case .array: return "array"
+        case .object: return "object"
+        }
+    }
+
     /// Whether this is `null`.
     public var isNull: Bool { if case .null = self { return true } else { return false } }
 

@@ -129,9 +129,18 @@ import Testing
         #expect(serving.code == 0, "\(serving.stdout) \(serving.stderr)")
         let daemons = try JSONValue.parse(serving.stdout)["daemons"]?.arrayValue ?? []
         #expect(daemons.count == 1 && daemons.first?["pid"] == .int(Int64(d.pid)) && daemons.first?["alive"] == true && daemons.first?["concurrency"] == 3, "\(daemons)")
+        let announcement = t.spool.root.appending("daemons/\(d.pid).json").string
         await d.kill9()
+        // Anyone who may read the announcement can hold a shared lock on it (an attack did, to
+        // make a dead daemon look alive): the lock counts only with the process there. And a
+        // FIFO or a directory in daemons/ neither blocks status nor passes for a daemon.
+        let forger = open(announcement, O_RDONLY)
+        #expect(forger >= 0 && flock(forger, LOCK_SH | LOCK_NB) == 0)
+        defer { close(forger) }
+        #expect(mkfifo(t.spool.root.appending("daemons/333.json").string, 0o600) == 0)
+        #expect(mkdir(t.spool.root.appending("daemons/555.json").string, 0o700) == 0)
         let dead = try Binary.cairn("status", spool: t.spool)
-        #expect(dead.code == 1 && dead.stdout.contains("dead"), "\(dead.stdout)")
+        #expect(dead.code == 1 && dead.stdout.contains("dead") && !dead.stdout.contains("333") && !dead.stdout.contains("555"), "\(dead.stdout)")
         d = try await DaemonProcess(spool: t.spool)
         let again = try JSONValue.parse(try Binary.cairn("status", "--json", spool: t.spool).stdout)["daemons"]?.arrayValue ?? []
         #expect(again.count == 1 && again.first?["pid"] == .int(Int64(d.pid)), "the dead daemon's announcement is gone: \(again)")

@@ -31,15 +31,7 @@ func dropDecision(spool: Spool, run runID: String, gate: String, suffix: String,
     // A value of a kind the run refuses is refused here, not reported as "approved".
     if suffix == "approved", let value = content?["value"], !value.isNull,
        let req = try? DurableFile.readJSON(request), let kinds = req["value_kinds"]?.arrayValue?.compactMap(\.stringValue), !kinds.isEmpty {
-        let kind: String
-        switch value {
-        case .int, .double: kind = "number"
-        case .string: kind = "string"
-        case .bool: kind = "boolean"
-        case .array: kind = "array"
-        case .object: kind = "object"
-        default: kind = "null"
-        }
+        let kind = value.kindName
         guard kinds.contains(kind) else {
             let wants = req["value_expected"]?.stringValue.map { " (\($0))" } ?? ""
             throw CLIError(.failure, "gate '\(gate)' takes a value that is \(kinds.map { "a \($0)" }.joined(separator: " or "))\(wants), not \(kind == "array" || kind == "object" ? "an" : "a") \(kind): the run would refuse it; nothing was written")

@@ -25,7 +25,8 @@ struct SignalCommand: ParsableCommand {
     func run() throws {
         let spool = try options.open()
         _ = try requireRun(spool, runID)
-        if let state = try? spool.readState(runID), state.status.isTerminal {
+        let state = try? spool.readState(runID)
+        if let state, state.status.isTerminal {
             throw CLIError(.failure, "run \(runID) is \(state.status.rawValue): nothing will read an event; nothing was written")
         }
         let value = try data.map { try Output.readJSONArgument($0, what: "event data") } ?? .null
@@ -37,21 +38,9 @@ struct SignalCommand: ParsableCommand {
         }
         try DurableFile.drop(data, to: spool.run(runID).eventsDirectory.appending(name))
         Output.line("events/\(name)")
-        // Delivered, but maybe to nobody: say so rather than exit 0 in silence.
-        if let state = try? spool.readState(runID) {
-            if state.status == .waiting, let w = state.waitingFor, !(w.kind == .event && w["name"]?.stringValue == event) {
-                Output.warn("warning: run \(runID) is waiting for \(Self.describe(w)), not event '\(event)'; the event is kept for when the run asks for it")
-            }
-        }
-    }
-
-    /// What a wait is, in a few words.
-    static func describe(_ w: WaitingFor) -> String {
-        switch w.kind {
-        case .event: return "event '\(w["name"]?.stringValue ?? "?")'"
-        default:
-            if let gate = w.gate { return "\(w.kind.rawValue) '\(gate)'" }
-            return w.kind.rawValue
+        // Delivered, but maybe to nobody yet: say so rather than exit 0 in silence.
+        if let state, state.status == .waiting, let w = state.waitingFor, !(w.kind == .event && w["name"]?.stringValue == event) {
+            Output.warn("warning: run \(runID) is waiting for \(Describe.waitingShort(w)), not event '\(event)'; the event is kept for when the run asks for it")
         }
     }
 }
