@@ -17,6 +17,9 @@ struct DurationArgument: ExpressibleByArgument, Sendable {
     }
 
     var defaultValueDescription: String { text }
+
+    /// What TAB offers: a few common durations (any other is typed as it is).
+    static var defaultCompletionKind: CompletionKind { .list(["30s", "5m", "15m", "1h", "2h", "1d", "7d", "30d"]) }
 }
 
 /// `cairn wait --for`: the state to wait for.

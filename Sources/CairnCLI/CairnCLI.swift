@@ -147,7 +147,7 @@ struct CairnCommand: AsyncParsableCommand {
         // `cairn --help` lists the commands in these groups ("RUN SUBCOMMANDS:" …), in this order; every name works as before.
         groupedSubcommands: [
             CommandGroup(name: "Run", subcommands: [
-                SubmitCommand.self, ListCommand.self, ShowCommand.self, WhyCommand.self, WaitCommand.self, StatusCommand.self,
+                SubmitCommand.self, ListCommand.self, ShowCommand.self, LogsCommand.self, WhyCommand.self, WaitCommand.self, StatusCommand.self,
             ]),
             CommandGroup(name: "Decision and event", subcommands: [
                 ApproveCommand.self, RejectCommand.self, SignalCommand.self,

@@ -11,6 +11,13 @@ enum Output {
         raw(Data((terminalSafe(s) + "\n").utf8), to: 1)
     }
 
+    /// Text as it is (no line break added), made terminal-safe; `keepTabs` for logs, whose
+    /// tab-separated output would be unreadable as `\u{9}`.
+    static func write(_ s: String, keepTabs: Bool = false) {
+        let safe = keepTabs ? s.split(separator: "\t", omittingEmptySubsequences: false).map { terminalSafe(String($0)) }.joined(separator: "\t") : terminalSafe(s)
+        raw(Data(safe.utf8), to: 1)
+    }
+
     /// "1 step", "3 steps".
     static func count(_ n: Int, _ singular: String, _ plural: String? = nil) -> String {
         "\(n) \(n == 1 ? singular : plural ?? singular + "s")"

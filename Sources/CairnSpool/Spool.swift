@@ -50,6 +50,9 @@ public struct Spool: Sendable {
         try DurableFile.makeDirectory(root)
         let spool = Spool(root: root)
         for d in subdirectories { try DurableFile.makeDirectory(root.appending(d)) }
+        // Every status's index directory from the start, so that a watcher (`cairn ls
+        // --watch`, not the service user) can watch each one before its first run.
+        for s in RunStatus.allCases { try DurableFile.makeDirectory(root.appending("index").appending(s.rawValue)) }
         DurableFile.probeNoReplace(in: spool.tmpDirectory)
         // inbox/ is a drop directory; the rest belongs to the runtime.
         try makeDropDirectories([root.appending("inbox")], group: nil)
@@ -78,6 +81,10 @@ public struct Spool: Sendable {
         _ = try spool.config()
         for d in subdirectories where !DurableFile.exists(root.appending(d)) {
             try DurableFile.makeDirectory(root.appending(d))
+        }
+        // A spool made before the index's directories were (best effort: its owner only).
+        for s in RunStatus.allCases where !DurableFile.exists(root.appending("index").appending(s.rawValue)) {
+            try? DurableFile.makeDirectory(root.appending("index").appending(s.rawValue))
         }
         // (No probe here: opening a spool must not write. Where RENAME_NOREPLACE is refused,
         // the first no-replace rename of the process finds out and switches.)

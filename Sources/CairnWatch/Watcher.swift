@@ -47,6 +47,9 @@ public final class Watcher: Sendable {
     public static let dropMask = UInt32(IN_CLOSE_WRITE | IN_MOVED_TO | IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_DELETE_SELF | IN_ONLYDIR)
     /// For directories where a change of mode matters too (`chmod +x` of a script workflow).
     public static let dropAndModeMask = dropMask | UInt32(IN_ATTRIB)
+    /// For files followed as they grow (`cairn logs -f`): every write is an event. Never for
+    /// a directory the daemon watches (a chatty writer would fill the queue).
+    public static let appendMask = dropMask | UInt32(IN_MODIFY)
 
     private enum Request: @unchecked Sendable {
         case add(String, UInt32, CheckedContinuation<Void, any Error>)
@@ -257,8 +260,9 @@ public final class Watcher: Sendable {
             kind = .watchGone
         } else if mask & UInt32(IN_ISDIR) != 0 && mask & UInt32(IN_CREATE | IN_MOVED_TO) != 0 {
             kind = .directoryLanded
-        } else if mask & UInt32(IN_CLOSE_WRITE | IN_MOVED_TO | IN_ATTRIB) != 0 {
-            // IN_ATTRIB only where a watch asks for it (workflows/: `chmod +x` installs one).
+        } else if mask & UInt32(IN_CLOSE_WRITE | IN_MOVED_TO | IN_ATTRIB | IN_MODIFY) != 0 {
+            // IN_ATTRIB and IN_MODIFY only where a watch asks for them (workflows/: `chmod +x`
+            // installs one; `appendMask`: a followed log grew).
             kind = .landed
         } else if mask & UInt32(IN_DELETE | IN_MOVED_FROM) != 0 {
             kind = .removed

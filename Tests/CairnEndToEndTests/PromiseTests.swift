@@ -526,7 +526,7 @@ private func dropIntoInbox(_ t: TempSpool, _ name: String, _ content: String) th
         }
         #expect(gc.code == 0, "\(gc.stderr)")
         #expect(Set(gc.stdout.split(separator: "\n").map(String.init)) == [done, failed, cancelled], "\(gc.stdout)")
-        #expect(gc.stderr.contains("removed 3 run(s)"), "\(gc.stderr)")
+        #expect(gc.stderr.contains("removed 3 runs"), "\(gc.stderr)")
         #expect(try Set(t.spool.runIDs()) == [waiting, recent, held])
         for (r, s) in [(done, "completed"), (failed, "failed"), (cancelled, "cancelled")] {
             #expect(!exists(t.spool.indexDirectory.appending(s).appending(r).string), "index entry of \(r) left")

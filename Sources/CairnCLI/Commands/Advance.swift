@@ -18,7 +18,7 @@ struct AdvanceCommand: AsyncParsableCommand {
             """)
     )
 
-    @Argument(help: ArgumentHelp("The run id.", valueName: "run")) var runID: String
+    @Argument(help: ArgumentHelp("The run id.", valueName: "run"), completion: Completions.runs) var runID: String
     @Option(name: .customLong("max-sleep"), help: "Sleep through timers up to this long.") var maxSleep = DurationArgument(argument: "1m")!
     @OptionGroup var options: SpoolOptions
     @OptionGroup var output: JSONOption

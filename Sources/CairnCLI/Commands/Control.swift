@@ -20,7 +20,7 @@ struct CancelCommand: ParsableCommand {
         abstract: "Cancel a run: its compensations run, then it ends as cancelled (drops runs/RUN/cancel).",
         discussion: "Example:\n  cairn cancel RUN"
     )
-    @Argument(help: ArgumentHelp("The run id.", valueName: "run")) var runID: String
+    @Argument(help: ArgumentHelp("The run id.", valueName: "run"), completion: Completions.runs) var runID: String
     @OptionGroup var options: SpoolOptions
 
     func run() throws {
@@ -35,7 +35,7 @@ struct PauseCommand: ParsableCommand {
         abstract: "Hold a run before its next operation while runs/RUN/pause exists.",
         discussion: "Example:\n  cairn pause RUN && cairn resume RUN"
     )
-    @Argument(help: ArgumentHelp("The run id.", valueName: "run")) var runID: String
+    @Argument(help: ArgumentHelp("The run id.", valueName: "run"), completion: Completions.runs) var runID: String
     @OptionGroup var options: SpoolOptions
 
     func run() throws {
@@ -50,7 +50,7 @@ struct ResumeCommand: ParsableCommand {
         abstract: "Resume a paused run (removes runs/RUN/pause).",
         discussion: "Example:\n  cairn resume RUN"
     )
-    @Argument(help: ArgumentHelp("The run id.", valueName: "run")) var runID: String
+    @Argument(help: ArgumentHelp("The run id.", valueName: "run"), completion: Completions.runs) var runID: String
     @OptionGroup var options: SpoolOptions
 
     func run() throws {
@@ -73,7 +73,7 @@ struct RetryCommand: ParsableCommand {
         abstract: "Retry a failed run from its failed step (drops runs/RUN/retry).",
         discussion: "Example:\n  cairn retry RUN"
     )
-    @Argument(help: ArgumentHelp("The run id.", valueName: "run")) var runID: String
+    @Argument(help: ArgumentHelp("The run id.", valueName: "run"), completion: Completions.runs) var runID: String
     @OptionGroup var options: SpoolOptions
 
     func run() throws {

@@ -77,8 +77,19 @@ enum Describe {
             lines.append("       or: cairn approve \(run) \(gate)\(sp)")
             lines.append("   reject: touch \(dir)/approvals/\(gate).rejected")
             lines.append("       or: cairn reject \(run) \(gate)\(sp)")
-            let expected = (try? DurableFile.readJSON(requestPath))?["value_expected"]?.stringValue
-            lines.append("  (approve takes --comment C and --value FILE" + (expected.map { ": a value must be \(Output.printable($0))" } ?? "") + "; reject takes --reason R)")
+            let request = try? DurableFile.readJSON(requestPath)
+            let expected = request?["value_expected"]?.stringValue
+            // In JSON's words first (what a person writes in the file), the workflow's type after.
+            let kinds = (request?["value_kinds"]?.arrayValue ?? []).compactMap(\.stringValue).filter { $0 != "null" }
+            let names = ["number": "a number", "string": "a string", "object": "a JSON object", "array": "a JSON array", "bool": "true or false", "boolean": "true or false"]
+            let json = kinds.isEmpty ? nil : kinds.map { names[$0] ?? $0 }.joined(separator: " or ")
+            let what = switch (json, expected) {
+            case let (j?, e?): "\(j) (\(Output.printable(e)))"
+            case let (j?, nil): j
+            case let (nil, e?): Output.printable(e)
+            default: ""
+            }
+            lines.append("  (approve takes --comment C and --value FILE" + (what.isEmpty ? "" : ": the value must be \(what)") + "; reject takes --reason R)")
             return lines
         case "event":
             let name = w["name"]?.stringValue ?? "?"

@@ -1,8 +1,10 @@
 import ArgumentParser
 import CairnSpool
+import CairnWatch
 import Foundation
+import Synchronization
 
-struct ShowCommand: ParsableCommand {
+struct ShowCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "show",
         abstract: "A run's timeline: every journal record with time, duration, attempts, tokens and errors.",
@@ -12,10 +14,11 @@ struct ShowCommand: ParsableCommand {
               cairn show RUN --json | jq '.journal[] | select(.kind == "step")'
               cairn show RUN --tail 20   # the last 20 records (only those are read)
               cairn show RUN --since 5000     # records from position 5000 on
+              cairn show RUN --follow   # then each record as it lands, until the run ends
             """)
     )
 
-    @Argument(help: ArgumentHelp("The run id.", valueName: "run"))
+    @Argument(help: ArgumentHelp("The run id.", valueName: "run"), completion: Completions.runs)
     var runID: String
 
     @Option(help: ArgumentHelp("Only the last N journal records.", valueName: "n"))
@@ -24,15 +27,19 @@ struct ShowCommand: ParsableCommand {
     @Option(help: ArgumentHelp("Only the journal records from position SEQ on.", valueName: "seq"))
     var since: Int?
 
+    @Flag(name: [.customShort("f"), .long], help: "Then print each record as it lands (inotify, no polling) until the run ends.")
+    var follow = false
+
     @OptionGroup var options: SpoolOptions
 
     func validate() throws {
         if let tail, tail < 0 { throw ValidationError("--tail must be 0 or more") }
         if let since, since < 1 { throw ValidationError("--since must be a position, 1 or more") }
+        if follow && output.json { throw ValidationError("--follow prints text; for JSON, follow the journal's files (docs/spool-format.md)") }
     }
     @OptionGroup var output: JSONOption
 
-    func run() throws {
+    func run() async throws {
         let spool = try options.open()
         let record = try requireRun(spool, runID)
         let state: RunState?
@@ -90,13 +97,10 @@ struct ShowCommand: ParsableCommand {
         // in a window ending at the journal's end is in the window.
         let effective = Set(Journal.effective(entries).map(\.seq))
         for e in entries {
-            let pos = String(e.seq)
-            let label = Output.printable(e.name.map { "\(e.kind) \($0)" } ?? e.kind.rawValue)
-            let control = e.kind == "retry" && e.name == "run"  // not an operation: never "superseded"
-            let superseded = effective.contains(e.seq) || control ? "" : Output.dim(" (superseded by a run retry)")
-            Output.line("  \(String(repeating: " ", count: max(0, 4 - pos.count)))\(pos)  \(Timestamp.format(e.at))  \(label.padding(toLength: max(label.count, 28), withPad: " ", startingAt: 0))  \(Describe.record(e))\(superseded)")
+            Self.printRecord(e, superseded: !effective.contains(e.seq))
         }
-        if let state {
+        let final = follow ? try await followRecords(spool, after: entries.last?.seq ?? 0) : state
+        if let state = final {
             Output.line("")
             if let w = state.waitingFor, state.status == .waiting {
                 for l in Describe.unblock(w, run: runID, spool: spool) { Output.line(l) }
@@ -104,9 +108,59 @@ struct ShowCommand: ParsableCommand {
                 Output.line(Output.red("failed: \(Output.printable(e.message))") + (e.file.map { " [\(Output.printable($0))]" } ?? ""))
                 Output.line("  retry: cairn retry \(runID)")
             } else if state.status == .completed {
-                Output.line("result: \(spool.run(runID).resultFile.string)")
+                Output.line("result: \(Self.shortResult(spool, runID))")
+                Output.line(Output.dim("  (whole: \(spool.run(runID).resultFile.string))"))
             }
         }
+    }
+
+    static func printRecord(_ e: JournalEntry, superseded: Bool) {
+        let pos = String(e.seq)
+        let label = Output.printable(e.name.map { "\(e.kind) \($0)" } ?? e.kind.rawValue)
+        let control = e.kind == "retry" && e.name == "run"  // not an operation: never "superseded"
+        let mark = !superseded || control ? "" : Output.dim(" (superseded by a run retry)")
+        Output.line("  \(String(repeating: " ", count: max(0, 4 - pos.count)))\(pos)  \(Timestamp.format(e.at))  \(label.padding(toLength: max(label.count, 28), withPad: " ", startingAt: 0))  \(Describe.record(e))\(mark)")
+    }
+
+    /// --follow: each record after position `after` as it lands, and a line each time the
+    /// run starts waiting for something new, until the run has ended. Returns its last state.
+    func followRecords(_ spool: Spool, after: Int) async throws -> RunState? {
+        let id = runID
+        let journal = spool.journal(id)
+        let printed = Mutex(after)
+        let lastWait = Mutex<String?>(nil)
+        let last = Mutex<RunState?>(nil)
+        let dirs = [(journal.directory.string, Watcher.dropMask), (spool.run(id).directory.string, Watcher.dropMask)]
+        try await Follow.until(watching: dirs, rescan: .seconds(1)) { _ in
+            // The state first: records written before it ended are all there by then.
+            let state = try? spool.readState(id)
+            let end = try journal.lastPosition()
+            let from = printed.withLock { $0 } + 1
+            if from <= end {
+                for e in try journal.records(in: from...end) { Self.printRecord(e, superseded: false) }
+                printed.withLock { $0 = end }
+            }
+            guard let state = state ?? nil else { return false }
+            last.withLock { $0 = state }
+            if state.status == .waiting, let w = state.waitingFor {
+                let short = Describe.waitingShort(w)
+                if lastWait.withLock({ $0 }) != short {
+                    lastWait.withLock { $0 = short }
+                    Output.line(Output.dim("        … waiting for \(short) (cairn why \(id))"))
+                }
+            } else {
+                lastWait.withLock { $0 = nil }
+            }
+            return state.status.isTerminal
+        }
+        return last.withLock { $0 }
+    }
+
+    /// The result on one line, cut at 200 characters.
+    static func shortResult(_ spool: Spool, _ id: String) -> String {
+        guard let data = FileManager.default.contents(atPath: spool.run(id).resultFile.string) else { return "(result.json unreadable)" }
+        let text = ((try? JSONValue.parse(data))?.compactText() ?? String(decoding: data.prefix(400), as: UTF8.self)).trimmingCharacters(in: .whitespacesAndNewlines)
+        return Output.printable(text.count > 200 ? String(text.prefix(200)) + "…" : text)
     }
 
     /// A workflow version for people: a script's (`script:MTIME`) is the script file's

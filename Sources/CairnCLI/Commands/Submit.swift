@@ -19,7 +19,7 @@ struct SubmitCommand: ParsableCommand {
             """)
     )
 
-    @Argument(help: "The workflow type (a Swift workflow, or an executable in SPOOL/workflows/).")
+    @Argument(help: "The workflow type (a Swift workflow, or an executable in SPOOL/workflows/).", completion: Completions.workflows)
     var workflow: String
 
     @Option(name: .long, help: ArgumentHelp("The input as a JSON file, or - for stdin (default: null).", valueName: "file|-"))

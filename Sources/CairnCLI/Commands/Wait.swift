@@ -18,7 +18,7 @@ struct WaitCommand: AsyncParsableCommand {
             """)
     )
 
-    @Argument(help: ArgumentHelp("The run id.", valueName: "run")) var runID: String
+    @Argument(help: ArgumentHelp("The run id.", valueName: "run"), completion: Completions.runs) var runID: String
     @Option(name: .customLong("for"), help: "The state to wait for (terminal: completed, failed or cancelled).") var target: WaitTarget = .terminal
     @Option(name: .long, help: "Give up after this long (exit 4).") var timeout: DurationArgument?
     @Option(name: .customLong("rescan-interval"), help: "Also re-read state.json this often (writes from other hosts of a shared filesystem).") var rescanInterval = DurationArgument(argument: "1s")!

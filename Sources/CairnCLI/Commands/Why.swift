@@ -13,7 +13,7 @@ struct WhyCommand: ParsableCommand {
             """)
     )
 
-    @Argument(help: ArgumentHelp("The run id.", valueName: "run"))
+    @Argument(help: ArgumentHelp("The run id.", valueName: "run"), completion: Completions.runs)
     var runID: String
 
     @OptionGroup var options: SpoolOptions
@@ -55,7 +55,7 @@ struct WhyCommand: ParsableCommand {
                 }
             }
         case .completed:
-            lines = ["completed at \(Timestamp.format(state.updatedAt)); result: \(spool.run(runID).resultFile.string)"]
+            lines = ["completed at \(Timestamp.format(state.updatedAt)); result: \(ShowCommand.shortResult(spool, runID))", "  (whole: \(spool.run(runID).resultFile.string))"]
         case .cancelled:
             lines = ["cancelled at \(Timestamp.format(state.updatedAt))"]
         }
