@@ -4,7 +4,7 @@ import SystemPackage
 
 enum Output {
     static func json(_ v: JSONValue) {
-        FileHandle.standardOutput.write(Data(v.canonicalText().utf8))
+        raw(Data(v.canonicalText().utf8), to: 1)
     }
 
     static func line(_ s: String) {

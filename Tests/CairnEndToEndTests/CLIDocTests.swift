@@ -187,7 +187,7 @@ import Testing
             let command = ex.command
                 .replacingOccurrences(of: "RUN", with: Self.run(for: ex.command))
                 .replacingOccurrences(of: "GATE", with: "issue-refund")
-            let env = ["CAIRN_SPOOL": copy, "NO_COLOR": "1", "PATH": Binary.directory + ":" + (ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin"), "EXAMPLE": command, "COLUMNS": "200"]
+            let env = ["CAIRN_SPOOL": copy, "NO_COLOR": "1", "PATH": Binary.directory + ":" + (ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin"), "EXAMPLE": command, "COLUMNS": "200", "CAIRN_PAGER": "cat"]
             let r: Binary.Result
             if ex.prompt {
                 // In a terminal, as shown: script(1) gives it a pty.
@@ -211,7 +211,7 @@ import Testing
                 }
             }
         }
-        #expect(failures.isEmpty, "\(failures.count) example(s) do not do what docs/cli.md says:\n\n\(failures.joined(separator: "\n\n"))")
+        if !failures.isEmpty { Issue.record("\(failures.count) example(s) do not do what docs/cli.md says:\n\n\(failures.joined(separator: "\n\n"))") }
         #expect(ran >= 12, "examples run: \(ran)")
     }
 
@@ -251,6 +251,6 @@ import Testing
                 failures.append("docs/cli.md:\(s.line): `\(s.text)`: \(missing.isEmpty ? "" : "--help has \(missing.sorted()) that the synopsis does not") \(stale.isEmpty ? "" : "the synopsis has \(stale.sorted()) that --help does not")")
             }
         }
-        #expect(failures.isEmpty, "\n\(failures.joined(separator: "\n"))")
+        if !failures.isEmpty { Issue.record("\n\(failures.joined(separator: "\n"))") }
     }
 }

@@ -121,3 +121,31 @@ import Testing
         #expect(try complete("cairn show --spool \(other.spool.root.string) ").isEmpty)
     }
 }
+
+/// Issue 20: `show` and `logs` page on a terminal (as git does), never when piped.
+@Suite struct PagerTests {
+    @Test func showPagesOnATerminalOnly() async throws {
+        let t = try TempSpool()
+        let run = try Binary.cairn("submit", "demo-refund", "--input", "-", spool: t.spool, stdin: #"{"order": "A", "amount": 1, "reason": "x"}"#).stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+        _ = try Binary.cairn("advance", run, spool: t.spool)
+        let cairn = Binary.path("cairn")
+        func tty(_ args: String, pager: String) throws -> String {
+            let r = try Binary.run("/usr/bin/script", ["-qec", "\(cairn) \(args) --spool \(t.spool.root.string)", "/dev/null"], env: ["CAIRN_PAGER": pager, "NO_COLOR": "1"])
+            #expect(r.code == 0, "\(r.stdout)\(r.stderr)")
+            return r.stdout.replacingOccurrences(of: "\r", with: "")
+        }
+        // A pager that marks every line: each line of show went through it.
+        let paged = try tty("show \(run)", pager: "sed 's/^/PAGED /'")
+        let lines = paged.split(separator: "\n")
+        #expect(lines.count > 5 && lines.allSatisfy { $0.hasPrefix("PAGED ") }, "\(paged)")
+        #expect(!(try tty("show \(run) --no-pager", pager: "sed 's/^/PAGED /'")).contains("PAGED"))
+        #expect(!(try tty("show \(run)", pager: "cat")).contains("PAGED"))
+        #expect(!(try tty("why \(run)", pager: "sed 's/^/PAGED /'")).contains("PAGED"), "why is short: never paged")
+        // Piped: never.
+        let piped = try Binary.run("cairn", ["show", run, "--spool", t.spool.root.string], env: ["CAIRN_PAGER": "sed 's/^/PAGED /'"])
+        #expect(piped.code == 0 && !piped.stdout.contains("PAGED"))
+        // A pager that quits at once (q in less): show still exits 0 and says nothing.
+        let quit = try Binary.run("/usr/bin/script", ["-qec", "\(cairn) show \(run) --spool \(t.spool.root.string)", "/dev/null"], env: ["CAIRN_PAGER": "true"])
+        #expect(quit.code == 0 && !quit.stdout.contains("rror"), "\(quit.stdout)")
+    }
+}

@@ -27,6 +27,7 @@ struct LogsCommand: AsyncParsableCommand {
     @Argument(help: ArgumentHelp("stdout, stderr, or an LLM call's name (default: all of them).", valueName: "log"), completion: Completions.logs) var log: String?
     @Flag(name: [.customShort("f"), .long], help: "Keep printing what lands until the run ends.") var follow = false
     @Option(name: .customLong("rescan-interval"), help: "With --follow, also look this often (writes from other hosts of a shared filesystem).") var rescanInterval = DurationArgument(argument: "1s")!
+    @Flag(name: .customLong("no-pager"), help: "Print straight to the terminal (without --follow, a terminal gets $CAIRN_PAGER, else $PAGER, else less).") var noPager = false
     @OptionGroup var options: SpoolOptions
 
     func validate() throws {
@@ -45,6 +46,7 @@ struct LogsCommand: AsyncParsableCommand {
             if !follow { throw CLIError(.notFound, "\(runID) has no log '\(Names.printable(log))' (\(list))") }
         }
         guard follow else {
+            Pager.start(disabled: noPager)
             reader.printNew(final: true)
             return
         }

@@ -30,6 +30,9 @@ struct ShowCommand: AsyncParsableCommand {
     @Flag(name: [.customShort("f"), .long], help: "Then print each record as it lands (inotify, no polling) until the run ends.")
     var follow = false
 
+    @Flag(name: .customLong("no-pager"), help: "Print straight to the terminal ($CAIRN_PAGER, else $PAGER, else less, is used on a terminal otherwise).")
+    var noPager = false
+
     @OptionGroup var options: SpoolOptions
 
     func validate() throws {
@@ -52,6 +55,7 @@ struct ShowCommand: AsyncParsableCommand {
             stateProblem = String(describing: error)
         }
         let journal = spool.journal(runID)
+        Pager.start(disabled: noPager || follow)
         let entries: [JournalEntry]
         let start: JournalEntry?
         var total: Int? = nil
