@@ -40,3 +40,37 @@ public struct JSONLogHandler: LogHandler {
         }
     }
 }
+
+/// `--log-format human` (the default): one line per event on stderr, its time written as
+/// every `cairn` command writes times (`2026-11-28T09:00:02.113Z`, UTC with milliseconds),
+/// then the level, the message, and the metadata as `key=value` sorted by key (a value with
+/// a space or a quote in double quotes). Control characters in values (a run id or a file
+/// name from a drop) are escaped, so no value can forge a second line.
+public struct HumanLogHandler: LogHandler {
+    public var logLevel: Logger.Level = .info
+    public var metadata: Logger.Metadata = [:]
+    let label: String
+    private static let lock = Mutex(())
+
+    public init(label: String) { self.label = label }
+
+    public subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+        get { metadata[key] }
+        set { metadata[key] = newValue }
+    }
+
+    public func log(event: LogEvent) {
+        let fields = metadata.merging(event.metadata ?? [:], uniquingKeysWith: { $1 })
+        var line = "\(Timestamp.format(Date())) \(event.level.rawValue.padding(toLength: 7, withPad: " ", startingAt: 0)) \(Names.printable("\(event.message)"))"
+        for (k, v) in fields.sorted(by: { $0.key < $1.key }) {
+            line += " \(k)=\(Self.text(v))"
+        }
+        line += "\n"
+        Self.lock.withLock { _ in FileHandle.standardError.write(Data(line.utf8)) }
+    }
+
+    static func text(_ v: Logger.Metadata.Value) -> String {
+        let s = Names.printable("\(v)")
+        return s.isEmpty || s.contains(" ") || s.contains("\"") ? "\"" + s.replacingOccurrences(of: "\"", with: "\\\"") + "\"" : s
+    }
+}

@@ -149,3 +149,19 @@ import Testing
         #expect(quit.code == 0 && !quit.stdout.contains("rror"), "\(quit.stdout)")
     }
 }
+
+/// Issue 20: the daemon's log writes times as the CLI does (UTC, milliseconds, `Z`).
+@Suite struct DaemonLogFormatTests {
+    @Test func humanLogLinesStartWithTheCLIsTimeFormat() async throws {
+        let t = try TempSpool()
+        let daemon = try await DaemonProcess(spool: t.spool)
+        _ = await daemon.stop()
+        let lines = daemon.log.split(separator: "\n").map(String.init)
+        #expect(lines.count >= 3, "\(daemon.log)")
+        for l in lines {
+            let time = String(l.prefix(24))
+            #expect(Timestamp.parse(time) != nil && time.hasSuffix("Z") && l.dropFirst(24).hasPrefix(" "), "\(l)")
+        }
+        #expect(lines.contains { $0.contains(" scanned spool ") && $0.contains("reason=start") }, "\(daemon.log)")
+    }
+}

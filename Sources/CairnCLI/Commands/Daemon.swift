@@ -60,7 +60,7 @@ struct DaemonCommand: AsyncParsableCommand {
 func makeLogger(format: LogFormat, level: Logger.Level) -> Logger {
     var logger = format == .json
         ? Logger(label: "cairn", factory: { JSONLogHandler(label: $0) })
-        : Logger(label: "cairn", factory: { StreamLogHandler.standardError(label: $0) })
+        : Logger(label: "cairn", factory: { HumanLogHandler(label: $0) })
     logger.logLevel = level
     return logger
 }
