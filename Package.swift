@@ -37,6 +37,9 @@ let package = Package(
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.6.0"),
         .package(url: "https://github.com/swift-server/async-http-client", from: "1.20.0"),
         .package(url: "https://github.com/apple/swift-crypto", "3.0.0"..<"5.0.0"),
+        // The Model Context Protocol: `cairn mcp` (a server over stdio) and MCP tool servers
+        // as agent tools (a client). The protocol's own SDK rather than JSON-RPC by hand.
+        .package(url: "https://github.com/modelcontextprotocol/swift-sdk", exact: "0.12.1"),
         // Tests only: generators and shrinking for the replay engine's property tests.
         .package(url: "https://github.com/x-sheep/swift-property-based", exact: "2.0.1"),
         // `make docs`: the `generate-documentation` command for the DocC catalogs (a plugin
@@ -104,6 +107,7 @@ let package = Package(
                 .product(name: "UnixSignals", package: "swift-service-lifecycle"),
                 .product(name: "Subprocess", package: "swift-subprocess"),
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "MCP", package: "swift-sdk"),
             ],
             swiftSettings: strict
         ),
@@ -144,7 +148,7 @@ let package = Package(
         // End-to-end: the built binaries against temp spools (golden output, SIGKILL, rsync).
         .testTarget(
             name: "CairnEndToEndTests",
-            dependencies: ["CairnSpool", "CairnTesting", "CairnWatch", "CSystemShims"],
+            dependencies: ["CairnSpool", "CairnTesting", "CairnWatch", "CSystemShims", .product(name: "MCP", package: "swift-sdk")],
             exclude: ["Fixtures"],
             swiftSettings: strict
         ),
