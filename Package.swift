@@ -93,6 +93,7 @@ let package = Package(
                 "Cairn", "CairnSpool", "CairnLLMWire",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "MCP", package: "swift-sdk"),
             ],
             swiftSettings: strict
         ),
@@ -122,6 +123,8 @@ let package = Package(
         .executableTarget(name: "cairn-bench", dependencies: ["Cairn", "CairnSpool", "CSystemShims"], swiftSettings: strict),
         // The `cairn` CLI with the test suite's workflows registered (crash and replay tests run it).
         .executableTarget(name: "cairn-fixtures", dependencies: ["CairnCLI", "Cairn", "CairnSpool", "CairnAgents"], swiftSettings: strict),
+        // A small MCP tool server for the tests (a help desk), written with the same SDK.
+        .executableTarget(name: "cairn-mcp-fixture", dependencies: [.product(name: "MCP", package: "swift-sdk")], path: "Tests/MCPFixture", swiftSettings: strict),
         // The fuzz targets (make fuzz): libFuzzer's driver under -DCAIRN_FUZZ, a corpus replayer otherwise.
         .target(name: "CFuzzDriver", path: "Tests/Fuzz/CFuzzDriver"),
         .executableTarget(

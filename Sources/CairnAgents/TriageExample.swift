@@ -29,6 +29,15 @@ public struct TriageTicket: Workflow {
         public var ticket: Ticket
         /// Models to try in order (`provider:model`); nil: the offline scripted provider.
         public var models: [String]?
+        /// The variant with an MCP tool server: the name of a server in cairn.json's
+        /// `"mcp_servers"` whose `lookup_customer` and `send_reply` replace the Swift tools
+        /// (send_reply still needs a person's approval and is at-most-once).
+        public var toolsServer: String?
+
+        enum CodingKeys: String, CodingKey {
+            case ticket, models
+            case toolsServer = "tools_server"
+        }
     }
 
     /// The agent's answer and what it took.
@@ -92,7 +101,7 @@ public struct TriageTicket: Workflow {
         var client = try LLMClient.from(config: ctx.spoolConfig)
         client.providers["triage-canned"] = ScriptedProvider(name: "triage-canned", responses: Self.cannedResponses(for: input.ticket))
         let outbox = ctx.spoolRoot.appending("outbox.jsonl").string
-        let tools = [
+        let swiftTools = [
             Tool("lookup_customer", description: "Look a customer up by email.", parameters: [
                 "type": "object", "properties": ["email": ["type": "string"]], "required": ["email"],
             ]) { args, _ in
@@ -109,6 +118,10 @@ public struct TriageTicket: Workflow {
                 return "sent"
             },
         ]
+        var tools = swiftTools
+        if let server = input.toolsServer {
+            tools = try await ctx.mcpTools(server, needsApproval: ["send_reply"], atMostOnce: ["send_reply"])
+        }
         let result = try await ctx.agent("triage", models: input.models ?? ["triage-canned:offline"], messages: [
             .system("You triage support tickets. Look the customer up, then send one short, kind reply with send_reply, then summarise in one line."),
             .user("Ticket \(input.ticket.id) from \(input.ticket.from)\nSubject: \(input.ticket.subject)\n\n\(input.ticket.body)"),

@@ -1,0 +1,127 @@
+import CairnSpool
+import CairnTesting
+import Foundation
+import Testing
+
+/// Issue 14: an agent whose tools come from an MCP server (the test help desk, written with
+/// the same SDK) — the triage example's MCP variant under the real daemon.
+@Suite(.serialized) struct MCPAgentTests {
+    func turn(_ content: String, _ tool: String? = nil, _ args: JSONValue = [:], delay: Double = 0) -> JSONValue {
+        var r: [String: JSONValue] = ["content": .string(content), "usage": ["input": 100, "output": 10]]
+        if let tool { r["tool_calls"] = [["name": .string(tool), "arguments": args]] }
+        return ["delay": .double(delay), "reply": .object(r)]
+    }
+
+    struct Desk {
+        let calls: String
+        let outbox: String
+        func lines(_ path: String) -> [JSONValue] {
+            ((try? String(contentsOfFile: path, encoding: .utf8)) ?? "").split(separator: "\n").compactMap { try? JSONValue.parse(String($0)) }
+        }
+        var callLog: [JSONValue] { lines(calls) }
+        var sent: [JSONValue] { lines(outbox) }
+        func count(_ tool: String) -> Int { callLog.filter { $0["tool"]?.stringValue == tool }.count }
+        var lists: Int { callLog.filter { $0["list"] == true }.count }
+    }
+
+    /// cairn.json with the fake LLM (when given) and the help desk as `helpdesk`.
+    func configure(_ t: TempSpool, fake: FakeLLMProcess?, env extra: [String: String] = [:]) throws -> Desk {
+        let desk = Desk(calls: t.path.appending("calls.jsonl").string, outbox: t.path.appending("sent.jsonl").string)
+        var cfg = try DurableFile.readJSON(t.spool.configFile).objectValue!
+        if let fake {
+            cfg["llm"] = ["providers": ["fake": ["type": "openai", "base_url": .string("http://127.0.0.1:\(fake.port)/v1"), "api_key_env": "FAKE_KEY"]]]
+        }
+        var env: [String: JSONValue] = ["HELPDESK_CALLS": .string(desk.calls), "HELPDESK_OUTBOX": .string(desk.outbox)]
+        for (k, v) in extra { env[k] = .string(v) }
+        cfg["mcp_servers"] = ["helpdesk": ["command": [.string(Binary.path("cairn-mcp-fixture"))], "env": .object(env), "timeout_seconds": 30]]
+        try t.spool.durable.write(json: .object(cfg), to: t.spool.configFile)
+        return desk
+    }
+
+    static let ticket: JSONValue = ["id": "T-9", "from": "ann@example.com", "subject": "lamp", "body": "broken"]
+
+    @Test func killedMidAgentCallsNoMCPToolTwice() async throws {
+        let send: JSONValue = ["to": "ann@example.com", "subject": "Re: lamp", "body": "Sorry! (ticket T-9)"]
+        let fake = try await FakeLLMProcess(queue: [
+            turn("looking up", "lookup_customer", ["email": "ann@example.com"]),
+            turn("drafting", "send_reply", send),
+            turn("done: replied", delay: 60),  // in flight when the daemon dies
+            turn("done: replied"),             // the same turn, sent again after the restart
+        ])
+        let t = try TempSpool()
+        let desk = try configure(t, fake: fake)
+        let env = ["FAKE_KEY": "sk-e2e-secret"]
+        var d = try await DaemonProcess(spool: t.spool, env: env)
+        let r = try t.submit("triage-ticket", input: ["ticket": Self.ticket, "models": ["fake:m"], "tools_server": "helpdesk"] as JSONValue)
+        try await t.waitFor(r, .waiting, timeout: 30)
+        let gate = try #require(try t.state(r).waitingFor?["gate"]?.stringValue)
+        #expect(gate.hasSuffix("send_reply"), "the MCP tool asks a person first, as the Swift tool does: \(gate)")
+        // The proposed call is in the request, as for a Swift tool.
+        let request = try DurableFile.readJSON(t.spool.run(r).approvalsDirectory.appending("\(gate).request.json"))
+        #expect(request["details"]?["tool"] == "send_reply" && request["details"]?["arguments"]?["to"] == "ann@example.com", "\(request)")
+        try t.drop("approvals/\(gate).approved", in: r)
+        try await waitUntil("turn 3 in flight", timeout: 30) { fake.requests.count == 3 && desk.sent.count == 1 }
+        await d.kill9()
+        d = try await DaemonProcess(spool: t.spool, env: env)
+        try await t.waitFor(r, .completed, timeout: 30)
+        _ = await d.stop()
+
+        // Each tool called once, the tool list asked once: the restart replayed both calls
+        // and the list from the journal.
+        #expect(desk.count("lookup_customer") == 1 && desk.count("send_reply") == 1 && desk.lists == 1, "\(desk.callLog)")
+        #expect(desk.sent.count == 1)
+        let key = desk.sent.first?["key"]?.stringValue ?? ""
+        #expect(key.hasPrefix(r), "the step's idempotency key reached the server in _meta: \(key)")
+        let summary = try t.journalSummary(r)
+        #expect(summary.filter { $0 == "step:mcp-tools.helpdesk" }.count == 1, "\(summary)")
+        #expect(summary.contains { $0.hasPrefix("step:triage.tool-2-1-send_reply") }, "\(summary)")
+        let turns = fake.requests.map { $0["body"]?["messages"]?.arrayValue?.count ?? 0 }
+        #expect(turns == [2, 4, 6, 6], "requests by conversation length: \(turns)")
+        // The tool results the model saw came from the server.
+        let lastMessages = fake.requests.last?["body"]?["messages"]?.arrayValue ?? []
+        #expect(lastMessages.contains { $0["role"] == "tool" && ($0["content"]?.stringValue ?? "").contains("\"plan\": \"pro\"") }, "\(lastMessages)")
+        #expect(try t.result(r)["answer"] == "done: replied")
+    }
+
+    @Test func aServerThatDiesMidCallIsRetriedWithTheSameKey() async throws {
+        let t = try TempSpool()
+        let flag = t.path.appending("died").string
+        let desk = try configure(t, fake: nil, env: ["HELPDESK_DIE_ONCE": flag])
+        let d = try await DaemonProcess(spool: t.spool)
+        defer { d.stopBlocking() }
+        // The offline canned provider: lookup, a draft, its repair, the final line.
+        let r = try t.submit("triage-ticket", input: ["ticket": Self.ticket, "tools_server": "helpdesk"] as JSONValue)
+        try await t.waitFor(r, .waiting, timeout: 30)
+        let gate = try #require(try t.state(r).waitingFor?["gate"]?.stringValue)
+        try t.drop("approvals/\(gate).approved", in: r)
+        try await t.waitFor(r, .completed, timeout: 60)
+        #expect(FileManager.default.fileExists(atPath: flag), "the server died once mid-call")
+        let sends = desk.callLog.filter { $0["tool"] == "send_reply" }
+        #expect(sends.count == 2 && sends[0]["key"] == sends[1]["key"], "re-sent with the same key to a fresh server: \(sends)")
+        #expect(desk.sent.count == 1, "\(desk.sent)")
+        let step = try t.spool.journal(r).load().last { $0.kind == .step && ($0.name ?? "").hasSuffix("send_reply") }
+        #expect((step?.attempt ?? 0) == 2, "the step's second attempt: \(String(describing: step))")
+    }
+
+    @Test func aMissingOrUntrustedServerFailsTheRunWithAReason() async throws {
+        let t = try TempSpool()
+        let d = try await DaemonProcess(spool: t.spool)
+        defer { d.stopBlocking() }
+        // No such server in cairn.json: fails at once (not retried), naming what is there.
+        let r = try t.submit("triage-ticket", input: ["ticket": Self.ticket, "tools_server": "nosuch"] as JSONValue)
+        try await t.waitFor(r, .failed, timeout: 30)
+        let e = try #require(try t.state(r).error)
+        #expect(e.type == "mcp_configuration" || e.message.contains("mcp_servers"), "\(e)")
+        // A command others can write: refused before it runs.
+        let exe = t.path.appending("desk").string
+        #expect(try Binary.run("/bin/cp", [Binary.path("cairn-mcp-fixture"), exe]).code == 0)
+        chmod(exe, 0o777)
+        var cfg = try DurableFile.readJSON(t.spool.configFile).objectValue!
+        cfg["mcp_servers"] = ["open": ["command": [.string(exe)]]]
+        try t.spool.durable.write(json: .object(cfg), to: t.spool.configFile)
+        let r2 = try t.submit("triage-ticket", input: ["ticket": Self.ticket, "tools_server": "open"] as JSONValue)
+        try await t.waitFor(r2, .failed, timeout: 30)
+        let e2 = try #require(try t.state(r2).error)
+        #expect(e2.message.contains("writable by group or others") && e2.message.contains("will not execute"), "\(e2)")
+    }
+}
