@@ -107,6 +107,54 @@ extension WorkflowContext {
     }
 }
 
+/// A person rejected a direct MCP call (`mcpCall` with approval).
+public struct MCPCallRejected: Error, CustomStringConvertible {
+    /// Who rejected it, and why.
+    public var description: String
+}
+
+/// What a direct MCP call returned: the tool's text, and whether the tool reported an error.
+public struct MCPCallResult: Codable, Sendable, Hashable {
+    /// The tool's content as text (several parts joined by line breaks).
+    public var content: String
+    /// The tool answered `isError`.
+    public var isError: Bool
+
+    enum CodingKeys: String, CodingKey {
+        case content
+        case isError = "is_error"
+    }
+}
+
+extension WorkflowContext {
+    /// One call of an MCP server's tool, outside an agent loop (`cairn mcp-call` in scripts):
+    /// a durable step named `name` whose idempotency key goes to the server in `_meta`; on
+    /// replay nothing is called. With approval (`needsApproval`, default: the server's
+    /// `needs_approval`), the gate `name` opens first with `{"server", "tool", "arguments"}`:
+    /// an approval's JSON object replaces the arguments, a rejection throws `MCPCallRejected`.
+    public func mcpCall(_ name: String, server: String, tool: String, arguments: JSONValue, needsApproval: Bool? = nil, atMostOnce: Bool? = nil) async throws -> MCPCallResult {
+        let config = try MCPServerConfig.from(config: spoolConfig, name: server)
+        var args = arguments
+        if needsApproval ?? config.needsApproval.contains(tool) {
+            let d = try await approval(Names.fileSafe(name), request: ApprovalRequest(
+                summary: "A script wants to call the MCP tool \(tool) of server \(server). Approve to run it (your JSON value, if any, replaces the arguments); reject to skip it.",
+                details: ["server": .string(server), "tool": .string(tool), "arguments": args]),
+                expectedValue: "a JSON object: the tool's arguments",
+                checkValue: { v in
+                    if case .object = v { return nil }
+                    return "replaces the tool's arguments, so it must be a JSON object, not \(v.compactText().prefix(80))"
+                })
+            guard d.approved else { throw MCPCallRejected(description: "rejected by \(d.decidedBy?.user ?? "a person"): \(d.reason ?? "no reason given")") }
+            if let edited = d.value, !edited.isNull { args = edited }
+        }
+        let finalArgs = args
+        return try await step(name, semantics: (atMostOnce ?? config.atMostOnce.contains(tool)) ? .atMostOnce : .atLeastOnce) { key in
+            let (text, isError) = try await MCPConnections.shared.callRaw(config, tool: tool, arguments: finalArgs, idempotencyKey: key)
+            return MCPCallResult(content: text, isError: isError)
+        }
+    }
+}
+
 /// The MCP clients of this process, one per configured server, started when first used and
 /// started again after one died, hung or was reconfigured.
 actor MCPConnections {
@@ -240,6 +288,12 @@ actor MCPConnections {
 
     /// One tool call: its text (or `error: …` when the tool reports an error).
     func call(_ config: MCPServerConfig, tool: String, arguments: JSONValue, idempotencyKey: String) async throws -> JSONValue {
+        let (text, isError) = try await callRaw(config, tool: tool, arguments: arguments, idempotencyKey: idempotencyKey)
+        return .string(isError ? "error: \(text)" : text)
+    }
+
+    /// One tool call: its text, and whether the tool (or the protocol) reported an error.
+    func callRaw(_ config: MCPServerConfig, tool: String, arguments: JSONValue, idempotencyKey: String) async throws -> (String, Bool) {
         begin(config.key)
         defer { end(config.key) }
         let c = try await connection(config)
@@ -253,7 +307,7 @@ actor MCPConnections {
         } catch let e as MCPError where !Self.isTransport(e) {
             // The server answered with a protocol error (unknown tool, invalid params): the
             // model called it wrongly; it is told, as for a tool error.
-            return .string("error: \(e.localizedDescription)")
+            return (e.localizedDescription, true)
         } catch {
             await drop(config.key)
             throw Self.unavailable(config, error)
@@ -267,7 +321,7 @@ actor MCPConnections {
             case .resourceLink(let uri, let name, _, _, _, _): return "[\(name): \(uri)]"
             }
         }.joined(separator: "\n")
-        return .string(result.isError == true ? "error: \(text)" : text)
+        return (text, result.isError == true)
     }
 
     private func drop(_ name: String) async {

@@ -161,7 +161,7 @@ struct CairnCommand: AsyncParsableCommand {
             ]),
             CommandGroup(name: "Script helper", subcommands: [
                 StepHelper.self, ApprovalHelper.self, EventHelper.self, SleepHelper.self, NowHelper.self,
-                UUIDHelper.self, ResultHelper.self, ContinueAsNewHelper.self, LLMHelper.self,
+                UUIDHelper.self, ResultHelper.self, ContinueAsNewHelper.self, LLMHelper.self, MCPCallHelper.self,
             ]),
         ]
     )

@@ -124,4 +124,41 @@ import Testing
         let e2 = try #require(try t.state(r2).error)
         #expect(e2.message.contains("writable by group or others") && e2.message.contains("will not execute"), "\(e2)")
     }
+
+    /// `cairn mcp-call` in a script: recorded, replayed when the script runs again from the
+    /// top, a gate before the call that needs a person, a tool error is exit 1.
+    @Test func aScriptCallsMCPToolsThroughTheHelper() async throws {
+        let t = try TempSpool()
+        let desk = try configure(t, fake: nil)
+        let script = t.spool.workflowsDirectory.appending("desk-script").string
+        try """
+            #!/bin/sh
+            set -e
+            c=$(echo '{"email": "ann@example.com"}' | cairn mcp-call lookup helpdesk lookup_customer --args -)
+            if cairn mcp-call bad helpdesk no_such_tool 2>/dev/null; then exit 9; fi
+            cairn event go >/dev/null
+            echo '{"to": "ann@example.com", "subject": "Re: lamp", "body": "T-9"}' | cairn mcp-call reply helpdesk send_reply --args - --approval --at-most-once >/dev/null
+            echo "$c" | cairn result -
+
+            """.write(toFile: script, atomically: true, encoding: .utf8)
+        chmod(script, 0o755)
+        let d = try await DaemonProcess(spool: t.spool)
+        defer { d.stopBlocking() }
+        let r = try t.submit("desk-script", input: JSONValue.null)
+        try await t.waitFor(r, .waiting, timeout: 30)
+        #expect(try t.state(r).waitingFor?["kind"] == "event")
+        _ = try Binary.cairn("signal", r, "go", spool: t.spool)
+        try await waitUntil("the reply's gate", timeout: 30) { (try? t.state(r).waitingFor?["gate"]) == "reply" }
+        let request = try DurableFile.readJSON(t.spool.run(r).approvalsDirectory.appending("reply.request.json"))
+        #expect(request["details"]?["tool"] == "send_reply" && request["details"]?["server"] == "helpdesk", "\(request)")
+        #expect(desk.count("send_reply") == 0, "nothing sent before the approval")
+        try t.drop("approvals/reply.approved", in: r)
+        try await t.waitFor(r, .completed, timeout: 30)
+        // The script ran three times from the top; each call reached the server once.
+        #expect(desk.count("lookup_customer") == 1 && desk.count("no_such_tool") == 1 && desk.count("send_reply") == 1, "\(desk.callLog)")
+        #expect(desk.sent.count == 1)
+        #expect(try t.result(r)["plan"] == "pro")
+        let summary = try t.journalSummary(r)
+        #expect(summary.contains("step:lookup") && summary.contains("step:bad") && summary.contains("step:reply"), "\(summary)")
+    }
 }

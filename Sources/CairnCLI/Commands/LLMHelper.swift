@@ -195,3 +195,68 @@ struct LLMHelper: ParsableCommand {
     }
 }
 #endif
+
+#if Agents
+/// `cairn mcp-call`: one recorded call of an MCP server's tool from a script workflow.
+struct MCPCallHelper: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "mcp-call",
+        abstract: "(script helper) A recorded call of an MCP server's tool: on replay the recorded result is printed and nothing is called.",
+        discussion: prose("""
+            SERVER is a name in cairn.json's "mcp_servers"; the arguments are a JSON object from
+            --args FILE or - (stdin; default: {}). The call is a durable step named NAME, sent
+            with the step's idempotency key in the request's _meta (cairn/idempotency_key).
+            Exit status: 0 with the tool's text on stdout; 1 when the tool reported an error
+            (its text on stderr; recorded, so a rerun exits 1 the same way), when a person
+            rejected the call, or when the server failed on every attempt.
+
+            Examples (inside SPOOL/workflows/NAME):
+              customer=$(echo '{"email": "ann@example.com"}' | cairn mcp-call lookup helpdesk lookup_customer --args -)
+              cairn mcp-call reply helpdesk send_reply --args reply.json --approval --at-most-once
+            """)
+    )
+
+    @Argument(help: "The call's name (a step name).") var name: String
+    @Argument(help: "The MCP server (a name in cairn.json's \"mcp_servers\").") var server: String
+    @Argument(help: "The tool's name.") var tool: String
+    @Option(name: .long, help: ArgumentHelp("The arguments: a JSON object as a file, or - for stdin (default: {}).", valueName: "file|-")) var args: String?
+    @Flag(name: .long, help: "Ask a person first (the gate NAME; default: the server's needs_approval).") var approval = false
+    @Flag(name: .customLong("at-most-once"), help: "An interrupted call is never re-sent: it stops at an uncertain gate (default: the server's at_most_once).") var atMostOnce = false
+    @Flag(name: .long, help: "Print {\"content\", \"is_error\"} as JSON.") var json = false
+
+    func run() async throws {
+        var arguments: JSONValue = .object([:])
+        if let args {
+            arguments = try Output.readJSONArgument(args, what: "arguments")
+            guard case .object = arguments else { throw CLIError(.usage, "--args must be a JSON object (the tool's arguments), not \(arguments.kindName); nothing was called") }
+        }
+        let session = try HelperSession.open("mcp-call")
+        let call: MCPCallResult
+        do {
+            let (name, server, tool, args) = (self.name, self.server, self.tool, arguments)
+            let approve: Bool? = approval ? true : nil, once: Bool? = atMostOnce ? true : nil
+            call = try await session.perform { ctx in try await ctx.mcpCall(name, server: server, tool: tool, arguments: args, needsApproval: approve, atMostOnce: once) }
+        } catch let e as StepFailedError {
+            throw CLIError(.failure, e.description)
+        } catch let e as MCPCallRejected {
+            throw CLIError(.failure, "\(name): \(e.description)")
+        }
+        if json {
+            Output.json(try JSONValue(encoding: call))
+        } else if call.isError {
+            throw CLIError(.failure, "\(tool): \(call.content)")
+        } else {
+            Output.write(call.content.hasSuffix("\n") ? call.content : call.content + "\n", keepTabs: true)
+        }
+        if json && call.isError { throw ExitCode(1) }
+    }
+}
+#else
+struct MCPCallHelper: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "mcp-call", abstract: "(script helper) A recorded MCP tool call — not in this build (the Agents trait is off).", shouldDisplay: false)
+    @Argument(parsing: .allUnrecognized) var rest: [String] = []
+    func run() throws {
+        throw CLIError(.usage, "this cairn was built without the Agents trait, so it has no `cairn mcp-call`: build it with the package's default traits")
+    }
+}
+#endif
