@@ -86,6 +86,23 @@ public struct Engine: Sendable {
         var run = try RunSnapshot(runID, spool: spool)
         if let ended = try settleEnded(&run) { return ended }
         guard let workflow = registry[run.record.workflow] else {
+            // Cancelled before it ever started: nothing ran, so nothing is to compensate and
+            // the workflow's code is not needed — it ends cancelled now (`cairn why` offers
+            // this for a run of a workflow that is not installed). A run that started keeps
+            // waiting for its workflow: its compensations are in its code.
+            if run.entries.isEmpty, DurableFile.exists(paths.cancelFile) {
+                let start = modify(JournalEntry(seq: run.physical.count + 1, kind: .start, at: clock.now())) {
+                    $0.data = ["workflow": .string(run.record.workflow), "version": "none: cancelled before it started", "pid": .int(Int64(getpid()))]
+                }
+                try run.journal.append(start)
+                let cancel = modify(JournalEntry(seq: run.physical.count + 2, kind: .cancel, at: clock.now())) {
+                    $0.error = ErrorInfo(type: "cancelled", message: "cancelled before it started (no workflow '\(run.record.workflow)' was installed)", retryable: false)
+                    $0.status = .cancelled
+                }
+                try run.journal.append(cancel)
+                try writeState(run.record, entries: [start, cancel], executions: 0, status: .cancelled, error: nil)
+                return (.cancelled, true)
+            }
             return (.unknownWorkflow(run.record.workflow), false)
         }
         if let w = unchangedWait(run, workflow) { return (.waiting(w), false) }

@@ -57,10 +57,10 @@ public enum CairnCLI {
                 // One line (docs/cli.md): the parser's message and where the usage is.
                 let short = CairnCommand.message(for: error).split(separator: "\n").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }.joined(separator: " ")
                 let command = args.first.map { CairnCommand.commandNames.contains($0) ? "cairn \($0) --help" : "cairn --help" } ?? "cairn --help"
-                FileHandle.standardError.write(Data("cairn: \(short.trimmingCharacters(in: .whitespaces)) (see \(command))\n".utf8))
+                FileHandle.standardError.write(Data("cairn: \(Names.printable(short.trimmingCharacters(in: .whitespaces))) (see \(command))\n".utf8))
                 exit(CLIError.Code.usage.rawValue)
             }
-            FileHandle.standardError.write(Data("cairn: \(message)\n".utf8))
+            FileHandle.standardError.write(Data("cairn: \(Names.printable(message))\n".utf8))
             exit(CLIError.Code.failure.rawValue)
         }
     }
@@ -169,7 +169,7 @@ struct CairnCommand: AsyncParsableCommand {
 
 /// `--spool DIR`, on every command.
 struct SpoolOptions: ParsableArguments {
-    @Option(name: .long, help: ArgumentHelp("The spool directory (default: $CAIRN_SPOOL, else ./spool).", valueName: "dir"))
+    @Option(name: .long, help: ArgumentHelp("The spool directory (default: $CAIRN_SPOOL, else ./spool).", valueName: "dir"), completion: .directory)
     var spool: String?
 
     var root: String { Spool.resolveRoot(spool).string }

@@ -47,22 +47,35 @@ enum Completions {
         return ((try? spool.runIDs()) ?? []).filter { $0.hasPrefix(prefix) }.sorted(by: >)
     }
 
-    /// Waiting runs first: what `approve`, `reject` and `signal` are for.
-    static let waitingRuns = CompletionKind.custom { words, _, prefix in
+    /// The runs waiting for a decision (`approve`, `reject`): those waiting at a gate; when
+    /// none matches, every run.
+    static let gateRuns = CompletionKind.custom { words, _, prefix in
         guard let spool = spool(words) else { return [] }
-        let waiting = ((try? spool.indexedRuns(.waiting)) ?? []).filter { $0.hasPrefix(prefix) }
+        let waiting = ((try? spool.indexedRuns(.waiting)) ?? []).filter { $0.hasPrefix(prefix) && (try? spool.readState($0))??.waitingFor?.gate != nil }
         return waiting.isEmpty ? ((try? spool.runIDs()) ?? []).filter { $0.hasPrefix(prefix) }.sorted(by: >) : waiting.sorted(by: >)
     }
 
-    /// The gates the run has asked about (approvals/GATE.request.json), the one it waits at first.
+    /// The runs waiting for an event (`signal`); when none matches, every run.
+    static let eventRuns = CompletionKind.custom { words, _, prefix in
+        guard let spool = spool(words) else { return [] }
+        let waiting = ((try? spool.indexedRuns(.waiting)) ?? []).filter { id in
+            guard id.hasPrefix(prefix), let w = (try? spool.readState(id))??.waitingFor, case .event = w.wake else { return false }
+            return true
+        }
+        return waiting.isEmpty ? ((try? spool.runIDs()) ?? []).filter { $0.hasPrefix(prefix) }.sorted(by: >) : waiting.sorted(by: >)
+    }
+
+    /// The gates the run has asked about (approvals/GATE.request.json) and not had decided:
+    /// the one it waits at, and any other still open.
     static let gates = CompletionKind.custom { words, _, prefix in
         guard let spool = spool(words), let run = positionals(words).first, Names.isValidRunID(run), spool.runExists(run) else { return [] }
         var out: [String] = []
         if let w = (try? spool.readState(run))??.waitingFor, let g = w.gate { out.append(g) }
-        let files = (try? FileManager.default.contentsOfDirectory(atPath: spool.run(run).approvalsDirectory.string)) ?? []
+        let files = Set((try? FileManager.default.contentsOfDirectory(atPath: spool.run(run).approvalsDirectory.string)) ?? [])
+        let decided = Set(((try? spool.journal(run).load()) ?? []).filter { $0.kind == .approval && $0.decision != nil }.compactMap(\.name))
         for f in files.sorted() where f.hasSuffix(".request.json") && !f.hasPrefix(".") {
             let g = String(f.dropLast(".request.json".count))
-            if !out.contains(g) { out.append(g) }
+            if !out.contains(g), !decided.contains(g), !files.contains(g + ".approved"), !files.contains(g + ".rejected") { out.append(g) }
         }
         return out.filter { $0.hasPrefix(prefix) }
     }

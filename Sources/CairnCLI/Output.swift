@@ -11,11 +11,24 @@ enum Output {
         raw(Data((terminalSafe(s) + "\n").utf8), to: 1)
     }
 
-    /// Text as it is (no line break added), made terminal-safe; `keepTabs` for logs, whose
-    /// tab-separated output would be unreadable as `\u{9}`.
-    static func write(_ s: String, keepTabs: Bool = false) {
-        let safe = keepTabs ? s.split(separator: "\t", omittingEmptySubsequences: false).map { terminalSafe(String($0)) }.joined(separator: "\t") : terminalSafe(s)
-        raw(Data(safe.utf8), to: 1)
+    /// Text as it is (no line break added), made terminal-safe. `untrusted` (a script's
+    /// output, a model's answer): every escape sequence is shown escaped, also one that looks
+    /// like the colours `paint` makes (a script's `ESC[31m` would colour what follows it,
+    /// Cairn's own lines included); line breaks and tabs are kept.
+    static func write(_ s: String, untrusted: Bool = false) {
+        guard untrusted else { return raw(Data(terminalSafe(s).utf8), to: 1) }
+        if !s.unicodeScalars.contains(where: { $0 != "\n" && $0 != "\t" && Names.isControlOrBidi($0) }) {
+            return raw(Data(s.utf8), to: 1)
+        }
+        var out = String.UnicodeScalarView()
+        for u in s.unicodeScalars {
+            if u == "\n" || u == "\t" || !Names.isControlOrBidi(u) {
+                out.append(u)
+            } else {
+                out.append(contentsOf: Names.printable(String(u)).unicodeScalars)
+            }
+        }
+        raw(Data(String(out).utf8), to: 1)
     }
 
     /// "1 step", "3 steps".
@@ -55,7 +68,7 @@ enum Output {
                 i = end + 1
                 continue
             }
-            if u == "\n" || !(u.value < 0x20 || u.value == 0x7F || (u.value >= 0x80 && u.value < 0xA0)) {
+            if u == "\n" || !Names.isControlOrBidi(u) {
                 out.append(u)
             } else {
                 out.append(contentsOf: Names.printable(String(u)).unicodeScalars)

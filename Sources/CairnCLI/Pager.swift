@@ -19,6 +19,9 @@ enum Pager {
             let path = (env["PATH"] ?? "/usr/bin:/bin").split(separator: ":")
             guard path.contains(where: { access("\($0)/less", X_OK) == 0 }) else { return }
         }
+        // Colour is decided by stdout being a terminal: decided now, before stdout becomes
+        // the pager's pipe (less -R shows it), as git colours what it pages.
+        _ = Output.color
         var fds: [Int32] = [0, 0]
         guard pipe(&fds) == 0 else { return }
         var actions = posix_spawn_file_actions_t()

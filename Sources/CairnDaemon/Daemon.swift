@@ -255,7 +255,11 @@ public actor Daemon: Service {
         guard var state = try? spool.readState(id), state.error?.type != "unknown_workflow" else { return }
         let script = spool.workflowsDirectory.appending(w).string
         let why = DurableFile.exists(atPath: script) ? "\(script) exists but is not an executable regular file (chmod +x it: the daemon notices)" : "no executable \(script)"
-        state.error = ErrorInfo(type: "unknown_workflow", message: "no workflow '\(w)' in this daemon and \(why); install it (the run starts then) or cancel the run")
+        let started = ((try? spool.journal(id).lastPosition()) ?? 0) > 0
+        let next = started
+            ? "install it again: the run goes on where it stopped (a cancel, too, waits for it: the run's compensations are in its code)"
+            : "install it (the run starts then) or cancel the run (it has not started: it ends cancelled at once)"
+        state.error = ErrorInfo(type: "unknown_workflow", message: "no workflow '\(w)' in this daemon and \(why); \(next)")
         state.updatedAt = now
         try? spool.writeState(state)
     }

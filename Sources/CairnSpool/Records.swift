@@ -330,11 +330,17 @@ public enum Names {
     }
 
     /// A name from the spool (a dropped file's) made safe for a log line or a terminal:
-    /// control characters escaped, so a file name cannot forge log lines.
+    /// control characters escaped, so a file name cannot forge log lines — and the
+    /// bidirectional overrides and isolates (U+202A–U+202E, U+2066–U+2069), which reorder
+    /// what is displayed after them (a "Trojan Source" name).
+    public static func isControlOrBidi(_ u: Unicode.Scalar) -> Bool {
+        u.value < 0x20 || u.value == 0x7F || (u.value >= 0x80 && u.value < 0xA0) || (0x202A...0x202E).contains(u.value) || (0x2066...0x2069).contains(u.value)
+    }
+
     public static func printable(_ s: String) -> String {
         var out = ""
         for u in s.unicodeScalars {
-            if u.value < 0x20 || u.value == 0x7F || (u.value >= 0x80 && u.value < 0xA0) {
+            if isControlOrBidi(u) {
                 out += "\\u{" + String(u.value, radix: 16) + "}"
             } else {
                 out.unicodeScalars.append(u)

@@ -77,7 +77,7 @@ struct ApproveCommand: ParsableCommand {
             """)
     )
 
-    @Argument(help: ArgumentHelp("The run id.", valueName: "run"), completion: Completions.waitingRuns) var runID: String
+    @Argument(help: ArgumentHelp("The run id.", valueName: "run"), completion: Completions.gateRuns) var runID: String
     @Argument(help: "The gate name.", completion: Completions.gates) var gate: String
     @Option(name: .long, help: "A comment, recorded with the decision.") var comment: String?
     @Option(name: .long, help: ArgumentHelp("A JSON file whose value the run receives (- for stdin).", valueName: "file|-")) var value: String?
@@ -104,7 +104,7 @@ struct RejectCommand: ParsableCommand {
             """)
     )
 
-    @Argument(help: ArgumentHelp("The run id.", valueName: "run"), completion: Completions.waitingRuns) var runID: String
+    @Argument(help: ArgumentHelp("The run id.", valueName: "run"), completion: Completions.gateRuns) var runID: String
     @Argument(help: "The gate name.", completion: Completions.gates) var gate: String
     @Option(name: .long, help: "Why; the run receives it.") var reason: String?
     @Flag(name: .long, help: "Decide before the run has asked.") var early = false

@@ -225,7 +225,7 @@ enum Describe {
         case "fail":
             parts.append(Output.red("failed: \(Output.printable(e.error?.message ?? "?"))"))
         case "cancel":
-            parts.append(e.name == "requested" ? "cancel requested" : "cancelled")
+            parts.append(e.name == "requested" ? "compensations run next, then the run ends cancelled" : "cancelled")
         default:
             if let v = e.value { parts.append(String(v.compactText().prefix(60))) }
         }

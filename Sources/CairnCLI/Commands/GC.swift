@@ -41,6 +41,12 @@ struct GCCommand: ParsableCommand {
             for id in try spool.runs(withStatus: status) {
                 guard let state = try spool.readState(id), state.updatedAt < cutoff else { continue }
                 if dryRun {
+                    // What gc would do now: a run a process holds is skipped, as it would be.
+                    guard let lock = try RunLock.tryAcquire(spool.runDirectory(id)) else {
+                        skipped.append(id)
+                        continue
+                    }
+                    withExtendedLifetime(lock) {}
                     removed.append(id)
                     if !output.json { Output.line(id) }
                     continue

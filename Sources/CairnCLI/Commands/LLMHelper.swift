@@ -246,7 +246,7 @@ struct MCPCallHelper: AsyncParsableCommand {
         } else if call.isError {
             throw CLIError(.failure, "\(tool): \(call.content)")
         } else {
-            Output.write(call.content.hasSuffix("\n") ? call.content : call.content + "\n", keepTabs: true)
+            Output.write(call.content.hasSuffix("\n") ? call.content : call.content + "\n", untrusted: true)
         }
         if json && call.isError { throw ExitCode(1) }
     }

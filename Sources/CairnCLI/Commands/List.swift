@@ -119,15 +119,15 @@ struct ListCommand: AsyncParsableCommand {
         } else {
             for s in initial { Output.line(plainLine(s)) }
         }
-        struct Seen { var key: [String: String] = [:]; var status: [String: RunStatus] = [:] }
+        struct Seen { var key: [String: String] = [:]; var status: [String: RunStatus] = [:]; var workflow: [String: String] = [:] }
         let seen = Mutex(Seen())
         // Every run the spool has now, so that only changes are printed (not runs that
         // --since or --limit left out of the first list).
         // The listed ones as they were listed: a change since is printed.
         let listed = Set(initial.map(\.run))
-        for s in initial { seen.withLock { $0.key[s.run] = key(s); $0.status[s.run] = s.status } }
+        for s in initial { seen.withLock { $0.key[s.run] = key(s); $0.status[s.run] = s.status; $0.workflow[s.run] = s.workflow } }
         for id in try spool.runIDs() where !listed.contains(id) {
-            if let s = try? spool.readState(id) { seen.withLock { $0.key[id] = key(s); $0.status[id] = s.status } }
+            if let s = try? spool.readState(id) { seen.withLock { $0.key[id] = key(s); $0.status[id] = s.status; $0.workflow[id] = s.workflow } }
         }
         let frozenWidths = widths
         let wide = format == .wide
@@ -144,13 +144,29 @@ struct ListCommand: AsyncParsableCommand {
                 for st in RunStatus.allCases { for id in (try? spool.indexedRuns(st)) ?? [] { listed[id] = st } }
                 let known = seen.withLock { $0.status }
                 candidates = listed.filter { known[$0.key] != $0.value }.map(\.key).sorted()
+                // Runs gone from the index: removed (gc), or just between two entries.
+                candidates += known.keys.filter { listed[$0] == nil }.sorted()
             }
             for id in candidates where Names.isValidRunID(id) {
-                guard let s = (try? spool.readState(id)) ?? nil else { continue }
+                guard let s = (try? spool.readState(id)) ?? nil else {
+                    // Gone (cairn gc): said once, as kubectl's DELETED.
+                    guard !spool.runExists(id), let old = seen.withLock({ $0.status.removeValue(forKey: id) }) else { continue }
+                    let wf = seen.withLock { $0.key.removeValue(forKey: id); return $0.workflow.removeValue(forKey: id) }
+                    if let workflow, wf != workflow { continue }
+                    if !wanted.isEmpty, !wanted.contains(old) { continue }
+                    if json {
+                        Output.line(JSONValue.object(["run": .string(id), "status": .null, "removed": true]).compactText())
+                    } else if let frozenWidths {
+                        Output.line(Self.format([id, "removed", "", ""] + (wide ? ["", "", ""] : []) + ["(cairn gc, or deleted)"], widths: frozenWidths, status: nil))
+                    } else {
+                        Output.line("\(id)  removed")
+                    }
+                    continue
+                }
                 let (old, oldStatus) = seen.withLock { ($0.key[id], $0.status[id]) }
                 let k = key(s)
                 guard k != old else { continue }
-                seen.withLock { $0.key[id] = k; $0.status[id] = s.status }
+                seen.withLock { $0.key[id] = k; $0.status[id] = s.status; $0.workflow[id] = s.workflow }
                 if let workflow, s.workflow != workflow { continue }
                 if !wanted.isEmpty, !wanted.contains(s.status), oldStatus.map({ !wanted.contains($0) }) ?? true { continue }
                 if json {

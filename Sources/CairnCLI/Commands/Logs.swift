@@ -26,27 +26,36 @@ struct LogsCommand: AsyncParsableCommand {
     @Argument(help: ArgumentHelp("The run id.", valueName: "run"), completion: Completions.runs) var runID: String
     @Argument(help: ArgumentHelp("stdout, stderr, or an LLM call's name (default: all of them).", valueName: "log"), completion: Completions.logs) var log: String?
     @Flag(name: [.customShort("f"), .long], help: "Keep printing what lands until the run ends.") var follow = false
-    @Option(name: .customLong("rescan-interval"), help: "With --follow, also look this often (writes from other hosts of a shared filesystem).") var rescanInterval = DurationArgument(argument: "1s")!
+    @Option(name: .customLong("rescan-interval"), help: "With --follow, also look this often (writes from other hosts of a shared filesystem; at least 100ms).") var rescanInterval = DurationArgument(argument: "1s")!
     @Flag(name: .customLong("no-pager"), help: "Print straight to the terminal (without --follow, a terminal gets $CAIRN_PAGER, else $PAGER, else less).") var noPager = false
     @OptionGroup var options: SpoolOptions
 
     func validate() throws {
-        guard rescanInterval.duration > .zero else { throw ValidationError("--rescan-interval must be longer than zero") }
+        guard rescanInterval.duration >= .milliseconds(100) else { throw ValidationError("--rescan-interval must be at least 100ms, not \(rescanInterval.text)") }
     }
 
     func run() async throws {
         let spool = try options.open()
         _ = try requireRun(spool, runID)
+        if let log, log != "stdout", log != "stderr", Names.fileSafe(log) != log || log.hasPrefix(".") {
+            // An LLM call's log is NAME.stream.jsonl with NAME as the file-safe form of the call's
+            // name: a name with a slash, `..` or a space can be no log's.
+            throw CLIError(.usage, "'\(Names.printable(log))' is not a log name (stdout, stderr, or an LLM call's name: letters, digits, '.', '_' and '-')")
+        }
         let logs = spool.run(runID).logsDirectory.string
         let reader = LogReader(directory: logs, only: log)
         if let log, !reader.exists(log) {
             let known = reader.names()
             let list = known.isEmpty ? "it has none yet" : "it has " + known.joined(separator: ", ")
-            // A name that may appear later (an LLM call not made yet) is fine to follow.
-            if !follow { throw CLIError(.notFound, "\(runID) has no log '\(Names.printable(log))' (\(list))") }
+            // A name that may appear later (an LLM call not made yet) is fine to follow, while
+            // the run can still make it.
+            let ended = (try? spool.readState(runID))??.status.isTerminal ?? false
+            if !follow || ended { throw CLIError(.notFound, "\(runID) has no log '\(Names.printable(log))' (\(list))") }
         }
         guard follow else {
             Pager.start(disabled: noPager)
+            if reader.names().isEmpty && log == nil { Output.warn("\(runID) has no logs yet (logs/ is empty)") }
+            for rotated in reader.rotated() { Output.warn("the earlier part of \(rotated.dropLast(2)) is in \(logs)/\(rotated) (rotated at script_log_limit)") }
             reader.printNew(final: true)
             return
         }
@@ -72,6 +81,7 @@ final class LogReader: Sendable {
     }
     private let sources = Mutex<[String: Source]>([:])
     private let lastHeader = Mutex<String?>(nil)
+    private let warned = Mutex<Set<String>>([])
 
     init(directory: String, only: String?) {
         self.directory = directory
@@ -95,65 +105,79 @@ final class LogReader: Sendable {
         directory + "/" + (name == "stdout" || name == "stderr" ? name + ".log" : Self.fileName(name) + ".stream.jsonl")
     }
 
-    /// Prints what each log gained since the last call. `final`: also a last line that has
-    /// no line break yet (nothing more will come).
+    /// Rotated logs there are (`stdout.log.1`), for the note that the earlier part is there.
+    func rotated() -> [String] {
+        let files = (try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []
+        let wanted = only.map { [Self.fileName($0)] } ?? ["stdout", "stderr"]
+        return files.filter { f in wanted.contains { f == $0 + ".log.1" } }.sorted()
+    }
+
+    /// Prints what each log gained since the last call, a chunk at a time (a log of any
+    /// size costs a 64 KiB buffer and one held-back partial line of at most 1 MiB).
+    /// `final`: also a last line that has no line break yet (nothing more will come).
     func printNew(final: Bool) {
         let wanted = only.map { [Self.fileName($0)] } ?? names()
         let headed = only == nil && wanted.count > 1
         for name in wanted {
-            guard let chunk = read(name, final: final), !chunk.isEmpty else { continue }
-            if headed, lastHeader.withLock({ $0 }) != name {
-                let first = lastHeader.withLock { h in defer { h = name }; return h == nil }
-                Output.write((first ? "" : "\n") + "==> \(Names.printable(name)) <==\n")
+            read(name, final: final) { chunk in
+                guard !chunk.isEmpty else { return }
+                if headed, lastHeader.withLock({ $0 }) != name {
+                    let first = lastHeader.withLock { h in defer { h = name }; return h == nil }
+                    Output.write((first ? "" : "\n") + "==> \(Names.printable(name)) <==\n")
+                }
+                Output.write(chunk, untrusted: true)
             }
-            Output.write(chunk, keepTabs: true)
         }
     }
 
-    /// The new text of one log (rendered, for an LLM stream), or nil.
-    private func read(_ name: String, final: Bool) -> String? {
+    /// Hands the new text of one log (rendered, for an LLM stream) to `emit`, in chunks.
+    private func read(_ name: String, final: Bool, _ emit: (String) -> Void) {
         let path = file(name)
         let fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK)
-        guard fd >= 0 else { return nil }
+        guard fd >= 0 else {
+            if errno == ELOOP, warned.withLock({ $0.insert(name).inserted }) { Output.warn("\(path) is a symbolic link, which the runtime never writes: not shown") }
+            return
+        }
         defer { close(fd) }
         var st = stat()
-        guard fstat(fd, &st) == 0, (st.st_mode & S_IFMT) == S_IFREG else { return nil }
+        guard fstat(fd, &st) == 0, (st.st_mode & S_IFMT) == S_IFREG else { return }
         var source = sources.withLock { $0[name] } ?? Source()
-        var note = ""
         if Int(st.st_size) < source.offset {
             // Rotated (script_log_limit: the old one is now NAME.log.1): start over.
             source = Source()
-            note = "[\(name).log was rotated; the earlier part is in \(name).log.1]\n"
+            Output.warn("\(name).log was rotated; its earlier part is in \(directory)/\(name).log.1")
         }
-        var data = source.pending
-        if Int(st.st_size) > source.offset {
-            var buf = [UInt8](repeating: 0, count: 1 << 16)
-            var off = source.offset
-            while true {
-                let n = pread(fd, &buf, buf.count, off_t(off))
-                if n < 0 && errno == EINTR { continue }
-                if n <= 0 { break }
-                data.append(contentsOf: buf[0..<n])
-                off += n
+        let isStream = name != "stdout" && name != "stderr"
+        func deliver(_ data: Data) {
+            guard !data.isEmpty else { return }
+            let s = String(decoding: data, as: UTF8.self)
+            emit(isStream ? s.split(separator: "\n").map { Self.render(String($0)) }.joined() : s)
+        }
+        var buf = [UInt8](repeating: 0, count: 1 << 16)
+        var off = source.offset
+        while true {
+            let n = pread(fd, &buf, buf.count, off_t(off))
+            if n < 0 && errno == EINTR { continue }
+            if n <= 0 { break }
+            off += n
+            source.pending.append(contentsOf: buf[0..<n])
+            // Whole lines out; the partial last one waits for the rest — unless it grew past
+            // 1 MiB (a script writing without line breaks): then it goes out as it is.
+            if let nl = source.pending.lastIndex(of: UInt8(ascii: "\n")) {
+                deliver(source.pending[source.pending.startIndex...nl])
+                source.pending = Data(source.pending[(nl + 1)...])
             }
-            source.offset = off
+            if !isStream && source.pending.count > 1 << 20 {
+                deliver(source.pending)
+                source.pending = Data()
+            }
         }
-        // Whole lines only, until the run has ended: a line still being written (or a
-        // UTF-8 character cut in two) waits for the rest.
-        var text = Data()
+        source.offset = off
         if final {
-            text = data
+            deliver(source.pending)
             source.pending = Data()
-        } else if let nl = data.lastIndex(of: UInt8(ascii: "\n")) {
-            text = data[data.startIndex...nl]
-            source.pending = Data(data[(nl + 1)...])
-        } else {
-            source.pending = data
         }
         sources.withLock { $0[name] = source }
-        let s = String(decoding: text, as: UTF8.self)
-        if name == "stdout" || name == "stderr" { return note + s }
-        return note + s.split(separator: "\n").map { Self.render(String($0)) }.joined()
     }
 
     /// One line of an LLM stream log, for people.

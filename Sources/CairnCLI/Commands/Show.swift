@@ -112,8 +112,9 @@ struct ShowCommand: AsyncParsableCommand {
                 Output.line(Output.red("failed: \(Output.printable(e.message))") + (e.file.map { " [\(Output.printable($0))]" } ?? ""))
                 Output.line("  retry: cairn retry \(runID)")
             } else if state.status == .completed {
-                Output.line("result: \(Self.shortResult(spool, runID))")
-                Output.line(Output.dim("  (whole: \(spool.run(runID).resultFile.string))"))
+                let short = Self.shortResult(spool, runID)
+                Output.line("result: \(short)")
+                if short.hasSuffix("…") { Output.line(Output.dim("  (whole: \(spool.run(runID).resultFile.string))")) }
             }
         }
     }

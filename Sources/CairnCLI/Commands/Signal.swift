@@ -13,7 +13,7 @@ struct SignalCommand: ParsableCommand {
             """)
     )
 
-    @Argument(help: ArgumentHelp("The run id.", valueName: "run"), completion: Completions.waitingRuns) var runID: String
+    @Argument(help: ArgumentHelp("The run id.", valueName: "run"), completion: Completions.eventRuns) var runID: String
     @Argument(help: "The event name.", completion: Completions.events) var event: String
     @Option(name: .long, help: ArgumentHelp("The event's data as a JSON file, or - for stdin (default: null).", valueName: "file|-")) var data: String?
     @OptionGroup var options: SpoolOptions

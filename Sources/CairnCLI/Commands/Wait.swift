@@ -26,7 +26,7 @@ struct WaitCommand: AsyncParsableCommand {
     @OptionGroup var output: JSONOption
 
     func validate() throws {
-        guard rescanInterval.duration > .zero else { throw ValidationError("--rescan-interval must be longer than zero") }
+        guard rescanInterval.duration >= .milliseconds(100) else { throw ValidationError("--rescan-interval must be at least 100ms, not \(rescanInterval.text)") }
     }
 
     func run() async throws {

@@ -55,7 +55,8 @@ struct WhyCommand: ParsableCommand {
                 }
             }
         case .completed:
-            lines = ["completed at \(Timestamp.format(state.updatedAt)); result: \(ShowCommand.shortResult(spool, runID))", "  (whole: \(spool.run(runID).resultFile.string))"]
+            let short = ShowCommand.shortResult(spool, runID)
+            lines = ["completed at \(Timestamp.format(state.updatedAt)); result: \(short)"] + (short.hasSuffix("…") ? ["  (whole: \(spool.run(runID).resultFile.string))"] : [])
         case .cancelled:
             lines = ["cancelled at \(Timestamp.format(state.updatedAt))"]
         }
