@@ -30,14 +30,19 @@ struct MCPCommand: AsyncParsableCommand {
             """)
     )
 
+    @Option(name: .customLong("rescan-interval"), help: "Also look at subscribed runs this often (a spool on a shared filesystem: other hosts' writes make no inotify event here; at least 100ms).") var rescanInterval: DurationArgument?
     @OptionGroup var options: SpoolOptions
+
+    func validate() throws {
+        if let r = rescanInterval, r.duration < .milliseconds(100) { throw ValidationError("--rescan-interval must be at least 100ms, not \(r.text)") }
+    }
 
     func run() async throws {
         // Fail closed before speaking: a spool that does not open is an error on stderr.
         let spool = try options.open()
         var logger = Logger(label: "cairn-mcp", factory: { HumanLogHandler(label: $0) })
         logger.logLevel = .warning
-        let service = try MCPService(spool: spool, logger: logger)
+        let service = try MCPService(spool: spool, logger: logger, rescan: rescanInterval?.duration)
         try await service.run()
     }
 }
@@ -179,9 +184,16 @@ final class MCPService: Sendable {
     /// Run directories watched.
     private let watched = Mutex(Set<String>())
 
-    init(spool: Spool, logger: Logger) throws {
+    let watcher: Watcher
+    /// Also look at every subscribed run this often (nil: inotify alone).
+    let rescan: Duration?
+
+    init(spool: Spool, logger: Logger, rescan: Duration? = nil) throws {
         self.spool = spool
         self.logger = logger
+        self.rescan = rescan
+        // Started before the server speaks (the watcher thread must own its fd first).
+        watcher = try Watcher.start()
         tools = MCPTool.all(spool: spool.root.string)
         // This executable (a host executable has the same commands and its own workflows).
         exe = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
@@ -217,9 +229,11 @@ final class MCPService: Sendable {
         }
         await server.withMethodHandler(ResourceSubscribe.self) { [self] params in
             let (id, _) = try parse(params.uri)
-            subscriptions.withLock { _ = $0[id, default: []].insert(params.uri) }
+            // The watch first, then the stamp: a change in between is seen as a change.
+            await watchSubscribed(id)
             let seen = stamp(id)
-            lastSeen.withLock { $0[id] = seen }
+            lastSeen.withLock { if $0[id] == nil { $0[id] = seen } }
+            subscriptions.withLock { _ = $0[id, default: []].insert(params.uri) }
             return .init()
         }
         await server.withMethodHandler(ResourceUnsubscribe.self) { [self] params in
@@ -233,27 +247,26 @@ final class MCPService: Sendable {
         try await server.start(transport: StdioTransport(logger: logger))
         // Changes: inotify on runs/ and on every run directory (state.json is replaced by a
         // rename on each change), and a look every 2 s (other hosts of a shared filesystem).
-        let watcher = try Watcher.start()
         defer { watcher.stop() }
-        let watching = Task { [self] in
-            try? await watcher.watch(spool.runsDirectory.string)
+        // Changes: inotify on each subscribed run's directory (state.json is replaced by a
+        // rename on each change of the run). No polling, unless --rescan-interval asks for it
+        // (other hosts of a shared filesystem, whose writes inotify does not see).
+        let watching = Task { [self, watcher, rescan] in
             await withTaskGroup(of: Void.self) { group in
                 group.addTask {
                     for await e in watcher.events {
-                        await self.watchSubscribed(watcher)
                         if e.kind == .overflow { await self.notifyChanged(server, only: nil); continue }
                         guard e.name == "state.json" || e.name.isEmpty else { continue }
                         let id = FilePath(e.directory).lastComponent?.string ?? ""
                         await self.notifyChanged(server, only: id)
                     }
                 }
-                group.addTask {
-                    while !Task.isCancelled {
-                        try? await Task.sleep(for: .milliseconds(250))
-                        await self.watchSubscribed(watcher)
-                        // The runs/ watch wakes the loop above for new runs; this catches a
-                        // subscription made after its run's last event, and other hosts.
-                        await self.notifyChanged(server, only: nil)
+                if let rescan {
+                    group.addTask {
+                        while !Task.isCancelled {
+                            try? await Task.sleep(for: rescan)
+                            await self.notifyChanged(server, only: nil)
+                        }
                     }
                 }
             }
@@ -262,11 +275,10 @@ final class MCPService: Sendable {
         watching.cancel()
     }
 
-    /// Watches the directory of each run subscribed to since the last call.
-    func watchSubscribed(_ watcher: Watcher) async {
-        let ids = subscriptions.withLock { Array($0.keys) }
-        let new = watched.withLock { w in ids.filter { w.insert($0).inserted } }
-        for id in new { try? await watcher.watch(spool.run(id).directory.string) }
+    /// Watches a subscribed run's directory (once).
+    func watchSubscribed(_ id: String) async {
+        guard watched.withLock({ $0.insert(id).inserted }) else { return }
+        try? await watcher.watch(spool.run(id).directory.string)
     }
 
     /// A stamp of state.json that changes when it is replaced (inode, size, mtime).
