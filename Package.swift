@@ -94,7 +94,14 @@ let package = Package(
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "MCP", package: "swift-sdk"),
+                "CairnMCP",
             ],
+            swiftSettings: strict
+        ),
+        // MCP's stdio transport on pipes, read by a blocked thread (the SDK's polls every 10 ms).
+        .target(
+            name: "CairnMCP",
+            dependencies: [.product(name: "MCP", package: "swift-sdk"), .product(name: "Logging", package: "swift-log")],
             swiftSettings: strict
         ),
         // The CLI as a library, so a user's own executable gets every command with its workflows.
@@ -109,6 +116,7 @@ let package = Package(
                 .product(name: "Subprocess", package: "swift-subprocess"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "MCP", package: "swift-sdk"),
+                "CairnMCP",
             ],
             swiftSettings: strict
         ),

@@ -1,4 +1,5 @@
 import Cairn
+import CairnMCP
 import CairnSpool
 import Foundation
 import MCP
@@ -181,8 +182,7 @@ actor MCPConnections {
 
     private var connections: [String: Connection] = [:]
     /// Calls in flight and the last use, by server: a connection unused for `idleClose` is
-    /// closed (the SDK's stdio transport polls its pipe every 10 ms while open, so an idle
-    /// daemon with an open connection would not be idle).
+    /// closed, so that a daemon does not keep a tool server's process for ever.
     private var inFlight: [String: Int] = [:]
     private var lastUse: [String: ContinuousClock.Instant] = [:]
     static let idleClose: Duration = .seconds(30)
@@ -230,9 +230,8 @@ actor MCPConnections {
             p.standardOutput = fromServer
             p.standardError = FileHandle.standardError
             // A server that exits: its client is disconnected at once, so that a request it
-            // left unanswered fails now (retryable) instead of waiting for the timeout — and
-            // so that the SDK's client stops reading a closed pipe (its loop spins on a
-            // finished stream, swift-sdk 0.12.1).
+            // left unanswered fails now (retryable) instead of waiting for the timeout (the
+            // SDK's client does not fail pending requests when its input ends).
             p.terminationHandler = { _ in Task { await client.disconnect() } }
             do {
                 try p.run()
@@ -240,8 +239,7 @@ actor MCPConnections {
                 throw StepError("mcp_servers.\(config.name): cannot start \(command[0]): \(error.localizedDescription)", type: "mcp_unavailable")
             }
             process = p
-            transport = StdioTransport(input: FileDescriptor(rawValue: fromServer.fileHandleForReading.fileDescriptor),
-                                       output: FileDescriptor(rawValue: toServer.fileHandleForWriting.fileDescriptor))
+            transport = PipeTransport(input: fromServer.fileHandleForReading.fileDescriptor, output: toServer.fileHandleForWriting.fileDescriptor)
         } else {
             transport = HTTPClientTransport(endpoint: config.url!, streaming: false)
         }

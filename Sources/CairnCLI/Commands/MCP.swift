@@ -1,5 +1,6 @@
 import ArgumentParser
 import CairnDaemon
+import CairnMCP
 import CairnSpool
 import CairnWatch
 import Foundation
@@ -40,6 +41,9 @@ struct MCPCommand: AsyncParsableCommand {
     func run() async throws {
         // Fail closed before speaking: a spool that does not open is an error on stderr.
         let spool = try options.open()
+        // A client that closed its end: write(2) fails (EPIPE) and the server ends, instead
+        // of being killed by the signal mid-reply.
+        signal(SIGPIPE, SIG_IGN)
         var logger = Logger(label: "cairn-mcp", factory: { HumanLogHandler(label: $0) })
         logger.logLevel = .warning
         let service = try MCPService(spool: spool, logger: logger, rescan: rescanInterval?.duration)
@@ -244,7 +248,7 @@ final class MCPService: Sendable {
             }
             return .init()
         }
-        try await server.start(transport: StdioTransport(logger: logger))
+        try await server.start(transport: PipeTransport(logger: logger))
         // Changes: inotify on runs/ and on every run directory (state.json is replaced by a
         // rename on each change), and a look every 2 s (other hosts of a shared filesystem).
         defer { watcher.stop() }

@@ -1,0 +1,82 @@
+import Foundation
+import Logging
+import MCP
+
+/// MCP's stdio transport over two pipe descriptors (newline-delimited JSON-RPC), read by a
+/// thread blocked in read(2).
+///
+/// The SDK's own `StdioTransport` (swift-sdk 0.12.1) sets its descriptors non-blocking and
+/// reads in a loop that sleeps 10 ms whenever nothing is there: 1.4–1.7 % of a core for an
+/// idle `cairn mcp`, and the same in a daemon for every open tool-server connection — where
+/// Cairn's promise is an idle daemon at 0 %. This one sleeps in the kernel until a byte
+/// arrives. At the end of the input its stream ends with `MCPError.connectionClosed`, not
+/// quietly: the SDK's client loops on a stream that just finishes (its `repeat … while true`
+/// asks for the same finished stream again, at 100 % CPU), and ends on an error.
+public actor PipeTransport: Transport {
+    public nonisolated let logger: Logger
+    private let input: Int32
+    private let output: Int32
+    private let stream: AsyncThrowingStream<Data, any Error>
+    private let continuation: AsyncThrowingStream<Data, any Error>.Continuation
+    private var started = false
+    /// The longest message read (a line without its end past this ends the connection).
+    public static let messageLimit = 64 << 20
+
+    /// `input` is read, `output` written; both must be blocking descriptors (pipes, a tty).
+    public init(input: Int32 = STDIN_FILENO, output: Int32 = STDOUT_FILENO, logger: Logger? = nil) {
+        self.input = input
+        self.output = output
+        self.logger = logger ?? Logger(label: "cairn.mcp.pipe", factory: { _ in SwiftLogNoOpLogHandler() })
+        (stream, continuation) = AsyncThrowingStream.makeStream(of: Data.self, throwing: (any Error).self)
+    }
+
+    public func connect() async throws {
+        guard !started else { return }
+        started = true
+        let fd = input, out = continuation
+        let thread = Thread {
+            var pending = Data()
+            var buf = [UInt8](repeating: 0, count: 1 << 16)
+            while true {
+                let n = read(fd, &buf, buf.count)
+                if n < 0 && errno == EINTR { continue }
+                if n <= 0 {
+                    out.finish(throwing: MCPError.connectionClosed)
+                    return
+                }
+                pending.append(contentsOf: buf[0..<n])
+                while let nl = pending.firstIndex(of: UInt8(ascii: "\n")) {
+                    let line = pending[pending.startIndex..<nl]
+                    if !line.isEmpty { out.yield(Data(line)) }
+                    pending = Data(pending[(nl + 1)...])
+                }
+                if pending.count > PipeTransport.messageLimit {
+                    out.finish(throwing: MCPError.parseError("a message longer than \(PipeTransport.messageLimit) bytes"))
+                    return
+                }
+            }
+        }
+        thread.name = "cairn-mcp-read"
+        thread.start()
+    }
+
+    public func disconnect() async {
+        continuation.finish()
+    }
+
+    public func send(_ data: Data) async throws {
+        var message = data
+        message.append(UInt8(ascii: "\n"))
+        try message.withUnsafeBytes { raw in
+            var off = 0
+            while off < raw.count {
+                let n = write(output, raw.baseAddress! + off, raw.count - off)
+                if n < 0 && errno == EINTR { continue }
+                if n <= 0 { throw MCPError.transportError(POSIXError(POSIXErrorCode(rawValue: errno) ?? .EIO)) }
+                off += n
+            }
+        }
+    }
+
+    public nonisolated func receive() -> AsyncThrowingStream<Data, any Error> { stream }
+}
