@@ -40,6 +40,10 @@ let package = Package(
         // The Model Context Protocol: `cairn mcp` (a server over stdio) and MCP tool servers
         // as agent tools (a client). The protocol's own SDK rather than JSON-RPC by hand.
         .package(url: "https://github.com/modelcontextprotocol/swift-sdk", exact: "0.12.1"),
+        // Metrics (issue 15): the ecosystem's API, and its Prometheus text-format backend for
+        // `cairn daemon --metrics-file` (node_exporter's textfile collector) and --metrics-listen.
+        .package(url: "https://github.com/apple/swift-metrics", from: "2.5.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.0.0"),
         // Tests only: generators and shrinking for the replay engine's property tests.
         .package(url: "https://github.com/x-sheep/swift-property-based", exact: "2.0.1"),
         // `make docs`: the `generate-documentation` command for the DocC catalogs (a plugin
@@ -80,6 +84,7 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Subprocess", package: "swift-subprocess"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "Metrics", package: "swift-metrics"),
             ],
             swiftSettings: strict
         ),
@@ -117,6 +122,8 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "MCP", package: "swift-sdk"),
                 "CairnMCP",
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
             ],
             swiftSettings: strict
         ),

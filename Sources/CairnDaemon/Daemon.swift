@@ -19,6 +19,8 @@ public struct DaemonOptions: Sendable {
     public var shutdownGrace: Duration = .seconds(30)
     /// How soon to look again at a run another process holds (several daemons).
     public var busyRecheck: Duration = .seconds(1)
+    /// Counts what the daemon and the runs do (`--metrics-file`); nil: nothing counted.
+    public var metrics: DaemonMetrics? = nil
 
     public init() {}
 }
@@ -210,7 +212,7 @@ public actor Daemon: Service {
 
     private func startAdvance(_ id: String) {
         advances += 1
-        let engine = self.engine, spool = self.spool, clock = self.clock
+        let engine = self.engine, spool = self.spool, clock = self.clock, metrics = options.metrics
         tasks[id] = Task {
             let outcome: Result<AdvanceOutcome, any Error>
             var acted = true
@@ -219,6 +221,10 @@ public actor Daemon: Service {
                 outcome = .success(r.outcome)
                 acted = r.acted
             } catch { outcome = .failure(error) }
+            // What the run recorded (read off the actor, from its journal).
+            if let metrics {
+                if case .failure = outcome { metrics.error("advance_failed") } else if acted { metrics.observe(spool, run: id) }
+            }
             if case .success(.unknownWorkflow(let w)) = outcome { await Self.recordUnknownWorkflow(id, w, spool: spool, now: clock.now()) }
             self.finished(id, outcome, acted: acted)
         }
@@ -303,6 +309,7 @@ public actor Daemon: Service {
     /// Inbox, then every queued, running or waiting run. Waiting runs are advanced once
     /// too: a decision may have been dropped while no daemon was watching.
     public func rescan(reason: String) async {
+        options.metrics?.rescan(reason)
         let started = ContinuousClock.now
         lastRescanEpoch = watcher.epoch
         for name in ((try? Spool.list(spool.inboxDirectory)) ?? []).sorted() { acceptInbox(name) }
@@ -392,7 +399,9 @@ public actor Daemon: Service {
     }
 
     func handle(_ e: WatchEvent) async {
+        options.metrics?.wakeup()
         if e.kind == .overflow {
+            options.metrics?.overflow()
             // Reported before the last rescan began: that rescan found what was lost. (While
             // a rescan runs, the queue may fill and take one overflow each time a slot frees:
             // a rescan each would be a loop of rescans.)

@@ -21,6 +21,7 @@ struct DaemonCommand: AsyncParsableCommand {
               cairn daemon
               cairn daemon --spool /srv/cairn --concurrency 16 --log-format json
               cairn daemon --rescan-interval 5s     # spool on NFS/CephFS shared by hosts
+              cairn daemon --metrics-file /var/lib/node_exporter/textfile/cairn.prom
             """)
     )
 
@@ -29,6 +30,7 @@ struct DaemonCommand: AsyncParsableCommand {
     @Option(name: .customLong("shutdown-grace"), help: "How long running executions get on shutdown.") var shutdownGrace = DurationArgument(argument: "30s")!
     @Option(name: .customLong("log-format"), help: "human or json.") var logFormat: LogFormat = .human
     @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error, critical.") var logLevel: LogLevelArgument = .info
+    @Option(name: .customLong("metrics-file"), help: ArgumentHelp("Write metrics in Prometheus's text format to this file (atomically; for node_exporter's textfile collector).", valueName: "path"), completion: .file(extensions: ["prom"])) var metricsFile: String?
     @OptionGroup var options: SpoolOptions
 
     func validate() throws {
@@ -49,6 +51,18 @@ struct DaemonCommand: AsyncParsableCommand {
         // their mount may read as ENOENT for a moment (DurableFile.read looks again).
         if opts.rescanInterval != nil { DurableFile.assumeSharedFilesystem() }
         opts.shutdownGrace = shutdownGrace.duration
+        var refresher: Task<Void, Never>? = nil
+        var metricsFile: MetricsFile? = nil
+        if let path = self.metricsFile {
+            let file = try MetricsFile(path: path, spool: spool)
+            opts.metrics = DaemonMetrics(changed: { file.changed() })
+            refresher = Task { await file.refreshEvery15s() }
+            metricsFile = file
+        }
+        defer {
+            refresher?.cancel()
+            metricsFile?.write()  // the last figures, on the way out
+        }
         // The scripts' `cairn` helpers answered here (the small client), when it is installed.
         let helpers = HelperService(logger: logger)
         defer { helpers.stop() }

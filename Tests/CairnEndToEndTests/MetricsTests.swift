@@ -1,0 +1,78 @@
+import CairnSpool
+import CairnTesting
+import Foundation
+import Testing
+
+/// Issue 15: `cairn daemon --metrics-file` — the Prometheus text file node_exporter's
+/// textfile collector reads — scraped while a workload runs, its counts checked against the
+/// journals (the truth they are counted from).
+@Suite(.serialized) struct MetricsTests {
+    /// `name{labels} value` lines of a Prometheus text file, by name and label set.
+    static func parse(_ text: String) -> [String: Double] {
+        var out: [String: Double] = [:]
+        for line in text.split(separator: "\n") where !line.hasPrefix("#") {
+            guard let space = line.lastIndex(of: " "), let v = Double(line[line.index(after: space)...]) else { continue }
+            out[String(line[..<space])] = v
+        }
+        return out
+    }
+
+    static func sum(_ m: [String: Double], _ name: String, _ labels: [String] = []) -> Double {
+        m.filter { k, _ in (k == name || k.hasPrefix(name + "{")) && labels.allSatisfy { k.contains($0) } }.values.reduce(0, +)
+    }
+
+    @Test func theMetricsFileAgreesWithTheJournals() async throws {
+        let t = try TempSpool()
+        let script = t.spool.workflowsDirectory.appending("counted").string
+        try "#!/bin/sh\nset -e\nfor i in 1 2 3; do cairn step s$i -- true; done\n".write(toFile: script, atomically: true, encoding: .utf8)
+        chmod(script, 0o755)
+        let file = t.path.appending("cairn.prom").string
+        let d = try await DaemonProcess(spool: t.spool, args: ["--metrics-file", file])
+        defer { d.stopBlocking() }
+        var runs: [String] = []
+        for i in 0..<12 {
+            runs.append(try t.submit("counted", input: ["i": .int(Int64(i))] as JSONValue))
+        }
+        // Scraped while the runs run: never more than the journals hold.
+        var scrapes = 0
+        while runs.contains(where: { t.status($0) != .completed }) {
+            if let text = try? String(contentsOfFile: file, encoding: .utf8) {
+                let m = Self.parse(text)
+                let recorded = try runs.reduce(0) { n, r in n + (try t.spool.journal(r).load().filter { $0.kind == .step }.count) }
+                #expect(Self.sum(m, "cairn_steps_total") <= Double(recorded), "counted only what is recorded")
+                scrapes += 1
+            }
+            try await Task.sleep(for: .milliseconds(100))
+        }
+        let gated = try t.submit("gate", input: ["who": "m"] as JSONValue, id: "gated-1")
+        let approved = try t.submit("gate", input: ["who": "n"] as JSONValue, id: "gated-2")
+        try await t.waitFor(gated, .waiting)
+        try await t.waitFor(approved, .waiting)
+        try t.drop("approvals/go.approved", in: approved)
+        try await t.waitFor(approved, .completed)
+        // Within the writer's second, the file holds the final counts.
+        var m: [String: Double] = [:]
+        let steps = try (runs + [gated, approved]).reduce(0) { n, r in n + (try t.spool.journal(r).load().filter { $0.kind == .step }.count) }
+        try await waitUntil("the metrics file catches up") {
+            m = Self.parse((try? String(contentsOfFile: file, encoding: .utf8)) ?? "")
+            return Self.sum(m, "cairn_steps_total") == Double(steps) && Self.sum(m, "cairn_approvals_total") == 1
+        }
+        #expect(steps == 12 * 3 + 2, "three steps a script run, one a gate run: \(steps)")
+        #expect(Self.sum(m, "cairn_steps_total", ["workflow=\"counted\""]) == 36)
+        #expect(Self.sum(m, "cairn_runs_finished_total", ["workflow=\"counted\"", "status=\"completed\""]) == 12)
+        #expect(Self.sum(m, "cairn_runs_started_total") == 14)
+        #expect(Self.sum(m, "cairn_approvals_total", ["decision=\"approved\""]) == 1)
+        #expect(Self.sum(m, "cairn_approval_wait_seconds_count") == 1, "\(m.keys.filter { $0.contains("approval") })")
+        #expect(Self.sum(m, "cairn_runs", ["status=\"waiting\""]) == 1 && Self.sum(m, "cairn_runs", ["status=\"completed\""]) == 13)
+        #expect(Self.sum(m, "cairn_runs_waiting_for_person") == 1 && Self.sum(m, "cairn_runs_waiting_for_person_over_1h") == 0)
+        #expect(Self.sum(m, "cairn_step_duration_seconds_count") == Double(steps))
+        #expect(Self.sum(m, "cairn_daemon_wakeups_total") > 0 && Self.sum(m, "cairn_daemon_rescans_total", ["reason=\"start\""]) == 1)
+        // Never half a file: every scrape parsed (the file is replaced by a rename).
+        #expect(scrapes > 0)
+        let text = try String(contentsOfFile: file, encoding: .utf8)
+        #expect(text.contains("# TYPE cairn_steps_total counter"), "\(text.prefix(400))")
+        // No temporary file left beside it.
+        let left = try FileManager.default.contentsOfDirectory(atPath: t.path.string).filter { $0.hasSuffix(".tmp") }
+        #expect(left.isEmpty, "\(left)")
+    }
+}
