@@ -77,6 +77,17 @@ public struct StepTimeoutError: Error, Sendable, CustomStringConvertible {
     public var description: String { "step '\(step)' timed out after \(timeout)" }
 }
 
+/// A step body that cannot tell whether its effect happened: a request was sent and no
+/// answer came (the server died or hung mid-call). An at-least-once step retries it, with
+/// the same idempotency key; an at-most-once step never guesses: it stops at its
+/// `uncertain` gate, exactly as when the process died between the intent and the result.
+public struct StepOutcomeUnknown: Error, Sendable, CustomStringConvertible {
+    /// What happened, for people (recorded with a retry, shown at the gate).
+    public var message: String
+    public init(_ message: String) { self.message = message }
+    public var description: String { message }
+}
+
 /// Thrown through workflow code when the run must wait. Workflow code must not swallow
 /// it; if it does, the engine still treats the run as waiting (the context remembers).
 struct Suspension: Error, Sendable {
@@ -91,6 +102,7 @@ extension ErrorInfo {
         case let e as StepFailedError: return ErrorInfo(type: "step_failed", message: e.description, retryable: false)
         case let e as NondeterminismError: return e.info
         case let e as StepTimeoutError: return ErrorInfo(type: "timeout", message: e.description, retryable: true)
+        case let e as StepOutcomeUnknown: return ErrorInfo(type: "outcome_unknown", message: e.message, retryable: true)
         case let e as SpoolError: return ErrorInfo(type: "spool_\(e.code.rawValue)", message: e.description, file: e.path, retryable: false)
         case let e as WorkflowInputError: return ErrorInfo(type: "invalid_input", message: e.description, retryable: false)
         default: return ErrorInfo(type: String(describing: Swift.type(of: error)), message: String(describing: error))

@@ -271,6 +271,15 @@ struct StepOperation<T: Codable & Sendable>: DurableOperation {
         } catch {
             // Interrupted (the daemon is stopping): record nothing, as after a crash.
             if Task.isCancelled { throw CancellationError() }
+            // Sent, and no answer: for an at-most-once step the effect may have happened, so
+            // the intent stands unresolved — the uncertain gate, as after a crash mid-body.
+            if semantics == .atMostOnce, error is StepOutcomeUnknown {
+                ctx.logger.warning("at-most-once step's outcome is unknown; a person decides", metadata: ["run": "\(ctx.runID)", "step": "\(stepName)", "error": "\(error)"])
+                if let v: T = try ctx.resolveUncertain(stepName, attempt: attempt, key: key) { return .done(v) }
+                attempt += 1  // a person chose "rerun"
+                retryUntil = nil
+                return .next
+            }
             let info = ErrorInfo.from(error)
             // An at-most-once body that timed out may have had its effect: never retried.
             let mayHaveRun = semantics == .atMostOnce && error is StepTimeoutError

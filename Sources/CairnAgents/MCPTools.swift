@@ -120,11 +120,19 @@ public struct MCPCallResult: Codable, Sendable, Hashable {
     public var content: String
     /// The tool answered `isError`.
     public var isError: Bool
+    /// The call, as recorded: a replay that calls another tool under the same name is refused.
+    public var server: String?
+    public var tool: String?
 
     enum CodingKeys: String, CodingKey {
-        case content
+        case content, server, tool
         case isError = "is_error"
     }
+}
+
+/// A replay met a recorded call of another server or tool under the same name.
+public struct MCPCallMismatch: Error, CustomStringConvertible {
+    public var description: String
 }
 
 extension WorkflowContext {
@@ -149,10 +157,14 @@ extension WorkflowContext {
             if let edited = d.value, !edited.isNull { args = edited }
         }
         let finalArgs = args
-        return try await step(name, semantics: (atMostOnce ?? config.atMostOnce.contains(tool)) ? .atMostOnce : .atLeastOnce) { key in
+        let result: MCPCallResult = try await step(name, semantics: (atMostOnce ?? config.atMostOnce.contains(tool)) ? .atMostOnce : .atLeastOnce) { key in
             let (text, isError) = try await MCPConnections.shared.callRaw(config, tool: tool, arguments: finalArgs, idempotencyKey: key)
-            return MCPCallResult(content: text, isError: isError)
+            return MCPCallResult(content: text, isError: isError, server: server, tool: tool)
         }
+        if let t = result.tool, let s = result.server, t != tool || s != server {
+            throw MCPCallMismatch(description: "'\(name)' is recorded as a call of \(s)/\(t), and this execution calls \(server)/\(tool) under that name: a workflow must make the same calls in the same order on every execution (rename the call if it is a new one)")
+        }
+        return result
     }
 }
 
@@ -213,8 +225,17 @@ actor MCPConnections {
         var process: Process? = nil
         let transport: any Transport
         if let command = config.command {
-            // What the daemon executes must not be writable by anyone but the service user.
-            for path in [command[0], FilePath(command[0]).removingLastComponent().string] {
+            // What the daemon executes must not be writable by anyone but the service user:
+            // the file and its directory, as named and as a symbolic link resolves them.
+            guard let real = realpath(command[0], nil) else {
+                throw StepError.nonRetryable("mcp_servers.\(config.name): \(command[0]): \(String(cString: strerror(errno)))", type: "mcp_configuration")
+            }
+            let resolved = String(cString: real)
+            free(real)
+            guard access(resolved, X_OK) == 0 else {
+                throw StepError.nonRetryable("mcp_servers.\(config.name): \(command[0]) is not executable", type: "mcp_configuration")
+            }
+            for path in Set([command[0], FilePath(command[0]).removingLastComponent().string, resolved, FilePath(resolved).removingLastComponent().string]).sorted() {
                 if let problem = Spool.trustedFileProblem(path) {
                     throw StepError.nonRetryable("mcp_servers.\(config.name): \(path) \(problem): the daemon will not execute it (\(Spool.trustFixAdvice))", type: "mcp_untrusted")
                 }
@@ -307,8 +328,11 @@ actor MCPConnections {
             // model called it wrongly; it is told, as for a tool error.
             return (e.localizedDescription, true)
         } catch {
+            // Sent, and no answer (the server died, hung, or its connection broke): the
+            // tool may have acted. An at-least-once call is sent again (the same key); an
+            // at-most-once one stops at its uncertain gate for a person.
             await drop(config.key)
-            throw Self.unavailable(config, error)
+            throw StepOutcomeUnknown("MCP tool '\(tool)' of server '\(config.name)' was sent and did not answer: \(error.localizedDescription)")
         }
         let text = result.content.map { c -> String in
             switch c {

@@ -19,13 +19,17 @@ public actor PipeTransport: Transport {
     private let stream: AsyncThrowingStream<Data, any Error>
     private let continuation: AsyncThrowingStream<Data, any Error>.Continuation
     private var started = false
+    private let screen: (@Sendable (Data) -> Data?)?
     /// The longest message read (a line without its end past this ends the connection).
-    public static let messageLimit = 64 << 20
+    public static let messageLimit = 16 << 20
 
     /// `input` is read, `output` written; both must be blocking descriptors (pipes, a tty).
-    public init(input: Int32 = STDIN_FILENO, output: Int32 = STDOUT_FILENO, logger: Logger? = nil) {
+    /// `screen` sees each message before the SDK does: when it returns a reply (a JSON-RPC
+    /// error), that is sent instead and the message goes no further.
+    public init(input: Int32 = STDIN_FILENO, output: Int32 = STDOUT_FILENO, logger: Logger? = nil, screen: (@Sendable (Data) -> Data?)? = nil) {
         self.input = input
         self.output = output
+        self.screen = screen
         self.logger = logger ?? Logger(label: "cairn.mcp.pipe", factory: { _ in SwiftLogNoOpLogHandler() })
         (stream, continuation) = AsyncThrowingStream.makeStream(of: Data.self, throwing: (any Error).self)
     }
@@ -33,7 +37,7 @@ public actor PipeTransport: Transport {
     public func connect() async throws {
         guard !started else { return }
         started = true
-        let fd = input, out = continuation
+        let fd = input, out = continuation, screen = self.screen, reply = output
         let thread = Thread {
             var pending = Data()
             var buf = [UInt8](repeating: 0, count: 1 << 16)
@@ -44,12 +48,24 @@ public actor PipeTransport: Transport {
                     out.finish(throwing: MCPError.connectionClosed)
                     return
                 }
+                // Only the new bytes are searched for line ends (a long message arriving in
+                // many reads costs its length, not its length squared).
+                var from = pending.count
                 pending.append(contentsOf: buf[0..<n])
-                while let nl = pending.firstIndex(of: UInt8(ascii: "\n")) {
-                    let line = pending[pending.startIndex..<nl]
-                    if !line.isEmpty { out.yield(Data(line)) }
-                    pending = Data(pending[(nl + 1)...])
+                var lineStart = 0
+                while let nl = pending[(pending.startIndex + from)...].firstIndex(of: UInt8(ascii: "\n")) {
+                    let line = pending[(pending.startIndex + lineStart)..<nl]
+                    if !line.isEmpty {
+                        if let screen, let refusal = screen(Data(line)) {
+                            PipeTransport.writeAll(reply, refusal + Data([UInt8(ascii: "\n")]))
+                        } else {
+                            out.yield(Data(line))
+                        }
+                    }
+                    lineStart = nl + 1 - pending.startIndex
+                    from = lineStart
                 }
+                if lineStart > 0 { pending = Data(pending[(pending.startIndex + lineStart)...]) }
                 if pending.count > PipeTransport.messageLimit {
                     out.finish(throwing: MCPError.parseError("a message longer than \(PipeTransport.messageLimit) bytes"))
                     return
@@ -67,16 +83,28 @@ public actor PipeTransport: Transport {
     public func send(_ data: Data) async throws {
         var message = data
         message.append(UInt8(ascii: "\n"))
-        try message.withUnsafeBytes { raw in
+        guard Self.writeAll(output, message) else { throw MCPError.transportError(POSIXError(POSIXErrorCode(rawValue: errno) ?? .EIO)) }
+    }
+
+    /// One message written whole, under a lock (the reader thread's refusals and the
+    /// server's replies must not interleave).
+    @discardableResult
+    static func writeAll(_ fd: Int32, _ data: Data) -> Bool {
+        writeLock.lock()
+        defer { writeLock.unlock() }
+        return data.withUnsafeBytes { raw in
             var off = 0
             while off < raw.count {
-                let n = write(output, raw.baseAddress! + off, raw.count - off)
+                let n = write(fd, raw.baseAddress! + off, raw.count - off)
                 if n < 0 && errno == EINTR { continue }
-                if n <= 0 { throw MCPError.transportError(POSIXError(POSIXErrorCode(rawValue: errno) ?? .EIO)) }
+                if n <= 0 { return false }
                 off += n
             }
+            return true
         }
     }
+
+    private static let writeLock = NSLock()
 
     public nonisolated func receive() -> AsyncThrowingStream<Data, any Error> { stream }
 }

@@ -83,24 +83,37 @@ import Testing
         #expect(try t.result(r)["answer"] == "done: replied")
     }
 
-    @Test func aServerThatDiesMidCallIsRetriedWithTheSameKey() async throws {
-        let t = try TempSpool()
-        let flag = t.path.appending("died").string
-        let desk = try configure(t, fake: nil, env: ["HELPDESK_DIE_ONCE": flag])
-        let d = try await DaemonProcess(spool: t.spool)
-        defer { d.stopBlocking() }
-        // The offline canned provider: lookup, a draft, its repair, the final line.
-        let r = try t.submit("triage-ticket", input: ["ticket": Self.ticket, "tools_server": "helpdesk"] as JSONValue)
-        try await t.waitFor(r, .waiting, timeout: 30)
-        let gate = try #require(try t.state(r).waitingFor?["gate"]?.stringValue)
-        try t.drop("approvals/\(gate).approved", in: r)
-        try await t.waitFor(r, .completed, timeout: 60)
-        #expect(FileManager.default.fileExists(atPath: flag), "the server died once mid-call")
-        let sends = desk.callLog.filter { $0["tool"] == "send_reply" }
-        #expect(sends.count == 2 && sends[0]["key"] == sends[1]["key"], "re-sent with the same key to a fresh server: \(sends)")
-        #expect(desk.sent.count == 1, "\(desk.sent)")
-        let step = try t.spool.journal(r).load().last { $0.kind == .step && ($0.name ?? "").hasSuffix("send_reply") }
-        #expect((step?.attempt ?? 0) == 2, "the step's second attempt: \(String(describing: step))")
+    /// A server that dies after it was sent a call: the call may have acted. An at-least-once
+    /// tool (lookup_customer) is sent again with the same key to a fresh server; an
+    /// at-most-once one (send_reply) is never guessed at: the run stops at the uncertain
+    /// gate, and a person's "rerun" sends it again (found by an attack: it was re-sent).
+    @Test func aServerThatDiesMidCallRetriesAtLeastOnceAndAsksForAtMostOnce() async throws {
+        for (tool, atMostOnce) in [("lookup_customer", false), ("send_reply", true)] {
+            let t = try TempSpool()
+            let flag = t.path.appending("died").string
+            let desk = try configure(t, fake: nil, env: ["HELPDESK_DIE_ONCE": flag, "HELPDESK_DIE_ON": tool])
+            let d = try await DaemonProcess(spool: t.spool)
+            defer { d.stopBlocking() }
+            // The offline canned provider: lookup, a draft, its repair, the final line.
+            let r = try t.submit("triage-ticket", input: ["ticket": Self.ticket, "tools_server": "helpdesk"] as JSONValue)
+            try await waitUntil("the reply's approval gate", timeout: 30) {
+                let g = (try? t.state(r).waitingFor?["gate"]?.stringValue) ?? ""
+                return g.hasSuffix("send_reply") && !g.hasPrefix("uncertain")
+            }
+            let gate = try #require(try t.state(r).waitingFor?["gate"]?.stringValue)
+            try t.drop("approvals/\(gate).approved", in: r)
+            if atMostOnce {
+                try await waitUntil("the uncertain gate", timeout: 30) { (try? t.state(r).waitingFor?["kind"]) == "uncertain" }
+                #expect(desk.count("send_reply") == 1, "not re-sent on its own: \(desk.callLog)")
+                let uncertain = try #require(try t.state(r).waitingFor?["gate"]?.stringValue)
+                try t.drop("approvals/\(uncertain).approved", in: r)  // empty: rerun
+            }
+            try await t.waitFor(r, .completed, timeout: 60)
+            #expect(FileManager.default.fileExists(atPath: flag), "the server died once mid-call")
+            let calls = desk.callLog.filter { $0["tool"]?.stringValue == tool }
+            #expect(calls.count == 2 && calls[0]["key"] == calls[1]["key"], "sent again with the same key to a fresh server: \(calls)")
+            #expect(desk.sent.count == 1, "\(desk.sent)")
+        }
     }
 
     @Test func aMissingOrUntrustedServerFailsTheRunWithAReason() async throws {
@@ -123,6 +136,22 @@ import Testing
         try await t.waitFor(r2, .failed, timeout: 30)
         let e2 = try #require(try t.state(r2).error)
         #expect(e2.message.contains("writable by group or others") && e2.message.contains("will not execute"), "\(e2)")
+        // A symbolic link in a trusted directory to a file in a directory anyone can write:
+        // judged where it leads (found by an attack: only the link's directory was checked).
+        let open = t.path.appending("open").string, safe = t.path.appending("safe").string
+        try FileManager.default.createDirectory(atPath: open, withIntermediateDirectories: true)
+        try FileManager.default.createDirectory(atPath: safe, withIntermediateDirectories: true)
+        chmod(open, 0o777)
+        chmod(safe, 0o755)
+        #expect(try Binary.run("/bin/cp", [Binary.path("cairn-mcp-fixture"), open + "/desk"]).code == 0)
+        chmod(open + "/desk", 0o755)
+        try FileManager.default.createSymbolicLink(atPath: safe + "/desk", withDestinationPath: open + "/desk")
+        cfg["mcp_servers"] = ["linked": ["command": [.string(safe + "/desk")]]]
+        try t.spool.durable.write(json: .object(cfg), to: t.spool.configFile)
+        let r3 = try t.submit("triage-ticket", input: ["ticket": Self.ticket, "tools_server": "linked"] as JSONValue)
+        try await t.waitFor(r3, .failed, timeout: 30)
+        let e3 = try #require(try t.state(r3).error)
+        #expect(e3.message.contains(open) && e3.message.contains("writable by group or others"), "\(e3)")
     }
 
     /// `cairn mcp-call` in a script: recorded, replayed when the script runs again from the

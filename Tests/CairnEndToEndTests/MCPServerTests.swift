@@ -122,4 +122,47 @@ import Testing
         await #expect(throws: MCPError.self) { _ = try await session.client.readResource(uri: "cairn://runs/no-such-run/state") }
         await session.close()
     }
+
+    /// Raw JSON-RPC lines to `cairn mcp`, stdin closed after them; every line it printed.
+    static func rawSession(_ spool: String, _ lines: [String]) throws -> [JSONValue] {
+        let initialize = #"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"raw","version":"1"}}}"#
+        let initialized = #"{"jsonrpc":"2.0","method":"notifications/initialized"}"#
+        let r = try Binary.run("cairn-fixtures", ["mcp", "--spool", spool], stdin: ([initialize, initialized] + lines).joined(separator: "\n") + "\n")
+        return r.stdout.split(separator: "\n").map { (try? JSONValue.parse(String($0))) ?? .string(String($0)) }
+    }
+
+    /// Found by an attack: a key twice in the arguments (the SDK's decoder kept the first,
+    /// another parser the last), a NUL (cut the value short on the command line), a negative
+    /// limit (became an option), an argument over the kernel's limit (an internal error), and
+    /// a client that closes stdin right after a request (the approval was carried out and its
+    /// answer never sent).
+    @Test func hostileArgumentsAreRefusedAndNothingIsLeftUnanswered() async throws {
+        let t = try TempSpool()
+        let spool = t.spool.root.string
+        for id in ["dupA", "dupB", "closeN"] {
+            _ = try Binary.run("cairn-fixtures", ["submit", "gate", "--id", id, "--spool", spool], stdin: nil)
+            _ = try Binary.run("cairn-fixtures", ["advance", id, "--spool", spool])
+        }
+        func call(_ id: Int, _ tool: String, _ args: String) -> String {
+            #"{"jsonrpc":"2.0","id":\#(id),"method":"tools/call","params":{"name":"\#(tool)","arguments":\#(args)}}"#
+        }
+        let long = String(repeating: "x", count: 200_000)
+        let replies = try Self.rawSession(spool, [
+            call(1, "approve", #"{"run":"dupA","gate":"go","run":"dupB"}"#),
+            call(2, "why", #"{"run":"dupA\u0000/../../x"}"#),
+            call(3, "list_runs", #"{"limit":-1}"#),
+            call(4, "reject", #"{"run":"dupA","gate":"go","reason":"\#(long)"}"#),
+            call(5, "approve", #"{"run":"closeN","gate":"go","comment":"last"}"#),
+        ])
+        func reply(_ id: Int) -> JSONValue? { replies.first { $0["id"]?.intValue == Int64(id) } }
+        #expect(reply(1)?["error"]?["code"] == -32600 && (reply(1)?["error"]?["message"]?.stringValue ?? "").contains("twice"), "\(String(describing: reply(1)))")
+        for id in [2, 3, 4] {
+            #expect(reply(id)?["error"]?["code"] == -32602, "\(id): \(String(describing: reply(id)))")
+        }
+        // Nothing was decided by the refused calls; the last one was, and was answered.
+        #expect(t.status("dupA") == .waiting && t.status("dupB") == .waiting)
+        #expect(reply(5)?["result"]?["isError"] == false, "answered before exiting: \(replies)")
+        #expect(FileManager.default.fileExists(atPath: t.spool.run("closeN").approvalsDirectory.appending("go.approved").string))
+        #expect(replies.allSatisfy { $0.objectValue != nil }, "nothing but JSON-RPC on stdout: \(replies)")
+    }
 }

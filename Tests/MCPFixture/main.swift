@@ -6,7 +6,8 @@ import MCP
 // line: tool, idempotency key, arguments); `send_reply` appends to $HELPDESK_OUTBOX unless
 // that idempotency key was sent already. $HELPDESK_DIE_ONCE=FILE: the first send_reply
 // (when FILE does not exist) creates FILE and exits mid-call, as a crashing server would.
-// $HELPDESK_DELAY_MS delays each send_reply.
+// $HELPDESK_DIE_ON names the tool that dies so (default send_reply). $HELPDESK_DELAY_MS
+// delays each send_reply.
 
 let env = ProcessInfo.processInfo.environment
 
@@ -39,15 +40,15 @@ await server.withMethodHandler(ListTools.self) { _ in
 await server.withMethodHandler(CallTool.self) { params in
     let key = params._meta?["cairn/idempotency_key"]?.stringValue ?? ""
     append("{\"tool\": \(text(.string(params.name))), \"key\": \(text(.string(key))), \"arguments\": \(text(params.arguments.map { .object($0) }))}", to: env["HELPDESK_CALLS"])
+    if params.name == (env["HELPDESK_DIE_ON"] ?? "send_reply"), let flag = env["HELPDESK_DIE_ONCE"], !FileManager.default.fileExists(atPath: flag) {
+        _ = FileManager.default.createFile(atPath: flag, contents: nil)
+        exit(3)
+    }
     switch params.name {
     case "lookup_customer":
         let email = params.arguments?["email"]?.stringValue ?? "?"
         return .init(content: [.text(text: "{\"email\": \(text(.string(email))), \"plan\": \"pro\", \"orders\": 12}", annotations: nil, _meta: nil)], isError: false)
     case "send_reply":
-        if let flag = env["HELPDESK_DIE_ONCE"], !FileManager.default.fileExists(atPath: flag) {
-            _ = FileManager.default.createFile(atPath: flag, contents: nil)
-            exit(3)
-        }
         if let ms = env["HELPDESK_DELAY_MS"].flatMap(Int.init) { try? await Task.sleep(for: .milliseconds(ms)) }
         let outbox = env["HELPDESK_OUTBOX"] ?? "/dev/null"
         let sent = (try? String(contentsOfFile: outbox, encoding: .utf8)) ?? ""

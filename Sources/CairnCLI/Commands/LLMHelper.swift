@@ -224,6 +224,10 @@ struct MCPCallHelper: AsyncParsableCommand {
     @Flag(name: .customLong("at-most-once"), help: "An interrupted call is never re-sent: it stops at an uncertain gate (default: the server's at_most_once).") var atMostOnce = false
     @Flag(name: .long, help: "Print {\"content\", \"is_error\"} as JSON.") var json = false
 
+    func validate() throws {
+        guard Names.isValidName(name) else { throw ValidationError("invalid call name '\(name)' (letters, digits, '.', '_' and '-')") }
+    }
+
     func run() async throws {
         var arguments: JSONValue = .object([:])
         if let args {
@@ -240,6 +244,8 @@ struct MCPCallHelper: AsyncParsableCommand {
             throw CLIError(.failure, e.description)
         } catch let e as MCPCallRejected {
             throw CLIError(.failure, "\(name): \(e.description)")
+        } catch let e as MCPCallMismatch {
+            throw CLIError(.failure, "mcp-call \(e.description)")
         }
         if json {
             Output.json(try JSONValue(encoding: call))

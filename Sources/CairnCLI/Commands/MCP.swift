@@ -86,7 +86,17 @@ struct MCPTool: Sendable {
             case "array": v.arrayValue != nil && (v.arrayValue ?? []).allSatisfy { $0.stringValue != nil }
             default: true  // any JSON value (an input, a decision value, event data)
             }
-            if !ok { return "\(name): '\(n)' must be \(type == "array" ? "an array of strings" : "a \(type ?? "value")"), not \(v.kindName)" }
+            if !ok {
+                let what = type == "array" ? "an array of strings" : type == "integer" ? "an integer" : "a \(type ?? "value")"
+                return "\(name): '\(n)' must be \(what), not \(v.kindName)"
+            }
+            if let min = s["minimum"]?.intValue, let i = v.intValue, i < min { return "\(name): '\(n)' must be at least \(min), not \(i)" }
+            for text in [v.stringValue].compactMap({ $0 }) + (v.arrayValue ?? []).compactMap(\.stringValue) {
+                // Command-line arguments: a NUL would cut the value short; a value over the
+                // kernel's limit for one argument would fail the command before it ran.
+                if text.contains("\u{0}") { return "\(name): '\(n)' must not contain a NUL character" }
+                if text.utf8.count > 65536 { return "\(name): '\(n)' is \(text.utf8.count) bytes; at most 65536" }
+            }
             if let allowed = s["enum"]?.arrayValue, !allowed.contains(v) {
                 return "\(name): '\(n)' must be one of \(allowed.compactMap(\.stringValue).joined(separator: ", "))"
             }
@@ -187,6 +197,8 @@ final class MCPService: Sendable {
     private let lastSeen = Mutex<[String: String]>([:])
     /// Run directories watched.
     private let watched = Mutex(Set<String>())
+    /// Tool calls under way (their commands running).
+    private let inFlight = Mutex(0)
 
     let watcher: Watcher
     /// Also look at every subscribed run this often (nil: inotify alone).
@@ -248,7 +260,7 @@ final class MCPService: Sendable {
             }
             return .init()
         }
-        try await server.start(transport: PipeTransport(logger: logger))
+        try await server.start(transport: PipeTransport(logger: logger, screen: Self.screen))
         // Changes: inotify on runs/ and on every run directory (state.json is replaced by a
         // rename on each change), and a look every 2 s (other hosts of a shared filesystem).
         defer { watcher.stop() }
@@ -276,7 +288,28 @@ final class MCPService: Sendable {
             }
         }
         await server.waitUntilCompleted()
+        // The client closed its end: the calls it made are finished and answered (a decision
+        // carried out must not go unanswered, nor its command be left running), then exit.
+        let deadline = ContinuousClock.now + .seconds(300)
+        while inFlight.withLock({ $0 }) > 0 && ContinuousClock.now < deadline {
+            try? await Task.sleep(for: .milliseconds(20))
+        }
         watching.cancel()
+    }
+
+    /// A message with a key twice in one object is refused before the SDK reads it: its
+    /// decoder keeps one of them silently, and a proxy or a confirmation screen reading the
+    /// same line with another parser may see the other (`{"run": "A", …, "run": "B"}`).
+    @Sendable static func screen(_ line: Data) -> Data? {
+        guard let lenient = try? JSONValue.parse(line) else { return nil }  // the SDK answers a parse error
+        do {
+            _ = try JSONValue.parseRejectingDuplicateKeys(line)
+            return nil
+        } catch {
+            let reply: JSONValue = ["jsonrpc": "2.0", "id": lenient["id"] ?? .null,
+                                    "error": ["code": -32600, "message": .string("Invalid request: \(JSONValue.describe(error))")]]
+            return Data(reply.compactText().utf8)
+        }
     }
 
     /// Watches a subscribed run's directory (once).
@@ -342,6 +375,8 @@ final class MCPService: Sendable {
         let args = try MCPValues.json(.object(arguments)).objectValue ?? [:]
         if let problem = tool.problem(args) { throw MCPError.invalidParams(problem) }
         let (argv, stdin) = tool.command(args)
+        inFlight.withLock { $0 += 1 }
+        defer { inFlight.withLock { $0 -= 1 } }
         let (code, out, err) = try await Self.runCLI(exe, argv, stdin: stdin)
         if code == 0 {
             var text = out.trimmingCharacters(in: .newlines)
