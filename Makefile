@@ -24,6 +24,7 @@ deps:
 	command -v pgrep >/dev/null 2>&1 || missing="$$missing procps"; \
 	command -v cc >/dev/null 2>&1 || missing="$$missing gcc"; \
 	command -v strace >/dev/null 2>&1 || missing="$$missing strace"; \
+	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
 	if [ "$$(id -u)" = 0 ] && [ -e /dev/fuse ]; then \
 	  command -v glusterd >/dev/null 2>&1 || missing="$$missing glusterfs-server"; \
 	  command -v mount.glusterfs >/dev/null 2>&1 || [ -x /sbin/mount.glusterfs ] || missing="$$missing glusterfs-client"; \

@@ -157,7 +157,7 @@ struct CairnCommand: AsyncParsableCommand {
             ]),
             CommandGroup(name: "Spool", subcommands: [
                 InitCommand.self, DaemonCommand.self, AdvanceCommand.self, FsckCommand.self,
-                GCCommand.self, DoctorCommand.self, DemoCommand.self, BenchCommand.self, MCPCommand.self,
+                GCCommand.self, DoctorCommand.self, DemoCommand.self, BenchCommand.self, MCPCommand.self, ReportCommand.self,
             ]),
             CommandGroup(name: "Script helper", subcommands: [
                 StepHelper.self, ApprovalHelper.self, EventHelper.self, SleepHelper.self, NowHelper.self,

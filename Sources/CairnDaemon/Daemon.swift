@@ -21,6 +21,9 @@ public struct DaemonOptions: Sendable {
     public var busyRecheck: Duration = .seconds(1)
     /// Counts what the daemon and the runs do (`--metrics-file`); nil: nothing counted.
     public var metrics: DaemonMetrics? = nil
+    /// Called with a run's id after an advance that changed it (`--report-dir`), off the
+    /// daemon's actor.
+    public var afterAdvance: (@Sendable (String) -> Void)? = nil
 
     public init() {}
 }
@@ -212,7 +215,7 @@ public actor Daemon: Service {
 
     private func startAdvance(_ id: String) {
         advances += 1
-        let engine = self.engine, spool = self.spool, clock = self.clock, metrics = options.metrics
+        let engine = self.engine, spool = self.spool, clock = self.clock, metrics = options.metrics, after = options.afterAdvance
         tasks[id] = Task {
             let outcome: Result<AdvanceOutcome, any Error>
             var acted = true
@@ -225,6 +228,7 @@ public actor Daemon: Service {
             if let metrics {
                 if case .failure = outcome { metrics.error("advance_failed") } else if acted { metrics.observe(spool, run: id) }
             }
+            if acted, case .success = outcome { after?(id) }
             if case .success(.unknownWorkflow(let w)) = outcome { await Self.recordUnknownWorkflow(id, w, spool: spool, now: clock.now()) }
             self.finished(id, outcome, acted: acted)
         }

@@ -22,6 +22,7 @@ struct DaemonCommand: AsyncParsableCommand {
               cairn daemon --spool /srv/cairn --concurrency 16 --log-format json
               cairn daemon --rescan-interval 5s     # spool on NFS/CephFS shared by hosts
               cairn daemon --metrics-file /var/lib/node_exporter/textfile/cairn.prom
+              cairn daemon --report-dir /var/www/cairn
             """)
     )
 
@@ -31,6 +32,7 @@ struct DaemonCommand: AsyncParsableCommand {
     @Option(name: .customLong("log-format"), help: "human or json.") var logFormat: LogFormat = .human
     @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error, critical.") var logLevel: LogLevelArgument = .info
     @Option(name: .customLong("metrics-file"), help: ArgumentHelp("Write metrics in Prometheus's text format to this file (atomically; for node_exporter's textfile collector).", valueName: "path"), completion: .file(extensions: ["prom"])) var metricsFile: String?
+    @Option(name: .customLong("report-dir"), help: ArgumentHelp("Keep the HTML report of `cairn report` current in this directory (a run's page after each change, the index within a second).", valueName: "dir"), completion: .directory) var reportDir: String?
     @OptionGroup var options: SpoolOptions
 
     func validate() throws {
@@ -62,6 +64,11 @@ struct DaemonCommand: AsyncParsableCommand {
         defer {
             refresher?.cancel()
             metricsFile?.write()  // the last figures, on the way out
+        }
+        if let dir = reportDir {
+            let keeper = ReportKeeper(report: try Report(spool: spool, directory: dir))
+            keeper.everything()
+            opts.afterAdvance = { id in keeper.changed(id) }
         }
         // The scripts' `cairn` helpers answered here (the small client), when it is installed.
         let helpers = HelperService(logger: logger)

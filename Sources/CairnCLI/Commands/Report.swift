@@ -1,0 +1,278 @@
+import ArgumentParser
+import CairnSpool
+import Foundation
+import Synchronization
+import SystemPackage
+
+struct ReportCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "report",
+        abstract: "Write a static HTML report of runs: an index, and a page per run with its timeline.",
+        discussion: prose("""
+            No server and no JavaScript: open DIR/index.html in a browser, or serve DIR with any
+            web server. The index lists the runs with status, age, what each waits for and
+            tokens; each run's page has a timeline chart (SVG) of its steps, waits, retries and
+            LLM calls with their durations, the approval request with the exact command or
+            file drop that decides it, and the result or the error. Files are replaced
+            atomically. `cairn daemon --report-dir DIR` keeps such a report current.
+
+            Examples:
+              cairn report --out /var/www/cairn
+              cairn report RUN --out /tmp/r && xdg-open /tmp/r/RUN.html
+            """)
+    )
+
+    @Argument(help: ArgumentHelp("Runs to report (default: every run; the index lists those reported).", valueName: "run"), completion: Completions.runs) var runs: [String] = []
+    @Option(name: .long, help: ArgumentHelp("The directory to write (made if missing).", valueName: "dir"), completion: .directory) var out: String
+    @OptionGroup var options: SpoolOptions
+
+    func run() throws {
+        let spool = try options.open()
+        let ids = runs.isEmpty ? try spool.runIDs() : runs
+        for id in runs { _ = try requireRun(spool, id) }
+        let report = try Report(spool: spool, directory: out)
+        let progress = Progress(total: ids.count, what: "runs")
+        for id in ids {
+            report.writeRun(id)
+            progress.step()
+        }
+        progress.done()
+        report.writeIndex(only: runs.isEmpty ? nil : Set(runs))
+        Output.line("\(report.directory.string)/index.html")
+    }
+}
+
+/// A progress line on a terminal's stderr for long work (never when stderr is piped).
+final class Progress: @unchecked Sendable {
+    let total: Int, what: String
+    private var done_ = 0
+    private var last = Date.distantPast
+    private let shown: Bool
+
+    init(total: Int, what: String) {
+        self.total = total
+        self.what = what
+        shown = isatty(STDERR_FILENO) == 1 && total >= 200
+    }
+
+    func step() {
+        done_ += 1
+        guard shown, Date().timeIntervalSince(last) > 0.2 else { return }
+        last = Date()
+        FileHandle.standardError.write(Data("\r\(done_)/\(total) \(what)".utf8))
+    }
+
+    func done() {
+        if shown { FileHandle.standardError.write(Data("\r\(total)/\(total) \(what)\n".utf8)) }
+    }
+}
+
+/// The static HTML report.
+struct Report: Sendable {
+    let spool: Spool
+    let directory: FilePath
+    let writer: DurableFile
+
+    init(spool: Spool, directory: String) throws {
+        let dir = directory.hasPrefix("/") ? directory : FileManager.default.currentDirectoryPath + "/" + directory
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        self.spool = spool
+        self.directory = FilePath(dir)
+        writer = DurableFile(tmpDirectory: FilePath(dir))
+    }
+
+    /// HTML-escaped, control characters shown escaped; line breaks kept (for `<pre>`).
+    static func h(_ s: String) -> String {
+        s.split(separator: "\n", omittingEmptySubsequences: false).map { escapeLine(String($0)) }.joined(separator: "\n")
+    }
+
+    static func escapeLine(_ s: String) -> String {
+        var out = ""
+        for c in Names.printable(s) {
+            switch c {
+            case "&": out += "&amp;"
+            case "<": out += "&lt;"
+            case ">": out += "&gt;"
+            case "\"": out += "&quot;"
+            case "'": out += "&#39;"
+            default: out.append(c)
+            }
+        }
+        return out
+    }
+
+    static let style = """
+        body{font:14px/1.45 system-ui,sans-serif;margin:24px;color:#1d2327;background:#fbfbfa}
+        h1{font-size:20px;margin:0 0 4px}h2{font-size:16px;margin:24px 0 8px}
+        table{border-collapse:collapse;width:100%;background:#fff}
+        th,td{text-align:left;padding:6px 10px;border-bottom:1px solid #e3e3e0;vertical-align:top}
+        th{font-weight:600;background:#f1f1ee}code,pre{font:12px/1.4 ui-monospace,monospace}
+        pre{background:#fff;border:1px solid #e3e3e0;padding:10px;overflow:auto;white-space:pre-wrap}
+        .status{display:inline-block;padding:1px 8px;border-radius:10px;font-size:12px;font-weight:600}
+        .completed{background:#dcf5e3;color:#146c2e}.failed{background:#fde2e1;color:#a4161a}
+        .waiting,.queued,.running{background:#fff3cd;color:#7a5b00}.cancelled{background:#e9e9e6;color:#555}
+        .meta{color:#666}.ask{border-left:4px solid #e0a800;background:#fff;padding:10px 14px}
+        a{color:#0b57d0;text-decoration:none}a:hover{text-decoration:underline}
+        """
+
+    static func page(_ title: String, _ body: String) -> String {
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>\(h(title))</title><style>\(style)</style></head><body>\(body)</body></html>\n"
+    }
+
+    static func age(_ d: Date) -> String { ListCommand.age(Date().timeIntervalSince(d)) }
+
+    func write(_ name: String, _ html: String) {
+        do {
+            try writer.write(Data(html.utf8), to: directory.appending(name), durability: .atomicOnly)
+        } catch {
+            Output.warn("\(directory.string)/\(name): cannot write: \(error)")
+        }
+    }
+
+    func writeIndex(only: Set<String>? = nil) {
+        var states: [RunState] = []
+        for id in (try? spool.runIDs()) ?? [] where only == nil || only!.contains(id) {
+            if let s = (try? spool.readState(id)) ?? nil { states.append(s) }
+        }
+        states.sort { ($0.updatedAt, $0.run) > ($1.updatedAt, $1.run) }
+        var rows = ""
+        for s in states {
+            let waits = s.waitingFor.map { Self.h(Describe.waitingShort($0)) } ?? (s.status == .failed ? Self.h(s.error?.type ?? "") : "")
+            let tokens = s.tokens?["total"]?.intValue.map(String.init) ?? "–"
+            rows += "<tr class=\"run\"><td><a href=\"\(Self.h(s.run)).html\"><code>\(Self.h(s.run))</code></a></td><td><span class=\"status \(s.status.rawValue)\">\(s.status.rawValue)</span></td><td>\(Self.h(s.workflow))</td><td title=\"\(Timestamp.format(s.updatedAt))\">\(Self.age(s.updatedAt))</td><td>\(waits)</td><td>\(tokens)</td></tr>\n"
+        }
+        let counts = RunStatus.allCases.compactMap { st -> String? in
+            let n = states.filter { $0.status == st }.count
+            return n == 0 ? nil : "\(n) \(st.rawValue)"
+        }.joined(separator: ", ")
+        write("index.html", Self.page("Cairn runs", """
+            <h1>Cairn runs</h1><p class="meta">\(Self.h(spool.root.string)) · \(counts.isEmpty ? "no runs" : counts) · written \(Timestamp.format(Date()))</p>
+            <table id="runs"><tr><th>Run</th><th>Status</th><th>Workflow</th><th>Changed</th><th>Waiting for / error</th><th>Tokens</th></tr>
+            \(rows)</table>
+            """))
+    }
+
+    /// One bar or mark of the timeline.
+    struct Bar {
+        var label: String
+        var kind: String  // step, llm, wait, retry, mark
+        var start: Date
+        var end: Date
+        var detail: String
+    }
+
+    static func bars(_ entries: [JournalEntry], now: Date) -> [Bar] {
+        var bars: [Bar] = []
+        var open: [String: JournalEntry] = [:]
+        for e in entries {
+            let name = e.name ?? ""
+            switch e.kind.rawValue {
+            case "step", "llm":
+                let ms = e.durationMs ?? 0
+                let start = e.startedAt ?? e.at.addingTimeInterval(-Double(ms) / 1000)
+                let failed = e.error != nil
+                bars.append(Bar(label: "\(e.kind.rawValue) \(name)", kind: failed ? "failed" : e.kind.rawValue, start: start, end: e.at,
+                                detail: "\(Output.duration(ms: ms))" + (e.attempt.map { $0 > 1 ? ", attempt \($0)" : "" } ?? "") + (failed ? ", failed: \(e.error?.message ?? "")" : "")))
+            case "approval", "event", "sleep", "child":
+                let key = "\(e.kind.rawValue) \(name)"
+                if e.phase?.rawValue == "requested" || e.phase?.rawValue == "started" {
+                    open[key] = e
+                } else if let began = open.removeValue(forKey: key) {
+                    let who = e.decidedBy.map { " by \($0.user ?? String($0.uid))" } ?? ""
+                    bars.append(Bar(label: key, kind: "wait", start: began.at, end: e.at, detail: (e.decision?.rawValue ?? "done") + who + ", " + Output.duration(ms: Int(e.at.timeIntervalSince(began.at) * 1000))))
+                }
+            case "retry":
+                bars.append(Bar(label: "retry \(name)", kind: "retry", start: e.at, end: e.at, detail: e.error?.message ?? "retry"))
+            default:
+                bars.append(Bar(label: name.isEmpty ? e.kind.rawValue : "\(e.kind.rawValue) \(name)", kind: "mark", start: e.at, end: e.at, detail: e.kind.rawValue))
+            }
+        }
+        // Waits still open run to now.
+        for (key, began) in open.sorted(by: { $0.value.seq < $1.value.seq }) {
+            bars.append(Bar(label: key + " (waiting)", kind: "wait open", start: began.at, end: now, detail: "waiting, \(Output.duration(ms: Int(now.timeIntervalSince(began.at) * 1000))) so far"))
+        }
+        return bars.sorted { $0.start < $1.start }
+    }
+
+    static func svg(_ bars: [Bar]) -> String {
+        guard let t0 = bars.map(\.start).min(), let t1 = bars.map(\.end).max() else { return "<p class=\"meta\">No records yet.</p>" }
+        let span = max(t1.timeIntervalSince(t0), 0.001)
+        let labelW = 260.0, chartW = 640.0, rowH = 22.0
+        let height = Double(bars.count) * rowH + 30
+        let colours = ["step": "#3b82f6", "llm": "#8b5cf6", "wait": "#f59e0b", "wait open": "#fbbf24", "retry": "#ef4444", "failed": "#ef4444", "mark": "#6b7280"]
+        var out = "<svg id=\"timeline\" xmlns=\"http://www.w3.org/2000/svg\" width=\"\(Int(labelW + chartW + 20))\" height=\"\(Int(height))\" role=\"img\" aria-label=\"timeline\" font-family=\"system-ui,sans-serif\" font-size=\"12\">"
+        // Axis: 0 and the span.
+        out += "<line x1=\"\(labelW)\" y1=\"\(height - 18)\" x2=\"\(labelW + chartW)\" y2=\"\(height - 18)\" stroke=\"#ccc\"/>"
+        out += "<text x=\"\(labelW)\" y=\"\(height - 4)\" fill=\"#666\">0</text><text x=\"\(labelW + chartW)\" y=\"\(height - 4)\" fill=\"#666\" text-anchor=\"end\">\(h(Output.duration(ms: Int(span * 1000))))</text>"
+        for (i, b) in bars.enumerated() {
+            let y = Double(i) * rowH + 4
+            let x = labelW + b.start.timeIntervalSince(t0) / span * chartW
+            let w = max(3, b.end.timeIntervalSince(b.start) / span * chartW)
+            let colour = colours[b.kind] ?? "#6b7280"
+            out += "<g class=\"bar \(b.kind.replacingOccurrences(of: " ", with: "-"))\"><title>\(h(b.label)): \(h(b.detail))</title>"
+            out += "<text x=\"4\" y=\"\(y + 14)\" fill=\"#1d2327\">\(h(String(b.label.prefix(38))))</text>"
+            out += "<rect x=\"\(String(format: "%.1f", x))\" y=\"\(y + 3)\" width=\"\(String(format: "%.1f", w))\" height=\"\(rowH - 8)\" rx=\"3\" fill=\"\(colour)\"/>"
+            out += "</g>"
+        }
+        return out + "</svg>"
+    }
+
+    func writeRun(_ id: String) {
+        guard let record = try? spool.readRun(id) else { return }
+        let state = (try? spool.readState(id)) ?? nil
+        let entries = (try? spool.journal(id).load()).map { Journal.effective($0) } ?? []
+        let status = state?.status.rawValue ?? "unknown"
+        var body = "<p><a href=\"index.html\">← all runs</a></p><h1><code>\(Self.h(id))</code> <span class=\"status \(status)\">\(status)</span></h1>"
+        body += "<p class=\"meta\">\(Self.h(record.workflow)) · submitted \(Timestamp.format(record.submittedAt)) by \(Self.h(record.submittedBy.user ?? String(record.submittedBy.uid)))"
+        if let s = state {
+            body += " · \(Output.count(s.counters.steps, "step")), \(Output.count(s.counters.retries, "retry", "retries")), \(Output.count(s.counters.executions, "execution"))"
+            if let t = s.tokens { body += " · tokens \(t["input"]?.intValue ?? 0) in, \(t["output"]?.intValue ?? 0) out" + ((t["saved"]?.intValue ?? 0) > 0 ? ", \(t["saved"]!.intValue!) saved by replay" : "") }
+        }
+        body += "</p>"
+        if let s = state, s.status == .waiting, let w = s.waitingFor {
+            let lines = Describe.unblock(w, run: id, spool: spool).map { Output.printable($0) }
+            var request = ""
+            if let gate = w.gate, let req = try? DurableFile.readJSON(spool.run(id).approvalsDirectory.appending("\(gate).request.json")) {
+                request = "<pre class=\"request\">\(Self.h(req.canonicalText()))</pre>"
+            }
+            body += "<h2>Waiting for \(Self.h(Describe.waitingShort(w)))</h2><div class=\"ask\" id=\"unblock\"><pre>\(Self.h(lines.joined(separator: "\n")))</pre></div>\(request)"
+        }
+        body += "<h2>Timeline</h2>" + Self.svg(Self.bars(entries, now: Date()))
+        if let s = state, s.status == .completed, let data = FileManager.default.contents(atPath: spool.run(id).resultFile.string) {
+            let text = (try? JSONValue.parse(data))?.canonicalText() ?? String(decoding: data.prefix(65536), as: UTF8.self)
+            body += "<h2>Result</h2><pre id=\"result\">\(Self.h(String(text.prefix(65536))))</pre>"
+        } else if let s = state, s.status == .failed, let e = s.error {
+            body += "<h2>Error</h2><pre id=\"error\">\(Self.h("\(e.type): \(e.message)"))</pre><p>Retry: <code>cairn retry \(Self.h(id)) --spool \(Self.h(spool.root.string))</code></p>"
+        }
+        body += "<h2>Records</h2><table><tr><th>#</th><th>At</th><th>Record</th><th></th></tr>"
+        for e in entries.suffix(500) {
+            body += "<tr><td>\(e.seq)</td><td><code>\(Timestamp.format(e.at))</code></td><td>\(Self.h(e.name.map { "\(e.kind) \($0)" } ?? e.kind.rawValue))</td><td>\(Self.h(Describe.record(e)))</td></tr>"
+        }
+        body += "</table>"
+        write("\(Names.fileSafe(id)).html", Self.page("\(id) — Cairn", body))
+    }
+}
+
+/// `cairn daemon --report-dir`: the report kept current — a run's page rewritten after each
+/// advance that changed the run, the index within a second of a change (one write for a burst).
+final class ReportKeeper: Sendable {
+    let report: Report
+    private let pending = Mutex(false)
+
+    init(report: Report) { self.report = report }
+
+    func everything() {
+        for id in (try? report.spool.runIDs()) ?? [] { report.writeRun(id) }
+        report.writeIndex()
+    }
+
+    func changed(_ id: String) {
+        report.writeRun(id)
+        guard pending.withLock({ p in defer { p = true }; return !p }) else { return }
+        Task {
+            try? await Task.sleep(for: .seconds(1))
+            pending.withLock { $0 = false }
+            report.writeIndex()
+        }
+    }
+}

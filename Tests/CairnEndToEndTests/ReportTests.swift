@@ -1,0 +1,70 @@
+import CairnSpool
+import CairnTesting
+import Foundation
+import Testing
+
+/// Issue 15: `cairn report` and `cairn daemon --report-dir`, checked in a real headless
+/// browser (Debian's chromium): the pages render, the elements that matter are there in the
+/// DOM the browser built, and a screenshot is taken.
+@Suite(.serialized) struct ReportTests {
+    static let chromium = ["/usr/bin/chromium", "/usr/bin/chromium-browser"].first { FileManager.default.isExecutableFile(atPath: $0) }
+
+    /// The DOM after the browser rendered `file`.
+    static func dom(_ file: String) throws -> String {
+        let r = try Binary.run("/usr/bin/timeout", ["60", chromium!, "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom", "file://" + file])
+        return r.stdout
+    }
+
+    static func count(_ needle: String, in s: String) -> Int { s.components(separatedBy: needle).count - 1 }
+
+    @Test(.enabled(if: chromium != nil, "needs chromium (make test installs it)"))
+    func theReportRendersInABrowserWithTheTimelineAndTheCommandThatDecides() async throws {
+        let t = try TempSpool()
+        let spool = t.spool.root.string
+        let order = #"{"order": "A-1042", "amount": 42.5, "reason": "arrived broken <b>bold</b>"}"#
+        _ = try Binary.run("cairn", ["submit", "demo-refund", "--id", "done-1", "--input", "-", "--spool", spool], stdin: order)
+        _ = try Binary.cairn("advance", "done-1", spool: t.spool)
+        _ = try Binary.cairn("approve", "done-1", "issue-refund", spool: t.spool)
+        _ = try Binary.cairn("advance", "done-1", spool: t.spool)
+        _ = try Binary.run("cairn", ["submit", "demo-refund", "--id", "wait-1", "--input", "-", "--spool", spool], stdin: order)
+        _ = try Binary.cairn("advance", "wait-1", spool: t.spool)
+        #expect(t.status("done-1") == .completed && t.status("wait-1") == .waiting)
+        let out = t.path.appending("report").string
+        let r = try Binary.cairn("report", "--out", out, spool: t.spool)
+        #expect(r.code == 0 && r.stdout == out + "/index.html\n", "\(r.stdout)\(r.stderr)")
+
+        let index = try Self.dom(out + "/index.html")
+        #expect(Self.count("class=\"run\"", in: index) == 2, "\(index.prefix(2000))")
+        #expect(index.contains("href=\"wait-1.html\"") && index.contains("approval:issue-refund"))
+
+        let waiting = try Self.dom(out + "/wait-1.html")
+        #expect(waiting.contains("id=\"timeline\""), "an SVG timeline")
+        #expect(Self.count("<rect", in: waiting) >= 4, "start, two steps and the open wait: \(Self.count("<rect", in: waiting))")
+        #expect(waiting.contains("cairn approve wait-1 issue-refund --spool \(spool)"), "the exact command that decides")
+        #expect(waiting.contains("touch \(spool)/runs/wait-1/approvals/issue-refund.approved"), "and the drop")
+        #expect(!waiting.contains("<b>bold</b>") && waiting.contains("&lt;b&gt;bold"), "text from the run is escaped, never markup")
+
+        let done = try Self.dom(out + "/done-1.html")
+        #expect(done.contains("id=\"result\"") && done.contains("refunded"), "the result")
+        #expect(done.contains("approved by root") || done.contains("approved by"), "the decision in the records")
+
+        // A screenshot, as a person would see the page.
+        let png = t.path.appending("wait-1.png").string
+        let shot = try Binary.run("/usr/bin/timeout", ["60", Self.chromium!, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--window-size=1100,900", "--screenshot=" + png, "file://" + out + "/wait-1.html"])
+        let size = (try? FileManager.default.attributesOfItem(atPath: png)[.size] as? Int) ?? 0
+        #expect(size > 10_000, "a rendered page, not a blank one: \(size) bytes \(shot.stderr.suffix(300))")
+
+        // The daemon keeps it current: the waiting run's page changes when it completes.
+        let live = t.path.appending("live").string
+        let d = try await DaemonProcess(spool: t.spool, args: ["--report-dir", live])
+        defer { d.stopBlocking() }
+        try await waitUntil("the first report") { FileManager.default.fileExists(atPath: live + "/wait-1.html") }
+        #expect(try String(contentsOfFile: live + "/wait-1.html", encoding: .utf8).contains("status waiting"))
+        _ = try Binary.cairn("approve", "wait-1", "issue-refund", spool: t.spool)
+        try await t.waitFor("wait-1", .completed)
+        try await waitUntil("the page of the completed run", timeout: 20) {
+            (try? String(contentsOfFile: live + "/wait-1.html", encoding: .utf8))?.contains("status completed") == true
+                && (try? String(contentsOfFile: live + "/index.html", encoding: .utf8))?.contains("2 completed") == true
+        }
+    }
+}
