@@ -190,4 +190,40 @@ import Testing
         let summary = try t.journalSummary(r)
         #expect(summary.contains("step:lookup") && summary.contains("step:bad") && summary.contains("step:reply"), "\(summary)")
     }
+
+    /// A tool server reached over Streamable HTTP (`"url"` in cairn.json): a small Python
+    /// server on loopback, called from a script through `cairn mcp-call`, with the key.
+    @Test func aToolServerOverHTTP() async throws {
+        let t = try TempSpool()
+        let dir = t.path.string
+        let server = Process()
+        server.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        server.arguments = ["python3", URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("Fixtures/mcp_http_server.py").path, dir + "/port", dir + "/http-calls.jsonl"]
+        server.standardOutput = FileHandle.nullDevice
+        server.standardError = FileHandle.nullDevice
+        try server.run()
+        defer {
+            kill(server.processIdentifier, SIGKILL)
+            var st: Int32 = 0
+            _ = waitpid(server.processIdentifier, &st, 0)
+        }
+        var port = 0
+        try await waitUntil("the HTTP MCP server") {
+            port = (try? String(contentsOfFile: dir + "/port", encoding: .utf8)).flatMap { Int($0) } ?? 0
+            return port > 0
+        }
+        var cfg = try DurableFile.readJSON(t.spool.configFile).objectValue!
+        cfg["mcp_servers"] = ["http-desk": ["url": .string("http://127.0.0.1:\(port)/mcp"), "timeout_seconds": 20]]
+        try t.spool.durable.write(json: .object(cfg), to: t.spool.configFile)
+        let script = t.spool.workflowsDirectory.appending("http-script").string
+        try "#!/bin/sh\nset -e\necho '{\"email\": \"ann@example.com\"}' | cairn mcp-call look http-desk lookup_customer --args - | cairn result -\n".write(toFile: script, atomically: true, encoding: .utf8)
+        chmod(script, 0o755)
+        let d = try await DaemonProcess(spool: t.spool)
+        defer { d.stopBlocking() }
+        let r = try t.submit("http-script", input: JSONValue.null)
+        try await t.waitFor(r, .completed, timeout: 30)
+        #expect(try t.result(r)["via"] == "http" && (try t.result(r)["plan"]) == "enterprise")
+        let calls = ((try? String(contentsOfFile: dir + "/http-calls.jsonl", encoding: .utf8)) ?? "").split(separator: "\n").compactMap { try? JSONValue.parse(String($0)) }
+        #expect(calls.count == 1 && (calls.first?["key"]?.stringValue ?? "").hasPrefix(r), "\(calls)")
+    }
 }
