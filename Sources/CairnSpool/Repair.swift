@@ -34,7 +34,7 @@ public enum Repair {
 
     /// Checks every run of `spool` (and the spool's own files), repairing what it can when
     /// `repair` is true; temp files older than `staleTempAge` seconds count as stale.
-    public static func run(_ spool: Spool, repair: Bool, now: Date = Date(), staleTempAge: TimeInterval = 3600) throws -> Report {
+    public static func run(_ spool: Spool, repair: Bool, now: Date = Date(), staleTempAge: TimeInterval = 3600, progress: ((_ done: Int, _ total: Int) -> Void)? = nil) throws -> Report {
         var report = Report()
         let rel = { (p: FilePath) -> String in
             let s = p.string, r = spool.root.string + "/"
@@ -72,7 +72,9 @@ public enum Repair {
         let service = spool.serviceUID ?? geteuid()
 
         var keysWanted: [String: String] = [:]
-        for id in try Spool.list(spool.runsDirectory).sorted() {
+        let ids = try Spool.list(spool.runsDirectory).sorted()
+        for (n, id) in ids.enumerated() {
+            progress?(n + 1, ids.count)
             let paths = spool.run(id)
             guard Names.isValidRunID(id) else {
                 report.findings.append(Finding(file: rel(paths.directory), problem: "not a valid run id; left alone"))

@@ -67,4 +67,17 @@ import Testing
                 && (try? String(contentsOfFile: live + "/index.html", encoding: .utf8))?.contains("2 completed") == true
         }
     }
+
+    /// Long work over a large spool shows progress on a terminal, and never when piped.
+    @Test func fsckAndReportShowProgressOnATerminalOnly() async throws {
+        let t = try TempSpool()
+        for i in 0..<250 { _ = try t.submit("demo-refund", input: ["order": .string("O-\(i)"), "amount": 1, "reason": "x"] as JSONValue) }
+        let cairn = Binary.path("cairn")
+        for (cmd, what) in [("fsck", "runs checked"), ("report --out \(t.path.string)/r", "runs")] {
+            let tty = try Binary.run("/usr/bin/script", ["-qec", "\(cairn) \(cmd) --spool \(t.spool.root.string)", "/dev/null"])
+            #expect(tty.stdout.contains("250/250 \(what)"), "\(cmd): \(tty.stdout.suffix(300))")
+            let piped = try Binary.run("/bin/sh", ["-c", "\(cairn) \(cmd) --spool \(t.spool.root.string) 2>&1 | cat"])
+            #expect(!piped.stdout.contains("\r") && !piped.stdout.contains("/250"), "\(cmd) piped: \(piped.stdout.suffix(300))")
+        }
+    }
 }

@@ -24,7 +24,9 @@ struct FsckCommand: ParsableCommand {
 
     func run() throws {
         let spool = try options.open()
-        let report = try Repair.run(spool, repair: repair)
+        let runs = Progress(total: 0, what: "runs checked")
+        let report = try Repair.run(spool, repair: repair, progress: { done, total in runs.update(done, of: total) })
+        runs.done()
         if output.json {
             Output.json([
                 "runs_checked": .int(Int64(report.runsChecked)),

@@ -37,8 +37,12 @@ struct GCCommand: ParsableCommand {
                 Output.warn(dryRun ? "would remove \(Output.count(removed.count, "run"))" : "removed \(Output.count(removed.count, "run"))")
             }
         }
+        let candidates = try [RunStatus.completed, .failed, .cancelled].flatMap { st in try spool.indexedRuns(st).map { (st, $0) } }
+        let progress = Progress(total: candidates.count, what: "finished runs looked at")
+        defer { progress.done() }
         for status in [RunStatus.completed, .failed, .cancelled] {
             for id in try spool.runs(withStatus: status) {
+                progress.step()
                 guard let state = try spool.readState(id), state.updatedAt < cutoff else { continue }
                 if dryRun {
                     // What gc would do now: a run a process holds is skipped, as it would be.

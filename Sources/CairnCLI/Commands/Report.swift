@@ -42,28 +42,35 @@ struct ReportCommand: ParsableCommand {
     }
 }
 
-/// A progress line on a terminal's stderr for long work (never when stderr is piped).
+/// A progress line on a terminal's stderr for long work over many runs (`fsck`, `gc`,
+/// `report`): never when stderr is piped, nor for fewer than 200, redrawn at most 5 times a
+/// second.
 final class Progress: @unchecked Sendable {
-    let total: Int, what: String
+    private var total: Int
+    let what: String
     private var done_ = 0
     private var last = Date.distantPast
-    private let shown: Bool
+    private var drawn = false
+    private let terminal = isatty(STDERR_FILENO) == 1
 
     init(total: Int, what: String) {
         self.total = total
         self.what = what
-        shown = isatty(STDERR_FILENO) == 1 && total >= 200
     }
 
-    func step() {
-        done_ += 1
-        guard shown, Date().timeIntervalSince(last) > 0.2 else { return }
+    func step() { update(done_ + 1, of: total) }
+
+    func update(_ n: Int, of total: Int) {
+        done_ = n
+        self.total = total
+        guard terminal, total >= 200, Date().timeIntervalSince(last) > 0.2 else { return }
         last = Date()
-        FileHandle.standardError.write(Data("\r\(done_)/\(total) \(what)".utf8))
+        drawn = true
+        FileHandle.standardError.write(Data("\r\(n)/\(total) \(what)".utf8))
     }
 
     func done() {
-        if shown { FileHandle.standardError.write(Data("\r\(total)/\(total) \(what)\n".utf8)) }
+        if drawn { FileHandle.standardError.write(Data("\r\(total)/\(total) \(what)\n".utf8)) }
     }
 }
 
