@@ -5,7 +5,7 @@ SWIFT ?= swift
 SPOOL ?= ./spool
 BUILD_FLAGS ?=
 
-.PHONY: all deps build test test-props-long soak run bench bench-long bench-peers docs clean release-has-no-test-hooks fuzz fuzz-build fuzz-run
+.PHONY: deb all deps build test test-props-long soak run bench bench-long bench-peers docs clean release-has-no-test-hooks fuzz fuzz-build fuzz-run
 
 all: build
 
@@ -114,6 +114,18 @@ release-has-no-test-hooks:
 	if [ "$$d" = 0 ]; then echo "release-has-no-test-hooks: the debug build has no hooks either: this check cannot see them" >&2; exit 1; fi; \
 	if [ "$$n" != 0 ]; then echo "release-has-no-test-hooks: $$n test hook name(s) in the release build" >&2; exit 1; fi; \
 	echo "release build: no test hooks (the debug build has $$d references)"
+
+# The Debian package (docs/operations.md, "Install from the Debian package"): a release
+# build with the Swift runtime linked in statically (the package needs no Swift on the
+# machine), its helper client, man pages from argument-parser's generate-manual plugin, and
+# packaging/deb/build.sh. DebTests installs, starts, approves and purges a package in the
+# suite when running as root.
+VERSION ?= 0.1.0
+deb: deps
+	$(SWIFT) build -c release --static-swift-stdlib --scratch-path .build/deb-build --product cairn $(BUILD_FLAGS)
+	$(CC) $(HELPER_CFLAGS) -o .build/deb-build/release/cairn-helper Sources/cairn-helper/cairn-helper.c
+	$(SWIFT) package plugin generate-manual --multi-page >/dev/null
+	packaging/deb/build.sh .build/deb-build/release .build/plugins/GenerateManual/outputs/cairn .build $(VERSION)
 
 # The guided demo on ./spool: builds, starts the daemon, submits a run that waits for
 # your approval, and tells you the `touch` that approves it.
