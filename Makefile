@@ -122,6 +122,11 @@ release-has-no-test-hooks:
 # suite when running as root.
 VERSION ?= 0.1.0
 deb: deps
+	@# Foundation's networking (the MCP SDK's HTTP transport) links libcurl: statically linked
+	@# Foundation needs its development files to link, and the package depends on libcurl4.
+	@[ -f /usr/include/x86_64-linux-gnu/curl/curl.h ] || [ -f /usr/include/curl/curl.h ] || { \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq libcurl4-openssl-dev >/dev/null; }
 	$(SWIFT) build -c release --static-swift-stdlib --scratch-path .build/deb-build --product cairn $(BUILD_FLAGS)
 	$(CC) $(HELPER_CFLAGS) -o .build/deb-build/release/cairn-helper Sources/cairn-helper/cairn-helper.c
 	$(SWIFT) package plugin generate-manual --multi-page >/dev/null

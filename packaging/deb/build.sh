@@ -40,7 +40,7 @@ Version: $version
 Architecture: $arch
 Maintainer: Cairn developers <cairn@localhost>
 Installed-Size: $size
-Depends: libc6, libinotifytools0, adduser | systemd
+Depends: libc6, libstdc++6, libinotifytools0, libcurl4
 Section: admin
 Priority: optional
 Homepage: https://example.invalid/cairn
