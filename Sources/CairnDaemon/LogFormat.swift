@@ -3,20 +3,27 @@ import Foundation
 import Logging
 import Synchronization
 
+/// What both of the daemon's log handlers share: metadata set on the logger, read back.
+public protocol CairnLogHandler: LogHandler {
+    var metadata: Logger.Metadata { get set }
+}
+
+extension CairnLogHandler {
+    public subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+        get { metadata[key] }
+        set { metadata[key] = newValue }
+    }
+}
+
 /// `--log-format json`: one JSON object per line on stderr
 /// (`{"at", "level", "message", "label", ...metadata}`), for journald and log shippers.
-public struct JSONLogHandler: LogHandler {
+public struct JSONLogHandler: CairnLogHandler {
     public var logLevel: Logger.Level = .info
     public var metadata: Logger.Metadata = [:]
     let label: String
     private static let lock = Mutex(())
 
     public init(label: String) { self.label = label }
-
-    public subscript(metadataKey key: String) -> Logger.Metadata.Value? {
-        get { metadata[key] }
-        set { metadata[key] = newValue }
-    }
 
     public func log(event: LogEvent) {
         var o: [String: JSONValue] = [
@@ -46,18 +53,13 @@ public struct JSONLogHandler: LogHandler {
 /// then the level, the message, and the metadata as `key=value` sorted by key (a value with
 /// a space or a quote in double quotes). Control characters in values (a run id or a file
 /// name from a drop) are escaped, so no value can forge a second line.
-public struct HumanLogHandler: LogHandler {
+public struct HumanLogHandler: CairnLogHandler {
     public var logLevel: Logger.Level = .info
     public var metadata: Logger.Metadata = [:]
     let label: String
     private static let lock = Mutex(())
 
     public init(label: String) { self.label = label }
-
-    public subscript(metadataKey key: String) -> Logger.Metadata.Value? {
-        get { metadata[key] }
-        set { metadata[key] = newValue }
-    }
 
     public func log(event: LogEvent) {
         let fields = metadata.merging(event.metadata ?? [:], uniquingKeysWith: { $1 })

@@ -20,6 +20,23 @@ public actor PipeTransport: Transport {
     private let continuation: AsyncThrowingStream<Data, any Error>.Continuation
     private var started = false
     private let screen: (@Sendable (Data) -> Data?)?
+    /// Requests read and not yet answered (by their JSON-RPC id), for `waitForReplies`.
+    private let unanswered = Unanswered()
+
+    final class Unanswered: @unchecked Sendable {
+        private let lock = NSLock()
+        private var ids: [String: Int] = [:]
+        func add(_ id: String) { lock.withLock { ids[id, default: 0] += 1 } }
+        func remove(_ id: String) { lock.withLock { if let n = ids[id] { ids[id] = n > 1 ? n - 1 : nil } } }
+        var count: Int { lock.withLock { ids.values.reduce(0, +) } }
+    }
+
+    /// The id of a request (a message with a method and an id), or of a response (an id,
+    /// no method), as text.
+    static func messageID(_ data: Data) -> (id: String, isRequest: Bool)? {
+        guard let o = try? JSONSerialization.jsonObject(with: data) as? [String: Any], let id = o["id"], !(id is NSNull) else { return nil }
+        return ("\(id)", o["method"] != nil)
+    }
     /// The longest message read (a line without its end past this ends the connection).
     public static let messageLimit = 16 << 20
 
@@ -37,7 +54,7 @@ public actor PipeTransport: Transport {
     public func connect() async throws {
         guard !started else { return }
         started = true
-        let fd = input, out = continuation, screen = self.screen, reply = output
+        let fd = input, out = continuation, screen = self.screen, reply = output, unanswered = self.unanswered
         let thread = Thread {
             var pending = Data()
             var buf = [UInt8](repeating: 0, count: 1 << 16)
@@ -59,6 +76,7 @@ public actor PipeTransport: Transport {
                         if let screen, let refusal = screen(Data(line)) {
                             PipeTransport.writeAll(reply, refusal + Data([UInt8(ascii: "\n")]))
                         } else {
+                            if let m = PipeTransport.messageID(Data(line)), m.isRequest { unanswered.add(m.id) }
                             out.yield(Data(line))
                         }
                     }
@@ -81,6 +99,7 @@ public actor PipeTransport: Transport {
     }
 
     public func send(_ data: Data) async throws {
+        if let m = Self.messageID(data), !m.isRequest { unanswered.remove(m.id) }
         var message = data
         message.append(UInt8(ascii: "\n"))
         guard Self.writeAll(output, message) else { throw MCPError.transportError(POSIXError(POSIXErrorCode(rawValue: errno) ?? .EIO)) }
@@ -105,6 +124,15 @@ public actor PipeTransport: Transport {
     }
 
     private static let writeLock = NSLock()
+
+    /// Waits (up to `limit`) until every request read has been answered: a server whose
+    /// client closed its end answers what it was asked before it exits.
+    public func waitForReplies(limit: Duration) async {
+        let deadline = ContinuousClock.now + limit
+        while unanswered.count > 0 && ContinuousClock.now < deadline {
+            try? await Task.sleep(for: .milliseconds(20))
+        }
+    }
 
     public nonisolated func receive() -> AsyncThrowingStream<Data, any Error> { stream }
 }

@@ -260,7 +260,8 @@ final class MCPService: Sendable {
             }
             return .init()
         }
-        try await server.start(transport: PipeTransport(logger: logger, screen: Self.screen))
+        let transport = PipeTransport(logger: logger, screen: Self.screen)
+        try await server.start(transport: transport)
         // Changes: inotify on runs/ and on every run directory (state.json is replaced by a
         // rename on each change), and a look every 2 s (other hosts of a shared filesystem).
         defer { watcher.stop() }
@@ -290,6 +291,7 @@ final class MCPService: Sendable {
         await server.waitUntilCompleted()
         // The client closed its end: the calls it made are finished and answered (a decision
         // carried out must not go unanswered, nor its command be left running), then exit.
+        await transport.waitForReplies(limit: .seconds(300))
         let deadline = ContinuousClock.now + .seconds(300)
         while inFlight.withLock({ $0 }) > 0 && ContinuousClock.now < deadline {
             try? await Task.sleep(for: .milliseconds(20))
