@@ -79,6 +79,11 @@ public struct Spool: Sendable {
             throw SpoolError(.notASpool, path: root.string, "not a Cairn spool (no cairn.json); create one with `cairn init \(root.string)`")
         }
         _ = try spool.config()
+        // On a filesystem other hosts share (FUSE, NFS, CephFS…), a file another client is
+        // replacing can read as missing for a moment through this one: every read of this
+        // process looks again before it counts (fsck through a second GlusterFS mount read a
+        // state.json being replaced as "No such file or directory").
+        if FilesystemCheck.isShared(root) { DurableFile.assumeSharedFilesystem() }
         for d in subdirectories where !DurableFile.exists(root.appending(d)) {
             try DurableFile.makeDirectory(root.appending(d))
         }
