@@ -395,6 +395,6 @@ actor MCPConnections {
         }
     }
 
-    static func json(_ v: MCP.Value) throws -> JSONValue { try JSONValue.parse(JSONEncoder().encode(v)) }
-    static func value(_ v: JSONValue) throws -> MCP.Value { try JSONDecoder().decode(MCP.Value.self, from: Data(v.compactText().utf8)) }
+    static func json(_ v: MCP.Value) throws -> JSONValue { try JSONValue.parse(MCPValues.text(v)) }
+    static func value(_ v: JSONValue) throws -> MCP.Value { try MCPValues.value(v.compactText()) }
 }

@@ -24,7 +24,7 @@ enum Follow {
         let one = Mutex(())
         let look: @Sendable (WatchEvent?) throws -> Bool = { e in try one.withLock { _ in try look(e) } }
         if try look(nil) { return }
-        let done: Bool = try await withThrowingTaskGroup(of: Bool.self) { group in
+        _ = try await withThrowingTaskGroup(of: Bool.self) { group in
             group.addTask {
                 for await e in watcher.events {
                     if try look(e) { return true }
@@ -41,6 +41,5 @@ enum Follow {
             group.cancelAll()
             return first
         }
-        _ = done
     }
 }

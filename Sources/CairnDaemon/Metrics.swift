@@ -14,6 +14,7 @@ import Synchronization
 /// not counted.
 public final class DaemonMetrics: Sendable {
     private struct Cursor {
+        var workflow: String? = nil
         var seq = 0
         var saved: Int64 = 0
         var requested: [String: Date] = [:]
@@ -44,7 +45,9 @@ public final class DaemonMetrics: Sendable {
         guard let last = try? journal.lastPosition() else { return }
         var cursor = cursors.withLock { $0[run] } ?? Cursor()
         guard last > cursor.seq, let records = try? journal.records(in: (cursor.seq + 1)...last) else { return }
-        let workflow = (try? spool.readRun(run))?.workflow ?? "?"
+        // run.json once per run (it never changes), not at every advance.
+        let workflow = cursor.workflow ?? (try? spool.readRun(run))?.workflow ?? "?"
+        cursor.workflow = workflow
         let w = [("workflow", workflow)]
         var terminal = false
         for e in records {

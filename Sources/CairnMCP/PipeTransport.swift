@@ -136,3 +136,16 @@ public actor PipeTransport: Transport {
 
     public nonisolated func receive() -> AsyncThrowingStream<Data, any Error> { stream }
 }
+
+/// Cairn's JSON values and the SDK's `Value`, through JSON text (one conversion for the
+/// server and the client).
+public enum MCPValues {
+    public static func value(_ json: String) throws -> MCP.Value {
+        try JSONDecoder().decode(MCP.Value.self, from: Data(json.utf8))
+    }
+
+    /// The value as JSON text (compact).
+    public static func text(_ v: MCP.Value) throws -> Data {
+        try JSONEncoder().encode(v)
+    }
+}

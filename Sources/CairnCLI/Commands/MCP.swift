@@ -197,8 +197,6 @@ final class MCPService: Sendable {
     private let lastSeen = Mutex<[String: String]>([:])
     /// Run directories watched.
     private let watched = Mutex(Set<String>())
-    /// Tool calls under way (their commands running).
-    private let inFlight = Mutex(0)
 
     let watcher: Watcher
     /// Also look at every subscribed run this often (nil: inotify alone).
@@ -292,10 +290,6 @@ final class MCPService: Sendable {
         // The client closed its end: the calls it made are finished and answered (a decision
         // carried out must not go unanswered, nor its command be left running), then exit.
         await transport.waitForReplies(limit: .seconds(300))
-        let deadline = ContinuousClock.now + .seconds(300)
-        while inFlight.withLock({ $0 }) > 0 && ContinuousClock.now < deadline {
-            try? await Task.sleep(for: .milliseconds(20))
-        }
         watching.cancel()
     }
 
@@ -303,11 +297,12 @@ final class MCPService: Sendable {
     /// decoder keeps one of them silently, and a proxy or a confirmation screen reading the
     /// same line with another parser may see the other (`{"run": "A", …, "run": "B"}`).
     @Sendable static func screen(_ line: Data) -> Data? {
-        guard let lenient = try? JSONValue.parse(line) else { return nil }  // the SDK answers a parse error
         do {
             _ = try JSONValue.parseRejectingDuplicateKeys(line)
             return nil
         } catch {
+            // Not JSON at all: the SDK answers its parse error.
+            guard let lenient = try? JSONValue.parse(line) else { return nil }
             let reply: JSONValue = ["jsonrpc": "2.0", "id": lenient["id"] ?? .null,
                                     "error": ["code": -32600, "message": .string("Invalid request: \(JSONValue.describe(error))")]]
             return Data(reply.compactText().utf8)
@@ -377,8 +372,6 @@ final class MCPService: Sendable {
         let args = try MCPValues.json(.object(arguments)).objectValue ?? [:]
         if let problem = tool.problem(args) { throw MCPError.invalidParams(problem) }
         let (argv, stdin) = tool.command(args)
-        inFlight.withLock { $0 += 1 }
-        defer { inFlight.withLock { $0 -= 1 } }
         let (code, out, err) = try await Self.runCLI(exe, argv, stdin: stdin)
         if code == 0 {
             var text = out.trimmingCharacters(in: .newlines)
@@ -437,12 +430,7 @@ final class MCPService: Sendable {
 }
 
 /// JSONValue ⇄ the SDK's Value, through JSON text.
-enum MCPValues {
-    static func value(_ v: JSONValue) throws -> MCP.Value {
-        try JSONDecoder().decode(MCP.Value.self, from: Data(v.compactText().utf8))
-    }
-
-    static func json(_ v: MCP.Value) throws -> JSONValue {
-        try JSONValue.parse(JSONEncoder().encode(v))
-    }
+extension MCPValues {
+    static func value(_ v: JSONValue) throws -> MCP.Value { try value(v.compactText()) }
+    static func json(_ v: MCP.Value) throws -> JSONValue { try JSONValue.parse(text(v)) }
 }
