@@ -39,16 +39,27 @@ public struct DurableFile: Sendable {
 
     private static let counter = Atomic<UInt64>(0)
 
-    /// A unique temp path in tmp/: `PID.COUNTER.HINT.tmp`.
+    /// A unique temp path in tmp/: `PID.COUNTER.RANDOM.HINT.tmp`. Random as well as unique:
+    /// a staging directory another user can write (a report's or a metrics file's directory)
+    /// must not let them take the next name first and keep the file stale.
     public func tempPath(hint: String) -> FilePath {
         let n = Self.counter.add(1, ordering: .relaxed).newValue
+        let r = UInt64.random(in: 0..<UInt64.max)
         let safe = String(hint.prefix(40).map { $0.isLetter || $0.isNumber || $0 == "-" || $0 == "." ? $0 : "_" })
-        return tmpDirectory.appending("\(getpid()).\(n).\(safe).tmp")
+        return tmpDirectory.appending("\(getpid()).\(n).\(String(r, radix: 36)).\(safe).tmp")
     }
 
-    /// Durably writes `data` to `path`.
+    /// Durably writes `data` to `path` (a staging name found taken is tried again with another).
     public func write(_ data: Data, to path: FilePath, mode: Mode = .replace, durability: Durability = .durable) throws {
-        try Self.commit(data, staging: tempPath(hint: path.lastComponent?.string ?? "file"), to: path, mode: mode, durability: durability)
+        for attempt in 1...8 {
+            let staging = tempPath(hint: path.lastComponent?.string ?? "file")
+            do {
+                try Self.commit(data, staging: staging, to: path, mode: mode, durability: durability)
+                return
+            } catch let e as SpoolError where e.path == staging.string && e.errno == EEXIST && attempt < 8 {
+                continue
+            }
+        }
     }
 
     /// The same durable write for a person's drop (`cairn approve`, `signal`, `cancel`…):

@@ -391,3 +391,26 @@ import Testing
     }
 }
 
+
+/// Issue 15's attack: a staging directory another user can write (a report's, a metrics
+/// file's) let them create the next `PID.N.NAME.tmp` names first, and every write failed
+/// from then on, the file kept stale without a word.
+@Suite struct StagingNameTests {
+    @Test func writesSucceedWhenTheNextPredictableStagingNamesAreTaken() throws {
+        let dir = FilePath(NSTemporaryDirectory()).appending("cairn-staging-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(atPath: dir.string, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir.string) }
+        let writer = DurableFile(tmpDirectory: dir)
+        // The counter now: the second field of a name.
+        let probe = writer.tempPath(hint: "probe").lastComponent!.string.split(separator: ".")
+        let n = try #require(Int(probe[1]))
+        for k in 1...500 {
+            _ = FileManager.default.createFile(atPath: dir.appending("\(getpid()).\(n + k).index.html.tmp").string, contents: Data())
+        }
+        for i in 0..<20 { try writer.write(Data("page \(i)\n".utf8), to: dir.appending("index.html")) }
+        #expect(try String(contentsOfFile: dir.appending("index.html").string, encoding: .utf8) == "page 19\n")
+        // Two names for the same file share nothing another user could count on.
+        let a = writer.tempPath(hint: "x").lastComponent!.string, b = writer.tempPath(hint: "x").lastComponent!.string
+        #expect(a.split(separator: ".")[2] != b.split(separator: ".")[2])
+    }
+}
