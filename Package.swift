@@ -27,7 +27,11 @@ let package = Package(
     // (docs/architecture.md, "The Agents trait").
     traits: [
         .trait(name: "Agents", description: "The agent layer in CairnCLI: `cairn llm` and the triage example (AsyncHTTPClient, SwiftNIO, NIOSSL)."),
-        .default(enabledTraits: ["Agents"]),
+        // On by default: swift-otel (OTLP/HTTP only) and swift-protobuf add about 40 s to a
+        // cold debug build here (docs/benchmarks.md, "Build time"); `traits: []` leaves both
+        // out, and the instrumentation (swift-distributed-tracing's API) stays.
+        .trait(name: "OTel", description: "Observability over the network: `cairn daemon --otlp-endpoint` (each run's trace exported with OTLP/HTTP, swift-otel) and `--metrics-listen` (an HTTP endpoint for Prometheus, SwiftNIO)."),
+        .default(enabledTraits: ["Agents", "OTel"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -44,6 +48,15 @@ let package = Package(
         // `cairn daemon --metrics-file` (node_exporter's textfile collector) and --metrics-listen.
         .package(url: "https://github.com/apple/swift-metrics", from: "2.5.0"),
         .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.0.0"),
+        // Traces (issue 15): the engine's instrumentation uses only this API (already in the
+        // graph through async-http-client and service-lifecycle); tests read spans with its
+        // InMemoryTracing.
+        .package(url: "https://github.com/apple/swift-distributed-tracing", from: "1.3.0"),
+        // The OTel trait's exporter (OTLP/HTTP only: gRPC would add grpc-swift).
+        .package(url: "https://github.com/swift-otel/swift-otel", from: "1.6.0", traits: ["OTLPHTTP"]),
+        // The OTel trait's `--metrics-listen` endpoint (NIOHTTP1; swift-otel's exporter brings
+        // SwiftNIO anyway).
+        .package(url: "https://github.com/apple/swift-nio", from: "2.81.0"),
         // Tests only: generators and shrinking for the replay engine's property tests.
         .package(url: "https://github.com/x-sheep/swift-property-based", exact: "2.0.1"),
         // `make docs`: the `generate-documentation` command for the DocC catalogs (a plugin
@@ -73,6 +86,7 @@ let package = Package(
             dependencies: [
                 "CairnSpool",
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "Tracing", package: "swift-distributed-tracing"),
             ],
             swiftSettings: strict
         ),
@@ -85,6 +99,7 @@ let package = Package(
                 .product(name: "Subprocess", package: "swift-subprocess"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "Tracing", package: "swift-distributed-tracing"),
             ],
             swiftSettings: strict
         ),
@@ -124,6 +139,11 @@ let package = Package(
                 "CairnMCP",
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
+                .product(name: "Tracing", package: "swift-distributed-tracing"),
+                .product(name: "OTel", package: "swift-otel", condition: .when(traits: ["OTel"])),
+                .product(name: "NIOCore", package: "swift-nio", condition: .when(traits: ["OTel"])),
+                .product(name: "NIOPosix", package: "swift-nio", condition: .when(traits: ["OTel"])),
+                .product(name: "NIOHTTP1", package: "swift-nio", condition: .when(traits: ["OTel"])),
             ],
             swiftSettings: strict
         ),
@@ -157,7 +177,11 @@ let package = Package(
         ),
         .testTarget(
             name: "CairnAgentsTests",
-            dependencies: ["CairnAgents", "Cairn", "CairnSpool", "CairnTesting"],
+            dependencies: [
+                "CairnAgents", "Cairn", "CairnSpool", "CairnTesting",
+                .product(name: "InMemoryTracing", package: "swift-distributed-tracing"),
+                .product(name: "Tracing", package: "swift-distributed-tracing"),
+            ],
             exclude: ["Fixtures"],
             swiftSettings: strict
         ),

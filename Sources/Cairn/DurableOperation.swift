@@ -81,18 +81,38 @@ extension WorkflowContext {
     public func perform<Op: DurableOperation>(_ op: Op) async throws -> Op.Output {
         var op = op
         try refuseNesting(op.kind, op.name)
-        while true {
-            let step: OperationStep<Op.Output>
-            switch try turn(kind: op.kind, name: op.name, checks: op.checksControlFiles, owns: op.owns, answer: op.answer) {
-            case .answered(let v): return v
-            case .replayed(let e): step = try await op.replay(e, in: self)
-            case .live: step = try await op.execute(in: self)
+        let span = RunTracing.startOperation(op.kind, op.name, runID: runID, in: trace)
+        var replayed: [JournalEntry] = []
+        let before = span == nil ? 0 : state.withLock { $0.entries.count }
+        var waiting = false
+        defer {
+            if let span {
+                let appended = state.withLock { Array($0.entries.dropFirst(before)) }
+                RunTracing.annotate(span, replayed: replayed, appended: appended, waiting: waiting)
+                span.end()
             }
-            switch step {
-            case .done(let v): return v
-            case .next: continue
-            case .wait(let w): throw suspend(w)
+        }
+        do {
+            while true {
+                let step: OperationStep<Op.Output>
+                switch try turn(kind: op.kind, name: op.name, checks: op.checksControlFiles, owns: op.owns, answer: op.answer) {
+                case .answered(let v): return v
+                case .replayed(let e):
+                    if span != nil { replayed.append(e) }
+                    step = try await op.replay(e, in: self)
+                case .live: step = try await op.execute(in: self)
+                }
+                switch step {
+                case .done(let v): return v
+                case .next: continue
+                case .wait(let w):
+                    waiting = true
+                    throw suspend(w)
+                }
             }
+        } catch {
+            if !waiting, let span { span.recordError(error) }
+            throw error
         }
     }
 

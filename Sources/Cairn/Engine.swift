@@ -2,6 +2,7 @@ import CairnSpool
 import Foundation
 import Logging
 import SystemPackage
+import Tracing
 
 /// What one `advance` of a run ended with.
 public enum AdvanceOutcome: Sendable, Equatable {
@@ -26,6 +27,19 @@ public enum AdvanceOutcome: Sendable, Equatable {
         case .cancelled: return .cancelled
         case .waiting: return .waiting
         case .busy, .unknownWorkflow, .interrupted: return nil
+        }
+    }
+
+    /// The outcome's word on a trace's `cairn.advance` span.
+    var traceLabel: String {
+        switch self {
+        case .completed: return "completed"
+        case .failed: return "failed"
+        case .cancelled: return "cancelled"
+        case .waiting(let w): return "waiting: \(w.kind.rawValue)"
+        case .busy: return "busy"
+        case .unknownWorkflow: return "unknown workflow"
+        case .interrupted: return "interrupted"
         }
     }
 
@@ -106,9 +120,30 @@ public struct Engine: Sendable {
             return (.unknownWorkflow(run.record.workflow), false)
         }
         if let w = unchangedWait(run, workflow) { return (.waiting(w), false) }
+        guard RunTracing.enabled else { return try await execute(&run, workflow, trace: nil) }
+        // Traced (docs/operations.md, "Traces"): the advance is a span in the run's trace.
+        let span = InstrumentationSystem.tracer.startSpan("cairn.advance", context: RunTracing.context(runID: runID))
+        defer { span.end() }
+        span.attributes["cairn.run_id"] = runID
+        span.attributes["cairn.workflow"] = run.record.workflow
+        do {
+            let r = try await execute(&run, workflow, trace: span.context)
+            span.attributes["cairn.outcome"] = r.outcome.traceLabel
+            span.attributes["cairn.execution"] = (run.previous?.counters.executions ?? 0) + 1
+            if case .failed(let info) = r.outcome { span.setStatus(SpanStatus(code: .error, message: String(info.message.prefix(500)))) }
+            return r
+        } catch {
+            span.recordError(error)
+            throw error
+        }
+    }
+
+    /// The workflow's code from the top, then the outcome concluded and persisted.
+    func execute(_ run: inout RunSnapshot, _ workflow: AnyWorkflow, trace: ServiceContext?) async throws -> (outcome: AdvanceOutcome, acted: Bool) {
+        let runID = run.id
         try recordStart(&run, workflow)
         let executions = (run.previous?.counters.executions ?? 0) + 1
-        let ctx = context(for: run, executions: executions)
+        let ctx = context(for: run, executions: executions, trace: trace)
         let input = try spool.blobs(runID).resolve(run.record.input)
         var result: Result<JSONValue, any Error>
         do { result = .success(try await workflow.body(ctx, input)) } catch { result = .failure(error) }
@@ -245,11 +280,11 @@ public struct Engine: Sendable {
 
     /// The context the workflow's code runs with: positioned after `start`, marking the run
     /// `running` just before its first record.
-    func context(for run: RunSnapshot, executions: Int) -> WorkflowContext {
+    func context(for run: RunSnapshot, executions: Int, trace: ServiceContext? = nil) -> WorkflowContext {
         let startEntries = run.entries
         let previous = run.previous
         let inline = registry[run.record.workflow]?.recordsFromOtherProcesses == false
-        return WorkflowContext(runID: run.id, workflowName: run.record.workflow, spool: spool, config: run.config, entries: Array(run.entries.dropFirst()), physicalCount: run.physical.count, superseded: WorkflowContext.superseded(run.physical, effective: run.entries), clock: clock, logger: logger, tailCount: run.tailCount, compactEvery: inline ? run.config.journalSegmentRecords : 0) { [self] in
+        return WorkflowContext(runID: run.id, workflowName: run.record.workflow, spool: spool, config: run.config, entries: Array(run.entries.dropFirst()), physicalCount: run.physical.count, superseded: WorkflowContext.superseded(run.physical, effective: run.entries), clock: clock, logger: logger, tailCount: run.tailCount, compactEvery: inline ? run.config.journalSegmentRecords : 0, trace: trace) { [self] in
             // Not fsync'd (see Spool.writeState): the next step does not wait for it.
             if previous?.status != .running {
                 try writeState(run.record, entries: startEntries, executions: executions, status: .running, error: nil, durability: .atomicOnly)

@@ -3,6 +3,7 @@ import Foundation
 import Logging
 import Synchronization
 import SystemPackage
+import Tracing
 
 /// What a workflow's `run` gets: every durable operation goes through here, and is either
 /// answered from the journal (replay) or executed and recorded (live).
@@ -20,6 +21,9 @@ public final class WorkflowContext: Sendable {
     package let blobs: BlobStore
     package let config: SpoolConfig
     let state: Mutex<State>
+    /// The span context of the advance this execution is (docs/operations.md, "Traces"):
+    /// each durable operation's span goes under it. Nil when the process traces nothing.
+    package let trace: ServiceContext?
 
     struct State: Sendable {
         var entries: [JournalEntry]
@@ -66,7 +70,8 @@ public final class WorkflowContext: Sendable {
         var body: @Sendable () async throws -> Void
     }
 
-    init(runID: String, workflowName: String, spool: Spool, config: SpoolConfig, entries: [JournalEntry], physicalCount: Int, superseded: [JournalEntry] = [], clock: any CairnClock, logger: Logger, cursor: Int = 0, tailCount: Int = 0, compactEvery: Int = 0, beforeFirstAppend: @escaping @Sendable () throws -> Void = {}) {
+    init(runID: String, workflowName: String, spool: Spool, config: SpoolConfig, entries: [JournalEntry], physicalCount: Int, superseded: [JournalEntry] = [], clock: any CairnClock, logger: Logger, cursor: Int = 0, tailCount: Int = 0, compactEvery: Int = 0, trace: ServiceContext? = nil, beforeFirstAppend: @escaping @Sendable () throws -> Void = {}) {
+        self.trace = trace
         self.beforeFirstAppend = beforeFirstAppend
         self.runID = runID
         self.workflowName = workflowName
@@ -84,14 +89,14 @@ public final class WorkflowContext: Sendable {
     /// workflow's helper such as `cairn step`), positioned at `cursor` (records consumed so
     /// far in this execution, not counting `start`). The caller must make sure the run's
     /// owner (the daemon running the script) is waiting for it.
-    public static func attach(spool: Spool, runID: String, cursor: Int, clock: any CairnClock = SystemClock(), logger: Logger = Logger(label: "cairn")) throws -> WorkflowContext {
+    public static func attach(spool: Spool, runID: String, cursor: Int, clock: any CairnClock = SystemClock(), logger: Logger = Logger(label: "cairn"), trace: ServiceContext? = nil) throws -> WorkflowContext {
         let record = try spool.readRun(runID)
         let physical = try spool.journal(runID).load()
         let effective = Journal.effective(physical)
         guard effective.first?.kind == "start" else { throw SpoolError(.malformed, path: spool.journal(runID).directory.string, "the run has no start record") }
         let entries = Array(effective.dropFirst())
         guard cursor <= entries.count else { throw SpoolError(.invalid, "cursor \(cursor) is past the journal's \(entries.count) records") }
-        let ctx = WorkflowContext(runID: runID, workflowName: record.workflow, spool: spool, config: try spool.config(), entries: entries, physicalCount: physical.count, superseded: superseded(physical, effective: effective), clock: clock, logger: logger, cursor: cursor)
+        let ctx = WorkflowContext(runID: runID, workflowName: record.workflow, spool: spool, config: try spool.config(), entries: entries, physicalCount: physical.count, superseded: superseded(physical, effective: effective), clock: clock, logger: logger, cursor: cursor, trace: trace)
         // A helper after `cairn continue-as-new` in the same execution: the run has ended.
         if let c = entries[..<cursor].last(where: { $0.kind == .continueAsNew }), let id = c.data?["run"]?.stringValue { _ = ctx.continued(as: id) }
         return ctx

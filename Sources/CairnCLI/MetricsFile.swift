@@ -6,30 +6,51 @@ import Prometheus
 import Synchronization
 import SystemPackage
 
-/// `cairn daemon --metrics-file PATH`: the process's metrics in Prometheus's text format,
-/// written atomically (a temporary file in PATH's directory, then a rename: node_exporter's
-/// textfile collector never reads half a file) a second after anything changed, and every
-/// 15 s in any case (the waits' ages grow by themselves). Runs by status and the waits for a
-/// person are read from the status index and those runs' state.json at each write.
+/// The daemon's metrics (swift-metrics, with swift-prometheus's registry as the backend),
+/// bootstrapped once per process, rendered in Prometheus's text format for the metrics file
+/// and for `--metrics-listen`. Runs by status and the waits for a person are read from the
+/// status index and those runs' state.json at each rendering.
+final class MetricsExposition: Sendable {
+    let registry = PrometheusCollectorRegistry()
+    let spool: Spool
+
+    init(spool: Spool) {
+        self.spool = spool
+        MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: registry))
+    }
+
+    func render() -> String {
+        DaemonMetrics.recordRunsByStatus(spool)
+        MetricsFile.recordWaitsForPeople(spool)
+        return registry.emitToString()
+    }
+}
+
+/// `cairn daemon --metrics-file PATH`: the metrics written atomically (a temporary file in
+/// PATH's directory, then a rename: node_exporter's textfile collector never reads half a
+/// file) a second after anything changed, and every 15 s in any case (the waits' ages grow by
+/// themselves).
 final class MetricsFile: Sendable {
     let path: FilePath
-    let registry: PrometheusCollectorRegistry
-    let spool: Spool
+    let exposition: MetricsExposition
     private let pending = Mutex(false)
     private let writer: DurableFile
+    /// A write that failed (the daemon logs it and counts it in cairn_daemon_errors_total).
+    private let failed: @Sendable (any Error) -> Void
 
-    init(path: String, spool: Spool) throws {
+    init(path: String, exposition: MetricsExposition, failed: @escaping @Sendable (any Error) -> Void) throws {
         let absolute = path.hasPrefix("/") ? path : FileManager.default.currentDirectoryPath + "/" + path
-        self.path = FilePath(absolute)
-        let dir = self.path.removingLastComponent()
-        var isDir: ObjCBool = false
-        guard FileManager.default.fileExists(atPath: dir.string, isDirectory: &isDir), isDir.boolValue else {
-            throw CLIError(.usage, "--metrics-file \(path): \(dir.string) is not a directory")
+        let given = FilePath(absolute)
+        guard let name = given.lastComponent, name.string != "..", name.string != "." else {
+            throw CLIError(.usage, "--metrics-file \(path): not a file name")
         }
+        // The directory as OutputDirectory judges it: not another user's, nor reached through
+        // their symlink.
+        let dir = try OutputDirectory.trusted(given.removingLastComponent().string, flag: "--metrics-file", create: false)
+        self.path = dir.appending(name)
+        self.failed = failed
+        self.exposition = exposition
         writer = DurableFile(tmpDirectory: dir)
-        self.spool = spool
-        registry = PrometheusCollectorRegistry()
-        MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: registry))
     }
 
     /// Something changed: write within a second (one write for a burst of changes).
@@ -51,12 +72,10 @@ final class MetricsFile: Sendable {
     }
 
     func write() {
-        DaemonMetrics.recordRunsByStatus(spool)
-        Self.recordWaitsForPeople(spool)
         do {
-            try writer.write(Data(registry.emitToString().utf8), to: path, durability: .atomicOnly)
+            try writer.write(Data(exposition.render().utf8), to: path, durability: .atomicOnly)
         } catch {
-            FileHandle.standardError.write(Data("cairn: cannot write the metrics file \(path.string): \(error)\n".utf8))
+            failed(error)
         }
     }
 

@@ -2,6 +2,7 @@ import CSystemShims
 import Cairn
 import CairnSpool
 import Foundation
+import Tracing
 import Subprocess
 import SystemPackage
 import Synchronization
@@ -15,7 +16,9 @@ public protocol ScriptHelperService: Sendable {
     /// that runs no script never pays for it); nil: not available, helpers run the whole binary.
     func endpoint() -> (clientDirectory: String, socketPath: String)?
     /// The execution's helpers may be served from now on.
-    func register(exec: String, run: String, spool: Spool)
+    /// `trace`: the span context of the advance running the script (its helpers' operations
+    /// are spans under it), nil when the process traces nothing.
+    func register(exec: String, run: String, spool: Spool, trace: ServiceContext?)
     func unregister(exec: String)
 }
 
@@ -168,13 +171,17 @@ public enum ScriptWorkflow {
             // environment must not hand on its parent's).
             "CAIRN_HELPER_SOCKET": nil,
             "CAIRN_HELPER_EXE": nil,
+            // The advance's W3C trace context, for what the script runs that traces itself
+            // (OpenTelemetry's environment carrier); cleared when nothing is traced.
+            "TRACEPARENT": ctx.trace.flatMap(RunTracing.traceparent(of:)),
+            "TRACESTATE": nil,
         ]
         if let helpers, let endpoint {
             // The client asks the daemon over this socket and runs the whole binary for
             // anything the daemon does not serve.
             env["CAIRN_HELPER_SOCKET"] = endpoint.socketPath
             env["CAIRN_HELPER_EXE"] = selfExe
-            helpers.register(exec: execID, run: run, spool: spool)
+            helpers.register(exec: execID, run: run, spool: spool, trace: ctx.trace)
         }
         defer { helpers?.unregister(exec: execID) }
         let config = Configuration(

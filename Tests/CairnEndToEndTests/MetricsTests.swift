@@ -27,7 +27,7 @@ import Testing
         try "#!/bin/sh\nset -e\nfor i in 1 2 3; do cairn step s$i -- true; done\n".write(toFile: script, atomically: true, encoding: .utf8)
         chmod(script, 0o755)
         let file = t.path.appending("cairn.prom").string
-        let d = try await DaemonProcess(spool: t.spool, args: ["--metrics-file", file])
+        let d = try await DaemonProcess(spool: t.spool, args: ["--metrics-file", file, "--metrics-listen", "127.0.0.1:0"])
         defer { d.stopBlocking() }
         var runs: [String] = []
         for i in 0..<12 {
@@ -67,6 +67,14 @@ import Testing
         #expect(Self.sum(m, "cairn_runs_waiting_for_person") == 1 && Self.sum(m, "cairn_runs_waiting_for_person_over_1h") == 0)
         #expect(Self.sum(m, "cairn_step_duration_seconds_count") == Double(steps))
         #expect(Self.sum(m, "cairn_daemon_wakeups_total") > 0 && Self.sum(m, "cairn_daemon_rescans_total", ["reason=\"start\""]) == 1)
+        // The same figures over HTTP (`--metrics-listen`, port 0: the log names the port).
+        let url = try #require(d.log.split(separator: "\n").first { $0.contains("serving metrics") }?.split(separator: "url=").last.map(String.init), "\(d.log.prefix(1500))")
+        let scraped = try Self.http("GET", url)
+        #expect(scraped.status == 200 && scraped.type.hasPrefix("text/plain; version=0.0.4"), "\(scraped)")
+        let overHTTP = Self.parse(scraped.body)
+        #expect(Self.sum(overHTTP, "cairn_steps_total") == Double(steps) && Self.sum(overHTTP, "cairn_runs", ["status=\"completed\""]) == 13, "\(scraped.body.prefix(600))")
+        #expect(try Self.http("GET", url.replacingOccurrences(of: "/metrics", with: "/")).status == 404)
+        #expect(try Self.http("POST", url).status == 405)
         // Never half a file: every scrape parsed (the file is replaced by a rename).
         #expect(scrapes > 0)
         let text = try String(contentsOfFile: file, encoding: .utf8)
@@ -74,5 +82,22 @@ import Testing
         // No temporary file left beside it.
         let left = try FileManager.default.contentsOfDirectory(atPath: t.path.string).filter { $0.hasSuffix(".tmp") }
         #expect(left.isEmpty, "\(left)")
+    }
+
+    /// One HTTP request with Python's urllib: status, content type, body.
+    static func http(_ method: String, _ url: String) throws -> (status: Int, type: String, body: String) {
+        let py = """
+            import sys, urllib.request, urllib.error
+            req = urllib.request.Request(sys.argv[2], method=sys.argv[1], data=b"" if sys.argv[1] == "POST" else None)
+            try:
+                r = urllib.request.urlopen(req, timeout=20)
+                print(r.status); print(r.headers.get("Content-Type")); sys.stdout.write(r.read().decode())
+            except urllib.error.HTTPError as e:
+                print(e.code); print(e.headers.get("Content-Type")); sys.stdout.write(e.read().decode())
+            """
+        let r = try Binary.run("/usr/bin/python3", ["-c", py, method, url])
+        let lines = r.stdout.split(separator: "\n", maxSplits: 2, omittingEmptySubsequences: false).map(String.init)
+        guard lines.count >= 2, let status = Int(lines[0]) else { return (0, "", r.stdout + r.stderr) }
+        return (status, lines[1], lines.count > 2 ? lines[2] : "")
     }
 }

@@ -80,4 +80,69 @@ import Testing
             #expect(!piped.stdout.contains("\r") && !piped.stdout.contains("/250"), "\(cmd) piped: \(piped.stdout.suffix(300))")
         }
     }
+
+    /// Issue 15's attack: a report or metrics directory someone else chose. A symlink another
+    /// user planted in a sticky directory sent root's pages wherever it pointed; a directory
+    /// another user owns let them read and replace the pages. Both are refused, by `report`
+    /// and by the daemon, before anything is written.
+    @Test(.enabled(if: getuid() == 0, "needs root to create the user cairnalice (CI runs as root)"))
+    func aReportOrMetricsDirectoryAnotherUserChoseIsRefused() async throws {
+        try AuthorizationTests.ensureUsers()
+        let alice = AuthorizationTests.alice
+        let t = try TempSpool()
+        let base = t.path.string
+        chmod(base, 0o755)
+        let sticky = base + "/public", victim = base + "/victim", hers = base + "/hers"
+        try #require(try AuthorizationTests.root("mkdir -m 1777 \(sticky) && mkdir -m 755 \(victim) && mkdir \(hers) && chown \(alice) \(hers)").code == 0)
+        try #require(try AuthorizationTests.sh(alice, "ln -s \(victim) \(sticky)/report").code == 0)
+        _ = try t.submit("demo-refund", input: ["order": "O-1", "amount": 1, "reason": "x"] as JSONValue)
+
+        let viaLink = try Binary.cairn("report", "--out", sticky + "/report", spool: t.spool)
+        #expect(viaLink.code == 2 && viaLink.stderr.contains("symlink") && viaLink.stderr.contains(alice), "\(viaLink.stderr)")
+        let inHers = try Binary.cairn("report", "--out", hers, spool: t.spool)
+        #expect(inHers.code == 2 && inHers.stderr.contains("owned by \(alice)"), "\(inHers.stderr)")
+        for args in [["--report-dir", sticky + "/report"], ["--report-dir", hers], ["--metrics-file", hers + "/cairn.prom"], ["--metrics-file", sticky + "/report/cairn.prom"]] {
+            let d = try Binary.run("cairn", ["daemon", "--spool", t.spool.root.string] + args)
+            #expect(d.code == 2 && d.stderr.contains(alice), "\(args): \(d.stderr)")
+        }
+        #expect(try FileManager.default.contentsOfDirectory(atPath: victim).isEmpty && FileManager.default.contentsOfDirectory(atPath: hers).isEmpty)
+        // Root's own symlink, and a directory of the caller's, are used as given.
+        try FileManager.default.createDirectory(atPath: base + "/mine", withIntermediateDirectories: false)
+        try #require(symlink(base + "/mine", base + "/mine-link") == 0)
+        let own = try Binary.cairn("report", "--out", base + "/mine-link", spool: t.spool)
+        #expect(own.code == 0 && FileManager.default.fileExists(atPath: base + "/mine/index.html"), "\(own.stderr)")
+    }
+
+    /// Issue 15's attack: the report's filesystem filled, then given room again. Pages whose
+    /// write failed were never written again (a completed run's page said "waiting"); now the
+    /// daemon logs the failure, counts it, and writes the page again until it lands.
+    @Test(.enabled(if: getuid() == 0, "needs root to mount a small tmpfs (CI runs as root)"))
+    func aReportPageThatCouldNotBeWrittenIsWrittenOnceThereIsRoom() async throws {
+        let t = try TempSpool()
+        let dir = t.path.string + "/small"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        guard try AuthorizationTests.root("mount -t tmpfs -o size=256k tmpfs \(dir)").code == 0 else { Issue.record("cannot mount tmpfs"); return }
+        defer { _ = try? AuthorizationTests.root("umount -l \(dir)") }
+        let report = dir + "/report"
+        let metrics = t.path.string + "/m.prom"
+        let d = try await DaemonProcess(spool: t.spool, args: ["--report-dir", report, "--metrics-file", metrics, "--log-format", "json"])
+        defer { d.stopBlocking() }
+        _ = try t.submit("demo-refund", input: ["order": "O-1", "amount": 1, "reason": "x"] as JSONValue, id: "full-1")
+        try await t.waitFor("full-1", .waiting)
+        try await waitUntil("the page of the waiting run") { (try? String(contentsOfFile: report + "/full-1.html", encoding: .utf8))?.contains("status waiting") == true }
+        // The disk fills; the run completes meanwhile.
+        _ = try AuthorizationTests.root("dd if=/dev/zero of=\(dir)/filler bs=4k count=1000 2>/dev/null; true")
+        _ = try Binary.cairn("approve", "full-1", "issue-refund", spool: t.spool)
+        try await t.waitFor("full-1", .completed)
+        try await waitUntil("the failure logged and counted", timeout: 30) {
+            d.log.contains("cannot write the report") && ((try? String(contentsOfFile: metrics, encoding: .utf8))?.contains("cairn_daemon_errors_total{kind=\"report_write\"}") == true)
+        }
+        #expect((try? String(contentsOfFile: report + "/full-1.html", encoding: .utf8))?.contains("status waiting") == true, "still the old page while the disk is full")
+        // Room again: within the retry interval the page says completed.
+        try FileManager.default.removeItem(atPath: dir + "/filler")
+        try await waitUntil("the page written again", timeout: 60) {
+            (try? String(contentsOfFile: report + "/full-1.html", encoding: .utf8))?.contains("status completed") == true
+                && (try? String(contentsOfFile: report + "/index.html", encoding: .utf8))?.contains("1 completed") == true
+        }
+    }
 }

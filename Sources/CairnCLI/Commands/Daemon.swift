@@ -5,6 +5,7 @@ import CairnSpool
 import CairnWatch
 import Foundation
 import Logging
+import Metrics
 import ServiceLifecycle
 import UnixSignals
 
@@ -22,7 +23,9 @@ struct DaemonCommand: AsyncParsableCommand {
               cairn daemon --spool /srv/cairn --concurrency 16 --log-format json
               cairn daemon --rescan-interval 5s     # spool on NFS/CephFS shared by hosts
               cairn daemon --metrics-file /var/lib/node_exporter/textfile/cairn.prom
+              cairn daemon --metrics-listen 127.0.0.1:9464
               cairn daemon --report-dir /var/www/cairn
+              cairn daemon --otlp-endpoint http://127.0.0.1:4318
             """)
     )
 
@@ -32,10 +35,22 @@ struct DaemonCommand: AsyncParsableCommand {
     @Option(name: .customLong("log-format"), help: "human or json.") var logFormat: LogFormat = .human
     @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error, critical.") var logLevel: LogLevelArgument = .info
     @Option(name: .customLong("metrics-file"), help: ArgumentHelp("Write metrics in Prometheus's text format to this file (atomically; for node_exporter's textfile collector).", valueName: "path"), completion: .file(extensions: ["prom"])) var metricsFile: String?
+    @Option(name: .customLong("metrics-listen"), help: ArgumentHelp("Serve the same metrics at http://HOST:PORT/metrics for Prometheus to scrape.", valueName: "host:port")) var metricsListen: String?
     @Option(name: .customLong("report-dir"), help: ArgumentHelp("Keep the HTML report of `cairn report` current in this directory (a run's page after each change, the index within a second).", valueName: "dir"), completion: .directory) var reportDir: String?
+    @Option(name: .customLong("otlp-endpoint"), help: ArgumentHelp("Export each run's trace with OTLP/HTTP to this collector (http://HOST:4318 gets /v1/traces).", valueName: "url")) var otlpEndpoint: String?
+    @Option(name: .customLong("otlp-protocol"), help: ArgumentHelp("http/protobuf or http/json.", valueName: "protocol")) var otlpProtocol = "http/protobuf"
     @OptionGroup var options: SpoolOptions
 
     func validate() throws {
+        if let url = otlpEndpoint {
+            guard TraceExport.available else { throw ValidationError("this cairn was built without the OTel trait (on by default; a package that depends on Cairn with `traits: []` leaves it out): --otlp-endpoint is not in it (docs/operations.md, \"Traces\")") }
+            guard let u = URL(string: url), u.scheme == "http" || u.scheme == "https", u.host != nil else { throw ValidationError("--otlp-endpoint must be an http:// or https:// URL, not '\(url)'") }
+        }
+        if let l = metricsListen {
+            guard MetricsEndpoint.available else { throw ValidationError("this cairn was built without the OTel trait (on by default; a package that depends on Cairn with `traits: []` leaves it out): --metrics-listen is not in it (--metrics-file is)") }
+            guard MetricsEndpoint.parse(l) != nil else { throw ValidationError("--metrics-listen takes HOST:PORT (127.0.0.1:9464, [::1]:9464), not '\(l)'") }
+        }
+        guard ["http/protobuf", "http/json"].contains(otlpProtocol) else { throw ValidationError("--otlp-protocol must be http/protobuf or http/json, not '\(otlpProtocol)'") }
         guard concurrency >= 1 else { throw ValidationError("--concurrency must be at least 1") }
         // Each rescan reads every run's state: a shorter interval is a busy loop.
         if let r = rescanInterval, r.duration < .milliseconds(100) { throw ValidationError("--rescan-interval must be at least 100ms, not \(r.text)") }
@@ -55,26 +70,54 @@ struct DaemonCommand: AsyncParsableCommand {
         opts.shutdownGrace = shutdownGrace.duration
         var refresher: Task<Void, Never>? = nil
         var metricsFile: MetricsFile? = nil
-        if let path = self.metricsFile {
-            let file = try MetricsFile(path: path, spool: spool)
-            opts.metrics = DaemonMetrics(changed: { file.changed() })
-            refresher = Task { await file.refreshEvery15s() }
-            metricsFile = file
+        var endpoint: MetricsEndpoint.Running? = nil
+        if self.metricsFile != nil || metricsListen != nil {
+            let exposition = MetricsExposition(spool: spool)
+            if let path = self.metricsFile {
+                let file = try MetricsFile(path: path, exposition: exposition) { error in
+                    logger.error("cannot write the metrics file", metadata: ["path": "\(path)", "error": "\(error)"])
+                    Counter(label: "cairn_daemon_errors_total", dimensions: [("kind", "metrics_write")]).increment()
+                }
+                refresher = Task { await file.refreshEvery15s() }
+                metricsFile = file
+            }
+            if let listen = metricsListen, let (host, port) = MetricsEndpoint.parse(listen) {
+                do {
+                    endpoint = try MetricsEndpoint.start(host: host, port: port) { exposition.render() }
+                } catch {
+                    throw CLIError(.failure, "--metrics-listen \(listen): cannot listen: \(error)")
+                }
+                logger.info("serving metrics", metadata: ["url": "http://\(host.contains(":") ? "[\(host)]" : host):\(endpoint!.port)/metrics"])
+            }
+            let file = metricsFile
+            opts.metrics = DaemonMetrics(changed: { file?.changed() })
         }
+        var keeping: Task<Void, Never>? = nil
         defer {
             refresher?.cancel()
+            keeping?.cancel()
+            endpoint?.stop()
             metricsFile?.write()  // the last figures, on the way out
         }
         if let dir = reportDir {
-            let keeper = ReportKeeper(report: try Report(spool: spool, directory: dir))
-            keeper.everything()
+            let report = try Report(spool: spool, directory: dir, flag: "--report-dir") { file, error in
+                logger.error("cannot write the report", metadata: ["file": "\(file)", "error": "\(error)"])
+                Counter(label: "cairn_daemon_errors_total", dimensions: [("kind", "report_write")]).increment()
+            }
+            let keeper = ReportKeeper(report: report)
+            keeping = Task.detached { await keeper.run() }
             opts.afterAdvance = { id in keeper.changed(id) }
         }
         // The scripts' `cairn` helpers answered here (the small client), when it is installed.
         let helpers = HelperService(logger: logger)
         defer { helpers.stop() }
         let daemon = Daemon(spool: spool, registry: CLIEnvironment.workflows(for: spool, helpers: helpers), watcher: watcher, options: opts, logger: logger)
-        try await runDaemon(daemon, logger: logger, spool: spool)
+        var services: [any Service] = []
+        if let url = otlpEndpoint {
+            services.append(try TraceExport.start(endpoint: url, protocolName: otlpProtocol, logger: logger))
+            logger.info("exporting traces", metadata: ["url": "\(TraceExport.tracesURL(url))", "protocol": "\(otlpProtocol)"])
+        }
+        try await runDaemon(daemon, logger: logger, spool: spool, services: services)
     }
 }
 
@@ -86,10 +129,12 @@ func makeLogger(format: LogFormat, level: Logger.Level) -> Logger {
     return logger
 }
 
-func runDaemon(_ daemon: Daemon, logger: Logger, spool: Spool) async throws {
+/// The daemon in a service group with `services` (the trace exporter), which shut down after
+/// it: what the last executions traced is still sent.
+func runDaemon(_ daemon: Daemon, logger: Logger, spool: Spool, services: [any Service] = []) async throws {
     logger.info("daemon starting", metadata: ["spool": "\(spool.root.string)", "pid": .stringConvertible(Int(getpid()))])
     let group = ServiceGroup(configuration: .init(
-        services: [.init(service: daemon, successTerminationBehavior: .gracefullyShutdownGroup)],
+        services: services.map { .init(service: $0) } + [.init(service: daemon, successTerminationBehavior: .gracefullyShutdownGroup)],
         gracefulShutdownSignals: [.sigterm, .sigint],
         logger: logger
     ))

@@ -4,6 +4,7 @@ import Cairn
 import CairnDaemon
 import CairnSpool
 import Foundation
+import Tracing
 import Glibc
 import Logging
 import Synchronization
@@ -49,6 +50,7 @@ final class HelperServer: Sendable {
     private struct Execution: Sendable {
         let run: String
         let spool: Spool
+        let trace: ServiceContext?
         let contexts = HelperContexts()
     }
 
@@ -158,8 +160,8 @@ final class HelperServer: Sendable {
         _ = rmdir(clientDirectory)
     }
 
-    func register(exec: String, run: String, spool: Spool) {
-        executions.withLock { $0[exec] = Execution(run: run, spool: spool) }
+    func register(exec: String, run: String, spool: Spool, trace: ServiceContext?) {
+        executions.withLock { $0[exec] = Execution(run: run, spool: spool, trace: trace) }
     }
 
     func unregister(exec: String) {
@@ -225,7 +227,7 @@ final class HelperServer: Sendable {
         defer { conn.finish() }
         let logger = logger
         func session(_ helper: String) throws -> HelperSession {
-            try HelperSession(helper: helper, spool: e.spool, run: e.run, exec: exec, logger: logger, contexts: e.contexts, served: true)
+            try HelperSession(helper: helper, spool: e.spool, run: e.run, exec: exec, logger: logger, contexts: e.contexts, served: true, trace: e.trace)
         }
         let rest = Array(args.dropFirst())
         do {
@@ -321,7 +323,7 @@ final class HelperService: ScriptHelperService {
         }
     }
 
-    func register(exec: String, run: String, spool: Spool) { server?.register(exec: exec, run: run, spool: spool) }
+    func register(exec: String, run: String, spool: Spool, trace: ServiceContext?) { server?.register(exec: exec, run: run, spool: spool, trace: trace) }
 
     func unregister(exec: String) { server?.unregister(exec: exec) }
 

@@ -80,12 +80,15 @@ struct Report: Sendable {
     let directory: FilePath
     let writer: DurableFile
 
-    init(spool: Spool, directory: String) throws {
-        let dir = directory.hasPrefix("/") ? directory : FileManager.default.currentDirectoryPath + "/" + directory
-        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+    /// What a page that could not be written does: a warning on stderr (`cairn report`), or
+    /// the daemon's log and error counter (`--report-dir`).
+    let failed: @Sendable (_ file: String, _ error: any Error) -> Void
+
+    init(spool: Spool, directory: String, flag: String = "--out", failed: @escaping @Sendable (_ file: String, _ error: any Error) -> Void = { Output.warn("\($0): cannot write: \($1)") }) throws {
+        self.directory = try OutputDirectory.trusted(directory, flag: flag, create: true)
         self.spool = spool
-        self.directory = FilePath(dir)
-        writer = DurableFile(tmpDirectory: FilePath(dir))
+        self.failed = failed
+        writer = DurableFile(tmpDirectory: self.directory)
     }
 
     /// HTML-escaped, control characters shown escaped; line breaks kept (for `<pre>`).
@@ -128,19 +131,30 @@ struct Report: Sendable {
 
     static func age(_ d: Date) -> String { ListCommand.age(Date().timeIntervalSince(d)) }
 
-    func write(_ name: String, _ html: String) {
+    /// Writes one file of the report; false (and `failed` told) when it could not.
+    @discardableResult
+    func write(_ name: String, _ html: String) -> Bool {
         do {
             try writer.write(Data(html.utf8), to: directory.appending(name), durability: .atomicOnly)
+            return true
         } catch {
-            Output.warn("\(directory.string)/\(name): cannot write: \(error)")
+            failed("\(directory.string)/\(name)", error)
+            return false
         }
     }
 
-    func writeIndex(only: Set<String>? = nil) {
+    @discardableResult
+    func writeIndex(only: Set<String>? = nil) -> Bool {
         var states: [RunState] = []
         for id in (try? spool.runIDs()) ?? [] where only == nil || only!.contains(id) {
             if let s = (try? spool.readState(id)) ?? nil { states.append(s) }
         }
+        return writeIndex(states: states)
+    }
+
+    /// The index of these runs' states (newest change first).
+    func writeIndex(states: [RunState]) -> Bool {
+        var states = states
         states.sort { ($0.updatedAt, $0.run) > ($1.updatedAt, $1.run) }
         var rows = ""
         for s in states {
@@ -152,7 +166,7 @@ struct Report: Sendable {
             let n = states.filter { $0.status == st }.count
             return n == 0 ? nil : "\(n) \(st.rawValue)"
         }.joined(separator: ", ")
-        write("index.html", Self.page("Cairn runs", """
+        return write("index.html", Self.page("Cairn runs", """
             <h1>Cairn runs</h1><p class="meta">\(Self.h(spool.root.string)) · \(counts.isEmpty ? "no runs" : counts) · written \(Timestamp.format(Date()))</p>
             <table id="runs"><tr><th>Run</th><th>Status</th><th>Workflow</th><th>Changed</th><th>Waiting for / error</th><th>Tokens</th></tr>
             \(rows)</table>
@@ -224,8 +238,10 @@ struct Report: Sendable {
         return out + "</svg>"
     }
 
-    func writeRun(_ id: String) {
-        guard let record = try? spool.readRun(id) else { return }
+    /// A run's page; false when it could not be written (a run that is gone is no failure).
+    @discardableResult
+    func writeRun(_ id: String) -> Bool {
+        guard let record = try? spool.readRun(id) else { return true }
         let state = (try? spool.readState(id)) ?? nil
         let entries = (try? spool.journal(id).load()).map { Journal.effective($0) } ?? []
         let status = state?.status.rawValue ?? "unknown"
@@ -256,30 +272,79 @@ struct Report: Sendable {
             body += "<tr><td>\(e.seq)</td><td><code>\(Timestamp.format(e.at))</code></td><td>\(Self.h(e.name.map { "\(e.kind) \($0)" } ?? e.kind.rawValue))</td><td>\(Self.h(Describe.record(e)))</td></tr>"
         }
         body += "</table>"
-        write("\(Names.fileSafe(id)).html", Self.page("\(id) — Cairn", body))
+        return write("\(Names.fileSafe(id)).html", Self.page("\(id) — Cairn", body))
     }
 }
 
 /// `cairn daemon --report-dir`: the report kept current — a run's page rewritten after each
-/// advance that changed the run, the index within a second of a change (one write for a burst).
+/// advance that changed the run, the index within a second of a change (one write for a
+/// burst), from the states this keeper last read (not every run's state.json again).
+/// Every page is first written in the background, so that a large spool does not hold the
+/// daemon's start; a page or index that could not be written (a full disk) is written again
+/// every 15 s until it is.
 final class ReportKeeper: Sendable {
     let report: Report
-    private let pending = Mutex(false)
+    private struct State {
+        var indexPending = false
+        var loaded = false
+        var indexFailed = false
+        var failedPages: Set<String> = []
+        var states: [String: RunState] = [:]
+    }
+    private let state = Mutex(State())
 
     init(report: Report) { self.report = report }
 
-    func everything() {
-        for id in (try? report.spool.runIDs()) ?? [] { report.writeRun(id) }
-        report.writeIndex()
+    /// Every run's page, then the index; then the retries, until cancelled.
+    func run() async {
+        for id in (try? report.spool.runIDs()) ?? [] {
+            if Task.isCancelled { return }
+            page(id)
+        }
+        state.withLock { $0.loaded = true }
+        index()
+        while !Task.isCancelled {
+            try? await Task.sleep(for: .seconds(15))
+            let (pages, indexFailed) = state.withLock { s in (s.failedPages, s.indexFailed) }
+            for id in pages { page(id) }
+            if indexFailed || !pages.isEmpty { index() }
+        }
     }
 
     func changed(_ id: String) {
-        report.writeRun(id)
-        guard pending.withLock({ p in defer { p = true }; return !p }) else { return }
+        page(id)
+        guard state.withLock({ s in defer { s.indexPending = true }; return s.loaded && !s.indexPending }) else { return }
         Task {
             try? await Task.sleep(for: .seconds(1))
-            pending.withLock { $0 = false }
-            report.writeIndex()
+            state.withLock { $0.indexPending = false }
+            index()
         }
+    }
+
+    func page(_ id: String) {
+        let ok = report.writeRun(id)
+        let read = (try? report.spool.readState(id)) ?? nil
+        state.withLock { s in
+            if ok { s.failedPages.remove(id) } else { s.failedPages.insert(id) }
+            s.states[id] = read
+        }
+    }
+
+    /// The index from the states kept; a run gc removed drops out (a directory listing, no
+    /// file read), a run not seen yet is read.
+    func index() {
+        let ids = Set((try? report.spool.runIDs()) ?? [])
+        let unseen = state.withLock { s in
+            s.states = s.states.filter { ids.contains($0.key) }
+            return ids.subtracting(s.states.keys)
+        }
+        var read: [String: RunState] = [:]
+        for id in unseen { if let st = (try? report.spool.readState(id)) ?? nil { read[id] = st } }
+        let states = state.withLock { s in
+            s.states.merge(read) { _, new in new }
+            return Array(s.states.values)
+        }
+        let ok = report.writeIndex(states: states)
+        state.withLock { $0.indexFailed = !ok }
     }
 }

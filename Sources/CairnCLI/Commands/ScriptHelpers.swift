@@ -4,6 +4,7 @@ import Cairn
 import CairnDaemon
 import CairnSpool
 import Foundation
+import Tracing
 import Logging
 import Glibc
 import Subprocess
@@ -22,6 +23,8 @@ final class HelperSession {
     let statePath: FilePath
     /// Where the engine's warnings go: the script's stderr in a helper process.
     var logger: Logger
+    /// The span context of the advance running the script (served helpers only).
+    let trace: ServiceContext?
     /// The daemon's context of this execution, kept from one served helper call to the next.
     var contexts: HelperContexts?
 
@@ -46,7 +49,8 @@ final class HelperSession {
     }
 
     /// `served`: the daemon knows the execution runs; the state is read once, under the lock.
-    init(helper: String, spool: Spool, run: String, exec: String, logger: Logger, contexts: HelperContexts? = nil, served: Bool = false) throws {
+    init(helper: String, spool: Spool, run: String, exec: String, logger: Logger, contexts: HelperContexts? = nil, served: Bool = false, trace: ServiceContext? = nil) throws {
+        self.trace = trace
         let path = ScriptWorkflow.execStatePath(spool, run)
         let state: ScriptWorkflow.ExecState
         do {
@@ -111,7 +115,7 @@ final class HelperSession {
             throw CLIError(.failure, "\(statePath.string): execution \(state.exec) is over (the run moved on)")
         }
         state = fresh
-        let ctx = try contexts?.take(cursor: state.cursor) ?? WorkflowContext.attach(spool: spool, runID: run, cursor: state.cursor, logger: logger)
+        let ctx = try contexts?.take(cursor: state.cursor) ?? WorkflowContext.attach(spool: spool, runID: run, cursor: state.cursor, logger: logger, trace: trace)
         do {
             let v = try await op(ctx)
             // An operation that does not throw (`now`, `uuid`) may have met a wait, a cancel

@@ -1,4 +1,5 @@
 import ArgumentParser
+import Cairn
 import CairnSpool
 import CairnWatch
 import Foundation
@@ -73,6 +74,8 @@ struct ShowCommand: AsyncParsableCommand {
         if output.json {
             var o: [String: JSONValue] = ["run": try JSONValue(encoding: record), "journal": .array(try entries.map { try JSONValue(encoding: $0) })]
             if let total { o["journal_records"] = .int(Int64(total)) }
+            // The run's trace (docs/operations.md, "Traces"): derived from its id, whoever traced it.
+            o["trace_id"] = .string(RunTracing.traceID(runID: runID))
             if let state { o["state"] = try JSONValue(encoding: state) }
             if let stateProblem { o["state_error"] = .string(stateProblem) }
             Output.json(.object(o))

@@ -1,0 +1,110 @@
+#if OTel
+import NIOCore
+import NIOHTTP1
+import NIOPosix
+#endif
+import Foundation
+
+/// `cairn daemon --metrics-listen HOST:PORT`: the same metrics as `--metrics-file`, for a
+/// Prometheus server to scrape at `GET /metrics` (SwiftNIO's HTTP/1 server; built with the
+/// `OTel` trait, the network observability one, like the OTLP exporter). Rendered per scrape;
+/// nothing else is served (404), and nothing but GET and HEAD (405).
+enum MetricsEndpoint {
+    static var available: Bool {
+        #if OTel
+        return true
+        #else
+        return false
+        #endif
+    }
+
+    /// HOST:PORT (`[::1]:PORT` for IPv6), checked; nil with why not.
+    static func parse(_ s: String) -> (host: String, port: Int)? {
+        guard let colon = s.lastIndex(of: ":"), let port = Int(s[s.index(after: colon)...]), (0...65535).contains(port) else { return nil }
+        var host = String(s[..<colon])
+        if host.hasPrefix("["), host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
+        guard !host.isEmpty, !host.contains(" ") else { return nil }
+        return (host, port)
+    }
+
+    /// A running endpoint: its bound port (PORT 0 picks one), closed by `stop()`.
+    final class Running: Sendable {
+        let port: Int
+        private let close: @Sendable () -> Void
+        init(port: Int, close: @escaping @Sendable () -> Void) {
+            self.port = port
+            self.close = close
+        }
+        func stop() { close() }
+    }
+
+    static func start(host: String, port: Int, render: @escaping @Sendable () -> String) throws -> Running {
+        #if OTel
+        let channel = try ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .childChannelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: true)
+                    try channel.pipeline.syncOperations.addHandler(Handler(render: render))
+                }
+            }
+            .bind(host: host, port: port).wait()
+        let bound = channel.localAddress?.port ?? port
+        return Running(port: bound) { _ = try? channel.close().wait() }
+        #else
+        throw CLIError(.usage, "this cairn was built without the OTel trait: --metrics-listen is not in it (--metrics-file is)")
+        #endif
+    }
+
+    #if OTel
+    final class Handler: ChannelInboundHandler, @unchecked Sendable {
+        typealias InboundIn = HTTPServerRequestPart
+        typealias OutboundOut = HTTPServerResponsePart
+        let render: @Sendable () -> String
+        private var head: HTTPRequestHead?
+
+        init(render: @escaping @Sendable () -> String) { self.render = render }
+
+        func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+            switch unwrapInboundIn(data) {
+            case .head(let h): head = h
+            case .body: break
+            case .end:
+                guard let h = head else { return }
+                head = nil
+                let path = h.uri.split(separator: "?", maxSplits: 1).first.map(String.init) ?? h.uri
+                var status = HTTPResponseStatus.ok
+                var body = ""
+                var type = "text/plain; version=0.0.4; charset=utf-8"
+                if h.method != .GET && h.method != .HEAD {
+                    status = .methodNotAllowed
+                    body = "GET /metrics\n"
+                    type = "text/plain; charset=utf-8"
+                } else if path != "/metrics" {
+                    status = .notFound
+                    body = "the metrics are at /metrics\n"
+                    type = "text/plain; charset=utf-8"
+                } else {
+                    body = render()
+                }
+                var headers = HTTPHeaders()
+                headers.add(name: "Content-Type", value: type)
+                headers.add(name: "Content-Length", value: String(body.utf8.count))
+                if status == .methodNotAllowed { headers.add(name: "Allow", value: "GET, HEAD") }
+                if !h.isKeepAlive { headers.add(name: "Connection", value: "close") }
+                context.write(wrapOutboundOut(.head(HTTPResponseHead(version: h.version, status: status, headers: headers))), promise: nil)
+                if h.method != .HEAD {
+                    var buffer = context.channel.allocator.buffer(capacity: body.utf8.count)
+                    buffer.writeString(body)
+                    context.write(wrapOutboundOut(.body(.byteBuffer(buffer))), promise: nil)
+                }
+                let keepAlive = h.isKeepAlive
+                let channel = context.channel
+                context.writeAndFlush(wrapOutboundOut(.end(nil))).whenComplete { _ in
+                    if !keepAlive { channel.close(promise: nil) }
+                }
+            }
+        }
+    }
+    #endif
+}
