@@ -5,7 +5,7 @@ SWIFT ?= swift
 SPOOL ?= ./spool
 BUILD_FLAGS ?=
 
-.PHONY: deb all deps build test test-props-long soak run bench bench-long bench-peers docs clean release-has-no-test-hooks fuzz fuzz-build fuzz-run
+.PHONY: deb deb-check all deps build test test-props-long soak run bench bench-long bench-peers docs clean release-has-no-test-hooks fuzz fuzz-build fuzz-run
 
 all: build
 
@@ -131,6 +131,12 @@ deb: deps
 	$(CC) $(HELPER_CFLAGS) -o .build/deb-build/release/cairn-helper Sources/cairn-helper/cairn-helper.c
 	$(SWIFT) package plugin generate-manual --multi-page >/dev/null
 	packaging/deb/build.sh .build/deb-build/release .build/plugins/GenerateManual/outputs/cairn .build $(VERSION)
+
+# The package on a fresh Debian of this machine's release (packaging/deb/fresh-debian-check.sh:
+# a debootstrap'd minimal system, made once under /var/tmp, copied for each check): dpkg -i,
+# the unit's ExecStart by hand, a run approved with `touch`, purge. Root and the Debian mirror.
+deb-check: deb
+	packaging/deb/fresh-debian-check.sh .build/cairn_$(VERSION)_$$(dpkg --print-architecture).deb
 
 # The guided demo on ./spool: builds, starts the daemon, submits a run that waits for
 # your approval, and tells you the `touch` that approves it.

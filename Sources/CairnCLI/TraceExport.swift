@@ -33,7 +33,10 @@ enum TraceExport {
     /// The OTLP exporter's service (run beside the daemon; its graceful shutdown sends what
     /// is batched), after the process's tracer is bootstrapped with swift-otel's. The
     /// standard OTEL_* variables (OTEL_EXPORTER_OTLP_HEADERS, …) still apply on top.
-    static func start(endpoint: String, protocolName: String, logger: Logger) throws -> any Service {
+    /// OTLP/HTTP with protobuf only: swift-otel 1.6.0's JSON encoding writes trace and span
+    /// ids in base64 (protobuf's JSON mapping) where OTLP/JSON requires hex, so a collector
+    /// would reject or misread them.
+    static func start(endpoint: String, logger: Logger) throws -> any Service {
         #if OTel
         var config = OTel.Configuration.default
         config.serviceName = "cairn"
@@ -42,7 +45,7 @@ enum TraceExport {
         config.traces.enabled = true
         config.traces.exporter = .otlp
         config.traces.otlpExporter.endpoint = tracesURL(endpoint)
-        config.traces.otlpExporter.protocol = protocolName == "http/json" ? .httpJSON : .httpProtobuf
+        config.traces.otlpExporter.protocol = .httpProtobuf
         config.diagnosticLogger = .custom(logger)
         config.diagnosticLogLevel = .warning
         let backend = try OTel.makeTracingBackend(configuration: config)

@@ -18,6 +18,8 @@ public final class DaemonMetrics: Sendable {
         var seq = 0
         var saved: Int64 = 0
         var requested: [String: Date] = [:]
+        /// A record with `data.tokens` was seen (an LLM call): only then can replay save tokens.
+        var carriesTokens = false
     }
 
     private let cursors = Mutex<[String: Cursor]>([:])
@@ -52,6 +54,7 @@ public final class DaemonMetrics: Sendable {
         var terminal = false
         for e in records {
             cursor.seq = max(cursor.seq, e.seq)
+            if e.data?["tokens"] != nil { cursor.carriesTokens = true }
             if e.kind == .approval, e.decision == nil, let gate = e.name { cursor.requested[gate] = e.at }
             guard e.at >= since else { continue }
             switch e.kind {
@@ -81,8 +84,9 @@ public final class DaemonMetrics: Sendable {
                 terminal = true
             }
         }
-        // Tokens replay saved: what state.json says beyond what was seen.
-        if let saved = (try? spool.readState(run))??.tokens?["saved"]?.intValue, saved > cursor.saved {
+        // Tokens replay saved: what state.json says beyond what was seen — read only for a run
+        // with records that carry tokens (nothing else can be replayed instead of paid for).
+        if cursor.carriesTokens, let saved = (try? spool.readState(run))??.tokens?["saved"]?.intValue, saved > cursor.saved {
             if cursor.seq > 0 || saved > 0 {
                 Counter(label: "cairn_llm_tokens_saved_total", dimensions: w).increment(by: saved - cursor.saved)
             }

@@ -45,7 +45,7 @@ import Testing
         let fake = try await FakeLLMProcess(queue: [
             turn("looking up", "lookup_customer", ["email": "ann@example.com"]),
             turn("drafting", "send_reply", send),
-            turn("done: replied", delay: 60),  // in flight when the daemon dies
+            turn("done: replied", delay: 150),  // in flight when the daemon dies
             turn("done: replied"),             // the same turn, sent again after the restart
         ])
         let t = try TempSpool()
@@ -61,10 +61,26 @@ import Testing
         #expect(request["details"]?["tool"] == "send_reply" && request["details"]?["arguments"]?["to"] == "ann@example.com", "\(request)")
         try t.drop("approvals/\(gate).approved", in: r)
         try await waitUntil("turn 3 in flight", timeout: 30) { fake.requests.count == 3 && desk.sent.count == 1 }
+        // While the model thinks, the tool server's connection is unused: it is closed after
+        // 30 s (docs/mcp.md), its process gone, the daemon running on — not at once, not never.
+        let lastCall = ContinuousClock.now
+        func servers() throws -> Int {
+            try Binary.run("/usr/bin/pgrep", ["-P", String(d.pid), "-f", "cairn-mcp-fixture"]).stdout.split(separator: "\n").count
+        }
+        #expect(try servers() == 1, "the daemon's connection to the tool server is open after a call")
+        try await waitUntil("the idle tool server closed", timeout: 110) { (try? servers()) == 0 }
+        let idle = ContinuousClock.now - lastCall
+        #expect(idle >= .seconds(25), "closed after \(idle), before 30 s unused")
+        #expect(kill(d.pid, 0) == 0 && fake.requests.count == 3, "the daemon runs on, turn 3 still in flight")
         await d.kill9()
-        d = try await DaemonProcess(spool: t.spool, env: env)
+        // The restarted daemon counts the tokens its replay did not spend again.
+        let prom = t.path.appending("m.prom").string
+        d = try await DaemonProcess(spool: t.spool, env: env, args: ["--metrics-file", prom])
         try await t.waitFor(r, .completed, timeout: 30)
         _ = await d.stop()
+        let saved = try #require(try t.state(r).tokens?["saved"]?.intValue)
+        let metrics = MetricsTests.parse((try? String(contentsOfFile: prom, encoding: .utf8)) ?? "")
+        #expect(saved > 0 && MetricsTests.sum(metrics, "cairn_llm_tokens_saved_total", ["workflow=\"triage-ticket\""]) == Double(saved), "state.json says \(saved); \(metrics.filter { $0.key.contains("tokens") })")
 
         // Each tool called once, the tool list asked once: the restart replayed both calls
         // and the list from the journal.

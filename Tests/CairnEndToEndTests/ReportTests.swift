@@ -46,7 +46,8 @@ import Testing
 
         let done = try Self.dom(out + "/done-1.html")
         #expect(done.contains("id=\"result\"") && done.contains("refunded"), "the result")
-        #expect(done.contains("approved by root") || done.contains("approved by"), "the decision in the records")
+        let me = try #require(Principal.current.user)
+        #expect(done.contains("approved by \(me)"), "the decision in the records, with who made it")
 
         // A screenshot, as a person would see the page.
         let png = t.path.appending("wait-1.png").string

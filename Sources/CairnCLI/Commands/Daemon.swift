@@ -38,7 +38,6 @@ struct DaemonCommand: AsyncParsableCommand {
     @Option(name: .customLong("metrics-listen"), help: ArgumentHelp("Serve the same metrics at http://HOST:PORT/metrics for Prometheus to scrape.", valueName: "host:port")) var metricsListen: String?
     @Option(name: .customLong("report-dir"), help: ArgumentHelp("Keep the HTML report of `cairn report` current in this directory (a run's page after each change, the index within a second).", valueName: "dir"), completion: .directory) var reportDir: String?
     @Option(name: .customLong("otlp-endpoint"), help: ArgumentHelp("Export each run's trace with OTLP/HTTP to this collector (http://HOST:4318 gets /v1/traces).", valueName: "url")) var otlpEndpoint: String?
-    @Option(name: .customLong("otlp-protocol"), help: ArgumentHelp("http/protobuf or http/json.", valueName: "protocol")) var otlpProtocol = "http/protobuf"
     @OptionGroup var options: SpoolOptions
 
     func validate() throws {
@@ -50,7 +49,6 @@ struct DaemonCommand: AsyncParsableCommand {
             guard MetricsEndpoint.available else { throw ValidationError("this cairn was built without the OTel trait (on by default; a package that depends on Cairn with `traits: []` leaves it out): --metrics-listen is not in it (--metrics-file is)") }
             guard MetricsEndpoint.parse(l) != nil else { throw ValidationError("--metrics-listen takes HOST:PORT (127.0.0.1:9464, [::1]:9464), not '\(l)'") }
         }
-        guard ["http/protobuf", "http/json"].contains(otlpProtocol) else { throw ValidationError("--otlp-protocol must be http/protobuf or http/json, not '\(otlpProtocol)'") }
         guard concurrency >= 1 else { throw ValidationError("--concurrency must be at least 1") }
         // Each rescan reads every run's state: a shorter interval is a busy loop.
         if let r = rescanInterval, r.duration < .milliseconds(100) { throw ValidationError("--rescan-interval must be at least 100ms, not \(r.text)") }
@@ -114,8 +112,8 @@ struct DaemonCommand: AsyncParsableCommand {
         let daemon = Daemon(spool: spool, registry: CLIEnvironment.workflows(for: spool, helpers: helpers), watcher: watcher, options: opts, logger: logger)
         var services: [any Service] = []
         if let url = otlpEndpoint {
-            services.append(try TraceExport.start(endpoint: url, protocolName: otlpProtocol, logger: logger))
-            logger.info("exporting traces", metadata: ["url": "\(TraceExport.tracesURL(url))", "protocol": "\(otlpProtocol)"])
+            services.append(try TraceExport.start(endpoint: url, logger: logger))
+            logger.info("exporting traces", metadata: ["url": "\(TraceExport.tracesURL(url))"])
         }
         try await runDaemon(daemon, logger: logger, spool: spool, services: services)
     }
