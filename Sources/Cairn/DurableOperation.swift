@@ -89,6 +89,7 @@ extension WorkflowContext {
             if let span {
                 let appended = state.withLock { Array($0.entries.dropFirst(before)) }
                 RunTracing.annotate(span, replayed: replayed, appended: appended, waiting: waiting)
+                RunTracing.claim(runID, appended)
                 span.end()
             }
         }
@@ -119,10 +120,28 @@ extension WorkflowContext {
     /// The same for an operation that never waits.
     public func perform<Op: InstantOperation>(_ op: Op) throws -> Op.Output {
         try refuseNesting(op.kind, op.name)
-        switch try turn(kind: op.kind, name: op.name, checks: true, owns: { $0.kind == op.kind && $0.name == op.name }, answer: op.answer) {
-        case .answered(let v): return v
-        case .replayed(let e): return try op.replay(e, in: self)
-        case .live: return try op.execute(in: self)
+        let span = RunTracing.startOperation(op.kind, op.name, runID: runID, in: trace)
+        var replayed: [JournalEntry] = []
+        let before = span == nil ? 0 : state.withLock { $0.entries.count }
+        defer {
+            if let span {
+                let appended = state.withLock { Array($0.entries.dropFirst(before)) }
+                RunTracing.annotate(span, replayed: replayed, appended: appended, waiting: false)
+                RunTracing.claim(runID, appended)
+                span.end()
+            }
+        }
+        do {
+            switch try turn(kind: op.kind, name: op.name, checks: true, owns: { $0.kind == op.kind && $0.name == op.name }, answer: op.answer) {
+            case .answered(let v): return v
+            case .replayed(let e):
+                if span != nil { replayed.append(e) }
+                return try op.replay(e, in: self)
+            case .live: return try op.execute(in: self)
+            }
+        } catch {
+            span?.recordError(error)
+            throw error
         }
     }
 

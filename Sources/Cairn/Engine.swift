@@ -126,6 +126,16 @@ public struct Engine: Sendable {
         defer { span.end() }
         span.attributes["cairn.run_id"] = runID
         span.attributes["cairn.workflow"] = run.record.workflow
+        let before = run.physical.count
+        _ = RunTracing.takeClaimed(runID)
+        defer {
+            // The records this advance wrote that no operation's span carries.
+            let claimed = RunTracing.takeClaimed(runID)
+            if let last = try? spool.journal(runID).lastPosition(), last > before {
+                let own = (before + 1...last).filter { !claimed.contains($0) }.map { Int64($0) }
+                if !own.isEmpty { span.attributes["cairn.appended"] = own }
+            }
+        }
         do {
             let r = try await execute(&run, workflow, trace: span.context)
             span.attributes["cairn.outcome"] = r.outcome.traceLabel

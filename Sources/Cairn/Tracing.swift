@@ -1,5 +1,6 @@
 import CairnSpool
 import Foundation
+import Synchronization
 import Tracing
 
 /// Traces (docs/operations.md, "Traces"): the engine's instrumentation, through
@@ -59,6 +60,22 @@ public enum RunTracing {
         var carrier: [String: String] = [:]
         InstrumentationSystem.instrument.inject(context, into: &carrier, using: HeaderInjector())
         return carrier["traceparent"]
+    }
+
+    /// The journal positions operation spans carry, by run, until the advance's span takes
+    /// them: what is left of the records the advance wrote (`start`, the terminal record,
+    /// compensations, what an untraced helper process wrote) goes on the advance's span, so
+    /// that each record is on exactly one span. (Served script helpers write through contexts
+    /// of their own, so this is by run, not by context.)
+    static let claimed = Mutex<[String: Set<Int>]>([:])
+
+    static func claim(_ runID: String, _ records: [JournalEntry]) {
+        guard !records.isEmpty else { return }
+        claimed.withLock { $0[runID, default: []].formUnion(records.map(\.seq)) }
+    }
+
+    static func takeClaimed(_ runID: String) -> Set<Int> {
+        claimed.withLock { $0.removeValue(forKey: runID) ?? [] }
     }
 
     /// A span for one durable operation, under the advance's span; its attributes say what

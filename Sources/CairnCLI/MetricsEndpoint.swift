@@ -4,11 +4,18 @@ import NIOHTTP1
 import NIOPosix
 #endif
 import Foundation
+import Synchronization
 
 /// `cairn daemon --metrics-listen HOST:PORT`: the same metrics as `--metrics-file`, for a
 /// Prometheus server to scrape at `GET /metrics` (SwiftNIO's HTTP/1 server; built with the
 /// `OTel` trait, the network observability one, like the OTLP exporter). Rendered per scrape;
 /// nothing else is served (404), and nothing but GET and HEAD (405).
+///
+/// Whoever can reach the port must not be able to starve the daemon (found by an attack:
+/// 20,000 half-sent requests took every descriptor, and runs stopped advancing): at most
+/// `connectionLimit` connections at once (more are closed at once), a connection silent for
+/// `idleTimeout` is closed, and one connection is answered at most `requestsPerConnection`
+/// times (pipelined requests a client never reads cannot pile up answers).
 enum MetricsEndpoint {
     static var available: Bool {
         #if OTel
@@ -38,17 +45,35 @@ enum MetricsEndpoint {
         func stop() { close() }
     }
 
+    static let connectionLimit = 16
+    static let idleTimeout: TimeAmount = .seconds(10)
+    static let requestsPerConnection = 100
+
     static func start(host: String, port: Int, render: @escaping @Sendable () -> String) throws -> Running {
         #if OTel
-        let channel = try ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+        let open = Atomic<Int>(0)
+        let channel: any Channel
+        do {
+            channel = try ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .serverChannelOption(.backlog, value: 64)
             .childChannelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture {
+                guard open.add(1, ordering: .relaxed).newValue <= MetricsEndpoint.connectionLimit else {
+                    open.subtract(1, ordering: .relaxed)
+                    return channel.close()
+                }
+                channel.closeFuture.whenComplete { _ in open.subtract(1, ordering: .relaxed) }
+                return channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(IdleStateHandler(allTimeout: MetricsEndpoint.idleTimeout))
                     try channel.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: true)
                     try channel.pipeline.syncOperations.addHandler(Handler(render: render))
                 }
             }
             .bind(host: host, port: port).wait()
+        } catch let e as IOError {
+            // NIO's description names its own call; the reason is what a person needs.
+            throw CLIError(.failure, "cannot listen on \(host):\(port): \(String(cString: strerror(e.errnoCode)))")
+        }
         let bound = channel.localAddress?.port ?? port
         return Running(port: bound) { _ = try? channel.close().wait() }
         #else
@@ -62,8 +87,17 @@ enum MetricsEndpoint {
         typealias OutboundOut = HTTPServerResponsePart
         let render: @Sendable () -> String
         private var head: HTTPRequestHead?
+        private var answered = 0
 
         init(render: @escaping @Sendable () -> String) { self.render = render }
+
+        func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+            if event is IdleStateHandler.IdleStateEvent {
+                context.close(promise: nil)
+            } else {
+                context.fireUserInboundEventTriggered(event)
+            }
+        }
 
         func channelRead(context: ChannelHandlerContext, data: NIOAny) {
             switch unwrapInboundIn(data) {
@@ -72,6 +106,8 @@ enum MetricsEndpoint {
             case .end:
                 guard let h = head else { return }
                 head = nil
+                answered += 1
+                let last = !h.isKeepAlive || answered >= MetricsEndpoint.requestsPerConnection
                 let path = h.uri.split(separator: "?", maxSplits: 1).first.map(String.init) ?? h.uri
                 var status = HTTPResponseStatus.ok
                 var body = ""
@@ -91,17 +127,16 @@ enum MetricsEndpoint {
                 headers.add(name: "Content-Type", value: type)
                 headers.add(name: "Content-Length", value: String(body.utf8.count))
                 if status == .methodNotAllowed { headers.add(name: "Allow", value: "GET, HEAD") }
-                if !h.isKeepAlive { headers.add(name: "Connection", value: "close") }
+                if last { headers.add(name: "Connection", value: "close") }
                 context.write(wrapOutboundOut(.head(HTTPResponseHead(version: h.version, status: status, headers: headers))), promise: nil)
                 if h.method != .HEAD {
                     var buffer = context.channel.allocator.buffer(capacity: body.utf8.count)
                     buffer.writeString(body)
                     context.write(wrapOutboundOut(.body(.byteBuffer(buffer))), promise: nil)
                 }
-                let keepAlive = h.isKeepAlive
                 let channel = context.channel
                 context.writeAndFlush(wrapOutboundOut(.end(nil))).whenComplete { _ in
-                    if !keepAlive { channel.close(promise: nil) }
+                    if last { channel.close(promise: nil) }
                 }
             }
         }

@@ -3,39 +3,64 @@ import Foundation
 import SystemPackage
 
 /// A directory the CLI or the daemon writes for people to read (`report --out`,
-/// `daemon --report-dir`, the directory of `--metrics-file`): refused when someone else could
-/// have chosen where it leads or could replace what is written there — a symlink another user
-/// made (planted in a sticky directory such as /tmp, it would send root's pages anywhere), or
-/// a directory owned by anyone but the caller or root (its owner could read or replace the
-/// pages, which show run inputs and approval requests). The same rule as the spool's trusted
-/// paths (Spool.trustedFileProblem's owners).
+/// `daemon --report-dir`, the directory of `--metrics-file`), judged as the spool's trusted
+/// paths are, along the whole path: every directory on the way must be the caller's or
+/// root's, and writable by nobody else unless sticky (as /tmp: others cannot rename what is
+/// not theirs); every symlink on the way the caller's or root's; the directory itself the
+/// caller's or root's and writable by nobody else. Otherwise someone else could have chosen
+/// where the pages go (a symlink planted in a sticky directory, or a directory of theirs
+/// higher up swapped for a symlink after the check — root would then write anywhere), or
+/// read and replace what is written (pages showing run inputs and approval requests).
 enum OutputDirectory {
-    /// The directory's absolute path (symlinks kept as given, once judged), made if missing
-    /// when `create`; a CLIError naming the flag otherwise.
+    /// The directory's absolute path as given (judged), made if missing when `create`; a
+    /// CLIError naming the flag otherwise.
     static func trusted(_ given: String, flag: String, create: Bool) throws -> FilePath {
+        guard !given.isEmpty else { throw CLIError(.usage, "\(flag) needs a directory") }
         let path = given.hasPrefix("/") ? given : FileManager.default.currentDirectoryPath + "/" + given
-        var st = stat()
-        if lstat(path, &st) != 0 {
-            guard errno == ENOENT, create else { throw CLIError(.usage, "\(flag) \(given): \(String(cString: strerror(errno)))") }
-            do {
-                try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o755])
-            } catch {
-                throw CLIError(.usage, "\(flag) \(given): cannot create the directory: \(error.localizedDescription)")
+        func refuse(_ why: String) -> CLIError { CLIError(.usage, "\(flag) \(given): \(why)") }
+        func judge(_ dir: String, last: Bool) throws {
+            var st = stat()
+            guard stat(dir, &st) == 0 else { throw refuse("\(dir): \(String(cString: strerror(errno)))") }
+            if let problem = ownerProblem(st) { throw refuse("\(last ? "the directory" : "the directory on the way") \(dir) \(problem); give a directory of yours") }
+            let writable = st.st_mode & 0o022 != 0
+            if writable && (last || st.st_mode & S_ISVTX == 0) {
+                throw refuse("\(dir) is writable by \(st.st_mode & 0o002 != 0 ? "others" : "its group") (mode \(String(st.st_mode & 0o7777, radix: 8))): they could replace what is written there")
             }
-            guard lstat(path, &st) == 0 else { throw CLIError(.usage, "\(flag) \(given): \(String(cString: strerror(errno)))") }
         }
-        // Each link on the way to the directory, then the directory itself.
+
+        // The walk: `resolved` is a real directory path judged so far; `rest` the components
+        // still to go (a symlink's target is spliced in front of them).
+        var resolved = "/"
+        var rest = path.split(separator: "/").map(String.init)
         var hops = 0
-        var current = path
-        while (st.st_mode & S_IFMT) == S_IFLNK {
-            if let problem = ownerProblem(st) { throw CLIError(.usage, "\(flag) \(given): the symlink \(current) \(problem)") }
-            hops += 1
-            guard hops < 32, let target = try? FileManager.default.destinationOfSymbolicLink(atPath: current) else { throw CLIError(.usage, "\(flag) \(given): too many symlinks") }
-            current = target.hasPrefix("/") ? target : (current as NSString).deletingLastPathComponent + "/" + target
-            guard lstat(current, &st) == 0 else { throw CLIError(.usage, "\(flag) \(given): \(current): \(String(cString: strerror(errno)))") }
+        try judge("/", last: rest.isEmpty)
+        while !rest.isEmpty {
+            let name = rest.removeFirst()
+            if name == "." || name.isEmpty { continue }
+            if name == ".." {
+                resolved = (resolved as NSString).deletingLastPathComponent
+                continue
+            }
+            let next = resolved == "/" ? "/" + name : resolved + "/" + name
+            var st = stat()
+            if lstat(next, &st) != 0 {
+                guard errno == ENOENT, create else { throw refuse("\(next): \(String(cString: strerror(errno)))") }
+                guard mkdir(next, 0o755) == 0 || errno == EEXIST else { throw refuse("cannot create \(next): \(String(cString: strerror(errno)))") }
+                guard lstat(next, &st) == 0 else { throw refuse("\(next): \(String(cString: strerror(errno)))") }
+            }
+            if (st.st_mode & S_IFMT) == S_IFLNK {
+                if let problem = ownerProblem(st) { throw refuse("the symlink \(next) \(problem)") }
+                hops += 1
+                guard hops <= 32, let target = try? FileManager.default.destinationOfSymbolicLink(atPath: next) else { throw refuse("too many symlinks, or one that cannot be read") }
+                if target.hasPrefix("/") { resolved = "/" }
+                rest = target.split(separator: "/").map(String.init) + rest
+                continue
+            }
+            guard (st.st_mode & S_IFMT) == S_IFDIR else { throw refuse("\(next) is not a directory") }
+            resolved = next
+            try judge(next, last: rest.allSatisfy { $0 == "." || $0.isEmpty })
         }
-        guard (st.st_mode & S_IFMT) == S_IFDIR else { throw CLIError(.usage, "\(flag) \(given): not a directory") }
-        if let problem = ownerProblem(st) { throw CLIError(.usage, "\(flag) \(given): the directory \(problem); give a directory of yours") }
+
         return FilePath(path)
     }
 

@@ -46,6 +46,10 @@ enum TraceExport {
         config.traces.exporter = .otlp
         config.traces.otlpExporter.endpoint = tracesURL(endpoint)
         config.traces.otlpExporter.protocol = .httpProtobuf
+        // A collector that hangs holds each batch for this long (10 s by default), also on the
+        // way out, after the daemon itself stopped (found by an attack: 10–20 s exits).
+        config.traces.otlpExporter.timeout = .seconds(2)
+        config.traces.batchSpanProcessor.exportTimeout = .seconds(3)
         config.diagnosticLogger = .custom(logger)
         config.diagnosticLogLevel = .warning
         let backend = try OTel.makeTracingBackend(configuration: config)

@@ -86,14 +86,17 @@ struct W3CInMemoryTracer: Tracer {
         #expect(children(advances[0]) == ["cairn.step draft", "cairn.llm classify", "cairn.approval send-reply"], "\(children(advances[0]))")
         #expect(children(advances[1]) == ["cairn.step draft (replayed)", "cairn.llm classify (replayed)", "cairn.approval send-reply", "cairn.step send"], "\(children(advances[1]))")
 
-        // Against the journal: each record an operation wrote is on exactly one span (its
-        // `cairn.appended` positions); only the engine's own start and complete are not.
+        // Against the journal: each record is on exactly one span (`cairn.appended`): an
+        // operation's, or the advance's for the engine's own (start, complete).
         let journal = try t.spool.journal(id).load()
-        var appended: [Int] = []
-        for op in ops {
-            if case .int64Array(let seqs)? = op.attributes["cairn.appended"]?.toSpanAttribute() { appended += seqs.map(Int.init) }
+        func appended(_ spans: [FinishedInMemorySpan]) -> [Int] {
+            spans.flatMap { s -> [Int] in
+                if case .int64Array(let seqs)? = s.attributes["cairn.appended"]?.toSpanAttribute() { return seqs.map(Int.init) }
+                return []
+            }
         }
-        #expect(appended.sorted() == journal.filter { $0.kind != .start && $0.kind != .complete }.map(\.seq), "\(appended) vs \(journal.map { "\($0.seq) \($0.kind)" })")
+        #expect(appended(spans).sorted() == journal.map(\.seq), "\(appended(spans)) vs \(journal.map { "\($0.seq) \($0.kind)" })")
+        #expect(appended(advances).sorted() == journal.filter { $0.kind == .start || $0.kind == .complete }.map(\.seq))
 
         // The model call: GenAI semantic conventions, tokens as the journal recorded them.
         let llmRecord = try #require(journal.first { $0.kind == "llm" })

@@ -84,6 +84,53 @@ import Testing
         #expect(left.isEmpty, "\(left)")
     }
 
+    /// Whoever can reach --metrics-listen cannot starve the daemon (found by an attack:
+    /// 20,000 half-sent requests took every descriptor and runs stopped): connections past
+    /// the limit are closed at once, silent ones after 10 s, and runs advance meanwhile.
+    @Test func halfSentRequestsNeitherStarveTheDaemonNorStayOpen() async throws {
+        let t = try TempSpool()
+        let d = try await DaemonProcess(spool: t.spool, args: ["--metrics-listen", "127.0.0.1:0"])
+        defer { d.stopBlocking() }
+        let url = try #require(d.log.split(separator: "\n").first { $0.contains("serving metrics") }?.split(separator: "url=").last.map(String.init))
+        let port = try #require(Int(url.split(separator: ":").last?.split(separator: "/").first ?? ""))
+        // 200 connections, each sending half a request line and then nothing, held open by
+        // a Python process; it reports how many the server closed, and when.
+        let py = """
+            import socket, sys, time
+            socks = []
+            for i in range(200):
+                s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+                s.sendall(b"GET /metr")
+                s.setblocking(False)
+                socks.append(s)
+            def closed(s):
+                try:
+                    return s.recv(1) == b""
+                except BlockingIOError:
+                    return False
+                except OSError:
+                    return True
+            time.sleep(1)
+            print("closed-at-once", sum(closed(s) for s in socks), flush=True)
+            t0 = time.time()
+            while time.time() - t0 < 60 and not all(closed(s) for s in socks):
+                time.sleep(0.2)
+            print("all-closed-after", round(time.time() - t0, 1), sum(closed(s) for s in socks), flush=True)
+            """
+        let holder = try Binary.start("/usr/bin/python3", ["-c", py, String(port)])
+        try await Task.sleep(for: .seconds(2))
+        // Meanwhile a run is advanced as ever, and a scrape past the limit is refused, not hung.
+        let r = try t.submit("demo-refund", input: ["order": "O-1", "amount": 1, "reason": "x"] as JSONValue)
+        try await t.waitFor(r, .waiting, timeout: 30)
+        let out = await Binary.finish(holder).stdout
+        let once = out.split(separator: "\n").first { $0.hasPrefix("closed-at-once") }.flatMap { Int($0.split(separator: " ").last ?? "") } ?? -1
+        #expect(once >= 200 - 16, "past the limit of 16, connections are closed at once: \(out)")
+        let after = out.split(separator: "\n").first { $0.hasPrefix("all-closed-after") }?.split(separator: " ") ?? []
+        #expect(after.count == 3 && after[2] == "200" && (Double(after[1]) ?? 99) <= 30, "every silent connection closed within the idle timeout: \(out)")
+        // Afterwards, a scrape works.
+        #expect(try Self.http("GET", url).status == 200)
+    }
+
     /// One HTTP request with Python's urllib: status, content type, body.
     static func http(_ method: String, _ url: String) throws -> (status: Int, type: String, body: String) {
         let py = """

@@ -106,7 +106,25 @@ import Testing
             let d = try Binary.run("cairn", ["daemon", "--spool", t.spool.root.string] + args)
             #expect(d.code == 2 && d.stderr.contains(alice), "\(args): \(d.stderr)")
         }
-        #expect(try FileManager.default.contentsOfDirectory(atPath: victim).isEmpty && FileManager.default.contentsOfDirectory(atPath: hers).isEmpty)
+        // Higher up the path (found by a second attack: only the last component was judged):
+        // a symlink of hers in the middle, a directory of root's inside one of hers (she can
+        // swap it for a symlink later), a way through hers and back with "..".
+        try #require(try AuthorizationTests.sh(alice, "ln -s \(victim) \(sticky)/mid && mkdir \(hers)/x 2>/dev/null; true").code == 0)
+        try #require(try AuthorizationTests.root("mkdir -p \(hers)/rootowned && mkdir -p \(base)/mine2").code == 0)
+        for (out, why) in [(sticky + "/mid/sub", "symlink"), (hers + "/rootowned", "on the way"), (hers + "/../mine2", "on the way")] {
+            let r = try Binary.cairn("report", "--out", out, spool: t.spool)
+            #expect(r.code == 2 && r.stderr.contains(why) && r.stderr.contains(alice), "\(out): \(r.stderr)")
+            let m = try Binary.run("cairn", ["daemon", "--spool", t.spool.root.string, "--metrics-file", out + "/cairn.prom"])
+            #expect(m.code == 2 && m.stderr.contains(alice), "\(out): \(m.stderr)")
+        }
+        // A directory anyone can write, even root's: they could replace the pages.
+        try #require(try AuthorizationTests.root("mkdir -m 777 \(base)/wide && chmod 777 \(base)/wide").code == 0)
+        let wide = try Binary.cairn("report", "--out", base + "/wide", spool: t.spool)
+        #expect(wide.code == 2 && wide.stderr.contains("writable by others"), "\(wide.stderr)")
+        let empty = try Binary.cairn("report", "--out", "", spool: t.spool)
+        #expect(empty.code == 2, "\(empty.stderr)")
+        #expect(try FileManager.default.contentsOfDirectory(atPath: victim).isEmpty && FileManager.default.contentsOfDirectory(atPath: base + "/wide").isEmpty)
+        #expect(try FileManager.default.contentsOfDirectory(atPath: hers).sorted() == ["rootowned", "x"] && FileManager.default.contentsOfDirectory(atPath: hers + "/rootowned").isEmpty)
         // Root's own symlink, and a directory of the caller's, are used as given.
         try FileManager.default.createDirectory(atPath: base + "/mine", withIntermediateDirectories: false)
         try #require(symlink(base + "/mine", base + "/mine-link") == 0)
@@ -139,6 +157,9 @@ import Testing
             d.log.contains("cannot write the report") && ((try? String(contentsOfFile: metrics, encoding: .utf8))?.contains("cairn_daemon_errors_total{kind=\"report_write\"}") == true)
         }
         #expect((try? String(contentsOfFile: report + "/full-1.html", encoding: .utf8))?.contains("status waiting") == true, "still the old page while the disk is full")
+        // `cairn report` on the full disk says so and exits 1 (cron and CI see it).
+        let cli = try Binary.cairn("report", "--out", dir + "/by-hand", spool: t.spool)
+        #expect(cli.code == 1 && cli.stderr.contains("could not be written") && !cli.stdout.contains("index.html"), "\(cli.code) \(cli.stdout) \(cli.stderr)")
         // Room again: within the retry interval the page says completed.
         try FileManager.default.removeItem(atPath: dir + "/filler")
         try await waitUntil("the page written again", timeout: 60) {

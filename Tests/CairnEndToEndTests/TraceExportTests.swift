@@ -112,10 +112,11 @@ import Testing
         #expect(story(byOutcome["waiting: approval"]!).sorted() == ["cairn.approval issue-refund", "cairn.step draft-note", "cairn.step look-up-order"], "\(story(byOutcome["waiting: approval"]!))")
         #expect(story(byOutcome["completed"]!).sorted() == ["cairn.approval issue-refund", "cairn.step draft-note (replayed)", "cairn.step issue-refund", "cairn.step look-up-order (replayed)"], "\(story(byOutcome["completed"]!))")
 
-        // Against the journal: every record an operation wrote is on exactly one span.
+        // Against the journal: every record is on exactly one span (the engine's own, start
+        // and complete, on the advance's).
         let journal = try t.spool.journal("traced-1").load()
-        let appended = ops.flatMap { $0.attributes["cairn.appended"]?.arrayValue ?? [] }.compactMap(\.intValue).sorted()
-        #expect(appended == journal.filter { $0.kind != .start && $0.kind != .complete }.map { Int64($0.seq) }, "\(appended) vs \(journal.map { "\($0.seq) \($0.kind)" })")
+        let appended = spans.flatMap { $0.attributes["cairn.appended"]?.arrayValue ?? [] }.compactMap(\.intValue).sorted()
+        #expect(appended == journal.map { Int64($0.seq) }, "\(appended) vs \(journal.map { "\($0.seq) \($0.kind)" })")
         let gate = ops.filter { $0.name == "cairn.approval" }
         #expect(gate.contains { $0.attributes["cairn.waiting"] == true } && gate.contains { $0.attributes["cairn.decision"] == "approved" })
     }
@@ -146,6 +147,7 @@ import Testing
             #!/bin/sh
             set -e
             a=$(cairn step fetch -- echo fetched)
+            cairn now >/dev/null
             b=$(cairn step parse -- sh -c 'echo "$TRACEPARENT"')
             printf '{"a": "%s", "traceparent": "%s"}' "$a" "$b" | cairn result -
             """.write(toFile: script, atomically: true, encoding: .utf8)
@@ -158,10 +160,21 @@ import Testing
         let spans = Self.spans(dir + "/traces.jsonl")
         let advance = try #require(spans.first { $0.name == "cairn.advance" && $0.attributes["cairn.run_id"] == "script-1" }, "\(spans.map(\.name))")
         let steps = spans.filter { $0.parentSpanID == advance.spanID }
-        #expect(steps.map { "\($0.name) \($0.attributes["cairn.name"]?.stringValue ?? "")" } == ["cairn.step fetch", "cairn.step parse"], "\(spans.map { ($0.name, $0.parentSpanID) })")
+        #expect(steps.map { "\($0.name) \($0.attributes["cairn.name"]?.stringValue ?? "")" } == ["cairn.step fetch", "cairn.now ", "cairn.step parse"], "\(spans.map { ($0.name, $0.parentSpanID) })")
         // The script saw the advance's span as its parent.
         let result = try DurableFile.readJSON(t.spool.run("script-1").resultFile)
         let tp = result["traceparent"]?.stringValue ?? ""
         #expect(tp.hasPrefix("00-\(advance.traceID)-\(advance.spanID)-"), "\(tp) vs \(advance.traceID) \(advance.spanID)")
+    }
+
+    /// What --otlp-endpoint refuses: not http(s), no host, a port out of range, credentials
+    /// in the URL (they would be logged, and the exporter does not send them).
+    @Test func badCollectorURLsAreRefusedBeforeAnythingStarts() throws {
+        let t = try TempSpool()
+        for url in ["ftp://127.0.0.1:4318", "http://", "127.0.0.1:4318", "http://127.0.0.1:99999", "http://user:secret@127.0.0.1:4318"] {
+            let r = try Binary.run("cairn", ["daemon", "--spool", t.spool.root.string, "--otlp-endpoint", url])
+            #expect(r.code == 2 && r.stderr.contains("--otlp-endpoint"), "\(url): \(r.code) \(r.stderr)")
+            #expect(!r.stderr.contains("secret"), "a password is never echoed: \(r.stderr)")
+        }
     }
 }

@@ -43,7 +43,11 @@ struct DaemonCommand: AsyncParsableCommand {
     func validate() throws {
         if let url = otlpEndpoint {
             guard TraceExport.available else { throw ValidationError("this cairn was built without the OTel trait (on by default; a package that depends on Cairn with `traits: []` leaves it out): --otlp-endpoint is not in it (docs/operations.md, \"Traces\")") }
-            guard let u = URL(string: url), u.scheme == "http" || u.scheme == "https", u.host != nil else { throw ValidationError("--otlp-endpoint must be an http:// or https:// URL, not '\(url)'") }
+            guard let u = URL(string: url), u.scheme == "http" || u.scheme == "https", let host = u.host, !host.isEmpty else { throw ValidationError("--otlp-endpoint must be an http:// or https:// URL, not '\(url)'") }
+            if let port = u.port, !(1...65535).contains(port) { throw ValidationError("--otlp-endpoint \(url): the port must be 1 to 65535") }
+            // Credentials in the URL would be logged and not sent (the exporter sends no
+            // userinfo): headers are the way, and they are never logged.
+            if u.user != nil || u.password != nil { throw ValidationError("--otlp-endpoint: no credentials in the URL; give them as OTEL_EXPORTER_OTLP_HEADERS=\"authorization=…\" in the daemon's environment") }
         }
         if let l = metricsListen {
             guard MetricsEndpoint.available else { throw ValidationError("this cairn was built without the OTel trait (on by default; a package that depends on Cairn with `traits: []` leaves it out): --metrics-listen is not in it (--metrics-file is)") }
@@ -82,6 +86,8 @@ struct DaemonCommand: AsyncParsableCommand {
             if let listen = metricsListen, let (host, port) = MetricsEndpoint.parse(listen) {
                 do {
                     endpoint = try MetricsEndpoint.start(host: host, port: port) { exposition.render() }
+                } catch let e as CLIError {
+                    throw CLIError(e.code, "--metrics-listen \(listen): \(e.message)")
                 } catch {
                     throw CLIError(.failure, "--metrics-listen \(listen): cannot listen: \(error)")
                 }

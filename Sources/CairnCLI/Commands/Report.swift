@@ -32,12 +32,15 @@ struct ReportCommand: ParsableCommand {
         for id in runs { _ = try requireRun(spool, id) }
         let report = try Report(spool: spool, directory: out)
         let progress = Progress(total: ids.count, what: "runs")
+        var failed = 0
         for id in ids {
-            report.writeRun(id)
+            if !report.writeRun(id) { failed += 1 }
             progress.step()
         }
         progress.done()
-        report.writeIndex(only: runs.isEmpty ? nil : Set(runs))
+        if !report.writeIndex(only: runs.isEmpty ? nil : Set(runs)) { failed += 1 }
+        // Each failure was named on stderr; a report with holes is not a success (cron, CI).
+        guard failed == 0 else { throw CLIError(.failure, "\(Output.count(failed, "file")) of the report could not be written in \(report.directory.string)") }
         Output.line("\(report.directory.string)/index.html")
     }
 }
