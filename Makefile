@@ -5,7 +5,7 @@ SWIFT ?= swift
 SPOOL ?= ./spool
 BUILD_FLAGS ?=
 
-.PHONY: deb deb-check all deps build test test-props-long soak run bench bench-long bench-peers docs clean release-has-no-test-hooks fuzz fuzz-build fuzz-run
+.PHONY: deb deb-check all deps build test test-props-long soak run bench bench-long bench-peers bench-traces docs clean release-has-no-test-hooks fuzz fuzz-build fuzz-run
 
 all: build
 
@@ -160,6 +160,13 @@ bench-peers: deps
 	$(SWIFT) build -c release --product cairn
 	$(call helper-client,-c release)
 	bench/peers/run
+
+# What tracing costs: script runs by a daemon without traces, with --otlp-endpoint to a
+# discarding receiver and to a closed port, interleaved rounds (docs/benchmarks.md, "Traces").
+bench-traces: deps
+	$(SWIFT) build -c release --product cairn
+	$(call helper-client,-c release)
+	bench/traces/run
 
 # Only the long-run figures (a 100,000-step run; CAIRN_BENCH_LONG_STEPS=N for another size).
 bench-long: deps

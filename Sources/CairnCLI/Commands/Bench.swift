@@ -490,6 +490,8 @@ struct Bench {
         }
         say("fabricating \(n) finished runs (plain writes), then a daemon's start and `ls --status waiting`")
         let t0 = Self.now()
+        // A count on a terminal's stderr (a million runs take minutes to make).
+        let fabricated = Progress(total: n, what: "finished runs fabricated")
         let state = Data(try RunState(run: "x", workflow: BenchWorkflows.Steps.name, status: .completed, counters: .init(journalEntries: 3, steps: 1), updatedAt: Date()).canonicalJSON().canonicalText().utf8)
         for i in 0..<n {
             let id = String(format: "20260101-000000-000-%07d", i)
@@ -500,7 +502,9 @@ struct Bench {
             _ = state.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
             close(fd)
             spool.updateIndex(id, status: .completed)
+            fabricated.step()
         }
+        fabricated.done()
         let made = Self.now() - t0
         var waiting: [String] = []
         for _ in 0..<20 { waiting.append(try spool.createRun(.init(workflow: BenchWorkflows.Gate.name, input: [:])).id) }

@@ -46,7 +46,7 @@ struct ReportCommand: ParsableCommand {
 }
 
 /// A progress line on a terminal's stderr for long work over many runs (`fsck`, `gc`,
-/// `report`): never when stderr is piped, nor for fewer than 200, redrawn at most 5 times a
+/// `report`, `bench`'s million runs): never when stderr is piped, nor for fewer than 200, redrawn at most 5 times a
 /// second.
 final class Progress: @unchecked Sendable {
     private var total: Int
