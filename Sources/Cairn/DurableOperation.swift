@@ -81,25 +81,15 @@ extension WorkflowContext {
     public func perform<Op: DurableOperation>(_ op: Op) async throws -> Op.Output {
         var op = op
         try refuseNesting(op.kind, op.name)
-        let span = RunTracing.startOperation(op.kind, op.name, runID: runID, in: trace)
-        var replayed: [JournalEntry] = []
-        let before = span == nil ? 0 : state.withLock { $0.entries.count }
-        var waiting = false
-        defer {
-            if let span {
-                let appended = state.withLock { Array($0.entries.dropFirst(before)) }
-                RunTracing.annotate(span, replayed: replayed, appended: appended, waiting: waiting)
-                RunTracing.claim(runID, appended)
-                span.end()
-            }
-        }
+        var traced = OperationTrace(op.kind, op.name, in: self)
+        defer { traced.end(in: self) }
         do {
             while true {
                 let step: OperationStep<Op.Output>
                 switch try turn(kind: op.kind, name: op.name, checks: op.checksControlFiles, owns: op.owns, answer: op.answer) {
                 case .answered(let v): return v
                 case .replayed(let e):
-                    if span != nil { replayed.append(e) }
+                    traced.replayed(e)
                     step = try await op.replay(e, in: self)
                 case .live: step = try await op.execute(in: self)
                 }
@@ -107,12 +97,12 @@ extension WorkflowContext {
                 case .done(let v): return v
                 case .next: continue
                 case .wait(let w):
-                    waiting = true
+                    traced.waiting = true
                     throw suspend(w)
                 }
             }
         } catch {
-            if !waiting, let span { span.recordError(error) }
+            traced.failed(error)
             throw error
         }
     }
@@ -120,27 +110,18 @@ extension WorkflowContext {
     /// The same for an operation that never waits.
     public func perform<Op: InstantOperation>(_ op: Op) throws -> Op.Output {
         try refuseNesting(op.kind, op.name)
-        let span = RunTracing.startOperation(op.kind, op.name, runID: runID, in: trace)
-        var replayed: [JournalEntry] = []
-        let before = span == nil ? 0 : state.withLock { $0.entries.count }
-        defer {
-            if let span {
-                let appended = state.withLock { Array($0.entries.dropFirst(before)) }
-                RunTracing.annotate(span, replayed: replayed, appended: appended, waiting: false)
-                RunTracing.claim(runID, appended)
-                span.end()
-            }
-        }
+        var traced = OperationTrace(op.kind, op.name, in: self)
+        defer { traced.end(in: self) }
         do {
             switch try turn(kind: op.kind, name: op.name, checks: true, owns: { $0.kind == op.kind && $0.name == op.name }, answer: op.answer) {
             case .answered(let v): return v
             case .replayed(let e):
-                if span != nil { replayed.append(e) }
+                traced.replayed(e)
                 return try op.replay(e, in: self)
             case .live: return try op.execute(in: self)
             }
         } catch {
-            span?.recordError(error)
+            traced.failed(error)
             throw error
         }
     }

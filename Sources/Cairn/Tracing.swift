@@ -125,3 +125,36 @@ public enum RunTracing {
         }
     }
 }
+
+/// One durable operation's span while it takes its turns (no span, and no work, when the
+/// process traces nothing): what it replayed, whether it stopped to wait; at the end, the
+/// records it appended, on the span and claimed for it.
+struct OperationTrace {
+    let span: (any Span)?
+    /// The context's records before the operation's first turn.
+    let before: Int
+    var replayedRecords: [JournalEntry] = []
+    var waiting = false
+
+    init(_ kind: RecordKind, _ name: String?, in ctx: WorkflowContext) {
+        span = RunTracing.startOperation(kind, name, runID: ctx.runID, in: ctx.trace)
+        before = span == nil ? 0 : ctx.state.withLock { $0.entries.count }
+    }
+
+    mutating func replayed(_ record: JournalEntry) {
+        if span != nil { replayedRecords.append(record) }
+    }
+
+    /// An error other than a wait (a wait is thrown as an error too).
+    func failed(_ error: any Error) {
+        if !waiting { span?.recordError(error) }
+    }
+
+    func end(in ctx: WorkflowContext) {
+        guard let span else { return }
+        let appended = ctx.state.withLock { Array($0.entries.dropFirst(before)) }
+        RunTracing.annotate(span, replayed: replayedRecords, appended: appended, waiting: waiting)
+        RunTracing.claim(ctx.runID, appended)
+        span.end()
+    }
+}

@@ -17,14 +17,6 @@ import Synchronization
 /// `idleTimeout` is closed, and one connection is answered at most `requestsPerConnection`
 /// times (pipelined requests a client never reads cannot pile up answers).
 enum MetricsEndpoint {
-    static var available: Bool {
-        #if OTel
-        return true
-        #else
-        return false
-        #endif
-    }
-
     /// HOST:PORT (`[::1]:PORT` for IPv6), checked; nil with why not.
     static func parse(_ s: String) -> (host: String, port: Int)? {
         guard let colon = s.lastIndex(of: ":"), let port = Int(s[s.index(after: colon)...]), (0...65535).contains(port) else { return nil }

@@ -13,7 +13,8 @@ import Tracing
 /// build here, docs/benchmarks.md "Build time"). A binary built without it refuses the
 /// option and says why.
 enum TraceExport {
-    /// True when this binary was built with the `OTel` trait.
+    /// True when this binary was built with the `OTel` trait (the exporter and
+    /// `--metrics-listen`'s HTTP server).
     static var available: Bool {
         #if OTel
         return true

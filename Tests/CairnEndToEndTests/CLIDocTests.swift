@@ -102,8 +102,9 @@ import Testing
         }
     }
 
-    /// Variable parts (ids, times, paths, ages, numbers, ids of executions) as placeholders,
-    /// and runs of spaces as one: what must match is the shape and the words.
+    /// Variable parts (ids, times, paths, ages, measured numbers, ids of executions) as
+    /// placeholders, and runs of spaces as one: what must match is the shape, the words and
+    /// the small counts.
     static func normalize(_ s: String) -> String {
         var t = s
         let rules: [(String, String)] = [
@@ -112,7 +113,12 @@ import Testing
             (#"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z"#, "TIME"),
             (#"(/[\w.\-]+)+/?"#, "PATH"),
             (#"\b(just now|\d+[smhd] ago)\b"#, "AGE"),
-            (#"\d+(\.\d+)?"#, "N"),
+            // Measured numbers (decimals, durations, sizes, large counts such as pids and
+            // bytes) vary; small whole numbers — counts of steps, records, runs, exit codes —
+            // must match the docs.
+            (#"\d+(\.\d+)?\s?(ms|µs|s|m|h|d|KB|MB|GB|KiB|MiB|B|bytes|%)\b"#, "N_UNIT"),
+            (#"\d+\.\d+"#, "N"),
+            (#"\d{4,}|\d{1,3}(,\d{3})+"#, "N"),
             (#"[ \t]+"#, " "),
         ]
         for (pattern, with) in rules { t = t.replacingOccurrences(of: pattern, with: with, options: .regularExpression) }

@@ -134,3 +134,37 @@ extension TempSpool {
 
     func result(_ run: String) throws -> JSONValue { try DurableFile.readJSON(spool.run(run).resultFile) }
 }
+
+/// A Python server of Fixtures/ on loopback (an MCP tool server, an OTLP receiver): started
+/// with `ARGS… DIR/port LOG`, it writes the port it bound; killed at `stop()`.
+final class FixtureServer {
+    let process = Process()
+    let port: Int
+
+    init(_ script: String, dir: String, log: String) async throws {
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        process.arguments = ["python3", URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("Fixtures/\(script)").path, dir + "/port", log]
+        process.standardOutput = FileHandle.nullDevice
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        var port = 0
+        do {
+            try await waitUntil("the \(script) server") {
+                port = (try? String(contentsOfFile: dir + "/port", encoding: .utf8)).flatMap { Int($0) } ?? 0
+                return port > 0
+            }
+        } catch {
+            Self.kill(process)
+            throw error
+        }
+        self.port = port
+    }
+
+    func stop() { Self.kill(process) }
+
+    private static func kill(_ p: Process) {
+        Glibc.kill(p.processIdentifier, SIGKILL)
+        var st: Int32 = 0
+        _ = waitpid(p.processIdentifier, &st, 0)
+    }
+}

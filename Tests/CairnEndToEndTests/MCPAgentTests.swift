@@ -212,22 +212,9 @@ import Testing
     @Test func aToolServerOverHTTP() async throws {
         let t = try TempSpool()
         let dir = t.path.string
-        let server = Process()
-        server.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        server.arguments = ["python3", URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("Fixtures/mcp_http_server.py").path, dir + "/port", dir + "/http-calls.jsonl"]
-        server.standardOutput = FileHandle.nullDevice
-        server.standardError = FileHandle.nullDevice
-        try server.run()
-        defer {
-            kill(server.processIdentifier, SIGKILL)
-            var st: Int32 = 0
-            _ = waitpid(server.processIdentifier, &st, 0)
-        }
-        var port = 0
-        try await waitUntil("the HTTP MCP server") {
-            port = (try? String(contentsOfFile: dir + "/port", encoding: .utf8)).flatMap { Int($0) } ?? 0
-            return port > 0
-        }
+        let server = try await FixtureServer("mcp_http_server.py", dir: dir, log: dir + "/http-calls.jsonl")
+        defer { server.stop() }
+        let port = server.port
         var cfg = try DurableFile.readJSON(t.spool.configFile).objectValue!
         cfg["mcp_servers"] = ["http-desk": ["url": .string("http://127.0.0.1:\(port)/mcp"), "timeout_seconds": 20]]
         try t.spool.durable.write(json: .object(cfg), to: t.spool.configFile)

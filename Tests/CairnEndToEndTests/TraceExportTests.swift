@@ -59,22 +59,9 @@ import Testing
     @Test func theDaemonExportsARunAsOneTraceAcrossTwoProcessesMatchingItsJournal() async throws {
         let t = try TempSpool()
         let dir = t.path.string
-        let receiver = Process()
-        receiver.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        receiver.arguments = ["python3", URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("Fixtures/otlp_receiver.py").path, dir + "/port", dir + "/traces.jsonl"]
-        receiver.standardOutput = FileHandle.nullDevice
-        receiver.standardError = FileHandle.nullDevice
-        try receiver.run()
-        defer {
-            kill(receiver.processIdentifier, SIGKILL)
-            var st: Int32 = 0
-            _ = waitpid(receiver.processIdentifier, &st, 0)
-        }
-        var port = 0
-        try await waitUntil("the OTLP receiver") {
-            port = (try? String(contentsOfFile: dir + "/port", encoding: .utf8)).flatMap { Int($0) } ?? 0
-            return port > 0
-        }
+        let receiver = try await FixtureServer("otlp_receiver.py", dir: dir, log: dir + "/traces.jsonl")
+        defer { receiver.stop() }
+        let port = receiver.port
         let args = ["--otlp-endpoint", "http://127.0.0.1:\(port)"]
 
         // The first daemon takes the run to its approval gate and stops (SIGTERM: the spans
@@ -126,22 +113,9 @@ import Testing
     @Test func aScriptsHelpersAreSpansUnderItsAdvanceAndTheScriptGetsTraceparent() async throws {
         let t = try TempSpool()
         let dir = t.path.string
-        let receiver = Process()
-        receiver.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        receiver.arguments = ["python3", URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("Fixtures/otlp_receiver.py").path, dir + "/port", dir + "/traces.jsonl"]
-        receiver.standardOutput = FileHandle.nullDevice
-        receiver.standardError = FileHandle.nullDevice
-        try receiver.run()
-        defer {
-            kill(receiver.processIdentifier, SIGKILL)
-            var st: Int32 = 0
-            _ = waitpid(receiver.processIdentifier, &st, 0)
-        }
-        var port = 0
-        try await waitUntil("the OTLP receiver") {
-            port = (try? String(contentsOfFile: dir + "/port", encoding: .utf8)).flatMap { Int($0) } ?? 0
-            return port > 0
-        }
+        let receiver = try await FixtureServer("otlp_receiver.py", dir: dir, log: dir + "/traces.jsonl")
+        defer { receiver.stop() }
+        let port = receiver.port
         let script = t.spool.workflowsDirectory.appending("fetch").string
         try """
             #!/bin/sh

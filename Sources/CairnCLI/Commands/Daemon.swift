@@ -50,7 +50,7 @@ struct DaemonCommand: AsyncParsableCommand {
             if u.user != nil || u.password != nil { throw ValidationError("--otlp-endpoint: no credentials in the URL; give them as OTEL_EXPORTER_OTLP_HEADERS=\"authorization=…\" in the daemon's environment") }
         }
         if let l = metricsListen {
-            guard MetricsEndpoint.available else { throw ValidationError("this cairn was built without the OTel trait (on by default; a package that depends on Cairn with `traits: []` leaves it out): --metrics-listen is not in it (--metrics-file is)") }
+            guard TraceExport.available else { throw ValidationError("this cairn was built without the OTel trait (on by default; a package that depends on Cairn with `traits: []` leaves it out): --metrics-listen is not in it (--metrics-file is)") }
             guard MetricsEndpoint.parse(l) != nil else { throw ValidationError("--metrics-listen takes HOST:PORT (127.0.0.1:9464, [::1]:9464), not '\(l)'") }
         }
         guard concurrency >= 1 else { throw ValidationError("--concurrency must be at least 1") }
