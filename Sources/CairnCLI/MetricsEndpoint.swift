@@ -15,7 +15,10 @@ import Synchronization
 /// 20,000 half-sent requests took every descriptor, and runs stopped advancing): at most
 /// `connectionLimit` connections at once (more are closed at once), a connection silent for
 /// `idleTimeout` is closed, and one connection is answered at most `requestsPerConnection`
-/// times (pipelined requests a client never reads cannot pile up answers).
+/// times (pipelined requests a client never reads cannot pile up answers). A second attack:
+/// a byte every 5 s kept 16 connections open and the endpoint unreachable, and one header
+/// streamed without end grew to 125 MB — so a connection also lives at most `lifetime` and
+/// may send at most `bytesPerConnection`.
 enum MetricsEndpoint {
     /// HOST:PORT (`[::1]:PORT` for IPv6), checked; nil with why not.
     static func parse(_ s: String) -> (host: String, port: Int)? {
@@ -40,6 +43,8 @@ enum MetricsEndpoint {
     static let connectionLimit = 16
     static let idleTimeout: TimeAmount = .seconds(10)
     static let requestsPerConnection = 100
+    static let lifetime: TimeAmount = .seconds(30)
+    static let bytesPerConnection = 256 * 1024
 
     static func start(host: String, port: Int, render: @escaping @Sendable () -> String) throws -> Running {
         #if OTel
@@ -56,6 +61,7 @@ enum MetricsEndpoint {
                 }
                 channel.closeFuture.whenComplete { _ in open.subtract(1, ordering: .relaxed) }
                 return channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(Budget())
                     try channel.pipeline.syncOperations.addHandler(IdleStateHandler(allTimeout: MetricsEndpoint.idleTimeout))
                     try channel.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: true)
                     try channel.pipeline.syncOperations.addHandler(Handler(render: render))
@@ -74,6 +80,28 @@ enum MetricsEndpoint {
     }
 
     #if OTel
+    /// What one connection may take: `lifetime`, `bytesPerConnection`; then it is closed.
+    final class Budget: ChannelInboundHandler, @unchecked Sendable {
+        typealias InboundIn = ByteBuffer
+        typealias InboundOut = ByteBuffer
+        private var received = 0
+
+        func channelActive(context: ChannelHandlerContext) {
+            let channel = context.channel
+            context.eventLoop.scheduleTask(in: MetricsEndpoint.lifetime) { channel.close(promise: nil) }
+            context.fireChannelActive()
+        }
+
+        func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+            received += unwrapInboundIn(data).readableBytes
+            guard received <= MetricsEndpoint.bytesPerConnection else {
+                context.close(promise: nil)
+                return
+            }
+            context.fireChannelRead(data)
+        }
+    }
+
     final class Handler: ChannelInboundHandler, @unchecked Sendable {
         typealias InboundIn = HTTPServerRequestPart
         typealias OutboundOut = HTTPServerResponsePart

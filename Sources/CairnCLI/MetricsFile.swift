@@ -38,19 +38,26 @@ final class MetricsFile: Sendable {
     /// A write that failed (the daemon logs it and counts it in cairn_daemon_errors_total).
     private let failed: @Sendable (any Error) -> Void
 
+    /// The file's directory, judged and held open.
+    private let directory: OutputDirectory
+
     init(path: String, exposition: MetricsExposition, failed: @escaping @Sendable (any Error) -> Void) throws {
         let absolute = path.hasPrefix("/") ? path : FileManager.default.currentDirectoryPath + "/" + path
         let given = FilePath(absolute)
-        guard let name = given.lastComponent, name.string != "..", name.string != "." else {
-            throw CLIError(.usage, "--metrics-file \(path): not a file name")
+        guard !path.isEmpty, !path.hasSuffix("/"), let name = given.lastComponent, name.string != "..", name.string != "." else {
+            throw CLIError(.usage, "--metrics-file '\(path)': not a file name")
         }
         // The directory as OutputDirectory judges it: not another user's, nor reached through
-        // their symlink.
-        let dir = try OutputDirectory.trusted(given.removingLastComponent().string, flag: "--metrics-file", create: false)
-        self.path = dir.appending(name)
+        // their symlink; held open, the file is written there.
+        directory = try OutputDirectory.trusted(given.removingLastComponent().string, flag: "--metrics-file", create: false)
+        var st = stat()
+        if lstat(directory.path.appending(name).string, &st) == 0, (st.st_mode & S_IFMT) == S_IFDIR {
+            throw CLIError(.usage, "--metrics-file \(path): a directory; give a file name in it (such as cairn.prom)")
+        }
+        self.path = directory.path.appending(name)
         self.failed = failed
         self.exposition = exposition
-        writer = DurableFile(tmpDirectory: dir)
+        writer = DurableFile(tmpDirectory: directory.path)
     }
 
     /// Something changed: write within a second (one write for a burst of changes).

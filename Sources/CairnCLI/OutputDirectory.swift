@@ -11,10 +11,26 @@ import SystemPackage
 /// where the pages go (a symlink planted in a sticky directory, or a directory of theirs
 /// higher up swapped for a symlink after the check — root would then write anywhere), or
 /// read and replace what is written (pages showing run inputs and approval requests).
-enum OutputDirectory {
-    /// The directory's absolute path as given (judged), made if missing when `create`; a
-    /// CLIError naming the flag otherwise.
-    static func trusted(_ given: String, flag: String, create: Bool) throws -> FilePath {
+final class OutputDirectory: Sendable {
+    /// The absolute path as given (for messages).
+    let given: FilePath
+    /// The judged directory, held open: writes go through `/proc/self/fd/N`, so a directory
+    /// on the way that changes hands later and is swapped for a symlink cannot redirect them
+    /// (found by an attack: the check alone was at start).
+    private let fd: Int32
+    /// Where to write: the directory held open.
+    var path: FilePath { FilePath("/proc/self/fd/\(fd)") }
+
+    private init(given: FilePath, fd: Int32) {
+        self.given = given
+        self.fd = fd
+    }
+
+    deinit { close(fd) }
+
+    /// The directory, judged and held open, made if missing when `create`; a CLIError naming
+    /// the flag otherwise.
+    static func trusted(_ given: String, flag: String, create: Bool) throws -> OutputDirectory {
         guard !given.isEmpty else { throw CLIError(.usage, "\(flag) needs a directory") }
         let path = given.hasPrefix("/") ? given : FileManager.default.currentDirectoryPath + "/" + given
         func refuse(_ why: String) -> CLIError { CLIError(.usage, "\(flag) \(given): \(why)") }
@@ -61,7 +77,20 @@ enum OutputDirectory {
             try judge(next, last: rest.allSatisfy { $0 == "." || $0.isEmpty })
         }
 
-        return FilePath(path)
+        // The directory the walk ended in is the one written to, whatever the last
+        // component was (a path ending in ".." ends in the directory above, which must meet
+        // the final rule, not the rule for a directory on the way).
+        try judge(resolved, last: true)
+        var judged = stat()
+        guard stat(resolved, &judged) == 0 else { throw refuse("\(resolved): \(String(cString: strerror(errno)))") }
+        let fd = open(resolved, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        guard fd >= 0 else { throw refuse("cannot open \(resolved): \(String(cString: strerror(errno)))") }
+        var opened = stat()
+        guard fstat(fd, &opened) == 0, opened.st_dev == judged.st_dev, opened.st_ino == judged.st_ino else {
+            close(fd)
+            throw refuse("\(resolved) changed while it was checked")
+        }
+        return OutputDirectory(given: FilePath(path), fd: fd)
     }
 
     static func ownerProblem(_ st: stat) -> String? {

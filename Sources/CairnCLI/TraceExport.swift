@@ -31,6 +31,16 @@ enum TraceExport {
         return (endpoint.hasSuffix("/") ? String(endpoint.dropLast()) : endpoint) + "/v1/traces"
     }
 
+    /// The URL as logged: scheme, host, port and path — a query may carry a key.
+    static func shown(_ url: String) -> String {
+        guard var c = URLComponents(string: url) else { return "(unparsable)" }
+        if c.query != nil { c.query = "redacted" }
+        c.fragment = nil
+        c.user = nil
+        c.password = nil
+        return c.string ?? "(unparsable)"
+    }
+
     /// The OTLP exporter's service (run beside the daemon; its graceful shutdown sends what
     /// is batched), after the process's tracer is bootstrapped with swift-otel's. The
     /// standard OTEL_* variables (OTEL_EXPORTER_OTLP_HEADERS, …) still apply on top.

@@ -116,6 +116,32 @@ import Testing
             while time.time() - t0 < 60 and not all(closed(s) for s in socks):
                 time.sleep(0.2)
             print("all-closed-after", round(time.time() - t0, 1), sum(closed(s) for s in socks), flush=True)
+            # All closed: two more: one sends a
+            # header without end (closed past 256 KiB), one a byte every 2 s (closed at 30 s).
+            flood = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+            flood.settimeout(20)
+            sent = 0
+            try:
+                flood.sendall(b"GET /metrics HTTP/1.1\\r\\nX: ")
+                while sent < 64 * 1024 * 1024:
+                    flood.sendall(b"a" * 65536)
+                    sent += 65536
+            except OSError:
+                pass
+            print("flood-closed-after-bytes", sent, flush=True)
+            trickle = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+            trickle.sendall(b"GET /metrics HTTP/1.1\\r\\n")
+            trickle.setblocking(False)
+            t0 = time.time()
+            try:
+                while time.time() - t0 < 60:
+                    trickle.sendall(b"X")
+                    time.sleep(2)
+                    if closed(trickle):
+                        break
+            except OSError:
+                pass
+            print("trickle-closed-after", round(time.time() - t0), flush=True)
             """
         let holder = try Binary.start("/usr/bin/python3", ["-c", py, String(port)])
         try await Task.sleep(for: .seconds(2))
@@ -127,6 +153,10 @@ import Testing
         #expect(once >= 200 - 16, "past the limit of 16, connections are closed at once: \(out)")
         let after = out.split(separator: "\n").first { $0.hasPrefix("all-closed-after") }?.split(separator: " ") ?? []
         #expect(after.count == 3 && after[2] == "200" && (Double(after[1]) ?? 99) <= 30, "every silent connection closed within the idle timeout: \(out)")
+        let flood = out.split(separator: "\n").first { $0.hasPrefix("flood-closed-after-bytes") }.flatMap { Int($0.split(separator: " ").last ?? "") } ?? -1
+        #expect(flood >= 0 && flood < 16 * 1024 * 1024, "a header without end is cut off: \(out)")
+        let trickle = out.split(separator: "\n").first { $0.hasPrefix("trickle-closed-after") }.flatMap { Int($0.split(separator: " ").last ?? "") } ?? -1
+        #expect(trickle >= 20 && trickle <= 45, "a byte every 2 s keeps a connection 30 s at most: \(out)")
         // Afterwards, a scrape works.
         #expect(try Self.http("GET", url).status == 200)
     }

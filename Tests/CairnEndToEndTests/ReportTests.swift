@@ -123,6 +123,19 @@ import Testing
         #expect(wide.code == 2 && wide.stderr.contains("writable by others"), "\(wide.stderr)")
         let empty = try Binary.cairn("report", "--out", "", spool: t.spool)
         #expect(empty.code == 2, "\(empty.stderr)")
+        // A path ending in ".." ends in the directory above, judged as the one written to (a
+        // third attack: `sticky/x/..` was judged as a directory on the way, and the pages
+        // landed in the sticky directory).
+        try #require(try AuthorizationTests.root("mkdir -p \(sticky)/x").code == 0)
+        for out in [sticky + "/x/..", sticky + "/x/../", sticky + "/x/./.."] {
+            let r = try Binary.cairn("report", "--out", out, spool: t.spool)
+            #expect(r.code == 2 && r.stderr.contains("writable by others"), "\(out): \(r.stderr)")
+        }
+        for file in [sticky + "/x/../m.prom", "", t.path.string] {
+            let d = try Binary.run("cairn", ["daemon", "--spool", t.spool.root.string, "--metrics-file", file])
+            #expect(d.code == 2, "--metrics-file '\(file)': \(d.stderr)")
+        }
+        #expect(try FileManager.default.contentsOfDirectory(atPath: sticky).sorted() == ["mid", "report", "x"])
         #expect(try FileManager.default.contentsOfDirectory(atPath: victim).isEmpty && FileManager.default.contentsOfDirectory(atPath: base + "/wide").isEmpty)
         #expect(try FileManager.default.contentsOfDirectory(atPath: hers).sorted() == ["rootowned", "x"] && FileManager.default.contentsOfDirectory(atPath: hers + "/rootowned").isEmpty)
         // Root's own symlink, and a directory of the caller's, are used as given.
@@ -166,5 +179,31 @@ import Testing
             (try? String(contentsOfFile: report + "/full-1.html", encoding: .utf8))?.contains("status completed") == true
                 && (try? String(contentsOfFile: report + "/index.html", encoding: .utf8))?.contains("1 completed") == true
         }
+    }
+
+    /// A third attack: the daemon judged --report-dir and --metrics-file's directory at start
+    /// only; a directory on the way that changed hands later was swapped for a symlink, and
+    /// root's pages and figures went where it pointed. The directories are held open now.
+    @Test(.enabled(if: getuid() == 0, "needs root to create the user cairnalice (CI runs as root)"))
+    func aDirectoryOnTheWaySwappedAfterTheStartDoesNotRedirectTheWrites() async throws {
+        try AuthorizationTests.ensureUsers()
+        let alice = AuthorizationTests.alice
+        let t = try TempSpool()
+        let base = t.path.string
+        chmod(base, 0o755)
+        try #require(try AuthorizationTests.root("install -d -m 755 \(base)/r2 \(base)/r2/rep \(base)/r2/met \(base)/victim").code == 0)
+        let d = try await DaemonProcess(spool: t.spool, args: ["--report-dir", base + "/r2/rep", "--metrics-file", base + "/r2/met/cairn.prom"])
+        defer { d.stopBlocking() }
+        // Later, r2 is given to alice, who swaps what is in it for symlinks to her target.
+        try #require(try AuthorizationTests.root("chown \(alice) \(base)/r2").code == 0)
+        let swap = try AuthorizationTests.sh(alice, "cd \(base)/r2 && mv rep rep.old && ln -s \(base)/victim rep && mv met met.old && ln -s \(base)/victim met")
+        try #require(swap.code == 0, "\(swap.err)")
+        let r = try t.submit("demo-refund", input: ["order": "O-1", "amount": 1, "reason": "x"] as JSONValue, id: "pinned-1")
+        try await t.waitFor(r, .waiting)
+        try await waitUntil("the page and the figures written") {
+            FileManager.default.fileExists(atPath: base + "/r2/rep.old/pinned-1.html") && FileManager.default.fileExists(atPath: base + "/r2/met.old/cairn.prom")
+        }
+        try await Task.sleep(for: .seconds(2))
+        #expect(try FileManager.default.contentsOfDirectory(atPath: base + "/victim").isEmpty, "nothing went where the symlinks point")
     }
 }

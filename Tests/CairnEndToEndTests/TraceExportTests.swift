@@ -143,12 +143,17 @@ import Testing
 
     /// What --otlp-endpoint refuses: not http(s), no host, a port out of range, credentials
     /// in the URL (they would be logged, and the exporter does not send them).
-    @Test func badCollectorURLsAreRefusedBeforeAnythingStarts() throws {
+    @Test func badCollectorURLsAreRefusedBeforeAnythingStarts() async throws {
         let t = try TempSpool()
         for url in ["ftp://127.0.0.1:4318", "http://", "127.0.0.1:4318", "http://127.0.0.1:99999", "http://user:secret@127.0.0.1:4318"] {
             let r = try Binary.run("cairn", ["daemon", "--spool", t.spool.root.string, "--otlp-endpoint", url])
             #expect(r.code == 2 && r.stderr.contains("--otlp-endpoint"), "\(url): \(r.code) \(r.stderr)")
             #expect(!r.stderr.contains("secret"), "a password is never echoed: \(r.stderr)")
         }
+        // A key in the query is accepted (some collectors take one) but never logged; the
+        // scheme is case-insensitive.
+        let d = try await DaemonProcess(spool: t.spool, args: ["--otlp-endpoint", "HTTP://127.0.0.1:9/v1/traces?api_key=SECRET"])
+        #expect(await d.stop() == 0)
+        #expect(d.log.contains("exporting traces") && !d.log.contains("SECRET"), "\(d.log.prefix(1200))")
     }
 }

@@ -43,7 +43,7 @@ struct DaemonCommand: AsyncParsableCommand {
     func validate() throws {
         if let url = otlpEndpoint {
             guard TraceExport.available else { throw ValidationError("this cairn was built without the OTel trait (on by default; a package that depends on Cairn with `traits: []` leaves it out): --otlp-endpoint is not in it (docs/operations.md, \"Traces\")") }
-            guard let u = URL(string: url), u.scheme == "http" || u.scheme == "https", let host = u.host, !host.isEmpty else { throw ValidationError("--otlp-endpoint must be an http:// or https:// URL, not '\(url)'") }
+            guard let u = URL(string: url), ["http", "https"].contains(u.scheme?.lowercased() ?? ""), let host = u.host, !host.isEmpty else { throw ValidationError("--otlp-endpoint must be an http:// or https:// URL, not '\(url)'") }
             if let port = u.port, !(1...65535).contains(port) { throw ValidationError("--otlp-endpoint \(url): the port must be 1 to 65535") }
             // Credentials in the URL would be logged and not sent (the exporter sends no
             // userinfo): headers are the way, and they are never logged.
@@ -119,7 +119,7 @@ struct DaemonCommand: AsyncParsableCommand {
         var services: [any Service] = []
         if let url = otlpEndpoint {
             services.append(try TraceExport.start(endpoint: url, logger: logger))
-            logger.info("exporting traces", metadata: ["url": "\(TraceExport.tracesURL(url))"])
+            logger.info("exporting traces", metadata: ["url": "\(TraceExport.shown(TraceExport.tracesURL(url)))"])
         }
         try await runDaemon(daemon, logger: logger, spool: spool, services: services)
     }

@@ -87,11 +87,16 @@ struct Report: Sendable {
     /// the daemon's log and error counter (`--report-dir`).
     let failed: @Sendable (_ file: String, _ error: any Error) -> Void
 
+    /// The directory, judged and held open (what is written goes there, whatever happens to
+    /// the path later).
+    let output: OutputDirectory
+
     init(spool: Spool, directory: String, flag: String = "--out", failed: @escaping @Sendable (_ file: String, _ error: any Error) -> Void = { Output.warn("\($0): cannot write: \($1)") }) throws {
-        self.directory = try OutputDirectory.trusted(directory, flag: flag, create: true)
+        output = try OutputDirectory.trusted(directory, flag: flag, create: true)
+        self.directory = output.given
         self.spool = spool
         self.failed = failed
-        writer = DurableFile(tmpDirectory: self.directory)
+        writer = DurableFile(tmpDirectory: output.path)
     }
 
     /// HTML-escaped, control characters shown escaped; line breaks kept (for `<pre>`).
@@ -138,7 +143,7 @@ struct Report: Sendable {
     @discardableResult
     func write(_ name: String, _ html: String) -> Bool {
         do {
-            try writer.write(Data(html.utf8), to: directory.appending(name), durability: .atomicOnly)
+            try writer.write(Data(html.utf8), to: output.path.appending(name), durability: .atomicOnly)
             return true
         } catch {
             failed("\(directory.string)/\(name)", error)
