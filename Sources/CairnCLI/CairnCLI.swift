@@ -181,7 +181,7 @@ struct SpoolOptions: ParsableArguments {
             // Say where it looked and how it chose: a forgotten --spool must not read as
             // "make a spool here".
             let root = Spool.resolveRoot(spool).string
-            let absolute = root.hasPrefix("/") ? root : FileManager.default.currentDirectoryPath + "/" + root
+            let absolute = Spool.absolute(root)
             let how = spool != nil ? "--spool" : ProcessInfo.processInfo.environment["CAIRN_SPOOL"].map { _ in "$CAIRN_SPOOL" } ?? "the default ./spool (no --spool, no $CAIRN_SPOOL)"
             throw CLIError(.failure, "\(absolute) (from \(how)) is not a Cairn spool (no cairn.json): pass --spool DIR or set CAIRN_SPOOL; `cairn init DIR` makes a new one")
         }

@@ -42,7 +42,7 @@ final class MetricsFile: Sendable {
     private let directory: OutputDirectory
 
     init(path: String, exposition: MetricsExposition, failed: @escaping @Sendable (any Error) -> Void) throws {
-        let absolute = path.hasPrefix("/") ? path : FileManager.default.currentDirectoryPath + "/" + path
+        let absolute = Spool.absolute(path)
         let given = FilePath(absolute)
         guard !path.isEmpty, !path.hasSuffix("/"), let name = given.lastComponent, name.string != "..", name.string != "." else {
             throw CLIError(.usage, "--metrics-file '\(path)': not a file name")

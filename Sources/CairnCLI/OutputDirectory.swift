@@ -32,7 +32,7 @@ final class OutputDirectory: Sendable {
     /// the flag otherwise.
     static func trusted(_ given: String, flag: String, create: Bool) throws -> OutputDirectory {
         guard !given.isEmpty else { throw CLIError(.usage, "\(flag) needs a directory") }
-        let path = given.hasPrefix("/") ? given : FileManager.default.currentDirectoryPath + "/" + given
+        let path = Spool.absolute(given)
         func refuse(_ why: String) -> CLIError { CLIError(.usage, "\(flag) \(given): \(why)") }
         func judge(_ dir: String, last: Bool) throws {
             var st = stat()

@@ -338,9 +338,7 @@ public enum ScriptWorkflow {
 
     static let tailBytes = 2048
 
-    static func absolute(_ p: String) -> String {
-        p.hasPrefix("/") ? p : FileManager.default.currentDirectoryPath + "/" + p
-    }
+    static func absolute(_ p: String) -> String { Spool.absolute(p) }
 
     /// This process's executable.
     public static func executablePath() -> String {

@@ -432,6 +432,12 @@ public struct Spool: Sendable {
         return nil
     }
 
+    /// `path` made absolute against the working directory (`/` + `spool` is `/spool`, not
+    /// `//spool`, as a person at `/` once saw).
+    public static func absolute(_ path: String) -> String {
+        path.hasPrefix("/") ? path : FilePath(FileManager.default.currentDirectoryPath).appending(path).string
+    }
+
     /// What the daemon reads as configuration or executes must not be writable by anyone
     /// but the service user (or root): cairn.json, the spool root and workflows/.
     public func checkConfigurationFiles() throws {

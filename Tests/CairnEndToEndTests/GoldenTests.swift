@@ -15,6 +15,11 @@ import Testing
         #expect(missing.stderr == "cairn: no such run 'no-such-run' in \(t.spool.root.string)/runs\n")
         let notSpool = try Binary.run("cairn", ["ls", "--spool", t.path.string])
         #expect(notSpool.code == 1 && notSpool.stderr.contains("not a Cairn spool"))
+        // From / with the default ./spool: "/spool", not "//spool" (a newcomer's trial).
+        if !FileManager.default.fileExists(atPath: "/spool") {
+            let fromRoot = try Binary.run("cairn", ["status"], cwd: "/")
+            #expect(fromRoot.code == 1 && fromRoot.stderr.hasPrefix("cairn: /spool (from the default"), "\(fromRoot.stderr)")
+        }
         let badStatus = try Binary.cairn("ls", "--status", "sleepy", spool: t.spool)
         #expect(badStatus.code == 2 && badStatus.stderr.contains("unknown status 'sleepy'"))
         let r = try t.submit("demo-refund", input: ["order": "A", "amount": 1, "reason": "x"] as JSONValue)

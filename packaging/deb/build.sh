@@ -18,14 +18,26 @@ install -d "$root/DEBIAN" "$root/usr/bin" "$root/lib/systemd/system" "$root/usr/
   "$root/usr/share/fish/vendor_completions.d"
 install -m 0755 "$bin/cairn" "$bin/cairn-helper" "$root/usr/bin/"
 # The unit of deploy/, with the package's paths.
-sed 's|/usr/local/bin/|/usr/bin/|g' "$here/../../deploy/cairn.service" > "$root/lib/systemd/system/cairn.service"
+# Its header's manual install steps are for a checkout, not the package: a copy in
+# /etc/systemd/system would shadow the packaged unit. The package's header says so.
+{
+  echo "# Cairn daemon as a systemd service, installed by the cairn package (docs/operations.md)."
+  echo "# Change it with \`systemctl edit cairn\` (a drop-in), not here: an upgrade replaces this file."
+  sed -n -e 's|/usr/local/bin/|/usr/bin/|g' -e '/^# Script workflows run inside/,$p' "$here/../../deploy/cairn.service"
+} > "$root/lib/systemd/system/cairn.service"
 chmod 0644 "$root/lib/systemd/system/cairn.service"
 install -m 0644 "$here/cairn.sysusers" "$root/usr/lib/sysusers.d/cairn.conf"
 install -m 0644 "$here/cairn.tmpfiles" "$root/usr/lib/tmpfiles.d/cairn.conf"
 if [ "$man" != "-" ]; then
   for page in "$man"/*.1; do
     case "$(basename "$page")" in *.__*|cairn.help.1) continue ;; esac
-    gzip -9n < "$page" > "$root/usr/share/man/man1/$(basename "$page").gz"
+    # Without the internal commands' pages and `help`'s, nothing may point at them (SEE ALSO
+    # lists every page, the last without a comma); and without empty lines, which mdoc
+    # warns of on every page ("Empty input line").
+    sed -e '/^\.Xr cairn\.__[a-z-]* 1/d' -e '/^\.Xr cairn\.help 1/d' -e '/^$/d' "$page" \
+      | awk '{ lines[NR] = $0 } END { last = 0; for (i = 1; i <= NR; i++) if (lines[i] ~ /^\.Xr /) last = i
+               for (i = 1; i <= NR; i++) { l = lines[i]; if (i == last) sub(/ ,$/, "", l); print l } }' \
+      | gzip -9n > "$root/usr/share/man/man1/$(basename "$page").gz"
   done
 fi
 "$bin/cairn" --generate-completion-script bash > "$root/usr/share/bash-completion/completions/cairn"

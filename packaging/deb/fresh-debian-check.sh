@@ -85,14 +85,42 @@ in_root "touch /var/lib/cairn/spool/runs/$run/approvals/issue-refund.approved"
 in_root "cairn wait $run --for completed --timeout 30s --spool /var/lib/cairn/spool" >/dev/null || { cat "$root/tmp/daemon.log" >&2; fail "the run did not complete"; }
 step "completed: $(in_root "cat /var/lib/cairn/spool/runs/$run/result.json" | tr -d '\n ')"
 [ "$(readlink "/proc/$daemon/exe")" = "$root/usr/bin/cairn" ] || [ "$(readlink "/proc/$daemon/exe")" = /usr/bin/cairn ] || fail "pid $daemon is not the daemon: $(readlink "/proc/$daemon/exe")"
-kill -TERM "$daemon"
-wait "$daemon" || fail "the daemon did not exit 0 on SIGTERM: $(tail -3 "$root/tmp/daemon.log")"
-step "SIGTERM: the daemon stopped ($(tail -1 "$root/tmp/daemon.log" | cut -c1-80))"
+
+# The man pages and the completion, as a person uses them.
+in_root 'DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends man-db' >/dev/null 2>&1 || fail "apt-get install man-db"
+pages=0
+for page in $(in_root 'ls /usr/share/man/man1 | grep "^cairn"'); do
+  warnings=$(in_root "MANWIDTH=80 man --warnings -l /usr/share/man/man1/$page 2>&1 >/dev/null")
+  [ -z "$warnings" ] || fail "man $page warns: $warnings"
+  pages=$((pages + 1))
+done
+in_root 'MANWIDTH=80 man cairn.daemon 2>/dev/null' | grep -q -- '--otlp-endpoint' || fail "man cairn.daemon does not show --otlp-endpoint"
+in_root 'MANWIDTH=80 man cairn 2>/dev/null' | grep -q '__\|cairn.help' && fail "man cairn points at internal commands"
+in_root 'bash -c ". /usr/share/bash-completion/completions/cairn && complete -p cairn"' | grep -q cairn || fail "the bash completion does not load"
+step "man: $pages pages, no warnings; bash completion loads"
+
+# An upgrade while the daemon runs (started by hand): the package says to restart it.
+mkdir "$root/tmp/next"
+dpkg-deb -R "$deb" "$root/tmp/next/pkg"
+sed -i 's/^Version: .*/&+next/' "$root/tmp/next/pkg/DEBIAN/control"
+dpkg-deb -b "$root/tmp/next/pkg" "$root/tmp/next/cairn.deb" >/dev/null
+in_root 'dpkg -i /tmp/next/cairn.deb' >"$root/tmp/upgrade.log" 2>&1 || { cat "$root/tmp/upgrade.log" >&2; fail "the upgrade"; }
+grep -q "runs the old version; restart it" "$root/tmp/upgrade.log" || { cat "$root/tmp/upgrade.log" >&2; fail "the upgrade did not say the daemon runs the old version"; }
+[ -d "/proc/$daemon" ] || fail "the upgrade stopped the daemon"
+step "upgrade to $(in_root "dpkg-query -W -f '\${Version}' cairn"): the daemon runs on, and the package says to restart it"
+
+# Remove: the daemon started by hand is stopped (no systemd here), the spool kept.
+step "dpkg --remove cairn"
+in_root 'dpkg --remove cairn' >"$root/tmp/remove.log" 2>&1 || { cat "$root/tmp/remove.log" >&2; fail "remove"; }
+wait "$daemon" || fail "the daemon did not exit 0 when the package was removed: $(tail -3 "$root/tmp/daemon.log")"
+[ -f "$root/var/lib/cairn/spool/runs/$run/result.json" ] || fail "remove did not keep the spool"
+step "removed: the daemon stopped ($(grep -o 'stopping the daemon[^;]*' "$root/tmp/remove.log")), the spool kept"
 
 step "dpkg --purge cairn"
-in_root 'dpkg --purge cairn' >/dev/null || fail "purge"
+in_root 'dpkg --purge cairn' >"$root/tmp/purge.log" 2>&1 || fail "purge"
+[ -s "$root/tmp/purge.log" ] && grep -q "could not remove" "$root/tmp/purge.log" && fail "$(cat "$root/tmp/purge.log")"
 for f in /usr/bin/cairn /var/lib/cairn /lib/systemd/system/cairn.service; do
   [ -e "$root$f" ] && fail "$f left after purge"
 done
 in_root 'getent passwd cairn' >/dev/null && fail "user cairn left after purge"
-step "OK: installed on a fresh $suite, started by the unit's ExecStart, approved with touch, purged clean"
+step "OK: installed on a fresh $suite, started by the unit's ExecStart, approved with touch, upgraded, removed, purged clean"

@@ -47,7 +47,7 @@ struct BenchCommand: AsyncParsableCommand {
 
     func run() async throws {
         let given = dir ?? "cairn-bench-\(getpid())"
-        let root = given.hasPrefix("/") ? given : FileManager.default.currentDirectoryPath + "/" + given
+        let root = Spool.absolute(given)
         if FileManager.default.fileExists(atPath: root) { throw CLIError(.usage, "\(root) exists: give --dir a path that does not exist yet") }
         // Only the last component is created (and removed afterwards): a missing parent is
         // the user's to make.
