@@ -154,3 +154,17 @@ int cairn_peer_uid(int fd, unsigned int *uid) {
     *uid = cred.uid;
     return 0;
 }
+
+static int saved_argc;
+static char *const *saved_argv;
+
+/* glibc calls ELF constructors with (argc, argv, envp). */
+__attribute__((constructor)) static void cairn_save_arguments(int argc, char *const *argv, char *const *envp) {
+    (void)envp;
+    saved_argc = argc;
+    saved_argv = argv;
+}
+
+int cairn_argc(void) { return saved_argc; }
+
+char *const *cairn_argv(void) { return saved_argv; }

@@ -1,4 +1,5 @@
 import ArgumentParser
+import CSystemShims
 import Cairn
 import CairnSpool
 import Foundation
@@ -18,11 +19,26 @@ import CairnDaemon
 ///     }
 /// }
 /// ```
+/// The process's arguments after its name: the C runtime's argv (CSystemShims), which needs no
+/// /proc; Swift's CommandLine.arguments as the fallback. A process whose arguments cannot be
+/// read exits 2 saying so, rather than acting as if it had none.
+func processArguments() -> [String] {
+    let argc = Int(cairn_argc())
+    if argc > 0, let argv = cairn_argv() {
+        return (1..<argc).map { argv[$0].map { String(cString: $0) } ?? "" }
+    }
+    if CommandLine.arguments.isEmpty {
+        FileHandle.standardError.write(Data("cairn: cannot read this process's arguments (is /proc mounted?)\n".utf8))
+        exit(CLIError.Code.usage.rawValue)
+    }
+    return Array(CommandLine.arguments.dropFirst())
+}
+
 public enum CairnCLI {
     /// Runs the CLI with `arguments` (default: the process's), then exits with SPEC §5's codes.
     public static func main(workflows: WorkflowRegistry = WorkflowRegistry(), arguments: [String]? = nil) async -> Never {
         CLIEnvironment.set(workflows: workflows)
-        let args = arguments ?? Array(CommandLine.arguments.dropFirst())
+        let args = arguments ?? processArguments()
         // A command that does not exist (also after `help`): one line, with the nearest name.
         let named = args.first == "help" ? args.dropFirst().first : args.first
         if let name = named, !name.hasPrefix("-"), !CairnCommand.commandNames.contains(name) {

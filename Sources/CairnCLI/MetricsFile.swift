@@ -34,7 +34,7 @@ final class MetricsFile: Sendable {
     let path: FilePath
     let exposition: MetricsExposition
     private let pending = Mutex(false)
-    private let writer: DurableFile
+    private let name: FilePath.Component
     /// A write that failed (the daemon logs it and counts it in cairn_daemon_errors_total).
     private let failed: @Sendable (any Error) -> Void
 
@@ -49,15 +49,15 @@ final class MetricsFile: Sendable {
         }
         // The directory as OutputDirectory judges it: not another user's, nor reached through
         // their symlink; held open, the file is written there.
-        directory = try OutputDirectory.trusted(given.removingLastComponent().string, flag: "--metrics-file", create: false)
+        directory = try OutputDirectory.trusted(given.removingLastComponent().string, flag: "--metrics-file", create: false, spool: exposition.spool)
         var st = stat()
-        if lstat(directory.path.appending(name).string, &st) == 0, (st.st_mode & S_IFMT) == S_IFDIR {
+        if lstat(try directory.current().appending(name).string, &st) == 0, (st.st_mode & S_IFMT) == S_IFDIR {
             throw CLIError(.usage, "--metrics-file \(path): a directory; give a file name in it (such as cairn.prom)")
         }
-        self.path = directory.path.appending(name)
+        self.name = name
+        self.path = directory.given.appending(name)
         self.failed = failed
         self.exposition = exposition
-        writer = DurableFile(tmpDirectory: directory.path)
     }
 
     /// Something changed: write within a second (one write for a burst of changes).
@@ -80,9 +80,10 @@ final class MetricsFile: Sendable {
 
     func write() {
         do {
-            try writer.write(Data(exposition.render().utf8), to: path, durability: .atomicOnly)
+            let dir = try directory.current()
+            try DurableFile(tmpDirectory: dir).write(Data(exposition.render().utf8), to: dir.appending(name), durability: .atomicOnly)
         } catch {
-            failed(error)
+            failed(OutputError(directory.describe(error)))
         }
     }
 

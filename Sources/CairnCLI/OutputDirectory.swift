@@ -1,5 +1,6 @@
 import CairnSpool
 import Foundation
+import Synchronization
 import SystemPackage
 
 /// A directory the CLI or the daemon writes for people to read (`report --out`,
@@ -14,23 +15,66 @@ import SystemPackage
 final class OutputDirectory: Sendable {
     /// The absolute path as given (for messages).
     let given: FilePath
+    private let flag: String
+    private let create: Bool
+    private let spoolRoot: String?
     /// The judged directory, held open: writes go through `/proc/self/fd/N`, so a directory
     /// on the way that changes hands later and is swapped for a symlink cannot redirect them
     /// (found by an attack: the check alone was at start).
-    private let fd: Int32
-    /// Where to write: the directory held open.
-    var path: FilePath { FilePath("/proc/self/fd/\(fd)") }
+    private let fd: Mutex<Int32>
 
-    private init(given: FilePath, fd: Int32) {
+    private init(given: FilePath, flag: String, create: Bool, spoolRoot: String?, fd: Int32) {
         self.given = given
-        self.fd = fd
+        self.flag = flag
+        self.create = create
+        self.spoolRoot = spoolRoot
+        self.fd = Mutex(fd)
     }
 
-    deinit { close(fd) }
+    deinit { fd.withLock { _ = close($0) } }
 
     /// The directory, judged and held open, made if missing when `create`; a CLIError naming
-    /// the flag otherwise.
-    static func trusted(_ given: String, flag: String, create: Bool) throws -> OutputDirectory {
+    /// the flag otherwise. Not inside `spool` (its runs/ would list the pages as runs).
+    static func trusted(_ given: String, flag: String, create: Bool, spool: Spool? = nil) throws -> OutputDirectory {
+        let root = spool.flatMap { realpath($0.root.string) }
+        let fd = try open(given, flag: flag, create: create, spoolRoot: root)
+        return OutputDirectory(given: FilePath(Spool.absolute(given)), flag: flag, create: create, spoolRoot: root, fd: fd)
+    }
+
+    /// Where to write now: the directory held, while the path given still leads to it. When
+    /// it was removed, or the path leads elsewhere now (moved, replaced: a third attack found
+    /// a removed directory written to for ever), the path is judged again and what it leads
+    /// to held instead; what the judge refuses is this write's error (logged and counted by
+    /// the daemon, tried again later).
+    func current() throws -> FilePath {
+        try fd.withLock { fd in
+            var held = stat(), now = stat()
+            if fstat(fd, &held) == 0, held.st_nlink > 0, stat(given.string, &now) == 0, now.st_dev == held.st_dev, now.st_ino == held.st_ino {
+                return FilePath("/proc/self/fd/\(fd)")
+            }
+            let fresh = try Self.open(given.string, flag: flag, create: create, spoolRoot: spoolRoot)
+            close(fd)
+            fd = fresh
+            return FilePath("/proc/self/fd/\(fd)")
+        }
+    }
+
+    /// An error about a file written through `current()`, told with the path given rather
+    /// than /proc/self/fd/N.
+    func describe(_ error: any Error) -> String {
+        var text = "\(error)"
+        for n in text.ranges(of: /\/proc\/self\/fd\/\d+/).reversed() { text.replaceSubrange(n, with: given.string) }
+        return text
+    }
+
+    static func realpath(_ path: String) -> String? {
+        guard let p = Glibc.realpath(path, nil) else { return nil }
+        defer { free(p) }
+        return String(cString: p)
+    }
+
+    /// The walk, the judgement and the open; the directory's descriptor.
+    private static func open(_ given: String, flag: String, create: Bool, spoolRoot: String?) throws -> Int32 {
         guard !given.isEmpty else { throw CLIError(.usage, "\(flag) needs a directory") }
         let path = Spool.absolute(given)
         func refuse(_ why: String) -> CLIError { CLIError(.usage, "\(flag) \(given): \(why)") }
@@ -83,18 +127,27 @@ final class OutputDirectory: Sendable {
         try judge(resolved, last: true)
         var judged = stat()
         guard stat(resolved, &judged) == 0 else { throw refuse("\(resolved): \(String(cString: strerror(errno)))") }
-        let fd = open(resolved, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        if let spoolRoot, resolved == spoolRoot || resolved.hasPrefix(spoolRoot + "/") {
+            throw refuse("\(resolved) is inside the spool (\(spoolRoot)); give a directory outside it")
+        }
+        let fd = Glibc.open(resolved, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
         guard fd >= 0 else { throw refuse("cannot open \(resolved): \(String(cString: strerror(errno)))") }
         var opened = stat()
         guard fstat(fd, &opened) == 0, opened.st_dev == judged.st_dev, opened.st_ino == judged.st_ino else {
             close(fd)
             throw refuse("\(resolved) changed while it was checked")
         }
-        return OutputDirectory(given: FilePath(path), fd: fd)
+        return fd
     }
 
     static func ownerProblem(_ st: stat) -> String? {
         guard st.st_uid != geteuid(), st.st_uid != 0 else { return nil }
         return "is owned by \(Principal.userName(uid: st.st_uid) ?? String(st.st_uid)), neither you (\(Principal.userName(uid: geteuid()) ?? String(geteuid()))) nor root"
     }
+}
+
+/// A write's error as told with the path given (OutputDirectory.describe).
+struct OutputError: Error, CustomStringConvertible {
+    let description: String
+    init(_ description: String) { self.description = description }
 }

@@ -183,7 +183,8 @@ import Testing
 
     /// A third attack: the daemon judged --report-dir and --metrics-file's directory at start
     /// only; a directory on the way that changed hands later was swapped for a symlink, and
-    /// root's pages and figures went where it pointed. The directories are held open now.
+    /// root's pages and figures went where it pointed. Now the path is judged again when it
+    /// leads elsewhere than the directory held: the writes are refused, logged and counted.
     @Test(.enabled(if: getuid() == 0, "needs root to create the user cairnalice (CI runs as root)"))
     func aDirectoryOnTheWaySwappedAfterTheStartDoesNotRedirectTheWrites() async throws {
         try AuthorizationTests.ensureUsers()
@@ -200,10 +201,31 @@ import Testing
         try #require(swap.code == 0, "\(swap.err)")
         let r = try t.submit("demo-refund", input: ["order": "O-1", "amount": 1, "reason": "x"] as JSONValue, id: "pinned-1")
         try await t.waitFor(r, .waiting)
-        try await waitUntil("the page and the figures written") {
-            FileManager.default.fileExists(atPath: base + "/r2/rep.old/pinned-1.html") && FileManager.default.fileExists(atPath: base + "/r2/met.old/cairn.prom")
+        try await waitUntil("the refusals logged") {
+            d.log.contains("cannot write the report") && d.log.contains("cannot write the metrics file") && d.log.contains(alice)
         }
         try await Task.sleep(for: .seconds(2))
         #expect(try FileManager.default.contentsOfDirectory(atPath: base + "/victim").isEmpty, "nothing went where the symlinks point")
+        #expect(!FileManager.default.fileExists(atPath: base + "/r2/rep.old/pinned-1.html"), "nor into the directory that was moved away")
+        #expect(!d.log.contains("/proc/self/fd"), "errors name the path given: \(d.log.suffix(1500))")
+    }
+
+    /// The held report directory removed while the daemon runs (a third attack: it was
+    /// written to for ever, the errors counted and the directory never made again): the
+    /// next write makes it again and goes there. Inside the spool is refused.
+    @Test func aRemovedReportDirectoryIsMadeAgainAndOneInsideTheSpoolIsRefused() async throws {
+        let t = try TempSpool()
+        let rep = t.path.string + "/rep"
+        let inside = try Binary.run("cairn", ["daemon", "--spool", t.spool.root.string, "--report-dir", t.spool.root.string + "/runs"])
+        #expect(inside.code == 2 && inside.stderr.contains("inside the spool"), "\(inside.stderr)")
+        let d = try await DaemonProcess(spool: t.spool, args: ["--report-dir", rep])
+        defer { d.stopBlocking() }
+        _ = try t.submit("demo-refund", input: ["order": "O-1", "amount": 1, "reason": "x"] as JSONValue, id: "before-1")
+        try await waitUntil("the first page") { FileManager.default.fileExists(atPath: rep + "/before-1.html") }
+        try FileManager.default.removeItem(atPath: rep)
+        _ = try t.submit("demo-refund", input: ["order": "O-2", "amount": 1, "reason": "x"] as JSONValue, id: "after-1")
+        try await waitUntil("the page of the run after, in the directory made again", timeout: 30) {
+            FileManager.default.fileExists(atPath: rep + "/after-1.html") && FileManager.default.fileExists(atPath: rep + "/index.html")
+        }
     }
 }

@@ -123,4 +123,14 @@ for f in /usr/bin/cairn /var/lib/cairn /lib/systemd/system/cairn.service; do
   [ -e "$root$f" ] && fail "$f left after purge"
 done
 in_root 'getent passwd cairn' >/dev/null && fail "user cairn left after purge"
+
+# Installed where /proc is not mounted (a chroot being built): the package still makes its
+# spool (cairn reads its arguments from the C runtime, not /proc/self/cmdline).
+umount -l "$root/proc"
+in_root 'dpkg -i /tmp/cairn.deb' >"$root/tmp/noproc.log" 2>&1 || { cat "$root/tmp/noproc.log" >&2; fail "install without /proc"; }
+[ -f "$root/var/lib/cairn/spool/cairn.json" ] || fail "installed without /proc, but no spool"
+in_root 'cairn --version' | grep -q . || fail "cairn --version without /proc"
+mount -t proc proc "$root/proc"
+in_root 'dpkg --purge cairn' >/dev/null 2>&1 || fail "purge after the install without /proc"
+step "installed again without /proc: the spool made; purged"
 step "OK: installed on a fresh $suite, started by the unit's ExecStart, approved with touch, upgraded, removed, purged clean"

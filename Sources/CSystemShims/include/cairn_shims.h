@@ -46,4 +46,9 @@ int cairn_set_child_subreaper(void);
 int cairn_accept_cloexec(int fd);
 /// The uid of a Unix socket's peer (SO_PEERCRED): 0 and *uid set, or -1 with errno set.
 int cairn_peer_uid(int fd, unsigned int *uid);
+/// The process's argc and argv as the C runtime passed them (glibc hands them to ELF
+/// constructors): the Swift runtime reads its arguments from /proc/self/cmdline on Linux,
+/// which a chroot without /proc lacks (every command then saw none and printed the help).
+int cairn_argc(void);
+char *const *cairn_argv(void);
 #endif

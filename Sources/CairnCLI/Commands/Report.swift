@@ -81,7 +81,6 @@ final class Progress: @unchecked Sendable {
 struct Report: Sendable {
     let spool: Spool
     let directory: FilePath
-    let writer: DurableFile
 
     /// What a page that could not be written does: a warning on stderr (`cairn report`), or
     /// the daemon's log and error counter (`--report-dir`).
@@ -92,11 +91,10 @@ struct Report: Sendable {
     let output: OutputDirectory
 
     init(spool: Spool, directory: String, flag: String = "--out", failed: @escaping @Sendable (_ file: String, _ error: any Error) -> Void = { Output.warn("\($0): cannot write: \($1)") }) throws {
-        output = try OutputDirectory.trusted(directory, flag: flag, create: true)
+        output = try OutputDirectory.trusted(directory, flag: flag, create: true, spool: spool)
         self.directory = output.given
         self.spool = spool
         self.failed = failed
-        writer = DurableFile(tmpDirectory: output.path)
     }
 
     /// HTML-escaped, control characters shown escaped; line breaks kept (for `<pre>`).
@@ -143,10 +141,11 @@ struct Report: Sendable {
     @discardableResult
     func write(_ name: String, _ html: String) -> Bool {
         do {
-            try writer.write(Data(html.utf8), to: output.path.appending(name), durability: .atomicOnly)
+            let dir = try output.current()
+            try DurableFile(tmpDirectory: dir).write(Data(html.utf8), to: dir.appending(name), durability: .atomicOnly)
             return true
         } catch {
-            failed("\(directory.string)/\(name)", error)
+            failed("\(directory.string)/\(name)", OutputError(output.describe(error)))
             return false
         }
     }
