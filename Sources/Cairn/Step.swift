@@ -275,9 +275,7 @@ struct StepOperation<T: Codable & Sendable>: DurableOperation {
             // the intent stands unresolved — the uncertain gate, as after a crash mid-body.
             if semantics == .atMostOnce, error is StepOutcomeUnknown {
                 ctx.logger.warning("at-most-once step's outcome is unknown; a person decides", metadata: ["run": "\(ctx.runID)", "step": "\(stepName)", "error": "\(error)"])
-                if let v: T = try ctx.resolveUncertain(stepName, attempt: attempt, key: key) { return .done(v) }
-                attempt += 1  // a person chose "rerun"
-                retryUntil = nil
+                pendingIntent = true  // the next turn asks, as for an intent found with no result
                 return .next
             }
             let info = ErrorInfo.from(error)

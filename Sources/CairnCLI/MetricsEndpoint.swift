@@ -129,35 +129,43 @@ enum MetricsEndpoint {
                 answered += 1
                 let last = !h.isKeepAlive || answered >= MetricsEndpoint.requestsPerConnection
                 let path = h.uri.split(separator: "?", maxSplits: 1).first.map(String.init) ?? h.uri
-                var status = HTTPResponseStatus.ok
-                var body = ""
-                var type = "text/plain; version=0.0.4; charset=utf-8"
+                let plain = "text/plain; charset=utf-8"
                 if h.method != .GET && h.method != .HEAD {
-                    status = .methodNotAllowed
-                    body = "GET /metrics\n"
-                    type = "text/plain; charset=utf-8"
+                    respond(context, h, .methodNotAllowed, plain, "GET /metrics\n", last: last)
                 } else if path != "/metrics" {
-                    status = .notFound
-                    body = "the metrics are at /metrics\n"
-                    type = "text/plain; charset=utf-8"
+                    respond(context, h, .notFound, plain, "the metrics are at /metrics\n", last: last)
                 } else {
-                    body = render()
+                    // Rendering reads the waiting runs' state.json: on NIO's blocking pool, not
+                    // on the event loop, which the LLM client shares. (The pipelining handler
+                    // holds the next request until this answer ends.)
+                    let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+                    let render = self.render
+                    NIOThreadPool.singleton.runIfActive(eventLoop: context.eventLoop) { render() }.whenComplete { result in
+                        let (handler, context) = bound.value
+                        switch result {
+                        case .success(let body): handler.respond(context, h, .ok, "text/plain; version=0.0.4; charset=utf-8", body, last: last)
+                        case .failure: handler.respond(context, h, .serviceUnavailable, plain, "the daemon is stopping\n", last: true)
+                        }
+                    }
                 }
-                var headers = HTTPHeaders()
-                headers.add(name: "Content-Type", value: type)
-                headers.add(name: "Content-Length", value: String(body.utf8.count))
-                if status == .methodNotAllowed { headers.add(name: "Allow", value: "GET, HEAD") }
-                if last { headers.add(name: "Connection", value: "close") }
-                context.write(wrapOutboundOut(.head(HTTPResponseHead(version: h.version, status: status, headers: headers))), promise: nil)
-                if h.method != .HEAD {
-                    var buffer = context.channel.allocator.buffer(capacity: body.utf8.count)
-                    buffer.writeString(body)
-                    context.write(wrapOutboundOut(.body(.byteBuffer(buffer))), promise: nil)
-                }
-                let channel = context.channel
-                context.writeAndFlush(wrapOutboundOut(.end(nil))).whenComplete { _ in
-                    if last { channel.close(promise: nil) }
-                }
+            }
+        }
+
+        private func respond(_ context: ChannelHandlerContext, _ h: HTTPRequestHead, _ status: HTTPResponseStatus, _ type: String, _ body: String, last: Bool) {
+            var headers = HTTPHeaders()
+            headers.add(name: "Content-Type", value: type)
+            headers.add(name: "Content-Length", value: String(body.utf8.count))
+            if status == .methodNotAllowed { headers.add(name: "Allow", value: "GET, HEAD") }
+            if last { headers.add(name: "Connection", value: "close") }
+            context.write(wrapOutboundOut(.head(HTTPResponseHead(version: h.version, status: status, headers: headers))), promise: nil)
+            if h.method != .HEAD {
+                var buffer = context.channel.allocator.buffer(capacity: body.utf8.count)
+                buffer.writeString(body)
+                context.write(wrapOutboundOut(.body(.byteBuffer(buffer))), promise: nil)
+            }
+            let channel = context.channel
+            context.writeAndFlush(wrapOutboundOut(.end(nil))).whenComplete { _ in
+                if last { channel.close(promise: nil) }
             }
         }
     }

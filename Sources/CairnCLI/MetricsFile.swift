@@ -31,7 +31,6 @@ final class MetricsExposition: Sendable {
 /// file) a second after anything changed, and every 15 s in any case (the waits' ages grow by
 /// themselves).
 final class MetricsFile: Sendable {
-    let path: FilePath
     let exposition: MetricsExposition
     private let pending = Mutex(false)
     private let name: FilePath.Component
@@ -51,11 +50,10 @@ final class MetricsFile: Sendable {
         // their symlink; held open, the file is written there.
         directory = try OutputDirectory.trusted(given.removingLastComponent().string, flag: "--metrics-file", create: false, spool: exposition.spool)
         var st = stat()
-        if lstat(try directory.current().appending(name).string, &st) == 0, (st.st_mode & S_IFMT) == S_IFDIR {
+        if try directory.writing({ lstat($0.appending(name).string, &st) }) == 0, (st.st_mode & S_IFMT) == S_IFDIR {
             throw CLIError(.usage, "--metrics-file \(path): a directory; give a file name in it (such as cairn.prom)")
         }
         self.name = name
-        self.path = directory.given.appending(name)
         self.failed = failed
         self.exposition = exposition
     }
@@ -80,8 +78,10 @@ final class MetricsFile: Sendable {
 
     func write() {
         do {
-            let dir = try directory.current()
-            try DurableFile(tmpDirectory: dir).write(Data(exposition.render().utf8), to: dir.appending(name), durability: .atomicOnly)
+            let text = exposition.render()
+            try directory.writing { dir in
+                try DurableFile(tmpDirectory: dir).write(Data(text.utf8), to: dir.appending(name), durability: .atomicOnly)
+            }
         } catch {
             failed(OutputError(directory.describe(error)))
         }

@@ -45,21 +45,21 @@ final class OutputDirectory: Sendable {
     /// it was removed, or the path leads elsewhere now (moved, replaced: a third attack found
     /// a removed directory written to for ever), the path is judged again and what it leads
     /// to held instead; what the judge refuses is this write's error (logged and counted by
-    /// the daemon, tried again later).
-    func current() throws -> FilePath {
+    /// the daemon, tried again later). `body` runs with the lock held: no other writer can
+    /// close the descriptor (and the number be reused for another directory) meanwhile.
+    func writing<T>(_ body: (FilePath) throws -> T) throws -> T {
         try fd.withLock { fd in
             var held = stat(), now = stat()
-            if fstat(fd, &held) == 0, held.st_nlink > 0, stat(given.string, &now) == 0, now.st_dev == held.st_dev, now.st_ino == held.st_ino {
-                return FilePath("/proc/self/fd/\(fd)")
+            if !(fstat(fd, &held) == 0 && held.st_nlink > 0 && stat(given.string, &now) == 0 && now.st_dev == held.st_dev && now.st_ino == held.st_ino) {
+                let fresh = try Self.open(given.string, flag: flag, create: create, spoolRoot: spoolRoot)
+                close(fd)
+                fd = fresh
             }
-            let fresh = try Self.open(given.string, flag: flag, create: create, spoolRoot: spoolRoot)
-            close(fd)
-            fd = fresh
-            return FilePath("/proc/self/fd/\(fd)")
+            return try body(FilePath("/proc/self/fd/\(fd)"))
         }
     }
 
-    /// An error about a file written through `current()`, told with the path given rather
+    /// An error about a file written through `writing`, told with the path given rather
     /// than /proc/self/fd/N.
     func describe(_ error: any Error) -> String {
         var text = "\(error)"

@@ -37,7 +37,10 @@ public final class DaemonMetrics: Sendable {
     func wakeup() { Counter(label: "cairn_daemon_wakeups_total").increment(); changed() }
     func rescan(_ reason: String) { Counter(label: "cairn_daemon_rescans_total", dimensions: [("reason", reason)]).increment(); changed() }
     func overflow() { Counter(label: "cairn_daemon_inotify_overflows_total").increment(); changed() }
-    func error(_ kind: String) { Counter(label: "cairn_daemon_errors_total", dimensions: [("kind", kind)]).increment(); changed() }
+    func error(_ kind: String) { Self.countError(kind); changed() }
+    /// One more of `cairn_daemon_errors_total{kind}` (also for what the CLI's side of the
+    /// daemon writes: the metrics file, the report).
+    public static func countError(_ kind: String) { Counter(label: "cairn_daemon_errors_total", dimensions: [("kind", kind)]).increment() }
 
     // MARK: what the runs did
 
@@ -52,9 +55,14 @@ public final class DaemonMetrics: Sendable {
         cursor.workflow = workflow
         let w = [("workflow", workflow)]
         var terminal = false
+        // A run seen for the first time (by this process, or again after it ended: its cursor
+        // goes then) that ended and was retried (`cairn retry`: records after a terminal one):
+        // what came up to its end was counted when it ended. Reading it again counted it twice.
+        let retriedAt = cursor.seq == 0 ? records.dropLast().last(where: { $0.terminalStatus != nil })?.seq ?? 0 : 0
         for e in records {
             cursor.seq = max(cursor.seq, e.seq)
             if e.data?["tokens"] != nil { cursor.carriesTokens = true }
+            if e.seq <= retriedAt { continue }
             if e.kind == .approval, e.decision == nil, let gate = e.name { cursor.requested[gate] = e.at }
             guard e.at >= since else { continue }
             switch e.kind {
@@ -87,9 +95,7 @@ public final class DaemonMetrics: Sendable {
         // Tokens replay saved: what state.json says beyond what was seen — read only for a run
         // with records that carry tokens (nothing else can be replayed instead of paid for).
         if cursor.carriesTokens, let saved = (try? spool.readState(run))??.tokens?["saved"]?.intValue, saved > cursor.saved {
-            if cursor.seq > 0 || saved > 0 {
-                Counter(label: "cairn_llm_tokens_saved_total", dimensions: w).increment(by: saved - cursor.saved)
-            }
+            Counter(label: "cairn_llm_tokens_saved_total", dimensions: w).increment(by: saved - cursor.saved)
             cursor.saved = saved
         }
         let final = cursor

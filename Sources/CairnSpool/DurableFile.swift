@@ -51,15 +51,7 @@ public struct DurableFile: Sendable {
 
     /// Durably writes `data` to `path` (a staging name found taken is tried again with another).
     public func write(_ data: Data, to path: FilePath, mode: Mode = .replace, durability: Durability = .durable) throws {
-        for attempt in 1...8 {
-            let staging = tempPath(hint: path.lastComponent?.string ?? "file")
-            do {
-                try Self.commit(data, staging: staging, to: path, mode: mode, durability: durability)
-                return
-            } catch let e as SpoolError where e.path == staging.string && e.errno == EEXIST && attempt < 8 {
-                continue
-            }
-        }
+        try Self.commit(data, staging: { tempPath(hint: path.lastComponent?.string ?? "file") }, to: path, mode: mode, durability: durability)
     }
 
     /// The same durable write for a person's drop (`cairn approve`, `signal`, `cancel`…):
@@ -68,14 +60,22 @@ public struct DurableFile: Sendable {
     public static func drop(_ data: Data, to path: FilePath, permissions: FilePermissions = [.ownerReadWrite, .groupRead, .otherRead]) throws {
         // A random staging name (others in the group can create names in a drop directory,
         // so a predictable one could be taken first), tried again if it is taken anyway.
-        for attempt in 1...8 {
+        try commit(data, staging: {
             let n = counter.add(1, ordering: .relaxed).newValue
             let r = UInt64.random(in: 0..<UInt64.max)
-            let staging = path.removingLastComponent().appending(".\(path.lastComponent?.string ?? "drop").\(getpid()).\(n).\(String(r, radix: 36)).tmp")
+            return path.removingLastComponent().appending(".\(path.lastComponent?.string ?? "drop").\(getpid()).\(n).\(String(r, radix: 36)).tmp")
+        }, to: path, mode: .noReplace, permissions: permissions)
+    }
+
+    /// `commit` with staging names from `staging()` (random ones): a name someone else took
+    /// first is tried again with another, up to 8 times.
+    static func commit(_ data: Data, staging: () -> FilePath, to path: FilePath, mode: Mode, durability: Durability = .durable, permissions: FilePermissions = [.ownerReadWrite, .groupRead, .otherRead]) throws {
+        for attempt in 1...8 {
+            let name = staging()
             do {
-                try commit(data, staging: staging, to: path, mode: .noReplace, permissions: permissions)
+                try commit(data, staging: name, to: path, mode: mode, durability: durability, permissions: permissions)
                 return
-            } catch let e as SpoolError where e.path == staging.string && e.errno == EEXIST && attempt < 8 {
+            } catch let e as SpoolError where e.path == name.string && e.errno == EEXIST && attempt < 8 {
                 continue
             }
         }

@@ -84,6 +84,36 @@ import Testing
         #expect(left.isEmpty, "\(left)")
     }
 
+    /// A run that failed and was retried (`cairn retry` appends to the same journal): its
+    /// records were counted again from the start once it ran again (found by a review).
+    @Test func aRetriedRunIsNotCountedTwice() async throws {
+        let t = try TempSpool()
+        let flag = t.path.appending("go").string
+        let script = t.spool.workflowsDirectory.appending("twice").string
+        try "#!/bin/sh\nset -e\ncairn step s1 -- true\ntest -f \(flag) || exit 3\ncairn step s2 -- true\n".write(toFile: script, atomically: true, encoding: .utf8)
+        chmod(script, 0o755)
+        let file = t.path.appending("cairn.prom").string
+        let d = try await DaemonProcess(spool: t.spool, args: ["--metrics-file", file])
+        defer { d.stopBlocking() }
+        let r = try t.submit("twice", input: 0)
+        try await t.waitFor(r, .failed)
+        _ = FileManager.default.createFile(atPath: flag, contents: Data())
+        let retried = try Binary.cairn("retry", r, spool: t.spool)
+        #expect(retried.code == 0, "\(retried.stderr)")
+        try await t.waitFor(r, .completed)
+        let steps = try t.spool.journal(r).load().filter { $0.kind == .step }.count
+        #expect(steps == 2, "s1 once (replayed after the retry), s2 once")
+        var m: [String: Double] = [:]
+        try await waitUntil("the metrics file catches up") {
+            m = Self.parse((try? String(contentsOfFile: file, encoding: .utf8)) ?? "")
+            return Self.sum(m, "cairn_runs_finished_total", ["status=\"completed\""]) == 1
+        }
+        try await Task.sleep(for: .seconds(2))
+        m = Self.parse((try? String(contentsOfFile: file, encoding: .utf8)) ?? "")
+        #expect(Self.sum(m, "cairn_steps_total") == Double(steps), "\(m.filter { $0.key.hasPrefix("cairn_steps") || $0.key.hasPrefix("cairn_runs_") })")
+        #expect(Self.sum(m, "cairn_runs_started_total") == 1 && Self.sum(m, "cairn_runs_finished_total", ["status=\"failed\""]) == 1)
+    }
+
     /// Whoever can reach --metrics-listen cannot starve the daemon (found by an attack:
     /// 20,000 half-sent requests took every descriptor and runs stopped): connections past
     /// the limit are closed at once, silent ones after 10 s, and runs advance meanwhile.

@@ -15,6 +15,15 @@ import Testing
         return r.stdout
     }
 
+    /// For the tests of other users' directories: the users made, a spool in a scratch
+    /// directory they can traverse, the scratch's path, and alice's name.
+    static func scratchWithAlice() throws -> (TempSpool, String, String) {
+        try AuthorizationTests.ensureUsers()
+        let t = try TempSpool()
+        chmod(t.path.string, 0o755)
+        return (t, t.path.string, AuthorizationTests.alice)
+    }
+
     static func count(_ needle: String, in s: String) -> Int { s.components(separatedBy: needle).count - 1 }
 
     @Test(.enabled(if: chromium != nil, "needs chromium (make test installs it)"))
@@ -88,11 +97,7 @@ import Testing
     /// and by the daemon, before anything is written.
     @Test(.enabled(if: getuid() == 0, "needs root to create the user cairnalice (CI runs as root)"))
     func aReportOrMetricsDirectoryAnotherUserChoseIsRefused() async throws {
-        try AuthorizationTests.ensureUsers()
-        let alice = AuthorizationTests.alice
-        let t = try TempSpool()
-        let base = t.path.string
-        chmod(base, 0o755)
+        let (t, base, alice) = try Self.scratchWithAlice()
         let sticky = base + "/public", victim = base + "/victim", hers = base + "/hers"
         try #require(try AuthorizationTests.root("mkdir -m 1777 \(sticky) && mkdir -m 755 \(victim) && mkdir \(hers) && chown \(alice) \(hers)").code == 0)
         try #require(try AuthorizationTests.sh(alice, "ln -s \(victim) \(sticky)/report").code == 0)
@@ -187,11 +192,7 @@ import Testing
     /// leads elsewhere than the directory held: the writes are refused, logged and counted.
     @Test(.enabled(if: getuid() == 0, "needs root to create the user cairnalice (CI runs as root)"))
     func aDirectoryOnTheWaySwappedAfterTheStartDoesNotRedirectTheWrites() async throws {
-        try AuthorizationTests.ensureUsers()
-        let alice = AuthorizationTests.alice
-        let t = try TempSpool()
-        let base = t.path.string
-        chmod(base, 0o755)
+        let (t, base, alice) = try Self.scratchWithAlice()
         try #require(try AuthorizationTests.root("install -d -m 755 \(base)/r2 \(base)/r2/rep \(base)/r2/met \(base)/victim").code == 0)
         let d = try await DaemonProcess(spool: t.spool, args: ["--report-dir", base + "/r2/rep", "--metrics-file", base + "/r2/met/cairn.prom"])
         defer { d.stopBlocking() }

@@ -5,7 +5,6 @@ import CairnSpool
 import CairnWatch
 import Foundation
 import Logging
-import Metrics
 import ServiceLifecycle
 import UnixSignals
 
@@ -36,7 +35,7 @@ struct DaemonCommand: AsyncParsableCommand {
     @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error, critical.") var logLevel: LogLevelArgument = .info
     @Option(name: .customLong("metrics-file"), help: ArgumentHelp("Write metrics in Prometheus's text format to this file (atomically; for node_exporter's textfile collector).", valueName: "path"), completion: .file(extensions: ["prom"])) var metricsFile: String?
     @Option(name: .customLong("metrics-listen"), help: ArgumentHelp("Serve the same metrics at http://HOST:PORT/metrics for Prometheus to scrape.", valueName: "host:port")) var metricsListen: String?
-    @Option(name: .customLong("report-dir"), help: ArgumentHelp("Keep the HTML report of `cairn report` current in this directory (a run's page after each change, the index within a second).", valueName: "dir"), completion: .directory) var reportDir: String?
+    @Option(name: .customLong("report-dir"), help: ArgumentHelp("Keep the HTML report of `cairn report` current in this directory (a run's page and the index within a second of a change).", valueName: "dir"), completion: .directory) var reportDir: String?
     @Option(name: .customLong("otlp-endpoint"), help: ArgumentHelp("Export each run's trace with OTLP/HTTP to this collector (http://HOST:4318 gets /v1/traces).", valueName: "url")) var otlpEndpoint: String?
     @OptionGroup var options: SpoolOptions
 
@@ -78,7 +77,7 @@ struct DaemonCommand: AsyncParsableCommand {
             if let path = self.metricsFile {
                 let file = try MetricsFile(path: path, exposition: exposition) { error in
                     logger.error("cannot write the metrics file", metadata: ["path": "\(path)", "error": "\(error)"])
-                    Counter(label: "cairn_daemon_errors_total", dimensions: [("kind", "metrics_write")]).increment()
+                    DaemonMetrics.countError("metrics_write")
                 }
                 refresher = Task { await file.refreshEvery15s() }
                 metricsFile = file
@@ -106,7 +105,7 @@ struct DaemonCommand: AsyncParsableCommand {
         if let dir = reportDir {
             let report = try Report(spool: spool, directory: dir, flag: "--report-dir") { file, error in
                 logger.error("cannot write the report", metadata: ["file": "\(file)", "error": "\(error)"])
-                Counter(label: "cairn_daemon_errors_total", dimensions: [("kind", "report_write")]).increment()
+                DaemonMetrics.countError("report_write")
             }
             let keeper = ReportKeeper(report: report)
             keeping = Task.detached { await keeper.run() }

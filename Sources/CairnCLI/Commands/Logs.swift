@@ -37,10 +37,10 @@ struct LogsCommand: AsyncParsableCommand {
     func run() async throws {
         let spool = try options.open()
         _ = try requireRun(spool, runID)
-        if let log, log != "stdout", log != "stderr", Names.fileSafe(log) != log || log.hasPrefix(".") {
+        if let log, log.contains("/") || log.hasPrefix(".") {
             // An LLM call's log is NAME.stream.jsonl with NAME as the file-safe form of the call's
-            // name: a name with a slash, `..` or a space can be no log's.
-            throw CLIError(.usage, "'\(Names.printable(log))' is not a log name (stdout, stderr, or an LLM call's name: letters, digits, '.', '_' and '-')")
+            // name (`draft reply` is draft_reply's): a path is no call's name.
+            throw CLIError(.usage, "'\(Names.printable(log))' is not a log name (stdout, stderr, or an LLM call's name)")
         }
         let logs = spool.run(runID).logsDirectory.string
         let reader = LogReader(directory: logs, only: log)

@@ -33,12 +33,15 @@ struct ReportCommand: ParsableCommand {
         let report = try Report(spool: spool, directory: out)
         let progress = Progress(total: ids.count, what: "runs")
         var failed = 0
+        var states: [RunState] = []
         for id in ids {
-            if !report.writeRun(id) { failed += 1 }
+            let (written, state) = report.writeRun(id)
+            if !written { failed += 1 }
+            if let state { states.append(state) }
             progress.step()
         }
         progress.done()
-        if !report.writeIndex(only: runs.isEmpty ? nil : Set(runs)) { failed += 1 }
+        if !report.writeIndex(states: states) { failed += 1 }
         // Each failure was named on stderr; a report with holes is not a success (cron, CI).
         guard failed == 0 else { throw CLIError(.failure, "\(Output.count(failed, "file")) of the report could not be written in \(report.directory.string)") }
         Output.line("\(report.directory.string)/index.html")
@@ -141,22 +144,14 @@ struct Report: Sendable {
     @discardableResult
     func write(_ name: String, _ html: String) -> Bool {
         do {
-            let dir = try output.current()
-            try DurableFile(tmpDirectory: dir).write(Data(html.utf8), to: dir.appending(name), durability: .atomicOnly)
+            try output.writing { dir in
+                try DurableFile(tmpDirectory: dir).write(Data(html.utf8), to: dir.appending(name), durability: .atomicOnly)
+            }
             return true
         } catch {
             failed("\(directory.string)/\(name)", OutputError(output.describe(error)))
             return false
         }
-    }
-
-    @discardableResult
-    func writeIndex(only: Set<String>? = nil) -> Bool {
-        var states: [RunState] = []
-        for id in (try? spool.runIDs()) ?? [] where only == nil || only!.contains(id) {
-            if let s = (try? spool.readState(id)) ?? nil { states.append(s) }
-        }
-        return writeIndex(states: states)
     }
 
     /// The index of these runs' states (newest change first).
@@ -245,10 +240,11 @@ struct Report: Sendable {
         return out + "</svg>"
     }
 
-    /// A run's page; false when it could not be written (a run that is gone is no failure).
+    /// A run's page, and the state it showed; false when it could not be written (a run that
+    /// is gone is no failure).
     @discardableResult
-    func writeRun(_ id: String) -> Bool {
-        guard let record = try? spool.readRun(id) else { return true }
+    func writeRun(_ id: String) -> (written: Bool, state: RunState?) {
+        guard let record = try? spool.readRun(id) else { return (true, nil) }
         let state = (try? spool.readState(id)) ?? nil
         let entries = (try? spool.journal(id).load()).map { Journal.effective($0) } ?? []
         let status = state?.status.rawValue ?? "unknown"
@@ -279,21 +275,21 @@ struct Report: Sendable {
             body += "<tr><td>\(e.seq)</td><td><code>\(Timestamp.format(e.at))</code></td><td>\(Self.h(e.name.map { "\(e.kind) \($0)" } ?? e.kind.rawValue))</td><td>\(Self.h(Describe.record(e)))</td></tr>"
         }
         body += "</table>"
-        return write("\(Names.fileSafe(id)).html", Self.page("\(id) — Cairn", body))
+        return (write("\(Names.fileSafe(id)).html", Self.page("\(id) — Cairn", body)), state)
     }
 }
 
-/// `cairn daemon --report-dir`: the report kept current — a run's page rewritten after each
-/// advance that changed the run, the index within a second of a change (one write for a
-/// burst), from the states this keeper last read (not every run's state.json again).
-/// Every page is first written in the background, so that a large spool does not hold the
-/// daemon's start; a page or index that could not be written (a full disk) is written again
-/// every 15 s until it is.
+/// `cairn daemon --report-dir`: the report kept current — a run's page and the index within
+/// a second of an advance that changed the run (one write for a burst), the index from the
+/// states this keeper last read (not every run's state.json again). One task writes
+/// everything: every page first, in the background, so that a large spool does not hold the
+/// daemon's start; then what changed, each second; a page or index that could not be written
+/// (a full disk) again every 15 s until it is. An advance only notes its run: the page is
+/// not built in the advance's slot, and an older rendering can never be renamed over a newer.
 final class ReportKeeper: Sendable {
     let report: Report
     private struct State {
-        var indexPending = false
-        var loaded = false
+        var pending: Set<String> = []
         var indexFailed = false
         var failedPages: Set<String> = []
         var states: [String: RunState] = [:]
@@ -302,35 +298,36 @@ final class ReportKeeper: Sendable {
 
     init(report: Report) { self.report = report }
 
-    /// Every run's page, then the index; then the retries, until cancelled.
+    /// Every run's page, then the index; then what changed, and the retries, until cancelled.
     func run() async {
         for id in (try? report.spool.runIDs()) ?? [] {
             if Task.isCancelled { return }
             page(id)
         }
-        state.withLock { $0.loaded = true }
         index()
+        var lastRetry = ContinuousClock.now
         while !Task.isCancelled {
-            try? await Task.sleep(for: .seconds(15))
-            let (pages, indexFailed) = state.withLock { s in (s.failedPages, s.indexFailed) }
-            for id in pages { page(id) }
-            if indexFailed || !pages.isEmpty { index() }
+            try? await Task.sleep(for: .seconds(1))
+            let retry = ContinuousClock.now - lastRetry >= .seconds(15)
+            if retry { lastRetry = .now }
+            let (pages, indexDue) = state.withLock { s in
+                var pages = s.pending
+                s.pending = []
+                if retry { pages.formUnion(s.failedPages) }
+                return (pages, !pages.isEmpty || (retry && s.indexFailed))
+            }
+            for id in pages.sorted() { page(id) }
+            if indexDue { index() }
         }
     }
 
+    /// After an advance that changed run `id`: written within a second by `run()`.
     func changed(_ id: String) {
-        page(id)
-        guard state.withLock({ s in defer { s.indexPending = true }; return s.loaded && !s.indexPending }) else { return }
-        Task {
-            try? await Task.sleep(for: .seconds(1))
-            state.withLock { $0.indexPending = false }
-            index()
-        }
+        _ = state.withLock { $0.pending.insert(id) }
     }
 
     func page(_ id: String) {
-        let ok = report.writeRun(id)
-        let read = (try? report.spool.readState(id)) ?? nil
+        let (ok, read) = report.writeRun(id)
         state.withLock { s in
             if ok { s.failedPages.remove(id) } else { s.failedPages.insert(id) }
             s.states[id] = read
