@@ -178,7 +178,7 @@ let package = Package(
         .testTarget(
             name: "CairnAgentsTests",
             dependencies: [
-                "CairnAgents", "Cairn", "CairnSpool", "CairnTesting",
+                "CairnAgents", "Cairn", "CairnSpool", "CairnTesting", "CairnMCP",
                 .product(name: "InMemoryTracing", package: "swift-distributed-tracing"),
                 .product(name: "Tracing", package: "swift-distributed-tracing"),
             ],

@@ -344,7 +344,10 @@ public enum ScriptWorkflow {
     public static func executablePath() -> String {
         var buf = [CChar](repeating: 0, count: 4096)
         let n = readlink("/proc/self/exe", &buf, 4095)
-        return n > 0 ? String(decoding: buf[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self) : CommandLine.arguments[0]
+        if n > 0 { return String(decoding: buf[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self) }
+        // No /proc: argv[0] from the C runtime (Swift's arguments are empty then).
+        if cairn_argc() > 0, let argv = cairn_argv(), let first = argv[0] { return String(cString: first) }
+        return CommandLine.arguments.first ?? "cairn"
     }
 
     /// A directory with `cairn` in it that runs this executable (scripts call `cairn ...`).

@@ -37,6 +37,15 @@ public actor PipeTransport: Transport {
         guard let o = try? JSONSerialization.jsonObject(with: data) as? [String: Any], let id = o["id"], !(id is NSNull) else { return nil }
         return ("\(id)", o["method"] != nil)
     }
+
+    /// The request a `notifications/cancelled` names: the SDK sends no reply to a request
+    /// its client cancelled, so it is answered as far as waiting goes (found by a review: a
+    /// client that cancelled one request held `cairn mcp` 300 s at its exit).
+    static func cancelledID(_ data: Data) -> String? {
+        guard let o = try? JSONSerialization.jsonObject(with: data) as? [String: Any], o["method"] as? String == "notifications/cancelled",
+              let params = o["params"] as? [String: Any], let id = params["requestId"], !(id is NSNull) else { return nil }
+        return "\(id)"
+    }
     /// The longest message read (a line without its end past this ends the connection).
     public static let messageLimit = 16 << 20
 
@@ -76,7 +85,11 @@ public actor PipeTransport: Transport {
                         if let screen, let refusal = screen(Data(line)) {
                             PipeTransport.writeAll(reply, refusal + Data([UInt8(ascii: "\n")]))
                         } else {
-                            if let m = PipeTransport.messageID(Data(line)), m.isRequest { unanswered.add(m.id) }
+                            if let m = PipeTransport.messageID(Data(line)) {
+                                if m.isRequest { unanswered.add(m.id) }
+                            } else if let id = PipeTransport.cancelledID(Data(line)) {
+                                unanswered.remove(id)
+                            }
                             out.yield(Data(line))
                         }
                     }

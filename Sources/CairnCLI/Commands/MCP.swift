@@ -210,7 +210,7 @@ final class MCPService: Sendable {
         watcher = try Watcher.start()
         tools = MCPTool.all(spool: spool.root.string)
         // This executable (a host executable has the same commands and its own workflows).
-        exe = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
+        exe = ScriptWorkflow.executablePath()
     }
 
     func run() async throws {
